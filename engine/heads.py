@@ -1,0 +1,88 @@
+"""Head specifications and the modules built from them.
+
+A head is a small MLP on the trunk's pooled features. Its spec is plain data so it can live in the
+project recipe (JSON) and in the ONNX metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import GraftError
+
+KINDS = ("single", "multi", "regression")
+KIND_TITLES = {"single": "single-label (softmax)", "multi": "multi-label (sigmoid)", "regression": "regression"}
+
+
+@dataclass
+class HeadSpec:
+    """What a head predicts and how it is shaped.
+
+    kind: "single" (softmax over ``outputs`` classes), "multi" (one sigmoid per label) or "regression".
+    labels: class names (single), label names (multi) or target names (regression); when given, their
+    count is the number of outputs. columns: the CSV columns the head reads (image-folder data: empty).
+    """
+
+    name: str
+    kind: str = "single"
+    outputs: int = 2
+    labels: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    hidden: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.labels:
+            self.outputs = len(self.labels)
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.name or not self.name.strip():
+            raise GraftError("A head needs a name.")
+        if not self.name.replace("_", "a").replace("-", "a").isalnum():
+            raise GraftError(f"Head name {self.name!r}: use letters, digits, '_' or '-' only.")
+        if self.kind not in KINDS:
+            raise GraftError(f"Head {self.name!r}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}.")
+        if self.outputs < 1:
+            raise GraftError(f"Head {self.name!r} needs at least one output (got {self.outputs}).")
+        if self.kind == "single" and self.outputs < 2:
+            raise GraftError(f"Single-label head {self.name!r} needs at least 2 classes (got {self.outputs}).")
+        if len(set(self.labels)) != len(self.labels):
+            raise GraftError(f"Head {self.name!r} has duplicate label names.")
+        if any(h < 1 for h in self.hidden):
+            raise GraftError(f"Head {self.name!r}: hidden layer sizes must be positive.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise GraftError(f"Head {self.name!r}: dropout must be in [0, 1).")
+        if self.loss_weight < 0:
+            raise GraftError(f"Head {self.name!r}: loss weight must not be negative.")
+
+    @property
+    def label_names(self) -> list[str]:
+        """Names for every output, invented (``0``, ``1`` …) where the user gave none."""
+        return list(self.labels) if self.labels else [str(i) for i in range(self.outputs)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeadSpec":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def build_head(spec: HeadSpec, in_features: int):
+    """A randomly initialised head: [Linear, ReLU, Dropout]* then Linear to ``spec.outputs``."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in spec.hidden:
+        layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+        if spec.dropout > 0:
+            layers.append(nn.Dropout(spec.dropout))
+        width = size
+    if not spec.hidden and spec.dropout > 0:
+        layers.append(nn.Dropout(spec.dropout))
+    layers.append(nn.Linear(width, spec.outputs))
+    return nn.Sequential(*layers)

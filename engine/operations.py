@@ -1,0 +1,416 @@
+"""Surgery operations: small objects that do and undo one change to a session's model.
+
+The GUI wraps each in a QUndoCommand; the CLI and tests use :class:`engine.history.History`. Every
+operation validates before it touches the model, so an illegal one raises GraftError and changes nothing.
+Operations serialise to plain dicts: the project file's recipe is the list of applied operations.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from .errors import GraftError
+from .heads import HeadSpec, build_head
+from .layer_tree import HEADS_KEY
+
+if TYPE_CHECKING:
+    from .session import Session
+
+REGISTRY: dict[str, type["Operation"]] = {}
+
+
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, module)
+
+
+def is_within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor + ".")
+
+
+class Operation:
+    """Base class: subclasses set ``kind`` and implement ``apply``, ``undo`` and ``text``."""
+
+    kind: ClassVar[str] = ""
+    structural: ClassVar[bool] = True  # changes shapes or modules (the tree re-probes)
+    touches_heads: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            REGISTRY[cls.kind] = cls
+
+    def apply(self, s: "Session") -> None:
+        raise NotImplementedError
+
+    def undo(self, s: "Session") -> None:
+        raise NotImplementedError
+
+    @property
+    def text(self) -> str:
+        return self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.kind, **self.args()}
+
+    def args(self) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "Operation":
+        data = dict(data)
+        kind = data.pop("op", None)
+        if kind not in REGISTRY:
+            raise GraftError(f"Unknown operation {kind!r} in the project recipe.")
+        return REGISTRY[kind].from_args(data)
+
+    @classmethod
+    def from_args(cls, data: dict[str, Any]) -> "Operation":
+        return cls(**data)
+
+
+def _trunk_layer(s: "Session", layer: str) -> nn.Module:
+    body = s.model.trunk.body
+    if isinstance(body, torch.jit.ScriptModule):
+        raise GraftError("This is a TorchScript model: its layers cannot be changed, only heads added on its output.")
+    if not layer:
+        raise GraftError("Name a layer.")
+    try:
+        module = body.get_submodule(layer)
+    except AttributeError:
+        raise GraftError(f"There is no layer {layer!r} in this network.") from None
+    if isinstance(module, nn.Identity):
+        raise GraftError(f"Layer {layer!r} has been removed.")
+    return module
+
+
+class _ReattachesHeads:
+    """Mixin: after the trunk's feature size changes, heads that no longer fit are rebuilt fresh."""
+
+    _old_heads: dict[str, nn.Module]
+
+    def _reattach(self, s: "Session") -> None:
+        self._old_heads = {}
+        dim = s.feature_dim
+        for name, head in list(s.model.heads.items()):
+            first = next(m for m in head.modules() if isinstance(m, nn.Linear))
+            if dim is not None and first.in_features != dim:
+                self._old_heads[name] = head
+                s.model.heads[name] = build_head(s.model.head_specs[name], dim)
+
+    def _restore_heads(self, s: "Session") -> None:
+        for name, head in self._old_heads.items():
+            s.model.heads[name] = head
+
+
+class DeleteOutputLayer(Operation, _ReattachesHeads):
+    kind = "delete_output"
+    touches_heads = True
+
+    def __init__(self) -> None:
+        self.layer: str | None = None
+        self.old: nn.Module | None = None
+
+    def apply(self, s: "Session") -> None:
+        if s.output_layer is None:
+            raise GraftError("The output layer has already been deleted." if s.output_deleted
+                             else "No output layer was found in this network; cut it at a layer instead.")
+        self.layer = s.output_layer
+        self.old = _trunk_layer(s, self.layer)
+        set_module(s.model.trunk.body, self.layer, nn.Identity())
+        s.output_layer, s.output_deleted = None, True
+        s.mark_dirty()
+        self._reattach(s)
+
+    def undo(self, s: "Session") -> None:
+        set_module(s.model.trunk.body, self.layer, self.old)
+        s.output_layer, s.output_deleted = self.layer, False
+        s.mark_dirty()
+        self._restore_heads(s)
+
+    @property
+    def text(self) -> str:
+        return f"Delete output layer ({self.layer})" if self.layer else "Delete output layer"
+
+
+class CutAt(Operation, _ReattachesHeads):
+    """Keep everything up to and including ``layer``; the trunk's features come from its output."""
+
+    kind = "cut"
+    touches_heads = True
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        self.removed: list[tuple[str, nn.Module]] = []
+        self.prev_cut: str | None = None
+        self.prev_output: tuple[str | None, bool] = (None, False)
+
+    def apply(self, s: "Session") -> None:
+        _trunk_layer(s, self.layer)
+        order = s.tree.order if not s.dirty else s.probe_order()
+        if self.layer not in order:
+            raise GraftError(f"Layer {self.layer!r} does not run in the network's forward pass "
+                             "(an earlier cut removed it?), so the network cannot be cut there.")
+        start = order.index(self.layer)
+        later = [m for m in order[start + 1:]
+                 if not is_within(m, self.layer) and not is_within(self.layer, m)]
+        later_set = set(later)
+        top = [m for m in later if not any(is_within(m, a) and m != a for a in later_set)]
+        body = s.model.trunk.body
+        self.removed = [(m, body.get_submodule(m)) for m in top]
+        for path, _ in self.removed:
+            set_module(body, path, nn.Identity())
+        self.prev_cut = s.model.trunk.cut_at
+        s.model.trunk.set_cut(self.layer)
+        self.prev_output = (s.output_layer, s.output_deleted)
+        if s.output_layer and any(is_within(s.output_layer, m) for m in top):
+            s.output_layer, s.output_deleted = None, True
+        s.mark_dirty()
+        self._reattach(s)
+
+    def undo(self, s: "Session") -> None:
+        body = s.model.trunk.body
+        for path, module in reversed(self.removed):
+            set_module(body, path, module)
+        s.model.trunk.set_cut(self.prev_cut)
+        s.output_layer, s.output_deleted = self.prev_output
+        s.mark_dirty()
+        self._restore_heads(s)
+
+    @property
+    def text(self) -> str:
+        return f"Cut at {self.layer}"
+
+    def args(self) -> dict[str, Any]:
+        return {"layer": self.layer}
+
+
+class AddHead(Operation):
+    kind = "add_head"
+    structural = False
+    touches_heads = True
+
+    def __init__(self, spec: HeadSpec | dict[str, Any], seed: int | None = None) -> None:
+        self.spec = spec if isinstance(spec, HeadSpec) else HeadSpec.from_dict(spec)
+        self.seed = seed
+        self.module: nn.Module | None = None
+
+    def apply(self, s: "Session") -> None:
+        self.spec.validate()
+        if self.spec.name in s.model.heads:
+            raise GraftError(f"There is already a head named {self.spec.name!r}.")
+        dim = s.feature_dim
+        if dim is None:
+            raise GraftError("The trunk's feature size is unknown (the network did not run on a dummy input).")
+        if self.module is None or next(m for m in self.module.modules() if isinstance(m, nn.Linear)).in_features != dim:
+            with torch.random.fork_rng(devices=[]):
+                if self.seed is not None:
+                    torch.manual_seed(self.seed)
+                self.module = build_head(self.spec, dim)
+        s.insert_head(self.spec, self.module, len(s.model.heads))
+
+    def undo(self, s: "Session") -> None:
+        s.take_head(self.spec.name)
+
+    @property
+    def text(self) -> str:
+        return f"Add head '{self.spec.name}'"
+
+    def args(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "seed": self.seed}
+
+
+class RemoveHead(Operation):
+    kind = "remove_head"
+    structural = False
+    touches_heads = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.saved: tuple[HeadSpec, nn.Module, int] | None = None
+
+    def apply(self, s: "Session") -> None:
+        if self.name not in s.model.heads:
+            raise GraftError(f"There is no head named {self.name!r}.")
+        self.saved = s.take_head(self.name)
+
+    def undo(self, s: "Session") -> None:
+        spec, module, index = self.saved
+        s.insert_head(spec, module, index)
+
+    @property
+    def text(self) -> str:
+        return f"Remove head '{self.name}'"
+
+    def args(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+STRUCTURE_FIELDS = ("kind", "outputs", "hidden", "dropout")
+
+
+class UpdateHead(Operation):
+    """Change a head's spec (name, labels, hidden layers, dropout, loss weight …). A change of shape
+    gives the head fresh random weights; a change of names or loss weight keeps its weights."""
+
+    kind = "update_head"
+    structural = False
+    touches_heads = True
+
+    def __init__(self, name: str, spec: HeadSpec | dict[str, Any]) -> None:
+        self.name = name
+        self.spec = spec if isinstance(spec, HeadSpec) else HeadSpec.from_dict(spec)
+        self.saved: tuple[HeadSpec, nn.Module, int] | None = None
+        self.module: nn.Module | None = None
+
+    def apply(self, s: "Session") -> None:
+        if self.name not in s.model.heads:
+            raise GraftError(f"There is no head named {self.name!r}.")
+        self.spec.validate()
+        if self.spec.name != self.name and self.spec.name in s.model.heads:
+            raise GraftError(f"There is already a head named {self.spec.name!r}.")
+        old_spec = s.model.head_specs[self.name]
+        reshaped = any(getattr(old_spec, f) != getattr(self.spec, f) for f in STRUCTURE_FIELDS)
+        if reshaped and s.feature_dim is None:
+            raise GraftError("The trunk's feature size is unknown.")
+        self.saved = s.take_head(self.name)
+        if self.module is None:
+            self.module = build_head(self.spec, s.feature_dim) if reshaped else self.saved[1]
+        s.insert_head(self.spec, self.module, self.saved[2])
+
+    def undo(self, s: "Session") -> None:
+        s.take_head(self.spec.name)
+        spec, module, index = self.saved
+        s.insert_head(spec, module, index)
+
+    @property
+    def text(self) -> str:
+        if self.spec.name != self.name:
+            return f"Rename head '{self.name}' to '{self.spec.name}'"
+        return f"Edit head '{self.name}'"
+
+    def args(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec.to_dict()}
+
+
+class RenameHead(UpdateHead):
+    kind = "rename_head"
+
+    def __init__(self, name: str, new_name: str, spec: dict[str, Any] | None = None) -> None:
+        self.new_name = new_name
+        super().__init__(name, HeadSpec(name=new_name) if spec is None else spec)
+
+    def apply(self, s: "Session") -> None:
+        if self.name in s.model.head_specs:
+            data = s.model.head_specs[self.name].to_dict()
+            data["name"] = self.new_name
+            self.spec = HeadSpec.from_dict(data)
+        super().apply(s)
+
+    def args(self) -> dict[str, Any]:
+        return {"name": self.name, "new_name": self.new_name}
+
+
+class SetTrainable(Operation):
+    """Freeze or unfreeze. ``mode``: "layers" (the given layers/subtrees, heads as ``@heads.<name>``),
+    "up_to" (freeze the trunk up to and including ``layers[0]``, train the rest), "heads_only"
+    (train only the heads), "all" (train everything)."""
+
+    kind = "set_trainable"
+    structural = False
+    MODES = ("layers", "up_to", "heads_only", "all")
+
+    def __init__(self, mode: str = "layers", layers: list[str] | None = None, trainable: bool = True) -> None:
+        if mode not in self.MODES:
+            raise GraftError(f"Unknown freeze mode {mode!r}.")
+        self.mode, self.layers, self.trainable = mode, list(layers or []), trainable
+        self.before: dict[str, bool] = {}
+
+    def _targets(self, s: "Session") -> dict[str, bool]:
+        model = s.model
+        names = {p: n for n, p in model.named_parameters()}
+        if self.mode == "all":
+            return {n: True for n in names.values()}
+        if self.mode == "heads_only":
+            return {n: n.startswith("heads.") for n in names.values()}
+        if self.mode == "layers":
+            if not self.layers:
+                raise GraftError("Choose at least one layer to freeze or unfreeze.")
+            out: dict[str, bool] = {}
+            for layer in self.layers:
+                if layer == HEADS_KEY:
+                    module = model.heads
+                elif layer.startswith(HEADS_KEY + "."):
+                    head, _, rest = layer[len(HEADS_KEY) + 1:].partition(".")
+                    if head not in model.heads:
+                        raise GraftError(f"There is no head named {head!r}.")
+                    module = model.heads[head].get_submodule(rest) if rest else model.heads[head]
+                else:
+                    module = _trunk_layer(s, layer)
+                params = list(module.parameters())
+                if not params:
+                    raise GraftError(f"Layer {layer!r} has no weights to freeze or unfreeze.")
+                out.update({names[p]: self.trainable for p in params})
+            return out
+        # up_to
+        if len(self.layers) != 1:
+            raise GraftError("Freeze up to: name one layer.")
+        layer = self.layers[0]
+        _trunk_layer(s, layer)
+        order = s.tree.order if not s.dirty else s.probe_order()
+        if layer not in order:
+            raise GraftError(f"Layer {layer!r} does not run in the network's forward pass.")
+        rank = {m: i for i, m in enumerate(order)}
+        limit = rank[layer]
+        out = {}
+        for owner, module in model.trunk.body.named_modules():
+            for p in module.parameters(recurse=False):
+                if owner == "" or is_within(owner, layer) or rank.get(owner, len(order)) < limit:
+                    out[names[p]] = False
+                elif owner in rank:
+                    out[names[p]] = True
+        out.update({n: True for n in names.values() if n.startswith("heads.")})
+        return out
+
+    def apply(self, s: "Session") -> None:
+        targets = self._targets(s)
+        params = dict(s.model.named_parameters())
+        self.before = {n: params[n].requires_grad for n in targets}
+        for n, flag in targets.items():
+            params[n].requires_grad_(flag)
+
+    def undo(self, s: "Session") -> None:
+        params = dict(s.model.named_parameters())
+        for n, flag in self.before.items():
+            params[n].requires_grad_(flag)
+
+    @property
+    def text(self) -> str:
+        if self.mode == "all":
+            return "Unfreeze all"
+        if self.mode == "heads_only":
+            return "Train only the heads"
+        if self.mode == "up_to":
+            return f"Freeze up to {self.layers[0]}"
+        what = ", ".join(l.replace(HEADS_KEY + ".", "head ") for l in self.layers[:3])
+        what += "…" if len(self.layers) > 3 else ""
+        return f"{'Unfreeze' if self.trainable else 'Freeze'} {what}"
+
+    def args(self) -> dict[str, Any]:
+        return {"mode": self.mode, "layers": self.layers, "trainable": self.trainable}
+
+
+def freeze_preset(preset: str, layer: str | None = None) -> SetTrainable:
+    """CLI/GUI presets: "heads-only", "none" (train all), "up-to:LAYER" or ("up_to", layer)."""
+    if preset in ("heads-only", "heads_only"):
+        return SetTrainable("heads_only")
+    if preset in ("none", "all"):
+        return SetTrainable("all")
+    if preset.startswith("up-to:"):
+        return SetTrainable("up_to", [preset.split(":", 1)[1]])
+    if preset == "up_to" and layer:
+        return SetTrainable("up_to", [layer])
+    raise GraftError(f"Unknown freeze setting {preset!r}: use heads-only, none or up-to:LAYER.")

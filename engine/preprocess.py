@@ -1,0 +1,106 @@
+"""Exact, torch-free image preprocessing shared by training, Graft's predictions and ``predict`` on ONNX.
+
+Deployments break when they preprocess differently from training, so there is one implementation,
+described completely by :class:`InputSpec` (which is also written into the ONNX metadata). Only NumPy
+and Pillow are imported here: ``main.py predict`` runs without torch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import GraftError
+
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+@dataclass
+class InputSpec:
+    """How an image file becomes the network's input tensor.
+
+    Steps, in order: decode; convert to RGB, compositing any alpha over ``alpha_background``; resize so
+    the shorter side is ``resize`` pixels (Pillow, ``interpolation``); centre-crop ``size`` x ``size``;
+    scale to [0, 1]; subtract ``mean`` and divide by ``std`` per channel; lay out as CHW float32.
+    """
+
+    size: int = 224
+    resize: int = 256
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    interpolation: str = "bilinear"
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    alpha_background: list[int] = field(default_factory=lambda: [255, 255, 255])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def describe(self) -> str:
+        return (f"{self.channel_order} {self.size}x{self.size} (resize shorter side to {self.resize}, "
+                f"{self.interpolation}, centre crop), mean {fmt(self.mean)}, std {fmt(self.std)}")
+
+
+def fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode an image file fully, or raise GraftError naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy() if img.mode != "P" else img.convert("RGBA")
+    except FileNotFoundError:
+        raise GraftError(f"{path}: no such file.") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise GraftError(f"{path}: not a readable image ({exc.__class__.__name__}).") from None
+
+
+def to_rgb(img: Image.Image, background: list[int] | tuple[int, ...] = (255, 255, 255)) -> Image.Image:
+    """RGB view of any mode: alpha is composited over ``background``, grey is replicated."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(int(c) for c in background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = max(arr.max(), 1.0)
+        img = Image.fromarray((arr * (255.0 / (65535.0 if top > 255 else 255.0))).clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def resize_and_crop(img: Image.Image, spec: InputSpec) -> Image.Image:
+    """Resize the shorter side to ``spec.resize`` and take the centre ``spec.size`` square."""
+    w, h = img.size
+    scale = spec.resize / min(w, h)
+    nw, nh = max(spec.size, round(w * scale)), max(spec.size, round(h * scale))
+    img = img.resize((nw, nh), RESAMPLE[spec.interpolation])
+    left, top = (nw - spec.size) // 2, (nh - spec.size) // 2
+    return img.crop((left, top, left + spec.size, top + spec.size))
+
+
+def normalise(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """HWC uint8 RGB image -> CHW float32, scaled and normalised."""
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A decoded image -> the network's CHW float32 input, exactly as documented on InputSpec."""
+    return normalise(resize_and_crop(to_rgb(img, spec.alpha_background), spec), spec)
+
+
+def preprocess_file(path: str | Path, spec: InputSpec) -> np.ndarray:
+    return preprocess(open_image(path), spec)
