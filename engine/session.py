@@ -1,6 +1,7 @@
 """A session: one loaded network with its surgery, heads, freeze state and layer tree."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +34,12 @@ class Session:
         self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in self.EVENTS}
         self.dirty = False
         self.project_extra: dict[str, Any] = {}
+        start = time.perf_counter()
         self.tree.probe(self.model)
         self.output_layer: str | None = detect_output_layer(self.model.trunk.body, self.tree.order)
         self.output_deleted = False
         self.tree.sync(self.model, self.output_layer, probe=False)
+        self.tree.build_seconds = time.perf_counter() - start
 
     # -- events ---------------------------------------------------------------------------------
     def connect(self, event: str, callback: Callable[..., Any]) -> None:

@@ -1,0 +1,37 @@
+"""Helpers shared by the subcommands."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default",
+                        help="built-in or torchvision architecture name, or a model file (default: efficientnet_lite0)")
+    parser.add_argument("--weights", help="weights file for an architecture name (.pth/.safetensors)")
+    parser.add_argument("--arch", help="architecture of a state-dict file (guessed when left out)")
+    parser.add_argument("--random-weights", action="store_true", help="accept random weights when none are available")
+    parser.add_argument("--trust", action="store_true",
+                        help="allow a pickled model file (it can run code: only for files you trust)")
+
+
+def load_session(args: argparse.Namespace):
+    """A Session from --model/--weights/..., or from a .graft project."""
+    from engine.loading import load_network
+    from engine.session import Session
+
+    model = str(args.model)
+    if model.endswith(".graft"):
+        from engine.project import open_project
+
+        return open_project(model)
+    network = load_network(model, weights=args.weights, arch=args.arch, random_init=args.random_weights,
+                           trust=args.trust)
+    return Session(network)
+
+
+def human(n: float) -> str:
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}T"

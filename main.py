@@ -1,0 +1,62 @@
+"""Graft: ``python main.py`` opens the window; ``python main.py SUBCOMMAND`` runs the same engine headless."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from commands import NAMES
+
+    parser = argparse.ArgumentParser(prog="graft", description="Model surgery: cut a pretrained network, "
+                                     "graft new heads, train, export to ONNX.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in NAMES:
+        try:
+            module = importlib.import_module(f"commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"commands.{name}":
+                raise
+            continue
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def run_gui(argv: list[str]) -> int:
+    try:
+        from app.application import run_app
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("app.application",):
+            raise
+        print("The Graft window is not built yet. Try: python main.py layers")
+        return 0
+    return run_app(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("--gui") or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        return run_gui(argv)
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "_run", None):
+        return run_gui([])
+    from engine.errors import GraftError
+
+    try:
+        return int(args._run(args) or 0)
+    except GraftError as exc:
+        print(f"graft: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("graft: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("graft: error: out of memory", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
