@@ -194,7 +194,7 @@ class LayerTree:
             cut = self._find(root, model.trunk.cut_at)
             if cut is not None:
                 cut.extra = "cut here: the trunk's features come from this layer"
-        heads = LayerNode(name="heads", path=HEADS_KEY, kind="heads", type_name="Heads")
+        heads = LayerNode(name="grafted heads", path=HEADS_KEY, kind="heads", type_name="Heads")
         heads.parent = root
         for name, module in model.heads.items():
             spec = model.head_specs[name]

@@ -87,19 +87,28 @@ def _trunk_layer(s: "Session", layer: str) -> nn.Module:
     return module
 
 
+def _in_features(head: nn.Module) -> int:
+    return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+
+
 class _ReattachesHeads:
     """Mixin: after the trunk's feature size changes, heads that no longer fit are rebuilt fresh."""
 
     _old_heads: dict[str, nn.Module]
+    _new_heads: dict[str, nn.Module]
 
     def _reattach(self, s: "Session") -> None:
         self._old_heads = {}
+        fresh = getattr(self, "_new_heads", {})  # a redo reuses the heads the first apply built
+        self._new_heads = {}
         dim = s.feature_dim
         for name, head in list(s.model.heads.items()):
-            first = next(m for m in head.modules() if isinstance(m, nn.Linear))
-            if dim is not None and first.in_features != dim:
+            if dim is not None and _in_features(head) != dim:
                 self._old_heads[name] = head
-                s.model.heads[name] = build_head(s.model.head_specs[name], dim)
+                new = fresh.get(name)
+                if new is None or _in_features(new) != dim:
+                    new = build_head(s.model.head_specs[name], dim)
+                self._new_heads[name] = s.model.heads[name] = new
 
     def _restore_heads(self, s: "Session") -> None:
         for name, head in self._old_heads.items():
@@ -205,7 +214,7 @@ class AddHead(Operation):
         dim = s.feature_dim
         if dim is None:
             raise GraftError("The trunk's feature size is unknown (the network did not run on a dummy input).")
-        if self.module is None or next(m for m in self.module.modules() if isinstance(m, nn.Linear)).in_features != dim:
+        if self.module is None or _in_features(self.module) != dim:
             with torch.random.fork_rng(devices=[]):
                 if self.seed is not None:
                     torch.manual_seed(self.seed)

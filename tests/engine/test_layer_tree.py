@@ -1,0 +1,125 @@
+"""The evented layer tree: node data from one dry run, and change events a view can replay exactly."""
+from __future__ import annotations
+
+import torch
+
+from engine.heads import HeadSpec
+from engine.operations import AddHead, CutAt, DeleteOutputLayer, RemoveHead, SetTrainable
+
+
+class Replica:
+    """What a view does with the events: keep its own copy of (path, data) rows per parent."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        self.rows = {}
+        self._copy(tree.root)
+        self.pending = None
+        for event in tree.EVENTS:
+            tree.connect(event, getattr(self, f"on_{event}", lambda *a: None))
+
+    def _copy(self, node):
+        self.rows[node.path] = [c.path for c in node.children]
+        for c in node.children:
+            self._copy(c)
+
+    def on_about_to_insert(self, parent, start, end):
+        assert 0 <= start <= len(self.rows[parent.path]) and end >= start
+        self.pending = ("insert", parent.path, start, end)
+
+    def on_inserted(self, parent, start, end):
+        assert self.pending == ("insert", parent.path, start, end)
+        for i in range(start, end + 1):
+            child = parent.children[i]
+            self.rows[parent.path].insert(i, child.path)
+            self._copy(child)
+
+    def on_about_to_remove(self, parent, start, end):
+        assert 0 <= start <= end < len(self.rows[parent.path])
+        # before removal the engine still has the rows the view knows
+        assert [c.path for c in parent.children[start:end + 1]] == self.rows[parent.path][start:end + 1]
+        self.pending = ("remove", parent.path, start, end)
+
+    def on_removed(self, parent, start, end):
+        assert self.pending == ("remove", parent.path, start, end)
+        del self.rows[parent.path][start:end + 1]
+
+    def check(self):
+        expected = {}
+
+        def walk(node):
+            expected[node.path] = [c.path for c in node.children]
+            for c in node.children:
+                walk(c)
+
+        walk(self.tree.root)
+        mine = {k: v for k, v in self.rows.items() if k in expected}
+        assert mine == expected
+
+
+def test_nodes_carry_shapes_params_and_the_output_layer(resnet_session):
+    tree = resnet_session.tree
+    assert [n.name for n in tree.root.children] == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
+                                                    "layer3", "layer4", "avgpool", "fc", "grafted heads"]
+    assert tree.node("conv1").out_shape == (64, 112, 112)
+    assert tree.node("layer4").out_shape == (512, 7, 7)
+    assert tree.node("layer2.0.downsample.0").type_name == "Conv2d"
+    fc = tree.node("fc")
+    assert fc.is_output and fc.params == 512 * 1000 + 1000 and fc.trainable_params == fc.params
+    total = sum(p.numel() for p in resnet_session.model.parameters())
+    assert sum(n.params for n in tree.root.children) == total
+    assert tree.node("relu").frozen_state == "none"
+    assert len(tree) == len([n for n, _ in resnet_session.model.trunk.body.named_modules() if n]) + 1
+
+
+def test_events_let_a_view_follow_every_operation_and_undo(resnet_session):
+    s = resnet_session
+    replica = Replica(s.tree)
+    changed = []
+    s.tree.connect("changed", lambda node, fields: changed.append((node.path, fields)))
+    ops = [DeleteOutputLayer(), AddHead(HeadSpec("a", "single", outputs=3)), AddHead(HeadSpec("b", "multi", outputs=2)),
+           CutAt("layer2.1"), SetTrainable("up_to", ["layer1"]), RemoveHead("a")]
+    for op in ops:
+        s.do(op)
+        replica.check()
+    assert ("layer1", {"trainable_params"}) in changed
+    for _ in ops:
+        s.history.undo()
+        replica.check()
+    for _ in ops:
+        s.history.redo()
+        replica.check()
+
+
+def test_cut_marks_the_cut_layer_and_heads_group_shows_feature_size(resnet_session):
+    s = resnet_session
+    s.do(CutAt("layer3"))
+    assert "cut here" in s.tree.node("layer3").extra
+    assert s.tree.node("@heads").out_shape == (256,)
+
+
+def test_freeze_events_report_only_the_trainable_counts(resnet_session):
+    s = resnet_session
+    changed = []
+    s.tree.connect("changed", lambda node, fields: changed.append(fields))
+    s.do(SetTrainable("layers", ["layer3"], trainable=False))
+    assert changed and all(f == {"trainable_params"} for f in changed)
+
+
+def test_a_network_that_fails_the_dry_run_still_shows_its_layers():
+    from engine.loading import LoadedNetwork, ModelSource
+    from engine.preprocess import InputSpec
+    from engine.session import Session
+
+    class NeedsOneChannel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    s = Session(LoadedNetwork(NeedsOneChannel(), InputSpec(), ModelSource("file", "x.pt")))
+    assert s.tree.shape_error and "conv" in s.tree and s.tree.node("conv").out_shape is None
+    assert s.feature_dim is None

@@ -1,0 +1,153 @@
+"""Loading networks from names, weight files, TorchScript and pickles — and refusing what is not a model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from engine.errors import GraftError
+from engine.loading import load_network
+from engine.operations import CutAt, DeleteOutputLayer
+from engine.session import Session
+
+
+def outputs(module, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        return module.eval()(x)
+
+
+def test_torchvision_name_without_weights_is_refused_and_never_downloads(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(GraftError, match="never downloads"):
+        load_network("resnet18")
+
+
+def test_random_weights_only_when_asked_and_then_said(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    net = load_network("resnet18", random_init=True)
+    assert net.source.weights == "random"
+    assert any("random weights" in n for n in net.notes)
+    assert "random weights" in net.source.describe()
+
+
+def test_weights_from_a_file_and_from_the_hub_cache(tmp_path, monkeypatch):
+    reference = torchvision.models.mobilenet_v3_small()
+    path = tmp_path / "mine.pth"
+    torch.save(reference.state_dict(), path)
+    net = load_network("mobilenet_v3_small", weights=path)
+    assert torch.equal(outputs(net.module), outputs(reference))
+    assert net.input_spec.size == 224 and net.class_names and len(net.class_names) == 1000
+
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    url = torchvision.models.MobileNet_V3_Small_Weights.DEFAULT.url
+    torch.save(reference.state_dict(), cache / os.path.basename(url))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cached = load_network("mobilenet_v3_small")
+    assert torch.equal(outputs(cached.module), outputs(reference))
+    assert "hub cache" in cached.notes[0]
+
+
+def test_input_spec_comes_from_the_weights_metadata():
+    net = load_network("efficientnet_b1", random_init=True)
+    t = torchvision.models.EfficientNet_B1_Weights.DEFAULT.transforms()
+    assert (net.input_spec.size, net.input_spec.resize) == (240, 255) == (t.crop_size[0], t.resize_size[0])
+    assert net.input_spec.interpolation == t.interpolation.value
+    assert net.input_spec.mean == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_weights_that_do_not_fit_are_refused_with_the_keys(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(GraftError, match="do not fit mobilenet_v3_small"):
+        load_network("mobilenet_v3_small", weights=path)
+
+
+def test_state_dict_file_architecture_is_recognised(tmp_path):
+    reference = torchvision.models.mobilenet_v3_small()
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, path)
+    net = load_network(path)
+    assert net.source.arch == "mobilenet_v3_small"
+    assert torch.equal(outputs(net.module), outputs(reference))
+
+
+def test_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    net = load_network(path, arch="resnet18")
+    assert torch.equal(outputs(net.module), outputs(reference))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(GraftError, match="not a valid safetensors"):
+        load_network(tmp_path / "bad.safetensors", arch="resnet18")
+
+
+def test_torchscript_file_loads_and_refuses_cutting(tmp_path):
+    reference = torchvision.models.mobilenet_v3_small().eval()
+    path = tmp_path / "scripted.pt"
+    torch.jit.trace(reference, torch.randn(1, 3, 224, 224)).save(str(path))
+    net = load_network(path)
+    assert net.source.format == "torchscript"
+    s = Session(net)
+    assert s.feature_dim == 1000
+    with pytest.raises(GraftError, match="TorchScript"):
+        s.do(CutAt("features"))
+    with pytest.raises(GraftError, match="No output layer"):
+        s.do(DeleteOutputLayer())
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/graft-test-evil-marker")
+
+
+def test_a_pickle_that_would_run_code_is_refused_unless_trusted(tmp_path):
+    MARKER.unlink(missing_ok=True)
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": Evil()}, path)
+    with pytest.raises(GraftError, match="trust"):
+        load_network(path)
+    assert not MARKER.exists()
+
+
+def test_a_full_pickled_module_needs_trust(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(torchvision.models.mobilenet_v3_small(), path)
+    with pytest.raises(GraftError, match="trust"):
+        load_network(path)
+    net = load_network(path, trust=True)
+    assert net.source.format == "pickle" and net.source.trusted
+    assert Session(net).output_layer == "classifier.3"
+
+
+@pytest.mark.parametrize("content", [b"hello, I am a text file\n", os.urandom(2048), b""])
+def test_a_file_that_is_not_a_model_gets_one_clear_message(tmp_path, content):
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(GraftError, match="not a model file"):
+        load_network(path)
+
+
+def test_missing_file_and_unknown_names(tmp_path):
+    with pytest.raises(GraftError, match="no such file"):
+        load_network(tmp_path / "nothing.pt")
+    with pytest.raises(GraftError, match="Unknown architecture"):
+        load_network("resnet1000", random_init=True)
+
+
+def test_unrecognised_state_dict_asks_for_the_architecture(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    with pytest.raises(GraftError, match="--arch"):
+        load_network(path)
