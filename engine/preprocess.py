@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import GraftError
 
@@ -23,7 +23,7 @@ RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BI
 class InputSpec:
     """How an image file becomes the network's input tensor.
 
-    Steps, in order: decode; convert to RGB, compositing any alpha over ``alpha_background``; resize so
+    Steps, in order: decode and apply the EXIF orientation; convert to RGB, compositing any alpha over ``alpha_background``; resize so
     the shorter side is ``resize`` pixels (Pillow, ``interpolation``); centre-crop ``size`` x ``size``;
     scale to [0, 1]; subtract ``mean`` and divide by ``std`` per channel; lay out as CHW float32.
     """
@@ -54,11 +54,13 @@ def fmt(values: list[float]) -> str:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully, or raise GraftError naming the file."""
+    """Decode an image file fully, upright (EXIF orientation applied, as phones expect), or raise
+    GraftError naming the file."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy() if img.mode != "P" else img.convert("RGBA")
+            upright = ImageOps.exif_transpose(img)
+            return upright if upright.mode != "P" else upright.convert("RGBA")
     except FileNotFoundError:
         raise GraftError(f"{path}: no such file.") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
