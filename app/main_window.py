@@ -1,0 +1,1190 @@
+"""The Graft window: the layer tree on the left; Heads, Data, Train and Evaluate tabs on the right.
+
+Everything slow (loading a network, a project or data, training, evaluating, predicting, saving,
+exporting) runs in a worker (:mod:`app.workers`); the window only starts jobs and shows what comes back.
+Every surgery is applied first — an illegal one raises GraftError and changes nothing — and then pushed on
+the QUndoStack as an already-applied :class:`~app.undo.OperationCommand`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QPainter, QUndoStack
+from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QGroupBox, QLabel, QMainWindow, QMessageBox,
+                               QProgressBar, QScrollArea, QSizePolicy, QSplitter, QTabWidget, QToolBar, QUndoView,
+                               QVBoxLayout, QWidget)
+
+from engine.errors import GraftError
+from engine.layer_tree import HEADS_KEY
+
+from . import dialogs
+from .actions import Actions, icon
+from .settings import Settings
+from .undo import push_operation
+from .workers import Cancelled, Job, TrainWorker, run_in_thread, start_worker
+
+log = logging.getLogger(__name__)
+
+MODEL_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".torchscript", ".ptl", ".pkl"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+PROJECT_FILTER = "Graft projects (*.graft);;All files (*)"
+ONNX_FILTER = "ONNX models (*.onnx);;All files (*)"
+DATA_FILTER = "CSV manifests (*.csv);;All files (*)"
+STOP_WAIT_MS = 15000  # closing: how long to wait for training to end after asking it to stop
+JOB_WAIT_MS = 30000  # closing: how long to wait for other work (a load, an evaluation) to end
+TABS = ("heads", "data", "train", "evaluate")
+
+
+def human(n: float) -> str:
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}T"
+
+
+# -- work done in worker threads (plain functions: no Qt, no widgets) ---------------------------------
+def _load_session(request: dict[str, Any]):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    network = load_network(request.get("spec") or "default", weights=request.get("weights"),
+                           arch=request.get("arch"), random_init=bool(request.get("random_init")),
+                           trust=bool(request.get("trust")))
+    return Session(network)
+
+
+def _open_project(path: str):
+    from engine.project import open_project
+
+    return open_project(path)
+
+
+def _load_data(path: str, heads=None):
+    from engine.datasets import load_data
+
+    return load_data(path, heads=heads)
+
+
+def _load_demo_data():
+    from engine.datasets import load_data
+    from engine.demo_data import ensure_demo_data
+
+    return load_data(ensure_demo_data())
+
+
+class ElidedLabel(QLabel):
+    """A status-bar label that shrinks with an ellipsis instead of pushing its neighbours out."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(60)
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        return QSize(min(hint.width(), 520), hint.height())
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        painter = QPainter(self)
+        rect = self.contentsRect().adjusted(self.margin() + 8, 0, -self.margin() - 8, 0)
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, rect.width())
+        painter.setPen(self.palette().color(self.foregroundRole()))
+        painter.drawText(rect, int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft), text)
+
+
+class MainWindow(QMainWindow):
+    """The application window. Signals announce finished background work (tests wait on them)."""
+
+    modelLoaded = Signal()
+    dataLoaded = Signal()
+    trainingStarted = Signal()
+    trainingFinished = Signal(object)  # the TrainResult as a dict
+    evaluated = Signal(object)  # the EvalReport
+    predicted = Signal(object)
+    exported = Signal(object)  # the ExportReport
+    saved = Signal(str)
+    errorShown = Signal(str)
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or Settings()
+        self.session = None
+        self.data = None
+        self.data_path: str | None = None
+        self.project_path: str | None = None
+        self.train_job: Job | None = None
+        self.last_train_result: dict[str, Any] | None = None
+        self.last_report = None
+        self._jobs: dict[str, Job] = {}
+        self._weights_changed = False  # training changes weights outside the undo stack
+        self._close_after_save = False
+        self._closing = False
+        self._closed = False
+
+        self.undo_stack = QUndoStack(self)
+        self.undo_stack.cleanChanged.connect(self._update_modified)
+        self.undo_stack.indexChanged.connect(self._on_undo_index)
+
+        self.setWindowTitle("Graft[*]")
+        self.setWindowIcon(icon("graft"))
+        self.setAcceptDrops(True)
+        self.setDockNestingEnabled(False)
+
+        self.actions = Actions(self, self.undo_stack)
+        self._build_widgets()
+        self._build_chrome()
+        self._connect()
+        self._restore_window()
+        self._refresh()
+
+    # ------------------------------------------------------------------------------------------
+    # construction
+    # ------------------------------------------------------------------------------------------
+    def _build_widgets(self) -> None:
+        from widgets.curve_panel import CurvePanel
+        from widgets.data_panel import DataPanel
+        from widgets.evaluation_panel import EvaluationPanel
+        from widgets.heads_panel import HeadsPanel
+        from widgets.layer_tree_model import LayerTreeModel
+        from widgets.layer_tree_view import LayerTreeView
+        from widgets.training_panel import TrainingPanel
+        from widgets.try_image_view import TryImageView
+
+        self.tree_model = LayerTreeModel(parent=self)
+        self.tree_view = LayerTreeView(self.tree_model)
+
+        self.heads_panel = HeadsPanel()
+        self.data_panel = DataPanel()
+        self.training_panel = TrainingPanel()
+        self.curve_panel = CurvePanel()
+        self.evaluation_panel = EvaluationPanel()
+        self.try_image = TryImageView()
+
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(False)
+        self.tabs.addTab(self._split(Qt.Orientation.Vertical, self.heads_panel, self._history_box(), (3, 1)),
+                         icon("add-head"), "Heads")
+        self.tabs.addTab(self.data_panel, icon("data"), "Data")
+        # The settings scroll rather than forcing their width on the window; the plots stack when narrow.
+        self.train_split = self._split(Qt.Orientation.Horizontal, self._scrolled(self.training_panel),
+                                       self.curve_panel, (0, 1))
+        self.curve_panel.set_orientation(Qt.Orientation.Vertical)
+        self.curve_panel.installEventFilter(self)
+        self.tabs.addTab(self.train_split, icon("start"), "Train")
+        self.evaluate_split = self._split(Qt.Orientation.Horizontal, self.evaluation_panel, self.try_image, (1, 1))
+        self.tabs.addTab(self.evaluate_split, icon("evaluate"), "Evaluate")
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(self.tree_view)
+        self.splitter.addWidget(self.tabs)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(self.splitter)
+
+    def _history_box(self) -> QWidget:
+        """The surgery so far, in order (the undo stack): clicking a step goes back to it."""
+        box = QGroupBox("Surgery history")
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(8, 6, 8, 8)
+        self.history_view = QUndoView(self.undo_stack)
+        self.history_view.setObjectName("history")
+        self.history_view.setEmptyLabel("Network as loaded")
+        self.history_view.setAlternatingRowColors(True)
+        hint = QLabel("Every change in order; click a step to go back to it (Ctrl+Z / Ctrl+Shift+Z).")
+        hint.setObjectName("hint")
+        hint.setWordWrap(True)
+        layout.addWidget(hint)
+        layout.addWidget(self.history_view, 1)
+        box.setMinimumHeight(140)
+        return box
+
+    @staticmethod
+    def _scrolled(widget: QWidget) -> QScrollArea:
+        area = QScrollArea()
+        area.setWidget(widget)
+        area.setWidgetResizable(True)
+        area.setFrameShape(QFrame.Shape.NoFrame)
+        area.setMinimumWidth(220)
+        return area
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if watched is self.curve_panel and event.type() == QEvent.Type.Resize:
+            wide = event.size().width() >= 1.3 * event.size().height() and event.size().width() >= 640
+            self.curve_panel.set_orientation(Qt.Orientation.Horizontal if wide else Qt.Orientation.Vertical)
+        return super().eventFilter(watched, event)
+
+    @staticmethod
+    def _split(orientation: Qt.Orientation, first: QWidget, second: QWidget, stretch: tuple[int, int]) -> QSplitter:
+        splitter = QSplitter(orientation)
+        splitter.addWidget(first)
+        splitter.addWidget(second)
+        splitter.setStretchFactor(0, stretch[0])
+        splitter.setStretchFactor(1, stretch[1])
+        splitter.setChildrenCollapsible(False)
+        return splitter
+
+    def _build_chrome(self) -> None:
+        a = self.actions
+        a.build_menus(self.menuBar())
+        self.toolbar = QToolBar("Main")
+        self.toolbar.setObjectName("mainToolbar")
+        self.toolbar.setIconSize(QSize(20, 20))
+        self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toolbar.setMovable(False)
+        a.build_toolbar(self.toolbar)
+        # Only the most used actions show their text; the rest are icons with tooltips.
+        for action in (a.open_model, a.open_project, a.save_project, a.undo, a.redo, a.export_onnx,
+                       a.freeze_up_to, a.unfreeze_all, a.heads_only):
+            button = self.toolbar.widgetForAction(action)
+            if button is not None:
+                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
+        self.addToolBar(self.toolbar)
+
+        bar = self.statusBar()
+        bar.setSizeGripEnabled(True)
+        self.message_label = ElidedLabel("")
+        self.message_label.setObjectName("statusMessage")
+        self.busy_label = QLabel("")
+        self.busy_label.setObjectName("busyLabel")
+        self.busy_bar = QProgressBar()
+        self.busy_bar.setRange(0, 0)
+        self.busy_bar.setMaximumWidth(110)
+        self.busy_bar.setMaximumHeight(14)
+        self.busy_bar.setTextVisible(False)
+        self.model_label = QLabel("No model")
+        self.features_label = QLabel("")
+        self.params_label = QLabel("")
+        self.device_label = QLabel(self._device_text())
+        for label in (self.features_label, self.params_label, self.device_label):
+            label.setObjectName("statusSeparated")
+        bar.addWidget(self.message_label, 1)
+        bar.addPermanentWidget(self.busy_label)
+        bar.addPermanentWidget(self.busy_bar)
+        bar.addPermanentWidget(self.model_label)
+        bar.addPermanentWidget(self.features_label)
+        bar.addPermanentWidget(self.params_label)
+        bar.addPermanentWidget(self.device_label)
+        self.busy_bar.hide()
+        self.busy_label.hide()
+
+    @staticmethod
+    def _device_text() -> str:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return f"GPU: {torch.cuda.get_device_name(0)}"
+        except Exception:  # noqa: BLE001
+            pass
+        return "CPU"
+
+    def _connect(self) -> None:
+        a = self.actions
+        a.open_model.triggered.connect(lambda: self.open_model_dialog("bundled"))
+        a.open_torchvision.triggered.connect(lambda: self.open_model_dialog("torchvision"))
+        a.open_project.triggered.connect(self.open_project_dialog)
+        a.open_data.triggered.connect(self.open_data_dialog)
+        a.save_project.triggered.connect(self.save_project)
+        a.save_project_as.triggered.connect(self.save_project_as)
+        a.export_onnx.triggered.connect(self.export_onnx_dialog)
+        a.quit.triggered.connect(self.close)
+        a.clear_recent.triggered.connect(self._clear_recent)
+        a.delete_output.triggered.connect(self.delete_output_layer)
+        a.cut_here.triggered.connect(self.cut_here)
+        a.add_head.triggered.connect(self.add_head)
+        a.edit_head.triggered.connect(lambda: self.edit_head(self._selected_head()))
+        a.remove_head.triggered.connect(lambda: self.remove_head(self._selected_head()))
+        a.freeze_up_to.triggered.connect(self.freeze_up_to_here)
+        a.heads_only.triggered.connect(lambda: self.apply_preset("heads-only"))
+        a.unfreeze_all.triggered.connect(lambda: self.apply_preset("none"))
+        a.train_start.triggered.connect(self.start_training)
+        a.train_stop.triggered.connect(self.stop_training)
+        a.evaluate.triggered.connect(self.evaluate)
+        a.about.triggered.connect(lambda: dialogs.about_box(self))
+
+        self.tree_model.set_toggle_handler(self._toggle_trainable)
+        self.tree_view.set_context_actions(a.context_actions())
+        self.tree_view.currentPathChanged.connect(lambda _: self._refresh_actions())
+        self.heads_panel.table.itemSelectionChanged.connect(self._refresh_actions)
+
+        self.heads_panel.addRequested.connect(self.add_head)
+        self.heads_panel.editRequested.connect(self.edit_head)
+        self.heads_panel.removeRequested.connect(self.remove_head)
+        self.data_panel.dataRequested.connect(self.load_data)
+        self.data_panel.adviceApplied.connect(self.apply_preset)
+        self.training_panel.startRequested.connect(self.start_training)
+        self.training_panel.stopRequested.connect(self.stop_training)
+        self.try_image.imageChosen.connect(self.predict_image)
+        self._rebuild_recent_menu()
+
+    def _restore_window(self) -> None:
+        geometry, state, sizes = self.settings.window_state()
+        if geometry is None or not self.restoreGeometry(geometry):
+            screen = QApplication.primaryScreen()
+            avail = screen.availableGeometry() if screen is not None else None
+            w, h = 1480, 940
+            if avail is not None:
+                w, h = max(800, min(w, avail.width() - 40)), max(560, min(h, avail.height() - 60))
+            self.resize(w, h)
+            if avail is not None:
+                self.move(avail.x() + (avail.width() - w) // 2, avail.y() + (avail.height() - h) // 2)
+        if state is not None:
+            self.restoreState(state)
+        total = max(self.width(), 800)
+        left = max(self.tree_view.minimumSizeHint().width(), int(total * 0.36))
+        self.splitter.setSizes(sizes if sizes and len(sizes) == 2 and min(sizes) > 50 else [left, total - left])
+        self._proportioned: set[int] = set()
+        self.tabs.currentChanged.connect(self._proportion_tab)
+
+    def _proportion_tab(self, index: int) -> None:
+        """Split a tab's panes sensibly the first time it is shown (hidden splitters have no width yet)."""
+        if index in self._proportioned:
+            return
+        self._proportioned.add(index)
+        widget = self.tabs.widget(index)
+        width = max(self.tabs.width() - 10, 400)
+        if widget is self.train_split:
+            panel = min(self.training_panel.sizeHint().width() + 20, width // 2)
+            self.train_split.setSizes([panel, width - panel])
+        elif widget is self.evaluate_split:
+            self.evaluate_split.setSizes([width * 5 // 9, width * 4 // 9])
+
+    def _save_window(self) -> None:
+        self.settings.save_window_state(self.saveGeometry(), self.saveState(), self.splitter.sizes())
+        self.settings.sync()
+
+    # ------------------------------------------------------------------------------------------
+    # state and messages
+    # ------------------------------------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        return self.train_job is not None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._jobs)
+
+    def _selected_path(self) -> str | None:
+        path = self.tree_view.current_path() if self.session is not None else None
+        return path or None
+
+    def _selected_layer(self) -> str | None:
+        path = self._selected_path()
+        return path if path and not path.startswith(HEADS_KEY) else None
+
+    def _selected_head(self) -> str | None:
+        path = self._selected_path()
+        if path and path.startswith(HEADS_KEY + "."):
+            return path[len(HEADS_KEY) + 1:].split(".")[0]
+        if self.session is not None and self.heads_panel.current_head():
+            return self.heads_panel.current_head()
+        if self.session is not None and len(self.session.heads) == 1:
+            return self.session.heads[0].name
+        return None
+
+    def _on_undo_index(self, _index: int) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._refresh_actions()
+        self._refresh_status()
+        self._update_modified()
+
+    def _refresh_actions(self) -> None:
+        s = self.session
+        layer = self._selected_layer() if s is not None else None
+        node = s.tree.node(layer) if (s is not None and layer) else None
+        order = set(s.tree.order) if s is not None else set()
+        self.actions.update_enabled(
+            has_model=s is not None, busy=self.busy, training=self.training,
+            output_present=bool(s is not None and s.output_layer),
+            layer_selected=node is not None, head_selected=self._selected_head() is not None,
+            has_heads=bool(s is not None and s.heads), has_data=self.data is not None,
+            can_cut=node is not None and layer in order,
+            can_freeze_here=node is not None and layer in order and node.params > 0)
+        self.training_panel.set_running(self.training)
+        self.heads_panel.setEnabled(not self.training)
+        self.history_view.setEnabled(not self.training and not self.busy)
+
+    def _refresh_status(self) -> None:
+        s = self.session
+        if s is None:
+            self.model_label.setText("No model")
+            self.features_label.setText("")
+            self.params_label.setText("")
+            return
+        self.model_label.setText(s.describe())
+        dim = s.tree.feature_dim
+        self.features_label.setText(f"features: {dim}" if dim else "features: ?")
+        total = trainable = 0
+        for p in s.model.parameters():
+            n = p.numel()
+            total += n
+            if p.requires_grad:
+                trainable += n
+        self.params_label.setText(f"{human(trainable)} of {human(total)} parameters train")
+        self.params_label.setToolTip(f"{trainable:,} trainable of {total:,} parameters")
+
+    def _update_modified(self, *_: Any) -> None:
+        modified = self.session is not None and (not self.undo_stack.isClean() or self._weights_changed)
+        self.setWindowModified(modified)
+        name = Path(self.project_path).name if self.project_path else (
+            self.session.describe() if self.session is not None else "")
+        self.setWindowTitle(f"{name}[*] — Graft" if name else "Graft[*]")
+
+    def show_message(self, text: str, level: str = "info") -> None:
+        """The last message, in the status line (errors also get a message box: :meth:`show_error`)."""
+        self.message_label.setText(text)
+        self.message_label.setToolTip(text)
+        color = {"error": "#c62828", "warning": "#bf360c"}.get(level, "#455a64")
+        self.message_label.setStyleSheet(f"color: {color};")
+
+    def show_error(self, message: str, details: str = "", title: str = "Graft") -> None:
+        self.show_message(message, "error")
+        self.errorShown.emit(message)
+        if details:
+            box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self)
+            box.setDetailedText(details)
+            box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            box.open()
+        else:
+            QMessageBox.warning(self, title, message)
+
+    def _busy(self, name: str, text: str, job: Job) -> None:
+        self._jobs[name] = job
+        self.busy_label.setText(text)
+        self.busy_label.show()
+        self.busy_bar.show()
+        self._refresh_actions()
+
+    def _done(self, name: str) -> None:
+        self._jobs.pop(name, None)
+        self.busy_bar.setRange(0, 0)
+        if not self._jobs:
+            self.busy_label.hide()
+            self.busy_bar.hide()
+        else:
+            self.busy_label.setText(next(iter(self._jobs)).capitalize() + "…")
+        self._refresh_actions()
+
+    def _run(self, name: str, text: str, fn, *args, finished, errored=None, progress=None,
+             **kwargs) -> Job | None:
+        """Start ``fn`` in a worker under ``name`` (one at a time per name), with a busy indicator."""
+        if name in self._jobs:
+            self.show_message(f"Still {text[0].lower() + text[1:]}", "warning")
+            return None
+
+        def ok(result, name=name):
+            self._done(name)
+            finished(result)
+
+        def failed(message, details, name=name):
+            self._done(name)
+            if errored is not None:
+                errored(message, details)
+            else:
+                self.show_error(message, details)
+
+        job = run_in_thread(fn, *args, _name=name, _finished=ok, _errored=failed, _progress=progress,
+                            _start=False, **kwargs)
+        self._busy(name, text, job)
+        job.start()
+        return job
+
+    # ------------------------------------------------------------------------------------------
+    # loading models and projects
+    # ------------------------------------------------------------------------------------------
+    def open_model_dialog(self, page: str = "bundled") -> None:
+        if not self._maybe_save("opening another model"):
+            return
+        dialog = dialogs.OpenModelDialog(self, page=page, start_dir=self.settings.last_dir("model"))
+        if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
+            return
+        request = dialog.request()
+        if request["spec"] and Path(request["spec"]).exists():
+            self.settings.set_last_dir("model", request["spec"])
+        self.load_model(request, ask=False)
+
+    def load_model(self, request: dict[str, Any] | str, ask: bool = True) -> None:
+        """Load a network in a worker: ``request`` is a spec string or load_network's keyword arguments."""
+        if isinstance(request, str):
+            request = {"spec": request}
+        if self.training or (ask and not self._maybe_save("opening another model")):
+            return
+        text = dialogs.describe_request(request)
+
+        def loaded(session, request=request):
+            self._set_session(session, project_path=None)
+            spec = str(request.get("spec") or "default")
+            if Path(spec).exists():
+                self.settings.add_recent(spec, "model")
+                self._rebuild_recent_menu()
+            for note in session.network.notes:
+                self.show_message(note, "warning" if "random" in note else "info")
+            if not session.network.notes:
+                self.show_message(f"Loaded {session.describe()}.")
+                self._suggest_next()
+
+        self._run("load", text, _load_session, dict(request), finished=loaded,
+                  errored=lambda m, d: self.show_error(m, d, "Could not open the model"))
+
+    def open_project_dialog(self) -> None:
+        if not self._maybe_save("opening a project"):
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Open project", self.settings.last_dir("project"),
+                                              PROJECT_FILTER)
+        if path:
+            self.open_project_file(path, ask=False)
+
+    def open_project_file(self, path: str, ask: bool = True) -> None:
+        if self.training or (ask and not self._maybe_save("opening a project")):
+            return
+
+        def opened(session, path=str(path)):
+            self._set_session(session, project_path=path)
+            self.settings.add_recent(path, "project")
+            self.settings.set_last_dir("project", path)
+            self._rebuild_recent_menu()
+            self.show_message(f"Opened {Path(path).name}: {session.describe()}, {len(session.heads)} head(s).")
+
+        self._run("load", f"Opening {Path(path).name}…", _open_project, str(path), finished=opened,
+                  errored=lambda m, d: self.show_error(m, d, "Could not open the project"))
+
+    def _set_session(self, session, project_path: str | None) -> None:
+        old = self.session
+        if old is not None:
+            old.disconnect("changed", self._on_session_changed)
+        self.undo_stack.clear()
+        self.session = session
+        self.project_path = project_path
+        self._weights_changed = False
+        self.last_train_result = None
+        session.connect("changed", self._on_session_changed)
+        self.tree_model.set_tree(session.tree)
+        self.tree_view.tree_view.expandToDepth(0)
+        self.heads_panel.set_session(session)
+        self.undo_stack.setClean()
+        self._refresh_advice()
+        self._refresh()
+        self.modelLoaded.emit()
+
+    def _on_session_changed(self, op) -> None:
+        self._refresh()
+        self._refresh_advice()
+
+    # ------------------------------------------------------------------------------------------
+    # data
+    # ------------------------------------------------------------------------------------------
+    def open_data_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open data (a CSV manifest)", self.settings.last_dir("data"),
+                                              DATA_FILTER)
+        if path:
+            self.load_data(path)
+
+    def load_data(self, path: str) -> None:
+        if self.training:
+            self.show_message("Data cannot change while training runs.", "warning")
+            return
+
+        def loaded(source, path=str(path)):
+            self._set_data(source, path)
+            self.settings.add_recent(path, "data")
+            self.settings.set_last_dir("data", path)
+            self._rebuild_recent_menu()
+
+        def failed(message, details):
+            self.data_panel.set_error(message)
+            self.show_error(message, details, "Could not load the data")
+
+        if self._run("data", f"Loading data from {Path(path).name}…", _load_data, str(path), finished=loaded,
+                     errored=failed) is not None:
+            self.data_panel.set_path(str(path))
+
+    def load_demo_data(self) -> None:
+        self._run("data", "Preparing the demo data…", _load_demo_data,
+                  finished=lambda source: self._set_data(source, str(source.path or source.root)),
+                  errored=lambda m, d: (self.data_panel.set_error(m), self.show_error(m, d, "Demo data")))
+
+    def _set_data(self, source, path: str) -> None:
+        self.data = source
+        self.data_path = path
+        self.data_panel.set_session(self.session)
+        self.data_panel.set_data(source)
+        summary = source.summary()
+        skipped = f", {summary['n_skipped']} skipped" if summary.get("n_skipped") else ""
+        self.show_message(f"Data: {summary['n_train']} training and {summary['n_val']} validation images"
+                          f"{skipped} from {Path(path).name}.")
+        self._refresh()
+        self._suggest_next()
+        self.dataLoaded.emit()
+
+    def _suggest_next(self) -> None:
+        """With a fresh model and data, say what to do next."""
+        s = self.session
+        if s is None or self.data is None or s.heads or s.network.notes or self.undo_stack.count():
+            return
+        names = ", ".join(h.name for h in self.data.heads[:4])
+        first = "delete the output layer (or cut at a layer), then " if s.output_layer else ""
+        self.show_message(f"Ready: {s.describe()} and {len(self.data.samples)} images. Next: {first}"
+                          f"add heads (the data suggests {names}).")
+
+    def _refresh_advice(self) -> None:
+        """The data panel's rule of thumb depends on the session's blocks and on the data."""
+        self.data_panel.set_session(self.session)
+
+    # ------------------------------------------------------------------------------------------
+    # surgery
+    # ------------------------------------------------------------------------------------------
+    def apply_op(self, op) -> bool:
+        """Apply ``op`` and push it on the undo stack; a GraftError is shown and changes nothing."""
+        if self.session is None:
+            self.show_message("Open a model first.", "warning")
+            return False
+        if self.training or self.busy:
+            self.show_error("Surgery has to wait until the running work has finished.")
+            return False
+        try:
+            push_operation(self.undo_stack, self.session, op, on_error=self.show_error)
+        except GraftError as exc:
+            self.show_error(str(exc), title="Surgery")
+            return False
+        self.show_message(f"{op.text}.")
+        return True
+
+    def delete_output_layer(self) -> bool:
+        from engine.operations import DeleteOutputLayer
+
+        return self.apply_op(DeleteOutputLayer())
+
+    def cut_here(self, path: str | None = None) -> bool:
+        from engine.operations import CutAt
+
+        layer = path or self._selected_layer()
+        if not layer:
+            self.show_message("Select the layer to cut at.", "warning")
+            return False
+        return self.apply_op(CutAt(layer))
+
+    def freeze_up_to_here(self, path: str | None = None) -> bool:
+        from engine.operations import SetTrainable
+
+        layer = path or self._selected_layer()
+        if not layer:
+            self.show_message("Select the last layer to freeze.", "warning")
+            return False
+        return self.apply_op(SetTrainable("up_to", [layer]))
+
+    def apply_preset(self, preset: str) -> bool:
+        from engine.operations import freeze_preset
+
+        try:
+            op = freeze_preset(preset)
+        except GraftError as exc:
+            self.show_error(str(exc))
+            return False
+        return self.apply_op(op)
+
+    def _toggle_trainable(self, path: str, trainable: bool) -> bool:
+        """The tree's checkbox: freeze or unfreeze one layer (or head) through the undo stack."""
+        from engine.operations import SetTrainable
+
+        if self.training:
+            self.show_message("Freezing cannot change while training runs.", "warning")
+            return False
+        return self.apply_op(SetTrainable("layers", [path], trainable))
+
+    def add_head(self) -> bool:
+        from engine.operations import AddHead
+        from widgets.head_dialog import HeadDialog
+
+        s = self.session
+        if s is None:
+            self.show_message("Open a model first.", "warning")
+            return False
+        if self.training or self.busy:
+            self.show_message("Wait until the running work has finished.", "warning")
+            return False
+        delete_first = False
+        if s.output_layer and not s.heads:
+            answer = QMessageBox.question(
+                self, "Delete the output layer?",
+                f"The network still ends in its output layer ({s.output_layer}), which predicts the classes it "
+                "was trained on. New heads usually replace it and read the features before it.\n\n"
+                "Delete the output layer first?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No | QMessageBox.StandardButton.Cancel,
+                QMessageBox.StandardButton.Yes)
+            if answer == QMessageBox.StandardButton.Cancel:
+                return False
+            delete_first = answer == QMessageBox.StandardButton.Yes
+        existing = [h.name for h in s.heads]
+        suggestions = [h for h in (self.data.heads if self.data is not None else []) if h.name not in existing]
+        dialog = HeadDialog.for_new(existing, suggestions, self)
+        if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
+            return False
+        try:
+            spec = dialog.spec()
+        except GraftError as exc:
+            self.show_error(str(exc), title="Add head")
+            return False
+        if delete_first and s.output_layer:
+            if not self.delete_output_layer():
+                return False
+        ok = self.apply_op(AddHead(spec))
+        if ok:
+            self.tabs.setCurrentIndex(TABS.index("heads"))
+        return ok
+
+    def edit_head(self, name: str | None) -> bool:
+        from engine.operations import UpdateHead
+        from widgets.head_dialog import HeadDialog
+
+        if self.session is None or not name:
+            return False
+        spec = next((h for h in self.session.heads if h.name == name), None)
+        if spec is None:
+            return False
+        dialog = HeadDialog.for_edit(spec, self)
+        if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
+            return False
+        try:
+            new = dialog.spec()
+        except GraftError as exc:
+            self.show_error(str(exc), title="Edit head")
+            return False
+        if new.to_dict() == spec.to_dict():
+            return False
+        return self.apply_op(UpdateHead(name, new))
+
+    def remove_head(self, name: str | None) -> bool:
+        from engine.operations import RemoveHead
+
+        if self.session is None or not name:
+            self.show_message("Select the head to remove.", "warning")
+            return False
+        return self.apply_op(RemoveHead(name))
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------
+    def start_training(self) -> bool:
+        s = self.session
+        if s is None or self.training or self.busy:
+            return False
+        if not s.heads:
+            self.show_error("Add at least one head before training (Surgery ▸ Add head).")
+            return False
+        if self.data is None:
+            self.show_error("Load data before training (drop a folder or CSV on the window).")
+            return False
+        try:
+            config = self.training_panel.config()
+        except GraftError as exc:
+            self.show_error(str(exc), title="Training settings")
+            return False
+        worker = TrainWorker(s, self.data, config)
+        self._train_epochs = int(getattr(config, "epochs", 0) or 0)
+        self._train_epoch = 0
+        self.curve_panel.reset(list(s.heads))
+        self.tabs.setCurrentIndex(TABS.index("train"))
+        self.train_job = start_worker(worker, name="train", progress=self._on_train_progress,
+                                      finished=self._on_train_finished, errored=self._on_train_errored,
+                                      start=False)
+        self.training_panel.set_status("Starting…")
+        self.show_message("Training started.")
+        self._refresh()
+        self.train_job.start()
+        self.trainingStarted.emit()
+        return True
+
+    def stop_training(self) -> None:
+        if self.train_job is not None:
+            self.train_job.request_stop()
+            self.training_panel.set_status("Stopping after this batch…")
+            self.show_message("Stopping after the current batch…")
+            self.actions.train_stop.setEnabled(False)
+
+    def _on_train_progress(self, batch: dict[str, Any]) -> None:
+        started = batch.get("started")
+        if started:
+            self.device_label.setText(started.get("device_name") or started.get("device") or "CPU")
+            self._train_epochs = int(started.get("epochs") or self._train_epochs)
+        if batch.get("steps"):
+            self.curve_panel.add_steps(batch["steps"])
+        for epoch in batch.get("epochs", []):
+            self.curve_panel.add_epoch(epoch)
+            val = epoch.get("val_loss")
+            text = f"Epoch {epoch.get('epoch')}: train loss {epoch.get('train_loss', math.nan):.4f}"
+            if val is not None:
+                text += f", validation loss {val:.4f}"
+            text += " (best so far)" if epoch.get("best") else ""
+            self.show_message(text)
+            self.training_panel.set_status(text)
+        for message in batch.get("messages", []):
+            self.show_message(message.get("text", ""), message.get("level", "info"))
+            self.training_panel.set_status(message.get("text", ""))
+        if batch.get("steps"):
+            self._train_epoch = max(self._train_epoch, int(batch["steps"][-1].get("epoch") or 0))
+        p = batch.get("progress")
+        if p:
+            self.training_panel.set_progress(p.get("done_steps", 0), p.get("total_steps", 0),
+                                             p.get("eta_seconds"), self._train_epoch or None, self._train_epochs)
+
+    def _end_training(self) -> None:
+        self.train_job = None
+        self._refresh()
+
+    def _on_train_finished(self, result: dict[str, Any] | None) -> None:
+        result = result or {}
+        self.last_train_result = result
+        self._end_training()
+        self._weights_changed = True
+        self._update_modified()
+        reason = result.get("reason", "done")
+        message = result.get("message") or f"Training ended ({reason})."
+        self.training_panel.set_status(message)
+        self.show_message(message)
+        self._refresh_status()
+        self.trainingFinished.emit(result)
+        if self.data is not None and not self._closing and reason in ("completed", "early_stopping", "stopped"):
+            self.evaluate()
+
+    def _on_train_errored(self, message: str, details: str) -> None:
+        self._end_training()
+        self.training_panel.set_status(message)
+        self.show_error(message, details, "Training failed")
+        self.trainingFinished.emit({"reason": "error", "message": message})
+
+    # ------------------------------------------------------------------------------------------
+    # evaluation and predictions
+    # ------------------------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        if self.session is None or self.data is None or self.training:
+            return
+        session, data = self.session, self.data
+        split = "val" if data.val else "all"
+
+        def run(session=session, data=data, split=split, report_progress=None, should_stop=None):
+            from engine.evaluation import evaluate
+
+            def progress(done, total):
+                if should_stop is not None and should_stop():
+                    raise Cancelled  # the window is closing: stop after this batch
+                if report_progress is not None:
+                    report_progress((done, total))
+
+            return evaluate(session, data, split=split, on_progress=progress)
+
+        def done(report):
+            if report is None:
+                return
+            self.last_report = report
+            self.evaluation_panel.set_report(report)
+            self.tabs.setCurrentIndex(TABS.index("evaluate"))
+            where = "validation" if split == "val" else "all the"
+            self.show_message(f"Evaluated on {where} data: {report.n_images} images (Evaluate tab).")
+            self.evaluated.emit(report)
+
+        self._run("evaluate", "Evaluating on the validation data…", run, finished=done,
+                  errored=lambda m, d: self.show_error(m, d, "Evaluation failed"), progress=self._busy_progress)
+
+    def _busy_progress(self, value) -> None:
+        done, total = value
+        if total:
+            self.busy_bar.setRange(0, int(total))
+            self.busy_bar.setValue(int(done))
+
+    def predict_image(self, path: str) -> None:
+        if self.session is None:
+            self.show_message("Open a model first.", "warning")
+            return
+        if self.training:
+            self.show_message("Predictions wait until training has finished.", "warning")
+            return
+        session = self.session
+
+        def run(session=session, path=str(path)):
+            from engine.inference import predict_files
+
+            return predict_files(session, [path])
+
+        def done(preds, path=str(path)):
+            first = preds[0] if isinstance(preds, list) and preds else preds
+            self.try_image.show_predictions(path, first)
+            self.show_message(f"Predicted {Path(path).name}.")
+            self.predicted.emit(first)
+
+        def failed(message, details):
+            self.try_image.set_status(message)
+            self.show_error(message, details, "Prediction failed")
+
+        if self._run("predict", f"Predicting {Path(path).name}…", run, finished=done, errored=failed) is not None:
+            self.try_image.set_image(str(path))
+            self.try_image.set_status("Predicting…")
+
+    # ------------------------------------------------------------------------------------------
+    # saving and export
+    # ------------------------------------------------------------------------------------------
+    def save_project(self) -> bool:
+        if self.project_path:
+            return self.save_project_to(self.project_path)
+        return self.save_project_as()
+
+    def save_project_as(self) -> bool:
+        if self.session is None:
+            return False
+        start = self.project_path or str(Path(self.settings.last_dir("project")) / "untitled.graft")
+        path, _ = QFileDialog.getSaveFileName(self, "Save project", start, PROJECT_FILTER)
+        if not path:
+            return False
+        if not path.endswith(".graft"):
+            path += ".graft"
+        return self.save_project_to(path)
+
+    def save_project_to(self, path: str) -> bool:
+        if self.session is None or self.training:
+            return False
+        session = self.session
+        extra = {"data": self.data_path} if self.data_path else {}
+        clean_index = self.undo_stack.index()
+
+        def run(session=session, path=str(path), extra=extra):
+            from engine.project import save_project
+
+            return str(save_project(session, path, extra=extra))
+
+        def done(written, clean_index=clean_index):
+            self.project_path = written
+            if self.undo_stack.index() == clean_index:
+                self.undo_stack.setClean()
+                self._weights_changed = False
+            self.settings.add_recent(written, "project")
+            self.settings.set_last_dir("project", written)
+            self._rebuild_recent_menu()
+            self._update_modified()
+            self.show_message(f"Saved {Path(written).name}.")
+            self.saved.emit(written)
+            if self._close_after_save:
+                QTimer.singleShot(0, self.close)
+
+        def failed(message, details):
+            self._close_after_save = False
+            self.show_error(message, details, "Could not save")
+
+        return self._run("save", f"Saving {Path(path).name}…", run, finished=done, errored=failed) is not None
+
+    def export_onnx_dialog(self) -> None:
+        if self.session is None:
+            return
+        base = Path(self.project_path).with_suffix(".onnx").name if self.project_path else "model.onnx"
+        start = str(Path(self.settings.last_dir("export")) / base)
+        path, _ = QFileDialog.getSaveFileName(self, "Export ONNX", start, ONNX_FILTER)
+        if path:
+            if not path.lower().endswith(".onnx"):
+                path += ".onnx"
+            self.export_onnx(path)
+
+    def export_onnx(self, path: str) -> None:
+        if self.session is None or self.training:
+            return
+        folder = Path(path).expanduser().parent
+        if not folder.is_dir():
+            self.show_error(f"Cannot export to {path}: the folder {folder} does not exist.", title="Export ONNX")
+            return
+        session = self.session
+        images = [str(s.path) for s in (self.data.val[:4] if self.data is not None else [])] or None
+
+        def run(session=session, path=str(path), images=images, report_progress=None):
+            from engine.export import export_onnx
+
+            return export_onnx(session, path, verify=True, images=images, progress=report_progress)
+
+        def done(report, path=str(path)):
+            self.settings.set_last_dir("export", path)
+            text = self.export_summary(report, path)
+            self.show_message(text.splitlines()[0])
+            QMessageBox.information(self, "Export ONNX", text)
+            self.exported.emit(report)
+
+        self._run("export", f"Exporting {Path(path).name}…", run, finished=done,
+                  errored=lambda m, d: self.show_error(m, d, "Export failed"),
+                  progress=lambda text: self.busy_label.setText(str(text)))
+
+    @staticmethod
+    def export_summary(report, path: str) -> str:
+        """The message after an export: where, how big, and the largest difference from PyTorch per head."""
+        size = getattr(report, "size_bytes", 0) or 0
+        lines = [f"Exported {Path(path).name} ({size / 1e6:.1f} MB)." if size else f"Exported {Path(path).name}."]
+        random_diff = dict(getattr(report, "random_diff", {}) or {})
+        image_diff = dict(getattr(report, "image_diff", {}) or {})
+        heads = list(dict.fromkeys(list(random_diff) + list(image_diff)))
+        if heads:
+            images = getattr(report, "images", 0)
+            where = f"a random batch and {images} real image{'s' if images != 1 else ''}" if image_diff \
+                else "a random batch"
+            lines.append(f"Largest difference between ONNX Runtime and PyTorch on {where}:")
+            for head in heads:
+                value = max(v for v in (random_diff.get(head), image_diff.get(head)) if v is not None)
+                lines.append(f"    {head}: {value:.1e}")
+            tolerance = getattr(report, "tolerance", 1e-4)
+            worst = max(max(random_diff.values(), default=0.0), max(image_diff.values(), default=0.0))
+            lines.append("Within the tolerance of {:.0e}.".format(tolerance) if worst <= tolerance
+                         else "Larger than the tolerance of {:.0e}!".format(tolerance))
+        for note in getattr(report, "notes", []) or []:
+            lines.append(note)
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------------------------
+    # recent files
+    # ------------------------------------------------------------------------------------------
+    def _rebuild_recent_menu(self) -> None:
+        menu = self.actions.recent_menu
+        menu.clear()
+        items = self.settings.recent_files()
+        for i, item in enumerate(items):
+            label = f"&{i + 1} {Path(item['path']).name}  ({item['kind']})"
+            action = menu.addAction(label)
+            action.setToolTip(item["path"])
+            action.setStatusTip(item["path"])
+            action.triggered.connect(lambda _=False, it=dict(item): self.open_recent(it))
+        if items:
+            menu.addSeparator()
+            menu.addAction(self.actions.clear_recent)
+        else:
+            empty = menu.addAction("No recent files")
+            empty.setEnabled(False)
+
+    def open_recent(self, item: dict[str, str]) -> None:
+        path = item["path"]
+        if not Path(path).exists():
+            self.settings.remove_recent(path)
+            self._rebuild_recent_menu()
+            self.show_error(f"{path} is no longer there.")
+            return
+        if item["kind"] == "project":
+            self.open_project_file(path)
+        elif item["kind"] == "data":
+            self.load_data(path)
+        else:
+            self.load_model({"spec": path})
+
+    def _clear_recent(self) -> None:
+        self.settings.clear_recent()
+        self._rebuild_recent_menu()
+
+    # ------------------------------------------------------------------------------------------
+    # drag and drop
+    # ------------------------------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.open_path(paths[0])
+
+    def open_path(self, path: str) -> None:
+        """What a dropped file means: a project, a model, data (folder or CSV) or an image to try."""
+        p = Path(path)
+        suffix = p.suffix.lower()
+        if suffix == ".graft":
+            self.open_project_file(str(p))
+        elif suffix in MODEL_SUFFIXES:
+            self.load_model({"spec": str(p)})
+        elif p.is_dir() or suffix == ".csv":
+            self.load_data(str(p))
+            self.tabs.setCurrentIndex(TABS.index("data"))
+        elif suffix in IMAGE_SUFFIXES:
+            self.tabs.setCurrentIndex(TABS.index("evaluate"))
+            self.predict_image(str(p))
+        else:
+            self.show_error(f"{p.name}: Graft opens .graft projects, model files, data folders or CSV "
+                            "manifests, and images to try.")
+
+    # ------------------------------------------------------------------------------------------
+    # closing
+    # ------------------------------------------------------------------------------------------
+    def _maybe_save(self, doing: str) -> bool:
+        """Offer to save unsaved work. False when the user cancelled."""
+        if self.session is None or not self.isWindowModified():
+            return True
+        answer = QMessageBox.question(
+            self, "Unsaved changes",
+            f"The project has unsaved changes (surgery, heads or trained weights). Save them before {doing}?",
+            QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Save)
+        if answer == QMessageBox.StandardButton.Cancel:
+            return False
+        if answer == QMessageBox.StandardButton.Save:
+            self.save_project()
+            return False  # the save runs in a worker; the user repeats the command when it is done
+        return True
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.training:
+            answer = QMessageBox.question(
+                self, "Training is running",
+                "Training is still running. Stop it and close Graft?\n\n"
+                "Training stops after the current batch; the weights it has learned stay in the model.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+            self._closing = True
+            job = self.train_job
+            ended = job.stop_and_wait(STOP_WAIT_MS)
+            if not ended:
+                log.warning("training did not stop within %d ms", STOP_WAIT_MS)
+            self.train_job = None
+            self._weights_changed = True
+            self._update_modified()
+        if "save" in self._jobs:
+            event.ignore()  # closes itself when the save is done
+            self._close_after_save = True
+            return
+        if self.isWindowModified() and not self._close_after_save:
+            answer = QMessageBox.question(
+                self, "Unsaved changes",
+                "Save the project before closing? Otherwise the surgery, heads and trained weights are lost.",
+                QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
+            if answer == QMessageBox.StandardButton.Cancel:
+                self._closing = False
+                event.ignore()
+                return
+            if answer == QMessageBox.StandardButton.Save:
+                self._close_after_save = True
+                if not self.save_project():
+                    self._close_after_save = False
+                    self._closing = False
+                    event.ignore()
+                    return
+                event.ignore()  # the save worker closes the window when it is done
+                return
+        self._closing = True
+        for job in list(self._jobs.values()):  # loads and exports cannot be interrupted: wait for them
+            if not job.stop_and_wait(JOB_WAIT_MS):
+                log.warning("%s was still running when the window closed", job.name)
+        self._jobs.clear()
+        if self.session is not None:
+            self.session.disconnect("changed", self._on_session_changed)
+            self.heads_panel.set_session(None)
+            self.tree_model.set_tree(None)
+        self._save_window()
+        if not self._closed:
+            self._closed = True
+            self.undo_stack.indexChanged.disconnect(self._on_undo_index)
+            self.undo_stack.cleanChanged.disconnect(self._update_modified)
+        event.accept()

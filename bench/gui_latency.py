@@ -1,0 +1,171 @@
+"""How responsive the window stays while it trains.
+
+Opens the real Graft window (offscreen unless a display is asked for), loads the bundled network and the
+demo data through the window's own workers, grafts the demo's suggested heads, starts training from the
+Train tab, and meanwhile a 10 ms QTimer measures how late the GUI event loop runs each tick. Prints
+p50 / p99 / max lateness (goal on a 2-core CPU: p99 < 50 ms) and where the GUI thread spent its time.
+
+    .venv/bin/python bench/gui_latency.py                 # heads only (frozen trunk), the panel's defaults
+    .venv/bin/python bench/gui_latency.py --no-augment    # heads only on cached trunk features
+    .venv/bin/python bench/gui_latency.py --mode finetune # unfreeze everything: images through the trunk
+    .venv/bin/python bench/gui_latency.py --seconds 20 --epochs 3 --batch 16
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("heads", "finetune"), default="heads",
+                        help="heads: train only the heads (cached features); finetune: train every layer")
+    parser.add_argument("--seconds", type=float, default=25.0, help="measure at most this long (default 25)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--interval", type=int, default=10, help="timer interval in ms (default 10)")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="turn augmentation off (with a frozen trunk the features are then cached)")
+    parser.add_argument("--show", action="store_true", help="use the real display instead of offscreen")
+    args = parser.parse_args(argv)
+    if not args.show:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+    from PySide6.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.application import configure_app
+    from app.main_window import MainWindow
+    from engine.operations import AddHead, DeleteOutputLayer, freeze_preset
+
+    app = QApplication.instance() or QApplication([])
+    configure_app(app)
+    QCoreApplication.setApplicationName("GraftBench")  # keep the user's settings out of it
+    window = MainWindow()
+    window.show()
+
+    def wait(predicate, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > end:
+                raise SystemExit(f"timed out waiting for {what}")
+            app.processEvents()
+            time.sleep(0.005)
+
+    t0 = time.perf_counter()
+    window.load_model({"spec": "default"})
+    window.load_demo_data()
+    wait(lambda: window.session is not None and window.data is not None and not window.busy, 300, "loading")
+    print(f"loaded {window.session.describe()} and {len(window.data.samples)} demo images "
+          f"in {time.perf_counter() - t0:.1f} s")
+
+    window.apply_op(DeleteOutputLayer())
+    for spec in window.data.heads:
+        window.apply_op(AddHead(spec, seed=0))
+    window.apply_op(freeze_preset("heads-only" if args.mode == "heads" else "none"))
+    panel = window.training_panel
+    config = panel.config()
+    config.epochs, config.batch_size, config.patience = args.epochs, args.batch, None
+    if args.no_augment:
+        config.augment = False
+    panel.config = lambda: config  # the panel's own widgets are not the point here
+
+    lateness: list[float] = []
+    gui_busy: list[float] = []
+    clock = QElapsedTimer()
+    clock.start()
+    last = [clock.nsecsElapsed()]
+    timer = QTimer()
+    timer.setInterval(args.interval)
+
+    when: list[float] = []
+
+    def tick() -> None:
+        now = clock.nsecsElapsed()
+        late = (now - last[0]) / 1e6 - args.interval
+        last[0] = now
+        lateness.append(max(0.0, late))
+        when.append(now / 1e9)
+
+    timer.timeout.connect(tick)
+
+    # Time spent in the window's own reactions to training progress (the GUI thread's share of the work).
+    original = window._on_train_progress
+
+    def timed(batch):
+        start = time.perf_counter()
+        original(batch)
+        gui_busy.append((time.perf_counter() - start) * 1000)
+
+    window._on_train_progress = timed  # bound before start_training wires the worker
+    finish_ms: list[float] = []
+    original_finished = window._on_train_finished
+
+    def timed_finished(result):
+        start = time.perf_counter()
+        original_finished(result)
+        finish_ms.append((time.perf_counter() - start) * 1000)
+
+    window._on_train_finished = timed_finished
+
+    # The real event loop (as app.exec() runs it): it sleeps in Qt between events, holding no GIL.
+    loop = QEventLoop()
+    window.trainingFinished.connect(lambda _: loop.quit())
+    limit = QTimer()
+    limit.setSingleShot(True)
+    limit.timeout.connect(window.stop_training)  # training then finishes (reason "stopped") and quits
+    limit.start(int(args.seconds * 1000))
+    timer.start()
+    last[0] = clock.nsecsElapsed()
+    t_start = time.monotonic()
+    if not window.start_training():
+        raise SystemExit("training did not start")
+    loop.exec()
+    timer.stop()
+    stopped_early = not limit.isActive()
+    limit.stop()
+    duration = time.monotonic() - t_start
+    wait(lambda: not window.busy, 120, "the evaluation after training")
+
+    curve = window.curve_panel
+    reason = (window.last_train_result or {}).get("reason")
+    print(f"mode {args.mode}: trained {duration:.1f} s ({reason}{', at the time limit' if stopped_early else ''}), "
+          f"{len(lateness)} timer ticks at {args.interval} ms")
+    print(f"event-loop lateness: p50 {percentile(lateness, 50):.1f} ms, p99 {percentile(lateness, 99):.1f} ms, "
+          f"max {max(lateness, default=float('nan')):.1f} ms")
+    if gui_busy:
+        print(f"progress batches handled on the GUI thread: {len(gui_busy)}, "
+              f"mean {statistics.mean(gui_busy):.2f} ms, max {max(gui_busy):.1f} ms; "
+              f"curve redraws {getattr(curve, 'redraw_count', '?')}")
+    if finish_ms:
+        print(f"handling the end of training on the GUI thread: {finish_ms[0]:.1f} ms")
+    if lateness:
+        t0 = when[0]
+        worst = sorted(range(len(lateness)), key=lambda i: -lateness[i])[:5]
+        print("worst ticks (s after start: ms late):",
+              ", ".join(f"{when[i] - t0:.1f}: {lateness[i]:.0f}" for i in sorted(worst)))
+    goal = percentile(lateness, 99) < 50
+    print("goal p99 < 50 ms:", "met" if goal else "NOT met")
+    window._weights_changed = False
+    window.undo_stack.setClean()
+    window.close()
+    return 0 if goal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""How fast is Graft's Trainer compared with plain PyTorch? ``python bench/train_speed.py [--quick]``
+
+Same model (the bundled default), same demo data, same device, same DataLoader settings, one process:
+
+(a) full fine-tuning (augmentation on, everything trainable): images/s of Graft's Trainer vs a plain
+    hand-written loop with the same AdamW parameter groups. Goal: ratio >= 0.95.
+(b) heads only, frozen trunk, no augmentation, 20 epochs: Graft's wall time (it caches the trunk's
+    features) vs a plain loop that runs the trunk every step (goal: >= 10x faster), and vs a single
+    forward pass of the trunk over the same images (goal: within 1.5x).
+
+No validation split in either case (both sides do exactly the training work). ``--quick`` uses a subset
+of the images and extrapolates the slow plain loop of (b) from a few epochs (marked in the table).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from engine.datasets import ImageDataset, load_data  # noqa: E402
+from engine.demo_data import ensure_demo_data  # noqa: E402
+from engine.loading import load_network  # noqa: E402
+from engine.operations import AddHead, DeleteOutputLayer, freeze_preset  # noqa: E402
+from engine.session import Session  # noqa: E402
+from engine.training import (TrainConfig, Trainer, auto_num_workers, autocast_context,  # noqa: E402
+                             autocast_dtype, resolve_device)
+
+
+RANDOM = False
+
+
+def make_session(model: str, heads, freeze: str) -> Session:
+    torch.manual_seed(0)
+    session = Session(load_network(model, random_init=RANDOM))
+    session.do(DeleteOutputLayer())
+    for h in heads:
+        session.do(AddHead(h, seed=0))
+    session.do(freeze_preset(freeze))
+    return session
+
+
+def plain_loss(heads, outputs, targets):
+    """The same per-head losses, written out by hand."""
+    total = 0.0
+    for h in heads:
+        out, t = outputs[h.name].float(), targets[h.name]
+        if h.kind == "single":
+            valid = t >= 0
+            loss = (F.cross_entropy(out, t.clamp(min=0), reduction="none") * valid).sum() / valid.sum().clamp(min=1)
+        else:
+            valid = ~torch.isnan(t)
+            t0 = torch.nan_to_num(t)
+            if h.kind == "multi":
+                loss = (F.binary_cross_entropy_with_logits(out, t0, reduction="none") * valid).sum() / out.shape[0]
+            else:
+                loss = (((out - t0) ** 2) * valid).sum() / valid.sum().clamp(min=1)
+        total = total + h.loss_weight * loss
+    return total
+
+
+def loader_for(samples, heads, spec, *, augment, batch_size, device, workers, shuffle, seed=0):
+    kwargs = {"num_workers": workers, "pin_memory": device.type == "cuda",
+              "generator": torch.Generator().manual_seed(seed)}
+    if workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=4)
+    return torch.utils.data.DataLoader(ImageDataset(samples, heads, spec, augment=augment), batch_size=batch_size,
+                                       shuffle=shuffle, **kwargs)
+
+
+def plain_train(session: Session, samples, heads, *, epochs, batch_size, augment, device, workers, amp=True):
+    """A plain PyTorch training loop (what a user would write), on the same model and data."""
+    model = session.model
+    dtype = autocast_dtype(device, amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    start = time.perf_counter()
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    head_params = [p for p in model.heads.parameters() if p.requires_grad]
+    trunk_params = [p for p in model.trunk.parameters() if p.requires_grad]
+    groups = [{"params": head_params, "lr": 1e-3}] + ([{"params": trunk_params, "lr": 1e-4}] if trunk_params else [])
+    opt = torch.optim.AdamW(groups, weight_decay=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    loader = loader_for(samples, heads, session.input_spec, augment=augment, batch_size=batch_size, device=device,
+                        workers=workers, shuffle=True)
+    model.train()
+    images = 0
+    nb = device.type == "cuda"
+    for _ in range(epochs):
+        for x, t in loader:
+            x = x.to(device, non_blocking=nb,
+                     memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+            t = {k: v.to(device, non_blocking=nb) for k, v in t.items()}
+            with autocast_context(device, dtype):
+                out = model(x)
+            loss = plain_loss(heads, out, t)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            images += x.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    del loader
+    model.to("cpu")
+    return seconds, images
+
+
+def trunk_pass(session: Session, samples, heads, *, batch_size, device, workers, amp=True):
+    """One forward pass of the trunk over the images, nothing else."""
+    model = session.model
+    dtype = autocast_dtype(device, amp)
+    start = time.perf_counter()
+    model.to(device).eval()
+    loader = loader_for(samples, heads, session.input_spec, augment=False, batch_size=batch_size, device=device,
+                        workers=workers, shuffle=False)
+    with torch.no_grad(), autocast_context(device, dtype):
+        for x, _ in loader:
+            model.trunk(x.to(device, non_blocking=device.type == "cuda"))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    del loader
+    model.to("cpu")
+    return seconds
+
+
+def graft_train(session: Session, data, config: TrainConfig):
+    start = time.perf_counter()
+    result = Trainer(session, data, config).run()
+    return time.perf_counter() - start, result
+
+
+def warm_up(model_name: str, heads, samples, device):
+    """One forward/backward on a throwaway copy: thread pools, allocator and kernels are ready for both."""
+    session = make_session(model_name, heads, "none")
+    plain_train(session, samples[:16], heads, epochs=1, batch_size=16, augment=False, device=device, workers=0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a subset of the images; extrapolate the slowest loop")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs-a", type=int, default=None, help="epochs for (a) (default 2, quick 1)")
+    parser.add_argument("--random-weights", action="store_true", help="for architectures without local weights")
+    args = parser.parse_args(argv)
+    global RANDOM
+    RANDOM = args.random_weights
+
+    device = resolve_device(args.device)
+    data = load_data(ensure_demo_data())
+    heads = data.heads
+    train = data.train if not args.quick else data.train[:96]
+    bench_data = replace(data, train=train, val=[])  # no validation: both sides do the same work
+    bs = args.batch_size
+    workers = auto_num_workers(len(train), bs)
+    epochs_a = args.epochs_a or (1 if args.quick else 2)
+    epochs_b = 20
+    plain_b_epochs = 3 if args.quick else epochs_b
+    print(f"device {device}, {torch.get_num_threads()} threads, model {args.model}, {len(train)} training images "
+          f"({', '.join(f'{h.name}:{h.kind}' for h in heads)}), batch {bs}, {workers} loader worker(s)")
+
+    warm_up(args.model, heads, train, device)
+
+    # (a) full fine-tuning, augmentation on
+    s = make_session(args.model, heads, "none")
+    plain_a, n_plain = plain_train(s, train, heads, epochs=epochs_a, batch_size=bs, augment=True, device=device,
+                                   workers=workers)
+    s = make_session(args.model, heads, "none")
+    graft_a, result_a = graft_train(s, bench_data, TrainConfig(epochs=epochs_a, batch_size=bs, augment=True,
+                                                                device=str(device), patience=0))
+    n_graft = result_a.epochs_run * len(train)
+    ips_plain, ips_graft = n_plain / plain_a, n_graft / graft_a
+    assert not result_a.cached_features and result_a.reason == "completed"
+
+    # (b) heads only, frozen trunk, no augmentation, 20 epochs
+    s = make_session(args.model, heads, "heads-only")
+    graft_b, result_b = graft_train(s, bench_data, TrainConfig(epochs=epochs_b, batch_size=bs, augment=False,
+                                                                device=str(device), patience=0))
+    assert result_b.cached_features and result_b.epochs_run == epochs_b
+    s = make_session(args.model, heads, "heads-only")
+    fwd = trunk_pass(s, train, heads, batch_size=max(2 * bs, 64), device=device,
+                     workers=auto_num_workers(len(train), bs))
+    s = make_session(args.model, heads, "heads-only")
+    plain_b_raw, _ = plain_train(s, train, heads, epochs=plain_b_epochs, batch_size=bs, augment=False,
+                                 device=device, workers=workers)
+    plain_b = plain_b_raw * epochs_b / plain_b_epochs
+    note = f" (measured {plain_b_epochs} epochs, x{epochs_b / plain_b_epochs:.2g})" if plain_b_epochs != epochs_b else ""
+
+    rows = [
+        ("(a) full fine-tuning, images/s", f"plain {ips_plain:7.1f}", f"graft {ips_graft:7.1f}",
+         f"ratio {ips_graft / ips_plain:5.2f}", ">= 0.95", ips_graft / ips_plain >= 0.95),
+        (f"(b) heads only, {epochs_b} epochs, s", f"plain {plain_b:7.1f}{note}", f"graft {graft_b:7.2f}",
+         f"speed-up {plain_b / graft_b:5.1f}x", ">= 10x", plain_b / graft_b >= 10),
+        ("(b) graft vs one trunk pass, s", f"trunk {fwd:7.2f}", f"graft {graft_b:7.2f}",
+         f"ratio {graft_b / fwd:5.2f}", "<= 1.5", graft_b / fwd <= 1.5),
+    ]
+    print()
+    w = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(str(c).ljust(w[i]) for i, c in enumerate(r[:5])) + ("  ok" if r[5] else "  MISSED"))
+    print(f"\n(a) {epochs_a} epoch(s): plain {plain_a:.1f} s for {n_plain} images, graft {graft_a:.1f} s "
+          f"for {n_graft} images")
+    print(f"(b) graft: cached features, {result_b.steps} head steps; result {result_b.reason}")
+    return 0 if all(r[5] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

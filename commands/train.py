@@ -1,0 +1,203 @@
+"""``main.py train``: add heads for the data, train, and save a ``.graft`` project."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .common import add_model_arguments, load_session
+
+HELP = "train new heads (and optionally the trunk) on an image folder or a CSV manifest; saves a .graft project"
+
+DEFAULT_OUT = "graft-model.graft"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="DIR_OR_CSV",
+                        help="an image folder (root/<class>/<image>) or a CSV manifest with an 'image' column")
+    add_model_arguments(parser)
+    parser.epilog = "--model may also be a .graft project, to continue training it."
+    parser.add_argument("--head", action="append", default=[], metavar="NAME:KIND:COLUMNS",
+                        help="a head to add, e.g. shape:single:shape or tags:multi:red,striped (repeatable; "
+                             "default: one head from the folder's classes, or the CSV's suggested heads)")
+    parser.add_argument("--freeze", default=None, metavar="PRESET",
+                        help="heads-only (default for a new model), none (train everything) or up-to:LAYER; "
+                             "a project keeps its own setting unless this is given")
+    parser.add_argument("--epochs", type=int, default=10, help="passes over the training data (default 10)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    parser.add_argument("--lr-heads", type=float, default=1e-3, help="learning rate of the heads (default 1e-3)")
+    parser.add_argument("--lr-trunk", type=float, default=1e-4,
+                        help="learning rate of unfrozen trunk layers (default 1e-4)")
+    parser.add_argument("--patience", type=int, default=5,
+                        help="stop when the validation loss has not improved for this many epochs (0: never)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of the images held out for validation when the data does not say (default 0.2)")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="no random crops/flips/colour changes (with a frozen trunk this trains much faster)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="where to train (default: a GPU when there is one)")
+    parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (split, head initialisation, order)")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="FILE.graft",
+                        help=f"where to save the trained project (default ./{DEFAULT_OUT})")
+
+
+def _out_path(text: str):
+    from engine.errors import GraftError
+
+    path = Path(text).expanduser()
+    if path.suffix.lower() != ".graft":
+        path = path.with_name(path.name + ".graft")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise GraftError(f"Cannot save to {path}: folder {folder} does not exist.")
+    if path.is_dir():
+        raise GraftError(f"Cannot save to {path}: it is a folder.")
+    return path
+
+
+class _Printer:
+    """Turns trainer events into terminal output: one line per epoch on stdout, a progress bar updated
+    in place on stderr when stderr is a terminal."""
+
+    BAR = 28
+
+    def __init__(self, heads, stream_out=None, stream_err=None) -> None:
+        self.kinds = {h.name: h.kind for h in heads}
+        self.out = stream_out or sys.stdout
+        self.err = stream_err or sys.stderr
+        self.tty = bool(getattr(self.err, "isatty", lambda: False)())
+        self.bar_shown = False
+        self.epochs = 0
+        self.last_loss: float | None = None
+        self.last_bar = 0.0
+
+    def _clear_bar(self) -> None:
+        if self.bar_shown:
+            self.err.write("\r\033[K")
+            self.err.flush()
+            self.bar_shown = False
+
+    def line(self, text: str, err: bool = False) -> None:
+        self._clear_bar()
+        stream = self.err if err else self.out
+        print(text, file=stream, flush=True)
+
+    def __call__(self, event) -> None:
+        from engine import training as t
+        from engine.metrics import headline
+
+        if isinstance(event, t.TrainStarted):
+            self.epochs = event.epochs
+            how = "cached trunk features (heads only)" if event.cached_features else "images"
+            self.line(f"Training on {event.device_name}: {event.n_train} train / {event.n_val} validation images, "
+                      f"{event.epochs} epoch(s) x {event.steps_per_epoch} step(s), on {how}")
+        elif isinstance(event, t.MessageEvent):
+            self.line(("warning: " if event.level == "warning" else "") + event.text, err=event.level == "warning")
+        elif isinstance(event, t.StepEvent):
+            self.last_loss = event.loss
+        elif isinstance(event, t.ProgressEvent):
+            if self.tty:
+                now = time.monotonic()
+                if now - self.last_bar < 0.1 and event.fraction < 1.0:
+                    return
+                self.last_bar = now
+                filled = int(round(self.BAR * event.fraction))
+                bar = "#" * filled + "." * (self.BAR - filled)
+                what = ("features" if event.phase == "features"
+                        else f"step {event.done_steps}/{event.total_steps}")
+                eta = f"  ETA {_clock(event.eta_seconds)}" if event.eta_seconds is not None else ""
+                loss = f"  loss {self.last_loss:.4f}" if self.last_loss is not None and event.phase == "train" else ""
+                self.err.write(f"\r\033[K[{bar}] {event.fraction * 100:3.0f}%  {what}{eta}{loss}")
+                self.err.flush()
+                self.bar_shown = True
+        elif isinstance(event, t.EpochEvent):
+            width = len(str(self.epochs))
+            parts = [f"epoch {event.epoch:>{width}}/{self.epochs}",
+                     f"train {_loss(event.train_loss)}", f"val {_loss(event.val_loss)}{' *' if event.best else '  '}"]
+            for name, kind in self.kinds.items():
+                parts.append(f"{name}: {headline(kind, event.metrics.get(name, {}))}")
+            parts.append(f"({event.seconds:.1f} s)")
+            self.line("  ".join(parts))
+        elif isinstance(event, t.TrainFinished):
+            self._clear_bar()
+
+
+def _loss(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(max(0.0, seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.datasets import load_data, parse_head_arg
+    from engine.errors import GraftError
+    from engine.operations import AddHead, DeleteOutputLayer, freeze_preset
+    from engine.project import save_project
+    from engine.training import TrainConfig, Trainer
+
+    new_specs = [parse_head_arg(text) for text in args.head]
+    names = [s.name for s in new_specs]
+    if len(set(names)) != len(names):
+        raise GraftError("Two --head options share a name.")
+    freeze = freeze_preset(args.freeze) if args.freeze else None
+    out = _out_path(args.out)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_heads=args.lr_heads,
+                         lr_trunk=args.lr_trunk, augment=not args.no_augment, device=args.device,
+                         patience=args.patience, num_workers=args.workers, seed=args.seed)
+    config.validate()
+    data_path = Path(args.data).expanduser()
+    if not data_path.exists():
+        raise GraftError(f"{data_path}: no such file or folder.")
+
+    session = load_session(args)
+    from_project = str(args.model).endswith(".graft")
+    existing = session.heads
+    clash = [n for n in names if n in {h.name for h in existing}]
+    if clash:
+        raise GraftError(f"The model already has a head named {clash[0]!r}.")
+    if data_path.is_dir():  # an image folder has no columns: NAME:single means "the folders' classes"
+        new_specs = [replace(s, columns=[]) if s.kind == "single" and s.columns == [s.name] else s
+                     for s in new_specs]
+    wanted = existing + new_specs
+    data = load_data(data_path, wanted or None, val_fraction=args.val_fraction, seed=args.seed)
+    print(f"Model: {session.describe()}")
+    print(f"Data: {data_path} — {len(data.train)} training and {len(data.val)} validation images"
+          + (f", {len(data.skipped)} file(s) skipped" if data.skipped else ""))
+    for path, reason in data.skipped[:5]:
+        print(f"  skipped {path}: {reason}")
+
+    if session.output_layer is not None:
+        session.do(DeleteOutputLayer())
+    have = {h.name for h in session.heads}
+    for spec in data.heads:
+        if spec.name not in have:
+            session.do(AddHead(spec, seed=args.seed))
+    if freeze is not None:
+        session.do(freeze)
+    elif not from_project:
+        session.do(freeze_preset("heads-only"))
+    for h in session.heads:
+        labels = ", ".join(h.label_names[:6]) + (" …" if h.outputs > 6 else "")
+        print(f"Head {h.name}: {h.kind}, {h.outputs} output(s) ({labels})")
+    trainable = sum(p.numel() for p in session.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in session.model.parameters())
+    print(f"Training {trainable:,} of {total:,} parameters")
+
+    printer = _Printer(session.heads)
+    result = Trainer(session, data, config, printer).run()  # TrainingError (a GraftError) on failure
+    print(result.message)
+    extra = dict(session.project_extra or {})
+    extra["training"] = {"data": str(data_path), "reason": result.reason, "best_epoch": result.best_epoch,
+                         "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
+                         "history": result.history, "config": {k: v for k, v in vars(config).items()}}
+    saved = save_project(session, out, extra=extra)
+    print(f"Saved the trained model to {saved.resolve()}")
+    return 0

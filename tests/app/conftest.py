@@ -1,0 +1,51 @@
+"""App fixtures: QSettings in a temporary folder, and QMessageBox answered by the test.
+
+Every static QMessageBox call is recorded in ``boxes.calls`` as (kind, title, text); ``boxes.answers``
+gives the button a ``question`` returns (by default its default button, else the first given). No test
+can hang on a modal box.
+"""
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QCoreApplication, QSettings
+from PySide6.QtWidgets import QMessageBox
+
+
+class Boxes:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.answers: list[QMessageBox.StandardButton] = []
+
+    def texts(self, kind: str | None = None) -> list[str]:
+        return [text for k, _, text in self.calls if kind is None or k == kind]
+
+    def _record(self, kind: str):
+        def box(parent, title, text, buttons=QMessageBox.StandardButton.Ok,
+                default=QMessageBox.StandardButton.NoButton):
+            self.calls.append((kind, title, text))
+            if self.answers:
+                return self.answers.pop(0)
+            if default != QMessageBox.StandardButton.NoButton:
+                return default
+            return QMessageBox.StandardButton.Ok
+        return box
+
+
+@pytest.fixture(autouse=True)
+def settings_dir(tmp_path_factory, monkeypatch):
+    folder = tmp_path_factory.mktemp("settings")
+    QCoreApplication.setOrganizationName("GraftTests")
+    QCoreApplication.setApplicationName("GraftTests")
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "graft-cache"))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def boxes(monkeypatch):
+    b = Boxes()
+    for kind in ("warning", "critical", "information", "question"):
+        monkeypatch.setattr(QMessageBox, kind, staticmethod(b._record(kind)))
+    monkeypatch.setattr(QMessageBox, "about", staticmethod(lambda parent, title, text: b.calls.append(("about", title, text))))
+    return b

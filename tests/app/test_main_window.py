@@ -1,0 +1,423 @@
+"""The whole window driven like a person would, checking the engine's state after every step.
+
+The bundled EfficientNet-Lite0 is loaded through the window's worker once; later tests reuse a copy of
+it (set as the window's session) to stay fast. Training runs on a small slice of the demo data.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from app.main_window import MainWindow
+from engine.heads import HeadSpec
+from engine.layer_tree import HEADS_KEY
+from engine.operations import AddHead, DeleteOutputLayer, freeze_preset
+from engine.training import TrainConfig
+
+LOAD_TIMEOUT = 60_000
+TRAIN_TIMEOUT = 120_000
+
+
+# -- fixtures -----------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def no_file_dialogs(monkeypatch):
+    """A file dialog a test did not plan for is cancelled instead of blocking."""
+    for name in ("getOpenFileName", "getSaveFileName"):
+        monkeypatch.setattr(QFileDialog, name, staticmethod(lambda *a, **k: ("", "")))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: ""))
+
+
+@pytest.fixture(scope="session")
+def default_network():
+    from engine.loading import load_network
+
+    return load_network("default")
+
+
+@pytest.fixture(scope="session")
+def demo_csv(tmp_path_factory):
+    from engine.demo_data import ensure_demo_data
+
+    return ensure_demo_data(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def small_csv(demo_csv, tmp_path_factory):
+    """The first 48 rows of the demo manifest (absolute image paths): a quick training run."""
+    rows = list(csv.reader(demo_csv.open(newline="")))
+    header, body = rows[0], rows[1:49]
+    image = header.index("image")
+    path = tmp_path_factory.mktemp("small") / "labels.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in body:
+            row = list(row)
+            row[image] = str((demo_csv.parent / row[image]).resolve())
+            writer.writerow(row)
+    return path
+
+
+@pytest.fixture
+def window(qtbot):
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    if w.train_job is not None:
+        w.train_job.stop_and_wait(20_000)
+        w.train_job = None
+    for job in list(w._jobs.values()):
+        job.stop_and_wait(20_000)
+    w._weights_changed = False
+    w.undo_stack.setClean()
+    w.close()
+
+
+def give_session(window, network):
+    """Set a fresh session on a copy of the loaded network (as a finished load would)."""
+    from engine.session import Session
+
+    net = copy.copy(network)
+    net.module = copy.deepcopy(network.module)
+    window._set_session(Session(net), project_path=None)
+    return window.session
+
+
+def load_data(qtbot, window, path):
+    with qtbot.waitSignal(window.dataLoaded, timeout=LOAD_TIMEOUT):
+        window.load_data(str(path))
+    return window.data
+
+
+def accept_head_dialog(monkeypatch, choose=None):
+    """Make the Add head dialog accept itself as pre-filled (from the data's first unused suggestion)."""
+    from widgets.head_dialog import HeadDialog
+
+    seen = []
+
+    def exec_(self):
+        seen.append(self)
+        if choose is not None:
+            choose(self)
+        self.accept()
+        return self.result()
+
+    monkeypatch.setattr(HeadDialog, "exec", exec_)
+    return seen
+
+
+def quick_config(**changes) -> TrainConfig:
+    config = TrainConfig(epochs=1, batch_size=8, patience=None, num_workers=0, augment=False, warmup_epochs=0)
+    for k, v in changes.items():
+        setattr(config, k, v)
+    return config
+
+
+def forward(session):
+    session.model.eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        return session.model(torch.randn(2, 3, 224, 224))
+
+
+def requires_grad(session):
+    return {n: p.requires_grad for n, p in session.model.named_parameters()}
+
+
+# -- the flow -----------------------------------------------------------------------------------------
+def test_open_default_model_surgery_heads_freezing_and_undo(qtbot, window, monkeypatch, boxes, small_csv):
+    a = window.actions
+    assert not a.export_onnx.isEnabled() and not a.delete_output.isEnabled()  # nothing loaded yet
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT):
+        window.load_model({"spec": "default"})
+        assert window.busy_bar.isVisible()  # the busy indicator shows while the worker loads
+    s = window.session
+    output = s.output_layer
+    assert output and window.tree_model.index_for_path(output).isValid()
+    assert "efficientnet_lite0" in window.model_label.text()
+    assert window.features_label.text() == f"features: {s.tree.feature_dim}"
+    assert "parameters train" in window.params_label.text() and window.device_label.text()
+    assert a.delete_output.isEnabled() and a.export_onnx.isEnabled() and not a.train_stop.isEnabled()
+
+    # delete the output layer from the toolbar action
+    a.delete_output.trigger()
+    assert s.output_layer is None and s.output_deleted
+    assert not window.tree_model.index_for_path(output).isValid()  # its row is gone
+    assert a.undo.text() == f"&Undo Delete output layer ({output})"
+    assert not a.delete_output.isEnabled()  # no second deletion
+    assert window.isWindowModified()
+
+    # two heads through the dialog, pre-filled from the data's suggestions
+    data = load_data(qtbot, window, small_csv)
+    suggested = [h.name for h in data.heads]
+    assert len(suggested) >= 2
+    dialogs = accept_head_dialog(monkeypatch)
+    a.add_head.trigger()
+    a.add_head.trigger()
+    assert [h.name for h in s.heads] == suggested[:2]
+    assert dialogs[0].suggestion_combo.count() == len(suggested) + 1
+    out = forward(s)
+    assert set(out) == set(suggested[:2])
+    assert out[suggested[0]].shape == (2, s.heads[0].outputs)
+    for name in suggested[:2]:
+        assert window.tree_model.index_for_path(f"{HEADS_KEY}.{name}").isValid()
+    assert a.undo.text() == f"&Undo Add head '{suggested[1]}'"
+
+    # toggle freezing with the tree's checkbox: requires_grad flips, undo restores
+    before = requires_grad(s)
+    block = next(n.path for n in s.tree.root.children if n.kind == "layer" and n.params > 0)
+    index = window.tree_model.index_for_path(block)
+    assert index.data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
+    assert window.tree_model.setData(index, Qt.CheckState.Unchecked, Qt.ItemDataRole.CheckStateRole)
+    frozen = {n for n, g in requires_grad(s).items() if not g}
+    assert frozen and all(n.startswith(f"trunk.body.{block}.") for n in frozen)
+    assert window.tree_model.index_for_path(block).data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Unchecked
+    assert a.undo.text() == f"&Undo Freeze {block}"
+    a.undo.trigger()
+    assert requires_grad(s) == before
+    a.redo.trigger()
+    assert {n for n, g in requires_grad(s).items() if not g} == frozen
+    a.undo.trigger()
+
+    # undo everything, step by step, checking the engine each time; then redo it all
+    a.undo.trigger()
+    assert [h.name for h in s.heads] == suggested[:1]
+    a.undo.trigger()
+    assert s.heads == []
+    a.undo.trigger()
+    assert s.output_layer == output and window.tree_model.index_for_path(output).isValid()
+    assert not a.undo.isEnabled() and not window.isWindowModified()
+    for _ in range(3):
+        a.redo.trigger()
+    assert s.output_layer is None and [h.name for h in s.heads] == suggested[:2]
+    assert set(forward(s)) == set(suggested[:2])
+
+
+def test_first_head_offers_to_delete_the_output_layer(qtbot, window, monkeypatch, boxes, default_network):
+    s = give_session(window, default_network)
+    output = s.output_layer
+    accept_head_dialog(monkeypatch, choose=lambda d: (d.name_edit.setText("kind"),
+                                                      d.labels_edit.setPlainText("cat, dog")))
+    boxes.answers = [QMessageBox.StandardButton.Yes]
+    window.actions.add_head.trigger()
+    assert any("Delete the output layer" in title for _, title, _ in boxes.calls)
+    assert s.output_layer is None and [h.name for h in s.heads] == ["kind"]
+    assert window.undo_stack.count() == 2
+    assert window.undo_stack.text(0).startswith(f"Delete output layer ({output})")
+    assert forward(s)["kind"].shape == (2, 2)
+
+
+def test_surgery_errors_are_shown_and_change_nothing(qtbot, window, boxes, default_network):
+    s = give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    before = requires_grad(s)
+    assert not window.apply_op(DeleteOutputLayer())
+    assert boxes.texts("warning")[-1] == "The output layer has already been deleted."
+    assert window.undo_stack.count() == 1 and requires_grad(s) == before
+    assert "already been deleted" in window.message_label.text()
+
+
+def test_cut_here_from_the_tree_selection_and_undo(qtbot, window, default_network):
+    s = give_session(window, default_network)
+    dim = s.feature_dim
+    layer = "features.3"
+    assert window.tree_view.select_path(layer)
+    assert window.actions.cut_here.isEnabled()
+    window.actions.cut_here.trigger()
+    assert s.model.trunk.cut_at == layer and s.feature_dim != dim
+    assert window.actions.undo.text() == f"&Undo Cut at {layer}"
+    assert window.features_label.text() == f"features: {s.feature_dim}"
+    window.actions.undo.trigger()
+    assert s.model.trunk.cut_at is None and s.feature_dim == dim
+
+
+# -- training -----------------------------------------------------------------------------------------
+def ready_to_train(qtbot, window, network, csv_path, monkeypatch, config):
+    s = give_session(window, network)
+    data = load_data(qtbot, window, csv_path)
+    window.apply_op(DeleteOutputLayer())
+    for spec in data.heads[:2]:
+        window.apply_op(AddHead(spec, seed=0))
+    window.apply_op(freeze_preset("heads-only"))
+    monkeypatch.setattr(window.training_panel, "config", lambda: config)
+    return s
+
+
+def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypatch, default_network, small_csv):
+    s = ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, quick_config())
+    a = window.actions
+    assert a.train_start.isEnabled() and not a.train_stop.isEnabled()
+    with qtbot.waitSignal(window.trainingStarted, timeout=5000):
+        a.train_start.trigger()
+    # while training: no surgery, no undo, Stop available
+    assert window.training and a.train_stop.isEnabled()
+    assert not any(x.isEnabled() for x in (a.train_start, a.add_head, a.heads_only, a.unfreeze_all, a.undo,
+                                           a.export_onnx, a.save_project))
+    assert not window.apply_op(freeze_preset("none"))
+    with qtbot.waitSignal(window.evaluated, timeout=TRAIN_TIMEOUT) as evaluated:
+        pass
+    result = window.last_train_result
+    assert result["reason"] == "completed"
+    curves = window.curve_panel
+    assert curves.redraw_count > 0
+    xs, ys = curves.curve("train:total").getData()
+    assert xs is not None and len(xs) > 0 and all(y == y for y in ys)
+    report = evaluated.args[0]
+    assert set(report.heads) == {h.name for h in s.heads} and report.n_images == len(window.data.val)
+    assert window.tabs.currentIndex() == 3 and window.last_report is report
+    assert window.isWindowModified()  # trained weights are unsaved work
+    assert a.train_start.isEnabled() and not a.train_stop.isEnabled() and a.undo.isEnabled()
+
+
+def test_stop_during_a_run_ends_within_a_batch(qtbot, window, monkeypatch, default_network, small_csv):
+    config = quick_config(epochs=200, cache_features=False, batch_size=4)
+    ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
+    steps = []
+    window.trainingStarted.connect(lambda: window.train_job.progress.connect(
+        lambda b: steps.extend(b.get("steps", []))))
+    window.start_training()
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=TRAIN_TIMEOUT)
+    start = time.monotonic()
+    with qtbot.waitSignal(window.trainingFinished, timeout=30_000) as finished:
+        window.actions.train_stop.trigger()
+        assert window.training_panel is not None and not window.actions.train_stop.isEnabled()
+    assert finished.args[0]["reason"] == "stopped"
+    assert time.monotonic() - start < 10  # a batch of 4 images, not an epoch
+    assert not window.training and window.train_job is None
+
+
+def test_closing_during_training_asks_then_stops_cleanly(qtbot, monkeypatch, boxes, default_network, small_csv):
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    config = quick_config(epochs=200, cache_features=False, batch_size=4)
+    ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
+    window.start_training()
+    job = window.train_job
+    qtbot.waitUntil(lambda: window.curve_panel.curve("train:total").getData()[0] is not None
+                    and window.curve_panel.redraw_count > 0, timeout=TRAIN_TIMEOUT)
+
+    boxes.answers = [QMessageBox.StandardButton.No]  # first: keep training
+    assert not window.close()
+    assert window.isVisible() and window.training
+    boxes.answers = [QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.Discard]
+    assert window.close()
+    titles = [t for k, t, _ in boxes.calls if k == "question"]
+    assert titles == ["Training is running", "Training is running", "Unsaved changes"]
+    assert job.thread.isFinished() and job.worker.done  # stopped by itself: no terminate
+    assert not window.isVisible()
+
+
+# -- projects, export, errors -------------------------------------------------------------------------
+def test_save_and_reopen_a_project_gives_identical_outputs(qtbot, window, monkeypatch, tmp_path,
+                                                           default_network):
+    s = give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    window.apply_op(AddHead(HeadSpec("shape", labels=["circle", "square", "star"]), seed=1))
+    window.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
+    window.apply_op(freeze_preset("heads-only"))
+    with torch.no_grad():  # trained-looking weights, not just the seeds
+        s.model.heads["size"][-1].bias.fill_(0.25)
+    window._weights_changed = True
+    expected = forward(s)
+    path = tmp_path / "mine.graft"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path)[:-6], "")))
+    with qtbot.waitSignal(window.saved, timeout=LOAD_TIMEOUT):
+        window.actions.save_project.trigger()
+    assert path.is_file() and not window.isWindowModified()
+    assert window.windowTitle().startswith("mine.graft")
+    assert window.settings.recent_files()[0] == {"kind": "project", "path": str(path.resolve())}
+
+    other = MainWindow()
+    qtbot.addWidget(other)
+    with qtbot.waitSignal(other.modelLoaded, timeout=LOAD_TIMEOUT):
+        other.open_project_file(str(path))
+    got = forward(other.session)
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert [h.name for h in other.session.heads] == ["shape", "size"]
+    assert requires_grad(other.session) == requires_grad(s)
+    assert other.project_path == str(path) and not other.isWindowModified()
+    other.close()
+
+
+def test_export_onnx_reports_the_largest_difference_per_head(qtbot, window, monkeypatch, boxes, tmp_path,
+                                                             default_network):
+    give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    window.apply_op(AddHead(HeadSpec("shape", labels=["a", "b", "c"]), seed=1))
+    window.apply_op(AddHead(HeadSpec("tags", kind="multi", labels=["red", "striped"]), seed=2))
+    path = tmp_path / "model.onnx"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path), "")))
+    with qtbot.waitSignal(window.exported, timeout=LOAD_TIMEOUT) as exported:
+        window.actions.export_onnx.trigger()
+    report = exported.args[0]
+    assert path.is_file() and report.verified
+    assert max(report.random_diff.values()) < 1e-4
+    text = boxes.texts("information")[-1]
+    assert "model.onnx" in text and "shape:" in text and "tags:" in text and "Traceback" not in text
+
+
+def test_export_to_an_unwritable_place_says_so(qtbot, window, boxes, tmp_path, default_network):
+    give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    window.apply_op(AddHead(HeadSpec("shape", labels=["a", "b"]), seed=1))
+    window.export_onnx(str(tmp_path / "no" / "such" / "folder" / "m.onnx"))
+    assert "does not exist" in boxes.texts("warning")[-1]
+    if Path("/proc/self").is_dir():  # a folder nobody, not even root, can create files in
+        with qtbot.waitSignal(window.errorShown, timeout=LOAD_TIMEOUT) as shown:
+            window.export_onnx("/proc/graft-test.onnx")
+        assert "graft-test.onnx" in shown.args[0] or "/proc" in shown.args[0]
+        assert "Traceback" not in boxes.texts("warning")[-1]
+
+
+def test_a_bad_model_file_gives_a_message_not_a_traceback(qtbot, window, boxes, tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"this is not a model\n" * 10)
+    with qtbot.waitSignal(window.errorShown, timeout=LOAD_TIMEOUT) as shown:
+        window.load_model({"spec": str(bad)})
+    assert "broken.pt" in shown.args[0] and "Traceback" not in shown.args[0]
+    kind, title, text = boxes.calls[-1]
+    assert kind == "warning" and title == "Could not open the model" and "not a model file" in text
+    assert "Traceback" not in text and window.session is None
+    assert not window.busy_bar.isVisible()
+
+
+def test_dropping_data_on_the_window_loads_it(qtbot, window, default_network, small_csv):
+    give_session(window, default_network)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(small_csv))])
+    event = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                       Qt.KeyboardModifier.NoModifier)
+    with qtbot.waitSignal(window.dataLoaded, timeout=LOAD_TIMEOUT):
+        window.dropEvent(event)
+    assert window.data is not None and window.data_path == str(small_csv)
+    assert window.tabs.currentIndex() == 1
+
+
+def test_geometry_and_recent_files_are_kept_between_runs(qtbot, tmp_path):
+    first = MainWindow()
+    qtbot.addWidget(first)
+    first.show()
+    first.resize(first.width(), 503)
+    first.splitter.setSizes([650, 700])
+    sizes = first.splitter.sizes()
+    first.settings.add_recent(tmp_path, "data")
+    first.close()
+    second = MainWindow()
+    qtbot.addWidget(second)
+    second.show()
+    qtbot.waitExposed(second)
+    assert second.height() == 503
+    assert second.splitter.sizes() == sizes
+    labels = [a.text() for a in second.actions.recent_menu.actions() if not a.isSeparator()]
+    assert any(tmp_path.name in t for t in labels)
+    second.close()

@@ -1,0 +1,205 @@
+"""``main.py export`` and ``main.py predict``: the same image gives the same prediction everywhere, and
+``predict`` never imports torch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from engine.heads import HeadSpec
+from engine.inference import predict_files
+from engine.loading import load_network
+from engine.operations import AddHead, DeleteOutputLayer
+from engine.project import open_project, save_project
+from engine.session import Session
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Other jobs share this machine's 2 cores: with 2 OpenMP threads an oversubscribed forward pass can
+    take 20x longer than with one. One thread keeps these tests fast; the setting is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+# Runs main.py in-process and reports whether torch got imported on the way.
+WRAPPER = """
+import runpy, sys
+sys.argv = [{main!r}] + sys.argv[1:]
+code = 0
+try:
+    runpy.run_path({main!r}, run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+sys.stderr.write("TORCH_IMPORTED\\n" if "torch" in sys.modules else "")
+sys.exit(code)
+"""
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # see _one_torch_thread
+
+
+def graft(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env=ENV)
+
+
+def predict(*args: str) -> subprocess.CompletedProcess:
+    code = WRAPPER.format(main=str(ROOT / "main.py"))
+    result = subprocess.run([sys.executable, "-c", code, "predict", *map(str, args)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, env=ENV)
+    assert "TORCH_IMPORTED" not in result.stderr, "main.py predict imported torch"
+    return result
+
+
+def calibrate(module: nn.Module) -> None:
+    """Realistic activations for a random-init network (see test_export.calibrate)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    with torch.no_grad():
+        module(torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
+    for m in bns:
+        m.momentum = 0.1
+    module.eval()
+
+
+def default_session() -> Session:
+    try:
+        import engine.efficientnet_lite  # noqa: F401
+    except ImportError:
+        torch.manual_seed(0)
+        network = load_network("mobilenet_v3_small", random_init=True)
+        calibrate(network.module)
+        return Session(network)
+    return Session(load_network("default"))
+
+
+def mode_images(folder: Path) -> list[Path]:
+    """RGB, RGBA with transparency, grey, grey+alpha, palette (with and without transparency), 16-bit,
+    CMYK and 1-bit images at odd sizes."""
+    rng = np.random.default_rng(11)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rgb(h: int, w: int) -> np.ndarray:
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx * yy) % 256], -1)
+        return np.clip(base + rng.integers(0, 50, (h, w, 3)), 0, 255).astype(np.uint8)
+
+    items: list[tuple[Image.Image, str, dict]] = []
+    items.append((Image.fromarray(rgb(101, 37)), "rgb_37x101.png", {}))
+    items.append((Image.fromarray(rgb(23, 411)), "rgb_411x23.jpg", {"quality": 92}))
+    alpha = np.zeros((61, 53), np.uint8)
+    alpha[:, 20:] = np.linspace(0, 255, 33).astype(np.uint8)
+    items.append((Image.fromarray(np.dstack([rgb(61, 53), alpha])), "rgba_53x61.png", {}))
+    items.append((Image.fromarray(rgb(65, 64)[..., 0]), "grey_64x65.png", {}))
+    items.append((Image.fromarray(np.dstack([rgb(80, 33)[..., 1], alpha[:80, :33].repeat(2, 0)[:80]])),
+                  "la_33x80.png", {}))
+    items.append((Image.fromarray(rgb(80, 50)).quantize(16), "palette_alpha_50x80.png", {"transparency": 3}))
+    items.append((Image.fromarray(rgb(45, 45)).quantize(8), "palette_45.png", {}))
+    items.append((Image.fromarray(rgb(30, 40)[..., 2].astype(np.uint16) * 257), "deep_40x30.png", {}))
+    items.append((Image.fromarray(rgb(43, 41)).convert("CMYK"), "cmyk_41x43.jpg", {}))
+    items.append((Image.fromarray(rgb(25, 20)).convert("1"), "bits_20x25.png", {}))
+    paths = []
+    for img, name, kw in items:
+        paths.append(folder / name)
+        img.save(paths[-1], **kw)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A project with two heads, exported through the CLI with two verification images."""
+    folder = tmp_path_factory.mktemp("cli")
+    session = default_session()
+    session.do(DeleteOutputLayer())
+    session.do(AddHead(HeadSpec("species", labels=["cat", "dog", "bird", "fish"]), seed=5))
+    session.do(AddHead(HeadSpec("tags", kind="multi", labels=["sunny", "indoor", "blurry"], hidden=[16],
+                                dropout=0.25), seed=6))
+    project = save_project(session, folder / "pets.graft")
+    images = mode_images(folder / "images")
+    onnx_path = folder / "pets.onnx"
+    result = graft("export", project, "--onnx", onnx_path, "--image", images[0], "--image", images[2])
+    assert result.returncode == 0, result.stderr
+    return session, project, onnx_path, images, result.stdout
+
+
+def test_export_prints_time_differences_and_size(exported):
+    _, _, onnx_path, _, stdout = exported
+    assert onnx_path.is_file()
+    first = stdout.splitlines()[0]
+    assert first.startswith(f"exported {onnx_path}") and " MB, opset 18" in first and " s" in first
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.startswith("  ")}
+    assert set(rows) == {"species", "tags"}
+    for row in rows.values():
+        diffs = [float(v) for v in row.split()[2::2]]  # "species  random 1.2e-06  images 3.4e-07"
+        assert len(diffs) == 2 and max(diffs) <= TOL
+    assert "2 image(s)" in stdout
+
+
+def test_predict_prints_class_names_without_importing_torch(exported):
+    _, _, onnx_path, images, _ = exported
+    result = predict(onnx_path, images[0], images[3])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(images[0]) and lines[3] == str(images[3])
+    species = lines[1].strip()
+    assert species.startswith("species: ") and species.split()[1] in ("cat", "dog", "bird", "fish")
+    assert lines[2].strip().startswith("tags: ")
+
+
+def test_the_same_image_gives_the_same_prediction_everywhere(exported):
+    session, project, onnx_path, images, _ = exported
+    result = predict(onnx_path, "--json", *images)
+    assert result.returncode == 0, result.stderr
+    from_onnx = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(r["image"]).name for r in from_onnx] == [p.name for p in images]
+    reopened = open_project(project)
+    for ours in (predict_files(session, images), predict_files(reopened, images)):
+        worst = 0.0
+        for theirs, mine in zip(from_onnx, ours):
+            for head, pred in mine.items():
+                values = theirs["outputs"][head]["values"]
+                assert list(values) == pred.names
+                worst = max(worst, float(np.abs(np.array(list(values.values())) - pred.values).max()))
+                if pred.kind == "single" and pred.score - sorted(pred.values)[-2] > 1e-3:
+                    assert theirs["outputs"][head]["label"] == pred.label
+        assert worst <= TOL, f"{worst} between predict and predict_files"
+
+
+def test_bad_files_end_with_one_line(exported, tmp_path):
+    _, _, onnx_path, images, _ = exported
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("hello")
+    not_image = tmp_path / "photo.jpg"
+    not_image.write_bytes(b"\x00\x01garbage")
+    for args, message in [((not_onnx, images[0]), "not an ONNX model"),
+                          ((onnx_path, not_image), "photo.jpg: not a readable image"),
+                          ((onnx_path, tmp_path / "missing.png"), "missing.png: no such file"),
+                          ((tmp_path / "none.onnx", images[0]), "none.onnx: no such file")]:
+        result = predict(*args)
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_export_to_a_missing_folder_ends_with_one_line(exported, tmp_path):
+    _, project, _, _, _ = exported
+    result = graft("export", project, "--onnx", tmp_path / "no" / "such" / "x.onnx")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()

@@ -1,0 +1,93 @@
+"""``main.py train`` and ``main.py evaluate`` end to end on a tiny image folder."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from engine.demo_data import ensure_demo_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def graft(*args, cwd=ROOT):
+    # One compute thread: on a busy 2-core machine two OpenMP threads spin against each other.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """Two classes of the demo shapes, 8 images each."""
+    demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
+    root = tmp_path_factory.mktemp("tiny")
+    for cls in ("circle", "square"):
+        (root / cls).mkdir()
+        for f in sorted((demo / cls).iterdir())[:8]:
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+def test_train_writes_a_project_that_evaluate_reads(tiny_folder, tmp_path):
+    result = graft("train", "--data", str(tiny_folder), "--epochs", "1", "--batch-size", "8", "--no-augment",
+                   cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "graft-model.graft"  # the default output
+    assert out.is_file() and str(out) in result.stdout
+    lines = result.stdout.splitlines()
+    epoch = next(line for line in lines if line.startswith("epoch 1/1"))
+    assert "class: acc" in epoch and "val" in epoch
+    with zipfile.ZipFile(out) as zf:
+        recipe = json.loads(zf.read("recipe.json"))
+    assert [h["name"] for h in recipe["heads"]] == ["class"]
+    assert recipe["heads"][0]["labels"] == ["circle", "square"]
+    assert recipe["extra"]["training"]["epochs_run"] == 1
+
+    evaluated = graft("evaluate", str(out), "--data", str(tiny_folder))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "Evaluated 16 image(s)" in evaluated.stdout
+    assert "accuracy" in evaluated.stdout and "circle" in evaluated.stdout
+
+
+def test_train_continues_a_project_and_names_heads(tiny_folder, tmp_path):
+    first = tmp_path / "a.graft"
+    result = graft("train", "--data", str(tiny_folder), "--model", "mobilenet_v3_small", "--random-weights",
+                   "--head", "kind:single", "--epochs", "1", "--no-augment", "--out", str(first))
+    assert result.returncode == 0, result.stderr
+    assert "Head kind: single, 2 output(s) (circle, square)" in result.stdout
+    second = tmp_path / "b"
+    result = graft("train", "--data", str(tiny_folder), "--model", str(first), "--epochs", "1", "--freeze", "none",
+                   "--batch-size", "4", "--out", str(second))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "b.graft").is_file()
+    assert "on images" in result.stdout  # the trunk trains: no cached features
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--head", "shape:nonsense"], "unknown kind"),
+    (["--head", "shape"], "NAME:KIND"),
+    (["--freeze", "sideways"], "Unknown freeze setting"),
+    (["--epochs", "0"], "Epochs"),
+])
+def test_bad_arguments_exit_with_one_line(tiny_folder, tmp_path, args, message):
+    result = graft("train", "--data", str(tiny_folder), *args, "--out", str(tmp_path / "x.graft"))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.graft").exists()
+
+
+def test_missing_data_and_bad_project(tmp_path):
+    result = graft("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.graft"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+    bogus = tmp_path / "bogus.graft"
+    bogus.write_text("not a zip")
+    result = graft("evaluate", str(bogus), "--data", str(tmp_path))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "not a Graft project" in result.stderr

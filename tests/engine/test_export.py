@@ -1,0 +1,475 @@
+"""ONNX export: parity with PyTorch, metadata, and failures that leave nothing behind."""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import engine
+from engine.errors import GraftError
+from engine.export import export_onnx, max_abs_diff
+from engine.heads import HeadSpec
+from engine.inference import original_classes, predict_arrays, predict_files
+from engine.loading import LoadedNetwork, ModelSource, load_network
+from engine.onnx_metadata import OnnxPredictor, read_metadata
+from engine.operations import AddHead, CutAt, DeleteOutputLayer, set_module
+from engine.preprocess import InputSpec
+from engine.session import Session
+
+TOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Other jobs share this machine's 2 cores: with 2 OpenMP threads an oversubscribed forward pass can
+    take 20x longer than with one. One thread keeps these tests fast; the setting is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def calibrate(module: nn.Module, size: int = 224) -> nn.Module:
+    """Random-init BatchNorm statistics make activations vanish (outputs ~1e-9, so any parity test would
+    pass trivially): set them from one random batch so outputs are of a realistic size."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    with torch.no_grad():
+        module(torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    for m in bns:
+        m.momentum = 0.1
+    return module.eval()
+
+
+_DEFAULT: list[LoadedNetwork] = []
+
+
+def default_network() -> LoadedNetwork:
+    """The bundled EfficientNet-Lite0 once engine/efficientnet_lite.py exists; until then the stand-in.
+    Loaded once per test run; each caller gets its own copy."""
+    if not _DEFAULT:
+        try:
+            import engine.efficientnet_lite  # noqa: F401
+        except ImportError:
+            torch.manual_seed(0)
+            net = load_network("mobilenet_v3_small", random_init=True)
+            calibrate(net.module)
+        else:
+            net = load_network("default")
+        _DEFAULT.append(net)
+    return copy.deepcopy(_DEFAULT[0])
+
+
+def make_images(folder: Path) -> list[Path]:
+    """Small images of every mode that matters, at odd sizes."""
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def pattern(h: int, w: int, c: int) -> np.ndarray:
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) * 7) % 256], -1)
+        noise = rng.integers(0, 60, (h, w, 3))
+        return np.clip(base + noise, 0, 255).astype(np.uint8)[..., :c]
+
+    out = []
+
+    def save(img: Image.Image, name: str, **kw) -> None:
+        out.append(folder / name)
+        img.save(out[-1], **kw)
+
+    save(Image.fromarray(pattern(101, 37, 3)), "rgb_37x101.png")
+    save(Image.fromarray(pattern(17, 300, 3)), "rgb_300x17.jpg", quality=90)
+    rgba = pattern(61, 53, 3)
+    alpha = (np.linspace(0, 255, 53)[None, :].repeat(61, 0)).astype(np.uint8)
+    alpha[:10] = 0
+    save(Image.fromarray(np.dstack([rgba, alpha])), "rgba_53x61.png")
+    save(Image.fromarray(pattern(65, 64, 1)[..., 0]), "grey_64x65.png")
+    save(Image.fromarray(np.dstack([pattern(80, 33, 1), np.linspace(255, 0, 80)[:, None].repeat(33, 1).astype(np.uint8)])), "la_33x80.png")
+    pal = Image.fromarray(pattern(80, 50, 3)).quantize(16)
+    save(pal, "palette_alpha_50x80.png", transparency=0)
+    save(Image.fromarray(pattern(45, 45, 3)).quantize(8), "palette_45.png")
+    save(Image.fromarray(pattern(30, 40, 1)[..., 0].astype(np.uint16) * 257), "deep_40x30.png")
+    save(Image.fromarray(pattern(43, 41, 3)).convert("CMYK"), "cmyk_41x43.jpg")
+    save(Image.fromarray(pattern(25, 20, 3)).convert("1"), "bits_20x25.png")
+    return out
+
+
+def ort_run(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {"image": batch.astype(np.float32)})))
+
+
+def assert_valid_file(path: Path, outputs: list[str], size: int) -> onnx.ModelProto:
+    assert sorted(os.listdir(path.parent)) == [path.name], "no temp or external-data files beside the export"
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == outputs
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, size, size]
+    assert all(init.data_location == onnx.TensorProto.DEFAULT for init in model.graph.initializer)
+    return model
+
+
+def assert_parity(session: Session, path: Path, batch: np.ndarray) -> dict[str, float]:
+    ref = predict_arrays(session, batch)
+    got = ort_run(path, batch)
+    assert list(got) == list(ref)
+    diffs = {k: max_abs_diff(ref[k], got[k]) for k in ref}
+    assert all(d <= TOL for d in diffs.values()), diffs
+    return diffs
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    return make_images(tmp_path_factory.mktemp("images"))
+
+
+def tiny_session(middle: nn.Module) -> Session:
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), middle, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 4))
+    return Session(LoadedNetwork(body.eval(), InputSpec(size=32, resize=36), ModelSource("file", "/x/tiny.pt", format="pickle")))
+
+
+# -- parity -------------------------------------------------------------------------------------------
+
+def test_default_model_with_one_head_exports_verified(tmp_path, images):
+    session = Session(default_network())
+    session.do(DeleteOutputLayer())
+    session.do(AddHead(HeadSpec("species", labels=["cat", "dog", "bird", "fish"]), seed=0))
+    out = tmp_path / "out" / "default.onnx"
+    out.parent.mkdir()
+    report = export_onnx(session, out, images=images[:4])
+    assert report.path == out and report.size_bytes == out.stat().st_size > 100_000
+    assert report.exporter == "torchscript" and report.opset == 18 and report.verified
+    assert set(report.random_diff) == set(report.image_diff) == {"species"}
+    assert report.max_diff <= TOL and report.images == 4
+    assert "species" in report.format() and "random" in report.format()
+    assert_valid_file(out, ["species"], session.input_spec.size)
+    rng = np.random.default_rng(3)
+    assert_parity(session, out, rng.standard_normal((5, 3, session.input_spec.size, session.input_spec.size)))
+
+
+def test_three_heads_of_every_kind(tmp_path, images):
+    session = Session(default_network())
+    session.do(DeleteOutputLayer())
+    session.do(AddHead(HeadSpec("species", labels=["cat", "dog", "bird"]), seed=1))
+    session.do(AddHead(HeadSpec("tags", kind="multi", labels=["sunny", "indoor"], hidden=[32], dropout=0.5), seed=2))
+    session.do(AddHead(HeadSpec("size", kind="regression", labels=["width", "height"]), seed=3))
+    session.model.train()  # export must use eval mode (dropout off) and leave the mode as it was
+    out = tmp_path / "three.onnx"
+    report = export_onnx(session, out, images=images[2:7])
+    assert session.model.training
+    assert report.outputs == ["species", "tags", "size"] and report.max_diff <= TOL
+    model = assert_valid_file(out, ["species", "tags", "size"], session.input_spec.size)
+    assert not any(n.op_type == "Dropout" for n in model.graph.node)
+    from engine.onnx_metadata import load_batch
+
+    assert_parity(session, out, load_batch(images[2:7], session.input_spec))
+
+
+def test_resnet_cut_at_layer3_exports_the_early_exit_trunk(tmp_path, images):
+    torch.manual_seed(0)
+    network = load_network("resnet18", random_init=True)
+    calibrate(network.module)
+    session = Session(network)
+    session.do(CutAt("layer3"))
+    session.do(AddHead(HeadSpec("quality", kind="regression", outputs=1), seed=4))
+    out = tmp_path / "resnet.onnx"
+    report = export_onnx(session, out, images=images[:2])
+    assert report.max_diff <= TOL
+    model = assert_valid_file(out, ["quality"], 224)
+    # layer4's weights are gone from the file: 256 input features into the head
+    shapes = {tuple(i.dims) for i in model.graph.initializer}
+    assert (1, 256) in shapes and not any(512 in s for s in shapes)
+    diffs = assert_parity(session, out, np.random.default_rng(5).standard_normal((4, 3, 224, 224)))
+    assert diffs["quality"] <= TOL
+
+
+def test_export_before_any_surgery_has_one_output(tmp_path, images):
+    session = Session(default_network())
+    out = tmp_path / "plain.onnx"
+    report = export_onnx(session, out, images=images[:2])
+    assert report.outputs == ["output"] and report.max_diff <= TOL
+    assert_valid_file(out, ["output"], session.input_spec.size)
+    meta = read_metadata(out)
+    assert meta.outputs == ["output"]
+    classes = original_classes(session)  # the bundled model's ImageNet classes (the stand-in has none)
+    if classes:
+        assert meta.data["outputs"][0]["kind"] == "single" and meta.heads[0].labels == classes
+        assert "original classifier" in meta.data["outputs"][0]["meaning"]
+    else:
+        assert meta.heads == [] and meta.data["outputs"][0]["kind"] == "features"
+    ours = predict_files(session, images[:2])
+    theirs = OnnxPredictor(out).predict_files(images[:2])
+    for a, b in zip(ours, theirs):
+        assert a["output"].kind == b["output"].kind and a["output"].names == b["output"].names
+        assert np.abs(a["output"].values - b["output"].values).max() <= TOL
+
+
+def test_without_heads_the_original_classifier_keeps_its_class_names(tmp_path, images):
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    network = LoadedNetwork(body.eval(), InputSpec(size=32, resize=36), ModelSource("builtin", "tiny"),
+                            class_names=["cat", "dog", "bird", "fish"])
+    session = Session(network)
+    assert original_classes(session) == ["cat", "dog", "bird", "fish"]
+    export_onnx(session, tmp_path / "classes.onnx")
+    meta = read_metadata(tmp_path / "classes.onnx")
+    assert meta.heads == [HeadSpec("output", kind="single", labels=["cat", "dog", "bird", "fish"])]
+    ours = predict_files(session, images[:3])
+    theirs = OnnxPredictor(tmp_path / "classes.onnx").predict_files(images[:3])
+    assert [p["output"].label for p in ours] == [p["output"].label for p in theirs]
+    assert all(p["output"].format().startswith("output: ") and "%" in p["output"].format() for p in theirs)
+    session.do(DeleteOutputLayer())  # once the classifier is gone, the output is plain features
+    assert original_classes(session) is None
+    export_onnx(session, tmp_path / "features.onnx")
+    assert read_metadata(tmp_path / "features.onnx").data["outputs"][0]["kind"] == "features"
+
+
+def test_metadata_round_trip_equals_the_session(tmp_path):
+    session = tiny_session(nn.Identity())
+    session.model.input_spec = InputSpec(size=32, resize=40, interpolation="bicubic",
+                                         alpha_background=[10, 20, 30])
+    session.do(DeleteOutputLayer())
+    session.do(AddHead(HeadSpec("species", labels=["cat", "dog"])))
+    session.do(AddHead(HeadSpec("tags", kind="multi", outputs=3, hidden=[8], dropout=0.1, loss_weight=2.0)))
+    out = tmp_path / "meta.onnx"
+    export_onnx(session, out, verify=False)
+    meta = read_metadata(out)
+    assert meta.input_spec == session.input_spec
+    assert meta.heads == session.heads
+    assert meta.graft_version == engine.__version__
+    assert meta.source["description"] == session.describe()
+    model = onnx.load(str(out))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["layout"] == "NCHW" and props["channel_order"] == "RGB" and props["resize"] == "40"
+    assert props["mean"] == "[0.485, 0.456, 0.406]" and props["alpha_background"] == "[10, 20, 30]"
+    assert "BICUBIC" in props["interpolation"] and "centre-crop 32x32" in props["preprocessing"]
+    assert props["output.tags.activation"] == "sigmoid" and props["output.species.activation"] == "softmax"
+    assert model.producer_name == "Graft" and "softmax" in model.doc_string
+    predictor = OnnxPredictor(out)
+    assert predictor.input_spec == session.input_spec and predictor.outputs == ["species", "tags"]
+
+
+# -- failures -----------------------------------------------------------------------------------------
+
+def test_missing_folder_gives_graft_error_and_no_file(tmp_path):
+    session = tiny_session(nn.Identity())
+    with pytest.raises(GraftError, match="does not exist"):
+        export_onnx(session, tmp_path / "nowhere" / "x.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_read_only_folder_gives_graft_error_and_no_file(tmp_path, monkeypatch):
+    session = tiny_session(nn.Identity())
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):  # root ignores the mode bits: make the folder refuse anyway
+            def refuse(*args, **kwargs):
+                raise PermissionError(13, "Permission denied")
+
+            monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        with pytest.raises(GraftError, match="Permission denied"):
+            export_onnx(session, folder / "x.onnx")
+        assert os.listdir(folder) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_failure_at_the_final_rename_leaves_nothing(tmp_path, monkeypatch):
+    session = tiny_session(nn.Identity())
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(GraftError, match="Cannot write"):
+        export_onnx(session, tmp_path / "x.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+class ErfGate(nn.Module):
+    """A custom layer using an op neither ONNX exporter supports (aten::erfinv)."""
+
+    def forward(self, x):
+        return x * torch.special.erfinv(torch.sigmoid(x) * 0.5)
+
+
+class Spectrum(nn.Module):
+    """rfft: the TorchScript exporter cannot export it, torch.export can."""
+
+    def forward(self, x):
+        return torch.fft.rfft(x, dim=-1).abs()[..., : x.shape[-1] // 2]
+
+
+def test_an_unexportable_layer_is_named(tmp_path, capfd):
+    session = tiny_session(ErfGate())
+    session.do(AddHead(HeadSpec("species", labels=["a", "b"])))
+    previous = tmp_path / "model.onnx"
+    previous.write_bytes(b"the previous export")
+    with pytest.raises(GraftError) as info:
+        export_onnx(session, previous)
+    message = str(info.value)
+    assert "erfinv" in message and "layer '2' (ErfGate)" in message
+    assert "Traceback" not in message and "\n" not in message
+    assert previous.read_bytes() == b"the previous export" and os.listdir(tmp_path) == ["model.onnx"]
+    printed = capfd.readouterr()
+    assert printed.out == printed.err == "", "the exporters' own output (C++ warnings, graph dumps) is kept quiet"
+
+
+class _Erfinv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.special.erfinv(x.clamp(-0.5, 0.5))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class CustomFunction(nn.Module):
+    def forward(self, x):
+        return _Erfinv.apply(x)
+
+
+def test_an_unexportable_custom_autograd_function_is_named(tmp_path):
+    with pytest.raises(GraftError, match=r"layer '2' \(CustomFunction\) uses the operator \S*erf_?inv "
+                                         r"\(inside the custom autograd function _Erfinv\)"):
+        export_onnx(tiny_session(CustomFunction()), tmp_path / "x.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_unexportable_layer_inside_a_real_network_is_named(tmp_path, resnet_session):
+    set_module(resnet_session.model.trunk.body, "layer2.0.relu", ErfGate())
+    with pytest.raises(GraftError, match=r"layer 'layer2\.0\.relu' \(ErfGate\) uses the operator aten::erfinv"):
+        export_onnx(resnet_session, tmp_path / "x.onnx", exporter="torchscript")
+    assert os.listdir(tmp_path) == []
+
+
+def test_falls_back_to_the_dynamo_exporter(tmp_path):
+    session = tiny_session(Spectrum())
+    report = export_onnx(session, tmp_path / "fft.onnx")
+    assert report.exporter == "dynamo" and report.max_diff <= TOL
+    assert "fft_rfft" in report.notes[0]
+    assert_valid_file(tmp_path / "fft.onnx", ["output"], 32)
+    assert read_metadata(tmp_path / "fft.onnx").data["exporter"] == "dynamo"
+
+
+def test_broken_verification_fails_loudly_and_removes_the_file(tmp_path, monkeypatch):
+    session = tiny_session(nn.Identity())
+    session.do(AddHead(HeadSpec("species", labels=["a", "b"])))
+    session.do(AddHead(HeadSpec("size", kind="regression", outputs=1)))
+    real_run = ort.InferenceSession.run
+
+    def skewed(self, names, feed, *args, **kwargs):
+        outs = real_run(self, names, feed, *args, **kwargs)
+        return [o + 0.01 if n == "size" else o for n, o in zip(names, outs)]
+
+    monkeypatch.setattr(ort.InferenceSession, "run", skewed)
+    with pytest.raises(GraftError, match=r"output 'size' differs from PyTorch by 0\.01 .*tolerance 0\.0001"):
+        export_onnx(session, tmp_path / "x.onnx")
+    assert os.listdir(tmp_path) == []
+    # a looser tolerance accepts the same difference
+    report = export_onnx(session, tmp_path / "x.onnx", tolerance=0.05, exporter="torchscript")
+    assert 0.009 < report.random_diff["size"] < 0.011 and report.random_diff["species"] < TOL
+
+
+def test_a_nan_difference_is_never_within_tolerance():
+    assert max_abs_diff(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == float("inf")
+    assert max_abs_diff(np.array([np.nan]), np.array([np.nan])) == 0.0
+
+
+def test_a_model_elsewhere_is_exported_from_a_copy(tmp_path):
+    session = tiny_session(nn.Identity())
+    session.model.double()
+    report = export_onnx(session, tmp_path / "x.onnx")
+    assert report.max_diff <= TOL
+    assert next(session.model.parameters()).dtype == torch.float64  # the session's model is untouched
+    model = onnx.load(str(tmp_path / "x.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_a_bad_verification_image_is_reported_before_exporting(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("no")
+    with pytest.raises(GraftError, match="bad.jpg: not a readable image"):
+        export_onnx(tiny_session(nn.Identity()), tmp_path / "x.onnx", images=[bad])
+    assert os.listdir(tmp_path) == ["bad.jpg"]
+
+
+def test_the_dynamo_exporter_handles_the_early_exit_trunk(tmp_path):
+    session = tiny_session(nn.Identity())
+    session.do(CutAt("1"))  # the trunk stops right after the ReLU (its hook raises)
+    session.do(AddHead(HeadSpec("species", labels=["a", "b", "c"]), seed=0))
+    report = export_onnx(session, tmp_path / "dyn.onnx", exporter="dynamo")
+    assert report.exporter == "dynamo" and report.max_diff <= TOL
+    assert_valid_file(tmp_path / "dyn.onnx", ["species"], 32)
+    assert_parity(session, tmp_path / "dyn.onnx", np.random.default_rng(0).standard_normal((7, 3, 32, 32)))
+
+
+def test_a_head_named_like_the_input_is_refused(tmp_path):
+    session = tiny_session(nn.Identity())
+    session.do(AddHead(HeadSpec("image", labels=["a", "b"])))
+    with pytest.raises(GraftError, match="clash"):
+        export_onnx(session, tmp_path / "x.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("compile_with", ["script", "trace"])
+def test_a_torchscript_model_file_exports(tmp_path, compile_with):
+    """The exporter's tracer refuses TorchScript submodules (pytorch#86261): they are traced first, and a
+    scripted BatchNorm keeps its eval-mode numbers."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 5)).eval()
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.5, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = torch.jit.script(net) if compile_with == "script" else torch.jit.trace(net, torch.randn(1, 3, 64, 64))
+        compiled.save(str(tmp_path / "model.pt"))
+        session = Session(load_network(tmp_path / "model.pt"))
+    session.do(AddHead(HeadSpec("species", labels=["a", "b", "c"]), seed=0))
+    out = tmp_path / "out"
+    out.mkdir()
+    report = export_onnx(session, out / "ts.onnx")
+    assert report.exporter == "torchscript" and report.max_diff <= TOL
+    assert_valid_file(out / "ts.onnx", ["species"], session.input_spec.size)
+
+
+class Tokens(nn.Module):
+    """A transformer block on the feature map: in eval mode PyTorch runs it as one fused fast-path op."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True, dropout=0.0)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return self.block(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_attention_exports_with_the_fast_torchscript_exporter(tmp_path):
+    report = export_onnx(tiny_session(Tokens()), tmp_path / "attention.onnx")
+    assert report.exporter == "torchscript" and report.notes == [] and report.max_diff <= TOL
+    assert torch.backends.mha.get_fastpath_enabled()  # switched off for the export only

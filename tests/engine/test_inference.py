@@ -1,0 +1,179 @@
+"""Graft's own predictions (engine.inference) and the torch-free decoding and metadata they share with
+``main.py predict`` (engine.onnx_metadata)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.errors import GraftError
+from engine.heads import HeadSpec
+from engine.inference import decode, head_specs, predict_arrays, predict_files, predict_image
+from engine.onnx_metadata import (KEY, build_metadata, from_props, softmax, to_props, validate)
+from engine.operations import AddHead
+from engine.preprocess import InputSpec, preprocess_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Other jobs share this machine's 2 cores: with 2 OpenMP threads an oversubscribed forward pass can
+    take 20x longer than with one. One thread keeps these tests fast; the setting is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- decode -------------------------------------------------------------------------------------------
+
+def test_single_label_decodes_to_softmax_and_top_classes():
+    spec = HeadSpec("species", labels=["cat", "dog", "bird"])
+    p = decode(spec, np.array([2.0, 0.5, -1.0], dtype=np.float32))
+    expected = np.exp([2.0, 0.5, -1.0]) / np.exp([2.0, 0.5, -1.0]).sum()
+    assert np.allclose(p.values, expected)
+    assert p.label == "cat" and p.score == pytest.approx(expected[0])
+    assert [n for n, _ in p.top] == ["cat", "dog", "bird"]
+    assert p.format() == f"species: cat {expected[0]:.1%} (dog {expected[1]:.1%}, bird {expected[2]:.1%})"
+    assert p.to_dict()["label"] == "cat"
+
+
+def test_multi_label_decodes_to_sigmoids_and_labels_above_half():
+    spec = HeadSpec("tags", kind="multi", labels=["sunny", "indoor", "night"])
+    p = decode(spec, np.array([[3.0, -2.0, 0.2]], dtype=np.float32))  # a (1, n) row is accepted too
+    assert np.allclose(p.values, 1 / (1 + np.exp(-np.array([3.0, -2.0, 0.2]))))
+    assert p.labels == ["sunny", "night"]
+    assert p.format().startswith("tags: sunny 95.3%, night 55.0%")
+    none = decode(spec, np.array([-3.0, -2.0, -1.0]))
+    assert none.labels == [] and "none above 50%" in none.format() and "night" in none.format()
+
+
+def test_regression_keeps_values_with_target_names():
+    p = decode(HeadSpec("size", kind="regression", labels=["width", "height"]), np.array([1.5, -20.25]))
+    assert p.top == [("width", 1.5), ("height", -20.25)]
+    assert p.format() == "size: width 1.5, height -20.25"
+    unnamed = decode(HeadSpec("score", kind="regression", outputs=1), np.array([0.125]))
+    assert unnamed.format() == "score: 0 0.125"
+
+
+def test_features_without_heads_and_a_wrong_size():
+    p = decode(None, np.arange(4, dtype=np.float32), name="output")
+    assert p.kind == "features" and p.format().startswith("output: 4 features")
+    with pytest.raises(GraftError, match="gave 2 outputs where 3"):
+        decode(HeadSpec("x", labels=["a", "b", "c"]), np.zeros(2))
+
+
+def test_softmax_is_stable_for_huge_logits():
+    assert np.allclose(softmax(np.array([1000.0, 0.0])), [1.0, 0.0])
+
+
+# -- metadata -----------------------------------------------------------------------------------------
+
+def heads3():
+    return [HeadSpec("species", labels=["cat", "dog"]), HeadSpec("tags", kind="multi", outputs=3, hidden=[8], dropout=0.2),
+            HeadSpec("size", kind="regression", labels=["w"])]
+
+
+def test_metadata_round_trips_through_props():
+    spec = InputSpec(size=200, resize=230, interpolation="bicubic", alpha_background=[0, 0, 0])
+    data = build_metadata(spec, heads3(), {"description": "resnet18 (random weights)"}, opset=18)
+    props = to_props(data)
+    assert all(isinstance(v, str) for v in props.values())
+    assert props["input_size"] == "200" and props["layout"] == "NCHW" and props["channel_order"] == "RGB"
+    assert props["interpolation"] == "PIL.Image.Resampling.BICUBIC"
+    assert json.loads(props["output.tags.labels"]) == ["0", "1", "2"]
+    meta = from_props(props)
+    assert meta.input_spec == spec and meta.heads == heads3() and meta.outputs == ["species", "tags", "size"]
+    assert meta.spec_for("tags").hidden == [8]
+    bare = from_props(to_props(build_metadata(spec, [], {})))
+    assert bare.heads == [] and bare.outputs == ["output"] and bare.spec_for("output") is None
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.pop("input_spec"), "'input_spec' is missing"),
+    (lambda d: d["input_spec"].update(std=[0.2, 0, 0.2]), "std"),
+    (lambda d: d["input_spec"].update(interpolation="magic"), "resize filter"),
+    (lambda d: d["input_spec"].update(size="big"), "input size"),
+    (lambda d: d.update(outputs=[]), "no outputs"),
+    (lambda d: d["outputs"][0].update(labels=["x", "y", "z"]), "contradicts"),
+    (lambda d: d.update(format=99), "newer Graft"),
+])
+def test_invalid_metadata_is_rejected_with_a_reason(damage, message):
+    data = build_metadata(InputSpec(), heads3(), {})
+    damage(data)
+    with pytest.raises(GraftError, match=message):
+        validate(json.loads(json.dumps(data)))
+
+
+def test_files_without_or_with_broken_metadata():
+    with pytest.raises(GraftError, match="not exported by Graft"):
+        from_props({"producer": "someone"})
+    with pytest.raises(GraftError, match="invalid"):
+        from_props({KEY: "{not json"})
+
+
+def test_the_torch_free_modules_stay_torch_free():
+    code = ("import sys; import engine.onnx_metadata, engine.preprocess, commands.predict; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+# -- predictions with the PyTorch model ---------------------------------------------------------------
+
+@pytest.fixture
+def headed(resnet_session):
+    resnet_session.do(AddHead(HeadSpec("species", labels=["cat", "dog", "bird"]), seed=1))
+    resnet_session.do(AddHead(HeadSpec("tags", kind="multi", labels=["a", "b"], hidden=[16], dropout=0.5), seed=2))
+    return resnet_session
+
+
+def test_predict_arrays_uses_eval_mode_and_restores_the_mode(headed):
+    headed.model.train()
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    a, b = predict_arrays(headed, x), predict_arrays(headed, x)
+    assert headed.model.training  # restored
+    assert set(a) == {"species", "tags"} and a["species"].shape == (2, 3) and a["tags"].shape == (2, 2)
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # no dropout: eval mode
+    with torch.no_grad():
+        ref = headed.model.eval()(torch.from_numpy(x))
+    assert np.allclose(a["species"], ref["species"].numpy(), atol=1e-6)
+    one = predict_arrays(headed, x[0])
+    assert one["species"].shape == (1, 3)
+    with pytest.raises(GraftError, match="shape"):
+        predict_arrays(headed, np.zeros((2, 1, 8, 8)))
+
+
+def test_predict_files_decodes_every_head(headed, tmp_path):
+    paths = []
+    for i, (mode, size) in enumerate([("RGB", (40, 90)), ("L", (300, 31)), ("RGBA", (64, 64))]):
+        arr = (np.random.default_rng(i).random((size[1], size[0], len(mode))) * 255).astype(np.uint8)
+        img = Image.fromarray(arr.squeeze() if mode == "L" else arr, mode)
+        paths.append(tmp_path / f"{i}.png")
+        img.save(paths[-1])
+    preds = predict_files(headed, paths, batch_size=2)
+    assert len(preds) == 3 and all(set(p) == {"species", "tags"} for p in preds)
+    assert preds[0]["species"].label in ("cat", "dog", "bird")
+    assert abs(preds[1]["species"].values.sum() - 1) < 1e-9
+    raw = predict_arrays(headed, preprocess_file(paths[2], headed.input_spec))
+    assert np.allclose(preds[2]["tags"].raw, raw["tags"][0])
+    single = predict_image(headed, paths[2])
+    assert np.allclose(single["species"].values, preds[2]["species"].values, atol=1e-6)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(GraftError, match="bad.png: not a readable image"):
+        predict_files(headed, [paths[0], bad])
+
+
+def test_without_heads_the_output_is_the_features(mobilenet_session):
+    assert head_specs(mobilenet_session) == {"output": None}
+    out = predict_arrays(mobilenet_session, np.zeros((1, 3, 224, 224), dtype=np.float32))
+    assert list(out) == ["output"]

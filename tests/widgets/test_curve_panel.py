@@ -1,0 +1,102 @@
+"""CurvePanel: one PlotDataItem per curve, redraws coalesced to one per 50 ms, bounded memory."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from widgets.curve_panel import CurvePanel
+
+HEADS = [("shape", "single"), ("tags", "multi"), ("size", "regression")]
+
+
+@pytest.fixture
+def panel(qtbot) -> CurvePanel:
+    panel = CurvePanel()
+    qtbot.addWidget(panel)
+    panel.resize(900, 360)
+    panel.show()
+    panel.reset(HEADS)
+    return panel
+
+
+def steps(start: int, count: int) -> list[tuple[int, float, dict[str, float]]]:
+    return [(s, 1.0 / s, {"shape": 0.5 / s, "tags": 0.3 / s, "size": 0.2 / s}) for s in range(start, start + count)]
+
+
+def test_curves_are_made_once_in_reset(panel):
+    names = set(panel.curve_names())
+    assert {"train:total", "val:total", "metric:shape", "metric:tags", "metric:size"} <= names
+    assert {f"{split}:{h}" for split in ("train", "val") for h, _ in HEADS} <= names
+    items = {name: panel.curve(name) for name in names}
+    panel.add_steps(steps(1, 10))
+    panel.flush()
+    assert all(panel.curve(name) is item for name, item in items.items())  # updated with setData, not remade
+    assert panel.curve("nope") is None
+
+
+def test_a_burst_of_batches_is_drawn_once(qtbot, panel):
+    for i in range(200):  # far more calls than could be drawn in 50 ms
+        panel.add_steps(steps(1 + 5 * i, 5))
+    assert panel.redraw_count == 0  # nothing is drawn synchronously
+    qtbot.waitUntil(lambda: panel.redraw_count >= 1, timeout=2000)
+    qtbot.wait(120)  # let any further timer fire: there is nothing left to draw
+    assert panel.redraw_count <= 2
+    x, y = panel.curve("train:total").getData()
+    assert len(x) == 1000 and x[0] == 1 and x[-1] == 1000
+    assert y[-1] == pytest.approx(1 / 1000)
+    assert len(panel.curve("train:tags").getData()[0]) == 1000
+
+
+def test_epochs_fill_validation_and_metric_curves(qtbot, panel):
+    panel.add_steps(steps(1, 40))
+    panel.add_epoch(1, 40, 0.9, {"shape": 0.5, "tags": 0.3, "size": 0.1},
+                    {"shape": {"accuracy": 0.6}, "tags": {"macro_f1": 0.5, "f1/red": 0.7}, "size": {"mae": 0.2}})
+    # the worker's plain dicts are accepted too; the step defaults to the last training step
+    panel.add_steps([{"step": s, "epoch": 2, "loss": 0.5, "head_losses": {"shape": 0.2}, "lr": 1e-3}
+                     for s in range(41, 81)])
+    panel.add_epoch({"epoch": 2, "train_loss": 0.5, "val_loss": 0.7, "val_head_losses": {"shape": 0.4},
+                     "metrics": {"shape": {"accuracy": 0.75}, "size": {"mae": math.nan}}, "best": True})
+    qtbot.waitUntil(lambda: panel.redraw_count >= 1, timeout=2000)
+    x, y = panel.curve("val:total").getData()
+    assert list(x) == [40, 80] and list(y) == pytest.approx([0.9, 0.7])
+    assert list(panel.curve("metric:shape").getData()[1]) == pytest.approx([0.6, 0.75])
+    assert list(panel.curve("metric:tags").getData()[1]) == pytest.approx([0.5])  # macro F1, not f1/red
+    assert list(panel.curve("metric:size").getData()[0]) == [1]  # NaN skipped
+    assert list(panel.curve("val:shape").getData()[0]) == [40, 80]
+
+
+def test_mae_gets_its_own_axis_next_to_classification(panel):
+    assert panel.curve("metric:size") in panel._mae_box.addedItems
+    assert panel.curve("metric:shape") not in panel._mae_box.addedItems
+    assert any("right axis" in label for label in panel.metric_legend.labels())
+    panel.reset([("size", "regression")])
+    assert panel.curve("metric:size") in panel.metric_plot.getPlotItem().items
+
+
+def test_one_head_shows_only_the_totals(panel):
+    panel.reset([("class", "single")])
+    plotted = panel.loss_plot.getPlotItem().items
+    assert panel.curve("train:total") in plotted and panel.curve("val:total") in plotted
+    assert panel.curve("train:class") not in plotted  # identical to the total: not drawn twice
+    assert panel.loss_legend.labels() == ["training loss (per step)", "validation loss (per epoch)"]
+
+
+def test_bare_head_names_are_accepted(qtbot, panel):
+    panel.reset(["shape", "size"])
+    panel.add_epoch(1, 10, 0.5, {}, {"shape": {"accuracy": 0.8}, "size": {"mae": 0.3, "mae/a": 0.2}})
+    panel.flush()
+    assert list(panel.curve("metric:size").getData()[1]) == pytest.approx([0.3])
+
+
+def test_memory_stays_bounded(panel, monkeypatch):
+    monkeypatch.setattr(CurvePanel, "MAX_POINTS", 1000)
+    panel.reset(HEADS)
+    for i in range(50):
+        panel.add_steps(steps(1 + 100 * i, 100))
+    panel.flush()
+    x, y = panel.curve("train:total").getData()
+    assert len(x) <= 1000
+    assert x[0] == 1 and x[-1] == 5000  # the whole run is still covered
+    assert np.all(np.diff(x) > 0)

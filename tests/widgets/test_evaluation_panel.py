@@ -1,0 +1,86 @@
+"""EvaluationPanel: per head a confusion matrix, F1 bars or MAE, with a head selector."""
+from __future__ import annotations
+
+import pytest
+from PySide6.QtWidgets import QTableWidget
+
+from engine.evaluation import EvalReport, HeadReport
+from widgets.evaluation_panel import EvaluationPanel, headline
+
+CLASSES = ["circle", "square", "star", "triangle"]
+CONFUSION = [[14, 0, 0, 0], [1, 11, 1, 0], [0, 0, 10, 2], [0, 1, 0, 11]]
+
+
+@pytest.fixture
+def report() -> EvalReport:
+    heads = {
+        "shape": HeadReport("shape", "single", 0.31, 51, {"accuracy": 46 / 51},
+                            {"kind": "single", "n": 51, "accuracy": 46 / 51, "confusion": CONFUSION,
+                             "classes": CLASSES}),
+        "tags": HeadReport("tags", "multi", 0.40, 70, {"macro_f1": 0.85},
+                           {"kind": "multi", "labels": ["red", "striped", "outlined"], "f1": [0.92, 0.78, None],
+                            "macro_f1": 0.85, "n": [50, 49, 51], "support": [20, 18, 0]}),
+        "size": HeadReport("size", "regression", 0.003, 48, {"mae": 0.0421},
+                           {"kind": "regression", "labels": ["size"], "mae_per_output": [0.0421], "mae": 0.0421,
+                            "n": [48]}),
+    }
+    return EvalReport(heads, 72, 0.71, 2.3, "cpu")
+
+
+@pytest.fixture
+def panel(qtbot) -> EvaluationPanel:
+    panel = EvaluationPanel()
+    qtbot.addWidget(panel)
+    panel.resize(640, 480)
+    panel.show()
+    return panel
+
+
+def test_empty_until_a_report(panel):
+    assert panel.empty_label.isVisible() and not panel.pages.isVisible() and not panel.head_combo.isEnabled()
+
+
+def test_confusion_matrix_for_a_single_label_head(panel, report):
+    panel.set_report(report)
+    assert [panel.head_combo.itemData(i) for i in range(panel.head_combo.count())] == ["shape", "tags", "size"]
+    assert panel.current_head() == "shape"
+    assert "accuracy 90.2%" in panel.headline_label.text() and "51 labelled" in panel.headline_label.text()
+    assert "72 images" in panel.info_label.text()
+    table = panel.current_page().findChild(QTableWidget, "confusionMatrix")
+    assert [table.horizontalHeaderItem(i).text() for i in range(4)] == CLASSES
+    assert [table.verticalHeaderItem(i).text() for i in range(4)] == CLASSES
+    assert [[table.item(r, c).text() for c in range(4)] for r in range(4)] == [[str(v) for v in row]
+                                                                               for row in CONFUSION]
+    right, wrong, none = (table.item(2, 2).background().color(), table.item(2, 3).background().color(),
+                          table.item(2, 0).background().color())
+    assert right.blue() > right.red() and wrong.red() > wrong.blue() and none.name() == "#ffffff"
+    assert "true star → predicted triangle: 2" in table.item(2, 3).toolTip()
+
+
+def test_f1_bars_for_a_multi_label_head_and_mae_for_regression(panel, report):
+    panel.set_report(report)
+    panel.select_head("tags")
+    assert "macro F1 0.850" in panel.headline_label.text()
+    table = panel.current_page().findChild(QTableWidget, "f1Table")
+    assert [table.item(r, 0).text() for r in range(3)] == ["red", "striped", "outlined"]
+    assert [table.item(r, 1).text() for r in range(3)] == ["0.920", "0.780", "–"]
+    panel.select_head("size")
+    assert "MAE 0.0421" in panel.headline_label.text()
+    table = panel.current_page().findChild(QTableWidget, "maeTable")
+    assert table.item(0, 0).text() == "size" and table.item(0, 1).text() == "0.0421"
+    # a new report keeps the chosen head
+    panel.set_report(report)
+    assert panel.current_head() == "size"
+
+
+def test_plain_dict_reports_and_clear(panel, report):
+    panel.set_report(report.to_dict())
+    assert panel.head_combo.count() == 3 and "accuracy 90.2%" in panel.headline_label.text()
+    panel.clear()
+    assert panel.head_combo.count() == 0 and panel.pages.count() == 0 and panel.empty_label.isVisible()
+    assert panel.report() is None
+
+
+def test_headline():
+    assert headline("single", {"accuracy": None}, {}) == "accuracy –"
+    assert headline("multi", {}, {"macro_f1": 0.5}) == "macro F1 0.500"

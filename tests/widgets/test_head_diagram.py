@@ -1,0 +1,39 @@
+"""HeadDiagram: the trunk and one box per head, sized to the heads."""
+from __future__ import annotations
+
+from PySide6.QtGui import QImage
+
+from engine.heads import HeadSpec
+from widgets.head_diagram import HEAD_COLOURS, HeadDiagram, head_colour, layers_text, outputs_text
+
+HEADS = [HeadSpec("shape", "single", labels=["circle", "square", "star", "triangle"]),
+         HeadSpec("tags", "multi", labels=["red", "striped", "outlined"], hidden=[256]),
+         HeadSpec("size", "regression", labels=["size"])]
+
+
+def test_texts():
+    assert outputs_text(HEADS[0]) == "4 classes: circle, square, star, triangle"
+    assert outputs_text(HEADS[2]) == "1 value: size"
+    assert outputs_text(HeadSpec("n", "single", outputs=3)) == "3 classes"
+    assert outputs_text(HeadSpec("many", "single", labels=[str(i) for i in range(10)]), 3) == "10 classes: 0, 1, 2…"
+    assert layers_text(HEADS[1], 512) == "512 → 256 → 3"
+    assert layers_text(HEADS[0], None) == "4"
+    assert head_colour(0) == HEAD_COLOURS[0] and head_colour(len(HEAD_COLOURS)) == HEAD_COLOURS[0]
+
+
+def test_paints_the_trunk_and_every_head(qtbot):
+    diagram = HeadDiagram()
+    qtbot.addWidget(diagram)
+    empty_height = diagram.sizeHint().height()
+    diagram.set_model("resnet18", 512, HEADS)
+    assert diagram.heads() == HEADS
+    assert diagram.sizeHint().height() > empty_height
+    diagram.resize(diagram.sizeHint())
+    image = diagram.grab().toImage().convertToFormat(QImage.Format.Format_RGB32)
+    assert not image.isNull()
+    # each head's colour strip is painted at the left of its box
+    colours = {image.pixelColor(x, y).name() for x in range(image.width()) for y in range(0, image.height(), 2)}
+    for i in range(len(HEADS)):
+        assert head_colour(i).lower() in colours
+    diagram.set_model("resnet18", None, [])  # no heads, unknown features: still paints
+    assert not diagram.grab().isNull()

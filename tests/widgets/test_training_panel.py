@@ -1,0 +1,102 @@
+"""TrainingPanel: the fields make the TrainConfig; running state, progress and status."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from PySide6.QtCore import Qt
+
+from engine.training import TrainConfig
+from widgets.training_panel import LearningRateBox, TrainingPanel, format_eta, progress_text
+
+
+@pytest.fixture
+def panel(qtbot) -> TrainingPanel:
+    panel = TrainingPanel(cuda_available=False, mps_available=False)
+    qtbot.addWidget(panel)
+    panel.show()
+    return panel
+
+
+def test_defaults_are_the_engines(panel):
+    assert panel.config() == TrainConfig()
+
+
+def test_config_reflects_the_fields(panel):
+    panel.device_combo.setCurrentIndex(panel.device_combo.findData("cpu"))
+    panel.epochs_spin.setValue(25)
+    panel.batch_spin.setValue(64)
+    panel.lr_heads_box.setValue(3e-3)
+    panel.lr_trunk_box.setValue(5e-5)
+    panel.augment_check.setChecked(False)
+    panel.patience_spin.setValue(0)
+    config = panel.config()
+    assert isinstance(config, TrainConfig)
+    assert (config.device, config.epochs, config.batch_size, config.augment, config.patience) == \
+        ("cpu", 25, 64, False, None)
+    assert config.lr_heads == pytest.approx(3e-3) and config.lr_trunk == pytest.approx(5e-5)
+    config.validate()
+    panel.patience_spin.setValue(3)
+    assert panel.config().patience == 3
+
+
+def test_set_config_round_trips_and_keeps_other_fields(panel):
+    base = replace(TrainConfig(), epochs=7, lr_heads=2e-4, weight_decay=0.05, seed=42, augment=False, patience=None)
+    panel.set_config(base)
+    assert panel.epochs_spin.value() == 7 and panel.patience_spin.text() == "off"
+    assert panel.lr_heads_box.text() == "0.0002"
+    assert panel.config() == base
+
+
+def test_cuda_is_disabled_with_a_reason_when_missing(qtbot):
+    panel = TrainingPanel(cuda_available=False, mps_available=False)
+    qtbot.addWidget(panel)
+    item = panel.device_combo.model().item(panel.device_combo.findData("cuda"))
+    assert not item.isEnabled() and "No CUDA GPU" in item.toolTip()
+    assert panel.device_combo.findData("mps") == -1
+    panel.set_config(replace(TrainConfig(), device="cuda"))
+    assert panel.config().device == "auto"
+    with_gpu = TrainingPanel(cuda_available=True, mps_available=False)
+    qtbot.addWidget(with_gpu)
+    assert with_gpu.device_combo.model().item(with_gpu.device_combo.findData("cuda")).isEnabled()
+    with_gpu.set_config(replace(TrainConfig(), device="cuda:0"))
+    assert with_gpu.config().device == "cuda"
+
+
+def test_start_stop_and_running_state(qtbot, panel):
+    assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
+    with qtbot.waitSignal(panel.startRequested, timeout=1000):
+        qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    panel.set_running(True)
+    assert panel.is_running() and not panel.start_button.isEnabled() and panel.stop_button.isEnabled()
+    assert not panel.epochs_spin.isEnabled() and not panel.device_combo.isEnabled()
+    with qtbot.waitSignal(panel.stopRequested, timeout=1000):
+        qtbot.mouseClick(panel.stop_button, Qt.MouseButton.LeftButton)
+    panel.set_progress(400, 1000, 42, 3, 10)
+    assert panel.progress_label.text() == "epoch 3/10 · 40% · ETA 0:42"
+    assert panel.progress_bar.value() == 400 and panel.progress_bar.maximum() == 1000
+    panel.set_status("Stopping after this batch…")
+    assert panel.status() == "Stopping after this batch…"
+    panel.set_running(False)
+    assert panel.start_button.isEnabled() and panel.epochs_spin.isEnabled()
+
+
+def test_progress_and_eta_texts():
+    assert format_eta(42) == "0:42" and format_eta(3725) == "1:02:05" and format_eta(None) == ""
+    assert progress_text(10, 10, 0, 10, 10) == "epoch 10/10 · 100%"
+    assert progress_text(0, 0, None, None, None) == ""
+
+
+def test_learning_rate_box_steps_along_1_2_5(qtbot):
+    box = LearningRateBox()
+    qtbot.addWidget(box)
+    box.setValue(1e-3)
+    box.stepBy(1)
+    assert box.value() == pytest.approx(2e-3)
+    box.stepBy(2)
+    assert box.value() == pytest.approx(1e-2)
+    box.stepBy(-4)
+    assert box.value() == pytest.approx(5e-4)
+    box.lineEdit().setText("3e-4")
+    box.interpretText()
+    assert box.value() == pytest.approx(3e-4) and box.text() == "0.0003"

@@ -1,0 +1,84 @@
+"""TryImageView: choose or drop an image, then show each head's prediction."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QFileDialog, QLabel
+
+from engine.heads import HeadSpec
+from engine.onnx_metadata import decode
+from widgets.try_image_view import TryImageView, is_image_path
+
+
+@pytest.fixture
+def image_path(tmp_path) -> str:
+    path = tmp_path / "star.png"
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[10:50, 20:60] = (220, 40, 40)
+    Image.fromarray(rgb).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def view(qtbot) -> TryImageView:
+    view = TryImageView()
+    qtbot.addWidget(view)
+    view.resize(420, 520)
+    view.show()
+    return view
+
+
+def test_choose_image_asks_and_shows_it(qtbot, view, image_path, monkeypatch):
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (image_path, "")))
+    with qtbot.waitSignal(view.imageChosen, timeout=1000) as chosen:
+        qtbot.mouseClick(view.choose_button, Qt.MouseButton.LeftButton)
+    assert chosen.args == [image_path]
+    assert view.image_path() == image_path and view.image.pixmap().width() == 80
+    assert view.name_label.text() == "star.png" and view.status_label.text() == "Predicting…"
+
+
+def test_shows_each_heads_prediction(view, image_path):
+    predictions = {
+        "shape": decode(HeadSpec("shape", "single", labels=["circle", "square", "star"]), np.array([0.1, 0.2, 3.0])),
+        "tags": decode(HeadSpec("tags", "multi", labels=["red", "striped"]), np.array([2.0, -2.0])),
+        "size": decode(HeadSpec("size", "regression", labels=["size"]), np.array([0.55])),
+        "note": "note: looks like a star",
+    }
+    view.show_predictions(image_path, predictions)
+    assert view.image_path() == image_path and not view.image.pixmap().isNull()
+    texts = view.predictions_text()
+    assert list(texts) == ["shape", "tags", "size", "note"]
+    assert texts["shape"] == predictions["shape"].format() and texts["shape"].startswith("shape: star")
+    assert texts["note"] == "note: looks like a star"
+    shown = " ".join(label.text() for label in view.results.findChildren(QLabel))
+    for word in ("shape", "star", "red", "size", "0.55", "looks like a star"):
+        assert word in shown
+    assert not view.status_label.isVisible()
+    view.show_predictions(image_path, {"shape": predictions["shape"]})
+    assert list(view.predictions_text()) == ["shape"]
+
+
+def test_drop_an_image(qtbot, view, image_path, tmp_path):
+    def drop(path: str) -> None:
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(path)])
+        view.dropEvent(QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                  Qt.KeyboardModifier.NoModifier))
+
+    with qtbot.waitSignal(view.imageChosen, timeout=1000) as chosen:
+        drop(image_path)
+    assert chosen.args == [image_path]
+    text = tmp_path / "notes.txt"
+    text.write_text("hi")
+    assert not is_image_path(str(text)) and is_image_path(image_path)
+    with qtbot.assertNotEmitted(view.imageChosen):
+        drop(str(text))
+
+
+def test_clear(view, image_path):
+    view.show_predictions(image_path, {"x": "x: 1"})
+    view.clear()
+    assert view.image_path() == "" and view.image.pixmap().isNull() and view.predictions_text() == {}

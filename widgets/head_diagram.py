@@ -1,0 +1,193 @@
+"""A painted sketch of the model: the trunk, and an arrow branching to one box per grafted head.
+
+Also home of the head colour palette, shared by every widget that draws heads (the heads table, the
+layer tree's head swatches, the training curves), so a head keeps its colour everywhere.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPaintEvent, QPalette, QPen
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from engine.heads import HeadSpec
+
+# Colour-blind-friendly, distinct on light and dark backgrounds (seaborn "deep").
+HEAD_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C",
+                "#CCB974", "#64B5CD")
+KIND_SHORT = {"single": "single-label", "multi": "multi-label", "regression": "regression"}
+OUTPUT_WORDS = {"single": ("class", "classes"), "multi": ("label", "labels"), "regression": ("value", "values")}
+
+
+def head_colour(index: int) -> str:
+    """The colour of the ``index``-th head (cycling)."""
+    return HEAD_COLOURS[index % len(HEAD_COLOURS)]
+
+
+def outputs_text(spec: HeadSpec, limit: int = 6) -> str:
+    """``"3 classes: cat, dog, bird"`` (the first ``limit`` names)."""
+    one, many = OUTPUT_WORDS.get(spec.kind, ("output", "outputs"))
+    text = f"{spec.outputs} {one if spec.outputs == 1 else many}"
+    if spec.labels:
+        names = ", ".join(spec.labels[:limit]) + ("…" if len(spec.labels) > limit else "")
+        text += f": {names}"
+    return text
+
+
+def layers_text(spec: HeadSpec, feature_dim: int | None) -> str:
+    """The head's widths, ``"512 → 256 → 5"``."""
+    sizes = ([str(feature_dim)] if feature_dim else []) + [str(h) for h in spec.hidden] + [str(spec.outputs)]
+    return " → ".join(sizes)
+
+
+class HeadDiagram(QWidget):
+    """Trunk box (model name, feature size) -> one box per head (name, kind, outputs, widths)."""
+
+    MARGIN = 14
+    TRUNK_W = 170
+    TRUNK_H = 66
+    HEAD_H = 50
+    GAP = 10
+    BRANCH = 54
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._name = ""
+        self._dim: int | None = None
+        self._heads: list[HeadSpec] = []
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+    def set_model(self, name: str, feature_dim: int | None, heads: Sequence[HeadSpec]) -> None:
+        """Show the trunk ``name`` with ``feature_dim`` features and ``heads``."""
+        self._name, self._dim, self._heads = name, feature_dim, list(heads)
+        self.updateGeometry()
+        self.update()
+
+    def heads(self) -> list[HeadSpec]:
+        return list(self._heads)
+
+    # -- geometry ----------------------------------------------------------------------------------
+    def _stack_height(self) -> int:
+        n = max(1, len(self._heads))
+        return n * self.HEAD_H + (n - 1) * self.GAP
+
+    def sizeHint(self) -> QSize:
+        return QSize(560, 2 * self.MARGIN + max(self.TRUNK_H, self._stack_height()))
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(380, 2 * self.MARGIN + max(self.TRUNK_H, self._stack_height()))
+
+    # -- painting ------------------------------------------------------------------------------------
+    def paintEvent(self, event: QPaintEvent) -> None:
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        pal = self.palette()
+        text = pal.color(QPalette.ColorRole.WindowText)
+        muted = QColor(text)
+        muted.setAlphaF(0.6)
+        line = QColor(text)
+        line.setAlphaF(0.45)
+        base = pal.color(QPalette.ColorRole.Base)
+
+        m = self.MARGIN
+        content_h = max(self.TRUNK_H, self._stack_height())
+        top = m + max(0, (self.height() - 2 * m - content_h) / 2)
+        trunk = QRectF(m, top + (content_h - self.TRUNK_H) / 2, self.TRUNK_W, self.TRUNK_H)
+        heads_x = trunk.right() + self.BRANCH
+        heads_w = max(160.0, self.width() - m - heads_x)
+        heads_top = top + (content_h - self._stack_height()) / 2
+
+        # trunk
+        fill = QColor(text)
+        fill.setAlphaF(0.07)
+        p.setPen(QPen(line, 1.2))
+        p.setBrush(base)
+        p.drawRoundedRect(trunk, 8, 8)
+        p.setBrush(fill)
+        p.drawRoundedRect(trunk, 8, 8)
+        bold = QFont(self.font())
+        bold.setBold(True)
+        small = QFont(self.font())
+        small.setPointSizeF(max(7.0, self.font().pointSizeF() * 0.9))
+        inner = trunk.adjusted(12, 10, -12, -10)
+        p.setFont(bold)
+        p.setPen(text)
+        name = QFontMetrics(bold).elidedText(self._name or "no network", Qt.TextElideMode.ElideMiddle,
+                                             int(inner.width()))
+        p.drawText(QRectF(inner.left(), inner.top(), inner.width(), inner.height() / 2),
+                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, name)
+        p.setFont(small)
+        p.setPen(muted)
+        features = f"trunk · {self._dim} features" if self._dim else "trunk · features unknown"
+        p.drawText(QRectF(inner.left(), inner.center().y(), inner.width(), inner.height() / 2),
+                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, features)
+
+        # branches
+        centres = [heads_top + i * (self.HEAD_H + self.GAP) + self.HEAD_H / 2 for i in range(len(self._heads))] \
+            or [heads_top + self.HEAD_H / 2]
+        split_x = trunk.right() + self.BRANCH / 2
+        p.setPen(QPen(line, 1.6))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawLine(QPointF(trunk.right(), trunk.center().y()), QPointF(split_x, trunk.center().y()))
+        if len(centres) > 1:
+            p.drawLine(QPointF(split_x, min(centres)), QPointF(split_x, max(centres)))
+        for y in centres:
+            p.drawLine(QPointF(split_x, y), QPointF(heads_x - 2, y))
+            arrow = QPainterPath(QPointF(heads_x - 1, y))
+            arrow.lineTo(heads_x - 8, y - 4)
+            arrow.lineTo(heads_x - 8, y + 4)
+            arrow.closeSubpath()
+            p.fillPath(arrow, line)
+
+        # heads
+        if not self._heads:
+            box = QRectF(heads_x, centres[0] - self.HEAD_H / 2, heads_w, self.HEAD_H)
+            pen = QPen(line, 1.2, Qt.PenStyle.DashLine)
+            p.setPen(pen)
+            p.drawRoundedRect(box, 8, 8)
+            p.setPen(muted)
+            p.setFont(self.font())
+            p.drawText(box.adjusted(12, 0, -12, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+                       "No heads yet: add one to predict something")
+            p.end()
+            return
+        fm_bold, fm_small = QFontMetrics(bold), QFontMetrics(small)
+        for i, (spec, y) in enumerate(zip(self._heads, centres)):
+            colour = QColor(head_colour(i))
+            box = QRectF(heads_x, y - self.HEAD_H / 2, heads_w, self.HEAD_H)
+            tint = QColor(colour)
+            tint.setAlphaF(0.14)
+            p.setPen(Qt.PenStyle.NoPen)
+            p.setBrush(base)
+            p.drawRoundedRect(box, 8, 8)
+            p.setBrush(tint)
+            p.setPen(QPen(colour, 1.2))
+            p.drawRoundedRect(box, 8, 8)
+            strip = QPainterPath()
+            strip.addRoundedRect(QRectF(box.left(), box.top(), 12, box.height()), 6, 6)
+            clip = QPainterPath()
+            clip.addRect(QRectF(box.left(), box.top(), 6, box.height()))
+            p.fillPath(strip.intersected(clip), colour)
+
+            inner = box.adjusted(16, 6, -12, -6)
+            half = inner.height() / 2
+            widths = layers_text(spec, self._dim)
+            widths_w = fm_small.horizontalAdvance(widths) + 8
+            p.setFont(bold)
+            p.setPen(text)
+            title = fm_bold.elidedText(spec.name, Qt.TextElideMode.ElideRight,
+                                       int(max(40, inner.width() - widths_w - 90)))
+            p.drawText(QRectF(inner.left(), inner.top(), inner.width(), half),
+                       Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, title)
+            title_w = fm_bold.horizontalAdvance(title)
+            p.setFont(small)
+            p.setPen(muted)
+            p.drawText(QRectF(inner.left() + title_w + 8, inner.top(), inner.width(), half),
+                       Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, KIND_SHORT.get(spec.kind, spec.kind))
+            p.drawText(QRectF(inner.left(), inner.top(), inner.width(), half),
+                       Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, widths)
+            outputs = fm_small.elidedText(outputs_text(spec, 12), Qt.TextElideMode.ElideRight, int(inner.width()))
+            p.drawText(QRectF(inner.left(), inner.top() + half, inner.width(), half),
+                       Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, outputs)
+        p.end()

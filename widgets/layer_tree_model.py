@@ -1,0 +1,343 @@
+"""Qt item model over the engine's :class:`~engine.layer_tree.LayerTree` (napari's ``qt_tree_model`` pattern).
+
+The engine owns the nodes; this adapter replays the tree's callbacks as ``beginInsertRows``/``endInsertRows``,
+``beginRemoveRows``/``endRemoveRows`` and ``dataChanged`` with the roles that changed, and only resets when
+a different tree is set. The freeze toggle is ``CheckStateRole`` on column 0: :meth:`setData` hands the
+request to a handler (the app pushes an undoable ``SetTrainable``); the engine's ``changed`` event then
+updates the check boxes and the Trainable column.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor, QFont, QGuiApplication, QIcon, QPainter, QPalette, QPixmap
+
+from engine.layer_tree import LayerNode, LayerTree
+
+from .head_diagram import head_colour
+
+Index = QModelIndex | QPersistentModelIndex
+ToggleHandler = Callable[[str, bool], Any]
+
+COLUMNS = ("Layer", "Type", "Output shape", "Parameters", "Trainable")
+LAYER, TYPE, SHAPE, PARAMS, TRAINABLE = range(len(COLUMNS))
+
+CHECK = {"trainable": Qt.CheckState.Checked, "frozen": Qt.CheckState.Unchecked,
+         "partial": Qt.CheckState.PartiallyChecked}
+STATE_WORDS = {"trainable": "trains", "frozen": "frozen", "partial": "partly frozen", "none": "no weights"}
+
+_ROLE = Qt.ItemDataRole
+DISPLAY, CHECK_ROLE = _ROLE.DisplayRole, _ROLE.CheckStateRole
+
+
+def human(n: int | None) -> str:
+    """Short parameter count: 950, 9.4K, 148K, 1.2M, 11.7M, 7.0B."""
+    if n is None:
+        return ""
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.1f}{suffix}" if value < 100 else f"{value:.0f}{suffix}"
+    return str(n)
+
+
+def shape_text(shape: tuple[int, ...] | None) -> str:
+    """``(64, 56, 56)`` -> ``64×56×56``."""
+    return "×".join(str(d) for d in shape) if shape else ""
+
+
+def badge(node: LayerNode) -> str:
+    """``"output"`` for the classifier layer, ``"cut"`` where the trunk was cut, else ``""``."""
+    if node.is_output:
+        return "output"
+    if node.kind == "layer" and node.extra.startswith("cut"):
+        return "cut"
+    return ""
+
+
+class LayerTreeModel(QAbstractItemModel):
+    """Five columns over a LayerTree: Layer (checkable: trains or frozen), Type, Output shape, Parameters,
+    Trainable. Custom roles give plain values (path, node, shape tuple, parameter counts, kind, is-output)."""
+
+    PathRole = _ROLE.UserRole + 1
+    NodeRole = _ROLE.UserRole + 2
+    ShapeRole = _ROLE.UserRole + 3
+    ParamsRole = _ROLE.UserRole + 4  # (params, trainable_params)
+    KindRole = _ROLE.UserRole + 5
+    IsOutputRole = _ROLE.UserRole + 6
+    BadgeRole = _ROLE.UserRole + 7  # "output" | "cut" | ""
+    TypeRole = _ROLE.UserRole + 8
+
+    def __init__(self, tree: LayerTree | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._tree: LayerTree | None = None
+        self._toggle: ToggleHandler | None = None
+        self._rows: dict[int, dict[int, int]] = {}  # id(parent) -> {id(child): row}
+        self._dots: dict[str, QIcon] = {}
+        self._bold = QFont()
+        self._bold.setBold(True)
+        self._dim = QBrush(QGuiApplication.palette().color(QPalette.ColorGroup.Disabled,
+                                                          QPalette.ColorRole.Text))
+        if tree is not None:
+            self.set_tree(tree)
+
+    # -- tree ------------------------------------------------------------------------------------
+    def tree(self) -> LayerTree | None:
+        return self._tree
+
+    def set_tree(self, tree: LayerTree | None) -> None:
+        """Show ``tree`` (a model reset), disconnecting from the previous one."""
+        self.beginResetModel()
+        if self._tree is not None:
+            for event, slot in self._slots():
+                self._tree.disconnect(event, slot)
+        self._tree = tree
+        self._rows.clear()
+        if tree is not None:
+            for event, slot in self._slots():
+                tree.connect(event, slot)
+        self.endResetModel()
+
+    def _slots(self) -> Iterable[tuple[str, Callable[..., None]]]:
+        return (("about_to_insert", self._on_about_to_insert), ("inserted", self._on_inserted),
+                ("about_to_remove", self._on_about_to_remove), ("removed", self._on_removed),
+                ("changed", self._on_changed), ("reset", self._on_reset))
+
+    # -- freeze toggle ---------------------------------------------------------------------------
+    def set_toggle_handler(self, handler: ToggleHandler | None) -> None:
+        """``handler(path, trainable)`` is called when the user ticks or unticks a layer."""
+        self._toggle = handler
+
+    def apply_directly(self, session: Any) -> None:
+        """Fallback handler (tests, the CLI-less demo): apply ``SetTrainable`` through the engine history."""
+        from engine.operations import SetTrainable
+
+        if session.tree is not self._tree:
+            self.set_tree(session.tree)
+        self.set_toggle_handler(lambda path, trainable: session.do(SetTrainable("layers", [path], trainable)))
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def node(self, index: Index) -> LayerNode | None:
+        return index.internalPointer() if index.isValid() else None
+
+    def index_for_path(self, path: str, column: int = 0) -> QModelIndex:
+        """The index of the node at ``path`` (invalid when there is none)."""
+        node = self._tree.node(path) if self._tree is not None and path else None
+        if node is None or node.parent is None:
+            return QModelIndex()
+        return self.createIndex(self._row(node), column, node)
+
+    def _index(self, node: LayerNode | None, column: int = 0) -> QModelIndex:
+        if node is None or node.parent is None:  # the invisible root
+            return QModelIndex()
+        return self.createIndex(self._row(node), column, node)
+
+    def _row(self, node: LayerNode) -> int:
+        parent = node.parent
+        rows = self._rows.get(id(parent))
+        if rows is None:
+            rows = self._rows[id(parent)] = {id(c): i for i, c in enumerate(parent.children)}
+        row = rows.get(id(node))
+        return row if row is not None else node.row()
+
+    # -- QAbstractItemModel ----------------------------------------------------------------------
+    def index(self, row: int, column: int, parent: Index = QModelIndex()) -> QModelIndex:
+        if self._tree is None or not 0 <= column < len(COLUMNS) or row < 0:
+            return QModelIndex()
+        if parent.isValid() and parent.column() != 0:
+            return QModelIndex()
+        node = parent.internalPointer() if parent.isValid() else self._tree.root
+        if row >= len(node.children):
+            return QModelIndex()
+        return self.createIndex(row, column, node.children[row])
+
+    def parent(self, index: Index | None = None) -> QModelIndex | QObject | None:  # type: ignore[override]
+        if index is None:  # QObject.parent()
+            return QObject.parent(self)
+        if not index.isValid():
+            return QModelIndex()
+        return self._index(index.internalPointer().parent)
+
+    def sibling(self, row: int, column: int, index: Index) -> QModelIndex:
+        if index.isValid() and row == index.row() and 0 <= column < len(COLUMNS):
+            return self.createIndex(row, column, index.internalPointer())
+        return super().sibling(row, column, index)
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:
+        if self._tree is None:
+            return 0
+        if not parent.isValid():
+            return len(self._tree.root.children)
+        return len(parent.internalPointer().children) if parent.column() == 0 else 0
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:
+        return len(COLUMNS)
+
+    def hasChildren(self, parent: Index = QModelIndex()) -> bool:
+        return self.rowCount(parent) > 0
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = DISPLAY) -> Any:
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(COLUMNS):
+            return None
+        if role == DISPLAY:
+            return COLUMNS[section]
+        if role == _ROLE.TextAlignmentRole and section in (PARAMS, TRAINABLE):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == _ROLE.ToolTipRole:
+            return ("Tick a layer to train it, untick to freeze it", "Module class",
+                    "Shape of the layer's output for one image (channels×height×width)",
+                    "Number of weights", "Weights that train / all weights")[section]
+        return None
+
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        if index.column() == LAYER and index.internalPointer().params > 0:
+            flags |= Qt.ItemFlag.ItemIsUserCheckable
+        return flags
+
+    def data(self, index: Index, role: int = DISPLAY) -> Any:
+        if not index.isValid():
+            return None
+        node: LayerNode = index.internalPointer()
+        column = index.column()
+        if role == DISPLAY:
+            if column == LAYER:
+                return node.name
+            if column == TYPE:
+                return node.type_name
+            if column == SHAPE:
+                return "" if node.kind == "heads" else shape_text(node.out_shape)
+            if column == PARAMS:
+                return human(node.params) if node.params else ""
+            if column == TRAINABLE:
+                return f"{human(node.trainable_params)} / {human(node.params)}" if node.params else ""
+            return None
+        if role == CHECK_ROLE:
+            if column == LAYER and node.params > 0:
+                return CHECK[node.frozen_state]
+            return None
+        if role == _ROLE.TextAlignmentRole:
+            if column in (PARAMS, TRAINABLE):
+                return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            return None
+        if role == _ROLE.FontRole:
+            return self._bold if column == LAYER and node.is_output else None
+        if role == _ROLE.ForegroundRole:
+            if column == TRAINABLE and node.params and node.trainable_params == 0:
+                return self._dim
+            return None
+        if role == _ROLE.DecorationRole:
+            if column == LAYER and node.kind == "head":
+                return self._dot(head_colour(self._row(node)))
+            return None
+        if role == _ROLE.ToolTipRole:
+            return self._tooltip(node)
+        if role == self.PathRole:
+            return node.path
+        if role == self.NodeRole:
+            return node
+        if role == self.ShapeRole:
+            return node.out_shape
+        if role == self.ParamsRole:
+            return (node.params, node.trainable_params)
+        if role == self.KindRole:
+            return node.kind
+        if role == self.IsOutputRole:
+            return node.is_output
+        if role == self.BadgeRole:
+            return badge(node)
+        if role == self.TypeRole:
+            return node.type_name
+        return None
+
+    def _dot(self, colour: str) -> QIcon:
+        """A small filled circle in a head's colour (cached)."""
+        icon = self._dots.get(colour)
+        if icon is None:
+            pixmap = QPixmap(16, 16)
+            pixmap.fill(Qt.GlobalColor.transparent)
+            painter = QPainter(pixmap)
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(QColor(colour))
+            painter.drawEllipse(3, 3, 10, 10)
+            painter.end()
+            icon = self._dots[colour] = QIcon(pixmap)
+        return icon
+
+    def _tooltip(self, node: LayerNode) -> str:
+        lines = [f"<b>{node.path}</b>" if node.kind == "layer" else f"<b>{node.name}</b>"]
+        if node.kind == "heads":
+            dim = node.out_shape[0] if node.out_shape else None
+            lines.append(f"Heads grafted on the trunk's {dim} features" if dim else "Heads grafted on the trunk")
+        else:
+            lines.append(node.type_name + (f" → {shape_text(node.out_shape)}" if node.out_shape else ""))
+        if node.params:
+            lines.append(f"{node.params:,} weights, {node.trainable_params:,} training "
+                         f"({STATE_WORDS[node.frozen_state]})")
+        if node.is_output:
+            lines.append("The network's output (classifier) layer")
+        if node.extra:
+            lines.append(("Labels: " if node.kind == "head" else "") + node.extra)
+        return "<br>".join(lines)
+
+    def setData(self, index: Index, value: Any, role: int = _ROLE.EditRole) -> bool:
+        """A tick on column 0 asks the toggle handler to (un)freeze the layer; the model itself changes
+        only when the engine announces it."""
+        if role != CHECK_ROLE or not index.isValid() or index.column() != LAYER or self._toggle is None:
+            return False
+        node: LayerNode = index.internalPointer()
+        if node.params == 0:
+            return False
+        state = value.value if isinstance(value, Qt.CheckState) else int(value)
+        self._toggle(node.path, state != Qt.CheckState.Unchecked.value)
+        return True
+
+    # -- engine events -> Qt signals -------------------------------------------------------------
+    def _on_about_to_insert(self, parent: LayerNode, start: int, end: int) -> None:
+        self._rows.clear()
+        self.beginInsertRows(self._index(parent), start, end)
+
+    def _on_inserted(self, parent: LayerNode, start: int, end: int) -> None:
+        self._rows.clear()
+        self.endInsertRows()
+
+    def _on_about_to_remove(self, parent: LayerNode, start: int, end: int) -> None:
+        self._rows.clear()
+        self.beginRemoveRows(self._index(parent), start, end)
+
+    def _on_removed(self, parent: LayerNode, start: int, end: int) -> None:
+        self._rows.clear()
+        self.endRemoveRows()
+
+    def _on_reset(self, *args: Any) -> None:
+        self.beginResetModel()
+        self._rows.clear()
+        self.endResetModel()
+
+    def _on_changed(self, node: LayerNode, fields: Iterable[str]) -> None:
+        fields = set(fields)
+        if node.parent is None:
+            return
+        row = self._row(node)
+
+        def changed(column: int, roles: list[int]) -> None:
+            index = self.createIndex(row, column, node)
+            self.dataChanged.emit(index, index, roles)
+
+        trainable_roles = [DISPLAY, _ROLE.ForegroundRole, self.ParamsRole]
+        if fields & {"params", "trainable_params"}:
+            changed(LAYER, [CHECK_ROLE])
+            changed(TRAINABLE, trainable_roles)
+        if "params" in fields:
+            changed(PARAMS, [DISPLAY, self.ParamsRole])
+        if fields & {"is_output", "extra"}:
+            changed(LAYER, [DISPLAY, _ROLE.FontRole, self.IsOutputRole, self.BadgeRole])
+        if "type_name" in fields:
+            changed(TYPE, [DISPLAY, self.TypeRole])
+        if "out_shape" in fields:
+            changed(SHAPE, [DISPLAY, self.ShapeRole])

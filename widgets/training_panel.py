@@ -1,0 +1,258 @@
+"""Training settings, Start / Stop, and progress ("epoch 3/10 · 40% · ETA 0:42")."""
+from __future__ import annotations
+
+import math
+from dataclasses import fields, replace
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QStandardItemModel, QValidator
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from engine.training import TrainConfig
+
+DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu", "CPU"))
+
+
+def format_eta(seconds: float | None) -> str:
+    """``42`` -> ``0:42``; ``3725`` -> ``1:02:05``."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return ""
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_text(done: int, total: int, eta_seconds: float | None, epoch: int | None, epochs: int | None) -> str:
+    """``"epoch 3/10 · 40% · ETA 0:42"`` (parts left out when unknown)."""
+    parts = []
+    if epoch:
+        parts.append(f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}")
+    if total:
+        parts.append(f"{done / total:.0%}")
+    eta = format_eta(eta_seconds)
+    if eta and done < total:
+        parts.append(f"ETA {eta}")
+    return " · ".join(parts)
+
+
+class LearningRateBox(QDoubleSpinBox):
+    """A learning rate: typed as ``0.001`` or ``1e-3``, stepped along 1, 2, 5, 10 …"""
+
+    LADDER = (1.0, 2.0, 5.0)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setDecimals(10)
+        self.setRange(1e-8, 10.0)
+        self.setKeyboardTracking(False)
+
+    def textFromValue(self, value: float) -> str:
+        return f"{value:g}"
+
+    def valueFromText(self, text: str) -> float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int) -> object:
+        t = text.strip()
+        try:
+            v = float(t)
+        except ValueError:
+            ok = t == "" or all(c in "0123456789.eE-+" for c in t)
+            return QValidator.State.Intermediate if ok else QValidator.State.Invalid, text, pos
+        state = QValidator.State.Acceptable if self.minimum() <= v <= self.maximum() else QValidator.State.Intermediate
+        return state, text, pos
+
+    def stepBy(self, steps: int) -> None:
+        value = self.value()
+        for _ in range(abs(steps)):
+            exp = math.floor(math.log10(value) + 1e-9)
+            ladder = [m * 10.0 ** e for e in (exp - 1, exp, exp + 1) for m in self.LADDER]
+            if steps > 0:
+                value = min((v for v in ladder if v > value * (1 + 1e-9)), default=value)
+            else:
+                value = max((v for v in ladder if v < value * (1 - 1e-9)), default=value)
+        self.setValue(float(f"{value:.6g}"))
+
+
+class TrainingPanel(QWidget):
+    """The knobs of :class:`~engine.training.TrainConfig` that matter most, and the run's progress.
+    ``config()`` returns a TrainConfig (the other fields as in the config given to :meth:`set_config`)."""
+
+    startRequested = Signal()
+    stopRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None, *, cuda_available: bool | None = None,
+                 mps_available: bool | None = None) -> None:
+        super().__init__(parent)
+        self._base = TrainConfig()
+        self._running = False
+        cuda, mps = self._accelerators(cuda_available, mps_available)
+
+        self.device_combo = QComboBox(self)
+        for key, title in DEVICES:
+            if key == "mps" and not mps:
+                continue
+            self.device_combo.addItem(title, key)
+        cuda_row = self.device_combo.findData("cuda")
+        if not cuda:
+            item = self.device_combo.model().item(cuda_row) if isinstance(self.device_combo.model(),
+                                                                          QStandardItemModel) else None
+            if item is not None:
+                item.setEnabled(False)
+                item.setToolTip("No CUDA GPU is available on this computer (or PyTorch was installed without "
+                                "CUDA support)")
+        self.device_combo.setToolTip("Where to train. Auto uses a GPU when there is one, else the CPU."
+                                     + ("" if cuda else "\nNo CUDA GPU was found on this computer."))
+        self.cuda_available = cuda
+
+        self.epochs_spin = QSpinBox(self)
+        self.epochs_spin.setRange(1, 10_000)
+        self.epochs_spin.setToolTip("Passes over the training images")
+        self.batch_spin = QSpinBox(self)
+        self.batch_spin.setRange(1, 4096)
+        self.batch_spin.setToolTip("Images per step; lower it if the GPU runs out of memory")
+        self.lr_heads_box = LearningRateBox(self)
+        self.lr_heads_box.setToolTip("Learning rate of the new heads (e.g. 0.001)")
+        self.lr_trunk_box = LearningRateBox(self)
+        self.lr_trunk_box.setToolTip("Learning rate of the unfrozen layers of the pretrained network; usually "
+                                     "about 10× smaller than the heads' so it does not forget what it knows")
+        self.augment_check = QCheckBox("Augment images", self)
+        self.augment_check.setToolTip("Random crops, flips and colour changes: the network sees slightly "
+                                      "different versions of each image, which helps against overfitting")
+        self.patience_spin = QSpinBox(self)
+        self.patience_spin.setRange(0, 1000)
+        self.patience_spin.setSpecialValueText("off")
+        self.patience_spin.setSuffix(" epochs")
+        self.patience_spin.setToolTip("Stop when the validation loss has not improved for this many epochs "
+                                      "(the best weights are kept); 0 = never stop early")
+
+        for box in (self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box, self.patience_spin):
+            box.setMinimumWidth(110)
+            box.setAlignment(Qt.AlignmentFlag.AlignRight)
+
+        settings = QGroupBox("Settings", self)
+        form = QFormLayout(settings)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+        form.setHorizontalSpacing(12)
+        form.setVerticalSpacing(8)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Epochs", self.epochs_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow("Heads learning rate", self.lr_heads_box)
+        form.addRow("Network learning rate", self.lr_trunk_box)
+        form.addRow("Early stopping", self.patience_spin)
+        form.addRow("", self.augment_check)
+
+        self.start_button = QPushButton("Start training", self)
+        self.start_button.setObjectName("primary")
+        self.stop_button = QPushButton("Stop", self)
+        self.stop_button.setToolTip("Stop after the current batch; the best weights so far are kept")
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setTextVisible(False)
+        self.progress_label = QLabel("", self)
+        self.progress_label.setObjectName("progressText")
+        self.status_label = QLabel("Ready when the data and heads are.", self)
+        self.status_label.setObjectName("hint")
+        self.status_label.setWordWrap(True)
+
+        run = QGroupBox("Run", self)
+        run_layout = QVBoxLayout(run)
+        run_layout.setSpacing(8)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addStretch(1)
+        run_layout.addLayout(buttons)
+        run_layout.addWidget(self.progress_bar)
+        run_layout.addWidget(self.progress_label)
+        run_layout.addWidget(self.status_label)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 4, 8, 8)
+        layout.setSpacing(10)
+        layout.addWidget(settings)
+        layout.addWidget(run)
+        layout.addStretch(1)
+
+        self.start_button.clicked.connect(self.startRequested)
+        self.stop_button.clicked.connect(self.stopRequested)
+        self.set_config(self._base)
+        self.set_running(False)
+
+    @staticmethod
+    def _accelerators(cuda: bool | None, mps: bool | None) -> tuple[bool, bool]:
+        if cuda is None or mps is None:
+            try:
+                import torch
+
+                cuda = torch.cuda.is_available() if cuda is None else cuda
+                mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()) \
+                    if mps is None else mps
+            except Exception:  # noqa: BLE001 - no torch, no accelerator
+                cuda, mps = bool(cuda), bool(mps)
+        return bool(cuda), bool(mps)
+
+    # -- public API ---------------------------------------------------------------------------------------
+    def set_config(self, config: TrainConfig) -> None:
+        """Fill the fields from ``config`` (its other fields are kept for :meth:`config`)."""
+        self._base = config
+        device = str(config.device).split(":")[0]
+        index = self.device_combo.findData(device)
+        if index < 0 or (device == "cuda" and not self.cuda_available):
+            index = self.device_combo.findData("auto")
+        self.device_combo.setCurrentIndex(index)
+        self.epochs_spin.setValue(int(config.epochs))
+        self.batch_spin.setValue(int(config.batch_size))
+        self.lr_heads_box.setValue(float(config.lr_heads))
+        self.lr_trunk_box.setValue(float(config.lr_trunk))
+        self.augment_check.setChecked(bool(config.augment))
+        self.patience_spin.setValue(int(config.patience or 0))
+
+    def config(self) -> TrainConfig:
+        """A TrainConfig from the fields."""
+        values: dict[str, Any] = {
+            "device": self.device_combo.currentData(), "epochs": self.epochs_spin.value(),
+            "batch_size": self.batch_spin.value(), "lr_heads": self.lr_heads_box.value(),
+            "lr_trunk": self.lr_trunk_box.value(), "augment": self.augment_check.isChecked(),
+            "patience": self.patience_spin.value() or None}
+        known = {f.name for f in fields(TrainConfig)}
+        return replace(self._base, **{k: v for k, v in values.items() if k in known})
+
+    def set_running(self, running: bool) -> None:
+        """While training: settings and Start disabled, Stop enabled."""
+        self._running = bool(running)
+        for widget in (self.device_combo, self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box,
+                       self.augment_check, self.patience_spin):
+            widget.setEnabled(not running)
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        if running:
+            self.progress_bar.setRange(0, 0)  # busy until the first progress report
+            self.progress_label.setText("")
+        elif self.progress_bar.maximum() == 0:
+            self.progress_bar.setRange(0, 1000)
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def set_progress(self, done: int, total: int, eta_seconds: float | None = None, epoch: int | None = None,
+                     epochs: int | None = None) -> None:
+        """Steps ``done`` of ``total``, the time left, and the epoch (1-based) of ``epochs``."""
+        if total and total > 0:
+            self.progress_bar.setRange(0, 1000)
+            self.progress_bar.setValue(int(round(1000 * min(1.0, max(0.0, done / total)))))
+        self.progress_label.setText(progress_text(done, total, eta_seconds, epoch, epochs))
+
+    def set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    def status(self) -> str:
+        return self.status_label.text()

@@ -1,0 +1,268 @@
+"""Try the model on one image: drop it or choose it, see it, and read each head's prediction.
+
+The view asks (``imageChosen(path)``); the app runs the prediction off the GUI thread and calls
+:meth:`TryImageView.show_predictions` with ``{head: HeadPrediction or text}``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QImageReader, QPainter, QPaintEvent, QPen, QPixmap
+from PySide6.QtWidgets import QFileDialog, QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+
+from .head_diagram import head_colour
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+MAX_SIDE = 1600  # larger images are decoded at this size: plenty for display
+
+
+def is_image_path(path: str) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES and Path(path).is_file()
+
+
+def load_pixmap(path: str) -> QPixmap:
+    """Decode ``path`` for display (EXIF rotation applied, huge images decoded smaller)."""
+    reader = QImageReader(str(path))
+    reader.setAutoTransform(True)
+    size = reader.size()
+    if size.isValid() and max(size.width(), size.height()) > MAX_SIDE:
+        reader.setScaledSize(size.scaled(QSize(MAX_SIDE, MAX_SIDE), Qt.AspectRatioMode.KeepAspectRatio))
+    image = reader.read()
+    return QPixmap.fromImage(image) if not image.isNull() else QPixmap()
+
+
+def prediction_html(head: str, prediction: Any) -> str:
+    """Rich text for one head: the answer large, the runners-up small."""
+    if isinstance(prediction, str):
+        text = prediction[len(head) + 2:] if prediction.startswith(f"{head}: ") else prediction
+        return f"<span style='font-size:12pt'>{escape(text)}</span>"
+    kind = getattr(prediction, "kind", "")
+    top = list(getattr(prediction, "top", []) or [])
+    if kind == "single" and top:
+        best, rest = top[0], top[1:3]
+        tail = " · ".join(f"{escape(str(n))} {p:.0%}" for n, p in rest)
+        return (f"<span style='font-size:13pt; font-weight:600'>{escape(str(best[0]))}</span> "
+                f"<span style='font-size:12pt'>{best[1]:.1%}</span>"
+                + (f"<br><span style='color:#607d8b'>then {tail}</span>" if tail else ""))
+    if kind == "multi":
+        if top:
+            return "<span style='font-size:12pt'>" + ", ".join(
+                f"<b>{escape(str(n))}</b> {p:.0%}" for n, p in top) + "</span>"
+        text = prediction.format() if hasattr(prediction, "format") else "none"
+        text = text[len(head) + 2:] if text.startswith(f"{head}: ") else text
+        return f"<span style='color:#607d8b'>{escape(text)}</span>"
+    if kind == "regression" and top:
+        return "<span style='font-size:12pt'>" + ", ".join(
+            f"{escape(str(n))} <b>{v:.4g}</b>" for n, v in top) + "</span>"
+    text = prediction.format() if hasattr(prediction, "format") else str(prediction)
+    text = text[len(head) + 2:] if text.startswith(f"{head}: ") else text
+    return f"<span style='font-size:12pt'>{escape(text)}</span>"
+
+
+def prediction_text(head: str, prediction: Any) -> str:
+    """One plain line (HeadPrediction.format() or the text given)."""
+    if isinstance(prediction, str):
+        return prediction
+    return prediction.format() if hasattr(prediction, "format") else f"{head}: {prediction}"
+
+
+class ImageArea(QWidget):
+    """The image, scaled to fit and centred; a dashed drop target when empty."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._pixmap = QPixmap()
+        self._placeholder = "Drop an image here"
+        self.dragging = False
+        self.setMinimumSize(200, 160)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def set_pixmap(self, pixmap: QPixmap) -> None:
+        self._pixmap = pixmap
+        self.update()
+
+    def pixmap(self) -> QPixmap:
+        return self._pixmap
+
+    def set_placeholder(self, text: str) -> None:
+        self._placeholder = text
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(360, 300)
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        rect = QRectF(self.rect()).adjusted(1, 1, -1, -1)
+        if self._pixmap.isNull() or self.dragging:
+            colour = QColor("#1e88e5") if self.dragging else QColor("#b0bec5")
+            p.setPen(QPen(colour, 2, Qt.PenStyle.DashLine))
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.drawRoundedRect(rect, 8, 8)
+        if not self._pixmap.isNull():
+            size = self._pixmap.size().scaled(self.size() - QSize(8, 8), Qt.AspectRatioMode.KeepAspectRatio)
+            x = (self.width() - size.width()) / 2
+            y = (self.height() - size.height()) / 2
+            p.drawPixmap(QRectF(x, y, size.width(), size.height()), self._pixmap, QRectF(self._pixmap.rect()))
+        else:
+            p.setPen(QColor("#607d8b"))
+            p.drawText(rect, Qt.AlignmentFlag.AlignCenter, self._placeholder)
+        p.end()
+
+
+class TryImageView(QWidget):
+    """Choose or drop an image (``imageChosen(path)``); :meth:`show_predictions` shows each head's answer."""
+
+    imageChosen = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self._path = ""
+        self._start_dir = ""
+        self._texts: dict[str, str] = {}
+
+        self.choose_button = QPushButton("Choose image…", self)
+        self.choose_button.setToolTip("Pick an image to run the model on (or drop one here)")
+        self.name_label = QLabel("", self)
+        self.name_label.setObjectName("hint")
+        self.name_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        top = QHBoxLayout()
+        top.addWidget(self.choose_button)
+        top.addSpacing(6)
+        top.addWidget(self.name_label, 1)
+
+        self.image = ImageArea(self)
+        self.results = QFrame(self)
+        self.results.setObjectName("predictions")
+        self.results_layout = QVBoxLayout(self.results)
+        self.results_layout.setContentsMargins(2, 4, 2, 2)
+        self.results_layout.setSpacing(8)
+        self.status_label = QLabel("", self)
+        self.status_label.setWordWrap(True)
+        self.status_label.setObjectName("hint")
+        self.status_label.hide()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 10, 10, 10)
+        layout.setSpacing(8)
+        layout.addLayout(top)
+        layout.addWidget(self.image, 1)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.results)
+        self.choose_button.clicked.connect(self.choose_image)
+
+    # -- public API ------------------------------------------------------------------------------------
+    def set_image(self, path: str) -> None:
+        """Show the image at ``path`` (predictions cleared until :meth:`show_predictions`)."""
+        self._path = str(path)
+        pixmap = load_pixmap(self._path)
+        self.image.set_pixmap(pixmap)
+        self.image.set_placeholder("This file could not be shown as an image" if pixmap.isNull()
+                                   else "Drop an image here")
+        self.name_label.setText(Path(self._path).name)
+        self.name_label.setToolTip(self._path)
+        self._clear_results()
+
+    def image_path(self) -> str:
+        return self._path
+
+    def show_predictions(self, path: str, predictions: Mapping[str, Any]) -> None:
+        """Each head's prediction for ``path`` (HeadPrediction objects or plain text)."""
+        if str(path) != self._path:
+            self.set_image(path)
+        self._clear_results()
+        self.status_label.hide()
+        for i, (head, prediction) in enumerate((predictions or {}).items()):
+            self._texts[head] = prediction_text(head, prediction)
+            row = QWidget(self.results)
+            row_layout = QHBoxLayout(row)
+            row_layout.setContentsMargins(0, 0, 0, 0)
+            row_layout.setSpacing(10)
+            name = QLabel(f"<span style='color:{head_colour(i)}; font-size:13pt'>●</span> <b>{escape(head)}</b>", row)
+            name.setMinimumWidth(90)
+            name.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+            answer = QLabel(prediction_html(head, prediction), row)
+            answer.setWordWrap(True)
+            answer.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            answer.setToolTip(self._texts[head])
+            row_layout.addWidget(name, 0, Qt.AlignmentFlag.AlignTop)
+            row_layout.addWidget(answer, 1)
+            self.results_layout.addWidget(row)
+        if not predictions:
+            self.set_status("The model has no heads to predict with.")
+
+    def predictions_text(self) -> dict[str, str]:
+        """The shown predictions as plain lines, by head."""
+        return dict(self._texts)
+
+    def set_status(self, text: str) -> None:
+        """A line under the image ("Predicting…", an error)."""
+        self.status_label.setText(text)
+        self.status_label.setVisible(bool(text))
+
+    def clear(self) -> None:
+        self._path = ""
+        self.image.set_pixmap(QPixmap())
+        self.image.set_placeholder("Drop an image here")
+        self.name_label.clear()
+        self._clear_results()
+        self.set_status("")
+
+    def choose_image(self) -> None:
+        formats = " ".join(f"*{s}" for s in sorted(IMAGE_SUFFIXES))
+        path, _ = QFileDialog.getOpenFileName(self, "Choose an image", self._start_dir,
+                                              f"Images ({formats});;All files (*)")
+        if path:
+            self._choose(path)
+
+    # -- drag and drop ---------------------------------------------------------------------------------
+    @staticmethod
+    def _dropped(event: QDragEnterEvent | QDropEvent) -> str | None:
+        mime = event.mimeData()
+        if not mime.hasUrls():
+            return None
+        for url in mime.urls():
+            if url.isLocalFile() and is_image_path(url.toLocalFile()):
+                return url.toLocalFile()
+        return None
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if self._dropped(event):
+            event.acceptProposedAction()
+            self.image.dragging = True
+            self.image.update()
+        else:
+            event.ignore()
+
+    def dragLeaveEvent(self, event) -> None:
+        self.image.dragging = False
+        self.image.update()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        self.image.dragging = False
+        path = self._dropped(event)
+        if path:
+            event.acceptProposedAction()
+            self._choose(path)
+        self.image.update()
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _choose(self, path: str) -> None:
+        self._start_dir = str(Path(path).parent)
+        self.set_image(path)
+        self.set_status("Predicting…")
+        self.imageChosen.emit(str(path))
+
+    def _clear_results(self) -> None:
+        self._texts.clear()
+        while self.results_layout.count():
+            item = self.results_layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
