@@ -10,6 +10,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from .settings import APPLICATION, ORGANIZATION
+from .workers import shutdown_all
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 
@@ -65,7 +66,5 @@ def run_app(argv: list[str] | None = None) -> int:
     elif opts["data"]:
         window.load_data(opts["data"])
     code = app.exec()
-    from .workers import shutdown_all
-
-    shutdown_all(5000)
+    shutdown_all(30000)  # a load still running when the window closed ends before Python does
     return int(code)

@@ -136,7 +136,7 @@ class LayerTree:
         if not isinstance(body, torch.jit.ScriptModule):
             for module in names:
                 handles.append(module.register_forward_pre_hook(pre))
-                handles.append(module.register_forward_hook(post))
+                handles.append(module.register_forward_hook(post, prepend=True))  # before a cut hook raises
         was_training = model.training
         model.eval()
         self.shape_error = None

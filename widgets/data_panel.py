@@ -25,7 +25,8 @@ from .head_diagram import KIND_SHORT, head_colour
 
 THUMBNAILS = 8
 THUMB = 84
-SHARE_ROLE = Qt.ItemDataRole.UserRole + 1
+SHARE_ROLE = Qt.ItemDataRole.UserRole + 1  # 0..1: the bar's length
+COLOUR_ROLE = Qt.ItemDataRole.UserRole + 2  # the bar's colour
 ERROR_STYLE = ("QLabel { background: #fdecea; color: #b71c1c; border: 1px solid #f5c6c2; border-radius: 4px;"
                " padding: 6px 8px; }")
 ADVICE_STYLE = ("QFrame#advice { background: #e8f1fb; border: 1px solid #c4daf2; border-radius: 6px; }"
@@ -64,14 +65,14 @@ def n_labelled(source: Any) -> int:
 
 
 class ShareDelegate(QStyledItemDelegate):
-    """A thin horizontal bar for the share of examples (value in SHARE_ROLE, 0..1)."""
+    """A thin horizontal bar: length from SHARE_ROLE (0..1), colour from COLOUR_ROLE."""
 
     def paint(self, painter: QPainter, option, index) -> None:
         super().paint(painter, option, index)
         share = index.data(SHARE_ROLE)
         if share is None:
             return
-        colour = QColor(index.data(Qt.ItemDataRole.UserRole + 2) or "#4C72B0")
+        colour = QColor(index.data(COLOUR_ROLE) or "#4C72B0")
         rect = option.rect.adjusted(6, 0, -6, 0)
         height = 8
         bar = QRect(rect.left(), rect.center().y() - height // 2, max(2, int(rect.width() * share)), height)
@@ -546,7 +547,7 @@ class DataPanel(QWidget):
                     table.setItem(r, c, self._item(f"{source.get(label, 0):,}", numeric=True))
                 bar = QTableWidgetItem("")
                 bar.setData(SHARE_ROLE, counts.get(label, 0) / top)
-                bar.setData(Qt.ItemDataRole.UserRole + 2, colour)
+                bar.setData(COLOUR_ROLE, colour)
                 total = sum(counts.values()) or 1
                 bar.setToolTip(f"{counts.get(label, 0) / total:.1%} of the {words}' examples")
                 table.setItem(r, 4, bar)

@@ -16,7 +16,7 @@ from PySide6.QtGui import QBrush, QColor, QFontMetrics
 from PySide6.QtWidgets import (QAbstractItemView, QAbstractScrollArea, QComboBox, QHBoxLayout, QHeaderView, QLabel,
                                QSizePolicy, QStackedWidget, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from .data_panel import SHARE_ROLE, ShareDelegate
+from .data_panel import COLOUR_ROLE, SHARE_ROLE, ShareDelegate
 from .head_diagram import KIND_SHORT, head_colour
 
 CORRECT = QColor("#1e88e5")
@@ -281,7 +281,7 @@ class EvaluationPanel(QWidget):
             bar = QTableWidgetItem("")
             if value is not None:
                 bar.setData(SHARE_ROLE, float(value))
-                bar.setData(Qt.ItemDataRole.UserRole + 2, colour)
+                bar.setData(COLOUR_ROLE, colour)
             bar.setToolTip("F1: the balance of precision and recall, 1 is perfect" if value is not None
                            else "Undefined: no positive example and none predicted")
             table.setItem(r, 2, bar)

@@ -95,6 +95,7 @@ def test_cut_marks_the_cut_layer_and_heads_group_shows_feature_size(resnet_sessi
     s = resnet_session
     s.do(CutAt("layer3"))
     assert "cut here" in s.tree.node("layer3").extra
+    assert s.tree.node("layer3").out_shape == (256, 14, 14)  # the cut layer still reports its output
     assert s.tree.node("@heads").out_shape == (256,)
 
 
