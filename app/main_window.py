@@ -77,6 +77,22 @@ def _load_demo_data():
     return load_data(ensure_demo_data())
 
 
+def _warm_up() -> None:
+    """Import what training needs the first time (PyTorch loads ~900 modules lazily on the first optimizer
+    step, holding the GIL for over a second). Done once in the background after the first model loads,
+    so the GUI does not stutter when training starts."""
+    import importlib
+
+    import torch
+
+    for name in ("engine.training", "engine.evaluation"):
+        importlib.import_module(name)
+    layer = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    layer(torch.zeros(2, 4)).sum().backward()
+    optimizer.step()
+
+
 class ElidedLabel(QLabel):
     """A status-bar label that shrinks with an ellipsis instead of pushing its neighbours out."""
 
@@ -99,6 +115,8 @@ class ElidedLabel(QLabel):
 
 class MainWindow(QMainWindow):
     """The application window. Signals announce finished background work (tests wait on them)."""
+
+    _warmed_up = False  # once per process: see _warm_up
 
     modelLoaded = Signal()
     dataLoaded = Signal()
@@ -123,8 +141,10 @@ class MainWindow(QMainWindow):
         self._jobs: dict[str, Job] = {}
         self._weights_changed = False  # training changes weights outside the undo stack
         self._close_after_save = False
+        self._after_save = None
         self._closing = False
         self._closed = False
+        self._warm_job: Job | None = None
 
         self.undo_stack = QUndoStack(self)
         self.undo_stack.cleanChanged.connect(self._update_modified)
@@ -311,7 +331,7 @@ class MainWindow(QMainWindow):
 
         self.tree_model.set_toggle_handler(self._toggle_trainable)
         self.tree_view.set_context_actions(a.context_actions())
-        self.tree_view.currentPathChanged.connect(lambda _: self._refresh_actions())
+        self.tree_view.currentPathChanged.connect(self._on_tree_current)
         self.heads_panel.table.itemSelectionChanged.connect(self._refresh_actions)
 
         self.heads_panel.addRequested.connect(self.add_head)
@@ -388,6 +408,12 @@ class MainWindow(QMainWindow):
         if self.session is not None and len(self.session.heads) == 1:
             return self.session.heads[0].name
         return None
+
+    def _on_tree_current(self, path: str) -> None:
+        """A head chosen in the tree is the head the Heads tab's Edit and Remove act on, too."""
+        if path.startswith(HEADS_KEY + "."):
+            self.heads_panel.select_head(path[len(HEADS_KEY) + 1:].split(".")[0])
+        self._refresh_actions()
 
     def _on_undo_index(self, _index: int) -> None:
         self._refresh()
@@ -502,7 +528,7 @@ class MainWindow(QMainWindow):
     # loading models and projects
     # ------------------------------------------------------------------------------------------
     def open_model_dialog(self, page: str = "bundled") -> None:
-        if not self._maybe_save("opening another model"):
+        if not self._maybe_save("opening another model", then=lambda: self.open_model_dialog(page)):
             return
         dialog = dialogs.OpenModelDialog(self, page=page, start_dir=self.settings.last_dir("model"))
         if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
@@ -516,12 +542,14 @@ class MainWindow(QMainWindow):
         """Load a network in a worker: ``request`` is a spec string or load_network's keyword arguments."""
         if isinstance(request, str):
             request = {"spec": request}
-        if self.training or (ask and not self._maybe_save("opening another model")):
+        if self.training or (ask and not self._maybe_save("opening another model",
+                                                          then=lambda: self.load_model(request))):
             return
         text = dialogs.describe_request(request)
 
         def loaded(session, request=request):
             self._set_session(session, project_path=None)
+            self._warm_up_once()
             spec = str(request.get("spec") or "default")
             if Path(spec).exists():
                 self.settings.add_recent(spec, "model")
@@ -536,7 +564,7 @@ class MainWindow(QMainWindow):
                   errored=lambda m, d: self.show_error(m, d, "Could not open the model"))
 
     def open_project_dialog(self) -> None:
-        if not self._maybe_save("opening a project"):
+        if not self._maybe_save("opening a project", then=self.open_project_dialog):
             return
         path, _ = QFileDialog.getOpenFileName(self, "Open project", self.settings.last_dir("project"),
                                               PROJECT_FILTER)
@@ -544,11 +572,13 @@ class MainWindow(QMainWindow):
             self.open_project_file(path, ask=False)
 
     def open_project_file(self, path: str, ask: bool = True) -> None:
-        if self.training or (ask and not self._maybe_save("opening a project")):
+        if self.training or (ask and not self._maybe_save("opening a project",
+                                                          then=lambda: self.open_project_file(path))):
             return
 
         def opened(session, path=str(path)):
             self._set_session(session, project_path=path)
+            self._warm_up_once()
             self.settings.add_recent(path, "project")
             self.settings.set_last_dir("project", path)
             self._rebuild_recent_menu()
@@ -556,6 +586,12 @@ class MainWindow(QMainWindow):
 
         self._run("load", f"Opening {Path(path).name}…", _open_project, str(path), finished=opened,
                   errored=lambda m, d: self.show_error(m, d, "Could not open the project"))
+
+    def _warm_up_once(self) -> None:
+        if not MainWindow._warmed_up:
+            MainWindow._warmed_up = True
+            self._warm_job = run_in_thread(_warm_up, _name="warm-up",
+                                           _errored=lambda m, d: log.warning("warm-up failed: %s", m))
 
     def _set_session(self, session, project_path: str | None) -> None:
         old = self.session
@@ -750,7 +786,7 @@ class MainWindow(QMainWindow):
         spec = next((h for h in self.session.heads if h.name == name), None)
         if spec is None:
             return False
-        dialog = HeadDialog.for_edit(spec, self)
+        dialog = HeadDialog.for_edit(spec, self, existing_names=[h.name for h in self.session.heads])
         if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
             return False
         try:
@@ -832,9 +868,12 @@ class MainWindow(QMainWindow):
         if batch.get("steps"):
             self._train_epoch = max(self._train_epoch, int(batch["steps"][-1].get("epoch") or 0))
         p = batch.get("progress")
-        if p:
-            self.training_panel.set_progress(p.get("done_steps", 0), p.get("total_steps", 0),
-                                             p.get("eta_seconds"), self._train_epoch or None, self._train_epochs)
+        if p:  # the fraction covers the whole run, computing cached features included
+            fraction = p.get("fraction")
+            done, total = (int(round(1000 * fraction)), 1000) if fraction is not None else \
+                (p.get("done_steps", 0), p.get("total_steps", 0))
+            self.training_panel.set_progress(done, total, p.get("eta_seconds"), self._train_epoch or None,
+                                             self._train_epochs)
 
     def _end_training(self) -> None:
         self.train_job = None
@@ -972,9 +1011,13 @@ class MainWindow(QMainWindow):
             self.saved.emit(written)
             if self._close_after_save:
                 QTimer.singleShot(0, self.close)
+            elif self._after_save is not None:
+                QTimer.singleShot(0, self._after_save)
+            self._after_save = None
 
         def failed(message, details):
             self._close_after_save = False
+            self._after_save = None
             self.show_error(message, details, "Could not save")
 
         return self._run("save", f"Saving {Path(path).name}…", run, finished=done, errored=failed) is not None
@@ -1116,8 +1159,9 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------------------
     # closing
     # ------------------------------------------------------------------------------------------
-    def _maybe_save(self, doing: str) -> bool:
-        """Offer to save unsaved work. False when the user cancelled."""
+    def _maybe_save(self, doing: str, then=None) -> bool:
+        """Offer to save unsaved work. True: go on now. False: cancelled, or saving first — then ``then``
+        runs once the save has succeeded."""
         if self.session is None or not self.isWindowModified():
             return True
         answer = QMessageBox.question(
@@ -1128,8 +1172,10 @@ class MainWindow(QMainWindow):
         if answer == QMessageBox.StandardButton.Cancel:
             return False
         if answer == QMessageBox.StandardButton.Save:
-            self.save_project()
-            return False  # the save runs in a worker; the user repeats the command when it is done
+            self._after_save = then
+            if not self.save_project():
+                self._after_save = None
+            return False  # the save runs in a worker; ``then`` continues when it is done
         return True
 
     def closeEvent(self, event: QCloseEvent) -> None:
@@ -1178,6 +1224,8 @@ class MainWindow(QMainWindow):
             if not job.stop_and_wait(JOB_WAIT_MS):
                 log.warning("%s was still running when the window closed", job.name)
         self._jobs.clear()
+        if self._warm_job is not None:
+            self._warm_job.stop_and_wait(JOB_WAIT_MS)
         if self.session is not None:
             self.session.disconnect("changed", self._on_session_changed)
             self.heads_panel.set_session(None)

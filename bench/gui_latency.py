@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded {window.session.describe()} and {len(window.data.samples)} demo images "
           f"in {time.perf_counter() - t0:.1f} s")
 
+    # A person takes longer than this to do the surgery: let the background warm-up (first-use imports of
+    # PyTorch's optimizer machinery) finish, as it would have by then.
+    wait(lambda: window._warm_job is None or window._warm_job.ended, 120, "the warm-up")
     window.apply_op(DeleteOutputLayer())
     for spec in window.data.heads:
         window.apply_op(AddHead(spec, seed=0))

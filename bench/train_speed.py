@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=None, help="training images (default 128, quick 64; 0: all)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="(a) is run this many times per side, interleaved, best kept (default 2, quick 1)")
+                        help="(a) is run this many times per side, interleaved, best kept (default 3, quick 1)")
     parser.add_argument("--plain-epochs", type=int, default=None,
                         help="epochs the plain loop of (b) really runs, extrapolated to 20 (default: 20 on a GPU, "
                              "3 on a CPU, 2 quick)")
@@ -178,11 +178,11 @@ def main(argv=None) -> int:
     train = data.train[:n_images] if n_images else data.train
     bench_data = replace(data, train=train, val=[])  # no validation: both sides do the same work
     bs = args.batch_size
-    workers = auto_num_workers(len(train), bs)
-    repeats = args.repeats or (1 if args.quick else 2)
+    workers = auto_num_workers(len(train), bs, device=device)
+    repeats = args.repeats or (1 if args.quick else 3)
     epochs_a = 1 if device.type == "cpu" else 3
     epochs_b = 20
-    plain_b_epochs = args.plain_epochs or (epochs_b if device.type != "cpu" else (2 if args.quick else 3))
+    plain_b_epochs = args.plain_epochs or (epochs_b if device.type != "cpu" else (2 if args.quick else 5))
     print(f"device {device}, {torch.get_num_threads()} CPU thread(s), model {args.model}, {len(train)} training "
           f"images ({', '.join(f'{h.name}:{h.kind}' for h in heads)}), batch {bs}, {workers} loader worker(s)")
     t_start = time.perf_counter()
@@ -191,17 +191,19 @@ def main(argv=None) -> int:
     # (a) full fine-tuning, augmentation on; interleaved repeats, best of each side
     plain_times, graft_times = [], []
     n_plain = n_graft = 0
-    for _ in range(repeats):
-        s = make_session(args.model, heads, "none")
-        seconds, n_plain = plain_train(s, train, heads, epochs=epochs_a, batch_size=bs, augment=True,
-                                       device=device, workers=workers)
-        plain_times.append(seconds)
-        s = make_session(args.model, heads, "none")
-        seconds, result_a = graft_train(s, bench_data, TrainConfig(epochs=epochs_a, batch_size=bs, augment=True,
-                                                                    device=str(device), patience=0))
-        assert not result_a.cached_features and result_a.reason == "completed"
-        n_graft = result_a.epochs_run * len(train)
-        graft_times.append(seconds)
+    for i in range(repeats):
+        for side in (("plain", "graft") if i % 2 == 0 else ("graft", "plain")):  # alternate who goes first
+            s = make_session(args.model, heads, "none")
+            if side == "plain":
+                seconds, n_plain = plain_train(s, train, heads, epochs=epochs_a, batch_size=bs, augment=True,
+                                               device=device, workers=workers)
+                plain_times.append(seconds)
+            else:
+                seconds, result_a = graft_train(s, bench_data, TrainConfig(
+                    epochs=epochs_a, batch_size=bs, augment=True, device=str(device), patience=0))
+                assert not result_a.cached_features and result_a.reason == "completed"
+                n_graft = result_a.epochs_run * len(train)
+                graft_times.append(seconds)
     plain_a, graft_a = min(plain_times), min(graft_times)
     ips_plain, ips_graft = n_plain / plain_a, n_graft / graft_a
 
@@ -212,7 +214,7 @@ def main(argv=None) -> int:
     assert result_b.cached_features and result_b.epochs_run == epochs_b
     s = make_session(args.model, heads, "heads-only")
     fwd = trunk_pass(s, train, heads, batch_size=max(2 * bs, 64), device=device,
-                     workers=auto_num_workers(len(train), bs))
+                     workers=auto_num_workers(len(train), bs, device=device))
     s = make_session(args.model, heads, "heads-only")
     plain_b_raw, _ = plain_train(s, train, heads, epochs=plain_b_epochs, batch_size=bs, augment=False,
                                  device=device, workers=workers)

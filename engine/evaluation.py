@@ -140,7 +140,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
     specs = target_map.heads
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)
-    workers = auto_num_workers(len(samples), batch_size, num_workers)
+    workers = auto_num_workers(len(samples), batch_size, num_workers, dev)
     dataset = MappedDataset(ImageDataset(samples, target_map.data_heads, session.input_spec, augment=False),
                             target_map)
     loader = make_loader(dataset, batch_size=batch_size, device=dev, num_workers=workers)

@@ -49,3 +49,12 @@ def boxes(monkeypatch):
         monkeypatch.setattr(QMessageBox, kind, staticmethod(b._record(kind)))
     monkeypatch.setattr(QMessageBox, "about", staticmethod(lambda parent, title, text: b.calls.append(("about", title, text))))
     return b
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_thread_outlives_the_tests():
+    """A QThread still running when Python exits aborts the process: end every worker first."""
+    yield
+    from app.workers import shutdown_all
+
+    assert shutdown_all(30_000)

@@ -240,6 +240,32 @@ def test_cut_here_from_the_tree_selection_and_undo(qtbot, window, default_networ
     assert s.model.trunk.cut_at is None and s.feature_dim == dim
 
 
+def test_heads_panel_edits_and_removes_through_the_undo_stack(qtbot, window, monkeypatch, default_network):
+    s = give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    window.apply_op(AddHead(HeadSpec("shape", labels=["a", "b"]), seed=1))
+    window.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
+    accept_head_dialog(monkeypatch, choose=lambda d: d.name_edit.setText("form"))
+    window.heads_panel.editRequested.emit("shape")
+    assert [h.name for h in s.heads] == ["form", "size"]
+    assert window.undo_stack.undoText() == "Rename head 'shape' to 'form'"
+    window.heads_panel.removeRequested.emit("size")
+    assert [h.name for h in s.heads] == ["form"] and set(forward(s)) == {"form"}
+    window.actions.undo.trigger()
+    window.actions.undo.trigger()
+    assert [h.name for h in s.heads] == ["shape", "size"] and set(forward(s)) == {"shape", "size"}
+
+
+def test_data_that_cannot_be_read_is_explained(qtbot, window, boxes, tmp_path):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("picture,label\na.jpg,cat\n")
+    with qtbot.waitSignal(window.errorShown, timeout=LOAD_TIMEOUT) as shown:
+        window.load_data(str(bad))
+    assert "image" in shown.args[0] and "Traceback" not in shown.args[0]
+    assert window.data_panel.error_text() == shown.args[0]
+    assert boxes.calls[-1][1] == "Could not load the data" and window.data is None
+
+
 # -- training -----------------------------------------------------------------------------------------
 def ready_to_train(qtbot, window, network, csv_path, monkeypatch, config):
     s = give_session(window, network)
@@ -263,6 +289,10 @@ def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypat
     assert not any(x.isEnabled() for x in (a.train_start, a.add_head, a.heads_only, a.unfreeze_all, a.undo,
                                            a.export_onnx, a.save_project))
     assert not window.apply_op(freeze_preset("none"))
+    head = window.tree_model.index_for_path(f"{HEADS_KEY}.{s.heads[0].name}")
+    before = requires_grad(s)
+    window.tree_model.setData(head, Qt.CheckState.Unchecked, Qt.ItemDataRole.CheckStateRole)
+    assert requires_grad(s) == before and "training runs" in window.message_label.text()
     with qtbot.waitSignal(window.evaluated, timeout=TRAIN_TIMEOUT) as evaluated:
         pass
     result = window.last_train_result
@@ -347,6 +377,21 @@ def test_save_and_reopen_a_project_gives_identical_outputs(qtbot, window, monkey
     assert requires_grad(other.session) == requires_grad(s)
     assert other.project_path == str(path) and not other.isWindowModified()
     other.close()
+
+
+def test_opening_another_model_offers_to_save_first_then_opens_it(qtbot, window, monkeypatch, boxes, tmp_path,
+                                                                  default_network):
+    give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    assert window.isWindowModified()
+    path = tmp_path / "before.graft"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path), "")))
+    boxes.answers = [QMessageBox.StandardButton.Save]
+    with qtbot.waitSignals([window.saved, window.modelLoaded], timeout=LOAD_TIMEOUT):
+        window.load_model({"spec": "default"})
+    assert boxes.calls[0][1] == "Unsaved changes" and path.is_file()
+    assert window.session.output_layer is not None and not window.isWindowModified()
+    assert window.project_path is None  # the new model is not the saved project
 
 
 def test_export_onnx_reports_the_largest_difference_per_head(qtbot, window, monkeypatch, boxes, tmp_path,

@@ -91,3 +91,39 @@ def test_missing_data_and_bad_project(tmp_path):
     bogus.write_text("not a zip")
     result = graft("evaluate", str(bogus), "--data", str(tmp_path))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "not a Graft project" in result.stderr
+
+
+class FakeStream:
+    def __init__(self, tty):
+        self.text, self.tty = "", tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_only_on_a_terminal(tty):
+    from commands.train import _Printer
+    from engine.heads import HeadSpec
+    from engine.training import EpochEvent, ProgressEvent, StepEvent, TrainFinished, TrainStarted
+
+    out, err = FakeStream(False), FakeStream(tty)
+    printer = _Printer([HeadSpec("shape", "single", outputs=3), HeadSpec("size", "regression", outputs=1)], out, err)
+    printer(TrainStarted(2, 5, 10, "cpu", False, 40, 10, ["shape", "size"], "CPU (2 threads, fp32)"))
+    printer(StepEvent(5, 1, 0.75, {"shape": 0.5, "size": 0.25}, 1e-3))
+    printer(ProgressEvent(5, 10, 0.5, 12.0))
+    printer(EpochEvent(1, 0.8, 0.7, {}, {}, {"shape": {"accuracy": 0.9}, "size": {"mae": 0.05}}, True, 3.2))
+    printer(TrainFinished("completed", 1, 0.7, "done"))
+    lines = out.text.splitlines()
+    assert lines[0].startswith("Training on CPU") and "40 train / 10 validation" in lines[0]
+    assert lines[1] == "epoch 1/2  train 0.8000  val 0.7000 *  shape: acc 0.900  size: MAE 0.050  (3.2 s)"
+    if tty:
+        assert "\r\x1b[K[" in err.text and " 50%" in err.text and "ETA 0:12" in err.text and "loss 0.7500" in err.text
+    else:
+        assert err.text == ""

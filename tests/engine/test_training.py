@@ -351,3 +351,16 @@ def test_pretrained_trunk_beats_a_random_one(demo):
         accuracy[random_init] = result.history[result.best_epoch - 1]["metrics"]["shape"]["accuracy"]
     assert accuracy[False] >= 0.8, accuracy
     assert accuracy[False] >= accuracy[True] + 0.3, accuracy
+
+
+def test_automatic_loader_workers(monkeypatch):
+    from engine import training
+
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda _: set(range(2)), raising=False)
+    assert training.auto_num_workers(1000, 32, device="cuda") == 1
+    assert training.auto_num_workers(1000, 32, device="cpu") == 0  # would compete with torch's threads
+    assert training.auto_num_workers(40, 32, device="cuda") == 0  # tiny: not worth starting processes
+    assert training.auto_num_workers(1000, 32, requested=3, device="cpu") == 3
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert training.auto_num_workers(1000, 32, device="cuda") == 4
+    assert training.auto_num_workers(1000, 32, device="cpu") == 2
