@@ -10,7 +10,8 @@ HELP = "print the layer tree (name, type, output shape, parameters, trainable)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--depth", type=int, default=0, help="only show layers this deep (0: all)")
+    parser.add_argument("--depth", type=int, default=0,
+                        help="only show layers this deep, plus the output layer (0: all)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,8 +23,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for node in tree:
         depth = node.path.count(".")
-        if args.depth and depth >= args.depth:
-            continue
+        if args.depth and depth >= args.depth and not node.is_output:
+            continue  # the output layer always shows: it is what the user came to replace
         shape = "x".join(str(d) for d in node.out_shape) if node.out_shape else "-"
         flag = {"trainable": "yes", "frozen": "no", "partial": "partly", "none": ""}[node.frozen_state]
         mark = "  <- output layer" if node.is_output else ""
