@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 
@@ -26,19 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_gui(argv: list[str]) -> int:
-    try:
-        from app.application import run_app
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("app.application",):
-            raise
-        print("The Graft window is not built yet. Try: python main.py layers")
-        return 0
+    from app.application import run_app
+
     return run_app(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("--gui") or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    from commands import NAMES
+
+    # No subcommand: the window, which takes its own options and a file to open (main.py project.graft).
+    first = argv[0] if argv else ""
+    if not argv or (first.startswith("-") and first not in ("-h", "--help")) or (
+            first not in NAMES and os.path.exists(first)):
         return run_gui(argv)
     args = build_parser().parse_args(argv)
     if not getattr(args, "_run", None):
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except MemoryError:
         print("graft: error: out of memory", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file that vanished, a full disk, a folder we may not write
+        print(f"graft: error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -2,6 +2,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+DATA_HELP = ("an image folder (root/<class>/<image>), a CSV manifest with an 'image' column, "
+             "or 'demo' for the bundled demo data (generated offline on first use; ./demo is a folder)")
+
+
+def data_path(text: str) -> Path:
+    """The data the user named; the bare word ``demo`` is the offline demo manifest (``./demo`` is a folder)."""
+    if text == "demo":
+        from engine.demo_data import ensure_demo_data
+
+        return ensure_demo_data()
+    return Path(text).expanduser()
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .common import add_model_arguments, load_session
+from .common import DATA_HELP, add_model_arguments, data_path, load_session
 
 HELP = "train new heads (and optionally the trunk) on an image folder or a CSV manifest; saves a .graft project"
 
@@ -16,7 +16,7 @@ DEFAULT_OUT = "graft-model.graft"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR_OR_CSV",
-                        help="an image folder (root/<class>/<image>) or a CSV manifest with an 'image' column")
+                        help=DATA_HELP)
     add_model_arguments(parser)
     parser.epilog = "--model may also be a .graft project, to continue training it."
     parser.add_argument("--head", action="append", default=[], metavar="NAME:KIND:COLUMNS",
@@ -153,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
                          lr_trunk=args.lr_trunk, augment=not args.no_augment, device=args.device,
                          patience=args.patience, num_workers=args.workers, seed=args.seed)
     config.validate()
-    data_path = Path(args.data).expanduser()
-    if not data_path.exists():
-        raise GraftError(f"{data_path}: no such file or folder.")
+    data_file = data_path(args.data)
+    if not data_file.exists():
+        raise GraftError(f"{data_file}: no such file or folder.")
 
     session = load_session(args)
     from_project = str(args.model).endswith(".graft")
@@ -163,13 +163,13 @@ def run(args: argparse.Namespace) -> int:
     clash = [n for n in names if n in {h.name for h in existing}]
     if clash:
         raise GraftError(f"The model already has a head named {clash[0]!r}.")
-    if data_path.is_dir():  # an image folder has no columns: NAME:single means "the folders' classes"
+    if data_file.is_dir():  # an image folder has no columns: NAME:single means "the folders' classes"
         new_specs = [replace(s, columns=[]) if s.kind == "single" and s.columns == [s.name] else s
                      for s in new_specs]
     wanted = existing + new_specs
-    data = load_data(data_path, wanted or None, val_fraction=args.val_fraction, seed=args.seed)
+    data = load_data(data_file, wanted or None, val_fraction=args.val_fraction, seed=args.seed)
     print(f"Model: {session.describe()}")
-    print(f"Data: {data_path} — {len(data.train)} training and {len(data.val)} validation images"
+    print(f"Data: {data_file} — {len(data.train)} training and {len(data.val)} validation images"
           + (f", {len(data.skipped)} file(s) skipped" if data.skipped else ""))
     for path, reason in data.skipped[:5]:
         print(f"  skipped {path}: {reason}")
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     result = Trainer(session, data, config, printer).run()  # TrainingError (a GraftError) on failure
     print(result.message)
     extra = dict(session.project_extra or {})
-    extra["training"] = {"data": str(data_path), "reason": result.reason, "best_epoch": result.best_epoch,
+    extra["training"] = {"data": str(data_file), "reason": result.reason, "best_epoch": result.best_epoch,
                          "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
                          "history": result.history, "config": {k: v for k, v in vars(config).items()}}
     saved = save_project(session, out, extra=extra)

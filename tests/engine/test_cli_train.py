@@ -127,3 +127,20 @@ def test_progress_bar_only_on_a_terminal(tty):
         assert "\r\x1b[K[" in err.text and " 50%" in err.text and "ETA 0:12" in err.text and "loss 0.7500" in err.text
     else:
         assert err.text == ""
+
+
+def test_data_demo_trains_the_multi_task_demo(tmp_path):
+    """``--data demo`` generates the offline demo (here into a fresh cache) and makes its three heads."""
+    env_cache = tmp_path / "cache"
+    (tmp_path / "demo").mkdir()  # a folder named demo in the working directory must not shadow the keyword
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--data", "demo", "--epochs", "1",
+                             "--no-augment", "--out", "d.graft"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_CACHE_DIR": str(env_cache)})
+    assert result.returncode == 0, result.stderr
+    assert (env_cache / "demo-v1" / "labels.csv").is_file()
+    assert "288 training and 72 validation images" in result.stdout
+    epoch = next(line for line in result.stdout.splitlines() if line.startswith("epoch 1/1"))
+    assert "shape: acc" in epoch and "tags: F1" in epoch and "size: MAE" in epoch
+    with zipfile.ZipFile(tmp_path / "d.graft") as zf:
+        recipe = json.loads(zf.read("recipe.json"))
+    assert [h["name"] for h in recipe["heads"]] == ["shape", "tags", "size"]
