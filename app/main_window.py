@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QGroupBox, QLa
 
 from engine.errors import GraftError
 from engine.layer_tree import HEADS_KEY
+from engine.units import human_count as human
 
 from . import dialogs
 from .actions import Actions, icon
@@ -39,12 +40,6 @@ JOB_WAIT_MS = 30000  # closing: how long to wait for other work (a load, an eval
 TABS = ("heads", "data", "train", "evaluate")
 
 
-def human(n: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000:
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}T"
 
 
 # -- work done in worker threads (plain functions: no Qt, no widgets) ---------------------------------

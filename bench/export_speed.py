@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.export import export_onnx, human_bytes  # noqa: E402
+from engine.export import export_onnx  # noqa: E402
+from engine.units import human_bytes  # noqa: E402
 from engine.heads import HeadSpec  # noqa: E402
 from engine.inference import predict_arrays  # noqa: E402
 from engine.loading import load_network  # noqa: E402

@@ -42,9 +42,3 @@ def load_session(args: argparse.Namespace):
     return Session(network)
 
 
-def human(n: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000:
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}T"

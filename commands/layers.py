@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_arguments, human, load_session
+from engine.units import human_count as human
+
+from .common import add_model_arguments, load_session
 
 HELP = "print the layer tree (name, type, output shape, parameters, trainable)"
 

@@ -36,6 +36,7 @@ from .errors import GraftError
 from .inference import eval_mode, head_specs
 from .onnx_metadata import INPUT_NAME, build_metadata, load_batch, write_metadata
 from .project import atomic_write
+from .units import human_bytes
 
 if TYPE_CHECKING:
     from .session import Session
@@ -93,12 +94,6 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

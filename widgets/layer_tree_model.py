@@ -15,6 +15,7 @@ from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistent
 from PySide6.QtGui import QBrush, QColor, QFont, QGuiApplication, QIcon, QPainter, QPalette, QPixmap
 
 from engine.layer_tree import LayerNode, LayerTree
+from engine.units import human_count as human
 
 from .head_diagram import head_colour
 
@@ -32,15 +33,6 @@ _ROLE = Qt.ItemDataRole
 DISPLAY, CHECK_ROLE = _ROLE.DisplayRole, _ROLE.CheckStateRole
 
 
-def human(n: int | None) -> str:
-    """Short parameter count: 950, 9.4K, 148K, 1.2M, 11.7M, 7.0B."""
-    if n is None:
-        return ""
-    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
-        if abs(n) >= size:
-            value = n / size
-            return f"{value:.1f}{suffix}" if value < 100 else f"{value:.0f}{suffix}"
-    return str(n)
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:

@@ -19,7 +19,7 @@ def test_layers_prints_the_tree_with_the_output_layer_marked():
     lines = result.stdout.splitlines()
     assert "random weights" in lines[0]
     fc = next(l for l in lines if l.startswith("fc "))
-    assert "Linear" in fc and "513.0K" in fc and "output layer" in fc
+    assert "Linear" in fc and "513K" in fc and "output layer" in fc
     assert any(l.strip().startswith("conv1") and "64x112x112" in l for l in lines)
     assert "11.7M parameters" in lines[-1]
 

@@ -13,7 +13,8 @@ from engine.layer_tree import HEADS_KEY
 from engine.loading import load_network
 from engine.operations import AddHead, CutAt, DeleteOutputLayer, RemoveHead, SetTrainable
 from engine.session import Session
-from widgets.layer_tree_model import LayerTreeModel, human, shape_text
+from engine.units import human_count as human
+from widgets.layer_tree_model import LayerTreeModel, shape_text
 
 # The C++ QAbstractItemModelTester reports problems as Qt warnings: make them fail the test.
 pytestmark = pytest.mark.qt_log_level_fail("WARNING")

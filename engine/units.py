@@ -1,0 +1,22 @@
+"""Short human-readable numbers, shared by the CLI, the window and reports."""
+from __future__ import annotations
+
+
+def human_count(n: float | None) -> str:
+    """Short parameter count: 950, 9.4K, 148K, 1.2M, 11.7M, 7.0B (empty for None)."""
+    if n is None:
+        return ""
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.1f}{suffix}" if value < 100 else f"{value:.0f}{suffix}"
+    return f"{n:.0f}"
+
+
+def human_bytes(n: float) -> str:
+    """File size in binary units: 512 B, 12.9 MB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
