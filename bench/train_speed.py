@@ -14,7 +14,6 @@ of the images and extrapolates the slow plain loop of (b) from a few epochs (mar
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import replace

@@ -36,7 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -599,7 +599,6 @@ class Trainer:
     # -- the run -------------------------------------------------------------------------------------
     def _run(self) -> TrainResult:
         cfg = self.config
-        model = self.session.model
         device = self.device
         self._t0 = self._t_train = time.perf_counter()
         self._last_progress = 0.0
@@ -841,7 +840,7 @@ class Trainer:
         try:
             return self._epochs(train_batches, validate if val_loader is not None else None, set_train_mode)
         finally:
-            del train_loader, val_loader  # shut persistent workers down now
+            train_loader = val_loader = None  # drop the loaders: persistent workers shut down now
 
     # -- training on cached features -----------------------------------------------------------------
     def _extract_features(self, samples: Sequence[Any], done_before: int, total: int):

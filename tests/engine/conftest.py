@@ -18,3 +18,13 @@ def resnet_session() -> Session:
 def mobilenet_session() -> Session:
     torch.manual_seed(0)
     return Session(load_network("mobilenet_v3_small", random_init=True))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Other jobs share this machine's 2 cores: with 2 OpenMP threads an oversubscribed forward pass can
+    take 20x longer than with one. One thread keeps these tests fast; the setting is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

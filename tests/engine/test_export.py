@@ -29,14 +29,7 @@ from engine.session import Session
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Other jobs share this machine's 2 cores: with 2 OpenMP threads an oversubscribed forward pass can
-    take 20x longer than with one. One thread keeps these tests fast; the setting is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- helpers ------------------------------------------------------------------------------------------
