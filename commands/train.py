@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -192,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"Training {trainable:,} of {total:,} parameters")
 
     printer = _Printer(session.heads)
-    result = Trainer(session, data, config, printer).run()  # TrainingError (a GraftError) on failure
+    trainer = Trainer(session, data, config, printer)
+    with _ctrl_c_stops(trainer):
+        result = trainer.run()  # TrainingError (a GraftError) on failure
     print(result.message)
     extra = dict(session.project_extra or {})
     extra["training"] = {"data": str(data_file), "reason": result.reason, "best_epoch": result.best_epoch,
@@ -201,3 +207,25 @@ def run(args: argparse.Namespace) -> int:
     saved = save_project(session, out, extra=extra)
     print(f"Saved the trained model to {saved.resolve()}")
     return 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(trainer) -> Iterator[None]:
+    """The first Ctrl-C stops training after the current batch (the best weights are kept and saved);
+    a second one aborts without saving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        print("\nStopping after this batch; the best weights so far will be saved (Ctrl-C again to abort).",
+              file=sys.stderr, flush=True)
+        trainer.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

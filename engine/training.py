@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -457,6 +458,9 @@ def auto_num_workers(n_images: int, batch_size: int, requested: int | None = Non
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not compete with the main process's threads
+    # Ctrl-C reaches the whole process group: the main process decides (stop after this batch), so a
+    # worker must not die of it and break the loader mid-epoch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, device: torch.device,

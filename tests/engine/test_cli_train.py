@@ -144,3 +144,30 @@ def test_data_demo_trains_the_multi_task_demo(tmp_path):
     with zipfile.ZipFile(tmp_path / "d.graft") as zf:
         recipe = json.loads(zf.read("recipe.json"))
     assert [h["name"] for h in recipe["heads"]] == ["shape", "tags", "size"]
+
+
+def test_ctrl_c_stops_after_the_batch_and_saves_the_best_weights(tiny_folder, tmp_path):
+    import signal
+
+    out = tmp_path / "stopped.graft"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", "--data", str(tiny_folder),
+                             "--model", "mobilenet_v3_small", "--random-weights", "--freeze", "none",
+                             "--epochs", "200", "--batch-size", "4", "--patience", "0", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.split()[:2] == ["epoch", "1/200"]:
+                break
+        else:
+            pytest.fail("training ended before the first epoch was reported")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Stopping after this batch" in stderr and "Traceback" not in stderr
+    assert "Saved the trained model" in stdout
+    with zipfile.ZipFile(out) as zf:
+        training = json.loads(zf.read("recipe.json"))["extra"]["training"]
+    assert training["reason"] == "stopped" and 1 <= training["epochs_run"] < 200
