@@ -48,18 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"where to save the trained project (default ./{DEFAULT_OUT})")
 
 
-def _out_path(text: str):
-    from engine.errors import GraftError
+def _out_path(text: str) -> Path:
+    """Where the project goes: ``.graft`` added when missing, checked before any training starts."""
+    from engine.project import check_target
 
     path = Path(text).expanduser()
     if path.suffix.lower() != ".graft":
         path = path.with_name(path.name + ".graft")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise GraftError(f"Cannot save to {path}: folder {folder} does not exist.")
-    if path.is_dir():
-        raise GraftError(f"Cannot save to {path}: it is a folder.")
-    return path
+    return check_target(path)
 
 
 class _Printer:

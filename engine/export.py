@@ -35,7 +35,7 @@ from torch import nn
 from .errors import GraftError
 from .inference import eval_mode, head_specs
 from .onnx_metadata import INPUT_NAME, build_metadata, load_batch, write_metadata
-from .project import atomic_write
+from .project import atomic_write, check_target
 from .units import human_bytes
 
 if TYPE_CHECKING:
@@ -418,18 +418,6 @@ def _verify(model: nn.Module, path: Path, names: list[str], inputs: dict[str, np
 
 
 # -- the entry point ----------------------------------------------------------------------------------
-
-def check_target(path: str | Path) -> Path:
-    """Fail fast (before any work) when ``path`` cannot be written: its folder is missing or is a file,
-    or ``path`` is a folder."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise GraftError(f"Cannot write {path}: folder {folder} does not exist.")
-    if path.is_dir():
-        raise GraftError(f"Cannot write {path}: it is a folder.")
-    return path
-
 
 def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, verify: bool = True,
                 images: Sequence[str | Path] | None = None, tolerance: float = 1e-4, exporter: str = "auto",

@@ -26,12 +26,22 @@ def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, so a failure leaves nothing half-written."""
+def check_target(path: str | Path) -> Path:
+    """Fail fast (before any work) when ``path`` cannot be written: its folder is missing or is a file,
+    or ``path`` is a folder."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise GraftError(f"Cannot write {path}: folder {folder} does not exist.")
+    if path.is_dir():
+        raise GraftError(f"Cannot write {path}: it is a folder.")
+    return path
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, so a failure leaves nothing half-written."""
+    path = check_target(path)
+    folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:

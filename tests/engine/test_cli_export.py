@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
 from engine.heads import HeadSpec
 from engine.inference import predict_files
@@ -57,28 +55,7 @@ def predict(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def calibrate(module: nn.Module) -> None:
-    """Realistic activations for a random-init network (see test_export.calibrate)."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    module.train()
-    with torch.no_grad():
-        module(torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
-    for m in bns:
-        m.momentum = 0.1
-    module.eval()
-
-
 def default_session() -> Session:
-    try:
-        import engine.efficientnet_lite  # noqa: F401
-    except ImportError:
-        torch.manual_seed(0)
-        network = load_network("mobilenet_v3_small", random_init=True)
-        calibrate(network.module)
-        return Session(network)
     return Session(load_network("default"))
 
 

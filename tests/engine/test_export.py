@@ -53,18 +53,9 @@ _DEFAULT: list[LoadedNetwork] = []
 
 
 def default_network() -> LoadedNetwork:
-    """The bundled EfficientNet-Lite0 once engine/efficientnet_lite.py exists; until then the stand-in.
-    Loaded once per test run; each caller gets its own copy."""
+    """The bundled EfficientNet-Lite0, loaded once per test run; each caller gets its own copy."""
     if not _DEFAULT:
-        try:
-            import engine.efficientnet_lite  # noqa: F401
-        except ImportError:
-            torch.manual_seed(0)
-            net = load_network("mobilenet_v3_small", random_init=True)
-            calibrate(net.module)
-        else:
-            net = load_network("default")
-        _DEFAULT.append(net)
+        _DEFAULT.append(load_network("default"))
     return copy.deepcopy(_DEFAULT[0])
 
 
