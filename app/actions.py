@@ -69,6 +69,8 @@ class Actions(QObject):
         self.heads_only = self._make("Train only the &heads", "heads-only", None,
                                      "Freeze the whole network; only the grafted heads learn")
         self.unfreeze_all = self._make("&Unfreeze all", "unfreeze", None, "Train every layer")
+        self.heads_only.setIconText("Heads only")  # the toolbar's short label
+        self.export_onnx.setIconText("Export ONNX")
 
         # Train
         self.train_start = self._make("&Start training", "start", "F5", "Train on the loaded data")
