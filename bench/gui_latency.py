@@ -5,8 +5,8 @@ demo data through the window's own workers, grafts the demo's suggested heads, s
 Train tab, and meanwhile a 10 ms QTimer measures how late the GUI event loop runs each tick. Prints
 p50 / p99 / max lateness (goal on a 2-core CPU: p99 < 50 ms) and where the GUI thread spent its time.
 
-    .venv/bin/python bench/gui_latency.py                 # heads only (frozen trunk), the panel's defaults
-    .venv/bin/python bench/gui_latency.py --no-augment    # heads only on cached trunk features
+    .venv/bin/python bench/gui_latency.py                 # heads only: cached trunk features (the default)
+    .venv/bin/python bench/gui_latency.py --augment on    # heads only, augmented images through the trunk
     .venv/bin/python bench/gui_latency.py --mode finetune # unfreeze everything: images through the trunk
     .venv/bin/python bench/gui_latency.py --seconds 20 --epochs 3 --batch 16
 """
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--interval", type=int, default=10, help="timer interval in ms (default 10)")
-    parser.add_argument("--no-augment", action="store_true",
-                        help="turn augmentation off (with a frozen trunk the features are then cached)")
+    parser.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
+                        help="auto (the panel's default): off with a frozen trunk, whose features are then cached")
     parser.add_argument("--show", action="store_true", help="use the real display instead of offscreen")
     args = parser.parse_args(argv)
     if not args.show:
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     panel = window.training_panel
     config = panel.config()
     config.epochs, config.batch_size, config.patience = args.epochs, args.batch, None
-    if args.no_augment:
-        config.augment = False
+    config.augment = {"on": True, "off": False}.get(args.augment, "auto")
     panel.config = lambda: config  # the panel's own widgets are not the point here
 
     lateness: list[float] = []

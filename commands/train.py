@@ -38,8 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop when the validation loss has not improved for this many epochs (0: never)")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of the images held out for validation when the data does not say (default 0.2)")
-    parser.add_argument("--no-augment", action="store_true",
-                        help="no random crops/flips/colour changes (with a frozen trunk this trains much faster)")
+    parser.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
+                        help="random crops/flips/colour changes: auto (default) = on while layers of the network "
+                             "train, off with a frozen network, whose features are then computed only once")
+    parser.add_argument("--no-augment", dest="augment", action="store_const", const="off",
+                        help="the same as --augment off")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="where to train (default: a GPU when there is one)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
@@ -91,7 +94,8 @@ class _Printer:
 
         if isinstance(event, t.TrainStarted):
             self.epochs = event.epochs
-            how = "cached trunk features (heads only)" if event.cached_features else "images"
+            how = ("cached trunk features (heads only)" if event.cached_features
+                   else "augmented images" if event.augmented else "images")
             self.line(f"Training on {event.device_name}: {event.n_train} train / {event.n_val} validation images, "
                       f"{event.epochs} epoch(s) x {event.steps_per_epoch} step(s), on {how}")
         elif isinstance(event, t.MessageEvent):
@@ -150,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     freeze = freeze_preset(args.freeze) if args.freeze else None
     out = _out_path(args.out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_heads=args.lr_heads,
-                         lr_trunk=args.lr_trunk, augment=not args.no_augment, device=args.device,
+                         lr_trunk=args.lr_trunk, augment={"on": True, "off": False}.get(args.augment, "auto"), device=args.device,
                          patience=args.patience, num_workers=args.workers, seed=args.seed)
     config.validate()
     data_file = data_path(args.data)

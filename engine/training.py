@@ -59,6 +59,9 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 class TrainConfig:
     """Training settings. ``patience``: epochs without a lower validation loss before stopping early
     (0 or None: never). ``num_workers``: DataLoader decoding processes (None: automatic).
+    ``augment``: True, False or "auto" (on while layers of the trunk train; off with a frozen trunk,
+    whose features are then computed once: a new head on a fixed trunk gains little from augmentation
+    and it would cost a trunk pass per image per epoch).
     ``cache_features``: "auto" (cache when the trunk is frozen and augmentation is off), True (cache
     whenever the trunk is frozen, giving up augmentation) or False (never)."""
 
@@ -68,7 +71,7 @@ class TrainConfig:
     lr_trunk: float = 1e-4
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    augment: bool = True
+    augment: bool | str = "auto"
     device: str = "auto"
     amp: bool = True
     patience: int | None = 5
@@ -94,6 +97,8 @@ class TrainConfig:
             raise GraftError(f"Patience must not be negative (got {self.patience!r}).")
         if self.num_workers is not None and self.num_workers < 0:
             raise GraftError(f"The number of loader workers must not be negative (got {self.num_workers!r}).")
+        if self.augment not in ("auto", True, False):
+            raise GraftError(f"augment must be 'auto', True or False (got {self.augment!r}).")
         if self.cache_features not in ("auto", True, False):
             raise GraftError(f"cache_features must be 'auto', True or False (got {self.cache_features!r}).")
         base = str(self.device).split(":")[0]
@@ -114,6 +119,7 @@ class TrainStarted:
     device_name: str = ""  # for people: "NVIDIA H100 (bf16)", "CPU (2 threads)"
     precision: str = "fp32"  # "bf16" | "fp16" | "fp32"
     num_workers: int = 0
+    augmented: bool = False  # random crops/flips/colour on the training images
 
 
 @dataclass
@@ -561,17 +567,18 @@ class Trainer:
         self.trunk_frozen = not trunk_params
         self.device = resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
+        augment = (not self.trunk_frozen) if cfg.augment == "auto" else bool(cfg.augment)
         if cfg.cache_features is True:
             self.cached = self.trunk_frozen
             if not self.trunk_frozen:
                 self.notes.append("Features are not cached: part of the trunk trains.")
-            elif cfg.augment:
+            elif augment:
                 self.notes.append("Cached features: augmentation is off.")
         elif cfg.cache_features == "auto":
-            self.cached = self.trunk_frozen and not cfg.augment
+            self.cached = self.trunk_frozen and not augment
         else:
             self.cached = False
-        self.augment = cfg.augment and not self.cached
+        self.augment = augment and not self.cached
         n = len(train)
         self.drop_last = n > cfg.batch_size and n % cfg.batch_size == 1  # no batch of one (BatchNorm)
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else math.ceil(n / cfg.batch_size)
@@ -631,7 +638,7 @@ class Trainer:
                                     len(self.train_samples), len(self.val_samples), [h.name for h in self.heads],
                                     describe_device(device, self.amp_dtype),
                                     {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"),
-                                    self.num_workers))
+                                    self.num_workers, self.augment))
             for note in self.notes:
                 self._emit(MessageEvent(note))
             if not self.val_samples:

@@ -7,12 +7,13 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QStandardItemModel, QValidator
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.training import TrainConfig
 
 DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu", "CPU"))
+AUGMENT = (("auto", "Auto: while network layers train"), (True, "On"), (False, "Off"))
 
 
 def format_eta(seconds: float | None) -> str:
@@ -122,9 +123,14 @@ class TrainingPanel(QWidget):
         self.lr_trunk_box = LearningRateBox(self)
         self.lr_trunk_box.setToolTip("Learning rate of the unfrozen layers of the pretrained network; usually "
                                      "about 10× smaller than the heads' so it does not forget what it knows")
-        self.augment_check = QCheckBox("Augment images", self)
-        self.augment_check.setToolTip("Random crops, flips and colour changes: the network sees slightly "
-                                      "different versions of each image, which helps against overfitting")
+        self.augment_combo = QComboBox(self)
+        for value, title in AUGMENT:
+            self.augment_combo.addItem(title, value)
+        self.augment_combo.setToolTip(
+            "Random crops, flips and colour changes: the network sees slightly different versions of each "
+            "image, which helps against overfitting.\nAuto: on while layers of the network train. With the "
+            "network frozen, Graft instead computes its features once and trains only the heads on them, "
+            "many times faster.")
         self.patience_spin = QSpinBox(self)
         self.patience_spin.setRange(0, 1000)
         self.patience_spin.setSpecialValueText("off")
@@ -147,7 +153,7 @@ class TrainingPanel(QWidget):
         form.addRow("Heads learning rate", self.lr_heads_box)
         form.addRow("Network learning rate", self.lr_trunk_box)
         form.addRow("Early stopping", self.patience_spin)
-        form.addRow("", self.augment_check)
+        form.addRow("Augmentation", self.augment_combo)
 
         self.start_button = QPushButton("Start training", self)
         self.start_button.setObjectName("primary")
@@ -182,6 +188,7 @@ class TrainingPanel(QWidget):
         layout.addWidget(run)
         layout.addStretch(1)
 
+        self._last_progress: tuple | None = None
         self.start_button.clicked.connect(self.startRequested)
         self.stop_button.clicked.connect(self.stopRequested)
         self.set_config(self._base)
@@ -213,7 +220,8 @@ class TrainingPanel(QWidget):
         self.batch_spin.setValue(int(config.batch_size))
         self.lr_heads_box.setValue(float(config.lr_heads))
         self.lr_trunk_box.setValue(float(config.lr_trunk))
-        self.augment_check.setChecked(bool(config.augment))
+        self.augment_combo.setCurrentIndex(next(i for i, (value, _) in enumerate(AUGMENT)
+                                                if value == config.augment and type(value) is type(config.augment)))
         self.patience_spin.setValue(int(config.patience or 0))
 
     def config(self) -> TrainConfig:
@@ -221,7 +229,7 @@ class TrainingPanel(QWidget):
         values: dict[str, Any] = {
             "device": self.device_combo.currentData(), "epochs": self.epochs_spin.value(),
             "batch_size": self.batch_spin.value(), "lr_heads": self.lr_heads_box.value(),
-            "lr_trunk": self.lr_trunk_box.value(), "augment": self.augment_check.isChecked(),
+            "lr_trunk": self.lr_trunk_box.value(), "augment": self.augment_combo.currentData(),
             "patience": self.patience_spin.value() or None}
         known = {f.name for f in fields(TrainConfig)}
         return replace(self._base, **{k: v for k, v in values.items() if k in known})
@@ -230,15 +238,19 @@ class TrainingPanel(QWidget):
         """While training: settings and Start disabled, Stop enabled."""
         self._running = bool(running)
         for widget in (self.device_combo, self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box,
-                       self.augment_check, self.patience_spin):
+                       self.augment_combo, self.patience_spin):
             widget.setEnabled(not running)
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         if running:
             self.progress_bar.setRange(0, 0)  # busy until the first progress report
             self.progress_label.setText("")
-        elif self.progress_bar.maximum() == 0:
-            self.progress_bar.setRange(0, 1000)
+            self._last_progress = None
+        else:
+            if self.progress_bar.maximum() == 0:
+                self.progress_bar.setRange(0, 1000)
+            if self._last_progress is not None:  # no time left once the run has ended
+                self.progress_label.setText(progress_text(*self._last_progress[:2], None, *self._last_progress[3:]))
 
     def is_running(self) -> bool:
         return self._running
@@ -246,6 +258,7 @@ class TrainingPanel(QWidget):
     def set_progress(self, done: int, total: int, eta_seconds: float | None = None, epoch: int | None = None,
                      epochs: int | None = None) -> None:
         """Steps ``done`` of ``total``, the time left, and the epoch (1-based) of ``epochs``."""
+        self._last_progress = (done, total, eta_seconds, epoch, epochs)
         if total and total > 0:
             self.progress_bar.setRange(0, 1000)
             self.progress_bar.setValue(int(round(1000 * min(1.0, max(0.0, done / total)))))

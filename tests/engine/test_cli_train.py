@@ -130,10 +130,11 @@ def test_progress_bar_only_on_a_terminal(tty):
 
 
 def test_data_demo_trains_the_multi_task_demo(tmp_path):
-    """``--data demo`` generates the offline demo (here into a fresh cache) and makes its three heads."""
+    """``--data demo`` generates the offline demo (here into a fresh cache) and makes its three heads.
+    Run through the README's ``./graft cli`` wrapper: a relative ``--out`` lands in the caller's folder."""
     env_cache = tmp_path / "cache"
     (tmp_path / "demo").mkdir()  # a folder named demo in the working directory must not shadow the keyword
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--data", "demo", "--epochs", "1",
+    result = subprocess.run([str(ROOT / "graft"), "cli", "train", "--data", "demo", "--epochs", "1",
                              "--no-augment", "--out", "d.graft"], capture_output=True, text=True, cwd=tmp_path,
                             timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_CACHE_DIR": str(env_cache)})
     assert result.returncode == 0, result.stderr

@@ -130,6 +130,8 @@ def test_evaluate_reports_every_head(demo):
 # -- cached features ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("freeze, augment, cache, expected", [
+    ("heads-only", "auto", "auto", (True, False)),
+    ("none", "auto", "auto", (False, True)),
     ("heads-only", False, "auto", True),
     ("heads-only", True, "auto", False),
     ("none", False, "auto", False),
@@ -143,7 +145,11 @@ def test_cached_features_only_with_a_frozen_trunk(demo, freeze, augment, cache, 
     rec = Recorder()
     config = TrainConfig(epochs=1, batch_size=8, augment=augment, cache_features=cache, num_workers=0)
     result = Trainer(session, data, config, rec).run()
-    assert rec.of(TrainStarted)[0].cached_features is expected and result.cached_features is expected
+    started = rec.of(TrainStarted)[0]
+    if isinstance(expected, tuple):  # augment="auto": (features cached, images augmented)
+        expected, augmented = expected
+        assert started.augmented is augmented
+    assert started.cached_features is expected and result.cached_features is expected
 
 
 def test_cached_and_uncached_paths_agree(demo):
@@ -328,7 +334,7 @@ def test_without_validation_data_with_loader_workers(demo):
     data = replace(subset(demo, 24, 0), val=[])
     session = make_session(data.heads)
     rec = Recorder()
-    result = Trainer(session, data, TrainConfig(epochs=2, batch_size=8, num_workers=1), rec).run()
+    result = Trainer(session, data, TrainConfig(epochs=2, batch_size=8, num_workers=1, augment=True), rec).run()
     assert result.reason == "completed" and result.best_val_loss is None and result.epochs_run == 2
     assert rec.of(TrainStarted)[0].num_workers == 1 and not result.cached_features
     assert any(m.level == "warning" and "No validation data" in m.text for m in rec.of(MessageEvent))

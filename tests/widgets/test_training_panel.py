@@ -28,7 +28,7 @@ def test_config_reflects_the_fields(panel):
     panel.batch_spin.setValue(64)
     panel.lr_heads_box.setValue(3e-3)
     panel.lr_trunk_box.setValue(5e-5)
-    panel.augment_check.setChecked(False)
+    panel.augment_combo.setCurrentIndex(panel.augment_combo.findText("Off"))
     panel.patience_spin.setValue(0)
     config = panel.config()
     assert isinstance(config, TrainConfig)
@@ -44,8 +44,17 @@ def test_set_config_round_trips_and_keeps_other_fields(panel):
     base = replace(TrainConfig(), epochs=7, lr_heads=2e-4, weight_decay=0.05, seed=42, augment=False, patience=None)
     panel.set_config(base)
     assert panel.epochs_spin.value() == 7 and panel.patience_spin.text() == "off"
+    assert panel.augment_combo.currentText() == "Off"
     assert panel.lr_heads_box.text() == "0.0002"
     assert panel.config() == base
+
+
+def test_augmentation_auto_on_off(panel):
+    assert panel.config().augment == "auto" and panel.augment_combo.currentText().startswith("Auto")
+    for value, text in ((True, "On"), (False, "Off"), ("auto", "Auto: while network layers train")):
+        panel.set_config(replace(TrainConfig(), augment=value))
+        assert panel.augment_combo.currentText() == text
+        assert panel.config().augment is value or panel.config().augment == value == "auto"
 
 
 def test_cuda_is_disabled_with_a_reason_when_missing(qtbot):
@@ -78,6 +87,7 @@ def test_start_stop_and_running_state(qtbot, panel):
     panel.set_status("Stopping after this batch…")
     assert panel.status() == "Stopping after this batch…"
     panel.set_running(False)
+    assert panel.progress_label.text() == "epoch 3/10 · 40%"  # a stopped run has no time left
     assert panel.start_button.isEnabled() and panel.epochs_spin.isEnabled()
 
 
