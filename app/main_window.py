@@ -352,11 +352,19 @@ class MainWindow(QMainWindow):
                 self.move(avail.x() + (avail.width() - w) // 2, avail.y() + (avail.height() - h) // 2)
         if state is not None:
             self.restoreState(state)
-        total = max(self.width(), 800)
-        left = max(self.tree_view.minimumSizeHint().width(), int(total * 0.36))
-        self.splitter.setSizes(sizes if sizes and len(sizes) == 2 and min(sizes) > 50 else [left, total - left])
+        self._saved_split = sizes if sizes and len(sizes) == 2 and min(sizes) > 50 else None
+        self._split_done = False
         self._proportioned: set[int] = set()
         self.tabs.currentChanged.connect(self._proportion_tab)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Split tree and tabs once the window has its real width (whoever resized it before showing)."""
+        super().showEvent(event)
+        if not self._split_done:
+            self._split_done = True
+            total = max(self.width(), 800)
+            left = max(self.tree_view.minimumSizeHint().width(), int(total * 0.36))
+            self.splitter.setSizes(self._saved_split or [left, total - left])
 
     def _proportion_tab(self, index: int) -> None:
         """Split a tab's panes sensibly the first time it is shown (hidden splitters have no width yet)."""

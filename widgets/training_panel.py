@@ -13,7 +13,9 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox
 from engine.training import TrainConfig
 
 DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu", "CPU"))
-AUGMENT = (("auto", "Auto: while network layers train"), (True, "On"), (False, "Off"))
+AUGMENT = (("auto", "Auto", "On while layers of the network train; off while only the heads train"),
+           (True, "On", "Always augment (with a frozen network every epoch then runs it on every image)"),
+           (False, "Off", "Never augment"))
 
 
 def format_eta(seconds: float | None) -> str:
@@ -124,8 +126,9 @@ class TrainingPanel(QWidget):
         self.lr_trunk_box.setToolTip("Learning rate of the unfrozen layers of the pretrained network; usually "
                                      "about 10× smaller than the heads' so it does not forget what it knows")
         self.augment_combo = QComboBox(self)
-        for value, title in AUGMENT:
+        for value, title, tip in AUGMENT:
             self.augment_combo.addItem(title, value)
+            self.augment_combo.setItemData(self.augment_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.augment_combo.setToolTip(
             "Random crops, flips and colour changes: the network sees slightly different versions of each "
             "image, which helps against overfitting.\nAuto: on while layers of the network train. With the "
@@ -220,7 +223,7 @@ class TrainingPanel(QWidget):
         self.batch_spin.setValue(int(config.batch_size))
         self.lr_heads_box.setValue(float(config.lr_heads))
         self.lr_trunk_box.setValue(float(config.lr_trunk))
-        self.augment_combo.setCurrentIndex(next(i for i, (value, _) in enumerate(AUGMENT)
+        self.augment_combo.setCurrentIndex(next(i for i, (value, *_) in enumerate(AUGMENT)
                                                 if value == config.augment and type(value) is type(config.augment)))
         self.patience_spin.setValue(int(config.patience or 0))
 
