@@ -38,6 +38,23 @@ def check_target(path: str | Path) -> Path:
     return path
 
 
+def _read_umask() -> int:
+    umask = os.umask(0o022)  # reading it means setting it: done once, at import, before any worker thread
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` would give: the replaced file's, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, so a failure leaves nothing half-written."""
     path = check_target(path)
@@ -49,6 +66,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600: a server or container user could not read it
         os.replace(tmp, path)
     except OSError as exc:
         raise GraftError(f"Cannot write {path}: {exc.strerror or exc}.") from None

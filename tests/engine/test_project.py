@@ -79,6 +79,17 @@ def test_unwritable_path_is_reported_and_leaves_nothing(edited, tmp_path):
         locked.chmod(0o700)
 
 
+def test_saved_files_get_ordinary_permissions(edited, tmp_path):
+    """Not mkstemp's 0600: a project or export handed to another user or a container must be readable."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = save_project(edited, tmp_path / "x.graft")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o640)
+    save_project(edited, path)  # overwriting keeps the file's own permissions
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
 def test_a_failed_save_keeps_the_previous_file(edited, tmp_path, monkeypatch):
     path = save_project(edited, tmp_path / "keep.graft")
     good = path.read_bytes()
