@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Any
 
 from .common import DATA_HELP, data_path
 
 HELP = "print per-head loss and metrics of a .graft project on an image folder or CSV manifest"
+
+DEFAULT_SEED, DEFAULT_VAL_FRACTION = 0, 0.2  # engine.datasets.load_data's defaults (the window uses them)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,10 +18,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR_OR_CSV",
                         help=DATA_HELP)
     parser.add_argument("--split", default="all", choices=("all", "train", "val"),
-                        help="which images to evaluate (default: all of them)")
+                        help="which images to evaluate (default: all of them). On the data the project was "
+                             "trained on, train/val are the split training used (same seed and fraction); "
+                             "'all' then includes the images it learned from")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
+
+
+def _same_file(a: str | Path, b: Path) -> bool:
+    try:
+        return Path(a).expanduser().resolve() == b.expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def training_split(extra: dict[str, Any] | None, data_file: Path) -> tuple[int, float, bool | None]:
+    """``(seed, val_fraction, same)`` for evaluating ``data_file``: when it is the data the project was
+    trained on (``same`` True), the seed and validation fraction training used; otherwise load_data's
+    defaults. ``same`` is None when the project does not say what it was trained on."""
+    extra = extra if isinstance(extra, dict) else {}
+    info = extra.get("training") if isinstance(extra.get("training"), dict) else {}
+    trained_on = info.get("data") or extra.get("data")  # the window saves {"data": path} only
+    if not isinstance(trained_on, str) or not trained_on:
+        return DEFAULT_SEED, DEFAULT_VAL_FRACTION, None
+    if not _same_file(trained_on, data_file):
+        return DEFAULT_SEED, DEFAULT_VAL_FRACTION, False
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
+    seed = info.get("seed", config.get("seed", DEFAULT_SEED))
+    fraction = info.get("val_fraction", DEFAULT_VAL_FRACTION)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        seed = DEFAULT_SEED
+    if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0 or math.isnan(fraction):
+        fraction = DEFAULT_VAL_FRACTION
+    return seed, float(fraction), True
+
+
+def describe_selection(data, split: str, same: bool | None, name: str) -> str:
+    """One line saying which images are evaluated, e.g. ``Evaluating the validation split of labels.csv
+    (seed 3, 20 %, as in training): 72 images``."""
+    if data.split_from == "column":
+        how = "set by its split column"
+    elif data.split_from == "folders":
+        how = "set by its train/val folders"
+    else:
+        how = f"seed {data.seed}, {data.val_fraction * 100:g} %"
+    if same:
+        how += ", as in training"
+    elif same is False:
+        how += "; not the data the project was trained on"
+    else:
+        how += "; the project does not say which data it was trained on"
+    if split == "all":
+        n = len(data.train) + len(data.val)
+        line = f"Evaluating all {n} images of {name}"
+        if same and data.train:
+            line += (f", including the {len(data.train)} training images the model learned from "
+                     "(--split val for a fair measure)")
+        return line
+    chosen = data.val if split == "val" else data.train
+    which = "validation" if split == "val" else "training"
+    return f"Evaluating the {which} split of {name} ({how}): {len(chosen)} images"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,9 +92,13 @@ def run(args: argparse.Namespace) -> int:
     session = open_project(Path(args.project).expanduser())
     if not session.heads:
         raise GraftError(f"{Path(args.project).name} has no heads to evaluate.")
-    data = load_data(data_path(args.data), session.heads)
+    data_file = data_path(args.data)
+    seed, fraction, same = training_split(session.project_extra, data_file)
+    # Evaluation data may lack classes (a test set of cats only); unknown classes are still refused.
+    data = load_data(data_file, session.heads, seed=seed, val_fraction=fraction, require_every_class=False)
     if data.skipped:
         print(f"{len(data.skipped)} file(s) skipped (unreadable or not in a class folder)")
+    print(describe_selection(data, args.split, same, data_file.name))
     report = evaluate(session, data, batch_size=args.batch_size, device=args.device, split=args.split,
                       num_workers=args.workers)
     print(report.format())

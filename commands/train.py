@@ -23,9 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=DATA_HELP)
     add_model_arguments(parser)
     parser.epilog = "--model may also be a .graft project, to continue training it."
-    parser.add_argument("--head", action="append", default=[], metavar="NAME:KIND:COLUMNS",
+    parser.add_argument("--head", action="append", default=[], metavar="NAME:KIND[:COLUMNS[:WEIGHT]]",
                         help="a head to add, e.g. shape:single:shape or tags:multi:red,striped (repeatable; "
-                             "default: one head from the folder's classes, or the CSV's suggested heads)")
+                             "default: one head from the folder's classes, or the CSV's suggested heads). "
+                             "KIND is single, multi or regression; COLUMNS (comma-separated) default to NAME. "
+                             "An optional fourth field sets the head's loss weight (default 1): "
+                             "age:regression:age:0.5, or age:regression::0.5 for the column named after the head")
     parser.add_argument("--freeze", default=None, metavar="PRESET",
                         help="heads-only (default for a new model), none (train everything) or up-to:LAYER; "
                              "a project keeps its own setting unless this is given")
@@ -201,7 +204,10 @@ def run(args: argparse.Namespace) -> int:
         result = trainer.run()  # TrainingError (a GraftError) on failure
     print(result.message)
     extra = dict(session.project_extra or {})
-    extra["training"] = {"data": str(data_file), "reason": result.reason, "best_epoch": result.best_epoch,
+    # evaluate reads data, seed and val_fraction to evaluate on the same validation images
+    extra["training"] = {"data": str(data_file.resolve()), "seed": args.seed, "val_fraction": args.val_fraction,
+                         "split": data.split_from, "n_train": len(data.train), "n_val": len(data.val),
+                         "reason": result.reason, "best_epoch": result.best_epoch,
                          "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
                          "history": result.history, "config": {k: v for k, v in vars(config).items()}}
     saved = save_project(session, out, extra=extra)

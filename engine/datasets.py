@@ -44,6 +44,8 @@ KIND_ALIASES = {"single": "single", "single-label": "single", "softmax": "single
                 "multi": "multi", "multi-label": "multi", "multilabel": "multi", "sigmoid": "multi",
                 "regression": "regression", "reg": "regression", "numeric": "regression"}
 MAX_LISTED = 5
+MOSTLY = 0.9  # a column this much numeric (or 0/1) but not entirely is taken for a typo, not for text
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -66,6 +68,10 @@ class DataSource:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     path: Path | None = None  # what the user gave: the folder or the .csv file
     split_from: str = "random"  # "random" (seeded, stratified), "column" (CSV split) or "folders"
+    seed: int = 0  # the random split's seed and validation fraction (as asked; unused for other splits)
+    val_fraction: float = 0.2
+    notes: list[str] = field(default_factory=list)  # how the data was read (e.g. why a column is no head)
+    warnings: list[str] = field(default_factory=list)  # things that may spoil training (shown before it)
 
     @property
     def samples(self) -> list[Sample]:
@@ -114,7 +120,8 @@ class DataSource:
             heads[spec.name] = info
         return {"kind": self.kind, "root": str(self.root), "path": str(self.path or self.root),
                 "split_from": self.split_from, "n_samples": len(everything), "n_train": len(self.train),
-                "n_val": len(self.val), "n_skipped": len(self.skipped), "heads": heads}
+                "n_val": len(self.val), "n_skipped": len(self.skipped), "heads": heads,
+                "notes": list(self.notes), "warnings": list(self.warnings)}
 
 
 def _round(value: float) -> float:
@@ -196,29 +203,44 @@ def _listing(names: Sequence[str]) -> str:
 # loading
 # --------------------------------------------------------------------------------------------------
 def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, val_fraction: float = 0.2,
-              seed: int = 0) -> DataSource:
+              seed: int = 0, require_every_class: bool = True) -> DataSource:
     """Read an image folder or a CSV manifest, check it, and split it into train/val.
 
     ``heads``: for a folder, optionally one single-label head (its name, and its labels if given,
     are used); for a CSV, the heads and the columns they read (``None``: :func:`suggest_heads`).
-    The split is seeded and stratified by the first single-label head; a CSV ``split`` column
-    (train / val / valid / validation / test, the last three all meaning validation; blank = train)
-    or ``train``/``val`` folders replace it.
+    The split is seeded and stratified by the first single-label head, and rows naming the same image
+    file stay on the same side; a CSV ``split`` column (train / val / valid / validation / test, the
+    last three all meaning validation; blank = train) or ``train``/``val`` folders replace it.
+
+    ``require_every_class`` (training data, the default): every class of a single-label head needs an
+    example, every label of a multi-label head a positive, every regression target a value; with a
+    fixed split, each of them needs one in training, and no image may be on both sides. With
+    ``False`` (evaluation data, heads given with their labels) those checks are skipped and either
+    side of a fixed split may be empty; unknown class names and a head with no labelled example at
+    all are still refused. Warnings (e.g. a class the random split left only in validation) are in
+    :attr:`DataSource.warnings`.
     """
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise GraftError(f"The validation fraction must be between 0 and 1 (got {val_fraction!r}).")
     p = Path(path).expanduser()
     if not p.exists():
         raise GraftError(f"{p}: no such file or folder.")
+    strict = bool(require_every_class) or not heads
     if p.is_dir():
-        return _load_folder(p, heads, val_fraction, seed)
-    if p.suffix.lower() == ".csv":
-        return _load_csv(p, heads, val_fraction, seed)
-    raise GraftError(f"{p.name}: expected a folder of class subfolders (root/<class>/<image>) "
-                     "or a .csv manifest.")
+        data = _load_folder(p, heads, val_fraction, seed, strict)
+    elif p.suffix.lower() == ".csv":
+        data = _load_csv(p, heads, val_fraction, seed, strict)
+    else:
+        raise GraftError(f"{p.name}: expected a folder of class subfolders (root/<class>/<image>) "
+                         "or a .csv manifest.")
+    data.seed, data.val_fraction = seed, float(val_fraction)
+    if strict:
+        _check_training_side(data)
+    return data
 
 
-def _load_folder(root: Path, heads: list[HeadSpec] | None, val_fraction: float, seed: int) -> DataSource:
+def _load_folder(root: Path, heads: list[HeadSpec] | None, val_fraction: float, seed: int,
+                 strict: bool = True) -> DataSource:
     spec = None
     if heads:
         if len(heads) != 1 or heads[0].kind != "single" or heads[0].columns:
@@ -284,7 +306,7 @@ def _load_folder(root: Path, heads: list[HeadSpec] | None, val_fraction: float, 
     for s in samples:
         counts[s.targets[head_name]] += 1
     empty = [labels[i] for i, c in enumerate(counts) if c == 0]
-    if empty:
+    if empty and strict:
         missing = [n for n in empty if n not in folder_names]
         if missing:
             raise GraftError(f"{root.name}: class {_listing(missing)} has no folder, so no examples; "
@@ -293,7 +315,7 @@ def _load_folder(root: Path, heads: list[HeadSpec] | None, val_fraction: float, 
                          "every class needs at least one.")
     head = replace(spec, labels=labels) if spec is not None else HeadSpec("class", "single", labels=labels)
     if split_layout:
-        train, val = _split_fixed(samples, splits, root.name, "folders")
+        train, val = _split_fixed(samples, splits, root.name, "folders", strict)
     else:
         train, val = _split_random(samples, head, val_fraction, seed)
     return DataSource("folder", root, [head], train, val, skipped, path=root,
@@ -308,9 +330,10 @@ def _no_images_message(where: Path, skipped: list[tuple[str, str]]) -> str:
 
 
 # -- CSV -------------------------------------------------------------------------------------------
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and rows ``(row number, cells)``; the header is row 1, as in a spreadsheet. Blank rows are
-    dropped, short rows padded. Accepts UTF-8 (with or without BOM) or Latin-1, and ``,`` ``;`` or tab."""
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], str]:
+    """Header, rows ``(row number, cells)`` and the delimiter; the header is row 1, as in a spreadsheet.
+    Blank rows are dropped, short rows padded. Accepts UTF-8 (with or without BOM) or Latin-1, and ``,``
+    ``;`` or tab (then numbers may use a decimal comma, as spreadsheets in many locales write them)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -342,7 +365,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
                                  f"{len(header)} columns.")
             cells = cells[:len(header)]
         rows.append((number, [c.strip() for c in cells] + [""] * (len(header) - len(cells))))
-    return header, rows
+    return header, rows, delimiter
 
 
 def _find_column(header: list[str], name: str) -> int | None:
@@ -352,12 +375,19 @@ def _find_column(header: list[str], name: str) -> int | None:
     return lowered.index(name) if name in lowered else None
 
 
-def _is_float(text: str) -> bool:
+def _number(text: str, decimal_comma: bool = False) -> float | None:
+    """``text`` as a number, or None. With ``decimal_comma`` (a ``;``- or tab-separated file) ``0,5``
+    is 0.5 too (a comma and no point)."""
     try:
-        float(text)
+        return float(text)
     except ValueError:
-        return False
-    return True
+        pass
+    if decimal_comma and text.count(",") == 1 and "." not in text:
+        try:
+            return float(text.replace(",", "."))
+        except ValueError:
+            return None
+    return None
 
 
 def _head_name(column: str) -> str:
@@ -365,33 +395,61 @@ def _head_name(column: str) -> str:
     return name or "head"
 
 
-def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str) -> list[HeadSpec]:
+def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str, decimal_comma: bool = False,
+             notes: list[str] | None = None) -> list[HeadSpec]:
     image_col = _find_column(header, "image")
     split_col = _find_column(header, "split")
     text_cols: list[tuple[str, list[str]]] = []
     bin_cols: list[str] = []
     num_cols: list[str] = []
-    left_out: list[str] = []
+    left_out: list[tuple[str, str]] = []  # (column, why)
+    found: list[str] = []
     for i, col in enumerate(header):
         if i in (image_col, split_col) or not col or col.lower().startswith("unnamed:"):
             continue
-        values = [cells[i] for _, cells in rows if cells[i]]
+        cells = [(number, cells[i]) for number, cells in rows if cells[i]]
+        values = [v for _, v in cells]
         if not values:
-            left_out.append(f"{col!r} is blank")
+            left_out.append((col, "is blank"))
             continue
-        if {v.lower() for v in values} <= TRUE_WORDS | FALSE_WORDS:
+        n = len(values)
+        binary = [v.lower() in TRUE_WORDS | FALSE_WORDS for v in values]
+        numbers = [_number(v, decimal_comma) for v in values]
+        n_binary, n_numbers = sum(binary), sum(x is not None for x in numbers)
+        if n_binary == n:
             bin_cols.append(col)
-        elif all(_is_float(v) for v in values):
+            continue
+        if n_binary >= MOSTLY * n:  # a 0/1 column with a stray value: a typo, not a number or a class
+            row, text = next(c for c, ok in zip(cells, binary) if not ok)
+            raise GraftError(f"{csv_name} row {row}, column {col!r}: {text!r} is not 0 or 1, but {n_binary} of the "
+                             f"column's {n} values are; fix the cell (blank = missing label), or name the head "
+                             f"yourself (e.g. --head {_head_name(col)}:regression:{col}) to read it otherwise.")
+        if n_numbers == n:
             num_cols.append(col)
-        else:
-            distinct = sorted(set(values))
-            if len(distinct) < 2:  # one class: nothing to learn
-                left_out.append(f"{col!r} has a single value ({distinct[0]!r})")
-                continue
-            if len(distinct) == len(values) > 10:  # every value different: an identifier, not a class
-                left_out.append(f"{col!r} has a different value on every row")
-                continue
-            text_cols.append((col, distinct))
+            distinct = {x for x in numbers if x is not None}
+            if 3 <= len(distinct) <= 10 and all(math.isfinite(x) and x.is_integer() for x in distinct):
+                found.append(f"Column {col!r} holds {len(distinct)} whole numbers: treated as a number; name it "
+                             f"as a single-label head (e.g. --head {_head_name(col)}:single:{col}) to treat them "
+                             "as classes.")
+            continue
+        if n_numbers >= MOSTLY * n:  # a numeric column with a typo
+            row, text = next(c for c, x in zip(cells, numbers) if x is None)
+            raise GraftError(f"{csv_name} row {row}, column {col!r}: {text!r} is not a number, but {n_numbers} of "
+                             f"the column's {n} values are; fix the cell (blank = missing label), or name the "
+                             f"head yourself (e.g. --head {_head_name(col)}:single:{col}) to read it otherwise.")
+        if not decimal_comma and all(_number(v, True) is not None for v in values):
+            left_out.append((col, f"holds numbers with a decimal comma (e.g. {values[0]!r}) in a "
+                                  "comma-separated file; write them with a decimal point, or separate the "
+                                  "columns with ';'"))
+            continue
+        distinct_text = sorted(set(values))
+        if len(distinct_text) < 2:  # one class: nothing to learn
+            left_out.append((col, f"has a single value ({distinct_text[0]!r})"))
+            continue
+        if len(distinct_text) == len(values) > 10:  # every value different: an identifier, not a class
+            left_out.append((col, "has a different value on every row"))
+            continue
+        text_cols.append((col, distinct_text))
     heads: list[HeadSpec] = []
     used: set[str] = set()
 
@@ -411,22 +469,29 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
         name = _head_name(num_cols[0]) if len(num_cols) == 1 else "values"
         heads.append(HeadSpec(unique(name), "regression", labels=list(num_cols), columns=list(num_cols)))
     if not heads:
-        why = f" ({'; '.join(left_out[:MAX_LISTED])})" if left_out else " (it has no columns besides 'image')"
+        why = (f" ({'; '.join(f'{c!r} {w}' for c, w in left_out[:MAX_LISTED])})" if left_out
+               else " (it has no columns besides 'image')")
         raise GraftError(f"{csv_name}: found no label columns to learn{why}.")
+    if notes is not None:
+        notes.extend(found)
+        notes.extend(f"Column {col!r} is not a head: it {why}." for col, why in left_out)
     return heads
 
 
-def suggest_heads(csv_path: str | os.PathLike) -> list[HeadSpec]:
+def suggest_heads(csv_path: str | os.PathLike, notes: list[str] | None = None) -> list[HeadSpec]:
     """Heads inferred from a manifest: each text column -> a single-label head named after it; all
     0/1 (true/false, yes/no) columns -> one multi-label head ``tags``; the other numeric columns -> one
     regression head ``values``. A lone 0/1 or numeric column gives a head named after the column.
     ``image`` and ``split`` are never labels; blank columns, text columns with a single value and
-    text columns whose values are all different (identifiers) are left out."""
+    text columns whose values are all different (identifiers) are left out. A column that is mostly
+    (90 %) numbers or 0/1 but not entirely is refused, naming the first odd cell: a typo would
+    otherwise turn it into classes. ``notes`` (a list) receives why columns were left out and which
+    numeric columns might be classes."""
     path = Path(csv_path).expanduser()
-    header, rows = _read_csv(path)
+    header, rows, delimiter = _read_csv(path)
     if _find_column(header, "image") is None:
         raise GraftError(_no_image_column(path, header))
-    return _suggest(header, rows, path.name)
+    return _suggest(header, rows, path.name, delimiter != ",", notes)
 
 
 def _no_image_column(path: Path, header: list[str]) -> str:
@@ -452,10 +517,13 @@ def _image_path(text: str, base: Path) -> Path:
     return p
 
 
-def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float, seed: int) -> DataSource:
+def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float, seed: int,
+              strict: bool = True) -> DataSource:
     name = csv_path.name
     base = csv_path.parent
-    header, rows = _read_csv(csv_path)
+    header, rows, delimiter = _read_csv(csv_path)
+    decimal_comma = delimiter != ","
+    notes: list[str] = []
     image_col = _find_column(header, "image")
     if image_col is None:
         raise GraftError(_no_image_column(csv_path, header))
@@ -463,7 +531,8 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
 
     if heads is None:
         # Classes come from the usable rows, not from rows whose image is unreadable.
-        heads = [replace(h, labels=[]) if h.kind == "single" else h for h in _suggest(header, rows, name)]
+        heads = [replace(h, labels=[]) if h.kind == "single" else h
+                 for h in _suggest(header, rows, name, decimal_comma, notes)]
     if not heads:
         raise GraftError("No heads given: say which CSV columns to learn.")
     names = [h.name for h in heads]
@@ -525,13 +594,14 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
                                           f"(multi-label head {spec.name!r}).")
                             vec.append(math.nan)
                     else:
-                        try:
-                            v = float(text)
-                        except ValueError:
-                            v = None
+                        v = _number(text, decimal_comma)
                         if v is None or math.isinf(v):
                             errors.append(f"{where}, column {c!r}: {text!r} is not a number "
                                           f"(regression head {spec.name!r}).")
+                            v = math.nan
+                        elif abs(v) > FLOAT32_MAX:  # would become infinite in training (float32)
+                            errors.append(f"{where}, column {c!r}: {text!r} is too large (the limit is about "
+                                          f"±3.4e38; regression head {spec.name!r}).")
                             v = math.nan
                         vec.append(v)
                 raw[spec.name] = vec
@@ -541,20 +611,22 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         raise GraftError(errors[0] + more)
 
     skipped: list[tuple[str, str]] = []
-    located: list[tuple[Path, str | None, dict[str, Any]]] = []
+    located: list[tuple[Path, str | None, dict[str, Any], int]] = []
     for number, text, split, raw in parsed:
         if not text:
             skipped.append((f"{name} row {number}", "no image path"))
         else:
-            located.append((_image_path(text, base), split, raw))
-    unique_paths = list(dict.fromkeys(p for p, _, _ in located))
+            located.append((_image_path(text, base), split, raw, number))
+    unique_paths = list(dict.fromkeys(p for p, _, _, _ in located))
     verdict = dict(zip(unique_paths, _check_all(unique_paths)))
     usable: list[tuple[Path, str | None, dict[str, Any]]] = []
-    for p, split, raw in located:
+    numbers: list[int] = []
+    for p, split, raw, number in located:
         if verdict[p]:
             skipped.append((str(p), verdict[p]))
         else:
             usable.append((p, split, raw))
+            numbers.append(number)
     if not usable:
         raise GraftError(_no_images_message(csv_path, skipped))
 
@@ -570,7 +642,7 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
                 labels = list(spec.labels)
                 present = set(values)
                 empty = [lab for lab in labels if lab not in present]
-                if empty:
+                if empty and strict:
                     raise GraftError(f"Head {spec.name!r}: class {_listing(empty)} has no example "
                                      f"(column {cols[0]!r}); every class needs at least one.")
             else:
@@ -586,7 +658,7 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
                 raise GraftError(f"Head {spec.name!r} has no labelled example: column(s) {_listing(cols)} "
                                  "are blank for every usable image.")
             labels = list(spec.labels) if spec.labels else list(cols)
-            for j, c in enumerate(cols):
+            for j, c in enumerate(cols if strict else ()):
                 if not labelled[:, j].any():
                     raise GraftError(f"Head {spec.name!r}: column {c!r} has no value for any usable image.")
                 if spec.kind == "multi" and not (matrix[labelled[:, j], j] > 0.5).any():
@@ -608,43 +680,72 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         splits.append(split)
 
     if split_col is not None and any(s is not None for s in splits):
-        train, val = _split_fixed(samples, splits, name, f"the {header[split_col]!r} column")
+        if strict:
+            _check_one_side(samples, splits, numbers, name)
+        train, val = _split_fixed(samples, splits, name, f"the {header[split_col]!r} column", strict)
         split_from = "column"
     else:
         strat = next((h for h in final_heads if h.kind == "single"), None)
         train, val = _split_random(samples, strat, val_fraction, seed)
         split_from = "random"
-    return DataSource("csv", base, final_heads, train, val, skipped, path=csv_path, split_from=split_from)
+    return DataSource("csv", base, final_heads, train, val, skipped, path=csv_path, split_from=split_from,
+                      notes=notes)
 
 
 # --------------------------------------------------------------------------------------------------
 # splits
 # --------------------------------------------------------------------------------------------------
 def _split_fixed(samples: list[Sample], splits: list[str | None], where: str,
-                 source: str) -> tuple[list[Sample], list[Sample]]:
+                 source: str, strict: bool = True) -> tuple[list[Sample], list[Sample]]:
     train = [s for s, t in zip(samples, splits) if t != "val"]
     val = [s for s, t in zip(samples, splits) if t == "val"]
-    if len(samples) >= 2 and not val:
+    if strict and len(samples) >= 2 and not val:
         raise GraftError(f"{where}: {source} puts no usable image in validation; mark some as 'val' "
                          "(or remove the split to let Graft choose).")
-    if len(samples) >= 2 and not train:
+    if strict and len(samples) >= 2 and not train:
         raise GraftError(f"{where}: {source} puts no usable image in training; mark some as 'train' "
                          "(or remove the split to let Graft choose).")
     return train, val
 
 
+def _same_file(path: Path) -> str:
+    """One key per image file, however the rows spell its path."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _check_one_side(samples: list[Sample], splits: list[str | None], rows: list[int], where: str) -> None:
+    """A CSV split column must not put one image file in training and in validation."""
+    first: dict[str, tuple[str, int]] = {}
+    for s, split, row in zip(samples, splits, rows):
+        side = "val" if split == "val" else "train"
+        seen = first.setdefault(_same_file(s.path), (side, row))
+        if seen[0] != side:
+            raise GraftError(f"{where} rows {seen[1]} and {row} name the same image ({s.path.name}) but put it in "
+                             f"{'training' if seen[0] == 'train' else 'validation'} and in "
+                             f"{'training' if side == 'train' else 'validation'}; an image must be on one side "
+                             "only, or validation measures what training saw.")
+
+
 def _split_random(samples: list[Sample], strat: HeadSpec | None, val_fraction: float,
                   seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Seeded shuffle into train/val. With a single-label head, each class is split in proportion and
-    keeps at least one training example (samples missing that label form a group of their own)."""
-    n = len(samples)
+    """Seeded shuffle into train/val. Samples of the same image file (a CSV naming it twice) go to the
+    same side. With a single-label head, each class is split in proportion and keeps at least one
+    training example (samples missing that label form a group of their own)."""
+    units: dict[str, list[int]] = {}  # image file -> its samples
+    for i, s in enumerate(samples):
+        units.setdefault(_same_file(s.path), []).append(i)
+    members = list(units.values())
+    n = len(members)
     if n < 2:
         return list(samples), []
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     groups: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        key = _target(s, strat) if strat is not None else 0
-        groups.setdefault(key, []).append(i)
+    for u, idx in enumerate(members):
+        key = 0
+        if strat is not None:
+            keys = [_target(samples[i], strat) for i in idx]
+            key = next((k for k in keys if k >= 0), -1)
+        groups.setdefault(key, []).append(u)
     rng = random.Random(seed)
     keys = sorted(groups)
     for k in keys:
@@ -662,10 +763,36 @@ def _split_random(samples: list[Sample], strat: HeadSpec | None, val_fraction: f
             left -= 1
     if sum(quota.values()) == 0:  # every class has a single example: validation still gets one
         quota[max(keys, key=lambda k: (len(groups[k]), -k))] += 1
-    chosen = {i for k in keys for i in groups[k][:quota[k]]}
+    chosen = {i for k in keys for u in groups[k][:quota[k]] for i in members[u]}
     train = [s for i, s in enumerate(samples) if i not in chosen]
     val = [s for i, s in enumerate(samples) if i in chosen]
     return train, val
+
+
+def only_in_validation(heads: Sequence[HeadSpec], train: Sequence[Sample], val: Sequence[Sample]) -> list[str]:
+    """The classes (single), labels (multi, positives) and targets (regression, values) that have
+    examples in ``val`` but none in ``train``, described for people; empty when there are none."""
+    found: list[str] = []
+    for spec in heads:
+        in_train, in_val = _label_counts(spec, train), _label_counts(spec, val)
+        for label in spec.label_names:
+            if in_val[label] and not in_train[label]:
+                what = {"single": f"class {label!r} of head {spec.name!r} has examples",
+                        "multi": f"label {label!r} of head {spec.name!r} has positive examples",
+                        "regression": f"target {label!r} of head {spec.name!r} has values"}[spec.kind]
+                found.append(what + " only in validation")
+    return found
+
+
+def _check_training_side(data: DataSource) -> None:
+    """Warn (``data.warnings``) about every class, label or target seen only in validation: training
+    never sees it. With a fixed split (CSV column, folders) the trainer refuses such data; a random
+    split only does this when a class has too few examples to share."""
+    where = (data.path or data.root).name
+    source = {"folders": "the train/val folders", "column": "the split column"}.get(
+        data.split_from, "too few examples for the random split to share")
+    data.warnings.extend(f"{where}: {f} ({source}); training never sees it."
+                         for f in only_in_validation(data.heads, data.train, data.val))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -728,17 +855,29 @@ def _augmentation(spec: InputSpec):
 # CLI
 # --------------------------------------------------------------------------------------------------
 def parse_head_arg(text: str) -> HeadSpec:
-    """``NAME:KIND:COL1,COL2`` (KIND single|multi|regression; ``NAME:KIND`` reads the column NAME)."""
-    usage = "use NAME:KIND:COLUMN[,COLUMN…] with KIND single, multi or regression, e.g. tags:multi:red,striped"
+    """``NAME:KIND[:COL1,COL2[:WEIGHT]]`` (KIND single|multi|regression; without columns, or with an
+    empty COLUMNS field as in ``NAME:KIND::WEIGHT``, the head reads the column NAME). WEIGHT, the
+    fourth field, is the head's loss weight (default 1): a number of at least 0."""
+    usage = ("use NAME:KIND:COLUMN[,COLUMN…][:WEIGHT] with KIND single, multi or regression, "
+             "e.g. tags:multi:red,striped or age:regression:age:0.5")
     parts = [p.strip() for p in str(text).split(":")]
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+    if len(parts) not in (2, 3, 4) or not parts[0] or not parts[1]:
         raise GraftError(f"--head {text!r}: {usage}.")
     name, kind_text = parts[0], parts[1]
     kind = KIND_ALIASES.get(kind_text.lower())
     if kind is None:
         raise GraftError(f"--head {text!r}: unknown kind {kind_text!r}; kind is one of {', '.join(KINDS)}.")
+    weight = 1.0
+    if len(parts) == 4:
+        try:
+            weight = float(parts[3])
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight) or weight < 0:
+            raise GraftError(f"--head {text!r}: the loss weight (after the third ':') must be a number of at "
+                             f"least 0, not {parts[3]!r}; {usage}.")
     columns: list[str] = []
-    if len(parts) == 3:
+    if len(parts) == 3 or (len(parts) == 4 and parts[2]):
         columns = [c.strip() for c in parts[2].split(",")]
         if not parts[2] or any(not c for c in columns):
             raise GraftError(f"--head {text!r}: empty column name; {usage}.")
@@ -750,4 +889,4 @@ def parse_head_arg(text: str) -> HeadSpec:
     labels = list(columns) if kind != "single" else []
     if kind != "single" and not labels:
         labels = [name]
-    return HeadSpec(name, kind, labels=labels, columns=columns or [name])
+    return HeadSpec(name, kind, labels=labels, columns=columns or [name], loss_weight=weight)

@@ -171,7 +171,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
         raise clean_loader_error(exc) from None
     except RuntimeError as exc:
         if is_out_of_memory(exc):
-            raise GraftError(out_of_memory_message(dev, batch_size)) from None
+            raise GraftError(out_of_memory_message(dev, batch_size, "evaluating")) from None
         raise
     finally:
         del loader

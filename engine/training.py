@@ -255,10 +255,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def out_of_memory_message(device: torch.device, batch_size: int) -> str:
-    smaller = max(1, batch_size // 2)
+def out_of_memory_message(device: torch.device, batch_size: int, phase: str | None = None,
+                          configured: int | None = None) -> str:
+    """What to tell the user. ``batch_size``: the batch that failed; ``phase``: what was running
+    ("computing features", "training", "validating", "evaluating"); ``configured``: the batch-size
+    setting, when the failed batch was derived from it (e.g. twice it for validation)."""
+    setting = configured or batch_size
+    smaller = max(1, setting // 2)
     where = "GPU" if device.type in ("cuda", "mps") else "computer"
-    return (f"The {where} ran out of memory at batch size {batch_size}. "
+    during = f" while {phase}" if phase else ""
+    derived = (f" ({batch_size // setting}x the batch size setting {setting})"
+               if configured and batch_size != configured and batch_size % configured == 0 else "")
+    return (f"The {where} ran out of memory{during} at batch size {batch_size}{derived}. "
             f"Try a smaller batch size (e.g. {smaller})" + (", or train on the CPU." if where == "GPU" else "."))
 
 
@@ -555,6 +563,17 @@ class Trainer:
         for b in self.target_map.bindings:
             if _labelled_counts(train, b) == 0:
                 raise GraftError(f"Head {b.spec.name!r} has no labelled example in the training data.")
+        from .datasets import only_in_validation
+
+        unseen = only_in_validation(self.target_map.data_heads, train, val)
+        split_from = getattr(self.data, "split_from", "random")
+        if unseen and split_from in ("column", "folders"):
+            source = "the train/val folders" if split_from == "folders" else "the split column"
+            more = f" ({len(unseen) - 1} more like it)" if len(unseen) > 1 else ""
+            raise GraftError(f"No training example: {unseen[0]} ({source}){more}. Put at least one in training.")
+        self.data_messages = [MessageEvent(note) for note in getattr(self.data, "notes", [])]
+        self.data_messages += [MessageEvent(f"{u} (too few examples for the random split to share); training "
+                                            "never sees it.", "warning") for u in unseen]
         self.train_samples, self.val_samples = train, val
         for name in (b.spec.name for b in self.target_map.bindings):
             if name not in model.heads:
@@ -621,6 +640,8 @@ class Trainer:
         self.epochs_run = 0
         self._moved = False
         self._channels_last = False
+        self._phase: tuple[str, int] | None = None  # (what runs, its batch size): for out-of-memory advice
+        self._val_batch = cfg.batch_size * 2
         torch.manual_seed(cfg.seed)  # dropout in the heads; augmentation in workers is seeded by the loader
         self.num_workers = 0
         if not self.cached:
@@ -639,6 +660,8 @@ class Trainer:
                                     describe_device(device, self.amp_dtype),
                                     {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"),
                                     self.num_workers, self.augment))
+            for event in self.data_messages:
+                self._emit(event)
             for note in self.notes:
                 self._emit(MessageEvent(note))
             if not self.val_samples:
@@ -662,7 +685,8 @@ class Trainer:
             reason = "error"
             if is_out_of_memory(exc):
                 _free_device_memory(device)
-                message = out_of_memory_message(device, cfg.batch_size)
+                phase, batch = self._phase or (None, cfg.batch_size)
+                message = out_of_memory_message(device, batch, phase, configured=cfg.batch_size)
                 self._error = GraftError(message)
             else:
                 clean = clean_loader_error(exc)
@@ -810,7 +834,8 @@ class Trainer:
         val_loader = None
         if self.val_samples:
             val_workers = auto_num_workers(len(self.val_samples), cfg.batch_size, cfg.num_workers, self.device)
-            val_loader = make_loader(self._image_dataset(self.val_samples, False), batch_size=cfg.batch_size * 2,
+            self._val_batch = cfg.batch_size * 2
+            val_loader = make_loader(self._image_dataset(self.val_samples, False), batch_size=self._val_batch,
                                      device=self.device, num_workers=val_workers, seed=cfg.seed)
         trunk = model.trunk
 
@@ -858,7 +883,9 @@ class Trainer:
         cfg = self.config
         model = self.session.model
         workers = auto_num_workers(len(samples), cfg.batch_size, cfg.num_workers, self.device)
-        loader = make_loader(self._image_dataset(samples, False), batch_size=max(cfg.batch_size * 2, 64),
+        batch = cfg.batch_size * 2  # no gradients: twice the training batch fits (and halving the setting helps)
+        self._phase = ("computing features", batch)
+        loader = make_loader(self._image_dataset(samples, False), batch_size=batch,
                              device=self.device, num_workers=workers, seed=cfg.seed)
         feats: list[torch.Tensor] = []
         targets: dict[str, list[torch.Tensor]] = {h.name: [] for h in self.heads}
@@ -910,6 +937,7 @@ class Trainer:
         self._t_train = time.perf_counter()
         sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, self.drop_last, cfg.seed)
         bs = cfg.batch_size
+        self._val_batch = bs * 8  # the heads alone, on features: small
         order_device = train_x.device
         if order_device != self.device and self.device.type == "cuda":
             train_x = train_x.pin_memory()
@@ -930,7 +958,7 @@ class Trainer:
         def validate() -> tuple[LossAccumulator, MetricSet]:
             acc, metrics = LossAccumulator(self.heads), MetricSet(self.heads)
             model.heads.eval()
-            chunk = max(bs * 8, 1024)
+            chunk = self._val_batch
             with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
                 for i in range(0, val_x.shape[0], chunk):
                     x, t = val_x[i:i + chunk], {k: v[i:i + chunk] for k, v in val_t.items()}
@@ -957,6 +985,7 @@ class Trainer:
         for epoch in range(1, cfg.epochs + 1):
             t_epoch = time.perf_counter()
             set_train_mode()
+            self._phase = ("training", cfg.batch_size)
             train_acc = LossAccumulator(self.heads)
             pending = None
             for outputs_fn, targets, n in train_batches():
@@ -976,6 +1005,7 @@ class Trainer:
                 raise _NonFinite(None, epoch, self.done_steps)
             val_loss, val_heads, metrics = None, {}, {}
             if validate is not None:
+                self._phase = ("validating", self._val_batch)
                 val_acc, val_metrics = validate()
                 val_loss, val_heads = val_acc.values()
                 metrics = val_metrics.summary()

@@ -172,3 +172,65 @@ def test_ctrl_c_stops_after_the_batch_and_saves_the_best_weights(tiny_folder, tm
     with zipfile.ZipFile(out) as zf:
         training = json.loads(zf.read("recipe.json"))["extra"]["training"]
     assert training["reason"] == "stopped" and 1 <= training["epochs_run"] < 200
+
+
+@pytest.fixture(scope="module")
+def seeded_project(tiny_folder, tmp_path_factory):
+    """Trained with a seed, a validation fraction and a weighted head named on the command line."""
+    out = tmp_path_factory.mktemp("seeded") / "seeded.graft"
+    result = graft("train", "--data", str(tiny_folder), "--head", "kind:single::0.5", "--seed", "3",
+                   "--val-fraction", "0.25", "--epochs", "1", "--batch-size", "8", "--no-augment", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "12 training and 4 validation images" in result.stdout
+    return out
+
+
+def test_train_records_its_split_and_head_weight(seeded_project, tiny_folder):
+    with zipfile.ZipFile(seeded_project) as zf:
+        recipe = json.loads(zf.read("recipe.json"))
+    training = recipe["extra"]["training"]
+    assert (training["seed"], training["val_fraction"], training["split"]) == (3, 0.25, "random")
+    assert training["data"] == str(tiny_folder.resolve()) and (training["n_train"], training["n_val"]) == (12, 4)
+    [head] = recipe["heads"]
+    assert (head["name"], head["loss_weight"]) == ("kind", 0.5)
+
+
+def test_evaluate_uses_the_training_split_and_says_what_it_evaluates(seeded_project, tiny_folder, tmp_path):
+    from commands.evaluate import training_split
+    from engine.datasets import load_data
+    from engine.project import open_project
+
+    session = open_project(seeded_project)
+    assert training_split(session.project_extra, tiny_folder) == (3, 0.25, True)
+    assert training_split(session.project_extra, tmp_path) == (0, 0.2, False)
+    assert training_split({}, tiny_folder) == (0, 0.2, None)
+    # the seed matters: the default split would evaluate other images than training held out
+    assert ({s.path for s in load_data(tiny_folder, seed=3, val_fraction=0.25).val}
+            != {s.path for s in load_data(tiny_folder).val})
+
+    result = graft("evaluate", str(seeded_project), "--data", str(tiny_folder), "--split", "val")
+    assert result.returncode == 0, result.stderr
+    assert (f"Evaluating the validation split of {tiny_folder.name} (seed 3, 25 %, as in training): 4 images"
+            in result.stdout), result.stdout
+    assert "Evaluated 4 image(s)" in result.stdout
+    result = graft("evaluate", str(seeded_project), "--data", str(tiny_folder))
+    assert result.returncode == 0, result.stderr
+    assert (f"Evaluating all 16 images of {tiny_folder.name}, including the 12 training images" in result.stdout)
+
+
+def test_evaluate_accepts_test_data_lacking_a_class(seeded_project, tiny_folder, tmp_path):
+    holdout = tmp_path / "holdout"
+    shutil.copytree(tiny_folder / "circle", holdout / "circle")
+    result = graft("evaluate", str(seeded_project), "--data", str(holdout))
+    assert result.returncode == 0, result.stderr
+    assert "Evaluating all 8 images of holdout" in result.stdout and "not the data" not in result.stdout
+    assert "Evaluated 8 image(s)" in result.stdout
+    csv = holdout / "test.csv"
+    csv.write_text("image,kind\n" + "".join(f"circle/{f.name},circle\n" for f in sorted((holdout / "circle").iterdir())))
+    result = graft("evaluate", str(seeded_project), "--data", str(csv))
+    assert result.returncode == 0, result.stderr
+    assert "Evaluated 8 image(s)" in result.stdout
+    csv.write_text("image,kind\ncircle/" + next((holdout / "circle").iterdir()).name + ",hexagon\n")
+    result = graft("evaluate", str(seeded_project), "--data", str(csv))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "row 2, column 'kind': unknown class 'hexagon'" in result.stderr

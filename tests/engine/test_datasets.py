@@ -461,3 +461,170 @@ def test_many_images_load_fast(tmp_path):
     ds = load_data(tmp_path / "data")
     assert time.perf_counter() - start < 5.0
     assert len(ds.samples) == 2000
+
+
+# -- evaluation data (require_every_class=False) ---------------------------------------------------
+def test_evaluation_data_may_lack_classes(tmp_path):
+    csv = manifest(tmp_path, 3)
+    write_csv(csv, "image,kind\nimg/0.png,cat\nimg/1.png,cat\nimg/2.png,\n")
+    head = HeadSpec("kind", "single", labels=["cat", "dog"], columns=["kind"])
+    with pytest.raises(GraftError, match="class 'dog' has no example"):
+        load_data(csv, [head])  # training data: every class needs an example
+    ds = load_data(csv, [head], require_every_class=False)
+    assert ds.heads[0].labels == ["cat", "dog"] and len(ds.samples) == 3
+    assert {s.targets["kind"] for s in ds.samples} == {0, -1}
+    # unknown class names and a head with nothing labelled are still refused
+    write_csv(csv, "image,kind,size\nimg/0.png,cat,\nimg/1.png,cow,\nimg/2.png,,\n")
+    with pytest.raises(GraftError, match=r"row 3, column 'kind': unknown class 'cow'"):
+        load_data(csv, [head], require_every_class=False)
+    write_csv(csv, "image,kind,size\nimg/0.png,cat,\nimg/1.png,cat,\nimg/2.png,,\n")
+    with pytest.raises(GraftError, match="'size' has no labelled example"):
+        load_data(csv, [head, HeadSpec("size", "regression", columns=["size"])], require_every_class=False)
+    # a multi-label head whose label has no positive, a split column that is all test
+    write_csv(csv, "image,red,blue,split\nimg/0.png,1,0,test\nimg/1.png,0,0,test\nimg/2.png,1,,test\n")
+    tags = HeadSpec("tags", "multi", labels=["red", "blue"], columns=["red", "blue"])
+    with pytest.raises(GraftError, match="no positive example"):
+        load_data(csv, [tags])
+    ds = load_data(csv, [tags], require_every_class=False)
+    assert not ds.train and len(ds.val) == 3
+
+
+def test_evaluation_folder_may_lack_classes(tmp_path):
+    root = make_folder(tmp_path / "holdout", {"a": 3})
+    head = HeadSpec("class", "single", labels=["a", "b"])
+    with pytest.raises(GraftError, match="class 'b' has no folder"):
+        load_data(root, [head])
+    ds = load_data(root, [head], require_every_class=False)
+    assert ds.heads[0].labels == ["a", "b"] and len(ds.samples) == 3
+    with pytest.raises(GraftError, match="'c'"):
+        load_data(make_folder(tmp_path / "other", {"a": 1, "c": 1}), [head], require_every_class=False)
+    make_folder(tmp_path / "split" / "test", {"b": 2})
+    ds = load_data(tmp_path / "split", [head], require_every_class=False)
+    assert not ds.train and len(ds.val) == 2
+
+
+# -- head suggestions that would misread a column --------------------------------------------------
+def test_mostly_numeric_column_with_a_typo_is_refused(tmp_path):
+    csv = manifest(tmp_path, 12)
+    rows = [f"img/{i}.png,{1 + i % 5}" for i in range(12)]
+    rows[6] = "img/6.png,1..5"
+    write_csv(csv, "image,score\n" + "\n".join(rows))
+    with pytest.raises(GraftError, match=r"labels.csv row 8, column 'score': '1..5' is not a number.*--head"):
+        suggest_heads(csv)
+    with pytest.raises(GraftError, match=r"row 8, column 'score'"):
+        load_data(csv)
+    # named explicitly, the user decides: a single-label head of the five values and the typo
+    ds = load_data(csv, [HeadSpec("score", "single", columns=["score"])])
+    assert "1..5" in ds.heads[0].labels
+
+
+def test_mostly_binary_column_with_a_stray_value_is_refused(tmp_path):
+    csv = manifest(tmp_path, 12)
+    rows = [f"img/{i}.png,{i % 2}" for i in range(12)]
+    rows[9] = "img/9.png,2"
+    write_csv(csv, "image,red\n" + "\n".join(rows))
+    with pytest.raises(GraftError, match=r"row 11, column 'red': '2' is not 0 or 1"):
+        suggest_heads(csv)
+
+
+def test_few_whole_numbers_are_a_number_with_a_note(tmp_path):
+    csv = manifest(tmp_path, 12)
+    write_csv(csv, "image,grade,id\n" + "\n".join(f"img/{i}.png,{i % 4},n{i}" for i in range(12)))
+    notes: list[str] = []
+    [head] = suggest_heads(csv, notes=notes)
+    assert (head.name, head.kind) == ("grade", "regression")
+    assert any("'grade' holds 4 whole numbers" in n and "single-label" in n for n in notes), notes
+    assert any("'id'" in n and "different value on every row" in n for n in notes), notes
+    ds = load_data(csv)
+    assert any("'grade' holds 4 whole numbers" in n for n in ds.notes)
+    assert ds.summary()["notes"] == ds.notes
+
+
+def test_decimal_commas_in_a_semicolon_csv(tmp_path):
+    csv = manifest(tmp_path, 12)
+    rows = [f"img/{i}.png;{'a' if i % 2 else 'b'};{i},5" for i in range(12)]
+    write_csv(csv, "image;kind;size\n" + "\n".join(rows))
+    heads = suggest_heads(csv)
+    assert [(h.name, h.kind) for h in heads] == [("kind", "single"), ("size", "regression")]
+    ds = load_data(csv)
+    by = {s.path.name: s.targets for s in ds.samples}
+    assert by["3.png"]["size"] == [3.5]
+    # in a comma-separated file a quoted "0,5" is not a number: the column is left out, and said so
+    write_csv(csv, "image,kind,size\n" + "\n".join(f'img/{i}.png,{"a" if i % 2 else "b"},"{i},5"' for i in range(12)))
+    notes: list[str] = []
+    assert [h.name for h in suggest_heads(csv, notes=notes)] == ["kind"]
+    assert any("'size'" in n and "decimal comma" in n for n in notes), notes
+
+
+def test_values_beyond_float32_are_refused(tmp_path):
+    csv = manifest(tmp_path, 3)
+    write_csv(csv, "image,size\nimg/0.png,0.5\nimg/1.png,1e39\nimg/2.png,-3e38\n")
+    with pytest.raises(GraftError, match=r"row 3, column 'size': '1e39' is too large"):
+        load_data(csv, [HeadSpec("size", "regression", columns=["size"])])
+    with pytest.raises(GraftError, match=r"row 3, column 'size'"):
+        load_data(csv)
+
+
+# -- leakage between training and validation -------------------------------------------------------
+def test_duplicate_images_stay_on_one_side_of_the_split(tmp_path):
+    csv = manifest(tmp_path, 10)
+    rows = [f"img/{i}.png,{'a' if i % 2 else 'b'}" for i in range(10)]
+    rows += [f"img/../img/{i}.png,{'a' if i % 2 else 'b'}" for i in range(10)]  # every image twice
+    write_csv(csv, "image,kind\n" + "\n".join(rows))
+    for seed in range(6):
+        ds = load_data(csv, seed=seed)
+        train = {s.path.resolve() for s in ds.train}
+        val = {s.path.resolve() for s in ds.val}
+        assert train and val and not train & val, seed
+        assert len(ds.train) + len(ds.val) == 20
+
+
+def test_split_column_leaks_and_classes_only_in_validation(tmp_path):
+    csv = manifest(tmp_path, 6)
+    write_csv(csv, "image,kind,split\nimg/0.png,a,train\nimg/1.png,b,train\nimg/2.png,a,val\n"
+                   "img/0.png,a,val\n")
+    with pytest.raises(GraftError, match=r"rows 2 and 5 .*0.png.*training and in validation"):
+        load_data(csv)
+    write_csv(csv, "image,kind,split\nimg/0.png,a,train\nimg/1.png,b,train\nimg/2.png,a,val\n"
+                   "img/3.png,c,val\n")
+    ds = load_data(csv)  # the trainer refuses it (tests/engine/test_training.py); here: a warning
+    assert ds.warnings == ["labels.csv: class 'c' of head 'kind' has examples only in validation "
+                           "(the split column); training never sees it."]
+    head = HeadSpec("kind", "single", labels=["a", "b", "c"], columns=["kind"])
+    ds = load_data(csv, [head], require_every_class=False)  # evaluation data: nothing to say
+    assert len(ds.val) == 2 and not ds.warnings
+    write_csv(csv, "image,red,blue,split\nimg/0.png,1,0,train\nimg/1.png,0,0,train\nimg/2.png,1,1,val\n")
+    assert any("label 'blue' of head 'tags' has positive examples only in validation" in w
+               for w in load_data(csv).warnings)
+
+
+def test_random_split_warns_about_a_class_left_only_in_validation(tmp_path):
+    csv = manifest(tmp_path, 6)
+    # 'shape' stratifies the split; 'colour' has a class with one image, which may land in validation
+    write_csv(csv, "image,shape,colour\n" + "\n".join(
+        f"img/{i}.png,{'round' if i % 2 else 'square'},{'blue' if i == 0 else 'red'}" for i in range(6)))
+    warned = 0
+    for seed in range(10):
+        ds = load_data(csv, seed=seed, val_fraction=0.5)
+        in_val = any(s.targets["colour"] == 0 for s in ds.val)
+        messages = [w for w in ds.warnings if "'blue'" in w and "'colour'" in w]
+        assert bool(messages) == in_val, (seed, ds.warnings)
+        warned += in_val
+    assert warned
+
+
+def test_parse_head_arg_with_a_loss_weight(tmp_path):
+    h = parse_head_arg("age:regression:age:0.5")
+    assert (h.name, h.kind, h.columns, h.loss_weight) == ("age", "regression", ["age"], 0.5)
+    h = parse_head_arg("tags:multi:red,striped:2")
+    assert (h.columns, h.loss_weight) == (["red", "striped"], 2.0)
+    h = parse_head_arg("size:regression::0.25")  # no columns: the column named after the head
+    assert (h.columns, h.loss_weight) == (["size"], 0.25)
+    assert parse_head_arg("shape:single:shape").loss_weight == 1.0
+    for bad in ("age:regression:age:heavy", "age:regression:age:-1", "age:regression:age:nan",
+                "age:regression:age:inf", "age:regression:age:1:2", "age:regression:age:"):
+        with pytest.raises(GraftError, match="age"):
+            parse_head_arg(bad)
+    csv = three_heads_csv(tmp_path)
+    ds = load_data(csv, [parse_head_arg("size:regression:size:0.5")])
+    assert ds.heads[0].loss_weight == 0.5

@@ -259,6 +259,47 @@ def test_out_of_memory_suggests_a_smaller_batch(demo, monkeypatch):
     assert not session.model.training
 
 
+def test_out_of_memory_names_the_phase_and_its_batch_size(demo, monkeypatch):
+    """Feature caching and validation run in batches tied to --batch-size (twice it, no floor), so
+    halving the setting is advice that works; the message says which phase failed at which batch."""
+    from engine import training
+
+    data = subset(demo, 16, 8)
+    sizes = []
+    real_loader = training.make_loader
+    monkeypatch.setattr(training, "make_loader", lambda *a, **k: sizes.append(k["batch_size"]) or real_loader(*a, **k))
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    session = make_session(data.heads)
+    monkeypatch.setattr(session.model.trunk, "forward", boom)
+    with pytest.raises(GraftError) as info:
+        Trainer(session, data, TrainConfig(epochs=1, batch_size=4, augment=False)).run()
+    assert sizes == [8]  # computing features: 2 x 4 (it used to be at least 64)
+    assert "while computing features at batch size 8 (2x the batch size setting 4)" in str(info.value)
+    assert "smaller batch size (e.g. 2)" in str(info.value)
+
+    session = make_session(data.heads)
+    real_heads = session.model.forward_heads
+
+    def heads_fail_in_eval(features):
+        if not session.model.heads.training:
+            boom()
+        return real_heads(features)
+
+    monkeypatch.setattr(session.model, "forward_heads", heads_fail_in_eval)
+    with pytest.raises(GraftError, match=r"while validating at batch size 32 \(8x the batch size setting 4\)"):
+        Trainer(session, data, TrainConfig(epochs=1, batch_size=4, augment=False)).run()
+
+    session = make_session(data.heads, freeze="none")
+    real_forward = session.model.forward
+    monkeypatch.setattr(session.model, "forward",
+                        lambda images: boom() if not session.model.training else real_forward(images))
+    with pytest.raises(GraftError, match=r"while validating at batch size 8 \(2x the batch size setting 4\)"):
+        Trainer(session, data, TrainConfig(epochs=1, batch_size=4, augment=False, num_workers=0)).run()
+
+
 # -- data checks before training ----------------------------------------------------------------------
 
 def refused(session, data, match):
@@ -287,6 +328,27 @@ def test_bad_data_is_refused_before_training(demo):
         Trainer(make_session(data.heads), data, TrainConfig(epochs=1, device="cuda")).run()
     with pytest.raises(GraftError, match="Epochs"):
         Trainer(make_session(data.heads), data, TrainConfig(epochs=0)).run()
+
+
+def test_a_class_only_in_validation(demo):
+    """A fixed split (CSV column, folders) that leaves a class only in validation is refused before
+    training; a random split that had to (too few examples) trains with a warning."""
+    data = subset(demo, 24, 8)
+    shape = data.head("shape")
+    rare = next(s.targets["shape"] for s in data.val if s.targets["shape"] >= 0)
+    leaky = replace(data, train=[s for s in data.train if s.targets["shape"] != rare], split_from="column")
+    refused(make_session([shape]), leaky, f"class '{shape.labels[rare]}' of head 'shape' has examples only in "
+                                           "validation \\(the split column\\)")
+    refused(make_session([shape]), replace(leaky, split_from="folders"), "train/val folders")
+    rec = Recorder()
+    session = make_session([shape])
+    random_split = replace(leaky, split_from="random", notes=["Column 'id' is not a head: it is blank."])
+    result = Trainer(session, random_split, TrainConfig(epochs=1, batch_size=8, augment=False), rec).run()
+    assert result.reason == "completed"
+    messages = rec.of(MessageEvent)
+    assert any(m.level == "warning" and f"'{shape.labels[rare]}'" in m.text and "never sees it" in m.text
+               for m in messages), messages
+    assert any(m.level == "info" and m.text == "Column 'id' is not a head: it is blank." for m in messages)
 
 
 def test_class_names_are_mapped_to_the_heads_order(demo):
