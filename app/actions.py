@@ -2,6 +2,7 @@
 context menu, so that enabling, shortcuts and tooltips agree everywhere."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt
@@ -144,30 +145,35 @@ class Actions(QObject):
         return [self.cut_here, self.delete_output, None, self.freeze_up_to, self.heads_only, self.unfreeze_all,
                 None, self.add_head, self.edit_head, self.remove_head]
 
-    def update_enabled(self, *, has_model: bool, busy: bool, training: bool, output_present: bool,
+    def update_enabled(self, *, has_model: bool, free: Mapping[str, bool], training: bool, output_present: bool,
                        layer_selected: bool, head_selected: bool, has_heads: bool, has_data: bool,
-                       can_cut: bool, can_freeze_here: bool) -> None:
-        """Enable exactly what makes sense now. ``busy``: a load/save/export/evaluation is running."""
-        idle = has_model and not training and not busy
-        self.open_model.setEnabled(not training and not busy)
-        self.open_torchvision.setEnabled(not training and not busy)
-        self.open_project.setEnabled(not training and not busy)
-        self.recent_menu.setEnabled(not training and not busy)
-        self.open_data.setEnabled(not training)
-        self.save_project.setEnabled(idle)
-        self.save_project_as.setEnabled(idle)
-        self.export_onnx.setEnabled(idle)
-        self.delete_output.setEnabled(idle and output_present)
-        self.cut_here.setEnabled(idle and layer_selected and can_cut)
-        self.add_head.setEnabled(idle)
-        self.edit_head.setEnabled(idle and head_selected)
-        self.remove_head.setEnabled(idle and head_selected)
-        self.freeze_up_to.setEnabled(idle and layer_selected and can_freeze_here)
-        self.heads_only.setEnabled(idle and has_heads)
-        self.unfreeze_all.setEnabled(idle)
-        self.train_start.setEnabled(idle and has_heads and has_data)
-        self.train_stop.setEnabled(training)
-        self.evaluate.setEnabled(idle and has_heads and has_data)
+                       can_cut: bool, can_freeze_here: bool, stopping: bool = False) -> None:
+        """Enable exactly what makes sense now. ``free``: which kinds of work ("surgery", "save", "open",
+        "export", "evaluate", "train", "data") may start now, given the work already running (a kind not
+        named is free). ``stopping``: Stop was pressed for the running training."""
+        def ok(kind: str) -> bool:
+            return bool(free.get(kind, True))
+
+        surgery = has_model and ok("surgery")
+        self.open_model.setEnabled(ok("open"))
+        self.open_torchvision.setEnabled(ok("open"))
+        self.open_project.setEnabled(ok("open"))
+        self.recent_menu.setEnabled(ok("open") or ok("data"))  # it holds data, too
+        self.open_data.setEnabled(ok("data"))
+        self.save_project.setEnabled(has_model and ok("save"))
+        self.save_project_as.setEnabled(has_model and ok("save"))
+        self.export_onnx.setEnabled(has_model and ok("export"))
+        self.delete_output.setEnabled(surgery and output_present)
+        self.cut_here.setEnabled(surgery and layer_selected and can_cut)
+        self.add_head.setEnabled(surgery)
+        self.edit_head.setEnabled(surgery and head_selected)
+        self.remove_head.setEnabled(surgery and head_selected)
+        self.freeze_up_to.setEnabled(surgery and layer_selected and can_freeze_here)
+        self.heads_only.setEnabled(surgery and has_heads)
+        self.unfreeze_all.setEnabled(surgery)
+        self.train_start.setEnabled(has_model and ok("train") and has_heads and has_data)
+        self.train_stop.setEnabled(training and not stopping)
+        self.evaluate.setEnabled(has_model and ok("evaluate") and has_heads and has_data)
         # The stack enables its actions on canUndo/canRedo changes; none happen while work runs.
-        self.undo.setEnabled(idle and self._stack.canUndo())
-        self.redo.setEnabled(idle and self._stack.canRedo())
+        self.undo.setEnabled(surgery and self._stack.canUndo())
+        self.redo.setEnabled(surgery and self._stack.canRedo())

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QEventLoop, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QPainter, QUndoStack
 from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QGroupBox, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QScrollArea, QSizePolicy, QSplitter, QTabWidget, QToolBar, QUndoView,
-                               QVBoxLayout, QWidget)
+                               QProgressBar, QProgressDialog, QScrollArea, QSizePolicy, QSplitter, QTabWidget,
+                               QToolBar, QUndoView, QVBoxLayout, QWidget)
 
 from engine.errors import GraftError
 from engine.layer_tree import HEADS_KEY
@@ -37,9 +38,42 @@ ONNX_FILTER = "ONNX models (*.onnx);;All files (*)"
 DATA_FILTER = "CSV manifests (*.csv);;All files (*)"
 STOP_WAIT_MS = 15000  # closing: how long to wait for training to end after asking it to stop
 JOB_WAIT_MS = 30000  # closing: how long to wait for other work (a load, an evaluation) to end
+WAIT_NOTE_S = 0.2  # closing: after this long, a note says what it waits for
 TABS = ("heads", "data", "train", "evaluate")
 
-
+# What each kind of work has to wait for: the names of running jobs, "train" for the training run.
+# Loading data never touches the model. A prediction only reads it (one forward pass): saving, which only
+# reads it too, and opening another model (whose session replaces it; the late prediction is dropped) need
+# not wait for one, but surgery, which changes the modules under the forward pass, must; so must an
+# evaluation or an export, which move the model or switch it between train and eval mode.
+WAITS_FOR: dict[str, frozenset[str]] = {
+    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict"}),
+    "save": frozenset({"train", "load", "save", "evaluate", "export"}),
+    "open": frozenset({"train", "load", "save", "evaluate", "export"}),
+    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict"}),
+    "evaluate": frozenset({"train", "load", "save", "evaluate", "export", "predict", "data"}),
+    "predict": frozenset({"train", "load", "evaluate", "export", "predict"}),
+    "train": frozenset({"train", "load", "save", "evaluate", "export", "predict", "data"}),
+    "data": frozenset({"train", "data"}),
+}
+UNTIL = {  # "… waits until <this>."
+    "train": "training has finished (Stop ends it after the current batch)",
+    "load": "the model has loaded",
+    "save": "the project has been saved",
+    "evaluate": "the evaluation has finished",
+    "export": "the export has finished",
+    "predict": "the prediction has finished",
+    "data": "the data has loaded",
+}
+WAITING_FOR = {  # closing: "waiting for <this>…"
+    "train": "training to stop",
+    "load": "the model to load",
+    "save": "the project to be saved",
+    "evaluate": "the evaluation to stop",
+    "export": "the export to finish",
+    "predict": "the prediction to finish",
+    "data": "the data to load",
+}
 
 
 # -- work done in worker threads (plain functions: no Qt, no widgets) ---------------------------------
@@ -134,12 +168,17 @@ class MainWindow(QMainWindow):
         self.last_train_result: dict[str, Any] | None = None
         self.last_report = None
         self._jobs: dict[str, Job] = {}
+        self._session_serial = 0  # +1 for every new session: a job's result is applied only to its own
+        self._stop_requested = False  # Stop was pressed for the running training
         self._weights_changed = False  # training changes weights outside the undo stack
         self._close_after_save = False
         self._after_save = None
         self._closing = False
+        self._in_close = False
+        self._evaluate_after_close = False  # training ended while closing, and the close was then cancelled
         self._closed = False
         self._warm_job: Job | None = None
+        self.wait_dialog: QProgressDialog | None = None  # shown while closing waits for work to end
 
         self.undo_stack = QUndoStack(self)
         self.undo_stack.cleanChanged.connect(self._update_modified)
@@ -394,6 +433,22 @@ class MainWindow(QMainWindow):
     def busy(self) -> bool:
         return bool(self._jobs)
 
+    def _running(self) -> list[str]:
+        """The work running now: job names, and "train" for the training run."""
+        return (["train"] if self.training else []) + list(self._jobs)
+
+    def _blocker(self, kind: str) -> str | None:
+        """The running work that ``kind`` of work (a key of WAITS_FOR) has to wait for, if any."""
+        return next((name for name in self._running() if name in WAITS_FOR[kind]), None)
+
+    def _must_wait(self, kind: str, doing: str) -> bool:
+        """True, and a status message saying what it waits for, when ``kind`` of work cannot start now."""
+        blocker = self._blocker(kind)
+        if blocker is None:
+            return False
+        self.show_message(f"{doing} waits until {UNTIL.get(blocker, 'the running work has finished')}.", "warning")
+        return True
+
     def _selected_path(self) -> str | None:
         path = self.tree_view.current_path() if self.session is not None else None
         return path or None
@@ -431,16 +486,37 @@ class MainWindow(QMainWindow):
         layer = self._selected_layer() if s is not None else None
         node = s.tree.node(layer) if (s is not None and layer) else None
         order = set(s.tree.order) if s is not None else set()
+        free = {kind: self._blocker(kind) is None for kind in WAITS_FOR}
         self.actions.update_enabled(
-            has_model=s is not None, busy=self.busy, training=self.training,
+            has_model=s is not None, free=free, training=self.training, stopping=self._stop_requested,
             output_present=bool(s is not None and s.output_layer),
             layer_selected=node is not None, head_selected=self._selected_head() is not None,
             has_heads=bool(s is not None and s.heads), has_data=self.data is not None,
             can_cut=node is not None and layer in order,
             can_freeze_here=node is not None and layer in order and node.params > 0)
-        self.training_panel.set_running(self.training)
+        if self.training_panel.is_running() != self.training:  # only on a change: it resets the progress
+            self.training_panel.set_running(self.training)
+        if self.training and self._stop_requested:
+            self.training_panel.set_stopping()
+        self.training_panel.set_can_start(self.actions.train_start.isEnabled(), self._why_not_start())
         self.heads_panel.setEnabled(not self.training)
-        self.history_view.setEnabled(not self.training and not self.busy)
+        self.history_view.setEnabled(free["surgery"])
+
+    def _why_not_start(self) -> str:
+        """Why Start training is disabled (its tooltip), or "" when it is not."""
+        s = self.session
+        if s is None:
+            return "Open a model first"
+        if self.training:
+            return "Training is running"
+        blocker = self._blocker("train")
+        if blocker is not None:
+            return f"Training waits until {UNTIL[blocker]}"
+        if not s.heads:
+            return "Add a head first (Surgery ▸ Add head)"
+        if self.data is None:
+            return "Load data first (drop a folder or CSV on the window)"
+        return ""
 
     def _refresh_status(self) -> None:
         s = self.session
@@ -503,20 +579,34 @@ class MainWindow(QMainWindow):
             self.busy_label.setText(next(iter(self._jobs)).capitalize() + "…")
         self._refresh_actions()
 
-    def _run(self, name: str, text: str, fn, *args, finished, errored=None, progress=None,
-             **kwargs) -> Job | None:
-        """Start ``fn`` in a worker under ``name`` (one at a time per name), with a busy indicator."""
+    def _run(self, name: str, text: str, fn, *args, finished, errored=None, progress=None, bound: bool = True,
+             stale=None, **kwargs) -> Job | None:
+        """Start ``fn`` in a worker under ``name`` (one at a time per name), with a busy indicator.
+
+        ``bound``: the work uses the current session, and what it brings back belongs to that session: when
+        another session has replaced it meanwhile, ``finished`` is not called (``stale(result)`` is, if
+        given) and an error is shown as a plain message, without ``errored`` (which may touch the session's
+        views)."""
         if name in self._jobs:
             self.show_message(f"Still {text[0].lower() + text[1:]}", "warning")
             return None
+        serial = self._session_serial
+
+        def current() -> bool:
+            return not bound or serial == self._session_serial
 
         def ok(result, name=name):
             self._done(name)
-            finished(result)
+            if current():
+                finished(result)
+            elif stale is not None:
+                stale(result)
+            else:
+                log.info("%s finished for a session that is no longer open: its result was dropped", name)
 
         def failed(message, details, name=name):
             self._done(name)
-            if errored is not None:
+            if errored is not None and current():
                 errored(message, details)
             else:
                 self.show_error(message, details)
@@ -531,6 +621,8 @@ class MainWindow(QMainWindow):
     # loading models and projects
     # ------------------------------------------------------------------------------------------
     def open_model_dialog(self, page: str = "bundled") -> None:
+        if self._must_wait("open", "Opening a model"):
+            return
         if not self._maybe_save("opening another model", then=lambda: self.open_model_dialog(page)):
             return
         dialog = dialogs.OpenModelDialog(self, page=page, start_dir=self.settings.last_dir("model"))
@@ -545,8 +637,9 @@ class MainWindow(QMainWindow):
         """Load a network in a worker: ``request`` is a spec string or load_network's keyword arguments."""
         if isinstance(request, str):
             request = {"spec": request}
-        if self.training or (ask and not self._maybe_save("opening another model",
-                                                          then=lambda: self.load_model(request))):
+        if self._must_wait("open", "Opening a model"):
+            return
+        if ask and not self._maybe_save("opening another model", then=lambda: self.load_model(request)):
             return
         text = dialogs.describe_request(request)
 
@@ -563,10 +656,12 @@ class MainWindow(QMainWindow):
                 self.show_message(f"Loaded {session.describe()}.")
                 self._suggest_next()
 
-        self._run("load", text, _load_session, dict(request), finished=loaded,
+        self._run("load", text, _load_session, dict(request), finished=loaded, bound=False,
                   errored=lambda m, d: self.show_error(m, d, "Could not open the model"))
 
     def open_project_dialog(self) -> None:
+        if self._must_wait("open", "Opening a project"):
+            return
         if not self._maybe_save("opening a project", then=self.open_project_dialog):
             return
         path, _ = QFileDialog.getOpenFileName(self, "Open project", self.settings.last_dir("project"),
@@ -575,8 +670,9 @@ class MainWindow(QMainWindow):
             self.open_project_file(path, ask=False)
 
     def open_project_file(self, path: str, ask: bool = True) -> None:
-        if self.training or (ask and not self._maybe_save("opening a project",
-                                                          then=lambda: self.open_project_file(path))):
+        if self._must_wait("open", "Opening a project"):
+            return
+        if ask and not self._maybe_save("opening a project", then=lambda: self.open_project_file(path)):
             return
 
         def opened(session, path=str(path)):
@@ -587,7 +683,7 @@ class MainWindow(QMainWindow):
             self._rebuild_recent_menu()
             self.show_message(f"Opened {Path(path).name}: {session.describe()}, {len(session.heads)} head(s).")
 
-        self._run("load", f"Opening {Path(path).name}…", _open_project, str(path), finished=opened,
+        self._run("load", f"Opening {Path(path).name}…", _open_project, str(path), finished=opened, bound=False,
                   errored=lambda m, d: self.show_error(m, d, "Could not open the project"))
 
     def _warm_up_once(self) -> None:
@@ -601,10 +697,16 @@ class MainWindow(QMainWindow):
         if old is not None:
             old.disconnect("changed", self._on_session_changed)
         self.undo_stack.clear()
+        self._session_serial += 1  # work still running on the old session brings nothing back to this one
         self.session = session
         self.project_path = project_path
         self._weights_changed = False
         self.last_train_result = None
+        self.last_report = None  # nothing the previous model produced stays on screen
+        self.evaluation_panel.clear()
+        self.try_image.clear()
+        self.curve_panel.reset([])
+        self.training_panel.clear_progress()
         session.connect("changed", self._on_session_changed)
         self.tree_model.set_tree(session.tree)
         self.tree_view.tree_view.expandToDepth(0)
@@ -643,11 +745,14 @@ class MainWindow(QMainWindow):
             self.show_error(message, details, "Could not load the data")
 
         if self._run("data", f"Loading data from {Path(path).name}…", _load_data, str(path), finished=loaded,
-                     errored=failed) is not None:
+                     errored=failed, bound=False) is not None:
             self.data_panel.set_path(str(path))
 
     def load_demo_data(self) -> None:
-        self._run("data", "Preparing the demo data…", _load_demo_data,
+        if self.training:
+            self.show_message("Data cannot change while training runs.", "warning")
+            return
+        self._run("data", "Preparing the demo data…", _load_demo_data, bound=False,
                   finished=lambda source: self._set_data(source, str(source.path or source.root)),
                   errored=lambda m, d: (self.data_panel.set_error(m), self.show_error(m, d, "Demo data")))
 
@@ -686,8 +791,7 @@ class MainWindow(QMainWindow):
         if self.session is None:
             self.show_message("Open a model first.", "warning")
             return False
-        if self.training or self.busy:
-            self.show_error("Surgery has to wait until the running work has finished.")
+        if self._must_wait("surgery", "Surgery"):
             return False
         try:
             push_operation(self.undo_stack, self.session, op, on_error=self.show_error)
@@ -747,8 +851,7 @@ class MainWindow(QMainWindow):
         if s is None:
             self.show_message("Open a model first.", "warning")
             return False
-        if self.training or self.busy:
-            self.show_message("Wait until the running work has finished.", "warning")
+        if self._must_wait("surgery", "Adding a head"):
             return False
         delete_first = False
         if s.output_layer and not s.heads:
@@ -787,7 +890,7 @@ class MainWindow(QMainWindow):
         if self.session is None or not name:
             return False
         spec = next((h for h in self.session.heads if h.name == name), None)
-        if spec is None:
+        if spec is None or self._must_wait("surgery", "Editing a head"):
             return False
         dialog = HeadDialog.for_edit(spec, self, existing_names=[h.name for h in self.session.heads])
         if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
@@ -814,7 +917,13 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------------------
     def start_training(self) -> bool:
         s = self.session
-        if s is None or self.training or self.busy:
+        if s is None:
+            self.show_message("Open a model first.", "warning")
+            return False
+        if self.training:
+            self.show_message("Training is already running.", "warning")
+            return False
+        if self._must_wait("train", "Training"):
             return False
         if not s.heads:
             self.show_error("Add at least one head before training (Surgery ▸ Add head).")
@@ -831,6 +940,8 @@ class MainWindow(QMainWindow):
         self._train_epochs = int(getattr(config, "epochs", 0) or 0)
         self._train_epoch = 0
         self.curve_panel.reset(list(s.heads))
+        self._stop_requested = False
+        self._evaluate_after_close = False
         self.tabs.setCurrentIndex(TABS.index("train"))
         self.train_job = start_worker(worker, name="train", progress=self._on_train_progress,
                                       finished=self._on_train_finished, errored=self._on_train_errored,
@@ -845,9 +956,10 @@ class MainWindow(QMainWindow):
     def stop_training(self) -> None:
         if self.train_job is not None:
             self.train_job.request_stop()
+            self._stop_requested = True
             self.training_panel.set_status("Stopping after this batch…")
             self.show_message("Stopping after the current batch…")
-            self.actions.train_stop.setEnabled(False)
+            self._refresh_actions()  # Stop stays disabled from now on
 
     def _on_train_progress(self, batch: dict[str, Any]) -> None:
         started = batch.get("started")
@@ -880,6 +992,7 @@ class MainWindow(QMainWindow):
 
     def _end_training(self) -> None:
         self.train_job = None
+        self._stop_requested = False
         self._refresh()
 
     def _on_train_finished(self, result: dict[str, Any] | None) -> None:
@@ -894,8 +1007,11 @@ class MainWindow(QMainWindow):
         self.show_message(message)
         self._refresh_status()
         self.trainingFinished.emit(result)
-        if self.data is not None and not self._closing and reason in ("completed", "early_stopping", "stopped"):
-            self.evaluate()
+        if self.data is not None and reason in ("completed", "early_stopping", "stopped"):
+            if self._closing:
+                self._evaluate_after_close = True  # evaluated after all if the close is cancelled
+            else:
+                self.evaluate()
 
     def _on_train_errored(self, message: str, details: str) -> None:
         self._end_training()
@@ -907,7 +1023,10 @@ class MainWindow(QMainWindow):
     # evaluation and predictions
     # ------------------------------------------------------------------------------------------
     def evaluate(self) -> None:
-        if self.session is None or self.data is None or self.training:
+        if self.session is None or self.data is None:
+            self.show_message("Evaluating needs a model with heads and loaded data.", "warning")
+            return
+        if self._must_wait("evaluate", "Evaluating"):
             return
         session, data = self.session, self.data
         split = "val" if data.val else "all"
@@ -943,11 +1062,16 @@ class MainWindow(QMainWindow):
             self.busy_bar.setValue(int(done))
 
     def predict_image(self, path: str) -> None:
-        if self.session is None:
-            self.show_message("Open a model first.", "warning")
-            return
-        if self.training:
-            self.show_message("Predictions wait until training has finished.", "warning")
+        path = str(path)
+        refusal = "Open a model first." if self.session is None else None
+        blocker = self._blocker("predict") if refusal is None else None
+        if blocker is not None:
+            refusal = f"Predictions wait until {UNTIL[blocker]}."
+        if refusal is not None:  # say so where the image is shown, too
+            if self.try_image.image_path() != path:
+                self.try_image.set_image(path)
+            self.try_image.set_status(refusal)
+            self.show_message(refusal, "warning")
             return
         session = self.session
 
@@ -967,7 +1091,8 @@ class MainWindow(QMainWindow):
             self.show_error(message, details, "Prediction failed")
 
         if self._run("predict", f"Predicting {Path(path).name}…", run, finished=done, errored=failed) is not None:
-            self.try_image.set_image(str(path))
+            if self.try_image.image_path() != path:  # chosen in the view: it is shown (decoded) already
+                self.try_image.set_image(path)
             self.try_image.set_status("Predicting…")
 
     # ------------------------------------------------------------------------------------------
@@ -990,7 +1115,9 @@ class MainWindow(QMainWindow):
         return self.save_project_to(path)
 
     def save_project_to(self, path: str) -> bool:
-        if self.session is None or self.training:
+        if self.session is None:
+            return False
+        if self._must_wait("save", "Saving"):
             return False
         session = self.session
         extra = {"data": self.data_path} if self.data_path else {}
@@ -1019,11 +1146,20 @@ class MainWindow(QMainWindow):
             self._after_save = None
 
         def failed(message, details):
+            closing = self._close_after_save
             self._close_after_save = False
             self._after_save = None
             self.show_error(message, details, "Could not save")
+            if closing:
+                self._close_cancelled()
 
-        return self._run("save", f"Saving {Path(path).name}…", run, finished=done, errored=failed) is not None
+        def stale(written):
+            self._close_after_save = False  # both were meant for the session saved, which is gone
+            self._after_save = None
+            self.show_message(f"Saved {Path(written).name} (the model that was open when the save began).")
+
+        return self._run("save", f"Saving {Path(path).name}…", run, finished=done, errored=failed,
+                         stale=stale) is not None
 
     def export_onnx_dialog(self) -> None:
         if self.session is None:
@@ -1037,7 +1173,9 @@ class MainWindow(QMainWindow):
             self.export_onnx(path)
 
     def export_onnx(self, path: str) -> None:
-        if self.session is None or self.training:
+        if self.session is None:
+            return
+        if self._must_wait("export", "Exporting"):
             return
         folder = Path(path).expanduser().parent
         if not folder.is_dir():
@@ -1058,7 +1196,10 @@ class MainWindow(QMainWindow):
             QMessageBox.information(self, "Export ONNX", text)
             self.exported.emit(report)
 
-        self._run("export", f"Exporting {Path(path).name}…", run, finished=done,
+        def stale(report, path=str(path)):
+            self.show_message(f"Exported {Path(path).name} (the model that was open when the export began).")
+
+        self._run("export", f"Exporting {Path(path).name}…", run, finished=done, stale=stale,
                   errored=lambda m, d: self.show_error(m, d, "Export failed"),
                   progress=lambda text: self.busy_label.setText(str(text)))
 
@@ -1182,6 +1323,21 @@ class MainWindow(QMainWindow):
         return True
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self._in_close:  # asked again while this close waits for work to end
+            event.ignore()
+            return
+        self._in_close = True
+        try:
+            accepted = self._close_now()
+        finally:
+            self._in_close = False
+        if accepted:
+            event.accept()
+        else:
+            event.ignore()
+
+    def _close_now(self) -> bool:
+        """Everything closing involves; False when the window stays open (cancelled, or saving first)."""
         if self.training:
             answer = QMessageBox.question(
                 self, "Training is running",
@@ -1189,20 +1345,17 @@ class MainWindow(QMainWindow):
                 "Training stops after the current batch; the weights it has learned stay in the model.",
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
             if answer != QMessageBox.StandardButton.Yes:
-                event.ignore()
-                return
+                return False
             self._closing = True
             job = self.train_job
-            ended = job.stop_and_wait(STOP_WAIT_MS)
-            if not ended:
+            self.stop_training()
+            # The run ends as any stopped run does (its result recorded, the weights it learned kept), so
+            # that a cancelled close below leaves a window that is simply not training any more.
+            if not self._wait_for([job], STOP_WAIT_MS):
                 log.warning("training did not stop within %d ms", STOP_WAIT_MS)
-            self.train_job = None
-            self._weights_changed = True
-            self._update_modified()
         if "save" in self._jobs:
-            event.ignore()  # closes itself when the save is done
-            self._close_after_save = True
-            return
+            self._close_after_save = True  # closes itself when the save is done
+            return False
         if self.isWindowModified() and not self._close_after_save:
             answer = QMessageBox.question(
                 self, "Unsaved changes",
@@ -1210,25 +1363,23 @@ class MainWindow(QMainWindow):
                 QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
                 | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
             if answer == QMessageBox.StandardButton.Cancel:
-                self._closing = False
-                event.ignore()
-                return
+                self._close_cancelled()
+                return False
             if answer == QMessageBox.StandardButton.Save:
                 self._close_after_save = True
                 if not self.save_project():
                     self._close_after_save = False
-                    self._closing = False
-                    event.ignore()
-                    return
-                event.ignore()  # the save worker closes the window when it is done
-                return
+                    self._close_cancelled()
+                return False  # the save worker closes the window when it is done
         self._closing = True
-        for job in list(self._jobs.values()):  # loads and exports cannot be interrupted: wait for them
-            if not job.stop_and_wait(JOB_WAIT_MS):
-                log.warning("%s was still running when the window closed", job.name)
+        jobs = list(self._jobs.values()) + [j for j in (self.train_job, self._warm_job) if j is not None]
+        for job in jobs:  # from now on their results reach nobody; loads and exports cannot be interrupted
+            job.disconnect_all()
+            job.request_stop()
+        if not self._wait_for(jobs, JOB_WAIT_MS):
+            log.warning("%s still running when the window closed", ", ".join(j.name for j in jobs if not j.ended))
         self._jobs.clear()
-        if self._warm_job is not None:
-            self._warm_job.stop_and_wait(JOB_WAIT_MS)
+        self.train_job = None
         if self.session is not None:
             self.session.disconnect("changed", self._on_session_changed)
             self.heads_panel.set_session(None)
@@ -1238,4 +1389,51 @@ class MainWindow(QMainWindow):
             self._closed = True
             self.undo_stack.indexChanged.disconnect(self._on_undo_index)
             self.undo_stack.cleanChanged.disconnect(self._update_modified)
-        event.accept()
+        return True
+
+    def _close_cancelled(self) -> None:
+        """The window stays open after all: back to normal, and evaluate a run that ended while closing."""
+        self._closing = False
+        self._refresh()
+        if self._evaluate_after_close:
+            self._evaluate_after_close = False
+            self.evaluate()
+
+    def _wait_for(self, jobs: list[Job], timeout_ms: int) -> bool:
+        """Wait until ``jobs`` have ended (True) or ``timeout_ms`` passed. The GUI thread keeps handling
+        events meanwhile (but not the user's input), so the jobs' last signals arrive and the window
+        repaints; after a moment a small modal note says what it waits for."""
+        pending = [j for j in jobs if not j.ended]
+        if not pending:
+            return True
+
+        def text() -> str:
+            return f"Closing Graft: waiting for {WAITING_FOR.get(pending[0].name, 'work in the background to end')}…"
+
+        start = time.monotonic()
+        dialog: QProgressDialog | None = None
+        try:
+            while True:
+                QApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+                pending = [j for j in pending if not j.ended]
+                elapsed = time.monotonic() - start
+                if not pending or elapsed * 1000 >= timeout_ms:
+                    break
+                if dialog is None and elapsed >= WAIT_NOTE_S:  # not for work that ends at once
+                    dialog = QProgressDialog(text(), "", 0, 0, self)
+                    dialog.setCancelButton(None)
+                    dialog.setWindowTitle("Graft")
+                    dialog.setWindowModality(Qt.WindowModality.WindowModal)
+                    dialog.setMinimumDuration(0)
+                    dialog.setAutoClose(False)
+                    self.wait_dialog = dialog
+                    dialog.show()
+                elif dialog is not None:
+                    dialog.setLabelText(text())
+                pending[0].wait(20)
+        finally:
+            if dialog is not None:
+                dialog.close()
+                dialog.deleteLater()
+            self.wait_dialog = None
+        return not pending

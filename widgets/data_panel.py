@@ -180,6 +180,7 @@ class DataPanel(QWidget):
         self.setAcceptDrops(True)
         self._session: Any = None
         self._source: Any = None
+        self._labelled = 0  # n_labelled(self._source), counted once per source: the advice needs it often
         self._advice: Advice | None = None
         self._start_dir = ""
 
@@ -292,7 +293,7 @@ class DataPanel(QWidget):
         """The session the advice picks layers from (its trunk's blocks)."""
         self._session = session
         if self._source is not None:
-            self.set_advice(freeze_advice(n_labelled(self._source), session))
+            self.set_advice(freeze_advice(self._labelled, session))
 
     def set_path(self, path: str) -> None:
         """Show the source's path (e.g. while it loads)."""
@@ -306,6 +307,7 @@ class DataPanel(QWidget):
         """Show a DataSource: sizes, per-head label counts and missing shares, skipped files, thumbnails
         and the freezing advice. Clears an error shown before."""
         self._source = source
+        self._labelled = n_labelled(source)
         summary = source.summary()
         self.set_error("")
         self.set_path(summary.get("path") or str(getattr(source, "path", "") or ""))
@@ -323,7 +325,7 @@ class DataPanel(QWidget):
         self._show_skipped(list(getattr(source, "skipped", []) or []))
         self._show_thumbnails(source)
         self._show_heads(summary.get("heads", {}))
-        self.set_advice(freeze_advice(n_labelled(source), self._session))
+        self.set_advice(freeze_advice(self._labelled, self._session))
 
     def set_advice(self, advice: Advice | None) -> None:
         """Show a rule-of-thumb (None hides it); Apply emits ``adviceApplied(advice.preset)``."""
@@ -348,6 +350,7 @@ class DataPanel(QWidget):
 
     def clear(self) -> None:
         self._source = None
+        self._labelled = 0
         self._advice = None
         self.set_error("")
         self.path_label.clear()

@@ -53,6 +53,10 @@ def headline(kind: str, details: Mapping[str, Any], metrics: Mapping[str, Any]) 
     return f"MAE {_num(details.get('mae', metrics.get('mae')), 4)}"
 
 
+EMPTY_TEXT = ("No evaluation yet.\nTrain the heads, then Evaluate to see how well each one does on the "
+              "validation images.")
+
+
 class EvaluationPanel(QWidget):
     """Per-head evaluation results, one page per head, chosen with a combo box."""
 
@@ -75,8 +79,7 @@ class EvaluationPanel(QWidget):
         self.headline_label.setObjectName("evalHeadline")
         self.headline_label.setTextFormat(Qt.TextFormat.RichText)
         self.pages = QStackedWidget(self)
-        self.empty_label = QLabel("No evaluation yet.\nTrain the heads, then Evaluate to see how well each one "
-                                  "does on the validation images.", self)
+        self.empty_label = QLabel(EMPTY_TEXT, self)
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty_label.setWordWrap(True)
         self.empty_label.setObjectName("hint")
@@ -109,6 +112,7 @@ class EvaluationPanel(QWidget):
         self.head_label.hide()
         self.pages.hide()
         self.headline_label.hide()
+        self.empty_label.setText(EMPTY_TEXT)
         self.empty_label.show()
 
     def set_report(self, report: Any) -> None:

@@ -13,6 +13,8 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox
 from engine.training import TrainConfig
 
 DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu", "CPU"))
+START_TIP = "Train on the loaded data (F5)"
+READY = "Ready when the data and heads are."
 AUGMENT = (("auto", "Auto", "On while layers of the network train; off while only the heads train"),
            (True, "On", "Always augment (with a frozen network every epoch then runs it on every image)"),
            (False, "Off", "Never augment"))
@@ -95,6 +97,7 @@ class TrainingPanel(QWidget):
         super().__init__(parent)
         self._base = TrainConfig()
         self._running = False
+        self._can_start = True
         cuda, mps = self._accelerators(cuda_available, mps_available)
 
         self.device_combo = QComboBox(self)
@@ -160,6 +163,7 @@ class TrainingPanel(QWidget):
 
         self.start_button = QPushButton("Start training", self)
         self.start_button.setObjectName("primary")
+        self.start_button.setToolTip(START_TIP)
         self.stop_button = QPushButton("Stop", self)
         self.stop_button.setToolTip("Stop after the current batch; the best weights so far are kept")
         self.progress_bar = QProgressBar(self)
@@ -168,7 +172,7 @@ class TrainingPanel(QWidget):
         self.progress_bar.setTextVisible(False)
         self.progress_label = QLabel("", self)
         self.progress_label.setObjectName("progressText")
-        self.status_label = QLabel("Ready when the data and heads are.", self)
+        self.status_label = QLabel(READY, self)
         self.status_label.setObjectName("hint")
         self.status_label.setWordWrap(True)
 
@@ -243,7 +247,7 @@ class TrainingPanel(QWidget):
         for widget in (self.device_combo, self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box,
                        self.augment_combo, self.patience_spin):
             widget.setEnabled(not running)
-        self.start_button.setEnabled(not running)
+        self.start_button.setEnabled(not running and self._can_start)
         self.stop_button.setEnabled(running)
         if running:
             self.progress_bar.setRange(0, 0)  # busy until the first progress report
@@ -257,6 +261,26 @@ class TrainingPanel(QWidget):
 
     def is_running(self) -> bool:
         return self._running
+
+    def set_can_start(self, can_start: bool, reason: str = "") -> None:
+        """Whether Start may be pressed when no run is going (e.g. not while other work runs, or without
+        heads or data), and why not: the button's tooltip."""
+        self._can_start = bool(can_start)
+        self.start_button.setEnabled(self._can_start and not self._running)
+        self.start_button.setToolTip(reason if reason and not self._can_start else START_TIP)
+
+    def set_stopping(self) -> None:
+        """Stop was pressed: the run ends after the current batch, Stop cannot be pressed again."""
+        if self._running:
+            self.stop_button.setEnabled(False)
+
+    def clear_progress(self) -> None:
+        """Forget the last run (another model was opened): no progress, the first status line."""
+        self._last_progress = None
+        self.progress_bar.setRange(0, 0 if self._running else 1000)
+        self.progress_bar.setValue(0)
+        self.progress_label.setText("")
+        self.status_label.setText(READY)
 
     def set_progress(self, done: int, total: int, eta_seconds: float | None = None, epoch: int | None = None,
                      epochs: int | None = None) -> None:

@@ -1,6 +1,7 @@
 """Try the model on one image: drop it or choose it, see it, and read each head's prediction.
 
-The view asks (``imageChosen(path)``); the app runs the prediction off the GUI thread and calls
+The view asks (``imageChosen(path)``, with the image already shown); the app runs the prediction off the
+GUI thread, says so with :meth:`TryImageView.set_status` (or why it cannot), and calls
 :meth:`TryImageView.show_predictions` with ``{head: HeadPrediction or text}``.
 """
 from __future__ import annotations
@@ -257,7 +258,7 @@ class TryImageView(QWidget):
     def _choose(self, path: str) -> None:
         self._start_dir = str(Path(path).parent)
         self.set_image(path)
-        self.set_status("Predicting…")
+        self.set_status("")  # whoever runs the prediction says when it starts (or why it cannot)
         self.imageChosen.emit(str(path))
 
     def _clear_results(self) -> None:

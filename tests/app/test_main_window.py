@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
@@ -466,3 +467,282 @@ def test_geometry_and_recent_files_are_kept_between_runs(qtbot, tmp_path):
     labels = [a.text() for a in second.actions.recent_menu.actions() if not a.isSeparator()]
     assert any(tmp_path.name in t for t in labels)
     second.close()
+
+
+# -- work that overlaps: what waits for what, and results that belong to another session ---------------
+class Gate:
+    """Holds a worker inside a patched function until the test opens it (or 30 s have passed)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def wrap(self, fn):
+        def held(*args, **kwargs):
+            self.entered.set()
+            self.opened.wait(30)
+            return fn(*args, **kwargs)
+        return held
+
+
+@pytest.fixture
+def gates():
+    """A new Gate per call; all are opened when the test ends (before the window fixture waits for its jobs)."""
+    made: list[Gate] = []
+
+    def make() -> Gate:
+        made.append(Gate())
+        return made[-1]
+
+    yield make
+    for gate in made:
+        gate.opened.set()
+
+
+def first_image(csv_path) -> str:
+    with Path(csv_path).open(newline="") as f:
+        return next(csv.DictReader(f))["image"]
+
+
+def with_a_head(qtbot, window, network, csv_path):
+    s = give_session(window, network)
+    data = load_data(qtbot, window, csv_path)
+    window.apply_op(DeleteOutputLayer())
+    window.apply_op(AddHead(data.heads[0], seed=0))
+    return s
+
+
+def hold_evaluation(window, monkeypatch, gate) -> None:
+    """Start an evaluation that runs until the gate opens."""
+    import engine.evaluation
+
+    monkeypatch.setattr(engine.evaluation, "evaluate", gate.wrap(engine.evaluation.evaluate))
+    window.evaluate()
+    assert "evaluate" in window._jobs
+
+
+def test_cancelling_the_close_after_training_stopped_leaves_a_usable_window(qtbot, window, monkeypatch, boxes,
+                                                                          default_network, small_csv):
+    config = quick_config(epochs=200, cache_features=False, batch_size=4)
+    s = ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
+    before = {n: p.detach().clone() for n, p in s.model.heads.named_parameters()}
+    epochs = []
+    window.start_training()
+    window.train_job.progress.connect(lambda b: epochs.extend(b.get("epochs", [])))
+    qtbot.waitUntil(lambda: len(epochs) >= 1, timeout=TRAIN_TIMEOUT)
+
+    boxes.answers = [QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.Cancel]
+    with qtbot.waitSignal(window.evaluated, timeout=TRAIN_TIMEOUT) as evaluated:
+        assert not window.close()
+        # the run ended as a stopped run does, and the window knows it
+        assert window.isVisible() and not window.training and window.train_job is None
+        assert window.last_train_result["reason"] == "stopped"
+        assert not window.training_panel.is_running() and not window.training_panel.stop_button.isEnabled()
+        assert not window.actions.train_stop.isEnabled()
+        assert window.isWindowModified() and "evaluate" in window._jobs  # the evaluation a finished run gets
+    assert [t for k, t, _ in boxes.calls if k == "question"] == ["Training is running", "Unsaved changes"]
+    after = dict(s.model.heads.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)  # the learned weights stayed
+    assert window.last_report is evaluated.args[0] and window.evaluation_panel.report() is evaluated.args[0]
+    a = window.actions
+    assert a.train_start.isEnabled() and window.training_panel.start_button.isEnabled()
+    assert a.save_project.isEnabled() and a.undo.isEnabled() and window.isWindowModified()
+
+
+def test_opening_while_saving_waits_and_a_late_save_leaves_the_next_session_alone(qtbot, window, monkeypatch, boxes,
+                                                                                tmp_path, default_network, gates):
+    import engine.project
+
+    give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    gate = gates()
+    monkeypatch.setattr(engine.project, "save_project", gate.wrap(engine.project.save_project))
+    saved = tmp_path / "a.graft"
+    assert window.save_project_to(str(saved))
+    for dropped in ("b.graft", "other.pt"):  # dropped on the window while the save runs
+        window.open_path(str(tmp_path / dropped))
+        assert "load" not in window._jobs
+        assert window.message_label.text().endswith("waits until the project has been saved.")
+    assert boxes.calls == []  # refused before offering to save anything
+    assert not window.actions.open_model.isEnabled() and not window.actions.open_project.isEnabled()
+
+    new = give_session(window, default_network)  # another session all the same (as a finished load sets it)
+    with qtbot.assertNotEmitted(window.saved):
+        gate.opened.set()
+        qtbot.waitUntil(lambda: not window.busy, timeout=LOAD_TIMEOUT)
+    assert saved.is_file()  # the first session was saved where it was asked to be
+    assert window.session is new and window.project_path is None
+    assert not window.windowTitle().startswith("a.graft") and not window.isWindowModified()
+    assert "a.graft" in window.message_label.text()
+
+
+def test_a_late_evaluation_or_prediction_does_not_reach_the_next_session(qtbot, window, monkeypatch, tmp_path,
+                                                                       default_network, small_csv, gates):
+    import engine.inference
+
+    with_a_head(qtbot, window, default_network, small_csv)
+    hold_evaluation(window, monkeypatch, evaluation := gates())
+    window.open_path(str(tmp_path / "b.graft"))
+    assert "load" not in window._jobs
+    assert window.message_label.text() == "Opening a project waits until the evaluation has finished."
+    give_session(window, default_network)
+    with qtbot.assertNotEmitted(window.evaluated):
+        evaluation.opened.set()
+        qtbot.waitUntil(lambda: not window.busy, timeout=LOAD_TIMEOUT)
+    assert window.last_report is None and window.evaluation_panel.report() is None
+
+    with_a_head(qtbot, window, default_network, small_csv)
+    prediction = gates()
+    monkeypatch.setattr(engine.inference, "predict_files", prediction.wrap(engine.inference.predict_files))
+    window.predict_image(first_image(small_csv))
+    assert window.try_image.status_label.text() == "Predicting…"
+    give_session(window, default_network)
+    with qtbot.assertNotEmitted(window.predicted):
+        prediction.opened.set()
+        qtbot.waitUntil(lambda: not window.busy, timeout=LOAD_TIMEOUT)
+    assert window.try_image.predictions_text() == {} and window.try_image.image_path() == ""
+
+
+def test_a_new_model_clears_what_the_previous_one_showed(qtbot, window, default_network, small_csv):
+    with_a_head(qtbot, window, default_network, small_csv)
+    with qtbot.waitSignal(window.evaluated, timeout=LOAD_TIMEOUT):
+        window.evaluate()
+    with qtbot.waitSignal(window.predicted, timeout=LOAD_TIMEOUT):
+        window.predict_image(first_image(small_csv))
+    window.curve_panel.add_steps([(1, 0.9, {}), (2, 0.7, {})])
+    window.curve_panel.flush()
+    window.training_panel.set_progress(5, 10, 3, 1, 2)
+    window.training_panel.set_status("Training ended (completed).")
+    assert window.last_report is not None and window.evaluation_panel.report() is window.last_report
+    assert window.try_image.predictions_text() and len(window.curve_panel.curve("train:total").getData()[0]) == 2
+
+    give_session(window, default_network)
+    assert window.last_report is None and window.evaluation_panel.report() is None
+    assert window.evaluation_panel.empty_label.isVisibleTo(window.evaluation_panel)
+    assert window.try_image.predictions_text() == {} and window.try_image.image_path() == ""
+    xs, _ = window.curve_panel.curve("train:total").getData()
+    assert xs is None or len(xs) == 0
+    assert window.training_panel.progress_label.text() == "" and "Training ended" not in window.training_panel.status()
+
+
+def test_start_and_predictions_say_what_they_wait_for(qtbot, window, monkeypatch, boxes, default_network, small_csv,
+                                                     gates):
+    import widgets.try_image_view
+
+    config = quick_config()
+    ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
+    panel, start = window.training_panel, window.actions.train_start
+    assert start.isEnabled() and panel.start_button.isEnabled()
+    hold_evaluation(window, monkeypatch, evaluation := gates())
+    assert not start.isEnabled() and not panel.start_button.isEnabled()  # in step with the action
+    assert "evaluation" in panel.start_button.toolTip()
+    assert not window.start_training() and not window.training
+    assert window.message_label.text() == "Training waits until the evaluation has finished."
+
+    image = first_image(small_csv)
+    window.try_image._choose(image)  # chosen in the Evaluate tab
+    refusal = "Predictions wait until the evaluation has finished."
+    assert "predict" not in window._jobs and window.message_label.text() == refusal
+    assert window.try_image.status_label.text() == refusal
+    assert window.try_image.status_label.isVisibleTo(window.try_image)
+    assert boxes.calls == []
+
+    with qtbot.waitSignal(window.evaluated, timeout=LOAD_TIMEOUT):
+        evaluation.opened.set()
+    assert start.isEnabled() and panel.start_button.isEnabled()
+    decoded = []
+    real = widgets.try_image_view.load_pixmap
+    monkeypatch.setattr(widgets.try_image_view, "load_pixmap", lambda p: decoded.append(p) or real(p))
+    with qtbot.waitSignal(window.predicted, timeout=LOAD_TIMEOUT):
+        window.try_image._choose(image)
+        assert "predict" in window._jobs and window.try_image.status_label.text() == "Predicting…"
+    assert decoded == [image]  # shown once, not decoded again by the window
+    assert window.try_image.predictions_text() and not window.try_image.status_label.isVisibleTo(window.try_image)
+
+
+def test_during_training_drops_are_refused_aloud_and_clicks_keep_the_progress(qtbot, window, monkeypatch, boxes,
+                                                                            tmp_path, default_network, small_csv):
+    config = quick_config(epochs=200, cache_features=False, batch_size=4)
+    s = ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
+    panel, a = window.training_panel, window.actions
+    window.start_training()
+    qtbot.waitUntil(lambda: bool(panel.progress_label.text()), timeout=TRAIN_TIMEOUT)
+    for dropped in ("b.graft", "other.pt"):
+        window.open_path(str(tmp_path / dropped))
+        assert "load" not in window._jobs
+        assert window.message_label.text().startswith("Opening a ") and "until training has finished" in \
+            window.message_label.text()
+    assert boxes.calls == []
+
+    layers = [n.path for n in s.tree.root.children if n.kind == "layer"]
+    shown = panel.progress_label.text()
+    window.tree_view.select_path(layers[0])
+    window.heads_panel.select_head(s.heads[1].name)
+    assert panel.progress_label.text() == shown and panel.progress_bar.maximum() == 1000
+    with qtbot.waitSignal(window.trainingFinished, timeout=30_000):
+        a.train_stop.trigger()
+        assert not a.train_stop.isEnabled() and not panel.stop_button.isEnabled()
+        window.tree_view.select_path(layers[1])
+        window.tree_view.select_path(f"{HEADS_KEY}.{s.heads[0].name}")
+        assert not a.train_stop.isEnabled() and not panel.stop_button.isEnabled()
+        assert panel.status() == "Stopping after this batch…"
+
+
+def test_closing_during_a_load_waits_with_a_note_and_keeps_handling_events(qtbot, monkeypatch, gates):
+    import app.main_window
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    gate = gates()
+    monkeypatch.setattr(app.main_window, "_load_session", gate.wrap(lambda request: None))
+    window.load_model({"spec": "default"})
+    assert gate.entered.wait(10)
+    seen = []
+
+    def meanwhile():  # a timer firing while close() waits: the GUI thread is not blocked
+        dialog = window.wait_dialog
+        seen.append((dialog is not None and dialog.isVisible(), dialog.labelText() if dialog else ""))
+        gate.opened.set()
+
+    QTimer.singleShot(500, meanwhile)
+    assert window.close()
+    assert seen == [(True, "Closing Graft: waiting for the model to load…")]
+    assert not window.isVisible() and window.session is None and not window._jobs and window.wait_dialog is None
+
+
+def test_data_loading_and_predictions_block_only_what_they_touch(qtbot, window, monkeypatch, boxes, default_network,
+                                                                small_csv, gates):
+    import app.main_window
+    import engine.inference
+
+    s = give_session(window, default_network)
+    a = window.actions
+    data_gate = gates()
+    monkeypatch.setattr(app.main_window, "_load_data", data_gate.wrap(app.main_window._load_data))
+    window.load_data(str(small_csv))
+    assert "data" in window._jobs
+    assert a.delete_output.isEnabled() and a.unfreeze_all.isEnabled() and a.save_project.isEnabled()
+    assert a.open_model.isEnabled() and window.history_view.isEnabled()
+    block = next(n.path for n in s.tree.root.children if n.kind == "layer" and n.params > 0)
+    index = window.tree_model.index_for_path(block)
+    assert window.tree_model.setData(index, Qt.CheckState.Unchecked, Qt.ItemDataRole.CheckStateRole)
+    assert not any(p.requires_grad for n, p in s.model.named_parameters() if n.startswith(f"trunk.body.{block}."))
+    assert boxes.calls == []
+    with qtbot.waitSignal(window.dataLoaded, timeout=LOAD_TIMEOUT):
+        data_gate.opened.set()
+
+    # a prediction runs the model: saving (which only reads it too) goes on, surgery waits, without a box
+    prediction = gates()
+    monkeypatch.setattr(engine.inference, "predict_files", prediction.wrap(engine.inference.predict_files))
+    window.predict_image(first_image(small_csv))
+    assert a.save_project.isEnabled() and not a.delete_output.isEnabled() and not a.undo.isEnabled()
+    frozen = requires_grad(s)
+    index = window.tree_model.index_for_path(block)
+    window.tree_model.setData(index, Qt.CheckState.Checked, Qt.ItemDataRole.CheckStateRole)
+    assert requires_grad(s) == frozen and index.data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Unchecked
+    assert window.message_label.text() == "Surgery waits until the prediction has finished."
+    assert boxes.calls == [] and window.undo_stack.count() == 1
+    with qtbot.waitSignal(window.predicted, timeout=LOAD_TIMEOUT):
+        prediction.opened.set()
+    assert a.delete_output.isEnabled() and window.apply_op(DeleteOutputLayer())

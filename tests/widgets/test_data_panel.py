@@ -65,6 +65,20 @@ def test_skipped_files_are_counted_and_listed(panel, source):
     assert panel.skipped_list.isVisible() and panel.skipped_list.count() == 2
 
 
+def test_labelled_images_are_counted_once_per_source(panel, source, monkeypatch):
+    import widgets.data_panel as module
+
+    counted = []
+    monkeypatch.setattr(module, "n_labelled", lambda s: counted.append(s) or n_labelled(s))
+    panel.set_data(source)
+    advice = panel.advice()
+    for _ in range(5):  # the window sets the session after every surgery step
+        panel.set_session(None)
+    assert counted == [source] and panel.advice() == advice
+    panel.set_data(source)  # new data (here the same object, given again) is counted again
+    assert counted == [source, source]
+
+
 def test_advice_and_apply(qtbot, panel, source):
     panel.set_data(source)
     n = n_labelled(source)

@@ -81,6 +81,15 @@ def test_plain_dict_reports_and_clear(panel, report):
     assert panel.report() is None
 
 
+def test_clear_after_a_report_without_heads_says_there_is_none_yet(panel, report):
+    empty = panel.empty_label.text()
+    assert empty.startswith("No evaluation yet")
+    panel.set_report({"heads": {}, "n_images": 3})
+    assert panel.empty_label.text() == "The evaluation has no heads to show."
+    panel.clear()
+    assert panel.empty_label.text() == empty and panel.empty_label.isVisible() and panel.report() is None
+
+
 def test_headline():
     assert headline("single", {"accuracy": None}, {}) == "accuracy –"
     assert headline("multi", {}, {"macro_f1": 0.5}) == "macro F1 0.500"

@@ -91,6 +91,37 @@ def test_start_stop_and_running_state(qtbot, panel):
     assert panel.start_button.isEnabled() and panel.epochs_spin.isEnabled()
 
 
+def test_start_follows_the_window_and_stop_can_be_pressed_once(qtbot, panel):
+    panel.set_can_start(False, "Training waits until the evaluation has finished")
+    assert not panel.start_button.isEnabled() and "evaluation" in panel.start_button.toolTip()
+    panel.set_running(True)
+    panel.set_running(False)
+    assert not panel.start_button.isEnabled()  # a run ending does not enable what the window disabled
+    panel.set_can_start(True, "ignored while Start may be pressed")
+    assert panel.start_button.isEnabled() and "evaluation" not in panel.start_button.toolTip()
+    panel.set_running(True)
+    panel.set_can_start(True)
+    assert not panel.start_button.isEnabled() and panel.stop_button.isEnabled()
+    panel.set_progress(300, 1000, 20, 2, 10)
+    panel.set_stopping()
+    assert not panel.stop_button.isEnabled()
+    assert panel.progress_label.text() == "epoch 2/10 · 30% · ETA 0:20" and panel.progress_bar.value() == 300
+    panel.set_running(False)
+    assert panel.progress_label.text() == "epoch 2/10 · 30%" and panel.start_button.isEnabled()
+
+
+def test_clear_progress_forgets_the_last_run(panel):
+    panel.set_running(True)
+    panel.set_progress(500, 1000, 10, 5, 10)
+    panel.set_status("Epoch 5: train loss 0.3")
+    panel.set_running(False)
+    panel.clear_progress()
+    assert panel.progress_label.text() == "" and panel.progress_bar.value() == 0
+    assert panel.status() == "Ready when the data and heads are."
+    panel.set_running(False)
+    assert panel.progress_label.text() == ""  # nothing left over to show
+
+
 def test_progress_and_eta_texts():
     assert format_eta(42) == "0:42" and format_eta(3725) == "1:02:05" and format_eta(None) == ""
     assert progress_text(10, 10, 0, 10, 10) == "epoch 10/10 · 100%"

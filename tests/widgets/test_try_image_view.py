@@ -37,7 +37,23 @@ def test_choose_image_asks_and_shows_it(qtbot, view, image_path, monkeypatch):
         qtbot.mouseClick(view.choose_button, Qt.MouseButton.LeftButton)
     assert chosen.args == [image_path]
     assert view.image_path() == image_path and view.image.pixmap().width() == 80
-    assert view.name_label.text() == "star.png" and view.status_label.text() == "Predicting…"
+    assert view.name_label.text() == "star.png"
+    # Whoever runs the prediction says when it starts, or why it cannot: the view does not promise one.
+    assert view.status_label.text() == "" and not view.status_label.isVisible()
+
+
+def test_choosing_decodes_the_image_once_and_clears_an_old_status(qtbot, view, image_path, monkeypatch):
+    import widgets.try_image_view as module
+
+    decoded = []
+    real = module.load_pixmap
+    monkeypatch.setattr(module, "load_pixmap", lambda path: decoded.append(path) or real(path))
+    view.set_status("Predictions wait until training has finished.")
+    with qtbot.waitSignal(view.imageChosen, timeout=1000):
+        view._choose(image_path)
+    assert decoded == [image_path] and not view.status_label.isVisible()
+    view.show_predictions(image_path, {"x": "x: 1"})  # the same image: not decoded again
+    assert decoded == [image_path] and view.predictions_text() == {"x": "x: 1"}
 
 
 def test_shows_each_heads_prediction(view, image_path):
