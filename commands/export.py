@@ -11,8 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the project to export (a model name or file also works: exported without heads)")
     parser.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     parser.add_argument("--image", action="append", default=[], metavar="IMG",
-                        help="an image to verify the export on as well (repeatable)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+                        help="an image to verify the export on as well (repeatable; default: up to 4 images "
+                             "from the data the project was trained on, when it is still there)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 13 or newer (default: 18)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest allowed absolute difference between PyTorch and onnxruntime (default: 1e-4)")
     parser.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
@@ -24,15 +25,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.export import OPSET, check_target, export_onnx
+    from engine.export import OPSET, check_opset, check_target, export_onnx, training_images
 
     from .common import load_session
 
     check_target(args.onnx)  # before spending seconds on loading the project
+    opset = check_opset(OPSET if args.opset is None else args.opset)
     load_args = argparse.Namespace(model=args.project, weights=None, arch=None,
                                    random_weights=args.random_weights, trust=args.trust)
     session = load_session(load_args)
-    report = export_onnx(session, args.onnx, opset=args.opset or OPSET, verify=not args.no_verify,
-                         images=args.image, tolerance=args.tolerance, exporter=args.exporter)
+    images, where, why = list(args.image), "", ""
+    if not images and not args.no_verify:
+        images, found = training_images(getattr(session, "project_extra", None))
+        where, why = (found, "") if images else ("", found)
+    report = export_onnx(session, args.onnx, opset=opset, verify=not args.no_verify,
+                         images=images, tolerance=args.tolerance, exporter=args.exporter)
     print(report.format())
+    if where:
+        print(f"verification images: {len(images)} {where}")
+    elif why:
+        print(f"note: only random inputs were checked, no real images: {why}. "
+              "Add --image IMG (repeatable) to verify on real pictures too.")
     return 0

@@ -14,18 +14,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Predictions for every readable image; an unreadable one gets its own error line on stderr, the
+    others are still predicted, and the exit code is then 1."""
     import json
+    import sys
 
+    from engine.errors import GraftError
     from engine.onnx_metadata import OnnxPredictor
 
     predictor = OnnxPredictor(args.model, threads=args.threads)
-    for start in range(0, len(args.images), 16):
-        chunk = args.images[start:start + 16]
-        for image, preds in zip(chunk, predictor.predict_files(chunk)):
-            if args.json:
-                print(json.dumps({"image": image, "outputs": {n: p.to_dict() for n, p in preds.items()}}))
-                continue
-            print(image)
-            for p in preds.values():
-                print(f"  {p.format()}")
-    return 0
+    failed = 0
+    for image, preds in predictor.predict_each(args.images):
+        if isinstance(preds, GraftError):
+            failed += 1
+            sys.stdout.flush()  # keep the two streams in order on a terminal
+            print(f"graft: error: {preds}", file=sys.stderr, flush=True)
+            continue
+        if args.json:
+            print(json.dumps({"image": image, "outputs": {n: p.to_dict() for n, p in preds.items()}}))
+            continue
+        print(image)
+        for p in preds.values():
+            print(f"  {p.format()}")
+    return 1 if failed else 0

@@ -9,12 +9,15 @@ checked under a temporary name in the target folder and renamed only once it has
 
 Exporters: the TorchScript-based one (``dynamo=False``) first — it is fast and traces the early-exit
 trunk (a forward hook that raises) fine; when it cannot export a model, or its file does not verify,
-the ``torch.export``-based one (``dynamo=True``) is tried.
+the ``torch.export``-based one (``dynamo=True``) is tried. The opset reported and recorded is the one the
+saved file declares (the dynamo exporter writes at least opset 18, whatever was asked for). A write that
+fails (a full disk) stops the export at once: no other exporter is tried.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import io
 import os
 import re
@@ -23,9 +26,9 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +45,10 @@ if TYPE_CHECKING:
     from .session import Session
 
 OPSET = 18  # what both exporters handle best; onnxruntime 1.2x+ runs it fully optimised
+# The oldest opset Graft accepts: the dynamo exporter writes nothing below 18 (it silently writes 18), and
+# below 13 only the TorchScript exporter's legacy conversions remain, which Graft does not test.
+MIN_OPSET = 13
+VERIFY_IMAGES = 4  # real images from the training data that ``main.py export`` verifies on by default
 EXPORTERS = ("torchscript", "dynamo")
 RANDOM_BATCH = 3  # differs from the traced batch (2), so the dynamic batch axis is exercised too
 MAX_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GB limit, with room for the graph
@@ -58,7 +65,7 @@ class ExportReport:
     export_seconds: float
     verify_seconds: float
     exporter: str
-    opset: int
+    opset: int | None  # as declared in the saved file (not necessarily the opset asked for)
     size_bytes: int
     outputs: list[str]
     metadata: dict[str, Any]
@@ -357,20 +364,72 @@ class _Rejected(Exception):
     """An exported file that is invalid or does not match PyTorch (the next exporter may do better)."""
 
 
-def _finish(path: Path, metadata: dict[str, Any]) -> None:
-    """Add the metadata, make sure the file is self-contained and valid ONNX."""
+def max_opset() -> int:
+    """The newest opset the installed ``onnx`` package knows (newer ones cannot even be checked)."""
+    import onnx.defs
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: Any) -> int:
+    """``opset`` if both an exporter and ``onnx`` can handle it, else GraftError saying which ones can."""
+    top = max_opset()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= top:
+        raise GraftError(f"ONNX opset {opset!r} is not supported: choose one from {MIN_OPSET} to {top} "
+                         f"(default {OPSET}).")
+    return opset
+
+
+def file_opset(proto: Any) -> int | None:
+    """The standard ONNX opset a model declares in ``opset_import`` (None when it declares none)."""
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _write_error(exc: BaseException) -> OSError | None:
+    """The operating system's refusal to write (a full disk, a quota, a file too large, a read-only or
+    failing disk) behind an exporter's exception, if that is what it is: no other exporter can do better."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            return e
+        text = str(e)
+        for code in _WRITE_ERRNOS:
+            if os.strerror(code) in text:  # C++ code reports the errno as text inside a RuntimeError
+                return OSError(code, os.strerror(code))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+_WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO") if hasattr(errno, n))
+
+
+def _finish(path: Path, make_metadata: Callable[[int | None], dict[str, Any]]) -> tuple[int | None, dict[str, Any]]:
+    """Add the metadata (made for the opset the file really declares), make sure the file is
+    self-contained and valid ONNX. Returns that opset and the metadata."""
     import onnx
 
     try:
         proto = onnx.load(str(path))
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:
+            raise
+        raise _Rejected(f"the exporter wrote no readable file ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001
         raise _Rejected(f"the exporter wrote an unreadable file ({_first_line(exc)})") from None
+    opset = file_opset(proto)
+    metadata = make_metadata(opset)
     write_metadata(proto, metadata)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError / InferenceError
         raise _Rejected(f"the exported file is not valid ONNX ({_first_line(exc)})") from None
     onnx.save(proto, str(path))
+    return opset, metadata
+
+
+_ORT_MAX_OPSET = re.compile(r"Opset (\d+) is under development.*?support for domain ai\.onnx is till opset (\d+)", re.S)
 
 
 def _ort_session(path: Path):
@@ -381,6 +440,10 @@ def _ort_session(path: Path):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
+        m = _ORT_MAX_OPSET.search(str(exc))
+        if m:
+            raise _Rejected(f"onnxruntime {ort.__version__} cannot run opset {m.group(1)}: it supports up to "
+                            f"opset {m.group(2)}") from None
         raise _Rejected(f"onnxruntime cannot load the exported file ({_first_line(exc)})") from None
 
 
@@ -431,6 +494,7 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
     """
     start = time.perf_counter()
     path = check_target(path)
+    opset = check_opset(opset)
     order = EXPORTERS if exporter == "auto" else (exporter,)
     if any(k not in EXPORTERS for k in order):
         raise GraftError(f"Unknown exporter {exporter!r}: use auto, torchscript or dynamo.")
@@ -471,13 +535,19 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
                 except (MemoryError, KeyboardInterrupt):
                     raise
                 except Exception as exc:  # noqa: BLE001 - any exporter failure is explained below
+                    refused = _write_error(exc)
+                    if refused is not None:  # atomic_write: "Cannot write <path>: <reason>.", nothing left
+                        raise refused from None
                     failures.append(_Failure(kind, exc, printed.text))
                     continue
                 export_seconds = time.perf_counter() - t0
-                metadata = build_metadata(spec, [h for h in specs.values() if h is not None], source,
-                                          opset=opset, exporter=kind)
+
+                def make_metadata(written: int | None, kind: str = kind) -> dict[str, Any]:
+                    return build_metadata(spec, [h for h in specs.values() if h is not None], source,
+                                          opset=written, exporter=kind)
+
                 try:
-                    _finish(tmp, metadata)
+                    written, metadata = _finish(tmp, make_metadata)
                     t1 = time.perf_counter()
                     diffs: dict[str, dict[str, float]] = {}
                     if verify:
@@ -488,8 +558,10 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
                     continue
                 notes = [f"the {f.exporter} exporter failed ({_first_line(f.error)}); used {kind}" for f in failures]
                 notes += [f"the {k} export was rejected ({w}); used {kind}" for k, w in rejected]
+                if written != opset:
+                    notes.append(f"opset {opset} was asked for; the {kind} exporter wrote opset {written}")
                 result.update(exporter=kind, export_seconds=export_seconds, verify_seconds=time.perf_counter() - t1,
-                              metadata=metadata, diffs=diffs, notes=notes)
+                              metadata=metadata, diffs=diffs, notes=notes, opset=written)
                 return
             if rejected:
                 kinds = " and ".join(k for k, _ in rejected) + (" exporters" if len(rejected) > 1 else " exporter")
@@ -501,8 +573,104 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
 
     diffs = result["diffs"]
     return ExportReport(path=path, seconds=time.perf_counter() - start, export_seconds=result["export_seconds"],
-                        verify_seconds=result["verify_seconds"], exporter=result["exporter"], opset=opset,
+                        verify_seconds=result["verify_seconds"], exporter=result["exporter"], opset=result["opset"],
                         size_bytes=path.stat().st_size, outputs=names, metadata=result["metadata"],
                         random_diff=diffs.get("random", {}), image_diff=diffs.get("images", {}),
                         images=len(image_paths) if verify else 0, tolerance=tolerance, verified=verify,
                         notes=result["notes"])
+
+
+# -- real images to verify on -------------------------------------------------------------------------
+
+def training_images(extra: Mapping[str, Any] | None, limit: int = VERIFY_IMAGES) -> tuple[list[Path], str]:
+    """Up to ``limit`` readable images from the data a project was trained on (``main.py train`` records
+    it in the project as ``extra["training"]["data"]``: an image folder or a CSV manifest), spread over the
+    class folders / manifest rows, for verifying an export on real pictures. Returns the images and a
+    sentence saying where they come from, or, when there are none, why."""
+    from .preprocess import open_image
+
+    info = extra.get("training") if isinstance(extra, Mapping) else None
+    data = info.get("data") if isinstance(info, Mapping) else None
+    if not isinstance(data, str) or not data:
+        return [], "the project does not record the data it was trained on"
+    root = Path(data)
+    if not root.exists():
+        return [], f"its training data {root} no longer exists"
+    try:
+        candidates = _folder_candidates(root, limit) if root.is_dir() else _manifest_candidates(root, limit)
+    except (OSError, UnicodeError, ValueError):
+        candidates = []
+    found: list[Path] = []
+    for p in candidates:
+        try:
+            open_image(p)
+        except GraftError:
+            continue
+        found.append(p)
+        if len(found) == limit:
+            break
+    if not found:
+        return [], f"no readable image was found in its training data {root}"
+    return found, f"from its training data {root}"
+
+
+def _image_suffixes() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def _folder_candidates(root: Path, limit: int) -> list[Path]:
+    """A few image files from each class folder (root/<class>/… or root/<split>/<class>/…), taken in turn."""
+    suffixes = _image_suffixes()
+    per_folder: list[list[Path]] = []
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for folder in folders[:64]:
+        files: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [Path(dirpath) / f for f in sorted(filenames)
+                      if not f.startswith(".") and Path(f).suffix.lower() in suffixes]
+            if len(files) >= 2 * limit:
+                break
+        per_folder.append(files[:2 * limit])
+    picked = [p for row in _interleave(per_folder) for p in row]
+    return picked[:4 * limit]
+
+
+def _interleave(rows: list[list[Path]]) -> Iterator[list[Path]]:
+    for i in range(max((len(r) for r in rows), default=0)):
+        yield [r[i] for r in rows if i < len(r)]
+
+
+def _manifest_candidates(csv_path: Path, limit: int) -> list[Path]:
+    """The first image paths of a CSV manifest's ``image`` column (relative to the CSV's folder)."""
+    import csv
+
+    if csv_path.suffix.lower() != ".csv":
+        return []
+    raw = csv_path.read_bytes()[:1 << 20]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = text.splitlines()[:1 + 4 * limit]
+    if not lines:
+        return []
+    first = lines[0]
+    delimiter = "," if "," in first else (";" if ";" in first else ("\t" if "\t" in first else ","))
+    rows = list(csv.reader(lines, delimiter=delimiter))
+    header = [c.strip().lower() for c in rows[0]]
+    if "image" not in header:
+        return []
+    col = header.index("image")
+    out = []
+    for row in rows[1:]:
+        if col < len(row) and row[col].strip():
+            text = row[col].strip()
+            p = Path(text).expanduser()
+            p = p if p.is_absolute() else csv_path.parent / p
+            if "\\" in text and os.sep != "\\" and not p.exists():  # a manifest written on Windows
+                p = csv_path.parent / Path(*PureWindowsPath(text).parts)
+            out.append(p)
+    return out

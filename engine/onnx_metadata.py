@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .errors import GraftError
 from .heads import HeadSpec
-from .preprocess import RESAMPLE, InputSpec, preprocess_file
+from .preprocess import RESAMPLE, SIXTEEN_BIT_FORMULA, SIXTEEN_BIT_MODES, InputSpec, preprocess_file
 
 FORMAT = 1
 KEY = "graft"
@@ -41,6 +41,12 @@ MEANING = {
     "features": "pooled trunk features, shape (batch, features): no head was added before export",
 }
 PILLOW_FILTERS = {name: f"PIL.Image.Resampling.{member.name}" for name, member in RESAMPLE.items()}
+SIXTEEN_BIT = {
+    "modes": list(SIXTEEN_BIT_MODES),
+    "formula": SIXTEEN_BIT_FORMULA,
+    "meaning": "v * 255 / 65535 rounded to the nearest integer (no ties occur), for every image whatever its "
+               "brightness; 32-bit integer images (mode I) are treated as 16-bit",
+}
 
 
 # -- the metadata -------------------------------------------------------------------------------------
@@ -49,9 +55,14 @@ def preprocessing_steps(spec: InputSpec) -> list[str]:
     """The exact steps of :func:`engine.preprocess.preprocess`, in words, for the metadata."""
     bg = ", ".join(str(int(c)) for c in spec.alpha_background)
     return [
-        "decode the image file with Pillow (palette images are expanded to RGBA)",
+        "decode the image file with Pillow (palette images are expanded to RGBA; 16-bit RGB, RGBA and "
+        "grey+alpha files come out as 8 bits from Pillow's decoders)",
+        "apply the EXIF orientation tag (PIL.ImageOps.exif_transpose): a photo a phone stored sideways with "
+        "an orientation tag is turned upright before anything else",
+        f"16-bit greyscale (Pillow modes {', '.join(SIXTEEN_BIT_MODES)}): scale each value v to 8 bits as "
+        f"{SIXTEEN_BIT_FORMULA}, i.e. round(v * 255 / 65535), whatever the image's brightness",
         f"convert to {spec.channel_order}: alpha (RGBA, LA, PA, palette transparency) is composited over "
-        f"the background colour ({bg}); greyscale is replicated to 3 channels; 16-bit images are scaled to 8 bits",
+        f"the background colour ({bg}); greyscale is replicated to 3 channels",
         f"resize with {PILLOW_FILTERS.get(spec.interpolation, spec.interpolation)} so the shorter side is "
         f"{spec.resize} px: new (w, h) = (max({spec.size}, round(w * s)), max({spec.size}, round(h * s))) with "
         f"s = {spec.resize} / min(w, h) and Python's round (halves to even)",
@@ -92,6 +103,8 @@ def build_metadata(input_spec: InputSpec, heads: Sequence[HeadSpec], source: Map
         "input_spec": input_spec.to_dict(),
         "preprocessing": {
             "resize_shorter_side": input_spec.resize,
+            "exif_orientation": True,
+            "sixteen_bit": dict(SIXTEEN_BIT),
             "pillow_filter": PILLOW_FILTERS.get(input_spec.interpolation, input_spec.interpolation),
             "centre_crop": input_spec.size,
             "alpha_background": list(input_spec.alpha_background),
@@ -124,6 +137,7 @@ def to_props(data: Mapping[str, Any]) -> dict[str, str]:
         "resize": str(spec["resize"]),
         "interpolation": data["preprocessing"]["pillow_filter"],
         "alpha_background": json.dumps(spec["alpha_background"]),
+        "exif_orientation": json.dumps(data["preprocessing"].get("exif_orientation", True)),
         "preprocessing": "; ".join(data["preprocessing"]["steps"]),
         "outputs": ",".join(o["name"] for o in data["outputs"]),
         "source": str(data.get("source", {}).get("description", "")),
@@ -156,6 +170,7 @@ class GraftMetadata:
     heads: list[HeadSpec]
     outputs: list[str]
     input_name: str = INPUT_NAME
+    exif_orientation: bool = True
     graft_version: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -178,8 +193,11 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
     """Check a ``graft`` blob completely; GraftError saying what is wrong, else the parsed metadata."""
     if not isinstance(data, dict):
         raise _fail(where, "not a JSON object")
-    if not isinstance(data.get("format"), int) or data["format"] > FORMAT:
-        raise GraftError(f"{where} was exported by a newer Graft (metadata format {data.get('format')!r}).")
+    version = data.get("format")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _fail(where, f"metadata format {version!r}, expected a whole number from 1 to {FORMAT}")
+    if version > FORMAT:
+        raise GraftError(f"{where} was exported by a newer Graft (metadata format {version}).")
     for key in ("input", "input_spec", "outputs"):
         if key not in data:
             raise _fail(where, f"'{key}' is missing")
@@ -197,6 +215,18 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
         raise _fail(where, f"unsupported input {spec.channel_order} {spec.layout}")
     if not _three_numbers(spec.alpha_background):
         raise _fail(where, f"alpha background {spec.alpha_background!r}")
+    # Files written before these keys existed were preprocessed exactly so: EXIF applied, 16-bit scaled.
+    pre = data.get("preprocessing", {})
+    if not isinstance(pre, dict):
+        raise _fail(where, "'preprocessing' is not an object")
+    exif = pre.get("exif_orientation", True)
+    if not isinstance(exif, bool):
+        raise _fail(where, f"exif_orientation {exif!r} is not true or false")
+    sixteen = pre.get("sixteen_bit", SIXTEEN_BIT)
+    if not isinstance(sixteen, dict) or sixteen.get("formula") != SIXTEEN_BIT_FORMULA:
+        formula = sixteen.get("formula") if isinstance(sixteen, dict) else sixteen
+        raise _fail(where, f"unsupported 16-bit scaling {formula!r}; this Graft scales 16-bit images as "
+                           f"{SIXTEEN_BIT_FORMULA}")
     outputs = data["outputs"]
     if not isinstance(outputs, list) or not outputs:
         raise _fail(where, "no outputs are described")
@@ -221,7 +251,7 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
     if heads and len(heads) != len(names):
         raise _fail(where, "head outputs mixed with raw features")
     name = data["input"].get("name", INPUT_NAME) if isinstance(data["input"], dict) else INPUT_NAME
-    return GraftMetadata(spec, heads, names, name, str(data.get("graft_version", "")),
+    return GraftMetadata(spec, heads, names, name, exif, str(data.get("graft_version", "")),
                          dict(data.get("source") or {}), data)
 
 
@@ -363,9 +393,9 @@ def decode_batch(specs: Mapping[str, HeadSpec | None], outputs: Mapping[str, np.
     return [{name: decode(specs.get(name), outputs[name][i], name=name) for name in outputs} for i in range(n)]
 
 
-def load_batch(paths: Iterable[str | Path], spec: InputSpec) -> np.ndarray:
+def load_batch(paths: Iterable[str | Path], spec: InputSpec, *, exif: bool = True) -> np.ndarray:
     """Preprocess image files into one (N, 3, S, S) float32 batch (GraftError naming a bad file)."""
-    arrays = [preprocess_file(p, spec) for p in paths]
+    arrays = [preprocess_file(p, spec, exif=exif) for p in paths]
     if not arrays:
         return np.zeros((0, 3, spec.size, spec.size), dtype=np.float32)
     return np.stack(arrays)
@@ -417,6 +447,26 @@ class OnnxPredictor:
         out: list[dict[str, HeadPrediction]] = []
         paths = list(paths)
         for start in range(0, len(paths), batch_size):
-            batch = load_batch(paths[start:start + batch_size], self.input_spec)
+            batch = load_batch(paths[start:start + batch_size], self.input_spec,
+                               exif=self.metadata.exif_orientation)
             out += decode_batch(self.specs, self.predict_arrays(batch))
         return out
+
+    def predict_each(self, paths: Sequence[str | Path], batch_size: int = 16
+                     ) -> Iterator[tuple[str | Path, dict[str, HeadPrediction] | GraftError]]:
+        """``(path, predictions)`` per image file, in order, or ``(path, GraftError)`` for a file that cannot
+        be read: each image is preprocessed on its own, so one bad file does not lose the others."""
+        paths = list(paths)
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            results: list[dict[str, HeadPrediction] | GraftError] = []
+            good: list[np.ndarray] = []
+            for p in chunk:
+                try:
+                    good.append(preprocess_file(p, self.input_spec, exif=self.metadata.exif_orientation))
+                    results.append({})
+                except GraftError as exc:
+                    results.append(exc)
+            decoded = iter(decode_batch(self.specs, self.predict_arrays(np.stack(good))) if good else [])
+            for p, r in zip(chunk, results):
+                yield p, (r if isinstance(r, GraftError) else next(decoded))

@@ -15,6 +15,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import GraftError
 
+# Pillow modes of 16-bit greyscale (and 32-bit integer "I", treated as 16-bit); these are scaled by
+# sixteen_to_eight. 16-bit RGB(A) and grey+alpha files are reduced to 8 bits by Pillow's own decoders.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+SIXTEEN_BIT_FORMULA = "floor((clip(v, 0, 65535) + 128) / 257)"
+
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
@@ -23,8 +28,9 @@ RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BI
 class InputSpec:
     """How an image file becomes the network's input tensor.
 
-    Steps, in order: decode and apply the EXIF orientation; convert to RGB, compositing any alpha over ``alpha_background``; resize so
-    the shorter side is ``resize`` pixels (Pillow, ``interpolation``); centre-crop ``size`` x ``size``;
+    Steps, in order: decode and apply the EXIF orientation; convert to RGB, compositing any alpha over
+    ``alpha_background`` (16-bit greyscale is first scaled to 8 bits with :func:`sixteen_to_eight`); resize
+    so the shorter side is ``resize`` pixels (Pillow, ``interpolation``); centre-crop ``size`` x ``size``;
     scale to [0, 1]; subtract ``mean`` and divide by ``std`` per channel; lay out as CHW float32.
     """
 
@@ -53,13 +59,13 @@ def fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully, upright (EXIF orientation applied, as phones expect), or raise
-    GraftError naming the file."""
+def open_image(path: str | Path, *, exif: bool = True) -> Image.Image:
+    """Decode an image file fully, upright (EXIF orientation applied, as phones expect; ``exif=False``
+    leaves the pixels as stored), or raise GraftError naming the file."""
     try:
         with Image.open(path) as img:
             img.load()
-            upright = ImageOps.exif_transpose(img)
+            upright = ImageOps.exif_transpose(img) if exif else img.copy()
             return upright if upright.mode != "P" else upright.convert("RGBA")
     except FileNotFoundError:
         raise GraftError(f"{path}: no such file.") from None
@@ -75,11 +81,17 @@ def to_rgb(img: Image.Image, background: list[int] | tuple[int, ...] = (255, 255
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", rgba.size, tuple(int(c) for c in background) + (255,))
         return Image.alpha_composite(base, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = max(arr.max(), 1.0)
-        img = Image.fromarray((arr * (255.0 / (65535.0 if top > 255 else 255.0))).clip(0, 255).astype(np.uint8))
+    if img.mode in SIXTEEN_BIT_MODES:
+        img = Image.fromarray(sixteen_to_eight(np.asarray(img)))
     return img.convert("RGB")
+
+
+def sixteen_to_eight(values: np.ndarray) -> np.ndarray:
+    """16-bit grey values -> uint8, the same for every image whatever its brightness (a dark 16-bit image
+    stays dark): clip to [0, 65535], then ``floor((v + 128) / 257)``, which is ``round(v * 255 / 65535)``
+    (v * 255 / 65535 is exactly v / 257, and no value lies halfway between two integers)."""
+    v = np.clip(np.asarray(values, dtype=np.int64), 0, 65535)
+    return ((v + 128) // 257).astype(np.uint8)
 
 
 def resize_and_crop(img: Image.Image, spec: InputSpec) -> Image.Image:
@@ -104,5 +116,6 @@ def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
     return normalise(resize_and_crop(to_rgb(img, spec.alpha_background), spec), spec)
 
 
-def preprocess_file(path: str | Path, spec: InputSpec) -> np.ndarray:
-    return preprocess(open_image(path), spec)
+def preprocess_file(path: str | Path, spec: InputSpec, *, exif: bool = True) -> np.ndarray:
+    """An image file -> the network's CHW float32 input (GraftError naming an unreadable file)."""
+    return preprocess(open_image(path, exif=exif), spec)

@@ -61,7 +61,8 @@ def default_session() -> Session:
 
 def mode_images(folder: Path) -> list[Path]:
     """RGB, RGBA with transparency, grey, grey+alpha, palette (with and without transparency), 16-bit,
-    CMYK and 1-bit images at odd sizes."""
+    CMYK and 1-bit images at odd sizes; a phone photo stored sideways with an EXIF orientation tag, an
+    image under 17 px, a very wide one (2000x50) and a dark 16-bit one."""
     rng = np.random.default_rng(11)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -84,6 +85,13 @@ def mode_images(folder: Path) -> list[Path]:
     items.append((Image.fromarray(rgb(30, 40)[..., 2].astype(np.uint16) * 257), "deep_40x30.png", {}))
     items.append((Image.fromarray(rgb(43, 41)).convert("CMYK"), "cmyk_41x43.jpg", {}))
     items.append((Image.fromarray(rgb(25, 20)).convert("1"), "bits_20x25.png", {}))
+    phone = Image.fromarray(rgb(48, 90))
+    exif = phone.getexif()
+    exif[0x0112] = 8  # stored rotated: turned 90 degrees back to stand upright
+    items.append((phone, "exif_rotated_90x48.jpg", {"exif": exif, "quality": 92}))
+    items.append((Image.fromarray(rgb(9, 14)), "tiny_14x9.png", {}))
+    items.append((Image.fromarray(rgb(50, 2000)), "wide_2000x50.jpg", {"quality": 90}))
+    items.append((Image.fromarray(rgb(31, 26)[..., 0].astype(np.uint16)), "dark16_26x31.png", {}))
     paths = []
     for img, name, kw in items:
         paths.append(folder / name)
@@ -165,6 +173,92 @@ def test_bad_files_end_with_one_line(exported, tmp_path):
         assert result.returncode == 1, result.stdout
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_one_bad_image_does_not_lose_the_good_ones(exported, tmp_path):
+    _, _, onnx_path, images, _ = exported
+    bad = tmp_path / "NOT_AN_IMAGE"
+    bad.write_text("hello")
+    result = predict(onnx_path, images[0], bad, tmp_path / "gone.png", images[3])
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(images[0]) and lines[3] == str(images[3]) and len(lines) == 6
+    assert lines[1].strip().startswith("species: ") and lines[4].strip().startswith("species: ")
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2 and "Traceback" not in result.stderr
+    assert errors[0] == f"graft: error: {bad}: not a readable image (UnidentifiedImageError)."
+    assert errors[1] == f"graft: error: {tmp_path / 'gone.png'}: no such file."
+    as_json = predict(onnx_path, "--json", bad, images[1])
+    assert as_json.returncode == 1 and as_json.stderr.count("\n") == 1
+    assert [json.loads(line)["image"] for line in as_json.stdout.splitlines()] == [str(images[1])]
+
+
+def test_export_verifies_on_the_training_images_by_default(exported, tmp_path):
+    session, _, _, images, _ = exported
+    data = tmp_path / "photos"
+    for i, path in enumerate(images[:6]):
+        (data / ("cat", "dog")[i % 2]).mkdir(parents=True, exist_ok=True)
+        (data / ("cat", "dog")[i % 2] / path.name).write_bytes(path.read_bytes())
+    project = save_project(session, tmp_path / "trained.graft", extra={"training": {"data": str(data)}})
+    result = graft("export", project, "--onnx", tmp_path / "trained.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "a random batch of 3 and 4 image(s)" in result.stdout
+    assert f"verification images: 4 from its training data {data}" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert len(rows) == 2 and all("images" in row for row in rows)
+
+
+def test_export_without_real_images_says_so(exported, tmp_path):
+    _, project, _, _, _ = exported  # a project that records no training data
+    result = graft("export", project, "--onnx", tmp_path / "random.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "image(s)" not in result.stdout
+    assert ("note: only random inputs were checked, no real images: the project does not record the data it "
+            "was trained on. Add --image IMG (repeatable) to verify on real pictures too.") in result.stdout
+
+
+@pytest.mark.parametrize("opset", ["30", "12"])
+def test_an_unsupported_opset_ends_with_one_line(exported, tmp_path, opset):
+    _, project, _, _, _ = exported
+    result = graft("export", project, "--onnx", tmp_path / "x.onnx", "--opset", opset)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert f"ONNX opset {opset} is not supported: choose one from 13 to" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_torchvision_export_predicts_the_same_through_main_py(tmp_path):
+    import torch
+
+    from engine.export import export_onnx
+
+    torch.manual_seed(0)
+    network = load_network("mobilenet_v3_small", random_init=True)
+    bns = [m for m in network.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:  # random-init statistics make the outputs vanish: set them from one random batch
+        m.reset_running_stats()
+        m.momentum = None
+    network.module.train()
+    with torch.no_grad():
+        network.module(torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
+    network.module.eval()
+    session = Session(network)
+    session.do(DeleteOutputLayer())
+    session.do(AddHead(HeadSpec("species", labels=["cat", "dog", "bird"]), seed=2))
+    session.do(AddHead(HeadSpec("size", kind="regression", labels=["w", "h"]), seed=3))
+    images = mode_images(tmp_path / "images")
+    report = export_onnx(session, tmp_path / "mobilenet.onnx", images=images[:3])
+    assert report.max_diff <= TOL
+    result = predict(tmp_path / "mobilenet.onnx", "--json", *images)
+    assert result.returncode == 0, result.stderr
+    from_onnx = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in from_onnx] == [str(p) for p in images]
+    spread = 0.0
+    for theirs, mine in zip(from_onnx, predict_files(session, images)):
+        for head, pred in mine.items():
+            values = np.array(list(theirs["outputs"][head]["values"].values()))
+            assert np.abs(values - pred.values).max() <= TOL, (theirs["image"], head)
+        spread = max(spread, float(np.ptp(mine["size"].values)))
+    assert spread > 1e-3, "the outputs must not be trivially equal"
 
 
 def test_export_to_a_missing_folder_ends_with_one_line(exported, tmp_path):

@@ -90,6 +90,14 @@ def make_images(folder: Path) -> list[Path]:
     save(Image.fromarray(pattern(30, 40, 1)[..., 0].astype(np.uint16) * 257), "deep_40x30.png")
     save(Image.fromarray(pattern(43, 41, 3)).convert("CMYK"), "cmyk_41x43.jpg")
     save(Image.fromarray(pattern(25, 20, 3)).convert("1"), "bits_20x25.png")
+    # a phone photo stored sideways with an EXIF orientation tag; a tiny one; a very wide one; dark 16-bit
+    phone = Image.fromarray(pattern(36, 70, 3))
+    exif = phone.getexif()
+    exif[0x0112] = 6
+    save(phone, "exif_rotated_70x36.jpg", exif=exif, quality=92)
+    save(Image.fromarray(pattern(7, 11, 3)), "tiny_11x7.png")
+    save(Image.fromarray(pattern(50, 2000, 3)), "wide_2000x50.png")
+    save(Image.fromarray(pattern(33, 29, 1)[..., 0].astype(np.uint16)), "dark16_29x33.png")
     return out
 
 
@@ -145,8 +153,10 @@ def test_default_model_with_one_head_exports_verified(tmp_path, images):
     assert report.exporter == "torchscript" and report.opset == 18 and report.verified
     assert set(report.random_diff) == set(report.image_diff) == {"species"}
     assert report.max_diff <= TOL and report.images == 4
-    assert "species" in report.format() and "random" in report.format()
-    assert_valid_file(out, ["species"], session.input_spec.size)
+    assert "species" in report.format() and "random" in report.format() and ", opset 18," in report.format()
+    model = assert_valid_file(out, ["species"], session.input_spec.size)
+    assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] == [("", 18)]
+    assert read_metadata(out).data["opset"] == 18
     rng = np.random.default_rng(3)
     assert_parity(session, out, rng.standard_normal((5, 3, session.input_spec.size, session.input_spec.size)))
 
@@ -167,6 +177,14 @@ def test_three_heads_of_every_kind(tmp_path, images):
     from engine.onnx_metadata import load_batch
 
     assert_parity(session, out, load_batch(images[2:7], session.input_spec))
+    # every test image, the EXIF-rotated, tiny, very wide and dark 16-bit ones included: Graft's own
+    # prediction and the ONNX file's, preprocessed from its metadata, agree
+    ours = predict_files(session, images)
+    theirs = OnnxPredictor(out).predict_files(images)
+    assert len(ours) == len(theirs) == len(images)
+    for path, a, b in zip(images, ours, theirs):
+        for head in ("species", "tags", "size"):
+            assert np.abs(a[head].values - b[head].values).max() <= TOL, (path.name, head)
 
 
 def test_resnet_cut_at_layer3_exports_the_early_exit_trunk(tmp_path, images):
@@ -457,3 +475,173 @@ def test_attention_exports_with_the_fast_torchscript_exporter(tmp_path):
     report = export_onnx(tiny_session(Tokens()), tmp_path / "attention.onnx")
     assert report.exporter == "torchscript" and report.notes == [] and report.max_diff <= TOL
     assert torch.backends.mha.get_fastpath_enabled()  # switched off for the export only
+
+
+# -- the opset, full disks, EXIF in predict, training images ------------------------------------------
+
+def file_opset(path: Path) -> int:
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_the_recorded_opset_is_the_one_in_the_file(tmp_path):
+    session = tiny_session(nn.Identity())
+    report = export_onnx(session, tmp_path / "ts.onnx", opset=13)
+    assert report.exporter == "torchscript" and report.opset == 13 == file_opset(tmp_path / "ts.onnx")
+    assert read_metadata(tmp_path / "ts.onnx").data["opset"] == 13 and report.notes == []
+    # the dynamo exporter writes no opset below 18: the report and the metadata say what the file holds
+    report = export_onnx(session, tmp_path / "dyn.onnx", opset=13, exporter="dynamo")
+    assert report.opset == 18 == file_opset(tmp_path / "dyn.onnx") == read_metadata(tmp_path / "dyn.onnx").data["opset"]
+    assert "opset 13 was asked for; the dynamo exporter wrote opset 18" in report.notes
+    assert "opset 18, dynamo exporter" in report.format()
+
+
+@pytest.mark.parametrize("opset", [12, 7, 30, 1000, "18", True])
+def test_an_opset_the_exporters_cannot_write_is_refused(tmp_path, opset):
+    with pytest.raises(GraftError, match=rf"ONNX opset {opset!r} is not supported: choose one from 13 to \d+ "
+                                         r"\(default 18\)"):
+        export_onnx(tiny_session(nn.Identity()), tmp_path / "x.onnx", opset=opset)
+    assert os.listdir(tmp_path) == []
+
+
+def count_exports(monkeypatch) -> list[str]:
+    import engine.export
+
+    calls: list[str] = []
+    real = engine.export._export
+
+    def spy(kind, *args, **kwargs):
+        calls.append(kind)
+        return real(kind, *args, **kwargs)
+
+    monkeypatch.setattr(engine.export, "_export", spy)
+    return calls
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="needs POSIX file size limits")
+@pytest.mark.parametrize("exporter", ["auto", "dynamo"])
+def test_a_write_the_system_refuses_stops_at_once(tmp_path, monkeypatch, exporter):
+    """A real refusal by the operating system (the file size limit: EFBIG, as a full disk gives ENOSPC) is
+    reported as a write error on the spot, not blamed on the exporters after trying the other one."""
+    import resource
+    import signal
+
+    calls = count_exports(monkeypatch)
+    session = tiny_session(nn.Identity())
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (600, hard))  # the tiny model's file needs a few kB
+    try:
+        with pytest.raises(GraftError) as info:
+            export_onnx(session, tmp_path / "x.onnx", exporter=exporter)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert str(info.value) == f"Cannot write {tmp_path / 'x.onnx'}: File too large."
+    assert calls == [exporter if exporter != "auto" else "torchscript"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_is_not_blamed_on_the_exporters(tmp_path, monkeypatch):
+    import errno
+
+    import engine.export
+
+    calls: list[str] = []
+
+    def full(kind, model, example, path, *args):
+        calls.append(kind)
+        path.write_bytes(b"half a fi")
+        raise RuntimeError("serialising failed") from OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine.export, "_export", full)
+    with pytest.raises(GraftError) as info:
+        export_onnx(tiny_session(nn.Identity()), tmp_path / "x.onnx")
+    assert str(info.value) == f"Cannot write {tmp_path / 'x.onnx'}: No space left on device."
+    assert calls == ["torchscript"] and os.listdir(tmp_path) == []
+
+
+def rotated_photo(path: Path) -> Path:
+    yy, xx = np.mgrid[0:30, 0:50]
+    img = Image.fromarray(np.stack([xx * 5, yy * 8, (xx * yy) % 256], -1).astype(np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(path, exif=exif)
+    return path
+
+
+def test_predict_follows_the_exif_orientation_the_metadata_states(tmp_path):
+    import json
+
+    from engine.preprocess import preprocess_file
+
+    session = tiny_session(nn.Identity())
+    out = tmp_path / "m.onnx"
+    export_onnx(session, out)
+    photo = rotated_photo(tmp_path / "phone.png")
+    assert read_metadata(out).data["preprocessing"]["exif_orientation"] is True
+    spec = session.input_spec
+    upright, sideways = preprocess_file(photo, spec), preprocess_file(photo, spec, exif=False)
+    assert np.abs(upright - sideways).max() > 0.1, "the test image must look different when turned"
+    got = OnnxPredictor(out).predict_files([photo])[0]["output"].raw
+    assert np.abs(got - ort_run(out, upright[None])["output"][0]).max() == 0
+    assert np.abs(got - predict_files(session, [photo])[0]["output"].raw).max() <= TOL
+    # a file whose metadata says not to apply it: predict leaves the pixels as stored
+    model = onnx.load(str(out))
+    entry = next(p for p in model.metadata_props if p.key == "graft")
+    data = json.loads(entry.value)
+    data["preprocessing"]["exif_orientation"] = False
+    entry.value = json.dumps(data)
+    onnx.save(model, str(tmp_path / "as_stored.onnx"))
+    got = OnnxPredictor(tmp_path / "as_stored.onnx").predict_files([photo])[0]["output"].raw
+    assert np.abs(got - ort_run(out, sideways[None])["output"][0]).max() == 0
+
+
+def test_predict_each_keeps_the_good_images_when_one_is_bad(tmp_path, images):
+    session = tiny_session(nn.Identity())
+    out = tmp_path / "m.onnx"
+    export_onnx(session, out, verify=False)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    predictor = OnnxPredictor(out)
+    results = list(predictor.predict_each([images[0], bad, tmp_path / "gone.png", images[1]], batch_size=3))
+    assert [p for p, _ in results] == [images[0], bad, tmp_path / "gone.png", images[1]]
+    assert isinstance(results[1][1], GraftError) and "bad.png: not a readable image" in str(results[1][1])
+    assert isinstance(results[2][1], GraftError) and "gone.png: no such file" in str(results[2][1])
+    expected = predictor.predict_files([images[0], images[1]])
+    for (_, got), want in zip([results[0], results[3]], expected):
+        assert np.array_equal(got["output"].raw, want["output"].raw)
+
+
+def test_training_images_come_from_the_recorded_data(tmp_path):
+    from engine.export import training_images
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for cls in ("cat", "dog", "eel"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "cat" / "0.png").write_text("broken")  # skipped: unreadable
+    (root / "dog" / "notes.txt").write_text("not an image")
+    found, where = training_images({"training": {"data": str(root)}})
+    # one image of each class in turn, the unreadable cat/0.png left out
+    assert found == [root / "dog/0.png", root / "eel/0.png", root / "cat/1.png", root / "dog/1.png"]
+    assert where == f"from its training data {root}"
+    assert training_images({"training": {"data": str(root)}}, limit=2)[0] == found[:2]
+
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("image;size\nphotos/dog/2.png;1,5\n\nphotos/missing.png;2\n" + str(root / "eel/1.png") + ";3\n")
+    found, _ = training_images({"training": {"data": str(manifest)}})
+    assert found == [tmp_path / "photos/dog/2.png", root / "eel/1.png"]
+
+    broken = tmp_path / "broken"
+    (broken / "cat").mkdir(parents=True)
+    (broken / "cat" / "1.jpg").write_bytes(b"\xff\xd8 cut short")
+    for extra, why in [(None, "does not record the data"), ({}, "does not record the data"),
+                       ({"training": "?"}, "does not record the data"),
+                       ({"training": {"data": str(tmp_path / "gone")}},
+                        f"training data {tmp_path / 'gone'} no longer exists"),
+                       ({"training": {"data": str(broken)}},
+                        f"no readable image was found in its training data {broken}")]:
+        found, message = training_images(extra)
+        assert found == [] and why in message, message

@@ -17,7 +17,7 @@ from engine.heads import HeadSpec
 from engine.inference import decode, head_specs, predict_arrays, predict_files, predict_image
 from engine.onnx_metadata import (KEY, build_metadata, from_props, softmax, to_props, validate)
 from engine.operations import AddHead
-from engine.preprocess import InputSpec, preprocess_file
+from engine.preprocess import InputSpec, open_image, preprocess_file, to_rgb
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,12 +97,114 @@ def test_metadata_round_trips_through_props():
     (lambda d: d.update(outputs=[]), "no outputs"),
     (lambda d: d["outputs"][0].update(labels=["x", "y", "z"]), "contradicts"),
     (lambda d: d.update(format=99), "newer Graft"),
+    (lambda d: d.update(format="x"), r"metadata is invalid \(metadata format 'x'"),
+    (lambda d: d.update(format=True), r"metadata is invalid \(metadata format True"),
+    (lambda d: d.update(format=0), r"metadata is invalid \(metadata format 0"),
+    (lambda d: d["preprocessing"].update(exif_orientation="yes"), "exif_orientation 'yes'"),
+    (lambda d: d["preprocessing"]["sixteen_bit"].update(formula="v // 256"), "unsupported 16-bit scaling 'v // 256'"),
+    (lambda d: d.update(preprocessing=[]), "'preprocessing' is not an object"),
 ])
 def test_invalid_metadata_is_rejected_with_a_reason(damage, message):
     data = build_metadata(InputSpec(), heads3(), {})
     damage(data)
     with pytest.raises(GraftError, match=message):
         validate(json.loads(json.dumps(data)))
+
+
+def test_metadata_written_before_the_exif_and_16_bit_keys_means_both_applied():
+    data = build_metadata(InputSpec(), heads3(), {})
+    assert data["preprocessing"]["exif_orientation"] is True
+    for key in ("exif_orientation", "sixteen_bit"):
+        del data["preprocessing"][key]
+    assert validate(data).exif_orientation is True
+    data["preprocessing"]["exif_orientation"] = False
+    assert validate(data).exif_orientation is False
+
+
+def test_the_steps_name_the_exif_orientation_and_the_16_bit_formula():
+    data = build_metadata(InputSpec(size=32, resize=36), heads3(), {})
+    steps = data["preprocessing"]["steps"]
+    assert "EXIF orientation" in steps[1] and "exif_transpose" in steps[1]
+    assert "floor((clip(v, 0, 65535) + 128) / 257)" in steps[2] and "round(v * 255 / 65535)" in steps[2]
+    assert data["preprocessing"]["sixteen_bit"]["formula"] == "floor((clip(v, 0, 65535) + 128) / 257)"
+    props = to_props(data)
+    assert props["exif_orientation"] == "true" and "EXIF orientation" in props["preprocessing"]
+
+
+# -- preprocessing, followed from the metadata alone -----------------------------------------------------
+
+def exif_rotated(path: Path, orientation: int = 6) -> Path:
+    """A 40x24 picture stored sideways with an EXIF orientation tag, as phones write them."""
+    yy, xx = np.mgrid[0:24, 0:40]
+    arr = np.stack([xx * 6, yy * 10, (xx * yy) % 256], -1).astype(np.uint8)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif)
+    return path
+
+
+def by_the_metadata(path: Path, data: dict) -> np.ndarray:
+    """An independent implementation of the preprocessing that reads only the metadata's fields, as a
+    deployment would."""
+    from PIL import ImageOps
+
+    pre = data["preprocessing"]
+    img = Image.open(path)
+    img.load()
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if pre["exif_orientation"]:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in pre["sixteen_bit"]["modes"]:
+        assert pre["sixteen_bit"]["formula"] == "floor((clip(v, 0, 65535) + 128) / 257)"
+        v = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        img = Image.fromarray(np.floor((v + 128) / 257).astype(np.uint8))
+    if img.mode in ("RGBA", "LA"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", img.size, tuple(pre["alpha_background"]) + (255,)), rgba)
+    img = img.convert("RGB")
+    w, h = img.size
+    s = pre["resize_shorter_side"] / min(w, h)
+    crop = pre["centre_crop"]
+    nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
+    filt = getattr(Image.Resampling, pre["pillow_filter"].rsplit(".", 1)[1])
+    img = img.resize((nw, nh), filt)
+    left, top = (nw - crop) // 2, (nh - crop) // 2
+    arr = np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.float32) / np.float32(255)
+    arr = (arr - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
+    return arr.transpose(2, 0, 1)
+
+
+def test_a_deployment_following_the_metadata_gets_the_same_input(tmp_path):
+    spec = InputSpec(size=16, resize=20, interpolation="bicubic")
+    data = build_metadata(spec, heads3(), {})
+    dark = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) % 256  # every value <= 255: still 16-bit
+    bright = (np.arange(20 * 30, dtype=np.int64).reshape(20, 30) * 109) % 65536
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    Image.fromarray(bright.astype(np.uint16)).save(tmp_path / "bright16.png")
+    for path in (exif_rotated(tmp_path / "phone.jpg"), exif_rotated(tmp_path / "upside.png", 3),
+                 tmp_path / "dark16.png", tmp_path / "bright16.png"):
+        ours = preprocess_file(path, spec)
+        assert np.abs(ours - by_the_metadata(path, data)).max() <= 1e-6, path.name
+
+
+def test_exif_orientation_turns_the_picture_upright(tmp_path):
+    path = exif_rotated(tmp_path / "phone.jpg")
+    assert Image.open(path).size == (40, 24)
+    assert open_image(path).size == (24, 40)  # orientation 6: rotated 90 degrees to stand upright
+    assert open_image(path, exif=False).size == (40, 24)
+
+
+def test_16_bit_images_are_scaled_the_same_whatever_their_brightness():
+    dark = Image.fromarray(np.array([[0, 128, 129, 255]], dtype=np.uint16))
+    assert dark.mode == "I;16"
+    # v * 255 / 65535 rounded: a dark 16-bit image stays (nearly) black, it is not read as 8-bit
+    assert np.asarray(to_rgb(dark))[0, :, 0].tolist() == [0, 0, 1, 1]
+    bright = Image.fromarray(np.array([[51600, 65535, 257 * 200 + 128, 257 * 200 + 129]], dtype=np.uint16))
+    assert np.asarray(to_rgb(bright))[0, :, 0].tolist() == [201, 255, 200, 201]  # rounded, not floored
+    wide = Image.fromarray(np.array([[-5, 70000, 257 * 3]], dtype=np.int32))
+    assert wide.mode == "I" and np.asarray(to_rgb(wide))[0, :, 0].tolist() == [0, 255, 3]
 
 
 def test_files_without_or_with_broken_metadata():
