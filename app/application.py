@@ -15,8 +15,21 @@ from .workers import shutdown_all
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 
 
+def collect_garbage_on_gui_thread(app: QApplication) -> None:
+    """Python's cyclic garbage collector runs in whichever thread happens to allocate; when a worker
+    thread (loading, training) triggers it and it frees Qt wrappers made on the GUI thread, Qt can
+    crash (seen: a segfault in ``gc`` on the loader thread, about 1 run in 10). So automatic collection
+    is switched off and the GUI thread collects on a timer instead (pyqtgraph's recipe). Idempotent."""
+    if getattr(app, "_graft_gc", None) is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        app._graft_gc = GarbageCollector(interval=0.5)
+
+
 def configure_app(app: QApplication) -> None:
-    """Names for QSettings, the Fusion style with Graft's style sheet, and the window icon."""
+    """Names for QSettings, the Fusion style with Graft's style sheet, the window icon, and garbage
+    collection on the GUI thread only."""
+    collect_garbage_on_gui_thread(app)
     QCoreApplication.setOrganizationName(ORGANIZATION)
     QCoreApplication.setApplicationName(APPLICATION)
     app.setApplicationDisplayName("Graft")

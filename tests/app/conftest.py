@@ -51,6 +51,23 @@ def boxes(monkeypatch):
     return b
 
 
+@pytest.fixture(scope="package", autouse=True)
+def gc_on_the_gui_thread(qapp):
+    """As in the app: the cyclic collector never runs on a worker thread (see configure_app). The
+    engine tests after these have no event loop to collect, so automatic collection comes back."""
+    import gc
+
+    from app.application import collect_garbage_on_gui_thread
+
+    collect_garbage_on_gui_thread(qapp)
+    assert not gc.isenabled()
+    yield
+    qapp._graft_gc.timer.stop()
+    qapp._graft_gc = None
+    gc.enable()
+    gc.collect()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_thread_outlives_the_tests():
     """A QThread still running when Python exits aborts the process: end every worker first."""
