@@ -24,7 +24,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="architecture of a state-dict file (guessed when left out)")
     parser.add_argument("--random-weights", action="store_true", help="accept random weights when none are available")
     parser.add_argument("--trust", action="store_true",
-                        help="allow a pickled model file (it can run code: only for files you trust)")
+                        help="allow a pickled model file, also as the source of a .graft project "
+                             "(it can run code: only for files you trust)")
 
 
 def load_session(args: argparse.Namespace):
@@ -36,7 +37,7 @@ def load_session(args: argparse.Namespace):
     if model.endswith(".graft"):
         from engine.project import open_project
 
-        return open_project(model)
+        return open_project(model, trust=bool(getattr(args, "trust", False)))
     network = load_network(model, weights=args.weights, arch=args.arch, random_init=args.random_weights,
                            trust=args.trust)
     return Session(network)

@@ -5,6 +5,7 @@ project recipe (JSON) and in the ONNX metadata.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,6 +13,29 @@ from .errors import GraftError
 
 KINDS = ("single", "multi", "regression")
 KIND_TITLES = {"single": "single-label (softmax)", "multi": "multi-label (sigmoid)", "regression": "regression"}
+
+# Heads live in an nn.ModuleDict, which cannot hold a key that is one of its own attributes. Written
+# out rather than read from torch: this module must import without torch (ONNX predictions). Names
+# starting with "_" are refused too. tests/engine/test_operations.py checks this list against torch.
+RESERVED_NAMES = frozenset((
+    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "clear",
+    "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer",
+    "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "items", "keys", "load_state_dict",
+    "modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters", "parameters",
+    "pop", "register_backward_hook", "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+    "register_full_backward_hook", "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
+    "register_load_state_dict_pre_hook", "register_module", "register_parameter",
+    "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_", "set_extra_state",
+    "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "update",
+    "values", "xpu", "zero_grad"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -33,15 +57,29 @@ class HeadSpec:
     loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.labels:
+        if self.labels and isinstance(self.labels, (list, tuple)):
             self.outputs = len(self.labels)
         self.validate()
 
     def validate(self) -> None:
+        if not isinstance(self.name, str):
+            raise GraftError(f"A head's name must be text, not {self.name!r}.")
         if not self.name or not self.name.strip():
             raise GraftError("A head needs a name.")
         if not self.name.replace("_", "a").replace("-", "a").isalnum():
             raise GraftError(f"Head name {self.name!r}: use letters, digits, '_' or '-' only.")
+        if self.name in RESERVED_NAMES or self.name.startswith("_"):
+            raise GraftError(f"Head name {self.name!r} is reserved (PyTorch uses it for the heads' container): "
+                             "choose another name.")
+        if not _is_count(self.outputs):
+            raise GraftError(f"Head {self.name!r}: the number of outputs must be a whole number, not {self.outputs!r}.")
+        for what, values in (("labels", self.labels), ("columns", self.columns)):
+            if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+                raise GraftError(f"Head {self.name!r}: {what} must be a list of names.")
+        if not isinstance(self.hidden, (list, tuple)) or not all(_is_count(h) for h in self.hidden):
+            raise GraftError(f"Head {self.name!r}: hidden layer sizes must be whole numbers.")
+        if not _is_number(self.dropout) or not _is_number(self.loss_weight):
+            raise GraftError(f"Head {self.name!r}: dropout and loss weight must be numbers.")
         if self.kind not in KINDS:
             raise GraftError(f"Head {self.name!r}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}.")
         if self.outputs < 1:
@@ -67,6 +105,8 @@ class HeadSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HeadSpec":
+        if not isinstance(data, dict):
+            raise GraftError(f"A head must be described by an object, not {type(data).__name__}.")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 

@@ -37,11 +37,22 @@ class History:
     def redo(self) -> Operation:
         if not self.undone:
             raise GraftError("Nothing to redo.")
-        op = self.undone.pop()
-        self.session.apply(op)
+        op = self.undone[-1]
+        self.session.apply(op)  # a GraftError leaves it to redo
+        self.undone.pop()
         self.done.append(op)
         self._changed()
         return op
+
+    def reset(self, done: list[Operation] | None = None) -> None:
+        """Start over with ``done`` (already applied, the latest last) as what can be undone; a reopened
+        project passes the replayed operations that can be undone faithfully."""
+        applied = self.session.applied
+        done = list(done or [])
+        if done and applied[len(applied) - len(done):] != done:
+            raise ValueError("the undoable operations must be the latest applied ones, in order")
+        self.done, self.undone = done, []
+        self._changed()
 
     @property
     def can_undo(self) -> bool:

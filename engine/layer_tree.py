@@ -82,8 +82,9 @@ class LayerTree:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.order: list[str] = []  # module paths in the order their forward starts
         self.feature_dim: int | None = None
-        self.build_seconds = 0.0
+        self.build_seconds = 0.0  # how long the last full build (dry run, then the nodes) took
         self.shape_error: str | None = None
+        self._probe_seconds: float | None = None  # a dry run not yet counted in build_seconds
 
     # -- events ---------------------------------------------------------------------------------
     def connect(self, event: str, callback: Listener) -> None:
@@ -114,6 +115,7 @@ class LayerTree:
     # -- building -------------------------------------------------------------------------------
     def probe(self, model: GraftModel) -> None:
         """One dry run on a dummy input: output shape of every module and the order they run in."""
+        start = time.perf_counter()
         body = model.trunk.body
         names = {m: n for n, m in body.named_modules() if n}
         shapes: dict[str, tuple[int, ...]] = {}
@@ -152,15 +154,18 @@ class LayerTree:
                 h.remove()
             model.train(was_training)
         self.shapes, self.order = shapes, order
+        self._probe_seconds = time.perf_counter() - start
 
     def sync(self, model: GraftModel, output_layer: str | None, probe: bool = True) -> None:
         """Bring the nodes in line with ``model``, announcing each difference."""
-        start = time.perf_counter()
         if probe or not self.shapes:
             self.probe(model)
+        start = time.perf_counter()
         fresh = self._build(model, output_layer)
         self._merge(self.root, fresh)
-        self.build_seconds = time.perf_counter() - start
+        if self._probe_seconds is not None:  # a sync without a new dry run keeps the last full build's time
+            self.build_seconds = self._probe_seconds + time.perf_counter() - start
+            self._probe_seconds = None
 
     def _build(self, model: GraftModel, output_layer: str | None) -> LayerNode:
         root = LayerNode(name="", path="", kind="root")

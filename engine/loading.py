@@ -5,8 +5,10 @@ Pickles are loaded with ``weights_only=True`` unless the user has said they trus
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +24,14 @@ DEFAULT_MODEL = "efficientnet_lite0"
 LITE_NAMES = {f"efficientnet_lite{i}": i for i in range(3)}
 STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
+# torch's weights-only unpickler warns about pickle protocols it may not read before it refuses them:
+# Graft reports the refusal itself, in one line.
+warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+
+
+class NeedsTrust(GraftError):
+    """Loading this would unpickle Python objects, which can run code: only with the user's trust."""
+
 
 @dataclass
 class ModelSource:
@@ -32,14 +42,30 @@ class ModelSource:
     arch: str | None = None  # architecture of a state-dict file
     weights: str | None = None  # "pretrained", "random", or a weights file path
     format: str | None = None  # file: "state_dict" | "safetensors" | "torchscript" | "pickle"
-    trusted: bool = False
+    trusted: bool = False  # a record that the user trusted the file when loading it: never read back as permission
+    num_classes: int | None = None  # the output layer's classes, when they differ from the architecture's default
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSource":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """A source read from a project file (ValueError/TypeError for one that makes no sense)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"the source is {type(data).__name__}, not an object")
+        source = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        if source.kind not in ("builtin", "torchvision", "file"):
+            raise ValueError(f"unknown source kind {source.kind!r}")
+        for name in ("name", "arch", "weights", "format"):
+            value = getattr(source, name)
+            if not (isinstance(value, str) or (value is None and name != "name")):
+                raise TypeError(f"the source's {name} must be text, not {type(value).__name__}")
+        if source.num_classes is not None and (isinstance(source.num_classes, bool) or
+                                               not isinstance(source.num_classes, int) or source.num_classes < 1):
+            raise ValueError(f"the source's num_classes must be a positive whole number, not {source.num_classes!r}")
+        if source.kind == "file" and source.format not in ("state_dict", "safetensors", "torchscript", "pickle"):
+            raise ValueError(f"unknown model file format {source.format!r}")
+        return source
 
     def describe(self) -> str:
         if self.kind == "file":
@@ -108,10 +134,15 @@ def _tv_spec(name: str) -> tuple[InputSpec, list[str] | None]:
     return _spec_from_tv_weights(enum.DEFAULT), list(enum.DEFAULT.meta.get("categories") or []) or None
 
 
-def _build_tv(name: str) -> nn.Module:
+def _build_tv(name: str, num_classes: int | None = None) -> nn.Module:
     import torchvision
 
-    return torchvision.models.get_model(name, weights=None)
+    if num_classes is None:
+        return torchvision.models.get_model(name, weights=None)
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except (TypeError, ValueError) as exc:
+        raise GraftError(f"{name} cannot be built with {num_classes} output classes ({exc}).") from None
 
 
 # -- reading files ------------------------------------------------------------------------------------
@@ -123,11 +154,66 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in n or n.startswith("code/") for n in zf.namelist())
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file, whatever its name: an 8-byte little-endian header length, then a JSON object."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 2 <= length <= size - 8 and head[8:9] == b"{"
+
+
+_OBJECT_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _holds_pickled_objects(path: Path) -> bool:
+    """Whether ``path`` is a pickle (plain, or torch.save's zip or legacy format) that names Python objects.
+
+    Read with :mod:`pickletools`, which parses opcodes and never executes anything. A pickle must start
+    with a PROTO opcode (protocol 2 or later, as torch.save and pickle.dump write) and parse cleanly to
+    its STOP; random bytes and text do not.
+    """
+    import io
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                if not names:
+                    return False
+                stream: Any = io.BytesIO(zf.read(names[0]))
+        else:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
+        with stream:
+            if stream.read(2)[:1] != b"\x80":
+                return False
+            stream.seek(0)
+            for _ in range(5):  # torch's legacy format: magic number, protocol, system info, then the data
+                found = False
+                for opcode, _arg, _pos in pickletools.genops(stream):
+                    found = found or opcode.name in _OBJECT_OPCODES
+                if found:
+                    return True
+                if not stream.read(1):
+                    return False
+                stream.seek(-1, io.SEEK_CUR)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, IndexError, UnicodeDecodeError,
+            OverflowError):
+        return False
+    return False
+
+
 def read_weights_file(path: Path, trust: bool = False) -> tuple[str, Any]:
     """Return (format, payload): a state dict, a TorchScript module, or (trusted) a pickled module."""
     if not path.is_file():
         raise GraftError(f"{path}: no such file.")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -140,24 +226,29 @@ def read_weights_file(path: Path, trust: bool = False) -> tuple[str, Any]:
             return "torchscript", torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable TorchScript file
             raise GraftError(f"{path.name} looks like TorchScript but could not be loaded ({exc}).") from None
+    not_a_model = (f"{path.name} is not a model file Graft can read "
+                   "(expected TorchScript, a state_dict .pt/.pth, .safetensors, or a pickled model)")
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "global" not in str(exc).lower():  # not a pickle of Python objects: just not a model
-            raise GraftError(f"{path.name} is not a model file Graft can read.") from None
+    except Exception as exc:  # noqa: BLE001 - text files, truncated archives, random bytes, pickled objects …
+        objects = _holds_pickled_objects(path)
         if not trust:
-            raise GraftError(
-                f"{path.name} contains pickled Python objects, which can run code when loaded. "
-                "Load it only if you trust where it came from (tick 'I trust this file' / pass --trust).") from None
-        try:
+            if objects:
+                raise NeedsTrust(
+                    f"{path.name} contains pickled Python objects, which can run code when loaded. Load it only "
+                    "if you trust where it came from (tick 'I trust this file' / pass --trust).") from None
+            raise GraftError(f"{not_a_model}; {exc.__class__.__name__}.") from None
+        try:  # trusted: the full unpickler, whatever stopped the weights-only one
             payload = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise GraftError(f"{path.name} could not be unpickled ({exc.__class__.__name__}: {exc}).") from None
-        if isinstance(payload, nn.Module):
-            return "pickle", payload
-    except Exception as exc:  # noqa: BLE001 - text files, truncated archives, random bytes …
-        raise GraftError(f"{path.name} is not a model file Graft can read "
-                         f"(expected TorchScript, a state_dict .pt/.pth, or .safetensors; {exc.__class__.__name__}).") from None
+        except Exception as exc2:  # noqa: BLE001
+            if not objects:
+                raise GraftError(f"{not_a_model}; {exc.__class__.__name__}.") from None
+            try:  # written by pickle.dump rather than torch.save
+                with open(path, "rb") as f:
+                    payload = pickle.load(f)  # noqa: S301 - the user said they trust this file
+            except Exception:  # noqa: BLE001
+                raise GraftError(f"{path.name} could not be unpickled "
+                                 f"({exc2.__class__.__name__}: {exc2}).") from None
     if isinstance(payload, nn.Module):
         return "pickle", payload
     return "state_dict", _unwrap_state_dict(payload, path)
@@ -185,41 +276,94 @@ GUESS_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3
                "shufflenet_v2_x1_0", "vgg16", "vit_b_16", "swin_t")
 
 
-def _build_arch(arch: str, meta: bool = False) -> tuple[nn.Module, InputSpec, list[str] | None]:
+def _build_arch(arch: str, meta: bool = False,
+                num_classes: int | None = None) -> tuple[nn.Module, InputSpec, list[str] | None]:
+    """``arch`` with random weights (on the meta device: shapes only); ``num_classes``: an output layer
+    of that many classes instead of the default (then no class names: ImageNet's do not apply)."""
     if arch in LITE_NAMES:
-        from .efficientnet_lite import IMAGENET_CLASSES, build_efficientnet_lite
+        from .efficientnet_lite import IMAGENET_CLASSES, NUM_CLASSES, EfficientNetLite, lite_input_spec
 
-        if meta:
-            with torch.device("meta"):
-                module, spec = build_efficientnet_lite(LITE_NAMES[arch], pretrained=False)
-        else:
-            module, spec = build_efficientnet_lite(LITE_NAMES[arch], pretrained=False)
-        return module, spec, list(IMAGENET_CLASSES)
+        n = NUM_CLASSES if num_classes is None else num_classes
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            module = EfficientNetLite(LITE_NAMES[arch], num_classes=n).eval()
+        return module, lite_input_spec(LITE_NAMES[arch]), list(IMAGENET_CLASSES) if n == NUM_CLASSES else None
     if arch not in torchvision_names():
         raise GraftError(f"Unknown architecture {arch!r}. Known: efficientnet_lite0-2 and torchvision's "
                          "classification models (resnet18, mobilenet_v3_large, vit_b_16, …).")
     spec, classes = _tv_spec(arch)
-    if meta:
-        with torch.device("meta"):
-            return _build_tv(arch), spec, classes
-    return _build_tv(arch), spec, classes
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        module = _build_tv(arch, num_classes)
+    if num_classes is not None and classes is not None and num_classes != len(classes):
+        classes = None
+    return module, spec, classes
+
+
+def _output_key(module: nn.Module) -> str | None:
+    """The classifier's last layer as the state dict names it: the last Linear registered."""
+    name = None
+    for n, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            name = n
+    return name
+
+
+def _other_class_count(module: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of ``state``'s output layer when it differs from ``module``'s and the layer
+    otherwise fits (same input features): a fine-tuned head. None otherwise."""
+    head = _output_key(module)
+    if head is None:
+        return None
+    own = module.state_dict()
+    weight, bias = state.get(f"{head}.weight"), state.get(f"{head}.bias")
+    mine = own.get(f"{head}.weight")
+    if weight is None or mine is None or weight.dim() != 2 or weight.shape[1] != mine.shape[1]:
+        return None
+    n = int(weight.shape[0])
+    if n == mine.shape[0] or n < 1:
+        return None
+    if (f"{head}.bias" in own) != (bias is not None) or (bias is not None and tuple(bias.shape) != (n,)):
+        return None
+    return n
+
+
+def _fits_apart_from_classes(module: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` has ``module``'s keys and shapes, the output layer's class count aside."""
+    want = _signature(module)
+    if set(want) != set(state):
+        return False
+    skip: set[str] = set()
+    if _other_class_count(module, state) is not None:
+        head = _output_key(module)
+        skip = {f"{head}.weight", f"{head}.bias"}
+    return all(tuple(state[k].shape) == shape for k, shape in want.items() if k not in skip)
 
 
 def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
-    """The known architecture whose state_dict keys and shapes match exactly (built on the meta device)."""
-    want = {k: tuple(v.shape) for k, v in state.items()}
+    """The known architecture whose state_dict keys and shapes match, the output layer's class count
+    aside (a fine-tuned head): built on the meta device where it can be."""
     for arch in list(LITE_NAMES) + list(GUESS_ARCHS):
         try:
             module, _, _ = _build_arch(arch, meta=True)
-        except Exception:  # noqa: BLE001 - an architecture that cannot build here is simply skipped
-            continue
-        if _signature(module) == want:
+        except Exception:  # noqa: BLE001 - some builders compute on tensors: build those for real
+            try:
+                module, _, _ = _build_arch(arch)
+            except Exception:  # noqa: BLE001 - an architecture that cannot build here is simply skipped
+                continue
+        if _fits_apart_from_classes(module, state):
             return arch
     return None
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    result = module.load_state_dict(state, strict=False)
+    own = module.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise GraftError(f"The weights do not fit {what}: {key} has shape {tuple(value.shape)} in the file "
+                             f"but {tuple(own[key].shape)} in {what}.")
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # dtype or other copy failures
+        raise GraftError(f"The weights do not fit {what}: {str(exc).strip().splitlines()[-1].strip()}") from None
     missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
         parts = []
@@ -228,6 +372,23 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) ->
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise GraftError(f"The weights do not fit {what}: {'; '.join(parts)}.")
+
+
+def _build_with_state(arch: str, state: dict[str, torch.Tensor],
+                      what: str) -> tuple[nn.Module, InputSpec, list[str] | None, int | None]:
+    """``arch`` holding ``state``; rebuilt with the state's class count when only the output layer's
+    shape differs (a fine-tuned head). Returns the module, its input spec, class names and that count."""
+    module, spec, classes = _build_arch(arch)
+    n = _other_class_count(module, state)
+    if n is not None:
+        module, spec, classes = _build_arch(arch, num_classes=n)
+    _load_state(module, state, what)
+    return module, spec, classes, n
+
+
+def _classes_note(n: int | None) -> list[str]:
+    return [f"Its output layer has {n} classes (fine-tuned): the architecture's ImageNet class names do not apply."] \
+        if n is not None else []
 
 
 # -- the one entry point ------------------------------------------------------------------------------
@@ -265,8 +426,9 @@ def _load_named(name: str, weights: str | os.PathLike | None, random_init: bool)
         fmt, state = read_weights_file(Path(weights))
         if fmt not in ("state_dict", "safetensors"):
             raise GraftError(f"{Path(weights).name} is a whole model, not weights for {name}: open it directly.")
-        _load_state(module, state, name)
-        return LoadedNetwork(module.eval(), spec, ModelSource(kind, name, weights=str(weights)), [], classes)
+        module, spec, classes, n = _build_with_state(name, state, name)
+        return LoadedNetwork(module.eval(), spec, ModelSource(kind, name, weights=str(weights), num_classes=n),
+                             _classes_note(n), classes)
     cached = hub_cache_file(name)
     if cached is not None:
         _, state = read_weights_file(cached)
@@ -281,12 +443,63 @@ def _load_named(name: str, weights: str | os.PathLike | None, random_init: bool)
                          [f"{name} has random weights, as asked: it has learned nothing yet."], None)
 
 
+def _assumed_input_note(spec: InputSpec, what: str) -> str:
+    return (f"{what} does not say what input its network expects: assumed {spec.describe()}. "
+            "Check that this is how its images were prepared in training.")
+
+
+def _identify_module(module: nn.Module) -> tuple[str, int | None] | None:
+    """(architecture, class count) when a pickled module is exactly a known architecture: the same class
+    for every submodule, the same settings (strides, eps …) and weight shapes, no hooks and no replaced
+    methods. A project made from it can then be reopened by building that architecture, without
+    unpickling the file again."""
+    from .efficientnet_lite import EfficientNetLite
+
+    if not (type(module).__module__.startswith("torchvision.models.") or type(module) is EfficientNetLite):
+        return None
+    state = module.state_dict()
+    for arch in list(LITE_NAMES) + list(GUESS_ARCHS):
+        try:
+            candidate, _, _ = _build_arch(arch, meta=True)
+        except Exception:  # noqa: BLE001 - unusual builders: try the next architecture
+            continue
+        if type(candidate) is not type(module):
+            continue
+        n = _other_class_count(candidate, state)
+        if n is not None:
+            try:
+                candidate, _, _ = _build_arch(arch, meta=True, num_classes=n)
+            except Exception:  # noqa: BLE001
+                continue
+        if _signature(candidate) != {k: tuple(v.shape) for k, v in state.items()} or repr(candidate) != repr(module):
+            continue
+        ours = [(name, type(m)) for name, m in candidate.named_modules()]
+        theirs = [(name, type(m)) for name, m in module.named_modules()]
+        if ours != theirs:
+            continue
+        if any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in module.modules()):
+            return None
+        return arch, n
+    return None
+
+
 def load_file(path: Path, *, arch: str | None = None, trust: bool = False) -> LoadedNetwork:
     fmt, payload = read_weights_file(path, trust=trust)
     source = ModelSource("file", str(path.resolve()), format=fmt, trusted=trust)
-    if fmt in ("torchscript", "pickle"):
-        notes = ["TorchScript model: heads attach to its output; its layers cannot be cut."] if fmt == "torchscript" else []
-        return LoadedNetwork(payload.eval(), InputSpec(), source, notes, None)
+    if fmt == "torchscript":
+        spec = InputSpec()
+        notes = ["TorchScript model: heads attach to its output; its layers cannot be cut.",
+                 _assumed_input_note(spec, path.name)]
+        return LoadedNetwork(payload.eval(), spec, source, notes, None)
+    if fmt == "pickle":
+        known = _identify_module(payload)
+        spec, classes, notes = InputSpec(), None, []
+        if known is not None:
+            source.arch, source.num_classes = known
+            _, spec, classes = _build_arch(source.arch, meta=True, num_classes=source.num_classes)
+            notes.append(f"Recognised as a pickled {source.arch}.")
+        notes.append(_assumed_input_note(spec, path.name))
+        return LoadedNetwork(payload.eval(), spec, source, notes + _classes_note(source.num_classes), classes)
     state = payload
     if any(k.startswith("_conv_stem.") for k in state) and arch is None:
         raise GraftError(f"{path.name} uses the original EfficientNet-PyTorch key names; "
@@ -296,25 +509,72 @@ def load_file(path: Path, *, arch: str | None = None, trust: bool = False) -> Lo
         if arch is None:
             raise GraftError(f"{path.name} holds weights for an architecture Graft does not recognise: "
                              "name the architecture (--arch NAME).")
-    module, spec, classes = _build_arch(arch)
-    _load_state(module, state, arch)
-    source.arch = arch
-    return LoadedNetwork(module.eval(), spec, source, [f"Recognised as {arch} weights."], classes)
+    module, spec, classes, n = _build_with_state(arch, state, arch)
+    source.arch, source.num_classes = arch, n
+    return LoadedNetwork(module.eval(), spec, source, [f"Recognised as {arch} weights."] + _classes_note(n), classes)
 
 
-def rebuild(source: ModelSource) -> LoadedNetwork:
-    """The architecture of ``source`` (weights need not be right: a project loads its own)."""
+def rebuild(source: ModelSource, *, trust: bool = False) -> tuple[LoadedNetwork, bool]:
+    """The network ``source`` describes, to reopen a project (which then loads its own saved weights).
+
+    Returns it and whether it holds the source's own weights (random ones for a source loaded with
+    random weights): those are what undoing a delete or a cut brings back. Where they are not on this
+    machine any more, the architecture is built with random weights. A pickled model file is never
+    unpickled unless ``trust`` is given here: a project file cannot grant it.
+    """
     if source.kind in ("builtin", "torchvision"):
-        module, spec, classes = _build_arch(source.name)
-        return LoadedNetwork(module.eval(), spec, source, [], classes)
-    if source.format in ("torchscript", "pickle"):
-        path = Path(source.name)
+        return _rebuild_named(source)
+    path = Path(source.name)
+    if source.format == "torchscript":
         if not path.is_file():
-            raise GraftError(f"This project was made from {path}, which is gone: TorchScript and pickled "
-                             "models are rebuilt from their original file.")
-        return load_file(path, trust=source.trusted)
-    module, spec, classes = _build_arch(source.arch or "")
-    return LoadedNetwork(module.eval(), spec, source, [], classes)
+            raise GraftError(f"This project was made from {path}, which is gone: a TorchScript model is "
+                             "rebuilt from its original file.")
+        network = load_file(path)
+        return LoadedNetwork(network.module, network.input_spec, source, [], None), True
+    if source.format == "pickle":
+        if trust and path.is_file():
+            network = load_file(path, trust=True)
+            return LoadedNetwork(network.module, network.input_spec, source, [], network.class_names), True
+        if source.arch:  # the file held exactly this architecture: build it, unpickling nothing
+            module, spec, classes = _build_arch(source.arch, num_classes=source.num_classes)
+            return LoadedNetwork(module.eval(), spec, source, [], classes), False
+        if not path.is_file():
+            raise GraftError(f"This project was made from the pickled model {path}, which is gone: "
+                             "its network is rebuilt from that file.")
+        raise NeedsTrust(f"This project was made from the pickled model {path.name}: reopening it unpickles "
+                         "that file again, which can run code. Open the project only if you trust that file "
+                         "(pass --trust, or confirm that you trust it).")
+    if not source.arch:
+        raise GraftError(f"The project does not name the architecture of {path.name}.")
+    if path.is_file():
+        try:
+            network = load_file(path, arch=source.arch, trust=trust)
+        except GraftError:
+            network = None  # the file changed since: fall back to the architecture alone
+        if network is not None and network.source.num_classes == source.num_classes:
+            return LoadedNetwork(network.module, network.input_spec, source, [], network.class_names), True
+    module, spec, classes = _build_arch(source.arch, num_classes=source.num_classes)
+    return LoadedNetwork(module.eval(), spec, source, [], classes), False
+
+
+def _rebuild_named(source: ModelSource) -> tuple[LoadedNetwork, bool]:
+    name, weights = source.name, source.weights
+    if weights == "random":
+        module, spec, classes = _build_arch(name, num_classes=source.num_classes)
+        return LoadedNetwork(module.eval(), spec, source, [], classes), True
+    try:
+        if weights and weights != "pretrained":
+            if Path(weights).is_file():
+                network = _load_named(name, weights, False)
+                if network.source.num_classes == source.num_classes:
+                    return LoadedNetwork(network.module, network.input_spec, source, [], network.class_names), True
+        elif name in LITE_NAMES or hub_cache_file(name) is not None:
+            network = _load_named(name, None, False)
+            return LoadedNetwork(network.module, network.input_spec, source, [], network.class_names), True
+    except GraftError:
+        pass  # the weights file changed or is damaged: the architecture alone
+    module, spec, classes = _build_arch(name, num_classes=source.num_classes)
+    return LoadedNetwork(module.eval(), spec, source, [], classes), False
 
 
 def detect_output_layer(body: nn.Module, order: list[str]) -> str | None:

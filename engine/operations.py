@@ -59,13 +59,24 @@ class Operation:
     def args(self) -> dict[str, Any]:
         return {}
 
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        """For a project reopened by replaying its recipe: would undoing this operation bring back modules
+        whose weights are in neither the project file nor (``original_weights``) the rebuilt source?"""
+        return False
+
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "Operation":
+        """The operation a recipe entry describes; GraftError for one that is damaged."""
+        if not isinstance(data, dict):
+            raise GraftError(f"an operation must be an object, not {type(data).__name__}")
         data = dict(data)
         kind = data.pop("op", None)
-        if kind not in REGISTRY:
+        if not isinstance(kind, str) or kind not in REGISTRY:
             raise GraftError(f"Unknown operation {kind!r} in the project recipe.")
-        return REGISTRY[kind].from_args(data)
+        try:
+            return REGISTRY[kind].from_args(data)
+        except TypeError as exc:  # missing or unexpected arguments
+            raise GraftError(f"operation {kind!r}: {exc}") from None
 
     @classmethod
     def from_args(cls, data: dict[str, Any]) -> "Operation":
@@ -76,15 +87,40 @@ def _trunk_layer(s: "Session", layer: str) -> nn.Module:
     body = s.model.trunk.body
     if isinstance(body, torch.jit.ScriptModule):
         raise GraftError("This is a TorchScript model: its layers cannot be changed, only heads added on its output.")
+    if not isinstance(layer, str):
+        raise GraftError(f"A layer is named by text, not {layer!r}.")
     if not layer:
         raise GraftError("Name a layer.")
-    try:
-        module = body.get_submodule(layer)
-    except AttributeError:
-        raise GraftError(f"There is no layer {layer!r} in this network.") from None
+    module = body
+    parts = layer.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(module, nn.Identity) and i:
+            raise GraftError(f"Layer {layer!r} has been removed (its block {'.'.join(parts[:i])!r} was cut off "
+                             "or deleted).")
+        child = module._modules.get(part)
+        if child is None:
+            raise GraftError(f"There is no layer {layer!r} in this network.")
+        module = child
     if isinstance(module, nn.Identity):
         raise GraftError(f"Layer {layer!r} has been removed.")
     return module
+
+
+def _module_at(root: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path`` now, or None when the path does not resolve (a parent was replaced)."""
+    module = root
+    for part in path.split("."):
+        module = module._modules.get(part) if isinstance(module, nn.Module) else None
+        if module is None:
+            return None
+    return module
+
+
+def _check_head_name(name: str) -> None:
+    """A name the heads' nn.ModuleDict can hold (HeadSpec refuses the ones known when it was written)."""
+    if hasattr(nn.ModuleDict(), name):
+        raise GraftError(f"Head name {name!r} is reserved (PyTorch uses it for the heads' container): "
+                         "choose another name.")
 
 
 def _in_features(head: nn.Module) -> int:
@@ -114,6 +150,10 @@ class _ReattachesHeads:
         for name, head in self._old_heads.items():
             s.model.heads[name] = head
 
+    def _lost_on_reopen(self, original_weights: bool) -> bool:
+        # undo brings back trunk layers (the source's weights) and any heads this replaced (never saved)
+        return not original_weights or bool(getattr(self, "_old_heads", None))
+
 
 class DeleteOutputLayer(Operation, _ReattachesHeads):
     kind = "delete_output"
@@ -134,6 +174,9 @@ class DeleteOutputLayer(Operation, _ReattachesHeads):
         s.mark_dirty()
         self._reattach(s)
 
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        return self._lost_on_reopen(original_weights)
+
     def undo(self, s: "Session") -> None:
         set_module(s.model.trunk.body, self.layer, self.old)
         s.output_layer, s.output_deleted = self.layer, False
@@ -146,21 +189,64 @@ class DeleteOutputLayer(Operation, _ReattachesHeads):
 
 
 class CutAt(Operation, _ReattachesHeads):
-    """Keep everything up to and including ``layer``; the trunk's features come from its output."""
+    """Keep everything up to and including ``layer``; the trunk's features come from its output.
+
+    A cut on a network that is already cut first puts back what the earlier cuts replaced, then cuts
+    the whole network: cutting at a block that an earlier cut went into (or at any earlier layer) gives
+    the same network as cutting there in the first place.
+    """
 
     kind = "cut"
     touches_heads = True
 
     def __init__(self, layer: str) -> None:
+        if not isinstance(layer, str):
+            raise GraftError(f"A cut names its layer as text, not {layer!r}.")
         self.layer = layer
-        self.removed: list[tuple[str, nn.Module]] = []
+        self.removed: list[tuple[str, nn.Module]] = []  # (path, original module), replaced by placeholders
+        self.placeholders: list[nn.Module] = []  # the nn.Identity put at each removed path
+        self.restored: list[tuple[str, nn.Module]] = []  # earlier cuts' placeholders this cut took out
         self.prev_cut: str | None = None
         self.prev_output: tuple[str | None, bool] = (None, False)
+        self.took_output = False
+
+    def _put_back_earlier_cuts(self, s: "Session") -> None:
+        """Put back what earlier cuts replaced (latest first), with the output layer they took."""
+        body = s.model.trunk.body
+        self.restored = []
+        for op in reversed(s.applied):
+            if not isinstance(op, CutAt):
+                continue
+            for (path, original), placeholder in zip(op.removed, op.placeholders):
+                if _module_at(body, path) is placeholder:
+                    set_module(body, path, original)
+                    self.restored.append((path, placeholder))
+            if op.took_output and s.output_layer is None:
+                s.output_layer, s.output_deleted = op.prev_output
+        s.model.trunk.set_cut(None)
+        s.mark_dirty()
+
+    def _take_back(self, s: "Session") -> None:
+        """Undo :meth:`_put_back_earlier_cuts` (and this cut's own removals)."""
+        body = s.model.trunk.body
+        for path, module in reversed(self.removed):
+            set_module(body, path, module)
+        for path, placeholder in reversed(self.restored):
+            set_module(body, path, placeholder)
+        s.model.trunk.set_cut(self.prev_cut)
+        s.output_layer, s.output_deleted = self.prev_output
+        s.mark_dirty()
 
     def apply(self, s: "Session") -> None:
         _trunk_layer(s, self.layer)
+        self.prev_cut = s.model.trunk.cut_at
+        self.prev_output = (s.output_layer, s.output_deleted)
+        self.removed, self.placeholders, self.restored = [], [], []
+        if self.prev_cut is not None:
+            self._put_back_earlier_cuts(s)
         order = s.tree.order if not s.dirty else s.probe_order()
         if self.layer not in order:
+            self._take_back(s)
             raise GraftError(f"Layer {self.layer!r} does not run in the network's forward pass "
                              "(an earlier cut removed it?), so the network cannot be cut there.")
         start = order.index(self.layer)
@@ -170,24 +256,22 @@ class CutAt(Operation, _ReattachesHeads):
         top = [m for m in later if not any(is_within(m, a) and m != a for a in later_set)]
         body = s.model.trunk.body
         self.removed = [(m, body.get_submodule(m)) for m in top]
-        for path, _ in self.removed:
-            set_module(body, path, nn.Identity())
-        self.prev_cut = s.model.trunk.cut_at
+        self.placeholders = [nn.Identity() for _ in top]
+        for (path, _), placeholder in zip(self.removed, self.placeholders):
+            set_module(body, path, placeholder)
         s.model.trunk.set_cut(self.layer)
-        self.prev_output = (s.output_layer, s.output_deleted)
-        if s.output_layer and any(is_within(s.output_layer, m) for m in top):
+        self.took_output = bool(s.output_layer and any(is_within(s.output_layer, m) for m in top))
+        if self.took_output:
             s.output_layer, s.output_deleted = None, True
         s.mark_dirty()
         self._reattach(s)
 
     def undo(self, s: "Session") -> None:
-        body = s.model.trunk.body
-        for path, module in reversed(self.removed):
-            set_module(body, path, module)
-        s.model.trunk.set_cut(self.prev_cut)
-        s.output_layer, s.output_deleted = self.prev_output
-        s.mark_dirty()
+        self._take_back(s)
         self._restore_heads(s)
+
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        return self._lost_on_reopen(original_weights)
 
     @property
     def text(self) -> str:
@@ -204,6 +288,8 @@ class AddHead(Operation):
 
     def __init__(self, spec: HeadSpec | dict[str, Any], seed: int | None = None) -> None:
         self.spec = spec if isinstance(spec, HeadSpec) else HeadSpec.from_dict(spec)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise GraftError(f"A head's seed must be a whole number, not {seed!r}.")
         self.seed = seed
         self.module: nn.Module | None = None
 
@@ -211,6 +297,7 @@ class AddHead(Operation):
         self.spec.validate()
         if self.spec.name in s.model.heads:
             raise GraftError(f"There is already a head named {self.spec.name!r}.")
+        _check_head_name(self.spec.name)
         dim = s.feature_dim
         if dim is None:
             raise GraftError("The trunk's feature size is unknown (the network did not run on a dummy input).")
@@ -238,6 +325,8 @@ class RemoveHead(Operation):
     touches_heads = True
 
     def __init__(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise GraftError(f"A head is named by text, not {name!r}.")
         self.name = name
         self.saved: tuple[HeadSpec, nn.Module, int] | None = None
 
@@ -245,6 +334,9 @@ class RemoveHead(Operation):
         if self.name not in s.model.heads:
             raise GraftError(f"There is no head named {self.name!r}.")
         self.saved = s.take_head(self.name)
+
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        return True  # the removed head's weights were never saved: a replay rebuilt it untrained
 
     def undo(self, s: "Session") -> None:
         spec, module, index = self.saved
@@ -270,6 +362,8 @@ class UpdateHead(Operation):
     touches_heads = True
 
     def __init__(self, name: str, spec: HeadSpec | dict[str, Any]) -> None:
+        if not isinstance(name, str):
+            raise GraftError(f"A head is named by text, not {name!r}.")
         self.name = name
         self.spec = spec if isinstance(spec, HeadSpec) else HeadSpec.from_dict(spec)
         self.saved: tuple[HeadSpec, nn.Module, int] | None = None
@@ -281,6 +375,7 @@ class UpdateHead(Operation):
         self.spec.validate()
         if self.spec.name != self.name and self.spec.name in s.model.heads:
             raise GraftError(f"There is already a head named {self.spec.name!r}.")
+        _check_head_name(self.spec.name)
         old_spec = s.model.head_specs[self.name]
         reshaped = any(getattr(old_spec, f) != getattr(self.spec, f) for f in STRUCTURE_FIELDS)
         if reshaped and s.feature_dim is None:
@@ -294,6 +389,10 @@ class UpdateHead(Operation):
         s.take_head(self.spec.name)
         spec, module, index = self.saved
         s.insert_head(spec, module, index)
+
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        # a reshaped head replaced the old one, whose weights were never saved
+        return self.saved is not None and self.module is not self.saved[1]
 
     @property
     def text(self) -> str:
@@ -309,6 +408,8 @@ class RenameHead(UpdateHead):
     kind = "rename_head"
 
     def __init__(self, name: str, new_name: str, spec: dict[str, Any] | None = None) -> None:
+        if not isinstance(new_name, str):
+            raise GraftError(f"A head is named by text, not {new_name!r}.")
         self.new_name = new_name
         super().__init__(name, HeadSpec(name=new_name) if spec is None else spec)
 
@@ -333,8 +434,12 @@ class SetTrainable(Operation):
     MODES = ("layers", "up_to", "heads_only", "all")
 
     def __init__(self, mode: str = "layers", layers: list[str] | None = None, trainable: bool = True) -> None:
-        if mode not in self.MODES:
+        if not isinstance(mode, str) or mode not in self.MODES:
             raise GraftError(f"Unknown freeze mode {mode!r}.")
+        if not isinstance(layers, (list, tuple, type(None))) or not all(isinstance(l, str) for l in layers or []):
+            raise GraftError(f"Freeze: layers must be a list of layer names, not {layers!r}.")
+        if not isinstance(trainable, bool):
+            raise GraftError(f"Freeze: trainable must be true or false, not {trainable!r}.")
         self.mode, self.layers, self.trainable = mode, list(layers or []), trainable
         self.before: dict[str, bool] = {}
 
@@ -374,13 +479,28 @@ class SetTrainable(Operation):
             raise GraftError(f"Layer {layer!r} does not run in the network's forward pass.")
         rank = {m: i for i, m in enumerate(order)}
         limit = rank[layer]
+        last = {m: i for i, m in enumerate(order)}  # the last module to start within each module
+        for m, i in rank.items():
+            parts = m.split(".")
+            for k in range(1, len(parts)):
+                parent = ".".join(parts[:k])
+                if last.get(parent, -1) < i:
+                    last[parent] = i
         out = {}
+        enclosing: list[tuple[str, nn.Parameter]] = []  # own parameters of modules that hold the limit
         for owner, module in model.trunk.body.named_modules():
             for p in module.parameters(recurse=False):
-                if owner == "" or is_within(owner, layer) or rank.get(owner, len(order)) < limit:
+                if is_within(owner, layer):
                     out[names[p]] = False
-                elif owner in rank:
-                    out[names[p]] = True
+                elif owner and owner in rank and not is_within(layer, owner):
+                    # a module's own parameters (a block's layer_scale …) may be used after its children
+                    # run: they freeze only when all of the module runs before the limit
+                    out[names[p]] = not last[owner] < limit
+                elif owner == "" or is_within(layer, owner):
+                    enclosing.append((names[p], p))
+        if enclosing:  # the root's class token, an encoder's position embedding …: frozen when used before
+            used_before = _used_before(s, layer, [p for _, p in enclosing])  # the limit has finished
+            out.update({n: not used_before.get(p, False) for n, p in enclosing})  # unused: trainable
         out.update({n: True for n in names.values() if n.startswith("heads.")})
         return out
 
@@ -410,6 +530,46 @@ class SetTrainable(Operation):
 
     def args(self) -> dict[str, Any]:
         return {"mode": self.mode, "layers": self.layers, "trainable": self.trainable}
+
+
+def _used_before(s: "Session", layer: str, params: list[nn.Parameter]) -> dict[Any, bool]:
+    """One dry run: for each of ``params``, whether its first use comes before ``layer`` finishes.
+    Parameters the dry run never uses are left out."""
+    from torch.overrides import TorchFunctionMode
+
+    wanted = {id(p): p for p in params}
+    seen: dict[int, bool] = {}  # by id: tensors compare element-wise
+    finished = [False]
+
+    def look(value: Any) -> None:
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                look(v)
+        elif id(value) in wanted and value is wanted[id(value)] and id(value) not in seen:
+            seen[id(value)] = not finished[0]
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            look(args)
+            look(list((kwargs or {}).values()))
+            return func(*args, **(kwargs or {}))
+
+    def done(module: nn.Module, args: Any, out: Any) -> None:
+        finished[0] = True
+
+    model = s.model
+    handle = model.trunk.body.get_submodule(layer).register_forward_hook(done, prepend=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), Watch():
+            model.trunk(model.dummy_input(1))
+    except Exception:  # noqa: BLE001 - a network that does not run: decide without the dry run
+        pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return {wanted[i]: before for i, before in seen.items()}
 
 
 def freeze_preset(preset: str, layer: str | None = None) -> SetTrainable:

@@ -109,30 +109,94 @@ def read_project(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
         with zipfile.ZipFile(path) as zf:
             recipe = json.loads(zf.read("recipe.json"))
             weights = load(zf.read("weights.safetensors"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise GraftError(f"{path.name} is not a Graft project file ({exc.__class__.__name__}).") from None
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise GraftError(f"{path.name}: the weights inside are damaged ({exc}).") from None
-    if recipe.get("format", 0) > FORMAT:
+    if not isinstance(recipe, dict):
+        raise _invalid(path, f"its recipe is {type(recipe).__name__}, not an object")
+    version = recipe.get("format", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _invalid(path, f"its format must be a whole number, not {version!r}")
+    if version > FORMAT:
         raise GraftError(f"{path.name} was saved by a newer Graft (format {recipe['format']}).")
     return recipe, weights
 
 
-def open_project(path: str | os.PathLike) -> Session:
-    """Rebuild the source architecture, replay the operations, then load the saved weights exactly."""
+def _invalid(path: str | os.PathLike, what: str) -> GraftError:
+    return GraftError(f"{Path(path).name} is not a valid Graft project: {what}.")
+
+
+def _what(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"{exc.args[0]!r} is missing" if exc.args else "an entry is missing"
+    return str(exc).rstrip(".") or exc.__class__.__name__
+
+
+def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
+    """Rebuild the source network, replay the operations, then load the saved weights exactly.
+
+    ``trust``: the caller (the user) trusts the source model file, so a pickled one may be unpickled
+    again; a project file can never grant that itself. The rebuilt network carries the source's own
+    weights where they are still on this machine, so undoing a replayed delete or cut brings back what
+    was there; where they are not, the history starts at the reopened state and ``network.notes`` says
+    why. Damaged recipes end in GraftError("<file> is not a valid Graft project: …").
+    """
     recipe, weights = read_project(path)
-    network = rebuild(ModelSource.from_dict(recipe["source"]))
-    network.input_spec = InputSpec.from_dict(recipe.get("input_spec") or {}) if recipe.get("input_spec") \
-        else network.input_spec
+    name = Path(path).name
+    try:
+        source = ModelSource.from_dict(recipe["source"])
+        entries = recipe.get("operations", [])
+        if not isinstance(entries, list):
+            raise TypeError(f"its operations are {type(entries).__name__}, not a list")
+        ops = []
+        for i, data in enumerate(entries, 1):
+            try:
+                ops.append(Operation.from_dict(data))
+            except GraftError as exc:
+                raise ValueError(f"operation {i}: {exc}") from None
+        spec_data = recipe.get("input_spec")
+        if spec_data is not None and not isinstance(spec_data, dict):
+            raise TypeError(f"its input_spec is {type(spec_data).__name__}, not an object")
+        input_spec = InputSpec.from_dict(spec_data) if spec_data else None
+        if input_spec is not None and (isinstance(input_spec.size, bool) or not isinstance(input_spec.size, int)
+                                       or input_spec.size < 1):
+            raise ValueError(f"the input size must be a positive whole number, not {input_spec.size!r}")
+        extra = recipe.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise TypeError(f"its extra is {type(extra).__name__}, not an object")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _invalid(path, _what(exc)) from None
+
+    network, original = rebuild(source, trust=trust)
+    if input_spec is not None:
+        network.input_spec = input_spec
     session = Session(network)
-    for data in recipe.get("operations", []):
-        session.do(Operation.from_dict(data))
+    for i, op in enumerate(ops, 1):
+        try:
+            session.apply(op)
+        except GraftError as exc:
+            raise _invalid(path, f"operation {i} ({op.text}) cannot be redone on {source.describe()}: {exc}") \
+                from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise _invalid(path, f"operation {i} ({op.text}): {_what(exc)}") from None
     try:
         missing, unexpected = session.model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
-        raise GraftError(f"{Path(path).name}: the saved weights do not fit the rebuilt network ({exc}).") from None
+        raise GraftError(f"{name}: the saved weights do not fit the rebuilt network ({exc}).") from None
     if missing or unexpected:
-        raise GraftError(f"{Path(path).name}: the saved weights do not fit the rebuilt network "
+        raise GraftError(f"{name}: the saved weights do not fit the rebuilt network "
                          f"({len(missing)} missing, {len(unexpected)} unexpected).")
-    session.project_extra = recipe.get("extra", {})
+    # Undo reaches back only over operations whose undo brings back the weights that were there.
+    keep = len(ops)
+    while keep and not ops[keep - 1].lost_on_reopen(original):
+        keep -= 1
+    session.history.reset(ops[keep:])
+    if keep:
+        why = (f"the original weights of {source.describe()} are not on this machine" if not original
+               else "the weights of the layers or heads it would bring back were not saved in the project")
+        session.network.notes.append(
+            f"Undo reaches back {len(ops) - keep} of the project's {len(ops)} steps: {why}, so undoing "
+            f"'{ops[keep - 1].text}' would bring back random weights.")
+    session.project_extra = extra
     return session

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from .errors import GraftError
 from .graft_model import GraftModel
 from .heads import HeadSpec
 from .history import History
@@ -59,7 +60,18 @@ class Session:
         return self.history.do(op)
 
     def apply(self, op: Operation) -> None:
+        """Apply ``op``; GraftError leaves the model as it was. An operation after which the network no
+        longer runs on its dummy input (the dry run fails) is undone again and refused."""
+        healthy = self.tree.shape_error is None
         op.apply(self)
+        if healthy and (self.dirty or op.structural):
+            if self.dirty:
+                self.probe_order()
+            if self.tree.shape_error is not None:
+                error = self.tree.shape_error
+                op.undo(self)
+                self.probe_order()
+                raise GraftError(f"{op.text} was not done: the network would no longer run ({error}).")
         self.applied.append(op)
         self._after(op)
 

@@ -124,3 +124,24 @@ def test_a_network_that_fails_the_dry_run_still_shows_its_layers():
     s = Session(LoadedNetwork(NeedsOneChannel(), InputSpec(), ModelSource("file", "x.pt")))
     assert s.tree.shape_error and "conv" in s.tree and s.tree.node("conv").out_shape is None
     assert s.feature_dim is None
+
+
+def test_build_seconds_is_the_last_full_build_not_a_later_merge(resnet_session, monkeypatch):
+    """After an operation the tree re-probes; a later sync without a dry run keeps that time."""
+    import time
+
+    from engine.graft_model import GraftModel
+
+    s = resnet_session
+    dummy = GraftModel.dummy_input
+
+    def slow_dummy(self, batch=1):  # only dry runs ask for a dummy input
+        time.sleep(0.2)
+        return dummy(self, batch)
+
+    monkeypatch.setattr(GraftModel, "dummy_input", slow_dummy)
+    s.do(DeleteOutputLayer())  # the dry run happens inside the operation, before the tree syncs
+    after_delete = s.tree.build_seconds
+    assert after_delete >= 0.2
+    s.do(SetTrainable("layers", ["layer1"], trainable=False))  # no dry run: the time stays
+    assert s.tree.build_seconds == after_delete

@@ -151,3 +151,77 @@ def test_unrecognised_state_dict_asks_for_the_architecture(tmp_path):
     torch.save(torch.nn.Linear(3, 2).state_dict(), path)
     with pytest.raises(GraftError, match="--arch"):
         load_network(path)
+
+
+# -- fine-tuned checkpoints, file recognition, assumed input ------------------------------------------
+
+def test_a_fine_tuned_checkpoint_with_another_class_count_loads(tmp_path):
+    """A resnet18 fine-tuned to 10 classes: recognised (the output layer's shape aside) and rebuilt
+    with 10 classes, so the user's head loads; with --arch too."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10)
+    path = tmp_path / "ft10.pth"
+    torch.save(reference.state_dict(), path)
+    for arch in (None, "resnet18"):
+        net = load_network(path, arch=arch)
+        assert net.source.arch == "resnet18" and net.source.num_classes == 10
+        assert net.class_names is None  # ImageNet's names do not apply to 10 classes
+        assert any("10 classes" in n for n in net.notes)
+        assert torch.equal(outputs(net.module), outputs(reference))
+        assert Session(net).output_layer == "fc"
+    weights = tmp_path / "ft10-weights.pth"
+    torch.save(reference.state_dict(), weights)
+    named = load_network("resnet18", weights=weights)
+    assert named.source.num_classes == 10 and torch.equal(outputs(named.module), outputs(reference))
+
+
+def test_a_checkpoint_that_differs_elsewhere_names_the_first_mismatched_key(tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(128, 64, 5, 5)
+    path = tmp_path / "odd18.pth"
+    torch.save(state, path)
+    with pytest.raises(GraftError, match=r"layer2\.0\.conv1\.weight has shape \(128, 64, 5, 5\) in the file "
+                                         r"but \(128, 64, 3, 3\)"):
+        load_network(path, arch="resnet18")
+
+
+def test_a_module_saved_with_plain_pickle_loads_when_trusted(tmp_path):
+    import pickle
+
+    reference = torchvision.models.mobilenet_v3_small().eval()
+    path = tmp_path / "plain.pt"
+    with open(path, "wb") as f:
+        pickle.dump(reference, f)
+    with pytest.raises(GraftError, match="pickled Python objects.*trust"):
+        load_network(path)
+    net = load_network(path, trust=True)
+    assert net.source.format == "pickle"
+    assert torch.equal(outputs(net.module), outputs(reference))
+    state = tmp_path / "plain-state.pt"  # a state dict written by pickle.dump: weights once trusted
+    with open(state, "wb") as f:
+        pickle.dump(reference.state_dict(), f)
+    assert load_network(state, trust=True).source.arch == "mobilenet_v3_small"
+
+
+def test_safetensors_is_recognised_by_its_header_not_its_name(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "r18.pt"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    net = load_network(path)
+    assert net.source.format == "safetensors" and net.source.arch == "resnet18"
+    assert torch.equal(outputs(net.module), outputs(reference))
+
+
+def test_torchscript_and_pickled_models_say_their_input_was_assumed(tmp_path):
+    reference = torchvision.models.mobilenet_v3_small().eval()
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.trace(reference, torch.randn(1, 3, 224, 224)).save(str(scripted))
+    whole = tmp_path / "whole.pt"
+    torch.save(reference, whole)
+    for net in (load_network(scripted), load_network(whole, trust=True)):
+        assert any("assumed" in n and "224x224" in n and "mean" in n for n in net.notes), net.notes
+    state = tmp_path / "state.pt"  # an architecture's own input spec is known: nothing assumed
+    torch.save(reference.state_dict(), state)
+    assert not any("assumed" in n for n in load_network(state).notes)

@@ -253,3 +253,143 @@ def test_operation_texts_name_what_they_do(resnet_session):
     assert s.do(CutAt("layer3")).text == "Cut at layer3"
     assert s.do(SetTrainable("up_to", ["layer2"])).text == "Freeze up to layer2"
     assert s.do(AddHead(HeadSpec("x", "single", outputs=2))).text == "Add head 'x'"
+
+
+# -- a cut above an earlier cut; operations whose dry run fails -----------------------------------------
+
+def cut_fresh(network_name, layer):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    torch.manual_seed(0)
+    s = Session(load_network(network_name, random_init=network_name != "default"))
+    s.do(CutAt(layer))
+    return s
+
+
+@pytest.mark.parametrize("network,first,second", [("default", "features.5.1.depthwise", "features.5"),
+                                                  ("resnet18", "layer3.0.conv1", "layer3")])
+def test_a_cut_above_an_earlier_cut_puts_back_what_that_cut_removed(network, first, second, one_torch_thread):
+    s = cut_fresh(network, first)
+    reference = cut_fresh(network, second)  # the same weights: the same seed, or the bundled ones
+    states = [None, snapshot(s)]
+    s.do(CutAt(second))
+    assert s.tree.shape_error is None
+    assert s.feature_dim == reference.feature_dim is not None
+    assert torch.allclose(features(s)["output"], features(reference)["output"], atol=1e-6)
+    assert [n.path for n in s.tree] == [n.path for n in reference.tree]
+    s.do(AddHead(HeadSpec("a", "single", outputs=3), seed=0))  # refused before: feature size unknown
+    assert features(s)["a"].shape == (2, 3)
+    states.append(snapshot(s))
+    s.history.undo()
+    s.history.undo()
+    assert_same(states[1], snapshot(s))  # back to the first cut, its placeholders in place
+    assert s.tree.shape_error is None and s.model.trunk.cut_at == first
+    s.history.redo()
+    s.history.redo()
+    assert_same(states[2], snapshot(s))
+    for _ in range(3):
+        s.history.undo()
+    assert s.model.trunk.cut_at is None and s.output_layer is not None and s.tree.shape_error is None
+
+
+def test_a_cut_at_an_earlier_layer_after_a_cut_and_a_delete_round_trips(resnet_session):
+    s = resnet_session
+    ops = [DeleteOutputLayer(), CutAt("layer3.1.conv2"), CutAt("layer2.0"), CutAt("layer2")]
+    states = [snapshot(s)]
+    for op in ops:
+        s.do(op)
+        states.append(snapshot(s))
+        assert s.tree.shape_error is None
+    assert s.feature_dim == 128  # and layer2.1, which the cut at layer2.0 removed, is back in layer2:
+    assert torch.allclose(features(s)["output"], features(cut_fresh("resnet18", "layer2"))["output"], atol=1e-6)
+    for i in range(len(ops), 0, -1):
+        s.history.undo()
+        assert_same(states[i - 1], snapshot(s))
+    for i in range(1, len(ops) + 1):
+        s.history.redo()
+        assert_same(states[i], snapshot(s))
+
+
+class Reshapes(nn.Module):
+    """A network whose forward needs its output layer's shape: deleting that layer breaks it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)).flatten(1)).view(-1, 2, 3).sum(1)
+
+
+def test_an_operation_whose_dry_run_fails_is_undone_and_refused():
+    from engine.loading import LoadedNetwork, ModelSource
+    from engine.preprocess import InputSpec
+    from engine.session import Session
+
+    s = Session(LoadedNetwork(Reshapes().eval(), InputSpec(size=32, resize=36),
+                              ModelSource("file", "/x/r.pt", format="pickle")))
+    assert s.output_layer == "fc" and s.feature_dim == 3
+    before = snapshot(s)
+    with pytest.raises(GraftError, match="Delete output layer.*no longer run"):
+        s.do(DeleteOutputLayer())
+    assert_same(before, snapshot(s))
+    assert s.feature_dim == 3 and s.tree.shape_error is None and not s.history.can_undo and not s.applied
+    s.do(AddHead(HeadSpec("a", "single", outputs=2)))  # the model still works
+    with torch.no_grad():
+        assert s.model.eval()(s.model.dummy_input(2))["a"].shape == (2, 2)
+
+
+# -- head names the heads' container cannot hold ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["train", "eval", "to", "forward", "training", "keys", "_private"])
+def test_head_names_that_are_attributes_of_the_container_are_refused(resnet_session, name):
+    with pytest.raises(GraftError, match="reserved"):
+        HeadSpec(name, "single", outputs=2)
+    s = resnet_session
+    s.do(AddHead(HeadSpec("ok", "single", outputs=2)))
+    spec = HeadSpec("ok", "single", outputs=2)
+    spec.name = name  # a spec changed after it was made is checked again when used
+    with pytest.raises(GraftError, match="reserved"):
+        s.do(AddHead(spec))
+    with pytest.raises(GraftError, match="reserved"):
+        s.do(UpdateHead("ok", spec))
+    assert [h.name for h in s.heads] == ["ok"]
+
+
+def test_the_reserved_head_names_cover_torchs_container():
+    from engine.heads import RESERVED_NAMES
+
+    public = {n for n in dir(nn.ModuleDict()) if not n.startswith("_")}
+    assert public <= RESERVED_NAMES
+
+
+# -- freezing up to a layer: parameters owned by enclosing modules -------------------------------------
+
+def test_freeze_up_to_keeps_a_blocks_own_parameters_used_after_the_layer_trainable(one_torch_thread):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    s = Session(load_network("convnext_tiny", random_init=True))
+    s.do(SetTrainable("up_to", ["features.1.0.block.0"]))
+    grad = trainable(s, "trunk.body.")
+    assert not grad["trunk.body.features.1.0.block.0.weight"] and not grad["trunk.body.features.0.0.weight"]
+    assert grad["trunk.body.features.1.0.layer_scale"]  # applied after the whole block ran
+    assert grad["trunk.body.features.1.0.block.3.weight"] and grad["trunk.body.features.2.0.weight"]
+    s.do(SetTrainable("up_to", ["features.1.0"]))  # all of that block before the limit: frozen
+    assert not trainable(s, "trunk.body.features.1.0.layer_scale")["trunk.body.features.1.0.layer_scale"]
+
+
+def test_freeze_up_to_freezes_an_enclosing_modules_parameters_used_before_the_layer(one_torch_thread):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    s = Session(load_network("vit_b_16", random_init=True))
+    s.do(SetTrainable("up_to", ["encoder.layers.encoder_layer_5"]))
+    grad = trainable(s, "trunk.body.")
+    # the class token (the root's) and the position embedding (the encoder's) are used before layer 5
+    assert not grad["trunk.body.class_token"] and not grad["trunk.body.encoder.pos_embedding"]
+    assert not grad["trunk.body.conv_proj.weight"]
+    assert grad["trunk.body.encoder.layers.encoder_layer_6.mlp.0.weight"] and grad["trunk.body.encoder.ln.weight"]

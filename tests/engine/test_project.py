@@ -124,3 +124,199 @@ def test_weights_that_do_not_match_the_recipe_are_refused(edited, tmp_path):
         zf.writestr("weights.safetensors", weights)
     with pytest.raises(GraftError, match="do not fit"):
         open_project(tmp_path / "b.graft")
+
+
+# -- what reopening needs, and what it may run ------------------------------------------------------------
+
+def write_project(path, recipe, weights_from):
+    """A hand-made project: ``recipe`` with the weights of the project file ``weights_from``."""
+    with zipfile.ZipFile(weights_from) as zf:
+        weights = zf.read("weights.safetensors")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("recipe.json", json.dumps(recipe))
+        zf.writestr("weights.safetensors", weights)
+    return path
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = "/tmp/graft-test-evil-project-marker"
+
+
+def test_a_project_file_cannot_grant_trust_to_a_pickle(resnet_session, tmp_path):
+    os.makedirs(tmp_path, exist_ok=True)
+    if os.path.exists(MARKER):
+        os.unlink(MARKER)
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, evil)
+    plain = save_project(resnet_session, tmp_path / "plain.graft")
+    recipe = {"format": 1, "operations": [],
+              "source": {"kind": "file", "name": str(evil), "format": "pickle", "trusted": True}}
+    with pytest.raises(GraftError, match="trust"):
+        open_project(write_project(tmp_path / "evil.graft", recipe, plain))
+    # named as a state dict, it is read weights-only: refused, and the architecture is built instead
+    recipe["source"].update(format="state_dict", arch="resnet18")
+    session = open_project(write_project(tmp_path / "evil2.graft", recipe, plain))
+    assert session.source.arch == "resnet18"
+    assert not os.path.exists(MARKER)
+
+
+def test_a_pickled_torchvision_model_reopens_without_unpickling(tmp_path):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    torch.manual_seed(0)
+    reference = torchvision_model("mobilenet_v3_small")
+    pickled = tmp_path / "whole.pt"
+    torch.save(reference, pickled)
+    s = Session(load_network(pickled, trust=True))
+    assert s.source.arch == "mobilenet_v3_small"
+    s.do(DeleteOutputLayer())
+    s.do(AddHead(HeadSpec("a", "single", outputs=3), seed=0))
+    path = save_project(s, tmp_path / "p.graft")
+    x = torch.randn(2, 3, 224, 224)
+    expected = run(s, x)["a"]
+
+    trusted = open_project(path, trust=True)  # unpickled again: its original weights come back on undo
+    assert torch.equal(run(trusted, x)["a"], expected)
+    trusted.history.undo()
+    trusted.history.undo()
+    assert torch.equal(trusted.model.trunk.body.classifier[3].weight, reference.classifier[3].weight)
+
+    pickled.unlink()  # no file to unpickle: the architecture is built; undo stops after the delete
+    again = open_project(path)
+    assert torch.equal(run(again, x)["a"], expected)
+    assert [op.kind for op in again.history.done] == ["add_head"]
+    assert any("not on this machine" in n for n in again.network.notes)
+
+
+def torchvision_model(name, **kwargs):
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+
+
+def test_a_project_from_an_unrecognised_pickle_reopens_only_with_trust(tmp_path):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    model = torchvision_model("mobilenet_v3_small")
+    model.features[0][0].stride = (1, 1)  # not torchvision's mobilenet any more
+    pickled = tmp_path / "custom.pt"
+    torch.save(model, pickled)
+    s = Session(load_network(pickled, trust=True))
+    assert s.source.arch is None
+    path = save_project(s, tmp_path / "c.graft")
+    from engine.loading import NeedsTrust
+
+    with pytest.raises(NeedsTrust, match="can run code.*trust"):  # a GraftError the window can ask about
+        open_project(path)
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.equal(run(open_project(path, trust=True), x)["output"], run(s, x)["output"])
+
+
+def test_undo_after_reopening_brings_back_the_original_weights(tmp_path):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    s = Session(load_network("default"))
+    original = {k: v.clone() for k, v in s.model.trunk.state_dict().items()}
+    s.do(DeleteOutputLayer())
+    s.do(CutAt("features.6"))
+    s.do(AddHead(HeadSpec("a", "single", outputs=2), seed=0))
+    again = open_project(save_project(s, tmp_path / "lite.graft"))
+    assert again.network.notes == []
+    for _ in range(3):
+        again.history.undo()
+    restored = again.model.trunk.state_dict()
+    assert restored.keys() == original.keys() and all(torch.equal(restored[k], original[k]) for k in original)
+
+
+def test_undo_stops_at_the_reopen_point_when_the_source_weights_are_gone(tmp_path):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision_model("resnet18").state_dict(), weights)
+    s = Session(load_network("resnet18", weights=weights))
+    fc = s.model.trunk.body.fc.weight.clone()
+    s.do(DeleteOutputLayer())
+    s.do(AddHead(HeadSpec("a", "single", outputs=2), seed=0))
+    path = save_project(s, tmp_path / "r.graft")
+    x = torch.randn(1, 3, 224, 224)
+
+    present = open_project(path)
+    present.history.undo()
+    present.history.undo()
+    assert torch.equal(present.model.trunk.body.fc.weight, fc)
+
+    weights.unlink()
+    gone = open_project(path)
+    assert torch.equal(run(gone, x)["a"], run(s, x)["a"])
+    gone.history.undo()  # the head goes; undoing the delete would bring back a random output layer
+    assert not gone.history.can_undo and "a" not in gone.model.heads
+    assert any("not on this machine" in n and "r18.pth" in n for n in gone.network.notes)
+    gone.do(SetTrainable("heads_only"))  # new work is undoable as usual
+    gone.history.undo()
+
+
+def test_undo_stops_before_removed_heads_whose_weights_were_not_saved(resnet_session, tmp_path):
+    from engine.operations import RemoveHead
+
+    s = resnet_session
+    s.do(DeleteOutputLayer())
+    s.do(AddHead(HeadSpec("a", "single", outputs=2)))
+    s.do(RemoveHead("a"))
+    s.do(SetTrainable("heads_only"))
+    again = open_project(save_project(s, tmp_path / "h.graft"))
+    assert [op.kind for op in again.history.done] == ["set_trainable"]
+    assert any("were not saved" in n for n in again.network.notes)
+
+    again.do(AddHead(HeadSpec("b", "single", outputs=2)))
+    again.do(CutAt("layer2"))  # head b no longer fits: rebuilt, the old one kept only in memory
+    again.do(SetTrainable("all"))
+    third = open_project(save_project(again, tmp_path / "h2.graft"))
+    assert [op.kind for op in third.history.done] == ["set_trainable"]
+
+
+def test_a_fine_tuned_source_reopens_with_its_class_count(tmp_path):
+    from engine.loading import load_network
+    from engine.session import Session
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "ft10.pth"
+    torch.save(torchvision_model("resnet18", num_classes=10).state_dict(), checkpoint)
+    s = Session(load_network(checkpoint))
+    s.do(SetTrainable("heads_only"))
+    path = save_project(s, tmp_path / "ft.graft")
+    x = torch.randn(1, 3, 224, 224)
+    checkpoint.unlink()
+    again = open_project(path)
+    assert torch.equal(run(again, x)["output"], run(s, x)["output"])
+    assert again.model.trunk.body.fc.out_features == 10
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("source"), "'source' is missing"),
+    (lambda r: r.update(operations=[{"op": "cut"}]), "operation 1.*layer"),
+    (lambda r: r.update(format="1"), "format must be a whole number"),
+    (lambda r: r.update(operations={"op": "cut"}), "not a list"),
+    (lambda r: r.update(operations=[{"op": "cut", "layer": 5}]), "operation 1"),
+    (lambda r: r.update(operations=[{"op": "add_head", "spec": {"name": "a", "outputs": "2"}}]), "whole number"),
+    (lambda r: r.update(operations=[{"op": "cut", "layer": "nope"}]), "operation 1 .*no layer 'nope'"),
+    (lambda r: r["source"].update(kind="magic"), "unknown source kind"),
+    (lambda r: r["source"].update(name=None), "name must be text"),
+    (lambda r: r.update(input_spec={"size": "big"}), "input size"),
+    (lambda r: r.update(extra=[1]), "extra"),
+])
+def test_a_damaged_recipe_gets_a_clear_message(resnet_session, tmp_path, change, message):
+    plain = save_project(resnet_session, tmp_path / "plain.graft")
+    with zipfile.ZipFile(plain) as zf:
+        recipe = json.loads(zf.read("recipe.json"))
+    change(recipe)
+    with pytest.raises(GraftError, match=f"bad.graft is not a valid Graft project: .*{message}"):
+        open_project(write_project(tmp_path / "bad.graft", recipe, plain))
