@@ -17,7 +17,7 @@ from torch import nn
 
 import engine
 from engine.errors import GraftError
-from engine.export import export_onnx, max_abs_diff
+from engine.export import export_onnx, max_abs_diff, scaled_diff
 from engine.heads import HeadSpec
 from engine.inference import original_classes, predict_arrays, predict_files
 from engine.loading import LoadedNetwork, ModelSource, load_network
@@ -645,3 +645,14 @@ def test_training_images_come_from_the_recorded_data(tmp_path):
                         f"no readable image was found in its training data {broken}")]:
         found, message = training_images(extra)
         assert found == [] and why in message, message
+
+
+def test_differences_are_relative_only_for_outputs_beyond_one():
+    """Logits near 0 are held to the absolute tolerance; outputs in the thousands to float32's precision."""
+    ref = np.array([0.5, -0.25])
+    assert scaled_diff(ref, ref + 2e-4) == pytest.approx(2e-4)  # not divided by 0.5
+    big = np.array([1500.0, -3000.0], dtype=np.float32)
+    assert scaled_diff(big, big + np.float32(0.06)) == pytest.approx(0.06 / 3000, rel=1e-3)
+    assert scaled_diff(big, big * 1.01) == pytest.approx(0.01, rel=1e-3)  # a real 1% error still fails 1e-4
+    assert scaled_diff(np.array([np.inf, 2.0]), np.array([np.inf, 2.0])) == 0.0
+    assert scaled_diff(np.array([2.0]), np.array([np.nan])) == float("inf")
