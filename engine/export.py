@@ -57,9 +57,9 @@ _LOCK = threading.Lock()  # the exporters keep global state: one export at a tim
 
 @dataclass
 class ExportReport:
-    """What :func:`export_onnx` did. Differences are the largest difference per output between PyTorch
-    and onnxruntime (:func:`scaled_diff`: absolute, relative for outputs beyond ±1; ``random_diff``: a
-    random batch; ``image_diff``: the real images)."""
+    """What :func:`export_onnx` did. Differences are the largest absolute difference per output between
+    PyTorch and onnxruntime (``random_diff``: a random batch; ``image_diff``: the real images); each was
+    held to :meth:`allowed` (the tolerance, relative for outputs beyond ±1: ``output_scale``)."""
 
     path: Path
     seconds: float
@@ -72,6 +72,7 @@ class ExportReport:
     metadata: dict[str, Any]
     random_diff: dict[str, float] = field(default_factory=dict)
     image_diff: dict[str, float] = field(default_factory=dict)
+    output_scale: dict[str, float] = field(default_factory=dict)
     images: int = 0
     tolerance: float = 1e-4
     verified: bool = False
@@ -82,6 +83,9 @@ class ExportReport:
         values = list(self.random_diff.values()) + list(self.image_diff.values())
         return max(values) if values else float("nan")
 
+    def allowed(self, output: str) -> float:
+        return allowed_diff(self.tolerance, self.output_scale.get(output, 0.0))
+
     def format(self) -> str:
         timing = f"export {self.export_seconds:.2f} s" + (f", verification {self.verify_seconds:.2f} s" if self.verified else "")
         lines = [f"exported {self.path} ({human_bytes(self.size_bytes)}, opset {self.opset}, {self.exporter} exporter) "
@@ -91,26 +95,33 @@ class ExportReport:
             lines.append("not verified against PyTorch (verification was switched off)")
             return "\n".join(lines)
         what = f"a random batch of {RANDOM_BATCH}" + (f" and {self.images} image(s)" if self.images else "")
-        lines.append(f"verified against PyTorch with onnxruntime on {what} (tolerance {self.tolerance:.0e}); "
-                     "largest differences (absolute; relative where outputs exceed 1):")
+        lines.append(f"verified against PyTorch with onnxruntime on {what} (tolerance {self.tolerance:.0e}, "
+                     "relative for outputs beyond ±1); largest absolute differences:")
         width = max(len(o) for o in self.outputs)
         for o in self.outputs:
             row = f"  {o.ljust(width)}  random {self.random_diff[o]:.2e}"
             if o in self.image_diff:
                 row += f"  images {self.image_diff[o]:.2e}"
+            if self.allowed(o) > self.tolerance:
+                row += f"  (outputs up to {self.output_scale[o]:.3g}: allowed {self.allowed(o):.1e})"
             lines.append(row)
         return "\n".join(lines)
 
 
 
 
-def scaled_diff(ref: np.ndarray, got: np.ndarray) -> float:
-    """How far onnxruntime is from PyTorch on one output, in units of the output's size: the absolute
-    difference for outputs within ±1 (logits, standardised values), relative beyond. float32 holds about
-    7 digits, so a regression head answering in the thousands differs by ~1e-4 from rounding alone."""
-    ref = np.asarray(ref, dtype=np.float64)
-    finite = np.abs(ref[np.isfinite(ref)])
-    return max_abs_diff(ref, got) / max(1.0, float(finite.max()) if finite.size else 1.0)
+def output_scale(ref: np.ndarray) -> float:
+    """The largest finite magnitude in a PyTorch output: what float32 rounding is proportional to."""
+    finite = np.abs(np.asarray(ref, dtype=np.float64))
+    finite = finite[np.isfinite(finite)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+def allowed_diff(tolerance: float, scale: float) -> float:
+    """The tolerance for an output whose values reach ``scale``: absolute within ±1 (logits,
+    probabilities), relative beyond. float32 keeps about 7 digits, so a regression head answering in
+    the thousands differs by ~1e-4 between two correct runtimes from rounding alone."""
+    return tolerance * max(1.0, scale)
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -458,7 +469,8 @@ def _ort_session(path: Path):
 
 
 def _verify(model: nn.Module, path: Path, names: list[str], inputs: dict[str, np.ndarray],
-            tolerance: float) -> dict[str, dict[str, float]]:
+            tolerance: float) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Largest absolute difference per input set and output, and each output's scale (see allowed_diff)."""
     sess = _ort_session(path)
     got_in = [i.name for i in sess.get_inputs()]
     got_out = [o.name for o in sess.get_outputs()]
@@ -466,6 +478,7 @@ def _verify(model: nn.Module, path: Path, names: list[str], inputs: dict[str, np
         raise _Rejected(f"the exported file has inputs {got_in} and outputs {got_out}, expected "
                         f"['{INPUT_NAME}'] and {names}")
     diffs: dict[str, dict[str, float]] = {}
+    scales = {n: 0.0 for n in names}
     for label, batch in inputs.items():
         diffs[label] = {n: 0.0 for n in names}
         for start in range(0, len(batch), 16):
@@ -480,14 +493,17 @@ def _verify(model: nn.Module, path: Path, names: list[str], inputs: dict[str, np
                 r = ref[n].detach().numpy()
                 if np.shape(g) != r.shape:
                     raise _Rejected(f"output '{n}' has shape {np.shape(g)} in onnxruntime but {r.shape} in PyTorch")
-                diffs[label][n] = max(diffs[label][n], scaled_diff(r, g))
+                diffs[label][n] = max(diffs[label][n], max_abs_diff(r, g))
+                scales[n] = max(scales[n], output_scale(r))
     what = {"random": "a random batch", "images": "the given images"}
     for label, per in diffs.items():
         for n, d in per.items():
-            if not d <= tolerance:
+            limit = allowed_diff(tolerance, scales[n])
+            if not d <= limit:
+                relative = f" for outputs up to {scales[n]:.3g}" if limit > tolerance else ""
                 raise _Rejected(f"output '{n}' differs from PyTorch by {d:.3g} on {what.get(label, label)} "
-                                f"(tolerance {tolerance:g})")
-    return diffs
+                                f"(tolerance {limit:g}{relative})")
+    return diffs, scales
 
 
 # -- the entry point ----------------------------------------------------------------------------------
@@ -560,9 +576,10 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
                     written, metadata = _finish(tmp, make_metadata)
                     t1 = time.perf_counter()
                     diffs: dict[str, dict[str, float]] = {}
+                    scales: dict[str, float] = {}
                     if verify:
                         note("verifying with onnxruntime")
-                        diffs = _verify(model, tmp, names, inputs, tolerance)
+                        diffs, scales = _verify(model, tmp, names, inputs, tolerance)
                 except _Rejected as why:
                     rejected.append((kind, str(why)))
                     continue
@@ -571,7 +588,7 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
                 if written != opset:
                     notes.append(f"opset {opset} was asked for; the {kind} exporter wrote opset {written}")
                 result.update(exporter=kind, export_seconds=export_seconds, verify_seconds=time.perf_counter() - t1,
-                              metadata=metadata, diffs=diffs, notes=notes, opset=written)
+                              metadata=metadata, diffs=diffs, scales=scales, notes=notes, opset=written)
                 return
             if rejected:
                 kinds = " and ".join(k for k, _ in rejected) + (" exporters" if len(rejected) > 1 else " exporter")
@@ -586,7 +603,7 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
                         verify_seconds=result["verify_seconds"], exporter=result["exporter"], opset=result["opset"],
                         size_bytes=path.stat().st_size, outputs=names, metadata=result["metadata"],
                         random_diff=diffs.get("random", {}), image_diff=diffs.get("images", {}),
-                        images=len(image_paths) if verify else 0, tolerance=tolerance, verified=verify,
+                        output_scale=result["scales"], images=len(image_paths) if verify else 0, tolerance=tolerance, verified=verify,
                         notes=result["notes"])
 
 

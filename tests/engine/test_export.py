@@ -17,7 +17,7 @@ from torch import nn
 
 import engine
 from engine.errors import GraftError
-from engine.export import export_onnx, max_abs_diff, scaled_diff
+from engine.export import allowed_diff, export_onnx, max_abs_diff, output_scale
 from engine.heads import HeadSpec
 from engine.inference import original_classes, predict_arrays, predict_files
 from engine.loading import LoadedNetwork, ModelSource, load_network
@@ -647,12 +647,31 @@ def test_training_images_come_from_the_recorded_data(tmp_path):
         assert found == [] and why in message, message
 
 
-def test_differences_are_relative_only_for_outputs_beyond_one():
+def test_the_tolerance_is_relative_only_for_outputs_beyond_one():
     """Logits near 0 are held to the absolute tolerance; outputs in the thousands to float32's precision."""
-    ref = np.array([0.5, -0.25])
-    assert scaled_diff(ref, ref + 2e-4) == pytest.approx(2e-4)  # not divided by 0.5
-    big = np.array([1500.0, -3000.0], dtype=np.float32)
-    assert scaled_diff(big, big + np.float32(0.06)) == pytest.approx(0.06 / 3000, rel=1e-3)
-    assert scaled_diff(big, big * 1.01) == pytest.approx(0.01, rel=1e-3)  # a real 1% error still fails 1e-4
-    assert scaled_diff(np.array([np.inf, 2.0]), np.array([np.inf, 2.0])) == 0.0
-    assert scaled_diff(np.array([2.0]), np.array([np.nan])) == float("inf")
+    assert output_scale(np.array([0.5, -0.25])) == 0.5
+    assert allowed_diff(1e-4, 0.5) == 1e-4  # not divided by 0.5: small outputs keep the absolute rule
+    assert allowed_diff(1e-4, 3000.0) == pytest.approx(0.3)
+    assert output_scale(np.array([np.inf, -2.0, np.nan])) == 2.0
+    assert output_scale(np.array([np.nan])) == 0.0
+
+
+def test_a_regression_head_in_the_thousands_verifies_and_a_real_error_still_fails(tmp_path, monkeypatch):
+    session = tiny_session(nn.Identity())
+    session.do(AddHead(HeadSpec("price", kind="regression", outputs=1), seed=0))
+    with torch.no_grad():
+        for p in session.model.heads["price"].parameters():
+            p.mul_(1e4)  # outputs in the hundreds to thousands
+    report = export_onnx(session, tmp_path / "a.onnx")
+    assert report.output_scale["price"] > 100 and report.allowed("price") > report.tolerance
+    assert report.random_diff["price"] <= report.allowed("price")
+    assert "allowed" in report.format()
+    real_run = ort.InferenceSession.run
+
+    def skewed(self, names, feed, *args, **kwargs):  # a 1 % error is no rounding
+        return [o * 1.01 for o in real_run(self, names, feed, *args, **kwargs)]
+
+    monkeypatch.setattr(ort.InferenceSession, "run", skewed)
+    with pytest.raises(GraftError, match=r"output 'price' differs from PyTorch by .* for outputs up to"):
+        export_onnx(session, tmp_path / "b.onnx")
+    assert not (tmp_path / "b.onnx").exists()
