@@ -21,6 +21,27 @@ HEADS_KEY = "@heads"
 DATA_FIELDS = ("type_name", "out_shape", "params", "trainable_params", "is_output", "extra")
 
 
+# A dry run slower than this (the first one is real, in the loading worker) makes later ones run on
+# fake tensors; for small networks the fake run's per-op overhead costs more than the real arithmetic.
+FAKE_RUN_AFTER_S = 0.15
+
+
+def _shape_run(model: GraftModel) -> torch.Tensor:
+    """The dry run on fake tensors: every op computes its output's shape and no numbers, so surgery on
+    vit_l_16 (a real forward takes seconds, on the GUI thread when the window does surgery) takes a
+    fraction of that. Any failure (an op without a shape rule, TorchScript, or a genuine shape error)
+    makes the caller run the model for real, which gives the same answer or the real error."""
+    if isinstance(model.trunk.body, torch.jit.ScriptModule):
+        raise TypeError("TorchScript runs for real")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+        features = model.trunk(model.dummy_input(1))
+    if not isinstance(features, torch.Tensor) or features.dim() < 2:
+        raise TypeError("unexpected features")
+    return features
+
+
 @dataclass(eq=False)
 class LayerNode:
     """One module. ``path`` is its qualified name in the loaded network (``features.3.1``), or
@@ -85,6 +106,7 @@ class LayerTree:
         self.build_seconds = 0.0  # how long the last full build (dry run, then the nodes) took
         self.shape_error: str | None = None
         self._probe_seconds: float | None = None  # a dry run not yet counted in build_seconds
+        self.real_run_seconds: float | None = None  # the last real dry run: when slow, later ones go fake
 
     # -- events ---------------------------------------------------------------------------------
     def connect(self, event: str, callback: Listener) -> None:
@@ -143,8 +165,18 @@ class LayerTree:
         model.eval()
         self.shape_error = None
         try:
-            with torch.inference_mode():
-                features = model.trunk(model.dummy_input(1))
+            features = None
+            if self.real_run_seconds is not None and self.real_run_seconds > FAKE_RUN_AFTER_S:
+                try:
+                    features = _shape_run(model)
+                except Exception:  # noqa: BLE001 - no shape rule for an op, or a real error: run it for real
+                    shapes.clear()
+                    order.clear()
+            if features is None:
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    features = model.trunk(model.dummy_input(1))
+                self.real_run_seconds = time.perf_counter() - t0
             self.feature_dim = int(features.shape[1])
         except Exception as exc:  # a network that cannot run on its declared input: keep the tree
             self.shape_error = f"{exc.__class__.__name__}: {exc}"

@@ -1,6 +1,7 @@
 """The evented layer tree: node data from one dry run, and change events a view can replay exactly."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine.heads import HeadSpec
@@ -145,3 +146,73 @@ def test_build_seconds_is_the_last_full_build_not_a_later_merge(resnet_session, 
     assert after_delete >= 0.2
     s.do(SetTrainable("layers", ["layer1"], trainable=False))  # no dry run: the time stays
     assert s.tree.build_seconds == after_delete
+
+
+def _tiny_session(body):
+    from engine.loading import LoadedNetwork, ModelSource
+    from engine.preprocess import InputSpec
+    from engine.session import Session
+
+    return Session(LoadedNetwork(body, InputSpec(size=32, resize=36), ModelSource("file", "x.pt")))
+
+
+class Recorder(torch.nn.Module):
+    """Notes whether it saw real numbers or fake (shape-only) tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        self.seen.append("fake" if isinstance(x, FakeTensor) else "real")
+        return x
+
+
+def test_a_slow_network_dry_runs_on_fake_tensors_with_the_same_shapes():
+    """The first dry run is real (and timed); when it was slow, surgery's dry runs compute shapes only."""
+    from engine.layer_tree import FAKE_RUN_AFTER_S
+
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), Recorder(), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    s = _tiny_session(body)
+    real = (dict(s.tree.shapes), list(s.tree.order), s.tree.feature_dim)
+    assert body[1].seen == ["real"] and real[2] == 5
+    s.tree.real_run_seconds = FAKE_RUN_AFTER_S * 2  # as if the network were big
+    s.do(CutAt("3"))
+    assert body[1].seen[-1] == "fake"
+    assert s.tree.shapes["3"] == (8, 1, 1) and s.feature_dim == 8 and s.tree.shape_error is None
+    s.history.undo()
+    assert (dict(s.tree.shapes), list(s.tree.order), s.tree.feature_dim) == real
+    assert body[1].seen[-1] == "fake"
+
+
+class NumpyStep(torch.nn.Module):
+    def forward(self, x):  # .numpy() has no fake version: the dry run falls back to real numbers
+        return torch.from_numpy(x.detach().numpy() * 2)
+
+
+def test_an_op_without_a_shape_rule_falls_back_to_a_real_dry_run():
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), NumpyStep(), Recorder(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    s = _tiny_session(body)
+    order = list(s.tree.order)
+    s.tree.real_run_seconds = 10.0
+    s.do(DeleteOutputLayer())
+    assert body[2].seen == ["real", "real"]
+    assert s.feature_dim == 4 and s.tree.shapes["1"] == (4, 30, 30) and s.tree.shape_error is None
+    assert s.tree.order == order
+
+
+def test_a_real_shape_error_is_still_found_when_dry_runs_are_fake():
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    s = _tiny_session(body)
+    body[4] = torch.nn.Linear(5, 2)  # 3 features in, 5 expected
+    s.tree.probe(s.model)
+    real_error = s.tree.shape_error
+    assert real_error and "3" in real_error and "5" in real_error
+    s.tree.real_run_seconds = 10.0
+    s.tree.probe(s.model)
+    assert s.tree.shape_error == real_error and s.tree.feature_dim is None
