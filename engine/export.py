@@ -131,7 +131,8 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     if a.size == 0:
         return 0.0
     same = (a == b) | (np.isnan(a) & np.isnan(b))
-    d = np.where(same, 0.0, np.abs(a - b))
+    with np.errstate(invalid="ignore"):  # inf - inf: same sign is caught by ``same``, the rest is NaN → inf
+        d = np.where(same, 0.0, np.abs(a - b))
     d[np.isnan(d)] = np.inf
     return float(d.max())
 
