@@ -7,6 +7,7 @@ the QUndoStack as an already-applied :class:`~app.undo.OperationCommand`.
 """
 from __future__ import annotations
 
+import html
 import logging
 import math
 import time
@@ -15,9 +16,9 @@ from typing import Any
 
 from PySide6.QtCore import QEvent, QEventLoop, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QPainter, QUndoStack
-from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QGroupBox, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QProgressDialog, QScrollArea, QSizePolicy, QSplitter, QTabWidget,
-                               QToolBar, QUndoView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QGroupBox, QHBoxLayout, QLabel, QMainWindow,
+                               QMessageBox, QProgressBar, QProgressDialog, QScrollArea, QSizePolicy, QSplitter,
+                               QTabWidget, QToolBar, QToolButton, QUndoView, QVBoxLayout, QWidget)
 
 from engine.errors import GraftError
 from engine.layer_tree import HEADS_KEY
@@ -40,6 +41,10 @@ STOP_WAIT_MS = 15000  # closing: how long to wait for training to end after aski
 JOB_WAIT_MS = 30000  # closing: how long to wait for other work (a load, an evaluation) to end
 WAIT_NOTE_S = 0.2  # closing: after this long, a note says what it waits for
 TABS = ("heads", "data", "train", "evaluate")
+NOTES_STYLE = {  # the strip above the tree and tabs with what loading a model or project noted
+    "info": "QFrame#loadNotes { background: #e8f1fb; border: 1px solid #c4daf2; border-radius: 6px; }",
+    "warning": "QFrame#loadNotes { background: #fff4e5; border: 1px solid #f3c58a; border-radius: 6px; }",
+}
 
 # What each kind of work has to wait for: the names of running jobs, "train" for the training run.
 # Loading data never touches the model. A prediction only reads it (one forward pass): saving, which only
@@ -87,16 +92,53 @@ def _load_session(request: dict[str, Any]):
     return Session(network)
 
 
-def _open_project(path: str):
+class TrustNeeded:
+    """What :func:`_open_project` brings back for a project whose pickled source model would be unpickled
+    again: the window asks the user before trying again with ``trust``."""
+
+    def __init__(self, message: str, model_file: str | None) -> None:
+        self.message = message
+        self.model_file = model_file  # the pickled file, as the project names it (None: unreadable)
+
+
+def _pickled_source(path: str) -> str | None:
+    """The model file a project's recipe names as its source, or None."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = json.loads(zf.read("recipe.json"))["source"]["name"]
+    except Exception:  # noqa: BLE001 - only for the question's wording: open_project said what it needs
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def _open_project(path: str, trust: bool = False):
+    from engine.loading import NeedsTrust
     from engine.project import open_project
 
-    return open_project(path)
+    try:
+        return open_project(path, trust=trust)
+    except NeedsTrust as exc:
+        return TrustNeeded(str(exc), _pickled_source(path))
+
+
+def _recorded_data(extra: Any) -> dict[str, Any]:
+    """A project's ``extra`` as :func:`engine.export.training_images` reads it: ``main.py train`` records
+    ``{"training": {"data": …}}``; the window saves the data it had loaded as ``{"data": …}``."""
+    extra = dict(extra) if isinstance(extra, dict) else {}
+    info = extra.get("training")
+    if not (isinstance(info, dict) and info.get("data")) and isinstance(extra.get("data"), str) and extra["data"]:
+        extra["training"] = {**(info if isinstance(info, dict) else {}), "data": extra["data"]}
+    return extra
 
 
 def _load_data(path: str, heads=None):
     from engine.datasets import load_data
 
-    return load_data(path, heads=heads)
+    # Suggested heads leave out a column with a stray cell (a warning says which) instead of refusing the file.
+    return load_data(path, heads=heads, strict_suggestions=False)
 
 
 def _load_demo_data():
@@ -240,7 +282,41 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 3)
         self.splitter.setChildrenCollapsible(False)
-        self.setCentralWidget(self.splitter)
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(4)
+        column.addWidget(self._notes_box())
+        column.addWidget(self.splitter, 1)
+        self.setCentralWidget(central)
+
+    def _notes_box(self) -> QWidget:
+        """What loading a model or project noted (weights assumed or missing, how far undo reaches), in
+        full: the status line has room for one short message. Hidden until there are notes."""
+        self.notes_box = QWidget()
+        self.notes_frame = QFrame(self.notes_box)
+        self.notes_frame.setObjectName("loadNotes")
+        self.notes_label = QLabel()
+        self.notes_label.setObjectName("loadNotesText")
+        self.notes_label.setTextFormat(Qt.TextFormat.RichText)
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notes_label.setStyleSheet("background: transparent; border: none;")
+        close = QToolButton()
+        close.setObjectName("loadNotesClose")
+        close.setText("✕")
+        close.setAutoRaise(True)
+        close.setToolTip("Hide these notes")
+        close.clicked.connect(self.notes_box.hide)
+        layout = QHBoxLayout(self.notes_frame)
+        layout.setContentsMargins(10, 6, 4, 6)
+        layout.addWidget(self.notes_label, 1)
+        layout.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        margins = QVBoxLayout(self.notes_box)
+        margins.setContentsMargins(6, 6, 6, 2)
+        margins.addWidget(self.notes_frame)
+        self.notes_box.hide()
+        return self.notes_box
 
     def _history_box(self) -> QWidget:
         """The surgery so far, in order (the undo stack): clicking a step goes back to it."""
@@ -650,11 +726,7 @@ class MainWindow(QMainWindow):
             if Path(spec).exists():
                 self.settings.add_recent(spec, "model")
                 self._rebuild_recent_menu()
-            for note in session.network.notes:
-                self.show_message(note, "warning" if "random" in note else "info")
-            if not session.network.notes:
-                self.show_message(f"Loaded {session.describe()}.")
-                self._suggest_next()
+            self._show_notes(session.network.notes, f"Loaded {session.describe()}.")
 
         self._run("load", text, _load_session, dict(request), finished=loaded, bound=False,
                   errored=lambda m, d: self.show_error(m, d, "Could not open the model"))
@@ -669,22 +741,64 @@ class MainWindow(QMainWindow):
         if path:
             self.open_project_file(path, ask=False)
 
-    def open_project_file(self, path: str, ask: bool = True) -> None:
+    def open_project_file(self, path: str, ask: bool = True, trust: bool = False) -> None:
+        """Open a project in a worker. ``trust``: the user has said they trust its pickled source model
+        (asked for when the project needs it, see :meth:`_ask_trust`)."""
         if self._must_wait("open", "Opening a project"):
             return
         if ask and not self._maybe_save("opening a project", then=lambda: self.open_project_file(path)):
             return
 
         def opened(session, path=str(path)):
+            if isinstance(session, TrustNeeded):
+                self._ask_trust(path, session)
+                return
             self._set_session(session, project_path=path)
             self._warm_up_once()
             self.settings.add_recent(path, "project")
             self.settings.set_last_dir("project", path)
             self._rebuild_recent_menu()
-            self.show_message(f"Opened {Path(path).name}: {session.describe()}, {len(session.heads)} head(s).")
+            self._show_notes(session.network.notes, f"Opened {Path(path).name}: {session.describe()}, "
+                                                    f"{len(session.heads)} head(s).")
 
-        self._run("load", f"Opening {Path(path).name}…", _open_project, str(path), finished=opened, bound=False,
-                  errored=lambda m, d: self.show_error(m, d, "Could not open the project"))
+        self._run("load", f"Opening {Path(path).name}…", _open_project, str(path), trust, finished=opened,
+                  bound=False, errored=lambda m, d: self.show_error(m, d, "Could not open the project"))
+
+    def _ask_trust(self, path: str, needed: TrustNeeded) -> None:
+        """The project would unpickle its source model again: open it only if the user trusts that file."""
+        name = Path(path).name
+        model = needed.model_file
+        if model:
+            text = (f"{name} was made from a pickled model file:\n\n{model}\n\n"
+                    f"Opening the project loads {Path(model).name} again. Loading a pickled file can run any "
+                    "code it contains, with your permissions, so do this only if you trust that file and "
+                    f"where it came from.\n\nTrust {Path(model).name} and open {name}?")
+        else:
+            text = f"{needed.message}\n\nTrust that model file and open {name}?"
+        answer = QMessageBox.question(self, "Trust this model file?", text,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        if answer == QMessageBox.StandardButton.Yes:
+            self.open_project_file(path, ask=False, trust=True)
+        else:
+            what = f"the pickled model {Path(model).name}" if model else "its pickled model"
+            self.show_message(f"{name} was not opened: it needs {what}, which you did not trust.", "warning")
+
+    def _show_notes(self, notes: list[str], done: str) -> None:
+        """After a model or project has loaded: its notes (e.g. weights assumed or missing, how far undo
+        reaches) in the status line and, in full, in the strip above the tree and tabs; else ``done`` and
+        what to do next."""
+        for note in notes:
+            self.show_message(note, "warning" if "random" in note else "info")
+        if not notes:
+            self.show_message(done)
+            self._suggest_next()
+            return
+        level = "warning" if any("random" in note for note in notes) else "info"
+        lines = [f"<b>{html.escape(done, quote=False)}</b>"] + [html.escape(n, quote=False) for n in notes]
+        self.notes_label.setText("<br>".join(lines))
+        self.notes_frame.setStyleSheet(NOTES_STYLE[level])
+        self.notes_box.show()
 
     def _warm_up_once(self) -> None:
         if not MainWindow._warmed_up:
@@ -697,6 +811,7 @@ class MainWindow(QMainWindow):
         if old is not None:
             old.disconnect("changed", self._on_session_changed)
         self.undo_stack.clear()
+        self.notes_box.hide()  # the notes were about the previous model
         self._session_serial += 1  # work still running on the old session brings nothing back to this one
         self.session = session
         self.project_path = project_path
@@ -763,10 +878,14 @@ class MainWindow(QMainWindow):
         self.data_panel.set_data(source)
         summary = source.summary()
         skipped = f", {summary['n_skipped']} skipped" if summary.get("n_skipped") else ""
+        warnings = list(summary.get("warnings") or [])
+        heed = (f" {len(warnings)} warning{'s' if len(warnings) != 1 else ''}: see the Data tab." if warnings
+                else "")
         self.show_message(f"Data: {summary['n_train']} training and {summary['n_val']} validation images"
-                          f"{skipped} from {Path(path).name}.")
+                          f"{skipped} from {Path(path).name}.{heed}", "warning" if warnings else "info")
         self._refresh()
-        self._suggest_next()
+        if not warnings:
+            self._suggest_next()
         self.dataLoaded.emit()
 
     def _suggest_next(self) -> None:
@@ -1183,11 +1302,22 @@ class MainWindow(QMainWindow):
             return
         session = self.session
         images = [str(s.path) for s in (self.data.val[:4] if self.data is not None else [])] or None
+        extra = _recorded_data(session.project_extra)
 
-        def run(session=session, path=str(path), images=images, report_progress=None):
-            from engine.export import export_onnx
+        def run(session=session, path=str(path), images=images, extra=extra, report_progress=None):
+            from engine.export import export_onnx, training_images
 
-            return export_onnx(session, path, verify=True, images=images, progress=report_progress)
+            note = ""
+            if images is None:  # no data loaded: the data the project records, as main.py export does
+                found, where = training_images(extra)
+                images = [str(p) for p in found] or None
+                note = (f"Verified on {len(found)} image{'s' if len(found) != 1 else ''} {where}." if found else
+                        f"Only random inputs were checked, no real images: {where}. Load data to verify the "
+                        "export on real pictures too.")
+            report = export_onnx(session, path, verify=True, images=images, progress=report_progress)
+            if note:
+                report.notes.append(note)
+            return report
 
         def done(report, path=str(path)):
             self.settings.set_last_dir("export", path)

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
+    parser.add_argument("--trust", action="store_true",
+                        help="the project was made from a pickled model file: allow loading that file again "
+                             "(it can run code: only for files you trust)")
 
 
 def _same_file(a: str | Path, b: Path) -> bool:
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise GraftError("The batch size must be at least 1.")
-    session = open_project(Path(args.project).expanduser())
+    session = open_project(Path(args.project).expanduser(), trust=args.trust)
     if not session.heads:
         raise GraftError(f"{Path(args.project).name} has no heads to evaluate.")
     data_file = data_path(args.data)

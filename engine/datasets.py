@@ -203,7 +203,7 @@ def _listing(names: Sequence[str]) -> str:
 # loading
 # --------------------------------------------------------------------------------------------------
 def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, val_fraction: float = 0.2,
-              seed: int = 0, require_every_class: bool = True) -> DataSource:
+              seed: int = 0, require_every_class: bool = True, strict_suggestions: bool = True) -> DataSource:
     """Read an image folder or a CSV manifest, check it, and split it into train/val.
 
     ``heads``: for a folder, optionally one single-label head (its name, and its labels if given,
@@ -219,6 +219,10 @@ def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, v
     side of a fixed split may be empty; unknown class names and a head with no labelled example at
     all are still refused. Warnings (e.g. a class the random split left only in validation) are in
     :attr:`DataSource.warnings`.
+
+    ``strict_suggestions=False`` (the window): when heads are suggested from a CSV, a column the
+    suggestion refuses for a stray cell is left out and the refusal becomes a warning
+    (see :func:`suggest_heads`), so the rest of the data still loads.
     """
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise GraftError(f"The validation fraction must be between 0 and 1 (got {val_fraction!r}).")
@@ -229,7 +233,7 @@ def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, v
     if p.is_dir():
         data = _load_folder(p, heads, val_fraction, seed, strict)
     elif p.suffix.lower() == ".csv":
-        data = _load_csv(p, heads, val_fraction, seed, strict)
+        data = _load_csv(p, heads, val_fraction, seed, strict, strict_suggestions)
     else:
         raise GraftError(f"{p.name}: expected a folder of class subfolders (root/<class>/<image>) "
                          "or a .csv manifest.")
@@ -396,7 +400,8 @@ def _head_name(column: str) -> str:
 
 
 def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str, decimal_comma: bool = False,
-             notes: list[str] | None = None) -> list[HeadSpec]:
+             notes: list[str] | None = None, *, strict: bool = True,
+             warnings: list[str] | None = None) -> list[HeadSpec]:
     image_col = _find_column(header, "image")
     split_col = _find_column(header, "split")
     text_cols: list[tuple[str, list[str]]] = []
@@ -404,6 +409,16 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
     num_cols: list[str] = []
     left_out: list[tuple[str, str]] = []  # (column, why)
     found: list[str] = []
+    refused: list[tuple[str, str]] = []  # strict=False: (the refusal, the column left out because of it)
+
+    def stray(what: str, col: str, kind: str) -> None:
+        refusal = (f"{what}; fix the cell (blank = missing label), or name the head yourself "
+                   f"(e.g. --head {_head_name(col)}:{kind}:{col}) to read it otherwise.")
+        if strict:
+            raise GraftError(refusal)
+        refused.append((refusal, f"{what}; the column is left out of the suggested heads: fix the cell "
+                                 "(blank = missing label) and load the data again to learn it."))
+
     for i, col in enumerate(header):
         if i in (image_col, split_col) or not col or col.lower().startswith("unnamed:"):
             continue
@@ -421,9 +436,9 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
             continue
         if n_binary >= MOSTLY * n:  # a 0/1 column with a stray value: a typo, not a number or a class
             row, text = next(c for c, ok in zip(cells, binary) if not ok)
-            raise GraftError(f"{csv_name} row {row}, column {col!r}: {text!r} is not 0 or 1, but {n_binary} of the "
-                             f"column's {n} values are; fix the cell (blank = missing label), or name the head "
-                             f"yourself (e.g. --head {_head_name(col)}:regression:{col}) to read it otherwise.")
+            stray(f"{csv_name} row {row}, column {col!r}: {text!r} is not 0 or 1, but {n_binary} of the "
+                  f"column's {n} values are", col, "regression")
+            continue
         if n_numbers == n:
             num_cols.append(col)
             distinct = {x for x in numbers if x is not None}
@@ -434,9 +449,9 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
             continue
         if n_numbers >= MOSTLY * n:  # a numeric column with a typo
             row, text = next(c for c, x in zip(cells, numbers) if x is None)
-            raise GraftError(f"{csv_name} row {row}, column {col!r}: {text!r} is not a number, but {n_numbers} of "
-                             f"the column's {n} values are; fix the cell (blank = missing label), or name the "
-                             f"head yourself (e.g. --head {_head_name(col)}:single:{col}) to read it otherwise.")
+            stray(f"{csv_name} row {row}, column {col!r}: {text!r} is not a number, but {n_numbers} of "
+                  f"the column's {n} values are", col, "single")
+            continue
         if not decimal_comma and all(_number(v, True) is not None for v in values):
             left_out.append((col, f"holds numbers with a decimal comma (e.g. {values[0]!r}) in a "
                                   "comma-separated file; write them with a decimal point, or separate the "
@@ -468,6 +483,8 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
     if num_cols:
         name = _head_name(num_cols[0]) if len(num_cols) == 1 else "values"
         heads.append(HeadSpec(unique(name), "regression", labels=list(num_cols), columns=list(num_cols)))
+    if not heads and refused:  # nothing else to learn: refused as with strict
+        raise GraftError(refused[0][0])
     if not heads:
         why = (f" ({'; '.join(f'{c!r} {w}' for c, w in left_out[:MAX_LISTED])})" if left_out
                else " (it has no columns besides 'image')")
@@ -475,10 +492,13 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
     if notes is not None:
         notes.extend(found)
         notes.extend(f"Column {col!r} is not a head: it {why}." for col, why in left_out)
+    if warnings is not None:
+        warnings.extend(message for _, message in refused)
     return heads
 
 
-def suggest_heads(csv_path: str | os.PathLike, notes: list[str] | None = None) -> list[HeadSpec]:
+def suggest_heads(csv_path: str | os.PathLike, notes: list[str] | None = None, *, strict: bool = True,
+                  warnings: list[str] | None = None) -> list[HeadSpec]:
     """Heads inferred from a manifest: each text column -> a single-label head named after it; all
     0/1 (true/false, yes/no) columns -> one multi-label head ``tags``; the other numeric columns -> one
     regression head ``values``. A lone 0/1 or numeric column gives a head named after the column.
@@ -486,12 +506,14 @@ def suggest_heads(csv_path: str | os.PathLike, notes: list[str] | None = None) -
     text columns whose values are all different (identifiers) are left out. A column that is mostly
     (90 %) numbers or 0/1 but not entirely is refused, naming the first odd cell: a typo would
     otherwise turn it into classes. ``notes`` (a list) receives why columns were left out and which
-    numeric columns might be classes."""
+    numeric columns might be classes. With ``strict=False`` (the window) such a column is left out
+    instead and the refusal goes into ``warnings`` (a list), so the other columns still load; it is
+    still refused when no other column makes a head."""
     path = Path(csv_path).expanduser()
     header, rows, delimiter = _read_csv(path)
     if _find_column(header, "image") is None:
         raise GraftError(_no_image_column(path, header))
-    return _suggest(header, rows, path.name, delimiter != ",", notes)
+    return _suggest(header, rows, path.name, delimiter != ",", notes, strict=strict, warnings=warnings)
 
 
 def _no_image_column(path: Path, header: list[str]) -> str:
@@ -518,12 +540,13 @@ def _image_path(text: str, base: Path) -> Path:
 
 
 def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float, seed: int,
-              strict: bool = True) -> DataSource:
+              strict: bool = True, strict_suggestions: bool = True) -> DataSource:
     name = csv_path.name
     base = csv_path.parent
     header, rows, delimiter = _read_csv(csv_path)
     decimal_comma = delimiter != ","
     notes: list[str] = []
+    warnings: list[str] = []
     image_col = _find_column(header, "image")
     if image_col is None:
         raise GraftError(_no_image_column(csv_path, header))
@@ -532,7 +555,8 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
     if heads is None:
         # Classes come from the usable rows, not from rows whose image is unreadable.
         heads = [replace(h, labels=[]) if h.kind == "single" else h
-                 for h in _suggest(header, rows, name, decimal_comma, notes)]
+                 for h in _suggest(header, rows, name, decimal_comma, notes, strict=strict_suggestions,
+                                   warnings=warnings)]
     if not heads:
         raise GraftError("No heads given: say which CSV columns to learn.")
     names = [h.name for h in heads]
@@ -689,7 +713,7 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         train, val = _split_random(samples, strat, val_fraction, seed)
         split_from = "random"
     return DataSource("csv", base, final_heads, train, val, skipped, path=csv_path, split_from=split_from,
-                      notes=notes)
+                      notes=notes, warnings=warnings)
 
 
 # --------------------------------------------------------------------------------------------------

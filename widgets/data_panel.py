@@ -7,6 +7,7 @@ shown above the previous data, which stays.
 """
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,10 @@ ERROR_STYLE = ("QLabel { background: #fdecea; color: #b71c1c; border: 1px solid 
                " padding: 6px 8px; }")
 ADVICE_STYLE = ("QFrame#advice { background: #e8f1fb; border: 1px solid #c4daf2; border-radius: 6px; }"
                 " QFrame#advice QLabel { background: transparent; border: none; }")
+NOTES_STYLE = ("QLabel#dataNotes { background: #fafafa; border: 1px solid #e0e0e0; border-radius: 6px;"
+               " padding: 6px 8px; }")
+WARNING_COLOUR = "#bf360c"
+NOTE_COLOUR = "#546e7a"
 DROP_STYLE = ("QLabel#dropHint { border: 2px dashed #b0bec5; border-radius: 8px; color: #607d8b; padding: 28px; }"
               " QLabel#dropHint[dragging=\"true\"] { border-color: #1e88e5; color: #1e88e5; }")
 
@@ -182,6 +187,8 @@ class DataPanel(QWidget):
         self._source: Any = None
         self._labelled = 0  # n_labelled(self._source), counted once per source: the advice needs it often
         self._advice: Advice | None = None
+        self._warnings: list[str] = []
+        self._notes: list[str] = []
         self._start_dir = ""
 
         self.folder_button = QPushButton("Image folder…", self)
@@ -232,6 +239,15 @@ class DataPanel(QWidget):
         summary_row.addWidget(self.summary_label, 1)
         summary_row.addWidget(self.skipped_button, 0, Qt.AlignmentFlag.AlignTop)
 
+        # How the data was read (notes) and what may spoil training (warnings), one line each.
+        self.notes_label = QLabel(self)
+        self.notes_label.setObjectName("dataNotes")
+        self.notes_label.setTextFormat(Qt.TextFormat.RichText)
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setStyleSheet(NOTES_STYLE)
+        self.notes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notes_label.hide()
+
         self.advice_frame = QFrame(self)
         self.advice_frame.setObjectName("advice")
         self.advice_frame.setStyleSheet(ADVICE_STYLE)
@@ -265,6 +281,7 @@ class DataPanel(QWidget):
         column.setSpacing(10)
         column.addLayout(summary_row)
         column.addWidget(self.skipped_list)
+        column.addWidget(self.notes_label)
         column.addWidget(self.advice_frame)
         column.addWidget(self.thumbs_title)
         column.addWidget(self.thumbs)
@@ -323,6 +340,7 @@ class DataPanel(QWidget):
             f"<b>{n_train:,}</b> training &nbsp;·&nbsp; <b>{n_val:,}</b> validation"
             f"<br><span style='color:#607d8b'>{kind}, {split}</span>")
         self._show_skipped(list(getattr(source, "skipped", []) or []))
+        self._show_notes(list(summary.get("warnings") or []), list(summary.get("notes") or []))
         self._show_thumbnails(source)
         self._show_heads(summary.get("heads", {}))
         self.set_advice(freeze_advice(self._labelled, self._session))
@@ -348,6 +366,10 @@ class DataPanel(QWidget):
     def error_text(self) -> str:
         return self.error_label.text() if self.error_label.isVisibleTo(self) else ""
 
+    def notes(self) -> tuple[list[str], list[str]]:
+        """The warnings and notes shown for the current data."""
+        return list(self._warnings), list(self._notes)
+
     def clear(self) -> None:
         self._source = None
         self._labelled = 0
@@ -356,6 +378,7 @@ class DataPanel(QWidget):
         self.path_label.clear()
         self.head_tabs.clear()
         self.thumbs.set_items([])
+        self._show_notes([], [])
         self.advice_frame.hide()
         self.scroll.hide()
         self.drop_hint.show()
@@ -425,6 +448,14 @@ class DataPanel(QWidget):
         shown = [f"{Path(p).name}: {r}" for p, r in skipped[:15]]
         more = f"\n… and {len(skipped) - 15} more" if len(skipped) > 15 else ""
         self.skipped_button.setToolTip("Left out (click for the full list):\n" + "\n".join(shown) + more)
+
+    def _show_notes(self, warnings: list[str], notes: list[str]) -> None:
+        """Warnings first (they may spoil training), then notes on how the data was read."""
+        self._warnings, self._notes = list(warnings), list(notes)
+        lines = [f"<span style='color:{WARNING_COLOUR}'>⚠ {html.escape(w, quote=False)}</span>" for w in warnings]
+        lines += [f"<span style='color:{NOTE_COLOUR}'>{html.escape(n, quote=False)}</span>" for n in notes]
+        self.notes_label.setText("<br>".join(lines))
+        self.notes_label.setVisible(bool(lines))
 
     @staticmethod
     def _pick_samples(source: Any, count: int) -> list[Any]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QMessageBox, QToolButton
 
 from app.main_window import MainWindow
 from engine.heads import HeadSpec
@@ -746,3 +746,114 @@ def test_data_loading_and_predictions_block_only_what_they_touch(qtbot, window, 
     with qtbot.waitSignal(window.predicted, timeout=LOAD_TIMEOUT):
         prediction.opened.set()
     assert a.delete_output.isEnabled() and window.apply_op(DeleteOutputLayer())
+
+
+# -- projects that need trust or come with notes; export and data without surprises ------------------
+def pickled_project(tmp_path) -> tuple[Path, Path]:
+    """A project made from a pickled model only the pickle can rebuild (reopening it unpickles the file)."""
+    import torchvision
+
+    from engine.loading import load_network
+    from engine.project import save_project
+    from engine.session import Session
+
+    model = torchvision.models.mobilenet_v3_small()
+    model.features[0][0].stride = (1, 1)  # not torchvision's mobilenet any more
+    pickled = tmp_path / "custom.pt"
+    torch.save(model, pickled)
+    return save_project(Session(load_network(pickled, trust=True)), tmp_path / "c.graft"), pickled
+
+
+def test_a_project_from_a_pickle_opens_only_when_the_user_trusts_the_file(qtbot, window, boxes, tmp_path,
+                                                                         default_network):
+    project, pickled = pickled_project(tmp_path)
+    before = give_session(window, default_network)
+    boxes.answers = [QMessageBox.StandardButton.No]
+    window.open_project_file(str(project))
+    qtbot.waitUntil(lambda: bool(boxes.calls) and not window.busy, timeout=LOAD_TIMEOUT)
+    kind, title, text = boxes.calls[-1]
+    assert kind == "question" and title == "Trust this model file?"
+    assert "c.graft" in text and str(pickled) in text and "run any code" in text, text
+    assert window.session is before and window.project_path is None  # nothing changed
+    assert "c.graft was not opened" in window.message_label.text() and "custom.pt" in window.message_label.text()
+    assert not [c for c in boxes.calls if c[0] == "warning"]  # refusing is not an error
+
+    boxes.answers = [QMessageBox.StandardButton.Yes]
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT):
+        window.open_project_file(str(project))
+    assert [c[0] for c in boxes.calls] == ["question", "question"]
+    assert window.project_path == str(project) and window.session is not before
+    assert window.session.source.name == str(pickled)
+    assert window.message_label.text().startswith("Opened c.graft")
+
+
+def test_a_reopened_project_shows_its_notes(qtbot, window, tmp_path):
+    import torchvision
+
+    from engine.loading import load_network
+    from engine.project import save_project
+    from engine.session import Session
+
+    weights = tmp_path / "mine.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)
+    s = Session(load_network(weights, arch="mobilenet_v3_small"))
+    s.do(DeleteOutputLayer())
+    project = save_project(s, tmp_path / "notes.graft")
+    weights.unlink()  # undo cannot bring back the original output layer any more
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT):
+        window.open_project_file(str(project))
+    [note] = window.session.network.notes
+    assert "Undo reaches back 0" in note
+    assert window.message_label.text() == note and "#bf360c" in window.message_label.styleSheet()
+    # the status line has room for a short message only: the strip above the tabs shows the note in full
+    assert window.notes_frame.isVisible() and note in window.notes_label.text()
+    assert window.notes_label.text().startswith("<b>Opened notes.graft")
+    assert window.notes_label.height() >= 2 * window.notes_label.fontMetrics().height()  # wrapped, not cut
+    window.notes_frame.findChild(QToolButton, "loadNotesClose").click()
+    assert not window.notes_frame.isVisible()
+    window.open_project_file(str(project))
+    qtbot.waitUntil(lambda: window.notes_frame.isVisible(), timeout=LOAD_TIMEOUT)
+    give_session(window, window.session.network)  # another model: its notes (none) replace these
+    assert not window.notes_frame.isVisible()
+
+
+def test_export_without_data_verifies_on_the_images_the_project_records(qtbot, window, monkeypatch, boxes,
+                                                                        tmp_path, default_network, small_csv):
+    s = give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    window.apply_op(AddHead(HeadSpec("shape", labels=["a", "b", "c"]), seed=1))
+    s.project_extra = {"data": str(small_csv)}  # as the window saves it
+    assert window.data is None
+    with qtbot.waitSignal(window.exported, timeout=LOAD_TIMEOUT) as exported:
+        window.export_onnx(str(tmp_path / "m.onnx"))
+    report = exported.args[0]
+    assert report.verified and report.images == 4 and report.image_diff
+    text = boxes.texts("information")[-1]
+    assert "4 real images" in text and f"Verified on 4 images from its training data {small_csv}" in text, text
+
+    s.project_extra = {}
+    with qtbot.waitSignal(window.exported, timeout=LOAD_TIMEOUT) as exported:
+        window.export_onnx(str(tmp_path / "r.onnx"))
+    assert exported.args[0].images == 0
+    text = boxes.texts("information")[-1]
+    assert "Only random inputs were checked" in text and "does not record" in text, text
+
+
+def test_a_csv_column_with_a_stray_cell_is_left_out_with_a_warning(qtbot, window, small_csv, tmp_path):
+    rows = list(csv.reader(small_csv.open(newline="")))
+    header, body = rows[0], rows[1:]
+    path = tmp_path / "typo.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header + ["score"])
+        for i, row in enumerate(body):
+            writer.writerow(row + ["1..5" if i == 5 else str(1 + i % 5)])
+    data = load_data(qtbot, window, path)
+    assert [h.name for h in data.heads] == ["shape", "tags", "size"]  # the demo's heads, not 'score'
+    [warning] = data.warnings
+    assert "row 7, column 'score': '1..5' is not a number" in warning
+    shown = window.data_panel.notes_label
+    assert shown.isVisibleTo(window.data_panel) and "row 7" in shown.text() and "1..5" in shown.text()
+    assert window.data_panel.notes()[0] == [warning]
+    assert "1 warning: see the Data tab" in window.message_label.text()
+    assert not window.data_panel.error_text()

@@ -234,3 +234,29 @@ def test_evaluate_accepts_test_data_lacking_a_class(seeded_project, tiny_folder,
     result = graft("evaluate", str(seeded_project), "--data", str(csv))
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "row 2, column 'kind': unknown class 'hexagon'" in result.stderr
+
+
+def test_evaluate_opens_a_project_made_from_a_pickle_only_with_trust(tiny_folder, tmp_path):
+    import torch
+    import torchvision
+
+    from engine.heads import HeadSpec
+    from engine.loading import load_network
+    from engine.operations import AddHead, DeleteOutputLayer
+    from engine.project import save_project
+    from engine.session import Session
+
+    model = torchvision.models.mobilenet_v3_small()
+    model.features[0][0].stride = (1, 1)  # no longer exactly torchvision's: only the pickle rebuilds it
+    torch.save(model, tmp_path / "custom.pt")
+    s = Session(load_network(tmp_path / "custom.pt", trust=True))
+    s.do(DeleteOutputLayer())
+    s.do(AddHead(HeadSpec("class", "single", labels=["circle", "square"]), seed=0))
+    project = save_project(s, tmp_path / "c.graft")
+    result = graft("evaluate", str(project), "--data", str(tiny_folder))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "custom.pt" in result.stderr and "trust" in result.stderr and "Traceback" not in result.stderr
+    assert "Evaluated" not in result.stdout
+    result = graft("evaluate", str(project), "--data", str(tiny_folder), "--trust", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr
+    assert "Evaluated 16 image(s)" in result.stdout

@@ -527,6 +527,32 @@ def test_mostly_binary_column_with_a_stray_value_is_refused(tmp_path):
         suggest_heads(csv)
 
 
+def test_a_stray_cell_leaves_only_its_column_out_when_not_strict(tmp_path):
+    """The window's mode: the rest of the CSV loads, and the refusal (row and column named) is a warning."""
+    csv = manifest(tmp_path, 12)
+    rows = [f"img/{i}.png,{'a' if i % 2 else 'b'},{1 + i % 5},{i % 2}" for i in range(12)]
+    rows[6] = rows[6].rsplit(",", 2)[0] + ",1..5,0"
+    rows[9] = rows[9].rsplit(",", 1)[0] + ",2"
+    write_csv(csv, "image,kind,score,red\n" + "\n".join(rows))
+    with pytest.raises(GraftError, match=r"row 8, column 'score': '1..5' is not a number"):
+        suggest_heads(csv)  # strict by default, as for the command line
+    with pytest.raises(GraftError, match=r"row 8, column 'score'"):
+        load_data(csv)
+    warnings: list[str] = []
+    heads = suggest_heads(csv, strict=False, warnings=warnings)
+    assert [(h.name, h.columns) for h in heads] == [("kind", ["kind"])]
+    assert len(warnings) == 2 and "--head" not in " ".join(warnings)
+    assert "row 8, column 'score': '1..5' is not a number" in warnings[0] and "left out" in warnings[0]
+    assert "row 11, column 'red': '2' is not 0 or 1" in warnings[1] and "left out" in warnings[1]
+    ds = load_data(csv, strict_suggestions=False)
+    assert [h.name for h in ds.heads] == ["kind"] and len(ds.samples) == 12
+    assert ds.warnings[:2] == warnings and ds.summary()["warnings"] == ds.warnings
+    # with nothing else to learn, the column is refused as before
+    write_csv(csv, "image,score\n" + "\n".join(f"img/{i}.png,{'1..5' if i == 6 else i % 5}" for i in range(12)))
+    with pytest.raises(GraftError, match=r"row 8, column 'score': '1..5' is not a number.*--head"):
+        load_data(csv, strict_suggestions=False)
+
+
 def test_few_whole_numbers_are_a_number_with_a_note(tmp_path):
     csv = manifest(tmp_path, 12)
     write_csv(csv, "image,grade,id\n" + "\n".join(f"img/{i}.png,{i % 4},n{i}" for i in range(12)))

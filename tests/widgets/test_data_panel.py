@@ -141,3 +141,24 @@ def test_dropping_a_folder_or_csv(qtbot, panel, tmp_path):
     assert dropped.args == [str(tmp_path)]
     with qtbot.assertNotEmitted(panel.dataRequested):
         drop(tmp_path / "photo.jpg")
+
+
+def test_notes_and_warnings_are_shown_warnings_first(panel, source):
+    import copy
+
+    noted = copy.copy(source)
+    noted.notes = ["Column 'id' is not a head: it has a different value on every row."]
+    noted.warnings = ["labels.csv row 7, column 'score': '<1..5>' is not a number, but 47 of the column's 48 "
+                      "values are; the column is left out of the suggested heads."]
+    panel.set_data(noted)
+    assert panel.notes_label.isVisible()
+    text = panel.notes_label.text()
+    assert text.index("is not a number") < text.index("different value on every row")
+    assert "&lt;1..5&gt;" in text and "<1..5>" not in text  # shown as written, not read as markup
+    assert panel.notes() == (noted.warnings, noted.notes)
+    assert panel.notes_label.height() >= 2 * panel.notes_label.fontMetrics().height()  # wrapped, not cut
+    panel.set_data(source)  # data without notes hides them
+    assert not panel.notes_label.isVisible() and panel.notes() == ([], [])
+    panel.set_data(noted)
+    panel.clear()
+    assert not panel.notes_label.isVisibleTo(panel) and panel.notes() == ([], [])
