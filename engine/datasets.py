@@ -30,7 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import GraftError
-from .heads import KINDS, HeadSpec
+from .heads import KINDS, RESERVED_NAMES, HeadSpec
 from .preprocess import InputSpec, normalise, open_image, preprocess_file, to_rgb
 
 Target = int | list[float]
@@ -395,7 +395,10 @@ def _number(text: str, decimal_comma: bool = False) -> float | None:
 
 
 def _head_name(column: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", column).strip("_")
+    """A legal head name for a column: 'type' or 'train' would clash with the heads' nn.ModuleDict."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", column).strip("_-")
+    if name in RESERVED_NAMES:
+        name += "_head"
     return name or "head"
 
 
@@ -481,7 +484,7 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
         name = _head_name(bin_cols[0]) if len(bin_cols) == 1 else "tags"
         heads.append(HeadSpec(unique(name), "multi", labels=list(bin_cols), columns=list(bin_cols)))
     if num_cols:
-        name = _head_name(num_cols[0]) if len(num_cols) == 1 else "values"
+        name = _head_name(num_cols[0]) if len(num_cols) == 1 else "numbers"
         heads.append(HeadSpec(unique(name), "regression", labels=list(num_cols), columns=list(num_cols)))
     if not heads and refused:  # nothing else to learn: refused as with strict
         raise GraftError(refused[0][0])

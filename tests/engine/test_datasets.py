@@ -185,9 +185,22 @@ img/2.png,,x,,1,1,,1
 """)
     heads = suggest_heads(csv)
     assert [(h.name, h.kind, h.columns) for h in heads] == [
-        ("kind", "single", ["kind"]), ("tags", "multi", ["a", "b", "c"]), ("values", "regression", ["w", "h"])]
+        ("kind", "single", ["kind"]), ("tags", "multi", ["a", "b", "c"]), ("numbers", "regression", ["w", "h"])]
     ds = load_data(csv)  # heads=None: inferred the same way
-    assert [h.name for h in ds.heads] == ["kind", "tags", "values"]
+    assert [h.name for h in ds.heads] == ["kind", "tags", "numbers"]
+
+
+def test_suggested_heads_avoid_names_pytorch_reserves(tmp_path):
+    """A column called 'type' or 'train' still makes a head: its name would clash with nn.ModuleDict."""
+    csv = tmp_path / "labels.csv"
+    write_csv(csv, """
+image,type,train
+img/0.png,cat,1.5
+img/1.png,dog,2.5
+img/2.png,cat,3
+""")
+    heads = suggest_heads(csv)
+    assert [(h.name, h.columns) for h in heads] == [("type_head", ["type"]), ("train_head", ["train"])]
 
 
 def test_csv_missing_columns_named(tmp_path):
