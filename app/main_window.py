@@ -207,6 +207,7 @@ class MainWindow(QMainWindow):
         self.data_path: str | None = None
         self.project_path: str | None = None
         self.train_job: Job | None = None
+        self._train_record: dict[str, Any] | None = None  # the running training's data and settings
         self.last_train_result: dict[str, Any] | None = None
         self.last_report = None
         self._jobs: dict[str, Job] = {}
@@ -1056,6 +1057,12 @@ class MainWindow(QMainWindow):
             self.show_error(str(exc), title="Training settings")
             return False
         worker = TrainWorker(s, self.data, config)
+        data = self.data
+        # what evaluate and export read back from a saved project, in main.py train's form
+        self._train_record = {"data": str(Path(data.path).resolve()) if data.path else self.data_path,
+                              "seed": data.seed, "val_fraction": data.val_fraction, "split": data.split_from,
+                              "n_train": len(data.train), "n_val": len(data.val),
+                              "config": {k: v for k, v in vars(config).items()}}
         self._train_epochs = int(getattr(config, "epochs", 0) or 0)
         self._train_epoch = 0
         self.curve_panel.reset(list(s.heads))
@@ -1117,6 +1124,10 @@ class MainWindow(QMainWindow):
     def _on_train_finished(self, result: dict[str, Any] | None) -> None:
         result = result or {}
         self.last_train_result = result
+        if self.session is not None and self._train_record:
+            outcome = {k: result.get(k) for k in ("reason", "best_epoch", "best_val_loss", "epochs_run", "history")}
+            self.session.project_extra = {**(self.session.project_extra or {}),
+                                          "training": {**self._train_record, **outcome}}
         self._end_training()
         self._weights_changed = True
         self._update_modified()
@@ -1239,7 +1250,9 @@ class MainWindow(QMainWindow):
         if self._must_wait("save", "Saving"):
             return False
         session = self.session
-        extra = {"data": self.data_path} if self.data_path else {}
+        extra = dict(session.project_extra or {})  # keeps the training record (evaluate/export read it)
+        if self.data_path:
+            extra["data"] = self.data_path
         clean_index = self.undo_stack.index()
 
         def run(session=session, path=str(path), extra=extra):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import threading
 import time
 from pathlib import Path
@@ -298,6 +299,11 @@ def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypat
         pass
     result = window.last_train_result
     assert result["reason"] == "completed"
+    record = s.project_extra["training"]  # as main.py train records it: evaluate/export read it back
+    assert record["data"] == str(small_csv.resolve()) and record["reason"] == "completed"
+    assert (record["seed"], record["val_fraction"]) == (window.data.seed, window.data.val_fraction)
+    assert record["n_val"] == len(window.data.val) and record["epochs_run"] == result["epochs_run"]
+    json.dumps(record)  # the project's recipe is JSON
     curves = window.curve_panel
     assert curves.redraw_count > 0
     xs, ys = curves.curve("train:total").getData()
@@ -359,6 +365,7 @@ def test_save_and_reopen_a_project_gives_identical_outputs(qtbot, window, monkey
     with torch.no_grad():  # trained-looking weights, not just the seeds
         s.model.heads["size"][-1].bias.fill_(0.25)
     window._weights_changed = True
+    s.project_extra = {"training": {"data": "/data/labels.csv", "seed": 3, "val_fraction": 0.25}}  # main.py train's
     expected = forward(s)
     path = tmp_path / "mine.graft"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path)[:-6], "")))
@@ -377,6 +384,7 @@ def test_save_and_reopen_a_project_gives_identical_outputs(qtbot, window, monkey
     assert [h.name for h in other.session.heads] == ["shape", "size"]
     assert requires_grad(other.session) == requires_grad(s)
     assert other.project_path == str(path) and not other.isWindowModified()
+    assert other.session.project_extra["training"] == {"data": "/data/labels.csv", "seed": 3, "val_fraction": 0.25}
     other.close()
 
 
