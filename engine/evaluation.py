@@ -17,7 +17,7 @@ import torch
 
 from .errors import GraftError
 from .heads import KIND_TITLES, HeadSpec
-from .losses import LossAccumulator, compute_losses
+from .losses import LossAccumulator, compute_losses, target_scales
 from .metrics import MetricSet
 from .training import (MappedDataset, auto_num_workers, autocast_context, autocast_dtype, bind_heads,
                        clean_loader_error, is_out_of_memory, make_loader, out_of_memory_message,
@@ -152,6 +152,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
     try:
         model.to(dev)
         model.eval()
+        scales = target_scales(model.heads)  # regression losses on the standardised scale, as in training
         nb = dev.type == "cuda"
         with torch.no_grad(), autocast_context(dev, dtype):
             for images, targets in loader:
@@ -159,7 +160,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
                     images = images.to(dev, non_blocking=nb)
                     targets = {k: v.to(dev, non_blocking=nb) for k, v in targets.items()}
                 outputs = model(images)
-                acc.add(compute_losses(specs, outputs, targets))
+                acc.add(compute_losses(specs, outputs, targets, scales))
                 metrics.update(outputs, targets)
                 for spec in specs:
                     c = _labelled_examples(spec.kind, targets[spec.name])

@@ -67,6 +67,41 @@ class Trunk(nn.Module):
         return pool_features(out)
 
 
+class RegressionHead(nn.Sequential):
+    """A regression head (built by :func:`engine.heads.build_head`): its layers predict standardised
+    targets ``z`` and ``forward`` returns ``z * target_std + target_mean``, i.e. values in the user's
+    units. The statistics are buffers (one value per output; mean 0 / std 1 until set), so they are in
+    the state dict and exported to ONNX as constants. Still an ``nn.Sequential`` of the same layers as
+    any other head (``head[-1]`` is the last Linear)."""
+
+    def __init__(self, layers: Any, mean: Any = None, std: Any = None) -> None:
+        layers = list(layers)
+        super().__init__(*layers)
+        outputs = layers[-1].out_features
+        self.register_buffer("target_mean", torch.zeros(outputs))
+        self.register_buffer("target_std", torch.ones(outputs))
+        if mean is not None and std is not None:
+            self.set_target_stats(mean, std)
+
+    def set_target_stats(self, mean: Any, std: Any) -> None:
+        with torch.no_grad():
+            self.target_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            self.target_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def target_stats(self) -> tuple[list[float], list[float]]:
+        return self.target_mean.tolist(), self.target_std.tolist()
+
+    def is_identity(self) -> bool:
+        """Mean 0 and std 1: statistics never set (a new head, or one from before they existed)."""
+        return bool((self.target_mean == 0).all() and (self.target_std == 1).all())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.target_std + self.target_mean
+
+    def extra_repr(self) -> str:
+        return f"target_mean={self.target_mean.tolist()}, target_std={self.target_std.tolist()}"
+
+
 class GraftModel(nn.Module):
     """Trunk + heads. ``forward`` returns ``{head_name: raw output}`` (logits for classification heads);
     with no head yet it returns ``{"output": trunk features}``."""

@@ -5,6 +5,7 @@ project recipe (JSON) and in the ONNX metadata.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,6 +46,11 @@ class HeadSpec:
     kind: "single" (softmax over ``outputs`` classes), "multi" (one sigmoid per label) or "regression".
     labels: class names (single), label names (multi) or target names (regression); when given, their
     count is the number of outputs. columns: the CSV columns the head reads (image-folder data: empty).
+
+    target_mean / target_std (regression only; one number per output, std > 0): the targets' scale. The
+    head's last Linear predicts standardised values ``z`` and the head outputs ``z * std + mean``, so
+    its output is in the user's units while the loss is computed on the standardised scale
+    (:mod:`engine.losses`). ``None`` until the trainer computes them from the training split.
     """
 
     name: str
@@ -55,6 +61,8 @@ class HeadSpec:
     hidden: list[int] = field(default_factory=list)
     dropout: float = 0.0
     loss_weight: float = 1.0
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.labels and isinstance(self.labels, (list, tuple)):
@@ -94,6 +102,43 @@ class HeadSpec:
             raise GraftError(f"Head {self.name!r}: dropout must be in [0, 1).")
         if self.loss_weight < 0:
             raise GraftError(f"Head {self.name!r}: loss weight must not be negative.")
+        self._validate_target_stats()
+
+    def _validate_target_stats(self) -> None:
+        stats = {"target mean": self.target_mean, "target std": self.target_std}
+        if all(v is None for v in stats.values()):
+            return
+        if self.kind != "regression":
+            raise GraftError(f"Head {self.name!r}: only regression heads have a target mean and std.")
+        if any(v is None for v in stats.values()):
+            raise GraftError(f"Head {self.name!r}: give both the target mean and the target std, or neither.")
+        for what, values in stats.items():
+            if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
+                raise GraftError(f"Head {self.name!r}: the {what} must be a list of numbers.")
+            if len(values) != self.outputs:
+                raise GraftError(f"Head {self.name!r}: the {what} needs one number per output "
+                                 f"({self.outputs}), not {len(values)}.")
+            if not all(math.isfinite(v) for v in values):
+                raise GraftError(f"Head {self.name!r}: the {what} must be finite.")
+        if not all(v > 0 for v in self.target_std):
+            raise GraftError(f"Head {self.name!r}: the target std must be positive.")
+        self.target_mean = [float(v) for v in self.target_mean]
+        self.target_std = [float(v) for v in self.target_std]
+
+    @property
+    def has_target_stats(self) -> bool:
+        return self.target_mean is not None and self.target_std is not None
+
+    def set_target_stats(self, mean: list[float] | None, std: list[float] | None) -> None:
+        """Set (or with ``None, None`` clear) the target statistics; invalid ones change nothing."""
+        before = self.target_mean, self.target_std
+        self.target_mean = None if mean is None else list(mean)
+        self.target_std = None if std is None else list(std)
+        try:
+            self._validate_target_stats()
+        except GraftError:
+            self.target_mean, self.target_std = before
+            raise
 
     @property
     def label_names(self) -> list[str]:
@@ -112,7 +157,9 @@ class HeadSpec:
 
 
 def build_head(spec: HeadSpec, in_features: int):
-    """A randomly initialised head: [Linear, ReLU, Dropout]* then Linear to ``spec.outputs``."""
+    """A randomly initialised head: [Linear, ReLU, Dropout]* then Linear to ``spec.outputs``; for a
+    regression head an :class:`engine.graft_model.RegressionHead` of the same layers, which also scales
+    its output by the spec's target statistics (mean 0 / std 1 while the spec has none)."""
     from torch import nn
 
     layers: list[nn.Module] = []
@@ -125,4 +172,8 @@ def build_head(spec: HeadSpec, in_features: int):
     if not spec.hidden and spec.dropout > 0:
         layers.append(nn.Dropout(spec.dropout))
     layers.append(nn.Linear(width, spec.outputs))
+    if spec.kind == "regression":
+        from .graft_model import RegressionHead  # imported here: graft_model imports this module
+
+        return RegressionHead(layers, spec.target_mean, spec.target_std)
     return nn.Sequential(*layers)

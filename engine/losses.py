@@ -10,8 +10,12 @@ missing entry). The losses, for a batch of ``N`` examples:
   over the examples of the batch: ``sum_{i,j labelled} BCE(z_ij, y_ij) / N``. An example contributes
   the sum over its labelled labels, so a fully labelled example with ``L`` labels weighs ``L`` entries
   and an example with every entry missing contributes ``0`` (but still counts in ``N``).
-* **regression** — squared error averaged over the labelled entries:
-  ``sum_{i,j labelled} (x_ij - y_ij)^2 / n_labelled_entries`` (``0`` when none).
+* **regression** — standardised squared error averaged over the labelled entries:
+  ``sum_{i,j labelled} ((x_ij - y_ij) / s_j)^2 / n_labelled_entries`` (``0`` when none), where ``s_j`` is
+  the target std of output ``j`` (``HeadSpec.target_std``, held by the head as its ``target_std`` buffer;
+  1 while a head has none). The head outputs ``z * s + m`` in the user's units, so this is the squared
+  error of the standardised prediction ``z`` against ``(y - m) / s``: the loss and its gradients do not
+  depend on the targets' units (targets around 1000 train like targets around 1).
 
 The total is ``sum_h loss_weight_h * loss_h``. An example with nothing labelled for a head adds nothing
 to that head's loss (and no gradient through it) but still trains the other heads.
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .graft_model import RegressionHead
 from .heads import HeadSpec
 
 
@@ -42,9 +47,17 @@ class LossResult:
     counts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def head_loss_terms(kind: str, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def target_scales(heads: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """``{head: target_std buffer}`` of the regression heads among ``heads`` (e.g. ``model.heads``): the
+    scales :func:`compute_losses` divides the errors by, on whatever device the heads are."""
+    return {name: m.target_std for name, m in heads.items() if isinstance(m, RegressionHead)}
+
+
+def head_loss_terms(kind: str, output: torch.Tensor, target: torch.Tensor,
+                    scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(numerator, denominator)`` of one head's loss on a batch; the loss is ``num / max(den, 1)``.
 
+    ``scale`` (regression): the target std per output; the errors are divided by it (None: 1).
     Computed in float32 (outputs under autocast are cast up) with masks instead of boolean indexing,
     so there is no host-device synchronisation.
     """
@@ -65,24 +78,37 @@ def head_loss_terms(kind: str, output: torch.Tensor, target: torch.Tensor) -> tu
         num = torch.where(valid, bce, torch.zeros_like(bce)).sum()
         return num, torch.tensor(float(out.shape[0]), device=out.device)
     if kind == "regression":
-        diff = torch.where(valid, out - safe, torch.zeros_like(out))
+        diff = out - safe
+        if scale is not None:
+            diff = diff / scale.to(device=out.device, dtype=out.dtype)
+        diff = torch.where(valid, diff, torch.zeros_like(diff))
         return (diff * diff).sum(), valid.sum().to(out.dtype)
     raise ValueError(f"unknown head kind {kind!r}")
 
 
-def head_loss(kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def head_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
+              scale: torch.Tensor | None = None) -> torch.Tensor:
     """One head's loss on a batch, as defined in the module docstring."""
-    num, den = head_loss_terms(kind, output, target)
+    num, den = head_loss_terms(kind, output, target, scale)
     return num / den.clamp(min=1.0)
 
 
 def compute_losses(heads: Sequence[HeadSpec], outputs: Mapping[str, torch.Tensor],
-                   targets: Mapping[str, torch.Tensor]) -> LossResult:
-    """All heads' losses and their weighted total (``HeadSpec.loss_weight``)."""
+                   targets: Mapping[str, torch.Tensor],
+                   scales: Mapping[str, torch.Tensor] | None = None) -> LossResult:
+    """All heads' losses and their weighted total (``HeadSpec.loss_weight``).
+
+    ``scales``: the regression heads' target stds (:func:`target_scales` of the model's heads, already
+    on the device); a regression head missing from it uses its spec's ``target_std`` (else 1)."""
     result = LossResult(total=torch.zeros(()))
     total: torch.Tensor | None = None
     for spec in heads:
-        num, den = head_loss_terms(spec.kind, outputs[spec.name], targets[spec.name])
+        scale = None
+        if spec.kind == "regression":
+            scale = (scales or {}).get(spec.name)
+            if scale is None and spec.target_std is not None:
+                scale = torch.tensor(spec.target_std, dtype=torch.float32)
+        num, den = head_loss_terms(spec.kind, outputs[spec.name], targets[spec.name], scale)
         loss = num / den.clamp(min=1.0)
         result.per_head[spec.name] = loss
         result.sums[spec.name] = num.detach()

@@ -281,13 +281,19 @@ class CutAt(Operation, _ReattachesHeads):
         return {"layer": self.layer}
 
 
+def _own_spec(spec: HeadSpec | dict[str, Any]) -> HeadSpec:
+    """A copy the operation owns: training stores statistics in the session's spec (so the recipe saves
+    them), which must not change the caller's object (e.g. a DataSource's suggested head)."""
+    return HeadSpec.from_dict(spec.to_dict() if isinstance(spec, HeadSpec) else spec)
+
+
 class AddHead(Operation):
     kind = "add_head"
     structural = False
     touches_heads = True
 
     def __init__(self, spec: HeadSpec | dict[str, Any], seed: int | None = None) -> None:
-        self.spec = spec if isinstance(spec, HeadSpec) else HeadSpec.from_dict(spec)
+        self.spec = _own_spec(spec)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise GraftError(f"A head's seed must be a whole number, not {seed!r}.")
         self.seed = seed
@@ -365,7 +371,7 @@ class UpdateHead(Operation):
         if not isinstance(name, str):
             raise GraftError(f"A head is named by text, not {name!r}.")
         self.name = name
-        self.spec = spec if isinstance(spec, HeadSpec) else HeadSpec.from_dict(spec)
+        self.spec = _own_spec(spec)
         self.saved: tuple[HeadSpec, nn.Module, int] | None = None
         self.module: nn.Module | None = None
 
@@ -380,6 +386,9 @@ class UpdateHead(Operation):
         reshaped = any(getattr(old_spec, f) != getattr(self.spec, f) for f in STRUCTURE_FIELDS)
         if reshaped and s.feature_dim is None:
             raise GraftError("The trunk's feature size is unknown.")
+        if not reshaped and old_spec.has_target_stats and not self.spec.has_target_stats:
+            # the head keeps its weights, which were trained on targets scaled by these statistics
+            self.spec.set_target_stats(old_spec.target_mean, old_spec.target_std)
         self.saved = s.take_head(self.name)
         if self.module is None:
             self.module = build_head(self.spec, s.feature_dim) if reshaped else self.saved[1]

@@ -13,6 +13,7 @@ import torch
 
 from . import __version__
 from .errors import GraftError
+from .graft_model import RegressionHead
 from .loading import ModelSource, rebuild
 from .operations import Operation
 from .preprocess import InputSpec
@@ -133,6 +134,44 @@ def _what(exc: Exception) -> str:
     return str(exc).rstrip(".") or exc.__class__.__name__
 
 
+def _with_target_stats(session: Session, weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Projects saved before regression heads had target statistics lack their ``target_mean`` /
+    ``target_std`` buffers: fill in the rebuilt head's own (mean 0 / std 1 unless the recipe gave
+    statistics), so such a head computes exactly what it did. Returns the weights and those heads' names."""
+    legacy: set[str] = set()
+    weights = dict(weights)
+    for head, module in session.model.heads.items():
+        if not isinstance(module, RegressionHead):
+            continue
+        for buffer in ("target_mean", "target_std"):
+            key = f"heads.{head}.{buffer}"
+            if key not in weights:
+                weights[key] = getattr(module, buffer).detach().clone()
+                legacy.add(head)
+    return weights, legacy
+
+
+def _sync_target_stats(session: Session, legacy: set[str], saved_heads: Any, path: str | os.PathLike) -> None:
+    """Make each regression head's spec state the statistics its loaded buffers hold. A head of an older
+    project (``legacy``) states mean 0 / std 1 outright: it was trained on raw targets, so training it
+    again keeps that scale instead of computing statistics its weights were not trained with. A head
+    that never had statistics (buffers 0 / 1, none saved in the recipe) keeps none."""
+    saved = {}
+    if isinstance(saved_heads, list):
+        saved = {h.get("name"): h for h in saved_heads if isinstance(h, dict)}
+    for head, module in session.model.heads.items():
+        spec = session.model.head_specs[head]
+        if not isinstance(module, RegressionHead):
+            continue
+        recorded = (saved.get(head) or {}).get("target_std") is not None
+        if head in legacy or recorded or spec.has_target_stats or not module.is_identity():
+            try:
+                spec.set_target_stats(*module.target_stats())
+            except GraftError as exc:
+                raise _invalid(path, f"the target statistics of head {head!r} are unusable: {str(exc).rstrip('.')}") \
+                    from None
+
+
 def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
     """Rebuild the source network, replay the operations, then load the saved weights exactly.
 
@@ -180,6 +219,7 @@ def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
                 from None
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise _invalid(path, f"operation {i} ({op.text}): {_what(exc)}") from None
+    weights, legacy = _with_target_stats(session, weights)
     try:
         missing, unexpected = session.model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
@@ -187,6 +227,7 @@ def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
     if missing or unexpected:
         raise GraftError(f"{name}: the saved weights do not fit the rebuilt network "
                          f"({len(missing)} missing, {len(unexpected)} unexpected).")
+    _sync_target_stats(session, legacy, recipe.get("heads"), path)
     # Undo reaches back only over operations whose undo brings back the weights that were there.
     keep = len(ops)
     while keep and not ops[keep - 1].lost_on_reopen(original):

@@ -23,6 +23,12 @@ How it ends (``TrainResult.reason`` / ``TrainFinished.reason``):
 Whatever happens, after ``run`` the model is back on the CPU, in eval mode, with ordinary (contiguous)
 memory format, so it can be saved and exported at once.
 
+Regression targets are standardised: a regression head without statistics gets the mean and std of
+the training split's labelled values (``HeadSpec.target_mean``/``target_std`` and the head's buffers,
+see :class:`engine.graft_model.RegressionHead`) when training starts, and keeps them when it trains
+again; the loss is the squared error divided by the std (:mod:`engine.losses`). The head's output stays
+in the data's units. A run that ends restoring the weights from before training takes them back too.
+
 Speed: CUDA uses bf16 autocast where supported (else fp16 with a GradScaler), channels-last, pinned
 memory and non-blocking copies; the loop never syncs with the GPU except once per step, one step late,
 to report the loss. With a frozen trunk and no augmentation the trunk's features are computed once
@@ -44,8 +50,9 @@ import torch
 from torch import nn
 
 from .errors import GraftError
+from .graft_model import RegressionHead
 from .heads import KIND_TITLES, HeadSpec
-from .losses import LossAccumulator, compute_losses
+from .losses import LossAccumulator, compute_losses, target_scales
 from .metrics import MetricSet
 
 # ------------------------------------------------------------------------------------------------
@@ -413,6 +420,46 @@ def _labelled_counts(samples: Sequence[Any], binding: HeadBinding) -> int:
     return n
 
 
+STD_FLOOR = 1e-6  # a target std at most this share of its mean (or 1e-12) counts as constant: std 1
+
+
+def target_statistics(samples: Sequence[Any], binding: HeadBinding) -> tuple[list[float], list[float], int]:
+    """``(mean, std, n)`` of a regression head's labelled targets in ``samples`` (one mean/std per
+    output, NaN left out; population std; n: the examples with at least one value). An output without
+    values gets mean 0, a constant one (std <= STD_FLOOR * |mean|, or 1e-12) std 1. Rounded to
+    float32, the precision the head's buffers keep them in."""
+    import numpy as np
+
+    spec = binding.spec
+    columns = binding.columns.tolist() if binding.columns is not None else list(range(spec.outputs))
+    values: list[list[float]] = []
+    for s in samples:
+        value = s.targets.get(binding.data.name)
+        if value is not None:
+            values.append([float(value[j]) for j in columns])
+    table = np.asarray(values, dtype=np.float64).reshape(-1, len(columns))
+    labelled = ~np.isnan(table)
+    means, stds = [], []
+    for j in range(len(columns)):
+        column = table[labelled[:, j], j]
+        mean = float(column.mean()) if column.size else 0.0
+        std = float(column.std()) if column.size else 0.0
+        if not math.isfinite(std) or std <= max(STD_FLOOR * abs(mean), 1e-12):
+            std = 1.0
+        means.append(float(np.float32(mean)))
+        stds.append(float(np.float32(std)))
+    return means, stds, int(labelled.any(axis=1).sum())
+
+
+def _usable_stats(mean: Sequence[float], std: Sequence[float]) -> bool:
+    return all(math.isfinite(m) for m in mean) and all(math.isfinite(v) and v > 0 for v in std)
+
+
+def _short(values: Sequence[float]) -> str:
+    text = ", ".join(f"{v:.4g}" for v in values[:4]) + (" …" if len(values) > 4 else "")
+    return text if len(values) == 1 else f"[{text}]"
+
+
 # ------------------------------------------------------------------------------------------------
 # data loading
 # ------------------------------------------------------------------------------------------------
@@ -602,6 +649,42 @@ class Trainer:
         self.drop_last = n > cfg.batch_size and n % cfg.batch_size == 1  # no batch of one (BatchNorm)
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else math.ceil(n / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        self._plan_target_stats()
+
+    def _plan_target_stats(self) -> None:
+        """The target statistics each regression head trains with (set by :meth:`_apply_target_stats`
+        once training starts): the spec's own when it has them (trained before: kept), else those
+        already in the head's buffers (a head whose spec lost them, e.g. edited), else the mean/std of
+        the training split's labelled values."""
+        model = self.session.model
+        self._stats_plan: list[tuple[HeadSpec, RegressionHead, list[float], list[float]]] = []
+        for b in self.target_map.bindings:
+            module = model.heads[b.spec.name]
+            if b.spec.kind != "regression" or not isinstance(module, RegressionHead):
+                continue
+            if b.spec.has_target_stats:
+                mean, std = list(b.spec.target_mean), list(b.spec.target_std)
+            elif not module.is_identity() and _usable_stats(*module.target_stats()):
+                mean, std = module.target_stats()
+            else:
+                mean, std, n = target_statistics(self.train_samples, b)
+                self.notes.append(f"Head {b.spec.name!r} learns standardised targets: mean {_short(mean)}, "
+                                  f"std {_short(std)} (from {n} labelled training images); its outputs stay "
+                                  "in the data's units.")
+            self._stats_plan.append((b.spec, module, mean, std))
+
+    def _apply_target_stats(self) -> None:
+        """Store the planned statistics in the specs and the heads' buffers (undone by
+        :meth:`_revert_target_stats` when the weights from before training are restored)."""
+        self._stats_before = []
+        for spec, module, mean, std in self._stats_plan:
+            self._stats_before.append((spec, spec.target_mean, spec.target_std))
+            spec.set_target_stats(mean, std)
+            module.set_target_stats(mean, std)
+
+    def _revert_target_stats(self) -> None:
+        for spec, mean, std in getattr(self, "_stats_before", []):
+            spec.set_target_stats(mean, std)
 
     # -- events ------------------------------------------------------------------------------------
     def _emit(self, event: object) -> None:
@@ -653,8 +736,10 @@ class Trainer:
         self._has_validated_best = False
         self._best_steps = 0
         reason, message = "completed", ""
+        self._apply_target_stats()
         try:
             self._to_device()
+            self.scales = target_scales(self.session.model.heads)  # the heads' target_std, on the device
             self._emit(TrainStarted(cfg.epochs, self.steps_per_epoch, self.total_steps, str(device), self.cached,
                                     len(self.train_samples), len(self.val_samples), [h.name for h in self.heads],
                                     describe_device(device, self.amp_dtype),
@@ -698,6 +783,8 @@ class Trainer:
 
         if reason == "error" or (self._has_validated_best and self.done_steps != self._best_steps):
             self._restore(self._best_state)
+            if not self._has_validated_best:
+                self._revert_target_stats()  # the weights from before training: their statistics too
         seconds = time.perf_counter() - self._t0
         if reason == "stopped" and not message:
             message = (f"Stopped after {self.done_steps} step(s); "
@@ -780,7 +867,7 @@ class Trainer:
     def _step(self, outputs_fn: Callable[[], dict[str, torch.Tensor]], targets: dict[str, torch.Tensor]):
         with autocast_context(self.device, self.amp_dtype):
             outputs = outputs_fn()
-        losses = compute_losses(self.heads, outputs, targets)
+        losses = compute_losses(self.heads, outputs, targets, self.scales)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(losses.total).backward()
@@ -864,7 +951,7 @@ class Trainer:
                         raise _Stopped
                     images, targets = self._to(images, targets)
                     outputs = model(images)
-                    acc.add(compute_losses(self.heads, outputs, targets))
+                    acc.add(compute_losses(self.heads, outputs, targets, self.scales))
                     metrics.update(outputs, targets)
             return acc, metrics
 
@@ -965,7 +1052,7 @@ class Trainer:
                     if x.device != self.device:
                         x, t = self._to(x, t)
                     outputs = model.forward_heads(x)
-                    acc.add(compute_losses(self.heads, outputs, t))
+                    acc.add(compute_losses(self.heads, outputs, t, self.scales))
                     metrics.update(outputs, t)
             return acc, metrics
 
