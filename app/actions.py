@@ -70,7 +70,9 @@ class Actions(QObject):
         self.heads_only = self._make("Train only the &heads", "heads-only", None,
                                      "Freeze the whole network; only the grafted heads learn")
         self.unfreeze_all = self._make("&Unfreeze all", "unfreeze", None, "Train every layer")
-        self.heads_only.setIconText("Heads only")  # the toolbar's short label
+        self.heads_only.setIconText("Heads only")  # the toolbar's short labels
+        self.freeze_up_to.setIconText("Freeze to here")
+        self.unfreeze_all.setIconText("Unfreeze all")
         self.export_onnx.setIconText("Export ONNX")
 
         # Train
@@ -78,6 +80,8 @@ class Actions(QObject):
         self.train_stop = self._make("S&top training", "stop", "Shift+F5",
                                      "Stop after the current batch (the best weights so far are kept)")
         self.evaluate = self._make("&Evaluate", "evaluate", "F6", "Evaluate every head on the validation data")
+        self.train_start.setIconText("Train")  # short toolbar labels: the menu keeps the full names
+        self.train_stop.setIconText("Stop")
 
         # Help
         self.about = self._make("&About Graft", "about", None, "About Graft")

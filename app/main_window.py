@@ -371,8 +371,7 @@ class MainWindow(QMainWindow):
         self.toolbar.setMovable(False)
         a.build_toolbar(self.toolbar)
         # Only the most used actions show their text; the rest are icons with tooltips.
-        for action in (a.open_model, a.open_project, a.save_project, a.undo, a.redo, a.freeze_up_to,
-                       a.unfreeze_all):
+        for action in (a.open_model, a.open_project, a.save_project, a.undo, a.redo):
             button = self.toolbar.widgetForAction(action)
             if button is not None:
                 button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)

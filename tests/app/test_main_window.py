@@ -865,3 +865,22 @@ def test_a_csv_column_with_a_stray_cell_is_left_out_with_a_warning(qtbot, window
     assert window.data_panel.notes()[0] == [warning]
     assert "1 warning: see the Data tab" in window.message_label.text()
     assert not window.data_panel.error_text()
+
+
+def test_the_toolbar_names_the_freezing_presets_and_fits_the_default_window(qtbot, window):
+    """The rule of thumb's three choices are labelled buttons, and nothing falls into the overflow menu."""
+    from PySide6.QtWidgets import QToolButton
+
+    a = window.actions
+    window.resize(1480, 940)
+    qtbot.wait(50)
+    for action, text in ((a.freeze_up_to, "Freeze to here"), (a.heads_only, "Heads only"),
+                         (a.unfreeze_all, "Unfreeze all"), (a.train_start, "Train"), (a.export_onnx, "Export ONNX")):
+        button = window.toolbar.widgetForAction(action)
+        assert isinstance(button, QToolButton) and button.text() == text
+        assert button.toolButtonStyle() == Qt.ToolButtonStyle.ToolButtonTextBesideIcon
+    assert a.train_start.text() == "&Start training"  # the menu keeps the full name
+    for action in window.toolbar.actions():
+        button = window.toolbar.widgetForAction(action)
+        if button is not None and not action.isSeparator():
+            assert button.isVisible(), f"{action.iconText()} is hidden in the toolbar's overflow"
