@@ -1019,7 +1019,10 @@ class MainWindow(QMainWindow):
         except GraftError as exc:
             self.show_error(str(exc), title="Edit head")
             return False
-        if new.to_dict() == spec.to_dict():
+        def edited(h) -> dict:  # the dialog does not show the statistics training sets on a regression head
+            return {k: v for k, v in h.to_dict().items() if k not in ("target_mean", "target_std")}
+
+        if edited(new) == edited(spec):
             return False
         return self.apply_op(UpdateHead(name, new))
 

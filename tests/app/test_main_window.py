@@ -884,3 +884,19 @@ def test_the_toolbar_names_the_freezing_presets_and_fits_the_default_window(qtbo
         button = window.toolbar.widgetForAction(action)
         if button is not None and not action.isSeparator():
             assert button.isVisible(), f"{action.iconText()} is hidden in the toolbar's overflow"
+
+
+def test_ok_on_a_trained_regression_head_without_changes_records_no_edit(qtbot, window, monkeypatch,
+                                                                          default_network):
+    s = give_session(window, default_network)
+    window.apply_op(DeleteOutputLayer())
+    window.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
+    s.heads[0].set_target_stats([55.0], [14.0])  # what training sets
+    steps = window.undo_stack.count()
+    accept_head_dialog(monkeypatch, choose=lambda d: None)
+    window.heads_panel.editRequested.emit("size")
+    assert window.undo_stack.count() == steps and s.heads[0].target_mean == [55.0]
+    accept_head_dialog(monkeypatch, choose=lambda d: d.name_edit.setText("length"))
+    window.heads_panel.editRequested.emit("size")
+    assert window.undo_stack.count() == steps + 1 and s.heads[0].name == "length"
+    assert s.heads[0].target_std == [14.0]  # a rename keeps the weights and the scale they were trained on
