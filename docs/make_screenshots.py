@@ -1,7 +1,9 @@
 """Re-make the README's screenshots: ``.venv/bin/python docs/make_screenshots.py [OUT_DIR]``.
 
 Drives the real window through the states a new user meets (loaded, data, after surgery, training,
-evaluation) and saves each as a PNG. Runs offscreen; about a minute on a 2-core CPU.
+evaluation) and saves each as a PNG; about a minute on a 2-core CPU. Runs offscreen by default; the
+README's images come from a real X server, as a user sees them:
+``Xvfb :99 -screen 0 1600x1000x24 & DISPLAY=:99 QT_QPA_PLATFORM=xcb .venv/bin/python docs/make_screenshots.py``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from app.application import configure_app  # noqa: E402
 from engine.layer_tree import HEADS_KEY  # noqa: E402
 from engine.operations import AddHead, DeleteOutputLayer  # noqa: E402
 
-SIZE = (1400, 840)
+SIZE = (1480, 900)  # about the window's own first size (1480x940)
 
 
 def wait(app: QApplication, done, timeout: float = 300.0) -> None:
@@ -52,6 +54,10 @@ def main() -> None:
     w.show()
 
     def shot(name: str) -> None:
+        end = time.monotonic() + 0.3  # a tab just made current lays out its scroll area on later events
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.02)
         w.grab().save(str(out / name))
         print("saved", out / name)
 
