@@ -461,7 +461,11 @@ class MainWindow(QMainWindow):
             avail = screen.availableGeometry() if screen is not None else None
             w, h = 1480, 940
             if avail is not None:
-                w, h = max(800, min(w, avail.width() - 40)), max(560, min(h, avail.height() - 60))
+                # On a small screen: inside it (a window as wide as the screen plus its frame is moved
+                # and shrunk when its geometry is restored), but never below what the window needs.
+                need = self.minimumSizeHint()
+                w = max(need.width(), min(w, avail.width() - 40))
+                h = max(need.height(), 560, min(h, avail.height() - 60))
             self.resize(w, h)
             if avail is not None:
                 self.move(avail.x() + (avail.width() - w) // 2, avail.y() + (avail.height() - h) // 2)

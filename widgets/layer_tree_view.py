@@ -166,7 +166,9 @@ class LayerTreeView(QWidget):
         for column, width in widths.items():
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
             header.resizeSection(column, width)
-        self.tree_view.setMinimumWidth(fm.horizontalAdvance("layer4.1.conv1") + sum(widths.values()) + 60)
+        # Room for the name and type; the other columns scroll sideways in a narrow window rather than
+        # forcing their width on it (all columns as a minimum made the window at least ~1075 px wide).
+        self.tree_view.setMinimumWidth(fm.horizontalAdvance("layer4.1.conv1") + widths[TYPE] + 60)
 
     # -- public API --------------------------------------------------------------------------------
     def set_context_actions(self, actions: Sequence[QAction | None]) -> None:

@@ -61,3 +61,11 @@ def test_disabled_menu_items_look_disabled_under_the_style_sheet(qtbot):
 
     assert darkest(image, text_area(on)) < 90  # ink
     assert darkest(image, text_area(off)) > 120, "a disabled menu item is drawn like an enabled one"
+
+
+def test_the_window_can_be_made_900_pixels_wide(qtbot, window):
+    """The layer tree asked for every column's width as its minimum: the window could not be narrower
+    than ~1075 px, so on a small screen its right side (Train, Evaluate, Export ONNX) was cut off."""
+    assert window.minimumSizeHint().width() <= 900
+    window.resize(900, 600)
+    qtbot.waitUntil(lambda: window.width() == 900, timeout=2000)
