@@ -41,6 +41,19 @@ def layers_text(spec: HeadSpec, feature_dim: int | None) -> str:
     return " → ".join(sizes)
 
 
+def fit_title(fm_bold: QFontMetrics, fm_small: QFontMetrics, name: str, kind: str, room: float) -> tuple[str, str]:
+    """A head box's first line left of its widths: the name (bold) and, 8 px after it, the kind (small),
+    elided so that together they take at most ``room`` pixels; the kind is left out when not even a few
+    letters of it fit (the name keeps at least 40 px)."""
+    kind_w = fm_small.horizontalAdvance(kind)
+    title = fm_bold.elidedText(name, Qt.TextElideMode.ElideRight, int(max(40, room - kind_w - 8)))
+    left = room - fm_bold.horizontalAdvance(title) - 8
+    kind = fm_small.elidedText(kind, Qt.TextElideMode.ElideRight, int(max(0, left)))
+    if len(kind.rstrip("…")) < 3:
+        kind = ""
+    return title, kind
+
+
 class HeadDiagram(QWidget):
     """Trunk box (model name, feature size) -> one box per head (name, kind, outputs, widths)."""
 
@@ -176,15 +189,16 @@ class HeadDiagram(QWidget):
             widths_w = fm_small.horizontalAdvance(widths) + 8
             p.setFont(bold)
             p.setPen(text)
-            title = fm_bold.elidedText(spec.name, Qt.TextElideMode.ElideRight,
-                                       int(max(40, inner.width() - widths_w - 90)))
+            title, kind = fit_title(fm_bold, fm_small, spec.name, KIND_SHORT.get(spec.kind, spec.kind),
+                                    inner.width() - widths_w)
             p.drawText(QRectF(inner.left(), inner.top(), inner.width(), half),
                        Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, title)
             title_w = fm_bold.horizontalAdvance(title)
             p.setFont(small)
             p.setPen(muted)
-            p.drawText(QRectF(inner.left() + title_w + 8, inner.top(), inner.width(), half),
-                       Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, KIND_SHORT.get(spec.kind, spec.kind))
+            if kind:
+                p.drawText(QRectF(inner.left() + title_w + 8, inner.top(), inner.width(), half),
+                           Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, kind)
             p.drawText(QRectF(inner.left(), inner.top(), inner.width(), half),
                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, widths)
             outputs = fm_small.elidedText(outputs_text(spec, 12), Qt.TextElideMode.ElideRight, int(inner.width()))

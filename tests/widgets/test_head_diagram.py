@@ -37,3 +37,34 @@ def test_paints_the_trunk_and_every_head(qtbot):
         assert head_colour(i).lower() in colours
     diagram.set_model("resnet18", None, [])  # no heads, unknown features: still paints
     assert not diagram.grab().isNull()
+
+
+def test_a_narrow_diagram_never_draws_the_kind_over_the_widths(qtbot, monkeypatch):
+    """At the diagram's minimum width (a 900 px window) 'single-label' ran into '1280 → 4'."""
+    import widgets.head_diagram as hd
+    from PySide6.QtGui import QFontMetrics
+
+    drawn = []  # (left, right, text) of every text line in the head boxes' first row
+
+    class Recording(hd.QPainter):
+        def drawText(self, rect, flags, text):  # noqa: N802 - Qt's name
+            fm = QFontMetrics(self.font())
+            width = fm.horizontalAdvance(text)
+            left = rect.right() - width if flags & hd.Qt.AlignmentFlag.AlignRight else rect.left()
+            drawn.append((round(rect.top()), left, left + width, text))
+            super().drawText(rect, flags, text)
+
+    monkeypatch.setattr(hd, "QPainter", Recording)
+    diagram = HeadDiagram()
+    qtbot.addWidget(diagram)
+    diagram.set_model("efficientnet_lite0", 1280, [HeadSpec("shape", "single", labels=list("abcd")),
+                                                   HeadSpec("a_rather_long_head_name", "multi", labels=list("xyz"))])
+    for width in (diagram.minimumSizeHint().width(), 420, 560):
+        drawn.clear()
+        diagram.resize(width, diagram.sizeHint().height())
+        diagram.grab()
+        for top in {t for t, *_ in drawn}:
+            row = sorted((left, right, text) for t, left, right, text in drawn if t == top)
+            for (_, right, text), (left, _, after) in zip(row, row[1:]):
+                assert right <= left + 1, f"{text!r} overlaps {after!r} at width {width}"
+        assert any("1280 → 4" == text for *_, text in drawn)
