@@ -28,14 +28,23 @@ def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def check_target(path: str | Path) -> Path:
-    """Fail fast (before any work) when ``path`` cannot be written: its folder is missing or is a file,
-    or ``path`` is a folder."""
+    """Fail fast (before any work) when ``path`` cannot be written: its folder is missing, is a file or
+    takes no new files (read-only, no permission), or ``path`` is a folder or a device, pipe or socket
+    (written through a temporary file and a rename, it would be replaced, not written to)."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise GraftError(f"Cannot write {path}: folder {folder} does not exist.")
     if path.is_dir():
         raise GraftError(f"Cannot write {path}: it is a folder.")
+    if path.exists() and not path.is_file():
+        raise GraftError(f"Cannot write {path}: it is not a regular file.")
+    try:  # the file goes through a temporary one in the same folder: that must be possible
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise GraftError(f"Cannot write to {folder}: {exc.strerror or exc}.") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 

@@ -84,6 +84,23 @@ def test_bad_arguments_exit_with_one_line(tiny_folder, tmp_path, args, message):
     assert not (tmp_path / "x.graft").exists()
 
 
+def test_unwritable_out_folder_is_refused_before_training(tiny_folder, tmp_path):
+    """A folder that takes no files ends the run at once, not after training that would then be lost."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        # a read-only folder stops ordinary users; /proc stops root too
+        target = locked / "x.graft" if not os.access(locked, os.W_OK) else Path("/proc/graft-test.graft")
+        result = graft("train", "--data", str(tiny_folder), "--epochs", "1", "--no-augment", "--out", str(target))
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and "Cannot write" in result.stderr, result.stderr
+        assert "Training on" not in result.stdout and "epoch" not in result.stdout
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
 def test_missing_data_and_bad_project(tmp_path):
     result = graft("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.graft"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no such file" in result.stderr

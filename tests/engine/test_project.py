@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from engine.errors import GraftError
 from engine.heads import HeadSpec
 from engine.operations import AddHead, CutAt, DeleteOutputLayer, SetTrainable
-from engine.project import open_project, save_project
+from engine.project import check_target, open_project, save_project
 
 
 def run(session, x):
@@ -77,6 +78,18 @@ def test_unwritable_path_is_reported_and_leaves_nothing(edited, tmp_path):
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
+
+
+def test_a_device_or_pipe_is_refused_not_replaced(edited, tmp_path):
+    """Saving goes through a rename: onto /dev/null (or a named pipe) it would replace the device file."""
+    fifo = tmp_path / "pipe.graft"
+    os.mkfifo(fifo)
+    with pytest.raises(GraftError, match="not a regular file"):
+        save_project(edited, fifo)
+    assert fifo.is_fifo()
+    with pytest.raises(GraftError, match="not a regular file"):
+        check_target("/dev/null")
+    assert Path("/dev/null").is_char_device()
 
 
 def test_saved_files_get_ordinary_permissions(edited, tmp_path):
