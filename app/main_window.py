@@ -860,6 +860,9 @@ class MainWindow(QMainWindow):
             self._rebuild_recent_menu()
 
         def failed(message, details):
+            if self.data is not None and self.data_path:  # the data loaded before stays: say which it is
+                self.data_panel.set_path(self.data_path)
+                message = f"{message}\nThe data from {Path(self.data_path).name} is still loaded."
             self.data_panel.set_error(message)
             self.show_error(message, details, "Could not load the data")
 

@@ -69,3 +69,29 @@ def test_the_window_can_be_made_900_pixels_wide(qtbot, window):
     assert window.minimumSizeHint().width() <= 900
     window.resize(900, 600)
     qtbot.waitUntil(lambda: window.width() == 900, timeout=2000)
+
+
+IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
+
+
+def good_csv(folder: Path) -> Path:
+    path = folder / "good.csv"
+    rows = ["image,kind"] + [f"{IMAGES / name},{kind}" for name, kind in
+                             (("cat.jpg", "animal"), ("grace_hopper.jpg", "person"), ("coffee.jpg", "thing"),
+                              ("motorcycle.jpg", "thing"), ("palace.jpg", "thing"))]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_data_that_fails_to_load_says_the_earlier_data_is_still_loaded(qtbot, window, boxes, tmp_path):
+    """The panel showed the failed file's path above the earlier data's summary, as if that had loaded."""
+    good = good_csv(tmp_path)
+    with qtbot.waitSignal(window.dataLoaded, timeout=60_000):
+        window.load_data(str(good))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filename,colour\na.jpg,red\n")
+    with qtbot.waitSignal(window.errorShown, timeout=60_000) as shown:
+        window.load_data(str(bad))
+    assert window.data is not None and window.data_path == str(good)
+    assert window.data_panel.path_label.text() == str(good)
+    assert "good.csv is still loaded" in shown.args[0] and window.data_panel.error_text() == shown.args[0]
