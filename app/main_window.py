@@ -224,6 +224,9 @@ class MainWindow(QMainWindow):
         self.wait_dialog: QProgressDialog | None = None  # shown while closing waits for work to end
 
         self.undo_stack = QUndoStack(self)
+        self._undo_index = 0  # the stack's index as last seen (undo and redo say what they did)
+        self._pushing = False  # a surgery is being pushed: it says what it did itself
+        self._undo_failed = False  # the undo or redo under way could not be done and said so
         self.undo_stack.cleanChanged.connect(self._update_modified)
         self.undo_stack.indexChanged.connect(self._on_undo_index)
 
@@ -553,8 +556,28 @@ class MainWindow(QMainWindow):
             self.heads_panel.select_head(path[len(HEADS_KEY) + 1:].split(".")[0])
         self._refresh_actions()
 
-    def _on_undo_index(self, _index: int) -> None:
+    def _on_undo_index(self, index: int) -> None:
+        """Undo, redo or a click in the surgery history: say what was undone or redone (the status line
+        otherwise kept naming the step just undone, as if it had been done)."""
+        previous, self._undo_index = self._undo_index, index
+        if not self._pushing and not self._undo_failed and previous != index:
+            stack = self.undo_stack
+            if index < previous:
+                steps, text = previous - index, stack.text(previous - 1) if previous - index == 1 else ""
+                self.show_message(f"Undid {text}." if text else
+                                  f"Undid {steps} steps: back to "
+                                  f"{('after ' + stack.text(index - 1)) if index else 'the network as loaded'}.")
+            else:
+                steps = index - previous
+                self.show_message(f"Redid {stack.text(index - 1)}." if steps == 1 else
+                                  f"Redid {steps} steps, up to {stack.text(index - 1)}.")
+        self._undo_failed = False
         self._refresh()
+
+    def _surgery_failed(self, message: str) -> None:
+        """An undo or redo could not be done (see OperationCommand): its message, not 'Undid …'."""
+        self._undo_failed = True
+        self.show_error(message)
 
     def _refresh(self) -> None:
         self._refresh_actions()
@@ -814,6 +837,7 @@ class MainWindow(QMainWindow):
         old = self.session
         if old is not None:
             old.disconnect("changed", self._on_session_changed)
+        self._undo_index = 0  # clearing the stack undoes nothing: no "Undid …"
         self.undo_stack.clear()
         self.notes_box.hide()  # the notes were about the previous model
         self._session_serial += 1  # work still running on the old session brings nothing back to this one
@@ -920,10 +944,13 @@ class MainWindow(QMainWindow):
         if self._must_wait("surgery", "Surgery"):
             return False
         try:
-            push_operation(self.undo_stack, self.session, op, on_error=self.show_error)
+            self._pushing = True
+            push_operation(self.undo_stack, self.session, op, on_error=self._surgery_failed)
         except GraftError as exc:
             self.show_error(str(exc), title="Surgery")
             return False
+        finally:
+            self._pushing = False
         self.show_message(f"{op.text}.")
         return True
 

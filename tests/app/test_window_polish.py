@@ -95,3 +95,36 @@ def test_data_that_fails_to_load_says_the_earlier_data_is_still_loaded(qtbot, wi
     assert window.data is not None and window.data_path == str(good)
     assert window.data_panel.path_label.text() == str(good)
     assert "good.csv is still loaded" in shown.args[0] and window.data_panel.error_text() == shown.args[0]
+
+
+@pytest.fixture(scope="module")
+def small_network():
+    from engine.loading import load_network
+
+    return load_network("resnet18", random_init=True)
+
+
+def test_undo_and_redo_say_what_they_did(qtbot, window, small_network):
+    """After Ctrl+Z the status line still named the step just undone ("Unfreeze features."), as if done."""
+    from engine.operations import DeleteOutputLayer, SetTrainable
+    from engine.session import Session
+
+    window._set_session(Session(small_network), project_path=None)
+    a = window.actions
+    assert window.apply_op(DeleteOutputLayer())
+    assert window.apply_op(SetTrainable("layers", ["layer4"], False))
+    assert window.message_label.text() == "Freeze layer4."
+    a.undo.trigger()
+    assert window.message_label.text() == "Undid Freeze layer4."
+    a.redo.trigger()
+    assert window.message_label.text() == "Redid Freeze layer4."
+    window.undo_stack.setIndex(0)  # a click on "Network as loaded" in the surgery history
+    assert window.message_label.text() == "Undid 2 steps: back to the network as loaded."
+    window.undo_stack.setIndex(2)
+    assert window.message_label.text() == "Redid 2 steps, up to Freeze layer4."
+    window.undo_stack.setIndex(1)
+    assert window.message_label.text() == "Undid Freeze layer4."
+    assert window.apply_op(SetTrainable("layers", ["layer3"], False))  # a new step replaces the redo
+    assert window.message_label.text() == "Freeze layer3."
+    window._set_session(Session(small_network), project_path=None)  # clearing the stack undoes nothing
+    assert not window.message_label.text().startswith("Undid")
