@@ -15,6 +15,7 @@ from engine.training import TrainConfig
 DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu", "CPU"))
 START_TIP = "Train on the loaded data (F5)"
 READY = "Ready when the data and heads are."
+READY_NOW = "Ready to train on the loaded data."
 AUGMENT = (("auto", "Auto", "On while layers of the network train; off while only the heads train"),
            (True, "On", "Always augment (with a frozen network every epoch then runs it on every image)"),
            (False, "Off", "Never augment"))
@@ -196,6 +197,7 @@ class TrainingPanel(QWidget):
         layout.addStretch(1)
 
         self._last_progress: tuple | None = None
+        self._readiness = True  # the status line says whether a run can start (no run has reported yet)
         self.start_button.clicked.connect(self.startRequested)
         self.stop_button.clicked.connect(self.stopRequested)
         self.set_config(self._base)
@@ -268,6 +270,9 @@ class TrainingPanel(QWidget):
         self._can_start = bool(can_start)
         self.start_button.setEnabled(self._can_start and not self._running)
         self.start_button.setToolTip(reason if reason and not self._can_start else START_TIP)
+        if self._readiness and not self._running:  # no run has said anything yet: whether one can start
+            why = reason.rstrip(".") + "." if reason else READY
+            self.status_label.setText(READY_NOW if self._can_start else why)
 
     def set_stopping(self) -> None:
         """Stop was pressed: the run ends after the current batch, Stop cannot be pressed again."""
@@ -281,6 +286,7 @@ class TrainingPanel(QWidget):
         self.progress_bar.setValue(0)
         self.progress_label.setText("")
         self.status_label.setText(READY)
+        self._readiness = True
 
     def set_progress(self, done: int, total: int, eta_seconds: float | None = None, epoch: int | None = None,
                      epochs: int | None = None) -> None:
@@ -292,6 +298,7 @@ class TrainingPanel(QWidget):
         self.progress_label.setText(progress_text(done, total, eta_seconds, epoch, epochs))
 
     def set_status(self, text: str) -> None:
+        self._readiness = False
         self.status_label.setText(text)
 
     def status(self) -> str:

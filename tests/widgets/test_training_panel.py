@@ -141,3 +141,20 @@ def test_learning_rate_box_steps_along_1_2_5(qtbot):
     box.lineEdit().setText("3e-4")
     box.interpretText()
     assert box.value() == pytest.approx(3e-4) and box.text() == "0.0003"
+
+
+def test_the_status_line_says_whether_a_run_can_start_until_a_run_reports(panel):
+    """It always read 'Ready when the data and heads are.', even with both there (and Start enabled)."""
+    panel.set_can_start(False, "Add a head first (Surgery ▸ Add head)")
+    assert panel.status() == "Add a head first (Surgery ▸ Add head)."
+    panel.set_can_start(True)
+    assert panel.status() == "Ready to train on the loaded data." and panel.start_button.isEnabled()
+    panel.set_running(True)
+    panel.set_status("Epoch 1: train loss 0.3")
+    panel.set_running(False)
+    panel.set_status("Finished 1 epoch; kept epoch 1.")
+    panel.set_can_start(True)
+    assert panel.status() == "Finished 1 epoch; kept epoch 1."  # the run's outcome stays
+    panel.clear_progress()
+    panel.set_can_start(False, "Load data first (drop a folder or CSV on the window)")
+    assert panel.status() == "Load data first (drop a folder or CSV on the window)."
