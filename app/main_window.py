@@ -485,8 +485,10 @@ class MainWindow(QMainWindow):
         if not self._split_done:
             self._split_done = True
             total = max(self.width(), 800)
-            left = max(self.tree_view.minimumSizeHint().width(), int(total * 0.36))
-            self.splitter.setSizes(self._saved_split or [left, total - left])
+            room = total - self.tabs.minimumSizeHint().width() - self.splitter.handleWidth()
+            wanted = max(self.tree_view.sizeHint().width(), int(total * 0.36))  # every column when it fits
+            left = max(self.tree_view.minimumSizeHint().width(), min(wanted, room))
+            self.splitter.setSizes(self._saved_split or [left, total - left - self.splitter.handleWidth()])
 
     def _proportion_tab(self, index: int) -> None:
         """Split a tab's panes sensibly the first time it is shown (hidden splitters have no width yet)."""

@@ -169,6 +169,12 @@ class LayerTreeView(QWidget):
         # Room for the name and type; the other columns scroll sideways in a narrow window rather than
         # forcing their width on it (all columns as a minimum made the window at least ~1075 px wide).
         self.tree_view.setMinimumWidth(fm.horizontalAdvance("layer4.1.conv1") + widths[TYPE] + 60)
+        self._full_width = fm.horizontalAdvance("layer4.1.conv1") + sum(widths.values()) + 60  # every column
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """Wide enough for every column (the window's first split gives the tree this when it can)."""
+        hint = super().sizeHint()
+        return QSize(max(hint.width(), self._full_width), hint.height())
 
     # -- public API --------------------------------------------------------------------------------
     def set_context_actions(self, actions: Sequence[QAction | None]) -> None:

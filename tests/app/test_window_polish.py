@@ -128,3 +128,17 @@ def test_undo_and_redo_say_what_they_did(qtbot, window, small_network):
     assert window.message_label.text() == "Freeze layer3."
     window._set_session(Session(small_network), project_path=None)  # clearing the stack undoes nothing
     assert not window.message_label.text().startswith("Undid")
+
+
+def test_the_first_split_shows_every_tree_column_when_the_window_is_wide_enough(qtbot):
+    """With the smaller minimum, the first split no longer gave the tree room for all its columns."""
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.resize(1400, 900)
+    w.show()
+    qtbot.waitExposed(w)
+    header = w.tree_view.tree_view.header()
+    columns = sum(header.sectionSize(c) for c in range(1, header.count()))
+    assert w.tree_view.sizeHint().width() > columns + 60
+    assert w.splitter.sizes()[0] >= w.tree_view.sizeHint().width()
+    w.close()
