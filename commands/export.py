@@ -25,12 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.export import OPSET, check_opset, check_target, export_onnx, training_images
+    from engine.export import OPSET, check_opset, check_target, check_tolerance, export_onnx, training_images
 
     from .common import load_session
 
     check_target(args.onnx)  # before spending seconds on loading the project
     opset = check_opset(OPSET if args.opset is None else args.opset)
+    tolerance = check_tolerance(args.tolerance)
     load_args = argparse.Namespace(model=args.project, weights=None, arch=None,
                                    random_weights=args.random_weights, trust=args.trust)
     session = load_session(load_args)
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         images, found = training_images(getattr(session, "project_extra", None))
         where, why = (found, "") if images else ("", found)
     report = export_onnx(session, args.onnx, opset=opset, verify=not args.no_verify,
-                         images=images, tolerance=args.tolerance, exporter=args.exporter)
+                         images=images, tolerance=tolerance, exporter=args.exporter)
     print(report.format())
     if where:
         print(f"verification images: {len(images)} {where}")

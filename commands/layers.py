@@ -17,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.errors import GraftError
+
+    if args.depth < 0:
+        raise GraftError(f"The depth must be 0 (all layers) or more (got {args.depth}).")
     session = load_session(args)
     tree = session.tree
     print(f"{session.describe()}  input {session.input_spec.describe()}")

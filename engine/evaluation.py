@@ -128,6 +128,8 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
 
     if split not in ("all", "train", "val"):
         raise GraftError(f"Unknown split {split!r}: use all, train or val.")
+    if num_workers is not None and num_workers < 0:
+        raise GraftError(f"The number of loader workers must not be negative (got {num_workers!r}).")
     if hasattr(data, "heads") and hasattr(data, "train"):
         source = data
         samples = {"all": list(data.train) + list(data.val), "train": list(data.train), "val": list(data.val)}[split]

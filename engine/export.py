@@ -402,6 +402,17 @@ def check_opset(opset: Any) -> int:
     return opset
 
 
+def check_tolerance(tolerance: Any) -> float:
+    """``tolerance`` as a float when it is a number of at least 0, else GraftError."""
+    try:
+        value = float(tolerance)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(tolerance, bool) or not 0.0 <= value < float("inf"):
+        raise GraftError(f"The tolerance must be a number of at least 0 (got {tolerance!r}).")
+    return value
+
+
 def file_opset(proto: Any) -> int | None:
     """The standard ONNX opset a model declares in ``opset_import`` (None when it declares none)."""
     return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -522,6 +533,7 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
     start = time.perf_counter()
     path = check_target(path)
     opset = check_opset(opset)
+    tolerance = check_tolerance(tolerance)
     order = EXPORTERS if exporter == "auto" else (exporter,)
     if any(k not in EXPORTERS for k in order):
         raise GraftError(f"Unknown exporter {exporter!r}: use auto, torchscript or dynamo.")

@@ -406,6 +406,8 @@ class OnnxPredictor:
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         self.path = Path(path)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise GraftError(f"The number of threads must be a whole number of at least 0 (got {threads!r}).")
         if not self.path.is_file():
             raise GraftError(f"{self.path}: no such file.")
         import onnxruntime as ort

@@ -227,6 +227,22 @@ def test_an_unsupported_opset_ends_with_one_line(exported, tmp_path, opset):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("tolerance", ["-1", "nan", "inf"])
+def test_a_meaningless_tolerance_ends_with_one_line_before_exporting(exported, tmp_path, tolerance):
+    _, project, _, _, _ = exported
+    result = graft("export", project, "--onnx", tmp_path / "x.onnx", "--tolerance", tolerance)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "The tolerance must be a number of at least 0" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_negative_predict_threads_end_with_one_line(exported):
+    _, _, onnx_path, images, _ = exported
+    result = predict(onnx_path, images[0], "--threads", "-1")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "number of threads" in result.stderr, result.stderr
+
+
 def test_a_torchvision_export_predicts_the_same_through_main_py(tmp_path):
     import torch
 

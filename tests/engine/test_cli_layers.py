@@ -102,3 +102,9 @@ def test_a_torchscript_model_says_its_input_was_assumed(tmp_path):
     result = graft("layers", "--model", str(tmp_path / "tiny.pt"))
     assert result.returncode == 0, result.stderr
     assert any(l.startswith("note:") and "assumed" in l and "224x224" in l for l in result.stdout.splitlines())
+
+
+def test_a_negative_depth_exits_with_one_line():
+    result = graft("layers", "--depth", "-1")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "depth" in result.stderr, result.stderr
