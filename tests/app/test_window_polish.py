@@ -142,3 +142,21 @@ def test_the_first_split_shows_every_tree_column_when_the_window_is_wide_enough(
     assert w.tree_view.sizeHint().width() > columns + 60
     assert w.splitter.sizes()[0] >= w.tree_view.sizeHint().width()
     w.close()
+
+
+def test_a_narrow_window_shows_the_toolbar_overflow_arrow(qtbot):
+    """At 900 px Train, Stop, Evaluate and Export ONNX move to the toolbar's overflow button, whose arrow
+    the style sheet's button padding left no room to draw: the button was there but blank."""
+    from PySide6.QtWidgets import QToolButton
+
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.setStyleSheet((RESOURCES / "style.qss").read_text(encoding="utf-8"))
+    w.resize(900, 600)
+    w.show()
+    qtbot.waitExposed(w)
+    button = w.toolbar.findChild(QToolButton, "qt_toolbar_ext_button")
+    assert button is not None and button.isVisible()
+    image = button.grab().toImage()
+    assert darkest(image, image.rect()) < 150, "the overflow button draws no arrow"
+    w.close()
