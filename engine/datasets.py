@@ -336,14 +336,18 @@ def _no_images_message(where: Path, skipped: list[tuple[str, str]]) -> str:
 # -- CSV -------------------------------------------------------------------------------------------
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], str]:
     """Header, rows ``(row number, cells)`` and the delimiter; the header is row 1, as in a spreadsheet.
-    Blank rows are dropped, short rows padded. Accepts UTF-8 (with or without BOM) or Latin-1, and ``,``
-    ``;`` or tab (then numbers may use a decimal comma, as spreadsheets in many locales write them)."""
+    Blank rows are dropped, short rows padded. Accepts UTF-8 (with or without BOM), UTF-16 with a BOM (a
+    spreadsheet's "Unicode text") or Latin-1, and ``,`` ``;`` or tab (then numbers may use a decimal comma,
+    as spreadsheets in many locales write them)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise GraftError(f"{path}: cannot read ({exc.strerror or exc}).") from None
     try:
-        text = raw.decode("utf-8-sig")
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            text = raw.decode("utf-16")
+        else:
+            text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
     first = text.split("\n", 1)[0]

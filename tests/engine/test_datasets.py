@@ -595,6 +595,17 @@ def test_decimal_commas_in_a_semicolon_csv(tmp_path):
     assert any("'size'" in n and "decimal comma" in n for n in notes), notes
 
 
+def test_utf16_unicode_text_from_a_spreadsheet(tmp_path):
+    """A spreadsheet's "Unicode text" export is UTF-16 with a BOM and tabs: read as Latin-1 it lost every column."""
+    csv = manifest(tmp_path, 12)
+    rows = [f"img/{i}.png\t{'chat' if i % 2 else 'chién'}\t{i},5" for i in range(12)]
+    csv.write_bytes(("image\tkind\tsize\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-16"))
+    assert [(h.name, h.kind) for h in suggest_heads(csv)] == [("kind", "single"), ("size", "regression")]
+    ds = load_data(csv)
+    assert ds.heads[0].labels == ["chat", "chién"]
+    assert {s.path.name: s.targets for s in ds.samples}["3.png"]["size"] == [3.5]
+
+
 def test_values_beyond_float32_are_refused(tmp_path):
     csv = manifest(tmp_path, 3)
     write_csv(csv, "image,size\nimg/0.png,0.5\nimg/1.png,1e39\nimg/2.png,-3e38\n")
