@@ -33,8 +33,12 @@ class Actions(QObject):
                                            "Choose a torchvision architecture, with a weights file or random weights")
         self.open_project = self._make("Open &project…", "open-project", "Ctrl+Shift+O",
                                        "Open a .graft project (network, surgery, heads and weights)")
-        self.open_data = self._make("Open &data…", "data", "Ctrl+D",
-                                    "Load labelled images: a folder of class folders or a CSV manifest")
+        self.open_data = self._make("Open CSV &manifest…", "data", "Ctrl+D",
+                                    "Load labelled images listed in a CSV file (an image column, one column "
+                                    "per label)")
+        self.open_data_folder = self._make("Open image &folder…", "data", "Ctrl+Shift+D",
+                                           "Load labelled images from a folder of class folders "
+                                           "(root/<class>/<image>)")
         self.save_project = self._make("&Save project", "save", QKeySequence.StandardKey.Save,
                                        "Save the network, its surgery, heads and weights as a .graft project")
         self.save_project_as = self._make("Save project &as…", None, "Ctrl+Shift+S",
@@ -111,7 +115,7 @@ class Actions(QObject):
         m.addActions([self.open_model, self.open_torchvision, self.open_project])
         m.addMenu(self.recent_menu)
         m.addSeparator()
-        m.addAction(self.open_data)
+        m.addActions([self.open_data_folder, self.open_data])
         m.addSeparator()
         m.addActions([self.save_project, self.save_project_as, self.export_onnx])
         m.addSeparator()
@@ -164,6 +168,7 @@ class Actions(QObject):
         self.open_project.setEnabled(ok("open"))
         self.recent_menu.setEnabled(ok("open") or ok("data"))  # it holds data, too
         self.open_data.setEnabled(ok("data"))
+        self.open_data_folder.setEnabled(ok("data"))
         self.save_project.setEnabled(has_model and ok("save"))
         self.save_project_as.setEnabled(has_model and ok("save"))
         self.export_onnx.setEnabled(has_model and ok("export"))

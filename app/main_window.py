@@ -424,6 +424,7 @@ class MainWindow(QMainWindow):
         a.open_torchvision.triggered.connect(lambda: self.open_model_dialog("torchvision"))
         a.open_project.triggered.connect(self.open_project_dialog)
         a.open_data.triggered.connect(self.open_data_dialog)
+        a.open_data_folder.triggered.connect(self.open_data_folder_dialog)
         a.save_project.triggered.connect(self.save_project)
         a.save_project_as.triggered.connect(self.save_project_as)
         a.export_onnx.triggered.connect(self.export_onnx_dialog)
@@ -871,6 +872,12 @@ class MainWindow(QMainWindow):
     def open_data_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open data (a CSV manifest)", self.settings.last_dir("data"),
                                               DATA_FILTER)
+        if path:
+            self.load_data(path)
+
+    def open_data_folder_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open data (an image folder with one subfolder per class)",
+                                                self.settings.last_dir("data"))
         if path:
             self.load_data(path)
 

@@ -900,3 +900,19 @@ def test_ok_on_a_trained_regression_head_without_changes_records_no_edit(qtbot, 
     window.heads_panel.editRequested.emit("size")
     assert window.undo_stack.count() == steps + 1 and s.heads[0].name == "length"
     assert s.heads[0].target_std == [14.0]  # a rename keeps the weights and the scale they were trained on
+
+
+def test_the_file_menu_opens_an_image_folder_too(qtbot, window, monkeypatch, default_network, tmp_path):
+    from PIL import Image
+
+    for cls, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (tmp_path / "pics" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (24, 24), colour).save(tmp_path / "pics" / cls / f"{i}.png")
+    give_session(window, default_network)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: str(tmp_path / "pics")))
+    assert window.actions.open_data_folder in window.menuBar().actions()[0].menu().actions()
+    with qtbot.waitSignal(window.dataLoaded, timeout=LOAD_TIMEOUT):
+        window.actions.open_data_folder.trigger()
+    assert len(window.data.samples) == 6
+    assert [h.labels for h in window.data.heads] == [["blue", "red"]]
