@@ -53,8 +53,8 @@ def headline(kind: str, details: Mapping[str, Any], metrics: Mapping[str, Any]) 
     return f"MAE {_num(details.get('mae', metrics.get('mae')), 4)}"
 
 
-EMPTY_TEXT = ("No evaluation yet.\nTrain the heads, then Evaluate to see how well each one does on the "
-              "validation images.")
+EMPTY_TEXT = ("No evaluation yet.\nEvaluate (F6) shows how well each head does on the validation images; "
+              "training ends with one.")
 
 
 class EvaluationPanel(QWidget):
