@@ -223,7 +223,9 @@ def read_weights_file(path: Path, trust: bool = False) -> tuple[str, Any]:
             raise GraftError(f"{path.name} is not a valid safetensors file ({exc}).") from None
     if _is_torchscript(path):
         try:
-            return "torchscript", torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the file loads all the same
+                warnings.simplefilter("ignore", FutureWarning)
+                return "torchscript", torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable TorchScript file
             raise GraftError(f"{path.name} looks like TorchScript but could not be loaded ({exc}).") from None
     not_a_model = (f"{path.name} is not a model file Graft can read "
@@ -406,13 +408,14 @@ def load_network(spec: str | os.PathLike = "default", *, weights: str | os.PathL
         text = DEFAULT_MODEL
     path = Path(text).expanduser()
     if text in LITE_NAMES or (text not in ("",) and not path.exists() and "/" not in text and "." not in text):
-        return _load_named(text, weights, random_init)
+        return _load_named(text, weights, random_init, trust=trust)
     if not path.exists():
         raise GraftError(f"{text}: no such file or model name.")
     return load_file(path, arch=arch, trust=trust)
 
 
-def _load_named(name: str, weights: str | os.PathLike | None, random_init: bool) -> LoadedNetwork:
+def _load_named(name: str, weights: str | os.PathLike | None, random_init: bool,
+                trust: bool = False) -> LoadedNetwork:
     if name in LITE_NAMES and weights is None:
         from .efficientnet_lite import IMAGENET_CLASSES, build_efficientnet_lite
 
@@ -423,7 +426,7 @@ def _load_named(name: str, weights: str | os.PathLike | None, random_init: bool)
     module, spec, classes = _build_arch(name)
     kind = "builtin" if name in LITE_NAMES else "torchvision"
     if weights is not None:
-        fmt, state = read_weights_file(Path(weights))
+        fmt, state = read_weights_file(Path(weights), trust=trust)  # a checkpoint that pickles its settings
         if fmt not in ("state_dict", "safetensors"):
             raise GraftError(f"{Path(weights).name} is a whole model, not weights for {name}: open it directly.")
         module, spec, classes, n = _build_with_state(name, state, name)

@@ -131,6 +131,30 @@ def test_a_full_pickled_module_needs_trust(tmp_path):
     assert Session(net).output_layer == "classifier.3"
 
 
+def test_a_checkpoint_with_pickled_settings_for_a_named_architecture_loads_when_trusted(tmp_path):
+    """--model NAME --weights ckpt.pth --trust: the refusal says to pass --trust, so --trust must work."""
+    import argparse
+
+    reference = torchvision.models.mobilenet_v3_small().eval()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": reference.state_dict(), "args": argparse.Namespace(lr=0.1), "epoch": 3}, path)
+    with pytest.raises(GraftError, match="trust"):
+        load_network("mobilenet_v3_small", weights=path)
+    net = load_network("mobilenet_v3_small", weights=path, trust=True)
+    assert torch.equal(outputs(net.module), outputs(reference))
+
+
+def test_a_torchscript_file_loads_without_deprecation_noise(tmp_path):
+    import warnings
+
+    path = tmp_path / "scripted.pt"
+    torch.jit.trace(torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)).save(str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_network(path)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("content", [b"hello, I am a text file\n", os.urandom(2048), b""])
 def test_a_file_that_is_not_a_model_gets_one_clear_message(tmp_path, content):
     path = tmp_path / "notes.pth"
