@@ -6,6 +6,7 @@ and Pillow are imported here: ``main.py predict`` runs without torch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,27 @@ class InputSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def problem(self) -> str | None:
+        """What makes this spec unusable (read from a file: a size that is not a positive whole number, a
+        mean or std that is not three finite numbers, a zero std …), or None when it is sound."""
+        def three(v: Any) -> bool:
+            return isinstance(v, (list, tuple)) and len(v) == 3 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+
+        for name in ("size", "resize"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                return f"the input {name} must be a positive whole number, not {value!r}"
+        if not three(self.mean) or not three(self.std) or any(v == 0 for v in self.std):
+            return f"mean {self.mean!r} / std {self.std!r} must be three numbers each (std not 0)"
+        if self.interpolation not in RESAMPLE:
+            return f"unknown resize filter {self.interpolation!r}"
+        if self.channel_order != "RGB" or self.layout != "NCHW":
+            return f"unsupported input {self.channel_order!r} {self.layout!r}"
+        if not three(self.alpha_background):
+            return f"alpha background {self.alpha_background!r} must be three numbers"
+        return None
 
     def describe(self) -> str:
         return (f"{self.channel_order} {self.size}x{self.size} (resize shorter side to {self.resize}, "

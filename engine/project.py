@@ -207,9 +207,9 @@ def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
         if spec_data is not None and not isinstance(spec_data, dict):
             raise TypeError(f"its input_spec is {type(spec_data).__name__}, not an object")
         input_spec = InputSpec.from_dict(spec_data) if spec_data else None
-        if input_spec is not None and (isinstance(input_spec.size, bool) or not isinstance(input_spec.size, int)
-                                       or input_spec.size < 1):
-            raise ValueError(f"the input size must be a positive whole number, not {input_spec.size!r}")
+        problem = input_spec.problem() if input_spec is not None else None
+        if problem:
+            raise ValueError(problem)
         extra = recipe.get("extra") or {}
         if not isinstance(extra, dict):
             raise TypeError(f"its extra is {type(extra).__name__}, not an object")
@@ -228,11 +228,17 @@ def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
                 from None
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise _invalid(path, f"operation {i} ({op.text}): {_what(exc)}") from None
+        except RuntimeError as exc:  # torch: a layer too large to allocate, shapes that do not fit …
+            raise _invalid(path, f"operation {i} ({op.text}) cannot be redone: "
+                                 f"{str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else 'RuntimeError'}") \
+                from None
     weights, legacy = _with_target_stats(session, weights)
     try:
         missing, unexpected = session.model.load_state_dict(weights, strict=False)
-    except RuntimeError as exc:
-        raise GraftError(f"{name}: the saved weights do not fit the rebuilt network ({exc}).") from None
+    except RuntimeError as exc:  # torch's message spans lines: its last one names the first mismatch
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:2]) or exc.__class__.__name__
+        raise GraftError(f"{name}: the saved weights do not fit the rebuilt network ({detail.rstrip('.')}).") \
+            from None
     if missing or unexpected:
         raise GraftError(f"{name}: the saved weights do not fit the rebuilt network "
                          f"({len(missing)} missing, {len(unexpected)} unexpected).")

@@ -139,6 +139,22 @@ def test_weights_that_do_not_match_the_recipe_are_refused(edited, tmp_path):
         open_project(tmp_path / "b.graft")
 
 
+def test_weights_of_another_shape_are_refused_in_one_line(edited, tmp_path):
+    path = save_project(edited, tmp_path / "a.graft")
+    with zipfile.ZipFile(path) as zf:
+        recipe = json.loads(zf.read("recipe.json"))
+        weights = zf.read("weights.safetensors")
+    for op in recipe["operations"]:
+        if op["op"] == "add_head" and op["spec"]["name"] == "shape":
+            op["spec"]["hidden"] = [16]  # the saved head has 32 hidden units
+    with zipfile.ZipFile(tmp_path / "b.graft", "w") as zf:
+        zf.writestr("recipe.json", json.dumps(recipe))
+        zf.writestr("weights.safetensors", weights)
+    with pytest.raises(GraftError, match="do not fit") as info:
+        open_project(tmp_path / "b.graft")
+    assert "\n" not in str(info.value) and "heads.shape" in str(info.value)
+
+
 # -- what reopening needs, and what it may run ------------------------------------------------------------
 
 def write_project(path, recipe, weights_from):
@@ -324,6 +340,11 @@ def test_a_fine_tuned_source_reopens_with_its_class_count(tmp_path):
     (lambda r: r["source"].update(kind="magic"), "unknown source kind"),
     (lambda r: r["source"].update(name=None), "name must be text"),
     (lambda r: r.update(input_spec={"size": "big"}), "input size"),
+    (lambda r: r.update(input_spec={"mean": "x"}), "mean 'x'"),
+    (lambda r: r.update(input_spec={"std": [0, 0, 0]}), r"std \[0, 0, 0\]"),
+    (lambda r: r.update(input_spec={"interpolation": "magic"}), "resize filter"),
+    (lambda r: r.update(operations=r["operations"] + [{"op": "add_head", "spec": {
+        "name": "huge", "labels": ["a", "b"], "hidden": [10 ** 12]}}]), r"Add head 'huge'\) cannot be redone"),
     (lambda r: r.update(extra=[1]), "extra"),
 ])
 def test_a_damaged_recipe_gets_a_clear_message(resnet_session, tmp_path, change, message):
