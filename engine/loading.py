@@ -212,7 +212,7 @@ def _holds_pickled_objects(path: Path) -> bool:
 def read_weights_file(path: Path, trust: bool = False) -> tuple[str, Any]:
     """Return (format, payload): a state dict, a TorchScript module, or (trusted) a pickled module."""
     if not path.is_file():
-        raise GraftError(f"{path}: no such file.")
+        raise GraftError(f"{path}: " + ("a folder, not a file." if path.is_dir() else "no such file."))
     if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file

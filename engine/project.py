@@ -114,7 +114,7 @@ def read_project(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
 
     path = Path(path)
     if not path.is_file():
-        raise GraftError(f"{path}: no such file.")
+        raise GraftError(f"{path}: " + ("a folder, not a file." if path.is_dir() else "no such file."))
     try:
         with zipfile.ZipFile(path) as zf:
             recipe = json.loads(zf.read("recipe.json"))

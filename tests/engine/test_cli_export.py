@@ -169,7 +169,8 @@ def test_bad_files_end_with_one_line(exported, tmp_path):
     for args, message in [((not_onnx, images[0]), "not an ONNX model"),
                           ((onnx_path, not_image), "photo.jpg: not a readable image"),
                           ((onnx_path, tmp_path / "missing.png"), "missing.png: no such file"),
-                          ((tmp_path / "none.onnx", images[0]), "none.onnx: no such file")]:
+                          ((tmp_path / "none.onnx", images[0]), "none.onnx: no such file"),
+                          ((tmp_path, images[0]), f"{tmp_path}: a folder, not a file")]:
         result = predict(*args)
         assert result.returncode == 1, result.stdout
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

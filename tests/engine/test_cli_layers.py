@@ -108,3 +108,9 @@ def test_a_negative_depth_exits_with_one_line():
     result = graft("layers", "--depth", "-1")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "depth" in result.stderr, result.stderr
+
+
+def test_a_folder_as_the_model_is_named_a_folder(tmp_path):
+    result = graft("layers", "--model", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr == f"graft: error: {tmp_path}: a folder, not a file.\n"

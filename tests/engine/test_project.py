@@ -126,6 +126,11 @@ def test_a_damaged_project_gets_a_clear_message(tmp_path, content):
         open_project(path)
 
 
+def test_a_folder_is_not_taken_for_a_missing_project(tmp_path):
+    with pytest.raises(GraftError, match="a folder, not a file"):
+        open_project(tmp_path)
+
+
 def test_weights_that_do_not_match_the_recipe_are_refused(edited, tmp_path):
     path = save_project(edited, tmp_path / "a.graft")
     with zipfile.ZipFile(path) as zf:
