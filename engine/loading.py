@@ -239,12 +239,12 @@ def read_weights_file(path: Path, trust: bool = False) -> tuple[str, Any]:
                 raise NeedsTrust(
                     f"{path.name} contains pickled Python objects, which can run code when loaded. Load it only "
                     "if you trust where it came from (tick 'I trust this file' / pass --trust).") from None
-            raise GraftError(f"{not_a_model}; {exc.__class__.__name__}.") from None
+            raise GraftError(f"{not_a_model}: {_contents(path)}.") from None
         try:  # trusted: the full unpickler, whatever stopped the weights-only one
             payload = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc2:  # noqa: BLE001
             if not objects:
-                raise GraftError(f"{not_a_model}; {exc.__class__.__name__}.") from None
+                raise GraftError(f"{not_a_model}: {_contents(path)}.") from None
             try:  # written by pickle.dump rather than torch.save
                 with open(path, "rb") as f:
                     payload = pickle.load(f)  # noqa: S301 - the user said they trust this file
@@ -254,6 +254,30 @@ def read_weights_file(path: Path, trust: bool = False) -> tuple[str, Any]:
     if isinstance(payload, nn.Module):
         return "pickle", payload
     return "state_dict", _unwrap_state_dict(payload, path)
+
+
+def _contents(path: Path) -> str:
+    """What the file seems to hold instead, from its first bytes: an HTML error page saved in place of a
+    download, a text file and an empty file are common and each says what went wrong."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive without PyTorch weights inside (or a truncated one)"
+    if head[:1] == b"\x80":
+        return "it is a Python pickle that holds no weights, or is truncated"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "its contents are not a format Graft knows"
+    if text.lstrip().lower().startswith(("<!doctype html", "<html")):
+        return "it is a web page (a download that saved an HTML page, e.g. a login or error page)"
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    return f"it is a text file starting {first!r}" if first else "it holds only blank text"
 
 
 def _unwrap_state_dict(payload: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -155,12 +155,19 @@ def test_a_torchscript_file_loads_without_deprecation_noise(tmp_path):
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
 
 
-@pytest.mark.parametrize("content", [b"hello, I am a text file\n", os.urandom(2048), b""])
-def test_a_file_that_is_not_a_model_gets_one_clear_message(tmp_path, content):
+@pytest.mark.parametrize("content, why", [
+    (b"hello, I am a text file\n", "it is a text file starting 'hello, I am a text file'"),
+    (b"\x00\xff" + os.urandom(2048), "its contents are not a format Graft knows"),
+    (b"", "the file is empty"),
+    (b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", "it is a web page"),
+    (b"PK\x03\x04" + b"\x00" * 40, "it is a zip archive without PyTorch weights"),
+])
+def test_a_file_that_is_not_a_model_gets_one_clear_message(tmp_path, content, why):
     path = tmp_path / "notes.pth"
     path.write_bytes(content)
-    with pytest.raises(GraftError, match="not a model file"):
+    with pytest.raises(GraftError, match="not a model file") as caught:
         load_network(path)
+    assert why in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_missing_file_and_unknown_names(tmp_path):
