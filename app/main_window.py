@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QGroupBox, QHB
 from engine.errors import GraftError
 from engine.layer_tree import HEADS_KEY
 from engine.units import human_count as human
+from engine.units import plural
 
 from . import dialogs
 from .actions import Actions, icon
@@ -789,7 +790,7 @@ class MainWindow(QMainWindow):
             self.settings.set_last_dir("project", path)
             self._rebuild_recent_menu()
             self._show_notes(session.network.notes, f"Opened {Path(path).name}: {session.describe()}, "
-                                                    f"{len(session.heads)} head(s).")
+                                                    f"{plural(len(session.heads), 'head')}.")
 
         self._run("load", f"Opening {Path(path).name}…", _open_project, str(path), trust, finished=opened,
                   bound=False, errored=lambda m, d: self.show_error(m, d, "Could not open the project"))

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from engine.units import plural
+
 from .common import DATA_HELP, data_path
 
 HELP = "print per-head loss and metrics of a .graft project on an image folder or CSV manifest"
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     # Evaluation data may lack classes (a test set of cats only); unknown classes are still refused.
     data = load_data(data_file, session.heads, seed=seed, val_fraction=fraction, require_every_class=False)
     if data.skipped:
-        print(f"{len(data.skipped)} file(s) skipped (unreadable or not in a class folder)")
+        print(f"{plural(len(data.skipped), 'file')} skipped (unreadable or not in a class folder)")
     print(describe_selection(data, args.split, same, data_file.name))
     report = evaluate(session, data, batch_size=args.batch_size, device=args.device, split=args.split,
                       num_workers=args.workers)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from engine.units import plural
+
 from .common import DATA_HELP, add_model_arguments, data_path, load_session
 
 HELP = "train new heads (and optionally the trunk) on an image folder or a CSV manifest; saves a .graft project"
@@ -100,7 +102,7 @@ class _Printer:
             how = ("cached trunk features (heads only)" if event.cached_features
                    else "augmented images" if event.augmented else "images")
             self.line(f"Training on {event.device_name}: {event.n_train} train / {event.n_val} validation images, "
-                      f"{event.epochs} epoch(s) x {event.steps_per_epoch} step(s), on {how}")
+                      f"{plural(event.epochs, 'epoch')} x {plural(event.steps_per_epoch, 'step')}, on {how}")
         elif isinstance(event, t.MessageEvent):
             self.line(("warning: " if event.level == "warning" else "") + event.text, err=event.level == "warning")
         elif isinstance(event, t.StepEvent):
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(data_file, wanted or None, val_fraction=args.val_fraction, seed=args.seed)
     print(f"Model: {session.describe()}")
     print(f"Data: {data_file} — {len(data.train)} training and {len(data.val)} validation images"
-          + (f", {len(data.skipped)} file(s) skipped" if data.skipped else ""))
+          + (f", {plural(len(data.skipped), 'file')} skipped" if data.skipped else ""))
     for path, reason in data.skipped[:5]:
         print(f"  skipped {path}: {reason}")
 
@@ -193,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         session.do(freeze_preset("heads-only"))
     for h in session.heads:
         labels = ", ".join(h.label_names[:6]) + (" …" if h.outputs > 6 else "")
-        print(f"Head {h.name}: {h.kind}, {h.outputs} output(s) ({labels})")
+        print(f"Head {h.name}: {h.kind}, {plural(h.outputs, 'output')} ({labels})")
     trainable = sum(p.numel() for p in session.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in session.model.parameters())
     print(f"Training {trainable:,} of {total:,} parameters")

@@ -30,6 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import GraftError
+from .units import plural
 from .heads import KINDS, RESERVED_NAMES, HeadSpec
 from .preprocess import InputSpec, normalise, open_image, preprocess_file, to_rgb
 
@@ -330,7 +331,7 @@ def _no_images_message(where: Path, skipped: list[tuple[str, str]]) -> str:
     if not skipped:
         return f"{where}: no images found."
     examples = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
-    return f"{where}: no usable images ({len(skipped)} file(s) skipped, e.g. {examples})."
+    return f"{where}: no usable images ({plural(len(skipped), 'file')} skipped, e.g. {examples})."
 
 
 # -- CSV -------------------------------------------------------------------------------------------
@@ -638,7 +639,7 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
                 raw[spec.name] = vec
         parsed.append((number, cells[image_col], split, raw))
     if errors:
-        more = f" ({len(errors) - 1} more problem(s) like it)" if len(errors) > 1 else ""
+        more = f" ({plural(len(errors) - 1, 'more problem')} like it)" if len(errors) > 1 else ""
         raise GraftError(errors[0] + more)
 
     skipped: list[tuple[str, str]] = []

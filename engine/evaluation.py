@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import GraftError
+from .units import plural
 from .heads import KIND_TITLES, HeadSpec
 from .losses import LossAccumulator, compute_losses, target_scales
 from .metrics import MetricSet
@@ -68,7 +69,7 @@ class EvalReport:
 
     def format(self) -> str:
         """A plain-text report for the terminal."""
-        lines = [f"Evaluated {self.n_images} image(s) in {self.seconds:.1f} s on {self.device}"
+        lines = [f"Evaluated {plural(self.n_images, 'image')} in {self.seconds:.1f} s on {self.device}"
                  + (f"; total loss {self.loss:.4f}" if self.loss is not None else "")]
         for h in self.heads.values():
             loss = f"loss {h.loss:.4f}" if h.loss is not None else "loss -"

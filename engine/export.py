@@ -39,7 +39,7 @@ from .errors import GraftError
 from .inference import eval_mode, head_specs
 from .onnx_metadata import INPUT_NAME, build_metadata, load_batch, write_metadata
 from .project import atomic_write, check_target
-from .units import human_bytes
+from .units import human_bytes, plural
 
 if TYPE_CHECKING:
     from .session import Session
@@ -94,7 +94,7 @@ class ExportReport:
         if not self.verified:
             lines.append("not verified against PyTorch (verification was switched off)")
             return "\n".join(lines)
-        what = f"a random batch of {RANDOM_BATCH}" + (f" and {self.images} image(s)" if self.images else "")
+        what = f"a random batch of {RANDOM_BATCH}" + (f" and {plural(self.images, 'image')}" if self.images else "")
         lines.append(f"verified against PyTorch with onnxruntime on {what} (tolerance {self.tolerance:.0e}, "
                      "relative for outputs beyond ±1); largest absolute differences:")
         width = max(len(o) for o in self.outputs)

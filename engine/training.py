@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from .errors import GraftError
+from .units import plural
 from .graft_model import RegressionHead
 from .heads import KIND_TITLES, HeadSpec
 from .losses import LossAccumulator, compute_losses, target_scales
@@ -787,14 +788,14 @@ class Trainer:
                 self._revert_target_stats()  # the weights from before training: their statistics too
         seconds = time.perf_counter() - self._t0
         if reason == "stopped" and not message:
-            message = (f"Stopped after {self.done_steps} step(s); "
+            message = (f"Stopped after {plural(self.done_steps, 'step')}; "
                        + (f"kept the weights of epoch {self.best_epoch} (lowest validation loss)."
                           if self._has_validated_best else "the weights are as trained so far (no epoch finished)."))
         elif reason == "early_stopping":
             message = (f"Stopped early after epoch {self.epochs_run}: the validation loss has not improved for "
                        f"{cfg.patience} epochs; kept epoch {self.best_epoch}.")
         elif reason == "completed":
-            message = (f"Finished {self.epochs_run} epoch(s)"
+            message = (f"Finished {plural(self.epochs_run, 'epoch')}"
                        + (f"; kept epoch {self.best_epoch} (lowest validation loss {self.best_val_loss:.4f})."
                           if self._has_validated_best else "; no validation data, so the final weights are kept."))
         result = TrainResult(reason, self.history, self.best_epoch, self.best_val_loss, seconds,

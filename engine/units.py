@@ -20,3 +20,8 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 epoch', '3 epochs', '0 files'; ``many`` for irregular plurals ('2 heads' needs none)."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"

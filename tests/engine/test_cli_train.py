@@ -52,7 +52,7 @@ def test_train_writes_a_project_that_evaluate_reads(tiny_folder, tmp_path):
 
     evaluated = graft("evaluate", str(out), "--data", str(tiny_folder))
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "Evaluated 16 image(s)" in evaluated.stdout
+    assert "Evaluated 16 images" in evaluated.stdout
     assert "accuracy" in evaluated.stdout and "circle" in evaluated.stdout
 
 
@@ -61,7 +61,7 @@ def test_train_continues_a_project_and_names_heads(tiny_folder, tmp_path):
     result = graft("train", "--data", str(tiny_folder), "--model", "mobilenet_v3_small", "--random-weights",
                    "--head", "kind:single", "--epochs", "1", "--no-augment", "--out", str(first))
     assert result.returncode == 0, result.stderr
-    assert "Head kind: single, 2 output(s) (circle, square)" in result.stdout
+    assert "Head kind: single, 2 outputs (circle, square)" in result.stdout
     second = tmp_path / "b"
     result = graft("train", "--data", str(tiny_folder), "--model", str(first), "--epochs", "1", "--freeze", "none",
                    "--batch-size", "4", "--out", str(second))
@@ -237,7 +237,7 @@ def test_evaluate_uses_the_training_split_and_says_what_it_evaluates(seeded_proj
     assert result.returncode == 0, result.stderr
     assert (f"Evaluating the validation split of {tiny_folder.name} (seed 3, 25 %, as in training): 4 images"
             in result.stdout), result.stdout
-    assert "Evaluated 4 image(s)" in result.stdout
+    assert "Evaluated 4 images" in result.stdout
     result = graft("evaluate", str(seeded_project), "--data", str(tiny_folder))
     assert result.returncode == 0, result.stderr
     assert (f"Evaluating all 16 images of {tiny_folder.name}, including the 12 training images" in result.stdout)
@@ -249,12 +249,12 @@ def test_evaluate_accepts_test_data_lacking_a_class(seeded_project, tiny_folder,
     result = graft("evaluate", str(seeded_project), "--data", str(holdout))
     assert result.returncode == 0, result.stderr
     assert "Evaluating all 8 images of holdout" in result.stdout and "not the data" not in result.stdout
-    assert "Evaluated 8 image(s)" in result.stdout
+    assert "Evaluated 8 images" in result.stdout
     csv = holdout / "test.csv"
     csv.write_text("image,kind\n" + "".join(f"circle/{f.name},circle\n" for f in sorted((holdout / "circle").iterdir())))
     result = graft("evaluate", str(seeded_project), "--data", str(csv))
     assert result.returncode == 0, result.stderr
-    assert "Evaluated 8 image(s)" in result.stdout
+    assert "Evaluated 8 images" in result.stdout
     csv.write_text("image,kind\ncircle/" + next((holdout / "circle").iterdir()).name + ",hexagon\n")
     result = graft("evaluate", str(seeded_project), "--data", str(csv))
     assert result.returncode == 1 and result.stderr.count("\n") == 1
@@ -284,4 +284,4 @@ def test_evaluate_opens_a_project_made_from_a_pickle_only_with_trust(tiny_folder
     assert "Evaluated" not in result.stdout
     result = graft("evaluate", str(project), "--data", str(tiny_folder), "--trust", "--batch-size", "8")
     assert result.returncode == 0, result.stderr
-    assert "Evaluated 16 image(s)" in result.stdout
+    assert "Evaluated 16 images" in result.stdout

@@ -140,3 +140,11 @@ def test_metric_set_and_headline():
     assert summary == {"s": {"accuracy": 1.0}, "r": {"mae": 0.5}}
     assert headline("single", summary["s"]) == "acc 1.000" and headline("multi", {}) == "F1 -"
     assert isinstance(ms.details()["s"]["confusion"][0][0], int)
+
+
+def test_counts_read_as_words():
+    from engine.units import plural
+
+    assert [plural(1, "epoch"), plural(3, "epoch"), plural(0, "file"), plural(1200, "image")] == \
+        ["1 epoch", "3 epochs", "0 files", "1,200 images"]
+    assert plural(2, "class", "classes") == "2 classes"
