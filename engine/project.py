@@ -66,7 +66,10 @@ def _file_mode(path: Path) -> int:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, so a failure leaves nothing half-written."""
+    """Write through a temporary file in the same folder, so a failure leaves nothing half-written.
+    A symbolic link is written through: the file it points to is replaced and the link stays."""
+    if Path(path).is_symlink():
+        path = Path(os.path.realpath(path))
     path = check_target(path)
     folder = path.parent if str(path.parent) else Path(".")
     try:

@@ -103,6 +103,17 @@ def test_saved_files_get_ordinary_permissions(edited, tmp_path):
     assert path.stat().st_mode & 0o777 == 0o640
 
 
+def test_saving_through_a_symbolic_link_keeps_the_link(edited, tmp_path):
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "model.graft"
+    real.write_bytes(b"old")
+    link = tmp_path / "latest.graft"
+    link.symlink_to(real)
+    save_project(edited, link)
+    assert link.is_symlink() and link.resolve() == real
+    assert zipfile.is_zipfile(real) and real.stat().st_size > 3
+
+
 def test_a_failed_save_keeps_the_previous_file(edited, tmp_path, monkeypatch):
     path = save_project(edited, tmp_path / "keep.graft")
     good = path.read_bytes()
