@@ -30,9 +30,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import GraftError
-from .units import plural
 from .heads import KINDS, RESERVED_NAMES, HeadSpec
 from .preprocess import InputSpec, normalise, open_image, preprocess_file, to_rgb
+from .units import plural
 
 Target = int | list[float]
 

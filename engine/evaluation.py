@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from .errors import GraftError
-from .units import plural
 from .heads import KIND_TITLES, HeadSpec
 from .losses import LossAccumulator, compute_losses, target_scales
 from .metrics import MetricSet
 from .training import (MappedDataset, auto_num_workers, autocast_context, autocast_dtype, bind_heads,
                        clean_loader_error, is_out_of_memory, make_loader, out_of_memory_message,
                        resolve_device)
+from .units import plural
 
 
 @dataclass

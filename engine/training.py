@@ -50,11 +50,11 @@ import torch
 from torch import nn
 
 from .errors import GraftError
-from .units import plural
 from .graft_model import RegressionHead
 from .heads import KIND_TITLES, HeadSpec
 from .losses import LossAccumulator, compute_losses, target_scales
 from .metrics import MetricSet
+from .units import plural
 
 # ------------------------------------------------------------------------------------------------
 # configuration and events
