@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QGroupBox, QHB
                                QMessageBox, QProgressBar, QProgressDialog, QScrollArea, QSizePolicy, QSplitter,
                                QTabWidget, QToolBar, QToolButton, QUndoView, QVBoxLayout, QWidget)
 
+from engine.datasets import MANIFEST_SUFFIXES
 from engine.errors import GraftError
 from engine.layer_tree import HEADS_KEY
 from engine.units import human_count as human
@@ -37,7 +38,7 @@ MODEL_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".torchscript"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PROJECT_FILTER = "Graft projects (*.graft);;All files (*)"
 ONNX_FILTER = "ONNX models (*.onnx);;All files (*)"
-DATA_FILTER = "CSV manifests (*.csv);;All files (*)"
+DATA_FILTER = "CSV manifests (*.csv *.tsv);;All files (*)"
 STOP_WAIT_MS = 15000  # closing: how long to wait for training to end after asking it to stop
 JOB_WAIT_MS = 30000  # closing: how long to wait for other work (a load, an evaluation) to end
 WAIT_NOTE_S = 0.2  # closing: after this long, a note says what it waits for
@@ -1483,7 +1484,7 @@ class MainWindow(QMainWindow):
             self.open_project_file(str(p))
         elif suffix in MODEL_SUFFIXES:
             self.load_model({"spec": str(p)})
-        elif p.is_dir() or suffix == ".csv":
+        elif p.is_dir() or suffix in MANIFEST_SUFFIXES:
             self.load_data(str(p))
             self.tabs.setCurrentIndex(TABS.index("data"))
         elif suffix in IMAGE_SUFFIXES:

@@ -36,6 +36,8 @@ from .units import plural
 
 Target = int | list[float]
 
+MANIFEST_SUFFIXES = (".csv", ".tsv")  # a .tsv is always tab-separated; a .csv may use , ; or tab
+
 TRUE_WORDS = frozenset({"1", "1.0", "true", "yes"})
 FALSE_WORDS = frozenset({"0", "0.0", "false", "no"})
 SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -233,11 +235,11 @@ def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, v
     strict = bool(require_every_class) or not heads
     if p.is_dir():
         data = _load_folder(p, heads, val_fraction, seed, strict)
-    elif p.suffix.lower() == ".csv":
+    elif p.suffix.lower() in MANIFEST_SUFFIXES:
         data = _load_csv(p, heads, val_fraction, seed, strict, strict_suggestions)
     else:
         raise GraftError(f"{p.name}: expected a folder of class subfolders (root/<class>/<image>) "
-                         "or a .csv manifest.")
+                         "or a .csv/.tsv manifest.")
     data.seed, data.val_fraction = seed, float(val_fraction)
     if strict:
         _check_training_side(data)
@@ -352,7 +354,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], str]:
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
     first = text.split("\n", 1)[0]
-    delimiter = "," if "," in first else (";" if ";" in first else ("\t" if "\t" in first else ","))
+    delimiter = ("\t" if path.suffix.lower() == ".tsv" else
+                 "," if "," in first else (";" if ";" in first else ("\t" if "\t" in first else ",")))
     try:
         records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     except csv.Error as exc:

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QFrame, QHBoxLayo
                                QWidget)
 
 from engine.advice import Advice, freeze_advice
+from engine.datasets import MANIFEST_SUFFIXES
 
 from .head_diagram import KIND_SHORT, head_colour
 
@@ -41,10 +42,10 @@ DROP_STYLE = ("QLabel#dropHint { border: 2px dashed #b0bec5; border-radius: 8px;
 
 
 def dropped_data_path(paths: Sequence[str]) -> str | None:
-    """The first local folder or .csv among ``paths``."""
+    """The first local folder or .csv/.tsv manifest among ``paths``."""
     for p in paths:
         path = Path(p)
-        if path.is_dir() or path.suffix.lower() == ".csv":
+        if path.is_dir() or path.suffix.lower() in MANIFEST_SUFFIXES:
             return str(path)
     return None
 
@@ -391,7 +392,7 @@ class DataPanel(QWidget):
 
     def choose_csv(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a CSV manifest", self._start_dir,
-                                              "CSV manifests (*.csv);;All files (*)")
+                                              "CSV manifests (*.csv *.tsv);;All files (*)")
         if path:
             self._request(path)
 

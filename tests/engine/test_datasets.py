@@ -678,3 +678,17 @@ def test_parse_head_arg_with_a_loss_weight(tmp_path):
     csv = three_heads_csv(tmp_path)
     ds = load_data(csv, [parse_head_arg("size:regression:size:0.5")])
     assert ds.heads[0].loss_weight == 0.5
+
+
+def test_a_tsv_manifest_is_read_as_tab_separated(tmp_path):
+    """A .tsv is tab-separated even when a header cell holds a comma (sniffing would pick ',')."""
+    csv = manifest(tmp_path, 12)
+    tsv = csv.with_suffix(".tsv")
+    rows = [f"img/{i}.png\t{'a' if i % 2 else 'b'}\t{i}.5" for i in range(12)]
+    write_csv(tsv, "image\tkind, coarse\tsize\n" + "\n".join(rows))
+    ds = load_data(tsv)
+    assert [(h.name, h.kind, h.columns) for h in ds.heads] == [("kind_coarse", "single", ["kind, coarse"]),
+                                                               ("size", "regression", ["size"])]
+    assert {s.path.name: s.targets["size"] for s in ds.samples}["3.png"] == [3.5]
+    with pytest.raises(GraftError, match=r"\.csv/\.tsv manifest"):
+        load_data(write_csv(tmp_path / "labels.txt", "image,kind\n"))

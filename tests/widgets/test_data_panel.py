@@ -128,6 +128,7 @@ def test_dropping_a_folder_or_csv(qtbot, panel, tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"")
     assert dropped_data_path([str(tmp_path / "photo.jpg"), str(tmp_path / "a.csv")]) == str(tmp_path / "a.csv")
     assert dropped_data_path([str(tmp_path / "photo.jpg")]) is None
+    assert dropped_data_path([str(tmp_path / "photo.jpg"), str(tmp_path / "b.TSV")]) == str(tmp_path / "b.TSV")
 
     def drop(path: Path) -> None:
         mime = QMimeData()
