@@ -100,20 +100,7 @@ class TrustNeeded:
 
     def __init__(self, message: str, model_file: str | None) -> None:
         self.message = message
-        self.model_file = model_file  # the pickled file, as the project names it (None: unreadable)
-
-
-def _pickled_source(path: str) -> str | None:
-    """The model file a project's recipe names as its source, or None."""
-    import json
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            name = json.loads(zf.read("recipe.json"))["source"]["name"]
-    except Exception:  # noqa: BLE001 - only for the question's wording: open_project said what it needs
-        return None
-    return name if isinstance(name, str) and name else None
+        self.model_file = model_file  # the pickled file (None: not known)
 
 
 def _open_project(path: str, trust: bool = False):
@@ -123,7 +110,7 @@ def _open_project(path: str, trust: bool = False):
     try:
         return open_project(path, trust=trust)
     except NeedsTrust as exc:
-        return TrustNeeded(str(exc), _pickled_source(path))
+        return TrustNeeded(str(exc), exc.path)
 
 
 def _recorded_data(extra: Any) -> dict[str, Any]:
@@ -921,8 +908,7 @@ class MainWindow(QMainWindow):
         summary = source.summary()
         skipped = f", {summary['n_skipped']} skipped" if summary.get("n_skipped") else ""
         warnings = list(summary.get("warnings") or [])
-        heed = (f" {len(warnings)} warning{'s' if len(warnings) != 1 else ''}: see the Data tab." if warnings
-                else "")
+        heed = f" {plural(len(warnings), 'warning')}: see the Data tab." if warnings else ""
         self.show_message(f"Data: {summary['n_train']} training and {summary['n_val']} validation images"
                           f"{skipped} from {Path(path).name}.{heed}", "warning" if warnings else "info")
         self._refresh()
@@ -1371,7 +1357,7 @@ class MainWindow(QMainWindow):
             if images is None:  # no data loaded: the data the project records, as main.py export does
                 found, where = training_images(extra)
                 images = [str(p) for p in found] or None
-                note = (f"Verified on {len(found)} image{'s' if len(found) != 1 else ''} {where}." if found else
+                note = (f"Verified on {plural(len(found), 'image')} {where}." if found else
                         f"Only random inputs were checked, no real images: {where}. Load data to verify the "
                         "export on real pictures too.")
             report = export_onnx(session, path, verify=True, images=images, progress=report_progress)
@@ -1396,6 +1382,8 @@ class MainWindow(QMainWindow):
     @staticmethod
     def export_summary(report, path: str) -> str:
         """The message after an export: where, how big, and the largest difference from PyTorch per head."""
+        from engine.export import allowed_diff
+
         size = getattr(report, "size_bytes", 0) or 0
         lines = [f"Exported {Path(path).name} ({size / 1e6:.1f} MB)." if size else f"Exported {Path(path).name}."]
         random_diff = dict(getattr(report, "random_diff", {}) or {})
@@ -1411,7 +1399,7 @@ class MainWindow(QMainWindow):
             within = True
             for head in heads:
                 value = max(v for v in (random_diff.get(head), image_diff.get(head)) if v is not None)
-                allowed = tolerance * max(1.0, scales.get(head, 0.0))  # relative beyond ±1, as verified
+                allowed = allowed_diff(tolerance, scales.get(head, 0.0))  # relative beyond ±1, as verified
                 within = within and value <= allowed
                 extra = f"  (outputs up to {scales[head]:.3g}: {allowed:.1e} allowed)" if allowed > tolerance else ""
                 lines.append(f"    {head}: {value:.1e}{extra}")

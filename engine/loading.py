@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import GraftError
+from .errors import GraftError, not_a_file
 from .preprocess import InputSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -30,7 +30,12 @@ warnings.filterwarnings("ignore", message="Detected pickle protocol", category=U
 
 
 class NeedsTrust(GraftError):
-    """Loading this would unpickle Python objects, which can run code: only with the user's trust."""
+    """Loading this would unpickle Python objects, which can run code: only with the user's trust.
+    ``path``: the file that would be unpickled (a window names it when it asks)."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.path = str(path) if path is not None else None
 
 
 @dataclass
@@ -212,7 +217,7 @@ def _holds_pickled_objects(path: Path) -> bool:
 def read_weights_file(path: Path, trust: bool = False) -> tuple[str, Any]:
     """Return (format, payload): a state dict, a TorchScript module, or (trusted) a pickled module."""
     if not path.is_file():
-        raise GraftError(f"{path}: " + ("a folder, not a file." if path.is_dir() else "no such file."))
+        raise not_a_file(path)
     if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -238,7 +243,7 @@ def read_weights_file(path: Path, trust: bool = False) -> tuple[str, Any]:
             if objects:
                 raise NeedsTrust(
                     f"{path.name} contains pickled Python objects, which can run code when loaded. Load it only "
-                    "if you trust where it came from (tick 'I trust this file' / pass --trust).") from None
+                    "if you trust where it came from (tick 'I trust this file' / pass --trust).", path) from None
             raise GraftError(f"{not_a_model}: {_contents(path)}.") from None
         try:  # trusted: the full unpickler, whatever stopped the weights-only one
             payload = torch.load(str(path), map_location="cpu", weights_only=False)
@@ -570,7 +575,7 @@ def rebuild(source: ModelSource, *, trust: bool = False) -> tuple[LoadedNetwork,
                              "its network is rebuilt from that file.")
         raise NeedsTrust(f"This project was made from the pickled model {path.name}: reopening it unpickles "
                          "that file again, which can run code. Open the project only if you trust that file "
-                         "(pass --trust, or confirm that you trust it).")
+                         "(pass --trust, or confirm that you trust it).", path)
     if not source.arch:
         raise GraftError(f"The project does not name the architecture of {path.name}.")
     if path.is_file():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import GraftError
+from .errors import GraftError, not_a_file
 from .heads import HeadSpec
 from .preprocess import RESAMPLE, SIXTEEN_BIT_FORMULA, SIXTEEN_BIT_MODES, InputSpec, preprocess_file
 
@@ -283,7 +283,7 @@ def read_metadata(path: str | Path) -> GraftMetadata:
     """The Graft metadata of an ONNX file (weights are not loaded)."""
     path = Path(path)
     if not path.is_file():
-        raise GraftError(f"{path}: " + ("a folder, not a file." if path.is_dir() else "no such file."))
+        raise not_a_file(path)
     import onnx
 
     try:
@@ -409,7 +409,7 @@ class OnnxPredictor:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise GraftError(f"The number of threads must be a whole number of at least 0 (got {threads!r}).")
         if not self.path.is_file():
-            raise GraftError(f"{self.path}: " + ("a folder, not a file." if self.path.is_dir() else "no such file."))
+            raise not_a_file(self.path)
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import GraftError
+from .errors import GraftError, not_a_file
 from .graft_model import RegressionHead
 from .loading import ModelSource, rebuild
 from .operations import Operation
@@ -117,7 +117,7 @@ def read_project(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
 
     path = Path(path)
     if not path.is_file():
-        raise GraftError(f"{path}: " + ("a folder, not a file." if path.is_dir() else "no such file."))
+        raise not_a_file(path)
     try:
         with zipfile.ZipFile(path) as zf:
             recipe = json.loads(zf.read("recipe.json"))

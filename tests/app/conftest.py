@@ -1,4 +1,5 @@
-"""App fixtures: QSettings in a temporary folder, and QMessageBox answered by the test.
+"""App fixtures: QSettings in a temporary folder, QMessageBox answered by the test, file dialogs that
+cancel unless a test plans them, and a main window that ends its work before closing.
 
 Every static QMessageBox call is recorded in ``boxes.calls`` as (kind, title, text); ``boxes.answers``
 gives the button a ``question`` returns (by default its default button, else the first given). No test
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import QCoreApplication, QSettings
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 
 class Boxes:
@@ -49,6 +50,33 @@ def boxes(monkeypatch):
         monkeypatch.setattr(QMessageBox, kind, staticmethod(b._record(kind)))
     monkeypatch.setattr(QMessageBox, "about", staticmethod(lambda parent, title, text: b.calls.append(("about", title, text))))
     return b
+
+
+@pytest.fixture(autouse=True)
+def no_file_dialogs(monkeypatch):
+    """A file dialog a test did not plan for is cancelled instead of blocking."""
+    for name in ("getOpenFileName", "getSaveFileName"):
+        monkeypatch.setattr(QFileDialog, name, staticmethod(lambda *a, **k: ("", "")))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: ""))
+
+
+@pytest.fixture
+def window(qtbot):
+    """A shown main window; its work is stopped and its changes marked saved before it closes."""
+    from app.main_window import MainWindow
+
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    if w.train_job is not None:
+        w.train_job.stop_and_wait(20_000)
+        w.train_job = None
+    for job in list(w._jobs.values()):
+        job.stop_and_wait(20_000)
+    w._weights_changed = False
+    w.undo_stack.setClean()
+    w.close()
 
 
 @pytest.fixture(scope="package", autouse=True)

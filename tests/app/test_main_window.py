@@ -29,14 +29,6 @@ TRAIN_TIMEOUT = 120_000
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def no_file_dialogs(monkeypatch):
-    """A file dialog a test did not plan for is cancelled instead of blocking."""
-    for name in ("getOpenFileName", "getSaveFileName"):
-        monkeypatch.setattr(QFileDialog, name, staticmethod(lambda *a, **k: ("", "")))
-    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: ""))
-
-
 @pytest.fixture(scope="session")
 def default_network():
     from engine.loading import load_network
@@ -66,22 +58,6 @@ def small_csv(demo_csv, tmp_path_factory):
             row[image] = str((demo_csv.parent / row[image]).resolve())
             writer.writerow(row)
     return path
-
-
-@pytest.fixture
-def window(qtbot):
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    if w.train_job is not None:
-        w.train_job.stop_and_wait(20_000)
-        w.train_job = None
-    for job in list(w._jobs.values()):
-        job.stop_and_wait(20_000)
-    w._weights_changed = False
-    w.undo_stack.setClean()
-    w.close()
 
 
 def give_session(window, network):

@@ -6,31 +6,11 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QRect
 from PySide6.QtGui import QColor, QImage
-from PySide6.QtWidgets import QFileDialog, QMenu
+from PySide6.QtWidgets import QMenu
 
 from app.main_window import MainWindow
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
-
-
-@pytest.fixture(autouse=True)
-def no_file_dialogs(monkeypatch):
-    for name in ("getOpenFileName", "getSaveFileName"):
-        monkeypatch.setattr(QFileDialog, name, staticmethod(lambda *a, **k: ("", "")))
-    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: ""))
-
-
-@pytest.fixture
-def window(qtbot):
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    for job in list(w._jobs.values()):
-        job.stop_and_wait(20_000)
-    w._weights_changed = False
-    w.undo_stack.setClean()
-    w.close()
 
 
 def darkest(image: QImage, rect: QRect) -> int:
