@@ -25,7 +25,7 @@ def _hint(text: str) -> QLabel:
 
 
 class OpenModelDialog(QDialog):
-    """Choose what to load. :meth:`request` gives the keyword arguments for ``engine.loading.load_network``.
+    """Choose what to load. :meth:`request` gives the keyword arguments for ``engine.network.loading.load_network``.
 
     Pages: bundled EfficientNet-Lite 0/1/2 (pretrained, ships with Graft); a torchvision architecture with a
     weights file, the torch hub cache, or — only when ticked, and said plainly — random weights; a model
@@ -84,7 +84,7 @@ class OpenModelDialog(QDialog):
         names = self._tv_names
         if names is None:
             try:
-                from engine.loading import torchvision_names
+                from engine.network.loading import torchvision_names
 
                 names = torchvision_names()
             except Exception:  # noqa: BLE001 - torchvision missing: the page still lets a name be typed

@@ -20,9 +20,10 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QGroupBox, QHB
                                QMessageBox, QProgressBar, QProgressDialog, QScrollArea, QSizePolicy, QSplitter,
                                QTabWidget, QToolBar, QToolButton, QUndoView, QVBoxLayout, QWidget)
 
-from engine.datasets import MANIFEST_SUFFIXES
+from engine.data.datasets import MANIFEST_SUFFIXES
 from engine.errors import GraftError
-from engine.layer_tree import HEADS_KEY
+from engine.network.layer_tree import HEADS_KEY
+from engine.training.record import TrainingRecord
 from engine.units import human_count as human
 from engine.units import plural
 
@@ -85,8 +86,8 @@ WAITING_FOR = {  # closing: "waiting for <this>…"
 
 # -- work done in worker threads (plain functions: no Qt, no widgets) ---------------------------------
 def _load_session(request: dict[str, Any]):
-    from engine.loading import load_network
-    from engine.session import Session
+    from engine.network.loading import load_network
+    from engine.surgery.session import Session
 
     network = load_network(request.get("spec") or "default", weights=request.get("weights"),
                            arch=request.get("arch"), random_init=bool(request.get("random_init")),
@@ -104,8 +105,8 @@ class TrustNeeded:
 
 
 def _open_project(path: str, trust: bool = False):
-    from engine.loading import NeedsTrust
-    from engine.project import open_project
+    from engine.network.loading import NeedsTrust
+    from engine.project.project_file import open_project
 
     try:
         return open_project(path, trust=trust)
@@ -113,26 +114,16 @@ def _open_project(path: str, trust: bool = False):
         return TrustNeeded(str(exc), exc.path)
 
 
-def _recorded_data(extra: Any) -> dict[str, Any]:
-    """A project's ``extra`` as :func:`engine.export.training_images` reads it: ``main.py train`` records
-    ``{"training": {"data": …}}``; the window saves the data it had loaded as ``{"data": …}``."""
-    extra = dict(extra) if isinstance(extra, dict) else {}
-    info = extra.get("training")
-    if not (isinstance(info, dict) and info.get("data")) and isinstance(extra.get("data"), str) and extra["data"]:
-        extra["training"] = {**(info if isinstance(info, dict) else {}), "data": extra["data"]}
-    return extra
-
-
 def _load_data(path: str, heads=None):
-    from engine.datasets import load_data
+    from engine.data.datasets import load_data
 
     # Suggested heads leave out a column with a stray cell (a warning says which) instead of refusing the file.
     return load_data(path, heads=heads, strict_suggestions=False)
 
 
 def _load_demo_data():
-    from engine.datasets import load_data
-    from engine.demo_data import ensure_demo_data
+    from engine.data.datasets import load_data
+    from engine.data.demo_data import ensure_demo_data
 
     return load_data(ensure_demo_data())
 
@@ -145,7 +136,7 @@ def _warm_up() -> None:
 
     import torch
 
-    for name in ("engine.training", "engine.evaluation"):
+    for name in ("engine.training.trainer", "engine.training.evaluation"):
         importlib.import_module(name)
     layer = torch.nn.Linear(4, 2)
     optimizer = torch.optim.AdamW(layer.parameters())
@@ -196,7 +187,7 @@ class MainWindow(QMainWindow):
         self.data_path: str | None = None
         self.project_path: str | None = None
         self.train_job: Job | None = None
-        self._train_record: dict[str, Any] | None = None  # the running training's data and settings
+        self._train_record: TrainingRecord | None = None  # the running training's data and settings
         self.last_train_result: dict[str, Any] | None = None
         self.last_report = None
         self._jobs: dict[str, Job] = {}
@@ -952,12 +943,12 @@ class MainWindow(QMainWindow):
         return True
 
     def delete_output_layer(self) -> bool:
-        from engine.operations import DeleteOutputLayer
+        from engine.surgery.operations import DeleteOutputLayer
 
         return self.apply_op(DeleteOutputLayer())
 
     def cut_here(self, path: str | None = None) -> bool:
-        from engine.operations import CutAt
+        from engine.surgery.operations import CutAt
 
         layer = path or self._selected_layer()
         if not layer:
@@ -966,7 +957,7 @@ class MainWindow(QMainWindow):
         return self.apply_op(CutAt(layer))
 
     def freeze_up_to_here(self, path: str | None = None) -> bool:
-        from engine.operations import SetTrainable
+        from engine.surgery.operations import SetTrainable
 
         layer = path or self._selected_layer()
         if not layer:
@@ -975,7 +966,7 @@ class MainWindow(QMainWindow):
         return self.apply_op(SetTrainable("up_to", [layer]))
 
     def apply_preset(self, preset: str) -> bool:
-        from engine.operations import freeze_preset
+        from engine.surgery.operations import freeze_preset
 
         try:
             op = freeze_preset(preset)
@@ -986,7 +977,7 @@ class MainWindow(QMainWindow):
 
     def _toggle_trainable(self, path: str, trainable: bool) -> bool:
         """The tree's checkbox: freeze or unfreeze one layer (or head) through the undo stack."""
-        from engine.operations import SetTrainable
+        from engine.surgery.operations import SetTrainable
 
         if self.training:
             self.show_message("Freezing cannot change while training runs.", "warning")
@@ -994,7 +985,7 @@ class MainWindow(QMainWindow):
         return self.apply_op(SetTrainable("layers", [path], trainable))
 
     def add_head(self) -> bool:
-        from engine.operations import AddHead
+        from engine.surgery.operations import AddHead
         from widgets.head_dialog import HeadDialog
 
         s = self.session
@@ -1034,7 +1025,7 @@ class MainWindow(QMainWindow):
         return ok
 
     def edit_head(self, name: str | None) -> bool:
-        from engine.operations import UpdateHead
+        from engine.surgery.operations import UpdateHead
         from widgets.head_dialog import HeadDialog
 
         if self.session is None or not name:
@@ -1058,7 +1049,7 @@ class MainWindow(QMainWindow):
         return self.apply_op(UpdateHead(name, new))
 
     def remove_head(self, name: str | None) -> bool:
-        from engine.operations import RemoveHead
+        from engine.surgery.operations import RemoveHead
 
         if self.session is None or not name:
             self.show_message("Select the head to remove.", "warning")
@@ -1091,11 +1082,8 @@ class MainWindow(QMainWindow):
             return False
         worker = TrainWorker(s, self.data, config)
         data = self.data
-        # what evaluate and export read back from a saved project, in main.py train's form
-        self._train_record = {"data": str(Path(data.path).resolve()) if data.path else self.data_path,
-                              "seed": data.seed, "val_fraction": data.val_fraction, "split": data.split_from,
-                              "n_train": len(data.train), "n_val": len(data.val),
-                              "config": {k: v for k, v in vars(config).items()}}
+        # what evaluate and export read back from a saved project, as main.py train records it
+        self._train_record = TrainingRecord.begin(data, config)
         self._train_epochs = int(getattr(config, "epochs", 0) or 0)
         self._train_epoch = 0
         self.curve_panel.reset(list(s.heads))
@@ -1157,10 +1145,8 @@ class MainWindow(QMainWindow):
     def _on_train_finished(self, result: dict[str, Any] | None) -> None:
         result = result or {}
         self.last_train_result = result
-        if self.session is not None and self._train_record:
-            outcome = {k: result.get(k) for k in ("reason", "best_epoch", "best_val_loss", "epochs_run", "history")}
-            self.session.project_extra = {**(self.session.project_extra or {}),
-                                          "training": {**self._train_record, **outcome}}
+        if self.session is not None and self._train_record is not None:
+            self.session.project_extra = self._train_record.finish(result).store(self.session.project_extra)
         self._end_training()
         self._weights_changed = True
         self._update_modified()
@@ -1195,7 +1181,7 @@ class MainWindow(QMainWindow):
         split = "val" if data.val else "all"
 
         def run(session=session, data=data, split=split, report_progress=None, should_stop=None):
-            from engine.evaluation import evaluate
+            from engine.training.evaluation import evaluate
 
             def progress(done, total):
                 if should_stop is not None and should_stop():
@@ -1239,7 +1225,7 @@ class MainWindow(QMainWindow):
         session = self.session
 
         def run(session=session, path=str(path)):
-            from engine.inference import predict_files
+            from engine.export.inference import predict_files
 
             return predict_files(session, [path])
 
@@ -1289,7 +1275,7 @@ class MainWindow(QMainWindow):
         clean_index = self.undo_stack.index()
 
         def run(session=session, path=str(path), extra=extra):
-            from engine.project import save_project
+            from engine.project.project_file import save_project
 
             return str(save_project(session, path, extra=extra))
 
@@ -1348,10 +1334,10 @@ class MainWindow(QMainWindow):
             return
         session = self.session
         images = [str(s.path) for s in (self.data.val[:4] if self.data is not None else [])] or None
-        extra = _recorded_data(session.project_extra)
+        extra = dict(session.project_extra or {})  # its TrainingRecord says where the training data is
 
         def run(session=session, path=str(path), images=images, extra=extra, report_progress=None):
-            from engine.export import export_onnx, training_images
+            from engine.export.onnx_export import export_onnx, training_images
 
             note = ""
             if images is None:  # no data loaded: the data the project records, as main.py export does
@@ -1382,7 +1368,7 @@ class MainWindow(QMainWindow):
     @staticmethod
     def export_summary(report, path: str) -> str:
         """The message after an export: where, how big, and the largest difference from PyTorch per head."""
-        from engine.export import allowed_diff
+        from engine.export.onnx_export import allowed_diff
 
         size = getattr(report, "size_bytes", 0) or 0
         lines = [f"Exported {Path(path).name} ({size / 1e6:.1f} MB)." if size else f"Exported {Path(path).name}."]

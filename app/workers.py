@@ -313,7 +313,7 @@ class TrainWorker(Worker):
     def _make_trainer(self) -> Any:
         if self._factory is not None:
             return self._factory(self.session, self.data, self.config, self._on_event)
-        from engine.training import Trainer
+        from engine.training.trainer import Trainer
 
         return Trainer(self.session, self.data, self.config, self._on_event)
 

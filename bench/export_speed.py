@@ -20,14 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.export import export_onnx  # noqa: E402
+from engine.export.onnx_export import export_onnx  # noqa: E402
 from engine.units import human_bytes  # noqa: E402
-from engine.heads import HeadSpec  # noqa: E402
-from engine.inference import predict_arrays  # noqa: E402
-from engine.loading import load_network  # noqa: E402
-from engine.onnx_metadata import OnnxPredictor  # noqa: E402
-from engine.operations import AddHead, DeleteOutputLayer  # noqa: E402
-from engine.session import Session  # noqa: E402
+from engine.network.heads import HeadSpec  # noqa: E402
+from engine.export.inference import predict_arrays  # noqa: E402
+from engine.network.loading import load_network  # noqa: E402
+from engine.export.metadata import OnnxPredictor  # noqa: E402
+from engine.surgery.operations import AddHead, DeleteOutputLayer  # noqa: E402
+from engine.surgery.session import Session  # noqa: E402
 
 
 def load(name: str | None):

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.application import configure_app
     from app.main_window import MainWindow
-    from engine.operations import AddHead, DeleteOutputLayer, freeze_preset
+    from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
 
     app = QApplication.instance() or QApplication([])
     configure_app(app)

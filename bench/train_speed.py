@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from engine.datasets import ImageDataset, load_data  # noqa: E402
-from engine.demo_data import ensure_demo_data  # noqa: E402
-from engine.loading import load_network  # noqa: E402
-from engine.operations import AddHead, DeleteOutputLayer, freeze_preset  # noqa: E402
-from engine.session import Session  # noqa: E402
-from engine.training import (TrainConfig, Trainer, auto_num_workers, autocast_context,  # noqa: E402
+from engine.data.datasets import ImageDataset, load_data  # noqa: E402
+from engine.data.demo_data import ensure_demo_data  # noqa: E402
+from engine.network.loading import load_network  # noqa: E402
+from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset  # noqa: E402
+from engine.surgery.session import Session  # noqa: E402
+from engine.training.trainer import (TrainConfig, Trainer, auto_num_workers, autocast_context,  # noqa: E402
                              autocast_dtype, resolve_device)
 
 

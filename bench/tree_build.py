@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from engine.loading import load_network  # noqa: E402
-from engine.session import Session  # noqa: E402
+from engine.network.loading import load_network  # noqa: E402
+from engine.surgery.session import Session  # noqa: E402
 
 
 def main() -> None:

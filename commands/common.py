@@ -11,7 +11,7 @@ DATA_HELP = ("an image folder (root/<class>/<image>), a CSV manifest with an 'im
 def data_path(text: str) -> Path:
     """The data the user named; the bare word ``demo`` is the offline demo manifest (``./demo`` is a folder)."""
     if text == "demo":
-        from engine.demo_data import ensure_demo_data
+        from engine.data.demo_data import ensure_demo_data
 
         return ensure_demo_data()
     return Path(text).expanduser()
@@ -30,12 +30,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_session(args: argparse.Namespace):
     """A Session from --model/--weights/..., or from a .graft project."""
-    from engine.loading import load_network
-    from engine.session import Session
+    from engine.network.loading import load_network
+    from engine.surgery.session import Session
 
     model = str(args.model)
     if model.endswith(".graft"):
-        from engine.project import open_project
+        from engine.project.project_file import open_project
 
         return open_project(model, trust=bool(getattr(args, "trust", False)))
     network = load_network(model, weights=args.weights, arch=args.arch, random_init=args.random_weights,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from .common import DATA_HELP, data_path
 
 HELP = "print per-head loss and metrics of a .graft project on an image folder or CSV manifest"
 
-DEFAULT_SEED, DEFAULT_VAL_FRACTION = 0, 0.2  # engine.datasets.load_data's defaults (the window uses them)
+from engine.training.record import DEFAULT_SEED, DEFAULT_VAL_FRACTION  # noqa: E402  load_data's defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,21 +41,14 @@ def training_split(extra: dict[str, Any] | None, data_file: Path) -> tuple[int, 
     """``(seed, val_fraction, same)`` for evaluating ``data_file``: when it is the data the project was
     trained on (``same`` True), the seed and validation fraction training used; otherwise load_data's
     defaults. ``same`` is None when the project does not say what it was trained on."""
-    extra = extra if isinstance(extra, dict) else {}
-    info = extra.get("training") if isinstance(extra.get("training"), dict) else {}
-    trained_on = info.get("data") or extra.get("data")  # the window saves {"data": path} only
-    if not isinstance(trained_on, str) or not trained_on:
+    from engine.training.record import TrainingRecord
+
+    record = TrainingRecord.latest(extra)
+    if record is None or record.data is None:
         return DEFAULT_SEED, DEFAULT_VAL_FRACTION, None
-    if not _same_file(trained_on, data_file):
+    if not _same_file(record.data, data_file):
         return DEFAULT_SEED, DEFAULT_VAL_FRACTION, False
-    config = info.get("config") if isinstance(info.get("config"), dict) else {}
-    seed = info.get("seed", config.get("seed", DEFAULT_SEED))
-    fraction = info.get("val_fraction", DEFAULT_VAL_FRACTION)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        seed = DEFAULT_SEED
-    if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0 or math.isnan(fraction):
-        fraction = DEFAULT_VAL_FRACTION
-    return seed, float(fraction), True
+    return record.seed, float(record.val_fraction), True
 
 
 def describe_selection(data, split: str, same: bool | None, name: str) -> str:
@@ -87,10 +79,10 @@ def describe_selection(data, split: str, same: bool | None, name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.datasets import load_data
+    from engine.data.datasets import load_data
     from engine.errors import GraftError
-    from engine.evaluation import evaluate
-    from engine.project import open_project
+    from engine.training.evaluation import evaluate
+    from engine.project.project_file import open_project
 
     if args.batch_size < 1:
         raise GraftError("The batch size must be at least 1.")

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.export import OPSET, check_opset, check_target, check_tolerance, export_onnx, training_images
+    from engine.export.onnx_export import OPSET, check_opset, check_target, check_tolerance, export_onnx, training_images
 
     from .common import load_session
 

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from engine.errors import GraftError
-    from engine.onnx_metadata import OnnxPredictor
+    from engine.export.metadata import OnnxPredictor
 
     predictor = OnnxPredictor(args.model, threads=args.threads)
     failed = 0

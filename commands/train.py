@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _out_path(text: str) -> Path:
     """Where the project goes: ``.graft`` added when missing, checked before any training starts."""
-    from engine.project import check_target
+    from engine.files import check_target
 
     path = Path(text).expanduser()
     if path.suffix.lower() != ".graft":
@@ -94,8 +94,8 @@ class _Printer:
         print(text, file=stream, flush=True)
 
     def __call__(self, event) -> None:
-        from engine import training as t
-        from engine.metrics import headline
+        from engine.training import trainer as t
+        from engine.training.metrics import headline
 
         if isinstance(event, t.TrainStarted):
             self.epochs = event.epochs
@@ -146,11 +146,12 @@ def _clock(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.datasets import load_data, parse_head_arg
+    from engine.data.datasets import load_data, parse_head_arg
     from engine.errors import GraftError
-    from engine.operations import AddHead, DeleteOutputLayer, freeze_preset
-    from engine.project import save_project
-    from engine.training import TrainConfig, Trainer
+    from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
+    from engine.project.project_file import save_project
+    from engine.training.record import TrainingRecord
+    from engine.training.trainer import TrainConfig, Trainer
 
     new_specs = [parse_head_arg(text) for text in args.head]
     names = [s.name for s in new_specs]
@@ -202,16 +203,12 @@ def run(args: argparse.Namespace) -> int:
 
     printer = _Printer(session.heads)
     trainer = Trainer(session, data, config, printer)
+    record = TrainingRecord.begin(data, config, data_file)
     with _ctrl_c_stops(trainer):
         result = trainer.run()  # TrainingError (a GraftError) on failure
     print(result.message)
-    extra = dict(session.project_extra or {})
-    # evaluate reads data, seed and val_fraction to evaluate on the same validation images
-    extra["training"] = {"data": str(data_file.resolve()), "seed": args.seed, "val_fraction": args.val_fraction,
-                         "split": data.split_from, "n_train": len(data.train), "n_val": len(data.val),
-                         "reason": result.reason, "best_epoch": result.best_epoch,
-                         "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
-                         "history": result.history, "config": {k: v for k, v in vars(config).items()}}
+    # evaluate and export read the data, seed and validation fraction back from the project
+    extra = record.finish(result).store(session.project_extra)
     saved = save_project(session, out, extra=extra)
     print(f"Saved the trained model to {saved.resolve()}")
     return 0

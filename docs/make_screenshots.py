@@ -21,8 +21,8 @@ from PySide6.QtCore import QCoreApplication, QSettings  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from app.application import configure_app  # noqa: E402
-from engine.layer_tree import HEADS_KEY  # noqa: E402
-from engine.operations import AddHead, DeleteOutputLayer  # noqa: E402
+from engine.network.layer_tree import HEADS_KEY  # noqa: E402
+from engine.surgery.operations import AddHead, DeleteOutputLayer  # noqa: E402
 
 SIZE = (1480, 900)  # about the window's own first size (1480x940)
 

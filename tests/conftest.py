@@ -1,7 +1,36 @@
-"""Tests run headless: Qt offscreen, no GPU, no network."""
+"""Tests run headless: Qt offscreen, no GPU, no network. Shared fixtures: small torchvision networks with
+random weights (fast, offline), for the engine's and the command line's tests."""
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from engine.network.loading import load_network  # noqa: E402
+from engine.surgery.session import Session  # noqa: E402
+
+
+@pytest.fixture
+def resnet_session() -> Session:
+    torch.manual_seed(0)
+    return Session(load_network("resnet18", random_init=True))
+
+
+@pytest.fixture
+def mobilenet_session() -> Session:
+    torch.manual_seed(0)
+    return Session(load_network("mobilenet_v3_small", random_init=True))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Other jobs share this machine's 2 cores: with 2 OpenMP threads an oversubscribed forward pass can
+    take 20x longer than with one. One thread keeps these tests fast; the setting is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QFrame, QHBoxLayo
                                QTableWidget, QTableWidgetItem, QTabWidget, QToolButton, QToolTip, QVBoxLayout,
                                QWidget)
 
-from engine.advice import Advice, freeze_advice
-from engine.datasets import MANIFEST_SUFFIXES
+from engine.training.advice import Advice, freeze_advice
+from engine.data.datasets import MANIFEST_SUFFIXES
 
 from .head_diagram import KIND_SHORT, head_colour
 

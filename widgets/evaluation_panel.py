@@ -1,7 +1,7 @@
 """Evaluation results per head: a confusion matrix (single-label), F1 bars per label (multi-label) or the
 mean absolute error per target (regression), with a head selector.
 
-:meth:`EvaluationPanel.set_report` takes an :class:`engine.evaluation.EvalReport` (``heads`` maps a name
+:meth:`EvaluationPanel.set_report` takes an :class:`engine.training.evaluation.EvalReport` (``heads`` maps a name
 to a HeadReport with ``kind``, ``loss``, ``n``, ``metrics`` and ``details``); plain dicts of the same
 shape (``EvalReport.to_dict()``) work too.
 """

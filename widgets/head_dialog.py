@@ -1,6 +1,6 @@
 """Add or edit a head: name, kind, the data columns it learns from, labels, widths, dropout, loss weight.
 
-Validation is the engine's (:class:`~engine.heads.HeadSpec` raises :class:`~engine.errors.GraftError`);
+Validation is the engine's (:class:`~engine.network.heads.HeadSpec` raises :class:`~engine.errors.GraftError`);
 the message is shown inline and the dialog stays open until it is fixed or cancelled.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpin
                                QVBoxLayout, QWidget)
 
 from engine.errors import GraftError
-from engine.heads import KIND_TITLES, KINDS, HeadSpec
+from engine.network.heads import KIND_TITLES, KINDS, HeadSpec
 
 from .head_diagram import OUTPUT_WORDS, outputs_text
 

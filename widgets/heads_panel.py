@@ -13,7 +13,7 @@ from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
-from engine.heads import HeadSpec
+from engine.network.heads import HeadSpec
 
 from .head_diagram import KIND_SHORT, HeadDiagram, head_colour, outputs_text
 

@@ -1,4 +1,4 @@
-"""Qt item model over the engine's :class:`~engine.layer_tree.LayerTree` (napari's ``qt_tree_model`` pattern).
+"""Qt item model over the engine's :class:`~engine.network.layer_tree.LayerTree` (napari's ``qt_tree_model`` pattern).
 
 The engine owns the nodes; this adapter replays the tree's callbacks as ``beginInsertRows``/``endInsertRows``,
 ``beginRemoveRows``/``endRemoveRows`` and ``dataChanged`` with the roles that changed, and only resets when
@@ -14,7 +14,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QGuiApplication, QIcon, QPainter, QPalette, QPixmap
 
-from engine.layer_tree import LayerNode, LayerTree
+from engine.network.layer_tree import LayerNode, LayerTree
 from engine.units import human_count as human
 
 from .head_diagram import head_colour
@@ -104,7 +104,7 @@ class LayerTreeModel(QAbstractItemModel):
 
     def apply_directly(self, session: Any) -> None:
         """Fallback handler (tests, the CLI-less demo): apply ``SetTrainable`` through the engine history."""
-        from engine.operations import SetTrainable
+        from engine.surgery.operations import SetTrainable
 
         if session.tree is not self._tree:
             self.set_tree(session.tree)

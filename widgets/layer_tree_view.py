@@ -9,7 +9,7 @@ from PySide6.QtGui import QAction, QColor, QFont, QFontMetrics, QPainter
 from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QLineEdit, QMenu, QStyle,
                                QStyledItemDelegate, QStyleOptionViewItem, QTreeView, QVBoxLayout, QWidget)
 
-from engine.layer_tree import HEADS_KEY
+from engine.network.layer_tree import HEADS_KEY
 
 from .layer_tree_model import LAYER, PARAMS, SHAPE, TRAINABLE, TYPE, LayerTreeModel
 

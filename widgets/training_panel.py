@@ -10,7 +10,7 @@ from PySide6.QtGui import QStandardItemModel, QValidator
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from engine.training import TrainConfig
+from engine.training.trainer import TrainConfig
 
 DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu", "CPU"))
 START_TIP = "Train on the loaded data (F5)"

@@ -19,10 +19,10 @@ from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QMessageBox, QToolButton
 
 from app.main_window import MainWindow
-from engine.heads import HeadSpec
-from engine.layer_tree import HEADS_KEY
-from engine.operations import AddHead, DeleteOutputLayer, freeze_preset
-from engine.training import TrainConfig
+from engine.network.heads import HeadSpec
+from engine.network.layer_tree import HEADS_KEY
+from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
+from engine.training.trainer import TrainConfig
 
 LOAD_TIMEOUT = 60_000
 TRAIN_TIMEOUT = 120_000
@@ -31,14 +31,14 @@ TRAIN_TIMEOUT = 120_000
 # -- fixtures -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def default_network():
-    from engine.loading import load_network
+    from engine.network.loading import load_network
 
     return load_network("default")
 
 
 @pytest.fixture(scope="session")
 def demo_csv(tmp_path_factory):
-    from engine.demo_data import ensure_demo_data
+    from engine.data.demo_data import ensure_demo_data
 
     return ensure_demo_data(tmp_path_factory.mktemp("demo"))
 
@@ -62,7 +62,7 @@ def small_csv(demo_csv, tmp_path_factory):
 
 def give_session(window, network):
     """Set a fresh session on a copy of the loaded network (as a finished load would)."""
-    from engine.session import Session
+    from engine.surgery.session import Session
 
     net = copy.copy(network)
     net.module = copy.deepcopy(network.module)
@@ -498,9 +498,9 @@ def with_a_head(qtbot, window, network, csv_path):
 
 def hold_evaluation(window, monkeypatch, gate) -> None:
     """Start an evaluation that runs until the gate opens."""
-    import engine.evaluation
+    import engine.training.evaluation
 
-    monkeypatch.setattr(engine.evaluation, "evaluate", gate.wrap(engine.evaluation.evaluate))
+    monkeypatch.setattr(engine.training.evaluation, "evaluate", gate.wrap(engine.training.evaluation.evaluate))
     window.evaluate()
     assert "evaluate" in window._jobs
 
@@ -535,12 +535,12 @@ def test_cancelling_the_close_after_training_stopped_leaves_a_usable_window(qtbo
 
 def test_opening_while_saving_waits_and_a_late_save_leaves_the_next_session_alone(qtbot, window, monkeypatch, boxes,
                                                                                 tmp_path, default_network, gates):
-    import engine.project
+    import engine.project.project_file
 
     give_session(window, default_network)
     window.apply_op(DeleteOutputLayer())
     gate = gates()
-    monkeypatch.setattr(engine.project, "save_project", gate.wrap(engine.project.save_project))
+    monkeypatch.setattr(engine.project.project_file, "save_project", gate.wrap(engine.project.project_file.save_project))
     saved = tmp_path / "a.graft"
     assert window.save_project_to(str(saved))
     for dropped in ("b.graft", "other.pt"):  # dropped on the window while the save runs
@@ -562,7 +562,7 @@ def test_opening_while_saving_waits_and_a_late_save_leaves_the_next_session_alon
 
 def test_a_late_evaluation_or_prediction_does_not_reach_the_next_session(qtbot, window, monkeypatch, tmp_path,
                                                                        default_network, small_csv, gates):
-    import engine.inference
+    import engine.export.inference
 
     with_a_head(qtbot, window, default_network, small_csv)
     hold_evaluation(window, monkeypatch, evaluation := gates())
@@ -577,7 +577,7 @@ def test_a_late_evaluation_or_prediction_does_not_reach_the_next_session(qtbot, 
 
     with_a_head(qtbot, window, default_network, small_csv)
     prediction = gates()
-    monkeypatch.setattr(engine.inference, "predict_files", prediction.wrap(engine.inference.predict_files))
+    monkeypatch.setattr(engine.export.inference, "predict_files", prediction.wrap(engine.export.inference.predict_files))
     window.predict_image(first_image(small_csv))
     assert window.try_image.status_label.text() == "Predicting…"
     give_session(window, default_network)
@@ -698,7 +698,7 @@ def test_closing_during_a_load_waits_with_a_note_and_keeps_handling_events(qtbot
 def test_data_loading_and_predictions_block_only_what_they_touch(qtbot, window, monkeypatch, boxes, default_network,
                                                                 small_csv, gates):
     import app.main_window
-    import engine.inference
+    import engine.export.inference
 
     s = give_session(window, default_network)
     a = window.actions
@@ -718,7 +718,7 @@ def test_data_loading_and_predictions_block_only_what_they_touch(qtbot, window, 
 
     # a prediction runs the model: saving (which only reads it too) goes on, surgery waits, without a box
     prediction = gates()
-    monkeypatch.setattr(engine.inference, "predict_files", prediction.wrap(engine.inference.predict_files))
+    monkeypatch.setattr(engine.export.inference, "predict_files", prediction.wrap(engine.export.inference.predict_files))
     window.predict_image(first_image(small_csv))
     assert a.save_project.isEnabled() and not a.delete_output.isEnabled() and not a.undo.isEnabled()
     frozen = requires_grad(s)
@@ -737,9 +737,9 @@ def pickled_project(tmp_path) -> tuple[Path, Path]:
     """A project made from a pickled model only the pickle can rebuild (reopening it unpickles the file)."""
     import torchvision
 
-    from engine.loading import load_network
-    from engine.project import save_project
-    from engine.session import Session
+    from engine.network.loading import load_network
+    from engine.project.project_file import save_project
+    from engine.surgery.session import Session
 
     model = torchvision.models.mobilenet_v3_small()
     model.features[0][0].stride = (1, 1)  # not torchvision's mobilenet any more
@@ -774,9 +774,9 @@ def test_a_project_from_a_pickle_opens_only_when_the_user_trusts_the_file(qtbot,
 def test_a_reopened_project_shows_its_notes(qtbot, window, tmp_path):
     import torchvision
 
-    from engine.loading import load_network
-    from engine.project import save_project
-    from engine.session import Session
+    from engine.network.loading import load_network
+    from engine.project.project_file import save_project
+    from engine.surgery.session import Session
 
     weights = tmp_path / "mine.pth"
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)

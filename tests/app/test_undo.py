@@ -7,10 +7,10 @@ from PySide6.QtGui import QUndoStack
 
 from app.undo import OperationCommand, push_operation
 from engine.errors import GraftError
-from engine.heads import HeadSpec
-from engine.loading import load_network
-from engine.operations import AddHead, CutAt, DeleteOutputLayer, SetTrainable
-from engine.session import Session
+from engine.network.heads import HeadSpec
+from engine.network.loading import load_network
+from engine.surgery.operations import AddHead, CutAt, DeleteOutputLayer, SetTrainable
+from engine.surgery.session import Session
 
 
 @pytest.fixture(scope="module")

@@ -79,15 +79,15 @@ def test_data_that_fails_to_load_says_the_earlier_data_is_still_loaded(qtbot, wi
 
 @pytest.fixture(scope="module")
 def small_network():
-    from engine.loading import load_network
+    from engine.network.loading import load_network
 
     return load_network("resnet18", random_init=True)
 
 
 def test_undo_and_redo_say_what_they_did(qtbot, window, small_network):
     """After Ctrl+Z the status line still named the step just undone ("Unfreeze features."), as if done."""
-    from engine.operations import DeleteOutputLayer, SetTrainable
-    from engine.session import Session
+    from engine.surgery.operations import DeleteOutputLayer, SetTrainable
+    from engine.surgery.session import Session
 
     window._set_session(Session(small_network), project_path=None)
     a = window.actions

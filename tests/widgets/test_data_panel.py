@@ -8,9 +8,9 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QLabel, QTableWidget
 
-from engine import demo_data
-from engine.advice import Advice
-from engine.datasets import load_data
+from engine.data import demo_data
+from engine.training.advice import Advice
+from engine.data.datasets import load_data
 from widgets.data_panel import DataPanel, dropped_data_path, n_labelled
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtWidgets import QTableWidget
 
-from engine.evaluation import EvalReport, HeadReport
+from engine.training.evaluation import EvalReport, HeadReport
 from widgets.evaluation_panel import EvaluationPanel, headline
 
 CLASSES = ["circle", "square", "star", "triangle"]

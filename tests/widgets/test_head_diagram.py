@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from PySide6.QtGui import QImage
 
-from engine.heads import HeadSpec
+from engine.network.heads import HeadSpec
 from widgets.head_diagram import HEAD_COLOURS, HeadDiagram, head_colour, layers_text, outputs_text
 
 HEADS = [HeadSpec("shape", "single", labels=["circle", "square", "star", "triangle"]),

@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog
 
 from engine.errors import GraftError
-from engine.heads import HeadSpec
+from engine.network.heads import HeadSpec
 from widgets.head_dialog import HeadDialog, parse_hidden, parse_labels
 
 SUGGESTIONS = [HeadSpec("shape", "single", labels=["circle", "square", "star"], columns=["shape"]),

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PySide6.QtCore import Qt
 
-from engine.heads import HeadSpec
-from engine.loading import load_network
-from engine.operations import AddHead, RemoveHead, UpdateHead
-from engine.session import Session
+from engine.network.heads import HeadSpec
+from engine.network.loading import load_network
+from engine.surgery.operations import AddHead, RemoveHead, UpdateHead
+from engine.surgery.session import Session
 from widgets.heads_panel import HeadsPanel
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PySide6.QtCore import QModelIndex, Qt
 
-from engine.heads import HeadSpec
-from engine.layer_tree import HEADS_KEY
-from engine.loading import load_network
-from engine.operations import AddHead, CutAt, DeleteOutputLayer, RemoveHead, SetTrainable
-from engine.session import Session
+from engine.network.heads import HeadSpec
+from engine.network.layer_tree import HEADS_KEY
+from engine.network.loading import load_network
+from engine.surgery.operations import AddHead, CutAt, DeleteOutputLayer, RemoveHead, SetTrainable
+from engine.surgery.session import Session
 from engine.units import human_count as human
 from widgets.layer_tree_model import LayerTreeModel, shape_text
 

@@ -10,11 +10,11 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QStyle, QStyleOptionViewItem
 from torch import nn
 
-from engine.heads import HeadSpec
-from engine.loading import LoadedNetwork, ModelSource, load_network
-from engine.operations import AddHead, RemoveHead
-from engine.preprocess import InputSpec
-from engine.session import Session
+from engine.network.heads import HeadSpec
+from engine.network.loading import LoadedNetwork, ModelSource, load_network
+from engine.surgery.operations import AddHead, RemoveHead
+from engine.network.preprocess import InputSpec
+from engine.surgery.session import Session
 from widgets.layer_tree_model import LayerTreeModel
 from widgets.layer_tree_view import LayerTreeView
 

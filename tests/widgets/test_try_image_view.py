@@ -8,8 +8,8 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QLabel
 
-from engine.heads import HeadSpec
-from engine.onnx_metadata import decode
+from engine.network.heads import HeadSpec
+from engine.export.metadata import decode
 from widgets.try_image_view import TryImageView, is_image_path
 
 

@@ -1,0 +1,474 @@
+"""What an exported ONNX file says about itself, and how raw outputs become predictions. Torch-free.
+
+Graft writes everything a deployment needs to use an exported model correctly into the ONNX file's
+``metadata_props``: one JSON blob under the key ``graft`` (the complete description, read back by
+:func:`read_metadata`) plus flat keys for tools that only show strings (``input_size``, ``mean`` …).
+
+This module also holds :func:`decode`, the one place where a head's raw output becomes class names and
+probabilities, shared by Graft's own predictions (``engine.export.inference``) and ``main.py predict`` on an
+ONNX file (:class:`OnnxPredictor`), so both give the same answer. Only NumPy, Pillow (through
+``engine.network.preprocess``) and, lazily, onnxruntime are imported: never torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import __version__
+from engine.errors import GraftError, not_a_file
+from engine.network.heads import HeadSpec
+from engine.network.preprocess import RESAMPLE, SIXTEEN_BIT_FORMULA, SIXTEEN_BIT_MODES, InputSpec, preprocess_file
+
+FORMAT = 1
+KEY = "graft"
+INPUT_NAME = "image"
+FEATURES_OUTPUT = "output"
+MULTI_THRESHOLD = 0.5
+TOP_K = 5
+
+ACTIVATION = {"single": "softmax", "multi": "sigmoid", "regression": "none", "features": "none"}
+MEANING = {
+    "single": "logits, shape (batch, classes): apply softmax over the last axis for class probabilities",
+    "multi": "logits, shape (batch, labels): apply a sigmoid to each for label probabilities "
+             f"(Graft reports labels above {MULTI_THRESHOLD})",
+    "regression": "raw values, shape (batch, targets): use as they are",
+    "features": "pooled trunk features, shape (batch, features): no head was added before export",
+}
+PILLOW_FILTERS = {name: f"PIL.Image.Resampling.{member.name}" for name, member in RESAMPLE.items()}
+SIXTEEN_BIT = {
+    "modes": list(SIXTEEN_BIT_MODES),
+    "formula": SIXTEEN_BIT_FORMULA,
+    "meaning": "v * 255 / 65535 rounded to the nearest integer (no ties occur), for every image whatever its "
+               "brightness; 32-bit integer images (mode I) are treated as 16-bit",
+}
+
+
+# -- the metadata -------------------------------------------------------------------------------------
+
+def preprocessing_steps(spec: InputSpec) -> list[str]:
+    """The exact steps of :func:`engine.network.preprocess.preprocess`, in words, for the metadata."""
+    bg = ", ".join(str(int(c)) for c in spec.alpha_background)
+    return [
+        "decode the image file with Pillow (palette images are expanded to RGBA; 16-bit RGB, RGBA and "
+        "grey+alpha files come out as 8 bits from Pillow's decoders)",
+        "apply the EXIF orientation tag (PIL.ImageOps.exif_transpose): a photo a phone stored sideways with "
+        "an orientation tag is turned upright before anything else",
+        f"16-bit greyscale (Pillow modes {', '.join(SIXTEEN_BIT_MODES)}): scale each value v to 8 bits as "
+        f"{SIXTEEN_BIT_FORMULA}, i.e. round(v * 255 / 65535), whatever the image's brightness",
+        f"convert to {spec.channel_order}: alpha (RGBA, LA, PA, palette transparency) is composited over "
+        f"the background colour ({bg}); greyscale is replicated to 3 channels",
+        f"resize with {PILLOW_FILTERS.get(spec.interpolation, spec.interpolation)} so the shorter side is "
+        f"{spec.resize} px: new (w, h) = (max({spec.size}, round(w * s)), max({spec.size}, round(h * s))) with "
+        f"s = {spec.resize} / min(w, h) and Python's round (halves to even)",
+        f"centre-crop {spec.size}x{spec.size} (offsets floor((w-{spec.size})/2), floor((h-{spec.size})/2))",
+        "scale uint8 values to [0, 1] (divide by 255, float32)",
+        f"per channel: (x - mean) / std with mean {list(spec.mean)} and std {list(spec.std)}",
+        f"lay out as {spec.layout} float32 ({spec.channel_order} channel order), input named '{INPUT_NAME}', "
+        "any batch size",
+    ]
+
+
+def output_entry(name: str, spec: HeadSpec | None) -> dict[str, Any]:
+    kind = spec.kind if spec is not None else "features"
+    entry: dict[str, Any] = {"name": name, "kind": kind, "activation": ACTIVATION[kind], "meaning": MEANING[kind]}
+    if spec is not None:
+        entry.update(labels=spec.label_names, outputs=spec.outputs, spec=spec.to_dict())
+        if name == FEATURES_OUTPUT:
+            entry["meaning"] += " (the network's original classifier: no head was added before export)"
+    return entry
+
+
+def build_metadata(input_spec: InputSpec, heads: Sequence[HeadSpec], source: Mapping[str, Any] | None = None,
+                   *, opset: int | None = None, exporter: str | None = None) -> dict[str, Any]:
+    """The complete ``graft`` metadata blob for a model with these heads (none: one ``output``)."""
+    outputs = [output_entry(h.name, h) for h in heads] or [output_entry(FEATURES_OUTPUT, None)]
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "graft_version": __version__,
+        "source": dict(source or {}),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, input_spec.size, input_spec.size],
+            "dtype": "float32",
+            "layout": input_spec.layout,
+            "channel_order": input_spec.channel_order,
+            "value_range": "(x / 255 - mean) / std",
+        },
+        "input_spec": input_spec.to_dict(),
+        "preprocessing": {
+            "resize_shorter_side": input_spec.resize,
+            "exif_orientation": True,
+            "sixteen_bit": dict(SIXTEEN_BIT),
+            "pillow_filter": PILLOW_FILTERS.get(input_spec.interpolation, input_spec.interpolation),
+            "centre_crop": input_spec.size,
+            "alpha_background": list(input_spec.alpha_background),
+            "scale": "divide by 255 to [0, 1]",
+            "mean": list(input_spec.mean),
+            "std": list(input_spec.std),
+            "steps": preprocessing_steps(input_spec),
+        },
+        "outputs": outputs,
+    }
+    if opset is not None:
+        data["opset"] = opset
+    if exporter is not None:
+        data["exporter"] = exporter
+    return data
+
+
+def to_props(data: Mapping[str, Any]) -> dict[str, str]:
+    """``metadata_props`` strings: the full JSON blob plus flat keys for quick inspection."""
+    spec = data["input_spec"]
+    props = {
+        KEY: json.dumps(data, sort_keys=True),
+        "graft_version": str(data.get("graft_version", "")),
+        "input_name": data["input"]["name"],
+        "input_size": str(spec["size"]),
+        "layout": spec["layout"],
+        "channel_order": spec["channel_order"],
+        "mean": json.dumps(spec["mean"]),
+        "std": json.dumps(spec["std"]),
+        "resize": str(spec["resize"]),
+        "interpolation": data["preprocessing"]["pillow_filter"],
+        "alpha_background": json.dumps(spec["alpha_background"]),
+        "exif_orientation": json.dumps(data["preprocessing"].get("exif_orientation", True)),
+        "preprocessing": "; ".join(data["preprocessing"]["steps"]),
+        "outputs": ",".join(o["name"] for o in data["outputs"]),
+        "source": str(data.get("source", {}).get("description", "")),
+    }
+    for o in data["outputs"]:
+        props[f"output.{o['name']}.kind"] = o["kind"]
+        props[f"output.{o['name']}.activation"] = o["activation"]
+        if "labels" in o:
+            props[f"output.{o['name']}.labels"] = json.dumps(o["labels"])
+    return props
+
+
+def describe(data: Mapping[str, Any]) -> str:
+    """A readable summary for the ONNX ``doc_string``."""
+    spec = InputSpec.from_dict(data["input_spec"])
+    lines = [f"Exported by Graft {data.get('graft_version', '?')} from {data.get('source', {}).get('description', '?')}.",
+             f"Input '{data['input']['name']}': float32 {spec.layout} {spec.describe()}.",
+             "Preprocessing: " + "; ".join(data["preprocessing"]["steps"]) + "."]
+    for o in data["outputs"]:
+        labels = f" [{', '.join(o['labels'])}]" if o.get("labels") else ""
+        lines.append(f"Output '{o['name']}' ({o['kind']}): {o['meaning']}{labels}.")
+    return "\n".join(lines)
+
+
+@dataclass
+class GraftMetadata:
+    """The validated ``graft`` blob: how to feed the model and what each output means."""
+
+    input_spec: InputSpec
+    heads: list[HeadSpec]
+    outputs: list[str]
+    input_name: str = INPUT_NAME
+    exif_orientation: bool = True
+    graft_version: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def spec_for(self, output: str) -> HeadSpec | None:
+        """The head behind an output (None for the ``output`` features of a model without heads)."""
+        return next((h for h in self.heads if h.name == output), None)
+
+
+def _three_numbers(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+
+
+def _fail(where: str, why: str) -> GraftError:
+    return GraftError(f"{where}: the Graft metadata is invalid ({why}).")
+
+
+def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
+    """Check a ``graft`` blob completely; GraftError saying what is wrong, else the parsed metadata."""
+    if not isinstance(data, dict):
+        raise _fail(where, "not a JSON object")
+    version = data.get("format")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _fail(where, f"metadata format {version!r}, expected a whole number from 1 to {FORMAT}")
+    if version > FORMAT:
+        raise GraftError(f"{where} was exported by a newer Graft (metadata format {version}).")
+    for key in ("input", "input_spec", "outputs"):
+        if key not in data:
+            raise _fail(where, f"'{key}' is missing")
+    raw = data["input_spec"]
+    if not isinstance(raw, dict):
+        raise _fail(where, "'input_spec' is not an object")
+    spec = InputSpec.from_dict(raw)
+    if not (isinstance(spec.size, int) and spec.size > 0 and isinstance(spec.resize, int) and spec.resize > 0):
+        raise _fail(where, f"input size {spec.size!r} / resize {spec.resize!r}")
+    if not _three_numbers(spec.mean) or not _three_numbers(spec.std) or any(s == 0 for s in spec.std):
+        raise _fail(where, f"mean {spec.mean!r} / std {spec.std!r}")
+    if spec.interpolation not in RESAMPLE:
+        raise _fail(where, f"unknown resize filter {spec.interpolation!r}")
+    if spec.channel_order != "RGB" or spec.layout != "NCHW":
+        raise _fail(where, f"unsupported input {spec.channel_order} {spec.layout}")
+    if not _three_numbers(spec.alpha_background):
+        raise _fail(where, f"alpha background {spec.alpha_background!r}")
+    # Files written before these keys existed were preprocessed exactly so: EXIF applied, 16-bit scaled.
+    pre = data.get("preprocessing", {})
+    if not isinstance(pre, dict):
+        raise _fail(where, "'preprocessing' is not an object")
+    exif = pre.get("exif_orientation", True)
+    if not isinstance(exif, bool):
+        raise _fail(where, f"exif_orientation {exif!r} is not true or false")
+    sixteen = pre.get("sixteen_bit", SIXTEEN_BIT)
+    if not isinstance(sixteen, dict) or sixteen.get("formula") != SIXTEEN_BIT_FORMULA:
+        formula = sixteen.get("formula") if isinstance(sixteen, dict) else sixteen
+        raise _fail(where, f"unsupported 16-bit scaling {formula!r}; this Graft scales 16-bit images as "
+                           f"{SIXTEEN_BIT_FORMULA}")
+    outputs = data["outputs"]
+    if not isinstance(outputs, list) or not outputs:
+        raise _fail(where, "no outputs are described")
+    heads: list[HeadSpec] = []
+    names: list[str] = []
+    for o in outputs:
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str) or o.get("kind") not in ACTIVATION:
+            raise _fail(where, f"bad output entry {o!r}")
+        names.append(o["name"])
+        if o["kind"] == "features":
+            continue
+        try:
+            head = HeadSpec.from_dict(o.get("spec") or {"name": o["name"], "kind": o["kind"],
+                                                           "labels": o.get("labels") or []})
+        except (GraftError, TypeError) as exc:
+            raise _fail(where, f"output {o['name']!r}: {exc}") from None
+        if head.name != o["name"] or head.kind != o["kind"] or head.label_names != list(o.get("labels") or head.label_names):
+            raise _fail(where, f"output {o['name']!r} contradicts its head description")
+        heads.append(head)
+    if len(set(names)) != len(names):
+        raise _fail(where, "duplicate output names")
+    if heads and len(heads) != len(names):
+        raise _fail(where, "head outputs mixed with raw features")
+    name = data["input"].get("name", INPUT_NAME) if isinstance(data["input"], dict) else INPUT_NAME
+    return GraftMetadata(spec, heads, names, name, exif, str(data.get("graft_version", "")),
+                         dict(data.get("source") or {}), data)
+
+
+def from_props(props: Mapping[str, str], where: str = "ONNX file") -> GraftMetadata:
+    """Parse and validate the metadata from an ONNX file's ``metadata_props``."""
+    if KEY not in props:
+        raise GraftError(f"{where} was not exported by Graft: it carries no preprocessing metadata.")
+    try:
+        data = json.loads(props[KEY])
+    except json.JSONDecodeError as exc:
+        raise _fail(where, f"JSON: {exc}") from None
+    return validate(data, where)
+
+
+def write_metadata(model: Any, data: Mapping[str, Any]) -> None:
+    """Put the metadata into an ``onnx.ModelProto`` (replacing any earlier Graft keys)."""
+    props = to_props(data)
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in keep + sorted(props.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "Graft"
+    model.producer_version = str(data.get("graft_version", __version__))
+    model.doc_string = describe(data)
+
+
+def read_metadata(path: str | Path) -> GraftMetadata:
+    """The Graft metadata of an ONNX file (weights are not loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise not_a_file(path)
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common public type
+        raise GraftError(f"{path.name} is not an ONNX model ({exc.__class__.__name__}).") from None
+    return from_props({p.key: p.value for p in model.metadata_props}, path.name)
+
+
+# -- predictions --------------------------------------------------------------------------------------
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.asarray(x, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    z = np.asarray(x, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+@dataclass
+class HeadPrediction:
+    """One head's answer for one image.
+
+    ``values``: probabilities (single: softmax, multi: sigmoid per label), regression values or raw
+    features, one per name in ``names``. ``top``: single: the top-k classes with probabilities; multi: the
+    labels above 0.5, most probable first; regression: every target with its value.
+    """
+
+    head: str
+    kind: str
+    names: list[str]
+    values: np.ndarray
+    raw: np.ndarray
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str | None:
+        """The predicted class (single-label heads)."""
+        return self.top[0][0] if self.kind == "single" and self.top else None
+
+    @property
+    def score(self) -> float | None:
+        return self.top[0][1] if self.kind == "single" and self.top else None
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels above the threshold (multi-label heads)."""
+        return [n for n, _ in self.top] if self.kind == "multi" else []
+
+    def format(self) -> str:
+        """One line of text, e.g. ``species: cat 91.2% (dog 6.1%, bird 2.7%)``."""
+        if self.kind == "single":
+            best, rest = self.top[0], self.top[1:3]
+            tail = f" ({', '.join(f'{n} {p:.1%}' for n, p in rest)})" if rest else ""
+            return f"{self.head}: {best[0]} {best[1]:.1%}{tail}"
+        if self.kind == "multi":
+            if self.top:
+                return f"{self.head}: " + ", ".join(f"{n} {p:.1%}" for n, p in self.top)
+            i = int(np.argmax(self.values))
+            return f"{self.head}: none above {MULTI_THRESHOLD:.0%} (best {self.names[i]} {self.values[i]:.1%})"
+        if self.kind == "regression":
+            return f"{self.head}: " + ", ".join(f"{n} {v:.4g}" for n, v in self.top)
+        v = self.values
+        return (f"{self.head}: {v.size} features (min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g})"
+                if v.size else f"{self.head}: no features")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"head": self.head, "kind": self.kind, "text": self.format(),
+                               "values": dict(zip(self.names, (float(v) for v in self.values)))}
+        if self.kind == "single":
+            out["label"], out["score"] = self.label, self.score
+        elif self.kind == "multi":
+            out["labels"] = self.labels
+        return out
+
+
+def decode(spec: HeadSpec | None, raw: np.ndarray, *, name: str = FEATURES_OUTPUT, top_k: int = TOP_K) -> HeadPrediction:
+    """One image's raw output of a head -> its prediction. ``spec`` None: the features of a model
+    without heads (output ``name``)."""
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.ndim > 1 and raw.shape[0] == 1:
+        raw = raw.reshape(raw.shape[1:])
+    raw = raw.reshape(-1)
+    if spec is None:
+        return HeadPrediction(name, "features", [str(i) for i in range(raw.size)], raw.astype(np.float64), raw)
+    names = spec.label_names
+    if raw.size != len(names):
+        raise GraftError(f"Head {spec.name!r} gave {raw.size} outputs where {len(names)} were expected.")
+    if spec.kind == "single":
+        probs = softmax(raw)
+        order = np.argsort(-probs, kind="stable")[:max(1, top_k)]
+        return HeadPrediction(spec.name, "single", names, probs, raw, [(names[i], float(probs[i])) for i in order])
+    if spec.kind == "multi":
+        probs = sigmoid(raw)
+        order = [i for i in np.argsort(-probs, kind="stable") if probs[i] > MULTI_THRESHOLD]
+        return HeadPrediction(spec.name, "multi", names, probs, raw, [(names[i], float(probs[i])) for i in order])
+    values = raw.astype(np.float64)
+    return HeadPrediction(spec.name, "regression", names, values, raw, [(n, float(v)) for n, v in zip(names, values)])
+
+
+def decode_batch(specs: Mapping[str, HeadSpec | None], outputs: Mapping[str, np.ndarray]) -> list[dict[str, HeadPrediction]]:
+    """Per-image predictions from a batch of raw outputs ``{name: (N, ...)}``."""
+    n = len(next(iter(outputs.values()))) if outputs else 0
+    return [{name: decode(specs.get(name), outputs[name][i], name=name) for name in outputs} for i in range(n)]
+
+
+def load_batch(paths: Iterable[str | Path], spec: InputSpec, *, exif: bool = True) -> np.ndarray:
+    """Preprocess image files into one (N, 3, S, S) float32 batch (GraftError naming a bad file)."""
+    arrays = [preprocess_file(p, spec, exif=exif) for p in paths]
+    if not arrays:
+        return np.zeros((0, 3, spec.size, spec.size), dtype=np.float32)
+    return np.stack(arrays)
+
+
+class OnnxPredictor:
+    """An exported file run by onnxruntime (CPU), preprocessed from its own metadata. No torch."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self.path = Path(path)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise GraftError(f"The number of threads must be a whole number of at least 0 (got {threads!r}).")
+        if not self.path.is_file():
+            raise not_a_file(self.path)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind error types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise GraftError(f"{self.path.name} is not an ONNX model onnxruntime can load ({reason[:200]}).") from None
+        self.metadata = from_props(self.session.get_modelmeta().custom_metadata_map, self.path.name)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise GraftError(f"{self.path.name}: expected one input, found {len(inputs)}.")
+        self.input_name = inputs[0].name
+        available = [o.name for o in self.session.get_outputs()]
+        missing = [o for o in self.metadata.outputs if o not in available]
+        if missing:
+            raise GraftError(f"{self.path.name}: outputs {missing} described in the metadata are not in the model.")
+        self.outputs = list(self.metadata.outputs)
+        self.specs = {o: self.metadata.spec_for(o) for o in self.outputs}
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.metadata.input_spec
+
+    def predict_arrays(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        results = self.session.run(self.outputs, {self.input_name: np.ascontiguousarray(batch)})
+        return dict(zip(self.outputs, results))
+
+    def predict_files(self, paths: Sequence[str | Path], batch_size: int = 16) -> list[dict[str, HeadPrediction]]:
+        """Predictions per image file, preprocessed exactly as the metadata says (GraftError on a bad file)."""
+        out: list[dict[str, HeadPrediction]] = []
+        paths = list(paths)
+        for start in range(0, len(paths), batch_size):
+            batch = load_batch(paths[start:start + batch_size], self.input_spec,
+                               exif=self.metadata.exif_orientation)
+            out += decode_batch(self.specs, self.predict_arrays(batch))
+        return out
+
+    def predict_each(self, paths: Sequence[str | Path], batch_size: int = 16
+                     ) -> Iterator[tuple[str | Path, dict[str, HeadPrediction] | GraftError]]:
+        """``(path, predictions)`` per image file, in order, or ``(path, GraftError)`` for a file that cannot
+        be read: each image is preprocessed on its own, so one bad file does not lose the others."""
+        paths = list(paths)
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            results: list[dict[str, HeadPrediction] | GraftError] = []
+            good: list[np.ndarray] = []
+            for p in chunk:
+                try:
+                    good.append(preprocess_file(p, self.input_spec, exif=self.metadata.exif_orientation))
+                    results.append({})
+                except GraftError as exc:
+                    results.append(exc)
+            decoded = iter(decode_batch(self.specs, self.predict_arrays(np.stack(good))) if good else [])
+            for p, r in zip(chunk, results):
+                yield p, (r if isinstance(r, GraftError) else next(decoded))

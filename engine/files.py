@@ -1,0 +1,71 @@
+"""Writing files safely: fail before any work when a target cannot be written, and replace a file only
+once its new content is complete (a temporary file and a rename), so nothing half-written is left."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.errors import GraftError
+
+
+def check_target(path: str | Path) -> Path:
+    """Fail fast (before any work) when ``path`` cannot be written: its folder is missing, is a file or
+    takes no new files (read-only, no permission), or ``path`` is a folder or a device, pipe or socket
+    (written through a temporary file and a rename, it would be replaced, not written to)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise GraftError(f"Cannot write {path}: folder {folder} does not exist.")
+    if path.is_dir():
+        raise GraftError(f"Cannot write {path}: it is a folder.")
+    if path.exists() and not path.is_file():
+        raise GraftError(f"Cannot write {path}: it is not a regular file.")
+    try:  # the file goes through a temporary one in the same folder: that must be possible
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise GraftError(f"Cannot write to {folder}: {exc.strerror or exc}.") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def _read_umask() -> int:
+    umask = os.umask(0o022)  # reading it means setting it: done once, at import, before any worker thread
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` would give: the replaced file's, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, so a failure leaves nothing half-written.
+    A symbolic link is written through: the file it points to is replaced and the link stays."""
+    if Path(path).is_symlink():
+        path = Path(os.path.realpath(path))
+    path = check_target(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise GraftError(f"Cannot write to {folder}: {exc.strerror or exc}.") from None
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600: a server or container user could not read it
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise GraftError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

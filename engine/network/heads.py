@@ -1,0 +1,156 @@
+"""Head specifications and the modules built from them.
+
+A head is a small MLP on the trunk's pooled features. Its spec is plain data so it can live in the
+project recipe (JSON) and in the ONNX metadata.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.errors import GraftError
+
+KINDS = ("single", "multi", "regression")
+KIND_TITLES = {"single": "single-label (softmax)", "multi": "multi-label (sigmoid)", "regression": "regression"}
+
+# Heads live in an nn.ModuleDict, which cannot hold a key that is one of its own attributes. Written
+# out rather than read from torch: this module must import without torch (ONNX predictions). Names
+# starting with "_" are refused too. tests/engine/test_operations.py checks this list against torch.
+RESERVED_NAMES = frozenset((
+    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "clear",
+    "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer",
+    "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "items", "keys", "load_state_dict",
+    "modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters", "parameters",
+    "pop", "register_backward_hook", "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+    "register_full_backward_hook", "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
+    "register_load_state_dict_pre_hook", "register_module", "register_parameter",
+    "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_", "set_extra_state",
+    "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "update",
+    "values", "xpu", "zero_grad"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclass
+class HeadSpec:
+    """What a head predicts and how it is shaped.
+
+    kind: "single" (softmax over ``outputs`` classes), "multi" (one sigmoid per label) or "regression".
+    labels: class names (single), label names (multi) or target names (regression); when given, their
+    count is the number of outputs. columns: the CSV columns the head reads (image-folder data: empty).
+
+    target_mean / target_std (regression only; one number per output, std > 0): the targets' scale. The
+    head's last Linear predicts standardised values ``z`` and the head outputs ``z * std + mean``, so
+    its output is in the user's units while the loss is computed on the standardised scale
+    (:mod:`engine.training.losses`). ``None`` until the trainer computes them from the training split.
+    """
+
+    name: str
+    kind: str = "single"
+    outputs: int = 2
+    labels: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    hidden: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    loss_weight: float = 1.0
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels and isinstance(self.labels, (list, tuple)):
+            self.outputs = len(self.labels)
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str):
+            raise GraftError(f"A head's name must be text, not {self.name!r}.")
+        if not self.name or not self.name.strip():
+            raise GraftError("A head needs a name.")
+        if not self.name.replace("_", "a").replace("-", "a").isalnum():
+            raise GraftError(f"Head name {self.name!r}: use letters, digits, '_' or '-' only.")
+        if self.name in RESERVED_NAMES or self.name.startswith("_"):
+            raise GraftError(f"Head name {self.name!r} is reserved (PyTorch uses it for the heads' container): "
+                             "choose another name.")
+        if not _is_count(self.outputs):
+            raise GraftError(f"Head {self.name!r}: the number of outputs must be a whole number, not {self.outputs!r}.")
+        for what, values in (("labels", self.labels), ("columns", self.columns)):
+            if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+                raise GraftError(f"Head {self.name!r}: {what} must be a list of names.")
+        if not isinstance(self.hidden, (list, tuple)) or not all(_is_count(h) for h in self.hidden):
+            raise GraftError(f"Head {self.name!r}: hidden layer sizes must be whole numbers.")
+        if not _is_number(self.dropout) or not _is_number(self.loss_weight):
+            raise GraftError(f"Head {self.name!r}: dropout and loss weight must be numbers.")
+        if self.kind not in KINDS:
+            raise GraftError(f"Head {self.name!r}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}.")
+        if self.outputs < 1:
+            raise GraftError(f"Head {self.name!r} needs at least one output (got {self.outputs}).")
+        if self.kind == "single" and self.outputs < 2:
+            raise GraftError(f"Single-label head {self.name!r} needs at least 2 classes (got {self.outputs}).")
+        if len(set(self.labels)) != len(self.labels):
+            raise GraftError(f"Head {self.name!r} has duplicate label names.")
+        if any(h < 1 for h in self.hidden):
+            raise GraftError(f"Head {self.name!r}: hidden layer sizes must be positive.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise GraftError(f"Head {self.name!r}: dropout must be in [0, 1).")
+        if self.loss_weight < 0:
+            raise GraftError(f"Head {self.name!r}: loss weight must not be negative.")
+        self._validate_target_stats()
+
+    def _validate_target_stats(self) -> None:
+        stats = {"target mean": self.target_mean, "target std": self.target_std}
+        if all(v is None for v in stats.values()):
+            return
+        if self.kind != "regression":
+            raise GraftError(f"Head {self.name!r}: only regression heads have a target mean and std.")
+        if any(v is None for v in stats.values()):
+            raise GraftError(f"Head {self.name!r}: give both the target mean and the target std, or neither.")
+        for what, values in stats.items():
+            if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
+                raise GraftError(f"Head {self.name!r}: the {what} must be a list of numbers.")
+            if len(values) != self.outputs:
+                raise GraftError(f"Head {self.name!r}: the {what} needs one number per output "
+                                 f"({self.outputs}), not {len(values)}.")
+            if not all(math.isfinite(v) for v in values):
+                raise GraftError(f"Head {self.name!r}: the {what} must be finite.")
+        if not all(v > 0 for v in self.target_std):
+            raise GraftError(f"Head {self.name!r}: the target std must be positive.")
+        self.target_mean = [float(v) for v in self.target_mean]
+        self.target_std = [float(v) for v in self.target_std]
+
+    @property
+    def has_target_stats(self) -> bool:
+        return self.target_mean is not None and self.target_std is not None
+
+    def set_target_stats(self, mean: list[float] | None, std: list[float] | None) -> None:
+        """Set (or with ``None, None`` clear) the target statistics; invalid ones change nothing."""
+        before = self.target_mean, self.target_std
+        self.target_mean = None if mean is None else list(mean)
+        self.target_std = None if std is None else list(std)
+        try:
+            self._validate_target_stats()
+        except GraftError:
+            self.target_mean, self.target_std = before
+            raise
+
+    @property
+    def label_names(self) -> list[str]:
+        """Names for every output, invented (``0``, ``1`` …) where the user gave none."""
+        return list(self.labels) if self.labels else [str(i) for i in range(self.outputs)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeadSpec":
+        if not isinstance(data, dict):
+            raise GraftError(f"A head must be described by an object, not {type(data).__name__}.")
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)

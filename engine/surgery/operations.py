@@ -1,0 +1,617 @@
+"""Surgery operations: small objects that do and undo one change to a session's model.
+
+The GUI wraps each in a QUndoCommand; the CLI and tests use :class:`engine.surgery.history.History`. Every
+operation validates before it touches the model, so an illegal one raises GraftError and changes nothing.
+Operations serialise to plain dicts: the project file's recipe is the list of applied operations.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from engine.errors import GraftError
+from engine.network.graft_model import build_head
+from engine.network.heads import HeadSpec
+from engine.network.layer_tree import HEADS_KEY
+from engine.network.graft_model import GraftModel
+from engine.network.layer_tree import LayerTree
+
+
+class SurgeryState(Protocol):
+    """What an operation changes: the session as operations see it. A protocol, so that this module needs
+    nothing from :mod:`engine.surgery.session` (which applies operations) and no import circle forms."""
+
+    model: GraftModel
+    tree: LayerTree
+    dirty: bool
+    output_layer: str | None
+    output_deleted: bool
+    applied: list["Operation"]
+
+    @property
+    def feature_dim(self) -> int | None: ...
+
+    def mark_dirty(self) -> None: ...
+
+    def probe_order(self) -> list[str]: ...
+
+    def insert_head(self, spec: HeadSpec, module: nn.Module, index: int) -> None: ...
+
+    def take_head(self, name: str) -> tuple[HeadSpec, nn.Module, int]: ...
+
+REGISTRY: dict[str, type["Operation"]] = {}
+
+
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, module)
+
+
+def is_within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor + ".")
+
+
+class Operation:
+    """Base class: subclasses set ``kind`` and implement ``apply``, ``undo`` and ``text``."""
+
+    kind: ClassVar[str] = ""
+    structural: ClassVar[bool] = True  # changes shapes or modules (the tree re-probes)
+    touches_heads: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            REGISTRY[cls.kind] = cls
+
+    def apply(self, s: SurgeryState) -> None:
+        raise NotImplementedError
+
+    def undo(self, s: SurgeryState) -> None:
+        raise NotImplementedError
+
+    @property
+    def text(self) -> str:
+        return self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.kind, **self.args()}
+
+    def args(self) -> dict[str, Any]:
+        return {}
+
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        """For a project reopened by replaying its recipe: would undoing this operation bring back modules
+        whose weights are in neither the project file nor (``original_weights``) the rebuilt source?"""
+        return False
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "Operation":
+        """The operation a recipe entry describes; GraftError for one that is damaged."""
+        if not isinstance(data, dict):
+            raise GraftError(f"an operation must be an object, not {type(data).__name__}")
+        data = dict(data)
+        kind = data.pop("op", None)
+        if not isinstance(kind, str) or kind not in REGISTRY:
+            raise GraftError(f"Unknown operation {kind!r} in the project recipe.")
+        try:
+            return REGISTRY[kind].from_args(data)
+        except TypeError as exc:  # missing or unexpected arguments
+            raise GraftError(f"operation {kind!r}: {exc}") from None
+
+    @classmethod
+    def from_args(cls, data: dict[str, Any]) -> "Operation":
+        return cls(**data)
+
+
+def _trunk_layer(s: SurgeryState, layer: str) -> nn.Module:
+    body = s.model.trunk.body
+    if isinstance(body, torch.jit.ScriptModule):
+        raise GraftError("This is a TorchScript model: its layers cannot be changed, only heads added on its output.")
+    if not isinstance(layer, str):
+        raise GraftError(f"A layer is named by text, not {layer!r}.")
+    if not layer:
+        raise GraftError("Name a layer.")
+    module = body
+    parts = layer.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(module, nn.Identity) and i:
+            raise GraftError(f"Layer {layer!r} has been removed (its block {'.'.join(parts[:i])!r} was cut off "
+                             "or deleted).")
+        child = module._modules.get(part)
+        if child is None:
+            raise GraftError(f"There is no layer {layer!r} in this network.")
+        module = child
+    if isinstance(module, nn.Identity):
+        raise GraftError(f"Layer {layer!r} has been removed.")
+    return module
+
+
+def _module_at(root: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path`` now, or None when the path does not resolve (a parent was replaced)."""
+    module = root
+    for part in path.split("."):
+        module = module._modules.get(part) if isinstance(module, nn.Module) else None
+        if module is None:
+            return None
+    return module
+
+
+def _check_head_name(name: str) -> None:
+    """A name the heads' nn.ModuleDict can hold (HeadSpec refuses the ones known when it was written)."""
+    if hasattr(nn.ModuleDict(), name):
+        raise GraftError(f"Head name {name!r} is reserved (PyTorch uses it for the heads' container): "
+                         "choose another name.")
+
+
+def _in_features(head: nn.Module) -> int:
+    return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+
+
+class _ReattachesHeads:
+    """Mixin: after the trunk's feature size changes, heads that no longer fit are rebuilt fresh."""
+
+    _old_heads: dict[str, nn.Module]
+    _new_heads: dict[str, nn.Module]
+
+    def _reattach(self, s: SurgeryState) -> None:
+        self._old_heads = {}
+        fresh = getattr(self, "_new_heads", {})  # a redo reuses the heads the first apply built
+        self._new_heads = {}
+        dim = s.feature_dim
+        for name, head in list(s.model.heads.items()):
+            if dim is not None and _in_features(head) != dim:
+                self._old_heads[name] = head
+                new = fresh.get(name)
+                if new is None or _in_features(new) != dim:
+                    new = build_head(s.model.head_specs[name], dim)
+                self._new_heads[name] = s.model.heads[name] = new
+
+    def _restore_heads(self, s: SurgeryState) -> None:
+        for name, head in self._old_heads.items():
+            s.model.heads[name] = head
+
+    def _lost_on_reopen(self, original_weights: bool) -> bool:
+        # undo brings back trunk layers (the source's weights) and any heads this replaced (never saved)
+        return not original_weights or bool(getattr(self, "_old_heads", None))
+
+
+class DeleteOutputLayer(Operation, _ReattachesHeads):
+    kind = "delete_output"
+    touches_heads = True
+
+    def __init__(self) -> None:
+        self.layer: str | None = None
+        self.old: nn.Module | None = None
+
+    def apply(self, s: SurgeryState) -> None:
+        if s.output_layer is None:
+            raise GraftError("The output layer has already been deleted." if s.output_deleted
+                             else "No output layer was found in this network; cut it at a layer instead.")
+        self.layer = s.output_layer
+        self.old = _trunk_layer(s, self.layer)
+        set_module(s.model.trunk.body, self.layer, nn.Identity())
+        s.output_layer, s.output_deleted = None, True
+        s.mark_dirty()
+        self._reattach(s)
+
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        return self._lost_on_reopen(original_weights)
+
+    def undo(self, s: SurgeryState) -> None:
+        set_module(s.model.trunk.body, self.layer, self.old)
+        s.output_layer, s.output_deleted = self.layer, False
+        s.mark_dirty()
+        self._restore_heads(s)
+
+    @property
+    def text(self) -> str:
+        return f"Delete output layer ({self.layer})" if self.layer else "Delete output layer"
+
+
+class CutAt(Operation, _ReattachesHeads):
+    """Keep everything up to and including ``layer``; the trunk's features come from its output.
+
+    A cut on a network that is already cut first puts back what the earlier cuts replaced, then cuts
+    the whole network: cutting at a block that an earlier cut went into (or at any earlier layer) gives
+    the same network as cutting there in the first place.
+    """
+
+    kind = "cut"
+    touches_heads = True
+
+    def __init__(self, layer: str) -> None:
+        if not isinstance(layer, str):
+            raise GraftError(f"A cut names its layer as text, not {layer!r}.")
+        self.layer = layer
+        self.removed: list[tuple[str, nn.Module]] = []  # (path, original module), replaced by placeholders
+        self.placeholders: list[nn.Module] = []  # the nn.Identity put at each removed path
+        self.restored: list[tuple[str, nn.Module]] = []  # earlier cuts' placeholders this cut took out
+        self.prev_cut: str | None = None
+        self.prev_output: tuple[str | None, bool] = (None, False)
+        self.took_output = False
+
+    def _put_back_earlier_cuts(self, s: SurgeryState) -> None:
+        """Put back what earlier cuts replaced (latest first), with the output layer they took."""
+        body = s.model.trunk.body
+        self.restored = []
+        for op in reversed(s.applied):
+            if not isinstance(op, CutAt):
+                continue
+            for (path, original), placeholder in zip(op.removed, op.placeholders):
+                if _module_at(body, path) is placeholder:
+                    set_module(body, path, original)
+                    self.restored.append((path, placeholder))
+            if op.took_output and s.output_layer is None:
+                s.output_layer, s.output_deleted = op.prev_output
+        s.model.trunk.set_cut(None)
+        s.mark_dirty()
+
+    def _take_back(self, s: SurgeryState) -> None:
+        """Undo :meth:`_put_back_earlier_cuts` (and this cut's own removals)."""
+        body = s.model.trunk.body
+        for path, module in reversed(self.removed):
+            set_module(body, path, module)
+        for path, placeholder in reversed(self.restored):
+            set_module(body, path, placeholder)
+        s.model.trunk.set_cut(self.prev_cut)
+        s.output_layer, s.output_deleted = self.prev_output
+        s.mark_dirty()
+
+    def apply(self, s: SurgeryState) -> None:
+        _trunk_layer(s, self.layer)
+        self.prev_cut = s.model.trunk.cut_at
+        self.prev_output = (s.output_layer, s.output_deleted)
+        self.removed, self.placeholders, self.restored = [], [], []
+        if self.prev_cut is not None:
+            self._put_back_earlier_cuts(s)
+        order = s.tree.order if not s.dirty else s.probe_order()
+        if self.layer not in order:
+            self._take_back(s)
+            raise GraftError(f"Layer {self.layer!r} does not run in the network's forward pass "
+                             "(an earlier cut removed it?), so the network cannot be cut there.")
+        start = order.index(self.layer)
+        later = [m for m in order[start + 1:]
+                 if not is_within(m, self.layer) and not is_within(self.layer, m)]
+        later_set = set(later)
+        top = [m for m in later if not any(is_within(m, a) and m != a for a in later_set)]
+        body = s.model.trunk.body
+        self.removed = [(m, body.get_submodule(m)) for m in top]
+        self.placeholders = [nn.Identity() for _ in top]
+        for (path, _), placeholder in zip(self.removed, self.placeholders):
+            set_module(body, path, placeholder)
+        s.model.trunk.set_cut(self.layer)
+        self.took_output = bool(s.output_layer and any(is_within(s.output_layer, m) for m in top))
+        if self.took_output:
+            s.output_layer, s.output_deleted = None, True
+        s.mark_dirty()
+        self._reattach(s)
+
+    def undo(self, s: SurgeryState) -> None:
+        self._take_back(s)
+        self._restore_heads(s)
+
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        return self._lost_on_reopen(original_weights)
+
+    @property
+    def text(self) -> str:
+        return f"Cut at {self.layer}"
+
+    def args(self) -> dict[str, Any]:
+        return {"layer": self.layer}
+
+
+def _own_spec(spec: HeadSpec | dict[str, Any]) -> HeadSpec:
+    """A copy the operation owns: training stores statistics in the session's spec (so the recipe saves
+    them), which must not change the caller's object (e.g. a DataSource's suggested head)."""
+    return HeadSpec.from_dict(spec.to_dict() if isinstance(spec, HeadSpec) else spec)
+
+
+class AddHead(Operation):
+    kind = "add_head"
+    structural = False
+    touches_heads = True
+
+    def __init__(self, spec: HeadSpec | dict[str, Any], seed: int | None = None) -> None:
+        self.spec = _own_spec(spec)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise GraftError(f"A head's seed must be a whole number, not {seed!r}.")
+        self.seed = seed
+        self.module: nn.Module | None = None
+
+    def apply(self, s: SurgeryState) -> None:
+        self.spec.validate()
+        if self.spec.name in s.model.heads:
+            raise GraftError(f"There is already a head named {self.spec.name!r}.")
+        _check_head_name(self.spec.name)
+        dim = s.feature_dim
+        if dim is None:
+            raise GraftError("The trunk's feature size is unknown (the network did not run on a dummy input).")
+        if self.module is None or _in_features(self.module) != dim:
+            with torch.random.fork_rng(devices=[]):
+                if self.seed is not None:
+                    torch.manual_seed(self.seed)
+                self.module = build_head(self.spec, dim)
+        s.insert_head(self.spec, self.module, len(s.model.heads))
+
+    def undo(self, s: SurgeryState) -> None:
+        s.take_head(self.spec.name)
+
+    @property
+    def text(self) -> str:
+        return f"Add head '{self.spec.name}'"
+
+    def args(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "seed": self.seed}
+
+
+class RemoveHead(Operation):
+    kind = "remove_head"
+    structural = False
+    touches_heads = True
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise GraftError(f"A head is named by text, not {name!r}.")
+        self.name = name
+        self.saved: tuple[HeadSpec, nn.Module, int] | None = None
+
+    def apply(self, s: SurgeryState) -> None:
+        if self.name not in s.model.heads:
+            raise GraftError(f"There is no head named {self.name!r}.")
+        self.saved = s.take_head(self.name)
+
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        return True  # the removed head's weights were never saved: a replay rebuilt it untrained
+
+    def undo(self, s: SurgeryState) -> None:
+        spec, module, index = self.saved
+        s.insert_head(spec, module, index)
+
+    @property
+    def text(self) -> str:
+        return f"Remove head '{self.name}'"
+
+    def args(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+STRUCTURE_FIELDS = ("kind", "outputs", "hidden", "dropout")
+
+
+class UpdateHead(Operation):
+    """Change a head's spec (name, labels, hidden layers, dropout, loss weight …). A change of shape
+    gives the head fresh random weights; a change of names or loss weight keeps its weights."""
+
+    kind = "update_head"
+    structural = False
+    touches_heads = True
+
+    def __init__(self, name: str, spec: HeadSpec | dict[str, Any]) -> None:
+        if not isinstance(name, str):
+            raise GraftError(f"A head is named by text, not {name!r}.")
+        self.name = name
+        self.spec = _own_spec(spec)
+        self.saved: tuple[HeadSpec, nn.Module, int] | None = None
+        self.module: nn.Module | None = None
+
+    def apply(self, s: SurgeryState) -> None:
+        if self.name not in s.model.heads:
+            raise GraftError(f"There is no head named {self.name!r}.")
+        self.spec.validate()
+        if self.spec.name != self.name and self.spec.name in s.model.heads:
+            raise GraftError(f"There is already a head named {self.spec.name!r}.")
+        _check_head_name(self.spec.name)
+        old_spec = s.model.head_specs[self.name]
+        reshaped = any(getattr(old_spec, f) != getattr(self.spec, f) for f in STRUCTURE_FIELDS)
+        if reshaped and s.feature_dim is None:
+            raise GraftError("The trunk's feature size is unknown.")
+        if not reshaped and old_spec.has_target_stats and not self.spec.has_target_stats:
+            # the head keeps its weights, which were trained on targets scaled by these statistics
+            self.spec.set_target_stats(old_spec.target_mean, old_spec.target_std)
+        self.saved = s.take_head(self.name)
+        if self.module is None:
+            self.module = build_head(self.spec, s.feature_dim) if reshaped else self.saved[1]
+        s.insert_head(self.spec, self.module, self.saved[2])
+
+    def undo(self, s: SurgeryState) -> None:
+        s.take_head(self.spec.name)
+        spec, module, index = self.saved
+        s.insert_head(spec, module, index)
+
+    def lost_on_reopen(self, original_weights: bool) -> bool:
+        # a reshaped head replaced the old one, whose weights were never saved
+        return self.saved is not None and self.module is not self.saved[1]
+
+    @property
+    def text(self) -> str:
+        if self.spec.name != self.name:
+            return f"Rename head '{self.name}' to '{self.spec.name}'"
+        return f"Edit head '{self.name}'"
+
+    def args(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec.to_dict()}
+
+
+class RenameHead(UpdateHead):
+    kind = "rename_head"
+
+    def __init__(self, name: str, new_name: str, spec: dict[str, Any] | None = None) -> None:
+        if not isinstance(new_name, str):
+            raise GraftError(f"A head is named by text, not {new_name!r}.")
+        self.new_name = new_name
+        super().__init__(name, HeadSpec(name=new_name) if spec is None else spec)
+
+    def apply(self, s: SurgeryState) -> None:
+        if self.name in s.model.head_specs:
+            data = s.model.head_specs[self.name].to_dict()
+            data["name"] = self.new_name
+            self.spec = HeadSpec.from_dict(data)
+        super().apply(s)
+
+    def args(self) -> dict[str, Any]:
+        return {"name": self.name, "new_name": self.new_name}
+
+
+class SetTrainable(Operation):
+    """Freeze or unfreeze. ``mode``: "layers" (the given layers/subtrees, heads as ``@heads.<name>``),
+    "up_to" (freeze the trunk up to and including ``layers[0]``, train the rest), "heads_only"
+    (train only the heads), "all" (train everything)."""
+
+    kind = "set_trainable"
+    structural = False
+    MODES = ("layers", "up_to", "heads_only", "all")
+
+    def __init__(self, mode: str = "layers", layers: list[str] | None = None, trainable: bool = True) -> None:
+        if not isinstance(mode, str) or mode not in self.MODES:
+            raise GraftError(f"Unknown freeze mode {mode!r}.")
+        if not isinstance(layers, (list, tuple, type(None))) or not all(isinstance(l, str) for l in layers or []):
+            raise GraftError(f"Freeze: layers must be a list of layer names, not {layers!r}.")
+        if not isinstance(trainable, bool):
+            raise GraftError(f"Freeze: trainable must be true or false, not {trainable!r}.")
+        self.mode, self.layers, self.trainable = mode, list(layers or []), trainable
+        self.before: dict[str, bool] = {}
+
+    def _targets(self, s: SurgeryState) -> dict[str, bool]:
+        model = s.model
+        names = {p: n for n, p in model.named_parameters()}
+        if self.mode == "all":
+            return {n: True for n in names.values()}
+        if self.mode == "heads_only":
+            return {n: n.startswith("heads.") for n in names.values()}
+        if self.mode == "layers":
+            if not self.layers:
+                raise GraftError("Choose at least one layer to freeze or unfreeze.")
+            out: dict[str, bool] = {}
+            for layer in self.layers:
+                if layer == HEADS_KEY:
+                    module = model.heads
+                elif layer.startswith(HEADS_KEY + "."):
+                    head, _, rest = layer[len(HEADS_KEY) + 1:].partition(".")
+                    if head not in model.heads:
+                        raise GraftError(f"There is no head named {head!r}.")
+                    module = model.heads[head].get_submodule(rest) if rest else model.heads[head]
+                else:
+                    module = _trunk_layer(s, layer)
+                params = list(module.parameters())
+                if not params:
+                    raise GraftError(f"Layer {layer!r} has no weights to freeze or unfreeze.")
+                out.update({names[p]: self.trainable for p in params})
+            return out
+        # up_to
+        if len(self.layers) != 1:
+            raise GraftError("Freeze up to: name one layer.")
+        layer = self.layers[0]
+        _trunk_layer(s, layer)
+        order = s.tree.order if not s.dirty else s.probe_order()
+        if layer not in order:
+            raise GraftError(f"Layer {layer!r} does not run in the network's forward pass.")
+        rank = {m: i for i, m in enumerate(order)}
+        limit = rank[layer]
+        last = {m: i for i, m in enumerate(order)}  # the last module to start within each module
+        for m, i in rank.items():
+            parts = m.split(".")
+            for k in range(1, len(parts)):
+                parent = ".".join(parts[:k])
+                if last.get(parent, -1) < i:
+                    last[parent] = i
+        out = {}
+        enclosing: list[tuple[str, nn.Parameter]] = []  # own parameters of modules that hold the limit
+        for owner, module in model.trunk.body.named_modules():
+            for p in module.parameters(recurse=False):
+                if is_within(owner, layer):
+                    out[names[p]] = False
+                elif owner and owner in rank and not is_within(layer, owner):
+                    # a module's own parameters (a block's layer_scale …) may be used after its children
+                    # run: they freeze only when all of the module runs before the limit
+                    out[names[p]] = not last[owner] < limit
+                elif owner == "" or is_within(layer, owner):
+                    enclosing.append((names[p], p))
+        if enclosing:  # the root's class token, an encoder's position embedding …: frozen when used before
+            used_before = _used_before(s, layer, [p for _, p in enclosing])  # the limit has finished
+            out.update({n: not used_before.get(p, False) for n, p in enclosing})  # unused: trainable
+        out.update({n: True for n in names.values() if n.startswith("heads.")})
+        return out
+
+    def apply(self, s: SurgeryState) -> None:
+        targets = self._targets(s)
+        params = dict(s.model.named_parameters())
+        self.before = {n: params[n].requires_grad for n in targets}
+        for n, flag in targets.items():
+            params[n].requires_grad_(flag)
+
+    def undo(self, s: SurgeryState) -> None:
+        params = dict(s.model.named_parameters())
+        for n, flag in self.before.items():
+            params[n].requires_grad_(flag)
+
+    @property
+    def text(self) -> str:
+        if self.mode == "all":
+            return "Unfreeze all"
+        if self.mode == "heads_only":
+            return "Train only the heads"
+        if self.mode == "up_to":
+            return f"Freeze up to {self.layers[0]}"
+        what = ", ".join(l.replace(HEADS_KEY + ".", "head ") for l in self.layers[:3])
+        what += "…" if len(self.layers) > 3 else ""
+        return f"{'Unfreeze' if self.trainable else 'Freeze'} {what}"
+
+    def args(self) -> dict[str, Any]:
+        return {"mode": self.mode, "layers": self.layers, "trainable": self.trainable}
+
+
+def _used_before(s: SurgeryState, layer: str, params: list[nn.Parameter]) -> dict[Any, bool]:
+    """One dry run: for each of ``params``, whether its first use comes before ``layer`` finishes.
+    Parameters the dry run never uses are left out."""
+    from torch.overrides import TorchFunctionMode
+
+    wanted = {id(p): p for p in params}
+    seen: dict[int, bool] = {}  # by id: tensors compare element-wise
+    finished = [False]
+
+    def look(value: Any) -> None:
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                look(v)
+        elif id(value) in wanted and value is wanted[id(value)] and id(value) not in seen:
+            seen[id(value)] = not finished[0]
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            look(args)
+            look(list((kwargs or {}).values()))
+            return func(*args, **(kwargs or {}))
+
+    def done(module: nn.Module, args: Any, out: Any) -> None:
+        finished[0] = True
+
+    model = s.model
+    handle = model.trunk.body.get_submodule(layer).register_forward_hook(done, prepend=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), Watch():
+            model.trunk(model.dummy_input(1))
+    except Exception:  # noqa: BLE001 - a network that does not run: decide without the dry run
+        pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return {wanted[i]: before for i, before in seen.items()}
+
+
+def freeze_preset(preset: str, layer: str | None = None) -> SetTrainable:
+    """CLI/GUI presets: "heads-only", "none" (train all), "up-to:LAYER" or ("up_to", layer)."""
+    if preset in ("heads-only", "heads_only"):
+        return SetTrainable("heads_only")
+    if preset in ("none", "all"):
+        return SetTrainable("all")
+    if preset.startswith("up-to:"):
+        return SetTrainable("up_to", [preset.split(":", 1)[1]])
+    if preset == "up_to" and layer:
+        return SetTrainable("up_to", [layer])
+    raise GraftError(f"Unknown freeze setting {preset!r}: use heads-only, none or up-to:LAYER.")

@@ -1,0 +1,194 @@
+"""Evaluating a session's heads on labelled data: per-head loss and metrics, and a text report.
+
+``evaluate(session, data)`` accepts a :class:`~engine.data.datasets.DataSource` (its heads are matched with
+the session's as in training; ``split`` picks "all" (default), "train" or "val" samples) or a list of
+samples whose targets are already in the session heads' terms. The model is left on the CPU in eval mode.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from engine.errors import GraftError
+from engine.network.heads import KIND_TITLES, HeadSpec
+from engine.training.losses import LossAccumulator, compute_losses, target_scales
+from engine.training.metrics import MetricSet
+from engine.training.trainer import (MappedDataset, auto_num_workers, autocast_context, autocast_dtype, bind_heads,
+                       clean_loader_error, is_out_of_memory, make_loader, out_of_memory_message,
+                       resolve_device)
+from engine.units import plural
+
+
+@dataclass
+class HeadReport:
+    """One head's results. ``n``: examples with at least one label for this head. ``metrics``: the flat
+    summary (``accuracy`` / ``macro_f1`` + ``f1/<label>`` / ``mae`` + ``mae/<target>``); ``details``: the
+    full metrics (confusion matrix and class names, per-label F1, per-output MAE; see engine.training.metrics)."""
+
+    name: str
+    kind: str
+    loss: float | None
+    n: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.details.get("classes") or self.details.get("labels") or [])
+
+    @property
+    def confusion(self) -> list[list[int]] | None:
+        return self.details.get("confusion")
+
+    @property
+    def f1(self) -> list[float | None] | None:
+        return self.details.get("f1")
+
+    @property
+    def mae(self) -> list[float | None] | None:
+        return self.details.get("mae_per_output")
+
+
+@dataclass
+class EvalReport:
+    heads: dict[str, HeadReport]
+    n_images: int
+    loss: float | None  # weighted total over the heads (HeadSpec.loss_weight)
+    seconds: float
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_images": self.n_images, "loss": self.loss, "seconds": self.seconds, "device": self.device,
+                "heads": {n: h.__dict__.copy() for n, h in self.heads.items()}}
+
+    def format(self) -> str:
+        """A plain-text report for the terminal."""
+        lines = [f"Evaluated {plural(self.n_images, 'image')} in {self.seconds:.1f} s on {self.device}"
+                 + (f"; total loss {self.loss:.4f}" if self.loss is not None else "")]
+        for h in self.heads.values():
+            loss = f"loss {h.loss:.4f}" if h.loss is not None else "loss -"
+            lines.append(f"{h.name} ({KIND_TITLES.get(h.kind, h.kind)}, {h.n} labelled): {loss}")
+            d = h.details
+            if h.kind == "single":
+                acc = d.get("accuracy")
+                lines.append(f"  accuracy {_num(acc)}")
+                lines += _confusion_lines(d.get("classes") or [], d.get("confusion") or [])
+            elif h.kind == "multi":
+                lines.append(f"  macro F1 {_num(d.get('macro_f1'))}")
+                width = max((len(x) for x in d.get("labels", [])), default=5)
+                lines.append(f"  {'label'.ljust(width)}  {'F1':>6}  {'pos':>5}  {'n':>5}")
+                for label, f1, pos, n in zip(d.get("labels", []), d.get("f1", []), d.get("support", []),
+                                             d.get("n", [])):
+                    lines.append(f"  {label.ljust(width)}  {_num(f1):>6}  {pos:>5}  {n:>5}")
+            else:
+                lines.append(f"  MAE {_num(d.get('mae'), 4)}")
+                if len(d.get("labels", [])) > 1:
+                    for label, mae, n in zip(d["labels"], d.get("mae_per_output", []), d.get("n", [])):
+                        lines.append(f"  {label}: MAE {_num(mae, 4)} ({n} labelled)")
+        return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _confusion_lines(classes: list[str], matrix: list[list[int]]) -> list[str]:
+    if not classes or not matrix:
+        return []
+    width = max(max(len(c) for c in classes), max(len(str(v)) for row in matrix for v in row), 4)
+    out = ["  confusion (rows: true class, columns: predicted):",
+           "  " + " " * width + "  " + "  ".join(c[:width].rjust(width) for c in classes)]
+    for name, row in zip(classes, matrix):
+        out.append("  " + name[:width].ljust(width) + "  " + "  ".join(str(v).rjust(width) for v in row))
+    return out
+
+
+def _labelled_examples(kind: str, target: torch.Tensor) -> torch.Tensor:
+    if kind == "single":
+        return (target >= 0).sum()
+    t = target if target.dim() > 1 else target.unsqueeze(1)
+    return (~torch.isnan(t)).any(dim=1).sum()
+
+
+def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto", *, split: str = "all",
+             heads: Sequence[HeadSpec] | None = None, num_workers: int | None = None, amp: bool = True,
+             on_progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Loss and metrics of every session head on ``data``.
+
+    ``data``: a DataSource (heads matched by name, labels mapped by name) or a list of samples; for a
+    list, ``heads`` are the data's head specs (default: the session's own). ``on_progress(done, total)``
+    is called after every batch.
+    """
+    from engine.data.datasets import ImageDataset
+
+    if split not in ("all", "train", "val"):
+        raise GraftError(f"Unknown split {split!r}: use all, train or val.")
+    if num_workers is not None and num_workers < 0:
+        raise GraftError(f"The number of loader workers must not be negative (got {num_workers!r}).")
+    if hasattr(data, "heads") and hasattr(data, "train"):
+        source = data
+        samples = {"all": list(data.train) + list(data.val), "train": list(data.train), "val": list(data.val)}[split]
+    else:
+        samples = list(data)
+        source = SimpleNamespace(heads=list(heads) if heads is not None else session.heads, kind="")
+    if not samples:
+        raise GraftError("There are no images to evaluate.")
+    target_map = bind_heads(session.heads, source)
+    specs = target_map.heads
+    dev = resolve_device(device)
+    dtype = autocast_dtype(dev, amp)
+    workers = auto_num_workers(len(samples), batch_size, num_workers, dev)
+    dataset = MappedDataset(ImageDataset(samples, target_map.data_heads, session.input_spec, augment=False),
+                            target_map)
+    loader = make_loader(dataset, batch_size=batch_size, device=dev, num_workers=workers)
+    model = session.model
+    acc, metrics = LossAccumulator(specs), MetricSet(specs)
+    counts: dict[str, torch.Tensor] = {}
+    start = time.perf_counter()
+    done = 0
+    try:
+        model.to(dev)
+        model.eval()
+        scales = target_scales(model.heads)  # regression losses on the standardised scale, as in training
+        nb = dev.type == "cuda"
+        with torch.no_grad(), autocast_context(dev, dtype):
+            for images, targets in loader:
+                if dev.type != "cpu":
+                    images = images.to(dev, non_blocking=nb)
+                    targets = {k: v.to(dev, non_blocking=nb) for k, v in targets.items()}
+                outputs = model(images)
+                acc.add(compute_losses(specs, outputs, targets, scales))
+                metrics.update(outputs, targets)
+                for spec in specs:
+                    c = _labelled_examples(spec.kind, targets[spec.name])
+                    counts[spec.name] = counts[spec.name] + c if spec.name in counts else c
+                done += images.shape[0]
+                if on_progress is not None:
+                    on_progress(done, len(samples))
+    except GraftError as exc:
+        raise clean_loader_error(exc) from None
+    except RuntimeError as exc:
+        if is_out_of_memory(exc):
+            raise GraftError(out_of_memory_message(dev, batch_size, "evaluating")) from None
+        raise
+    finally:
+        del loader
+        if dev.type != "cpu":
+            model.to("cpu")
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        model.eval()
+    total, per_head = acc.values()
+    summaries, details = metrics.summary(), metrics.details()
+    reports = {}
+    for spec in specs:
+        n = int(counts[spec.name].item()) if spec.name in counts else 0
+        reports[spec.name] = HeadReport(spec.name, spec.kind, per_head.get(spec.name) if n else None, n,
+                                        summaries[spec.name], details[spec.name])
+    return EvalReport(reports, len(samples), total, time.perf_counter() - start, str(dev))

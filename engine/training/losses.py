@@ -1,0 +1,150 @@
+"""Per-head training losses that leave missing labels out.
+
+Targets come from :class:`engine.data.datasets.ImageDataset`: single-label heads get an int64 class index per
+example (``-1`` = missing), multi-label and regression heads a float32 vector per example (``NaN`` =
+missing entry). The losses, for a batch of ``N`` examples:
+
+* **single** — cross-entropy averaged over the examples whose class is known:
+  ``sum_i CE(logits_i, y_i) / n_labelled`` (``0`` when no example in the batch is labelled).
+* **multi** — binary cross-entropy with logits summed over the *labelled entries only* and averaged
+  over the examples of the batch: ``sum_{i,j labelled} BCE(z_ij, y_ij) / N``. An example contributes
+  the sum over its labelled labels, so a fully labelled example with ``L`` labels weighs ``L`` entries
+  and an example with every entry missing contributes ``0`` (but still counts in ``N``).
+* **regression** — standardised squared error averaged over the labelled entries:
+  ``sum_{i,j labelled} ((x_ij - y_ij) / s_j)^2 / n_labelled_entries`` (``0`` when none), where ``s_j`` is
+  the target std of output ``j`` (``HeadSpec.target_std``, held by the head as its ``target_std`` buffer;
+  1 while a head has none). The head outputs ``z * s + m`` in the user's units, so this is the squared
+  error of the standardised prediction ``z`` against ``(y - m) / s``: the loss and its gradients do not
+  depend on the targets' units (targets around 1000 train like targets around 1).
+
+The total is ``sum_h loss_weight_h * loss_h``. An example with nothing labelled for a head adds nothing
+to that head's loss (and no gradient through it) but still trains the other heads.
+
+Everything stays on the device (no ``.item()``), so computing a loss never forces a GPU sync. Each
+head also reports its numerator and denominator (``sums`` / ``counts``) so an epoch's loss can be
+computed exactly over all its batches: ``sum(sums) / sum(counts)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from engine.network.graft_model import RegressionHead
+from engine.network.heads import HeadSpec
+
+
+@dataclass
+class LossResult:
+    """``total``: the weighted sum used for backward. ``per_head``: each head's unweighted loss.
+    ``sums``/``counts``: per head numerator and denominator (tensors on the device)."""
+
+    total: torch.Tensor
+    per_head: dict[str, torch.Tensor] = field(default_factory=dict)
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def target_scales(heads: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """``{head: target_std buffer}`` of the regression heads among ``heads`` (e.g. ``model.heads``): the
+    scales :func:`compute_losses` divides the errors by, on whatever device the heads are."""
+    return {name: m.target_std for name, m in heads.items() if isinstance(m, RegressionHead)}
+
+
+def head_loss_terms(kind: str, output: torch.Tensor, target: torch.Tensor,
+                    scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(numerator, denominator)`` of one head's loss on a batch; the loss is ``num / max(den, 1)``.
+
+    ``scale`` (regression): the target std per output; the errors are divided by it (None: 1).
+    Computed in float32 (outputs under autocast are cast up) with masks instead of boolean indexing,
+    so there is no host-device synchronisation.
+    """
+    out = output.float()
+    if kind == "single":
+        target = target.long()
+        valid = target >= 0
+        ce = F.cross_entropy(out, target.clamp(min=0), reduction="none")
+        num = torch.where(valid, ce, torch.zeros_like(ce)).sum()
+        return num, valid.sum().to(out.dtype)
+    target = target.to(out.dtype)
+    if target.dim() == 1 and out.dim() == 2:
+        target = target.unsqueeze(1)
+    valid = ~torch.isnan(target)
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    if kind == "multi":
+        bce = F.binary_cross_entropy_with_logits(out, safe, reduction="none")
+        num = torch.where(valid, bce, torch.zeros_like(bce)).sum()
+        return num, torch.tensor(float(out.shape[0]), device=out.device)
+    if kind == "regression":
+        diff = out - safe
+        if scale is not None:
+            diff = diff / scale.to(device=out.device, dtype=out.dtype)
+        diff = torch.where(valid, diff, torch.zeros_like(diff))
+        return (diff * diff).sum(), valid.sum().to(out.dtype)
+    raise ValueError(f"unknown head kind {kind!r}")
+
+
+def head_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
+              scale: torch.Tensor | None = None) -> torch.Tensor:
+    """One head's loss on a batch, as defined in the module docstring."""
+    num, den = head_loss_terms(kind, output, target, scale)
+    return num / den.clamp(min=1.0)
+
+
+def compute_losses(heads: Sequence[HeadSpec], outputs: Mapping[str, torch.Tensor],
+                   targets: Mapping[str, torch.Tensor],
+                   scales: Mapping[str, torch.Tensor] | None = None) -> LossResult:
+    """All heads' losses and their weighted total (``HeadSpec.loss_weight``).
+
+    ``scales``: the regression heads' target stds (:func:`target_scales` of the model's heads, already
+    on the device); a regression head missing from it uses its spec's ``target_std`` (else 1)."""
+    result = LossResult(total=torch.zeros(()))
+    total: torch.Tensor | None = None
+    for spec in heads:
+        scale = None
+        if spec.kind == "regression":
+            scale = (scales or {}).get(spec.name)
+            if scale is None and spec.target_std is not None:
+                scale = torch.tensor(spec.target_std, dtype=torch.float32)
+        num, den = head_loss_terms(spec.kind, outputs[spec.name], targets[spec.name], scale)
+        loss = num / den.clamp(min=1.0)
+        result.per_head[spec.name] = loss
+        result.sums[spec.name] = num.detach()
+        result.counts[spec.name] = den.detach()
+        term = loss * float(spec.loss_weight)
+        total = term if total is None else total + term
+    if total is not None:
+        result.total = total
+    return result
+
+
+class LossAccumulator:
+    """Adds up per-head numerators/denominators over many batches on the device; :meth:`values`
+    syncs once and returns plain floats."""
+
+    def __init__(self, heads: Sequence[HeadSpec]) -> None:
+        self.heads = list(heads)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+
+    def add(self, result: LossResult) -> None:
+        for name, value in result.sums.items():
+            if name in self.sums:
+                self.sums[name] = self.sums[name] + value
+                self.counts[name] = self.counts[name] + result.counts[name]
+            else:
+                self.sums[name] = value.clone()
+                self.counts[name] = result.counts[name].clone()
+
+    def values(self) -> tuple[float | None, dict[str, float]]:
+        """``(weighted total, {head: loss})``; ``(None, {})`` when nothing was added."""
+        if not self.sums:
+            return None, {}
+        names = list(self.sums)
+        stacked = torch.stack([torch.stack([self.sums[n].float(), self.counts[n].float()]) for n in names]).cpu()
+        per_head = {n: float(stacked[i, 0]) / max(float(stacked[i, 1]), 1.0) for i, n in enumerate(names)}
+        weights = {h.name: float(h.loss_weight) for h in self.heads}
+        total = sum(weights.get(n, 1.0) * v for n, v in per_head.items())
+        return total, per_head
