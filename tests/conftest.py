@@ -1,6 +1,7 @@
 """Tests run headless: Qt offscreen, no GPU, no network. Shared fixtures: small torchvision networks with
-random weights (fast, offline), for the engine's and the command line's tests."""
+random weights (fast, offline) and a tiny image folder, for the engine's and the command line's tests."""
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,3 +39,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """An image folder of two classes of the demo shapes (circle, square), 8 images each."""
+    from engine.data.demo_data import ensure_demo_folder
+
+    demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
+    root = tmp_path_factory.mktemp("tiny")
+    for cls in ("circle", "square"):
+        (root / cls).mkdir()
+        for f in sorted((demo / cls).iterdir())[:8]:
+            shutil.copy(f, root / cls / f.name)
+    return root
