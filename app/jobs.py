@@ -2,20 +2,19 @@
 the status bar, and results that come back after another session replaced theirs (dropped).
 
 Every concern starts its slow work here (:meth:`Jobs.run`, in a worker from :mod:`app.workers`); the
-training run, which has its own worker, is registered with :meth:`Jobs.set_training`. ``changed()``
-(a plain event) follows every start and end, and a training's Stop.
+training run, which has its own worker, is registered with :meth:`Jobs.set_training`. The plain event
+``changed()`` follows every start and end, and a training's Stop.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtWidgets import QLabel, QProgressBar
 
 from .messages import Messages
 from .workers import Job, run_in_thread
-from .workspace import Workspace
+from .workspace import Events, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +69,16 @@ def _warm_up() -> None:
     optimizer.step()
 
 
-class Jobs:
-    """The running work: ``running`` (name -> Job), the training run (``train_job``) and the warm-up."""
+class Jobs(Events):
+    """The running work: ``running`` (name -> Job), the training run (``train_job``) and the warm-up.
+    Event: ``changed()``."""
+
+    EVENTS = ("changed",)
 
     _warmed_up = False  # once per process: see _warm_up
 
     def __init__(self, workspace: Workspace, messages: Messages, busy_label: QLabel, busy_bar: QProgressBar) -> None:
+        super().__init__()
         self.running: dict[str, Job] = {}
         self.train_job: Job | None = None
         self.stopping = False  # Stop was pressed for the running training
@@ -83,16 +86,10 @@ class Jobs:
         self._messages = messages
         self._label, self._bar = busy_label, busy_bar
         self._serial = 0  # +1 for every new session: a job's result is applied only to its own
-        self._listeners: list[Callable[[], Any]] = []
         workspace.connect("session", self._new_session)
 
-    def connect(self, callback: Callable[[], Any]) -> None:
-        """``callback()`` after work starts or ends, or Stop is pressed."""
-        self._listeners.append(callback)
-
     def _changed(self) -> None:
-        for cb in list(self._listeners):
-            cb()
+        self._emit("changed")
 
     def _new_session(self, session: Any) -> None:
         self._serial += 1  # work still running on the old session brings nothing back to this one

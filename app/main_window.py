@@ -280,7 +280,7 @@ class MainWindow(QMainWindow):
             ws.connect(event, self._refresh)
         ws.connect("modified", self._update_modified)
         ws.connect("closed", self._closed)
-        self.jobs.connect(self._refresh)
+        self.jobs.connect("changed", self._refresh)
 
     def _restore_window(self) -> None:
         geometry, state, sizes = self.settings.window_state()

@@ -51,7 +51,7 @@ class Surgery(QObject):
         tree_view.currentPathChanged.connect(self._on_tree_current)
         workspace.connect("session", self._show_session)
         workspace.connect("closed", self._closed)
-        jobs.connect(self._refresh)
+        jobs.connect("changed", self._refresh)
         self._refresh()
 
     # -- following the workspace ----------------------------------------------------------------
@@ -206,13 +206,8 @@ class Surgery(QObject):
         existing = [h.name for h in s.heads]
         data = self._workspace.data
         suggestions = [h for h in (data.heads if data is not None else []) if h.name not in existing]
-        dialog = HeadDialog.for_new(existing, suggestions, self._window)
-        if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
-            return False
-        try:
-            spec = dialog.spec()
-        except GraftError as exc:
-            self._messages.show_error(str(exc), title="Add head")
+        spec = self._ask_spec(HeadDialog.for_new(existing, suggestions, self._window), "Add head")
+        if spec is None:
             return False
         if delete_first and s.output_layer:
             if not self.delete_output_layer():
@@ -232,13 +227,9 @@ class Surgery(QObject):
         spec = next((h for h in s.heads if h.name == name), None)
         if spec is None or self._jobs.must_wait("surgery", "Editing a head"):
             return False
-        dialog = HeadDialog.for_edit(spec, self._window, existing_names=[h.name for h in s.heads])
-        if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
-            return False
-        try:
-            new = dialog.spec()
-        except GraftError as exc:
-            self._messages.show_error(str(exc), title="Edit head")
+        new = self._ask_spec(HeadDialog.for_edit(spec, self._window, existing_names=[h.name for h in s.heads]),
+                             "Edit head")
+        if new is None:
             return False
 
         def edited(h) -> dict:  # the dialog does not show the statistics training sets on a regression head
@@ -247,6 +238,16 @@ class Surgery(QObject):
         if edited(new) == edited(spec):
             return False
         return self.apply_op(UpdateHead(name, new))
+
+    def _ask_spec(self, dialog, title: str):
+        """The head the dialog describes once accepted; None when cancelled or invalid (said so)."""
+        if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
+            return None
+        try:
+            return dialog.spec()
+        except GraftError as exc:
+            self._messages.show_error(str(exc), title=title)
+            return None
 
     def remove_head(self, name: str | None) -> bool:
         from engine.surgery.operations import RemoveHead

@@ -54,7 +54,7 @@ class Training(QObject):
         for event in ("session_changed", "data"):
             workspace.connect(event, lambda *_: self._refresh())
         workspace.connect("closing", self._on_closing)
-        jobs.connect(self._refresh)
+        jobs.connect("changed", self._refresh)
         self._refresh()
 
     def _new_session(self, session) -> None:

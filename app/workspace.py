@@ -8,7 +8,27 @@ from collections.abc import Callable
 from typing import Any
 
 
-class Workspace:
+class Events:
+    """Plain events: ``connect(event, callback)``; a subclass names its events in ``EVENTS``."""
+
+    EVENTS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in self.EVENTS}
+
+    def connect(self, event: str, callback: Callable[..., Any]) -> None:
+        self._listeners[event].append(callback)
+
+    def disconnect(self, event: str, callback: Callable[..., Any]) -> None:
+        if callback in self._listeners[event]:
+            self._listeners[event].remove(callback)
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for cb in list(self._listeners[event]):
+            cb(*args)
+
+
+class Workspace(Events):
     """The open session, data and project path.
 
     Events (plain callbacks, see :meth:`connect`), in the order they were connected:
@@ -25,6 +45,7 @@ class Workspace:
     EVENTS = ("session", "session_changed", "data", "modified", "closing", "closed")
 
     def __init__(self) -> None:
+        super().__init__()
         self.session: Any = None
         self.data: Any = None
         self.data_path: str | None = None
@@ -32,19 +53,6 @@ class Workspace:
         self._weights_changed = False  # training changes weights outside the undo stack
         self._closing = False
         self._closed = False
-        self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in self.EVENTS}
-
-    # -- events ---------------------------------------------------------------------------------
-    def connect(self, event: str, callback: Callable[..., Any]) -> None:
-        self._listeners[event].append(callback)
-
-    def disconnect(self, event: str, callback: Callable[..., Any]) -> None:
-        if callback in self._listeners[event]:
-            self._listeners[event].remove(callback)
-
-    def _emit(self, event: str, *args: Any) -> None:
-        for cb in list(self._listeners[event]):
-            cb(*args)
 
     def _forward(self, op: Any) -> None:
         self._emit("session_changed", op)
