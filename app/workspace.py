@@ -101,8 +101,8 @@ class Workspace(Events):
 
     def close(self) -> None:
         """The window has closed: stop following the session and tell the concerns, once."""
-        if self.session is not None:
-            self.session.disconnect("changed", self._forward)
         if not self._closed:
             self._closed = True
+            if self.session is not None:
+                self.session.disconnect("changed", self._forward)
             self._emit("closed")
