@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     window.trainingFinished.connect(lambda _: loop.quit())
     limit = QTimer()
     limit.setSingleShot(True)
-    limit.timeout.connect(window.stop_training)  # training then finishes (reason "stopped") and quits
+    limit.timeout.connect(window.training.stop)  # training then finishes (reason "stopped") and quits
     limit.start(int(args.seconds * 1000))
     timer.start()
     last[0] = clock.nsecsElapsed()
