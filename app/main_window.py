@@ -33,7 +33,7 @@ from .surgery import Surgery
 from .training import Training
 from .workspace import Workspace
 
-TABS = ("heads", "data", "train", "evaluate")
+TABS = ("heads", "data", "train", "evaluate", "runs")
 
 
 class MainWindow(QMainWindow):
@@ -84,6 +84,7 @@ class MainWindow(QMainWindow):
         from widgets.heads_panel import HeadsPanel
         from widgets.layer_tree_model import LayerTreeModel
         from widgets.layer_tree_view import LayerTreeView
+        from widgets.runs_view import RunsView
         from widgets.training_panel import TrainingPanel
         from widgets.try_image_view import TryImageView
 
@@ -96,6 +97,7 @@ class MainWindow(QMainWindow):
         self.curve_panel = CurvePanel()
         self.evaluation_panel = EvaluationPanel()
         self.try_image = TryImageView()
+        self.runs_view = RunsView()
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(False)
@@ -110,6 +112,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.train_split, icon("start"), "Train")
         self.evaluate_split = self._split(Qt.Orientation.Horizontal, self.evaluation_panel, self.try_image, (1, 1))
         self.tabs.addTab(self.evaluate_split, icon("evaluate"), "Evaluate")
+        self.tabs.addTab(self.runs_view, icon("layers"), "Runs")
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.setObjectName("mainSplitter")
@@ -235,7 +238,7 @@ class MainWindow(QMainWindow):
                                self.heads_panel, self.history_view, show_tab)
         self.datasets = Datasets(self, ws, jobs, self.messages, self.settings, self.data_panel)
         self.training = Training(self, ws, jobs, self.messages, self.training_panel, self.curve_panel,
-                                 self.device_label, show_tab)
+                                 self.device_label, show_tab, self.runs_view, self.settings)
         self.evaluation = Evaluation(self, ws, jobs, self.messages, self.evaluation_panel, self.try_image, show_tab)
         self.export = Export(self, ws, jobs, self.messages, self.settings)
 
@@ -257,6 +260,9 @@ class MainWindow(QMainWindow):
                 (a.unfreeze_all, lambda: s.apply_preset("none")), (a.train_start, t.start),
                 (a.train_stop, t.stop), (a.evaluate, e.evaluate), (a.about, lambda: dialogs.about_box(self))):
             action.triggered.connect(slot)
+        a.tensorboard.setChecked(bool(t.tensorboard_dir()))
+        a.tensorboard.triggered.connect(t.choose_tensorboard)
+        t.tensorboard_changed.connect(a.tensorboard.setChecked)
         self.tree_view.set_context_actions(a.context_actions())
         for signal, slot in (
                 (self.heads_panel.addRequested, s.add_head), (self.heads_panel.editRequested, s.edit_head),

@@ -85,6 +85,13 @@ class Settings:
         self.q.setValue("window/state", state)
         self.q.setValue("window/splitter", [int(s) for s in splitter])
 
+    def tensorboard_dir(self) -> str:
+        """The folder runs are also logged to as TensorBoard event files ("" when off)."""
+        return str(self.q.value("training/tensorboard", "") or "")
+
+    def set_tensorboard_dir(self, path: str | os.PathLike | None) -> None:
+        self.q.setValue("training/tensorboard", str(path) if path else "")
+
     def value(self, key: str, default=None):
         return self.q.value(key, default)
 

@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, Signal
 
 from engine.errors import GraftError
 from engine.training.record import TrainingRecord
+from engine.training.runs import runs_of
 
 from .jobs import UNTIL
 from .workers import TrainWorker, start_worker
@@ -23,10 +24,12 @@ if TYPE_CHECKING:
     from PySide6.QtWidgets import QLabel, QWidget
 
     from widgets.curve_panel import CurvePanel
+    from widgets.runs_view import RunsView
     from widgets.training_panel import TrainingPanel
 
     from .jobs import Jobs
     from .messages import Messages
+    from .settings import Settings
     from .workspace import Workspace
 
 ENDED_WELL = ("completed", "early_stopping", "stopped")  # runs whose model is worth evaluating
@@ -39,10 +42,13 @@ class Training(QObject):
     started = Signal()
     finished = Signal(object)
     evaluateRequested = Signal()
+    tensorboard_changed = Signal(bool)  # whether runs are logged to TensorBoard now
 
     def __init__(self, window: QWidget, workspace: Workspace, jobs: Jobs, messages: Messages, panel: TrainingPanel,
-                 curves: CurvePanel, device_label: QLabel, show_tab: Callable[[str], Any]) -> None:
+                 curves: CurvePanel, device_label: QLabel, show_tab: Callable[[str], Any],
+                 runs: RunsView | None = None, settings: Settings | None = None) -> None:
         super().__init__(window)
+        self._window, self._runs, self._settings = window, runs, settings
         self._workspace, self._jobs, self._messages = workspace, jobs, messages
         self._panel, self._curves, self._device_label = panel, curves, device_label
         self._show_tab = show_tab
@@ -61,7 +67,36 @@ class Training(QObject):
         self.last_result = None  # nothing the previous model produced stays on screen
         self._curves.reset([])
         self._panel.clear_progress()
+        self._show_runs()
         self._refresh()
+
+    def _show_runs(self) -> None:
+        """The Runs tab: every run the open project keeps (a reopened project's too)."""
+        if self._runs is not None:
+            s = self._workspace.session
+            self._runs.set_runs(runs_of(s.project_extra if s is not None else None))
+
+    def choose_tensorboard(self, on: bool) -> None:
+        """Train ▸ Log runs to TensorBoard: ask for the folder when switched on; off forgets it."""
+        if self._settings is None:
+            return
+        if not on:
+            self._settings.set_tensorboard_dir(None)
+            self._messages.show_message("Runs are no longer logged to TensorBoard.")
+            return
+        from PySide6.QtWidgets import QFileDialog
+
+        start = self._settings.tensorboard_dir() or self._settings.last_dir("tensorboard")
+        folder = QFileDialog.getExistingDirectory(self._window, "Log runs to TensorBoard in", start)
+        self._settings.set_tensorboard_dir(folder or None)
+        if folder:
+            self._settings.set_last_dir("tensorboard", folder)
+            self._messages.show_message(f"Each run is also logged to TensorBoard in {folder} "
+                                        f"(tensorboard --logdir \"{folder}\").")
+        self.tensorboard_changed.emit(bool(folder))
+
+    def tensorboard_dir(self) -> str:
+        return self._settings.tensorboard_dir() if self._settings is not None else ""
 
     def _on_closing(self, closing: bool) -> None:
         if not closing and self._evaluate_after_close:  # the close was cancelled
@@ -115,7 +150,7 @@ class Training(QObject):
         except GraftError as exc:
             self._messages.show_error(str(exc), title="Training settings")
             return False
-        worker = TrainWorker(s, data, config)
+        worker = TrainWorker(s, data, config, tensorboard=self.tensorboard_dir() or None)
         # what evaluate and export read back from a saved project, as main.py train records it
         self._record = TrainingRecord.begin(data, config)
         self._epochs = int(getattr(config, "epochs", 0) or 0)
@@ -173,6 +208,7 @@ class Training(QObject):
         s = self._workspace.session
         if s is not None and self._record is not None:
             s.project_extra = self._record.finish(result).store(s.project_extra)
+            self._show_runs()
         self._jobs.set_training(None)
         self._workspace.weights_changed = True
         reason = result.get("reason", "done")

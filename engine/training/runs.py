@@ -119,7 +119,11 @@ class TensorBoardLog:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise GraftError(f"Cannot write TensorBoard logs to {folder}: {exc.strerror or exc}.") from None
-        self.folder = folder / (run_name or time.strftime("run-%Y%m%d-%H%M%S"))
+        name = run_name or time.strftime("run-%Y%m%d-%H%M%S")
+        self.folder, n = folder / name, 1
+        while self.folder.exists():  # two runs in the same second get folders of their own
+            n += 1
+            self.folder = folder / f"{name}-{n}"
         self.writer = SummaryWriter(str(self.folder))
         self.then = then
 
