@@ -26,6 +26,7 @@ computed exactly over all its batches: ``sum(sums) / sum(counts)``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -84,6 +85,34 @@ def head_loss_terms(kind: str, output: torch.Tensor, target: torch.Tensor,
         diff = torch.where(valid, diff, torch.zeros_like(diff))
         return (diff * diff).sum(), valid.sum().to(out.dtype)
     raise ValueError(f"unknown head kind {kind!r}")
+
+
+def entry_losses(kind: str, output: torch.Tensor, target: torch.Tensor,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Each example's own loss terms, as in the module docstring but not reduced: single -> ``(N,)``
+    cross-entropy; multi -> ``(N, K)`` binary cross-entropy per label; regression -> ``(N, K)``
+    standardised squared error per target. Missing labels are ``NaN`` (float32, on the device), so the
+    per-image loss of a multi-label head is the ``nansum`` of its row, of a regression head the ``nanmean``."""
+    out = output.detach().float()
+    if kind == "single":
+        target = target.long()
+        ce = F.cross_entropy(out, target.clamp(min=0), reduction="none")
+        return torch.where(target >= 0, ce, torch.full_like(ce, math.nan))
+    target = target.to(out.dtype)
+    if target.dim() == 1 and out.dim() == 2:
+        target = target.unsqueeze(1)
+    valid = ~torch.isnan(target)
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    if kind == "multi":
+        terms = F.binary_cross_entropy_with_logits(out, safe, reduction="none")
+    elif kind == "regression":
+        diff = out - safe
+        if scale is not None:
+            diff = diff / scale.to(device=out.device, dtype=out.dtype)
+        terms = diff * diff
+    else:
+        raise ValueError(f"unknown head kind {kind!r}")
+    return torch.where(valid, terms, torch.full_like(terms, math.nan))
 
 
 def head_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
