@@ -36,6 +36,12 @@ def load_pixmap(path: str) -> QPixmap:
     return QPixmap.fromImage(image) if not image.isNull() else QPixmap()
 
 
+def percent(p: float) -> str:
+    """Every probability shown with one decimal, so a runner-up never reads as if it were ahead
+    ("star 32.8%, then circle 32.6%", not "… circle 33%"), as in HeadPrediction.format()."""
+    return f"{p:.1%}"
+
+
 def prediction_html(head: str, prediction: Any) -> str:
     """Rich text for one head: the answer large, the runners-up small."""
     if isinstance(prediction, str):
@@ -45,14 +51,14 @@ def prediction_html(head: str, prediction: Any) -> str:
     top = list(getattr(prediction, "top", []) or [])
     if kind == "single" and top:
         best, rest = top[0], top[1:3]
-        tail = " · ".join(f"{escape(str(n))} {p:.0%}" for n, p in rest)
+        tail = " · ".join(f"{escape(str(n))} {percent(p)}" for n, p in rest)
         return (f"<span style='font-size:13pt; font-weight:600'>{escape(str(best[0]))}</span> "
-                f"<span style='font-size:12pt'>{best[1]:.1%}</span>"
+                f"<span style='font-size:12pt'>{percent(best[1])}</span>"
                 + (f"<br><span style='color:#607d8b'>then {tail}</span>" if tail else ""))
     if kind == "multi":
         if top:
             return "<span style='font-size:12pt'>" + ", ".join(
-                f"<b>{escape(str(n))}</b> {p:.0%}" for n, p in top) + "</span>"
+                f"<b>{escape(str(n))}</b> {percent(p)}" for n, p in top) + "</span>"
         text = prediction.format() if hasattr(prediction, "format") else "none"
         text = text[len(head) + 2:] if text.startswith(f"{head}: ") else text
         return f"<span style='color:#607d8b'>{escape(text)}</span>"

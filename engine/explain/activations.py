@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.explain.heatmap import colourise, model_input
+from engine.explain.colours import colourise
+from engine.explain.heatmap import model_input
 from engine.explain.layers import SpatialForm, check_hookable, grid_probe, resolve_layer
 
 DEFAULT_COUNT = 16

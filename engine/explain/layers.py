@@ -112,8 +112,12 @@ def resolve_layer(session: Any, layer: str | None) -> tuple[str, SpatialForm]:
         raise GraftError(f"Layer {layer!r} does not run when the model predicts ({why}).")
     form = spatial_form(shape)
     if form is None:
+        try:
+            hint = f", such as {default_layer(session)}"
+        except GraftError:
+            hint = ""
         raise GraftError(f"Layer {layer!r} has no spatial output (it gives {shape_text(shape)}, not a map over the "
-                         f"image): choose a layer before the pooling, such as {default_layer(session)}.")
+                         f"image): choose a layer before the pooling{hint}.")
     return layer, form
 
 
