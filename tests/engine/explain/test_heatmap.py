@@ -156,6 +156,7 @@ def test_bad_input_gets_one_clear_message(trained, tmp_path):
         explain(trained.session, draw("star", (100, 100)), layer="avgpool")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_torchscript_has_no_layers_to_hook(tmp_path, one_torch_thread):
     net = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                                          nn.Flatten()))
