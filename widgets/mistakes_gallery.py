@@ -10,16 +10,17 @@ a grey tile stands in until each arrives.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QSize, Qt, Signal
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QPixmap
 from PySide6.QtWidgets import QLabel, QListView, QVBoxLayout, QWidget
 
 from .thumbnails import THUMB_SIDE, ThumbnailLoader
 
+FLUSH_MS = 40  # thumbnails that arrive within this long are shown together
 ItemRole = Qt.ItemDataRole.UserRole + 1
 PathRole = Qt.ItemDataRole.UserRole + 2
 
@@ -92,12 +93,16 @@ class GalleryModel(QAbstractListModel):
         self.endResetModel()
 
     def set_thumbnail(self, row: int, image: QImage) -> None:
-        if not 0 <= row < len(self._items) or image.isNull():
-            return
-        self._pixmaps.pop(row, None)
-        self._images[row] = image
-        index = self.index(row)
-        self.dataChanged.emit(index, index, [Qt.ItemDataRole.DecorationRole])
+        self.set_thumbnails({row: image})
+
+    def set_thumbnails(self, images: Mapping[int, QImage]) -> None:
+        """Several at once: one dataChanged over the rows they span."""
+        rows = [r for r, image in images.items() if 0 <= r < len(self._items) and not image.isNull()]
+        for r in rows:
+            self._pixmaps.pop(r, None)
+            self._images[r] = images[r]
+        if rows:
+            self.dataChanged.emit(self.index(min(rows)), self.index(max(rows)), [Qt.ItemDataRole.DecorationRole])
 
     def has_thumbnail(self, row: int) -> bool:
         return row in self._pixmaps or row in self._images
@@ -138,6 +143,11 @@ class MistakesGallery(QWidget):
         layout.addWidget(self.empty_label, 1)
         self._loader: ThumbnailLoader | None = None
         self._batch = -1
+        self._arrived: dict[int, QImage] = {}
+        self._flush = QTimer(self)
+        self._flush.setSingleShot(True)
+        self._flush.setInterval(FLUSH_MS)
+        self._flush.timeout.connect(self._flush_arrived)
         self._last: tuple[int, str] | None = None
         self._last_time = 0.0
         self.view.clicked.connect(self._activated)
@@ -150,6 +160,8 @@ class MistakesGallery(QWidget):
         if self._loader is not None:
             self._loader.cancel()
         self._batch = -1
+        self._arrived = {}
+        self._flush.stop()
         self.model.set_items(items, thumbnails)
         self.title_label.setText(title)
         self.title_label.setVisible(bool(title))
@@ -161,8 +173,9 @@ class MistakesGallery(QWidget):
         self.model.set_thumbnail(row, image)
 
     def pending_thumbnails(self) -> list[tuple[int, str]]:
-        """``(row, image path)`` of every item still without a thumbnail: what a loader should decode."""
-        return [(row, str(item.image)) for row, item in enumerate(self.model.items()) if not self.model.has_thumbnail(row)]
+        """``(row, image path)`` of every item still without a thumbnail shown: what a loader should decode."""
+        return [(row, str(item.image)) for row, item in enumerate(self.model.items())
+                if not self.model.has_thumbnail(row) and row not in self._arrived]
 
     def load_with(self, loader: ThumbnailLoader) -> int:
         """Decode the missing thumbnails with ``loader`` (off the GUI thread); results of a previous list
@@ -176,8 +189,16 @@ class MistakesGallery(QWidget):
         return self._batch
 
     def _loaded(self, batch: int, row: int, image: QImage) -> None:
-        if batch == self._batch:
-            self.model.set_thumbnail(row, image)
+        """Results are shown a few at a time (every FLUSH_MS), not one repaint per thumbnail."""
+        if batch != self._batch:
+            return
+        self._arrived[row] = image
+        if not self._flush.isActive():
+            self._flush.start()
+
+    def _flush_arrived(self) -> None:
+        arrived, self._arrived = self._arrived, {}
+        self.model.set_thumbnails(arrived)
 
     def items(self) -> list[Any]:
         return self.model.items()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
-from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThread, QThreadPool, Signal
 from PySide6.QtGui import QImage, QImageReader
 
 THUMB_SIDE = 112
@@ -56,16 +56,24 @@ class _Job(QRunnable):
             self.loader.loaded.emit(self.batch, key, load_thumbnail(path, self.side))
 
 
+def decoding_threads() -> int:
+    """One core fewer than the machine has (at least one): the GUI thread keeps a core to itself."""
+    return max(1, QThread.idealThreadCount() - 1)
+
+
 class ThumbnailLoader(QObject):
-    """Decodes thumbnails on a thread pool. :meth:`load` starts a new batch (older ones stop and their
-    late results are ignored by checking the batch number); ``loaded(batch, key, QImage)`` arrives in
-    the GUI thread for each image."""
+    """Decodes thumbnails on its own thread pool (:func:`decoding_threads` threads). :meth:`load` starts a
+    new batch (older ones stop and their late results are ignored by checking the batch number);
+    ``loaded(batch, key, QImage)`` arrives in the GUI thread for each image."""
 
     loaded = Signal(int, int, QImage)
 
     def __init__(self, parent: QObject | None = None, pool: QThreadPool | None = None, chunk: int = 8) -> None:
         super().__init__(parent)
-        self.pool = pool or QThreadPool.globalInstance()
+        if pool is None:
+            pool = QThreadPool(self)
+            pool.setMaxThreadCount(decoding_threads())
+        self.pool = pool
         self.chunk = max(1, int(chunk))
         self._batch = 0
         self._lock = threading.Lock()

@@ -77,7 +77,8 @@ def test_thumbnails_load_in_a_worker(qtbot, gallery, report, monkeypatch):
     assert placeholder.width() == gallery.side and len(gallery.pending_thumbnails()) == 3
     loader = ThumbnailLoader(chunk=2)
     batch = gallery.load_with(loader)
-    qtbot.waitUntil(lambda: not gallery.pending_thumbnails(), timeout=5000)
+    qtbot.waitUntil(lambda: all(gallery.model.has_thumbnail(r) for r in range(3)), timeout=5000)
+    assert gallery.pending_thumbnails() == []
     assert len(threads) == 3 and threading.main_thread() not in threads
     icon = gallery.model.index(0).data(Qt.ItemDataRole.DecorationRole)
     assert (icon.width(), icon.height()) == (gallery.side, gallery.side * 2 // 3)  # 300 x 200, scaled down
