@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QComboBox, QGridLayout, QLabel, QSizePolicy, QSlid
 from engine.explain.colours import overlay
 
 from .thumbnails import qimage_from_pil
-from .try_image_view import ImageArea
+from .try_image_view import ImageArea, hint_label
 
 ANSWER = ""  # the class picker's first entry: each head's own answer
 DEFAULT_LAYER = ""
@@ -56,13 +56,9 @@ class HeatmapView(QWidget):
         self.caption_label = QLabel("", self)
         self.caption_label.setWordWrap(True)
         self.caption_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.status_label = QLabel("", self)
-        self.status_label.setObjectName("hint")
-        self.status_label.setWordWrap(True)
-        self.status_label.hide()
+        self.status_label = hint_label(self)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 10, 10, 10)
-        layout.setSpacing(6)
         layout.addLayout(pickers)
         layout.addWidget(self.image, 1)
         layout.addWidget(self.caption_label)

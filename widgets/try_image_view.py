@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QImageReader, QPainter, QPaintEvent, QPen, QPixmap
+from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import QFileDialog, QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from .head_diagram import head_colour
+from .thumbnails import load_thumbnail
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 MAX_SIDE = 1600  # larger images are decoded at this size: plenty for display
@@ -27,13 +28,17 @@ def is_image_path(path: str) -> bool:
 
 def load_pixmap(path: str) -> QPixmap:
     """Decode ``path`` for display (EXIF rotation applied, huge images decoded smaller)."""
-    reader = QImageReader(str(path))
-    reader.setAutoTransform(True)
-    size = reader.size()
-    if size.isValid() and max(size.width(), size.height()) > MAX_SIDE:
-        reader.setScaledSize(size.scaled(QSize(MAX_SIDE, MAX_SIDE), Qt.AspectRatioMode.KeepAspectRatio))
-    image = reader.read()
+    image = load_thumbnail(path, MAX_SIDE)
     return QPixmap.fromImage(image) if not image.isNull() else QPixmap()
+
+
+def hint_label(parent: QWidget, text: str = "") -> QLabel:
+    """A wrapped grey line under a view ("Predicting…", why something cannot be shown), hidden until set."""
+    label = QLabel(text, parent)
+    label.setWordWrap(True)
+    label.setObjectName("hint")
+    label.setVisible(bool(text))
+    return label
 
 
 def percent(p: float) -> str:
@@ -151,10 +156,7 @@ class TryImageView(QWidget):
         self.results_layout = QVBoxLayout(self.results)
         self.results_layout.setContentsMargins(2, 4, 2, 2)
         self.results_layout.setSpacing(8)
-        self.status_label = QLabel("", self)
-        self.status_label.setWordWrap(True)
-        self.status_label.setObjectName("hint")
-        self.status_label.hide()
+        self.status_label = hint_label(self)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 10, 10, 10)
