@@ -192,7 +192,7 @@ def gallery_latency(args: argparse.Namespace) -> int:
     from widgets.mistakes_gallery import MistakesGallery
     from widgets.thumbnails import ThumbnailLoader
 
-    app = QApplication.instance() or QApplication([])
+    app = QApplication.instance() or QApplication([])  # noqa: F841 - held while the gallery runs
     demo = sorted((ensure_demo_data().parent / "images").iterdir())
     folder = Path(tempfile.mkdtemp(prefix="graft-gallery-"))
     t0 = time.perf_counter()

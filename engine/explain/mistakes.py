@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engine.errors import GraftError
 from engine.files import atomic_write
 
@@ -297,12 +295,3 @@ def write_suggestions(path: str | os.PathLike, suggestions: Sequence[Suggestion]
              "" if s.confidence is None else f"{s.confidence:.4f}", s.reason] for s in suggestions]
     return _write_csv(path, SUGGESTION_COLUMNS, rows, [*protected, *(s.image for s in suggestions)])
 
-
-def counts(report: Any, head: str) -> dict[str, int]:
-    """How many images a head got right and wrong (single-label), for captions."""
-    out = _outputs(report, head)
-    if out.kind != "single":
-        return {}
-    labelled = out.targets >= 0
-    right = int(np.sum(labelled & (out.targets == out.predicted)))
-    return {"right": right, "wrong": int(labelled.sum()) - right}

@@ -3,6 +3,8 @@
 ``evaluate(session, data)`` accepts a :class:`~engine.data.datasets.DataSource` (its heads are matched with
 the session's as in training; ``split`` picks "all" (default), "train" or "val" samples) or a list of
 samples whose targets are already in the session heads' terms. The model is left on the CPU in eval mode.
+The report also keeps each image's outputs, targets and losses per head (:class:`HeadOutputs`), which
+``engine.explain.mistakes`` turns into confusion-cell galleries, mistakes and a label audit.
 """
 from __future__ import annotations
 

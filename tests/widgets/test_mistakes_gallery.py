@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QListView
 import widgets.thumbnails as thumbnails
 from engine.explain.mistakes import cell_examples, confusion_members
 from engine.training.evaluation import EvalReport, HeadOutputs, HeadReport
-from widgets.mistakes_gallery import PathRole, MistakesGallery
+from widgets.mistakes_gallery import MistakesGallery, PathRole
 from widgets.thumbnails import ThumbnailLoader
 
 

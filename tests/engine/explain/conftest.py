@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from explain_shapes import CROP, draw
 
 from engine.data.datasets import DataSource, load_data
 from engine.data.demo_data import ensure_demo_data
@@ -18,7 +19,6 @@ from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
 from engine.training.evaluation import evaluate
 from engine.training.trainer import TrainConfig, Trainer
-from explain_shapes import CROP, draw
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from explain_shapes import CROP, draw, quadrant_centre
 from PIL import Image
 from torch import nn
 
@@ -16,7 +17,6 @@ from engine.network.loading import LoadedNetwork, ModelSource, load_network
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, CutAt, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
-from explain_shapes import CROP, draw, quadrant_centre
 
 
 def quadrant_means(values: np.ndarray) -> list[float]:
