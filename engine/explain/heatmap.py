@@ -125,7 +125,8 @@ def explain(session: Any, image: str | os.PathLike | Image.Image, heads: Sequenc
     ``layer`` (a module path of the network; default: the last spatial layer the heads read).
 
     GraftError for an unreadable image, a model without heads, a TorchScript network, an unknown head,
-    class or layer, or a layer without a spatial output."""
+    class or layer, or a layer without a spatial output. The model is hooked while this runs: run no
+    other forward pass of it at the same time (the window's workers take turns)."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     start = time.perf_counter()

@@ -53,9 +53,9 @@ def trained(tmp_path_factory) -> Trained:
                              augment=False)
         result = Trainer(session, data, config).run()
         assert result.best_epoch is not None
-        yield Trained(session, data, folder)
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before)  # the tests take one thread each with one_torch_thread
+    return Trained(session, data, folder)
 
 
 @pytest.fixture(scope="session")
@@ -70,14 +70,16 @@ def evaluated(demo):
     """A random-weights multi-task model (many mistakes) evaluated on 60 demo images with blank cells."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    _, data = demo
-    torch.manual_seed(0)
-    session = Session(load_network("mobilenet_v3_small", random_init=True))
-    session.model.input_spec = InputSpec(size=64, resize=64)
-    session.do(DeleteOutputLayer())
-    for spec in data.heads:
-        session.do(AddHead(spec, seed=1))
-    session.do(freeze_preset("heads-only"))
-    report = evaluate(session, data, batch_size=16, num_workers=0)
-    yield session, data, report
-    torch.set_num_threads(before)
+    try:
+        _, data = demo
+        torch.manual_seed(0)
+        session = Session(load_network("mobilenet_v3_small", random_init=True))
+        session.model.input_spec = InputSpec(size=64, resize=64)
+        session.do(DeleteOutputLayer())
+        for spec in data.heads:
+            session.do(AddHead(spec, seed=1))
+        session.do(freeze_preset("heads-only"))
+        report = evaluate(session, data, batch_size=16, num_workers=0)
+    finally:
+        torch.set_num_threads(before)
+    return session, data, report

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
+import pytest
+
 from engine.explain.mistakes import label_audit, mistakes
 from engine.explain.report import MISTAKES_PER_HEAD, build_report, write_report
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: one thread each
 
 
 class Page(HTMLParser):

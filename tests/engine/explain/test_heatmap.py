@@ -18,6 +18,8 @@ from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, CutAt, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: one thread each
+
 
 def quadrant_means(values: np.ndarray) -> list[float]:
     h, w = values.shape
@@ -104,7 +106,7 @@ def _session(arch: str) -> Session:
     return session
 
 
-def test_vit_tokens_on_the_patch_grid(one_torch_thread):
+def test_vit_tokens_on_the_patch_grid():
     session = _session("vit_b_16")
     # The last block's patch tokens never reach the class token the heads read: its attention input does.
     assert default_layer(session) == "encoder.layers.encoder_layer_11.ln_1"
@@ -121,7 +123,7 @@ def test_vit_tokens_on_the_patch_grid(one_torch_thread):
     assert late.empty and "nothing there speaks for it" in late.describe()
 
 
-def test_swin_channels_last(one_torch_thread):
+def test_swin_channels_last():
     session = _session("swin_t")
     layer, form = resolve_layer(session, "features")
     assert form.layout == "nhwc" and (form.height, form.channels) == (7, 768)
@@ -129,7 +131,7 @@ def test_swin_channels_last(one_torch_thread):
     assert hm.grid == (7, 7) and hm.values.shape == (224, 224) and not hm.empty
 
 
-def test_a_cut_network_explains_at_its_cut(resnet_session, one_torch_thread):
+def test_a_cut_network_explains_at_its_cut(resnet_session):
     resnet_session.do(CutAt("layer3"))
     resnet_session.do(AddHead(HeadSpec("kind", labels=["a", "b"]), seed=0))
     resnet_session.model.input_spec = InputSpec(size=64, resize=64)
@@ -157,7 +159,7 @@ def test_bad_input_gets_one_clear_message(trained, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-def test_torchscript_has_no_layers_to_hook(tmp_path, one_torch_thread):
+def test_torchscript_has_no_layers_to_hook(tmp_path):
     net = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                                          nn.Flatten()))
     path = tmp_path / "net.pt"
@@ -171,7 +173,7 @@ def test_torchscript_has_no_layers_to_hook(tmp_path, one_torch_thread):
             call()
 
 
-def test_a_network_without_spatial_layers(one_torch_thread):
+def test_a_network_without_spatial_layers():
     body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8), nn.ReLU())
     session = Session(LoadedNetwork(body, InputSpec(size=16, resize=16), ModelSource("builtin", "mlp")))
     session.do(AddHead(HeadSpec("kind", labels=["a", "b"]), seed=0))

@@ -14,6 +14,8 @@ from engine.explain.mistakes import (cell_examples, confusion_members, errors_ta
                                      largest_errors, mistakes, write_errors, write_suggestions)
 from engine.network.preprocess import preprocess_file
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: one thread each
+
 
 def test_each_cell_lists_exactly_the_images_it_counts(evaluated):
     session, data, report = evaluated
