@@ -86,6 +86,12 @@ def _masks(shape: str, size: int, cx: float, cy: float, r: float, angle: float,
     return down(fill), (down(ring) if ring is not None else None)
 
 
+def shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: float = 0.0) -> np.ndarray:
+    """Anti-aliased coverage (``size`` x ``size`` float32 in [0, 1]) of one demo shape centred at
+    (``cx``, ``cy``) with radius ``r``: for placing a shape exactly where a check expects it."""
+    return _masks(shape, size, cx, cy, r, angle, 0.0)[0]
+
+
 def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
     def muted() -> np.ndarray:
         grey = rng.uniform(70, 200)
