@@ -870,7 +870,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self._transform is None:
             array = preprocess_file(sample.path, spec)
         elif spec.channels > 3:
-            bands = torch.from_numpy(read_bands(sample.path, spec.channels)).permute(2, 0, 1)
+            bands = torch.from_numpy(np.array(read_bands(sample.path, spec.channels))).permute(2, 0, 1)
             array = normalise(self._transform(bands).permute(1, 2, 0).numpy(), spec)
         else:
             image = open_image(sample.path)
