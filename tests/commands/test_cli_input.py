@@ -5,23 +5,15 @@ import json
 import zipfile
 
 import pytest
-from PIL import Image
 
 import main
-from engine.data.demo_data import ensure_demo_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def grey_folder(tmp_path_factory):
-    demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
-    root = tmp_path_factory.mktemp("grey")
-    for cls in ("circle", "square"):
-        (root / cls).mkdir()
-        for f in sorted((demo / cls).iterdir())[:6]:
-            Image.open(f).convert("L").save(root / cls / f.name)
-    return root
+def grey_folder(demo_subset):
+    return demo_subset(6, mode="L")
 
 
 def test_train_a_greyscale_model_at_another_size(grey_folder, tmp_path, capsys):

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from engine.data.datasets import ImageDataset, check_image, load_data
-from engine.data.demo_data import ensure_demo_folder
 from engine.errors import GraftError
 from engine.export.inference import predict_files
 from engine.export.metadata import OnnxPredictor, read_metadata
@@ -26,15 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def grey_folder(tmp_path_factory) -> Path:
+def grey_folder(demo_subset) -> Path:
     """Two demo classes, 8 images each, saved as 8-bit greyscale PNGs (as radiographs are)."""
-    demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
-    root = tmp_path_factory.mktemp("grey")
-    for cls in ("circle", "square"):
-        (root / cls).mkdir()
-        for f in sorted((demo / cls).iterdir())[:8]:
-            Image.open(f).convert("L").save(root / cls / f.name)
-    return root
+    return demo_subset(8, mode="L")
 
 
 def session_for(channels: int, size: int = 32) -> Session:

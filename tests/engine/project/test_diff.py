@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import torchvision
 
 import main
 from engine.data.datasets import load_data
-from engine.data.demo_data import ensure_demo_folder
 from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
 from engine.project.diff import compare, compare_with_loaded, load_side, percent, side_of_session
@@ -33,14 +31,8 @@ def weights_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
-    root = tmp_path_factory.mktemp("tiny")
-    for cls in ("circle", "square"):
-        (root / cls).mkdir()
-        for f in sorted((demo / cls).iterdir())[:6]:
-            shutil.copy(f, root / cls / f.name)
-    return load_data(root)
+def data(demo_subset):
+    return load_data(demo_subset(6))
 
 
 def trained(weights_file: Path, data, freeze: str) -> Session:
