@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.units import plural
 
-from .common import DATA_HELP, add_model_arguments, data_path, load_session
+from .common import DATA_HELP, add_input_arguments, add_model_arguments, apply_input_arguments, data_path, load_session
 
 HELP = "train new heads (and optionally the trunk) on an image folder or a CSV manifest; saves a .graft project"
 
@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR_OR_CSV",
                         help=DATA_HELP)
     add_model_arguments(parser)
+    add_input_arguments(parser)
     parser.epilog = "--model may also be a .graft project, to continue training it."
     parser.add_argument("--head", action="append", default=[], metavar="NAME:KIND[:COLUMNS[:WEIGHT]]",
                         help="a head to add, e.g. shape:single:shape or tags:multi:red,striped (repeatable; "
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise GraftError(f"{data_file}: no such file or folder.")
 
     session = load_session(args)
+    apply_input_arguments(session, args)
     from_project = str(args.model).endswith(".graft")
     existing = session.heads
     clash = [n for n in names if n in {h.name for h in existing}]

@@ -41,15 +41,32 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    """An image folder of two classes of the demo shapes (circle, square), 8 images each."""
+@pytest.fixture(scope="session")
+def demo_subset(tmp_path_factory):
+    """``make(per_class, mode=None)``: a new image folder ``<root>/circle|square/`` holding the first
+    ``per_class`` images of each of the demo's two shapes (converted to the Pillow ``mode``, e.g. "L",
+    when given): tiny data for training tests."""
+    from PIL import Image
+
     from engine.data.demo_data import ensure_demo_folder
 
     demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
-    root = tmp_path_factory.mktemp("tiny")
-    for cls in ("circle", "square"):
-        (root / cls).mkdir()
-        for f in sorted((demo / cls).iterdir())[:8]:
-            shutil.copy(f, root / cls / f.name)
-    return root
+
+    def make(per_class: int, mode: str | None = None) -> Path:
+        root = tmp_path_factory.mktemp("subset")
+        for cls in ("circle", "square"):
+            (root / cls).mkdir()
+            for f in sorted((demo / cls).iterdir())[:per_class]:
+                if mode is None:
+                    shutil.copy(f, root / cls / f.name)
+                else:
+                    Image.open(f).convert(mode).save(root / cls / f.name)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(demo_subset) -> Path:
+    """An image folder of two classes of the demo shapes (circle, square), 8 images each."""
+    return demo_subset(8)

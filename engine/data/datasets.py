@@ -32,7 +32,8 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.errors import GraftError
 from engine.network.heads import KINDS, RESERVED_NAMES, HeadSpec
-from engine.network.preprocess import InputSpec, normalise, open_image, preprocess_file, to_rgb
+from engine.network.preprocess import (InputSpec, band_count_problem, is_tiff, normalise, open_image, preprocess_file,
+                                       read_bands, read_tiff, to_grey, to_rgb)
 from engine.units import plural
 
 Target = int | list[float]
@@ -177,6 +178,12 @@ def check_image(path: str | Path) -> str | None:
     except IsADirectoryError:
         return "a folder, not an image"
     except UnidentifiedImageError:
+        if is_tiff(path):  # a TIFF of more bands than Pillow reads (RGB plus infrared, depth …)
+            try:
+                read_tiff(path)
+            except GraftError as exc:
+                return str(exc).partition(": ")[2].rstrip(".") or "not an image file"
+            return None
         return "not an image file"
     except Image.DecompressionBombError:
         return "image too large"
@@ -854,8 +861,12 @@ class ImageDataset(torch.utils.data.Dataset):
     """``(CHW float32 image, {head: target})`` per sample; decoding happens in ``__getitem__`` (so in
     DataLoader workers). Without augmentation the image is exactly :func:`engine.network.preprocess.preprocess_file`;
     with it: RandomResizedCrop(size, scale 0.6–1), horizontal flip and light colour jitter on the RGB
-    image, then the same normalisation. Targets: single -> int64 scalar (-1 missing); multi and
-    regression -> float32 vector (NaN missing)."""
+    (or greyscale) image, then the same normalisation; a 4+-channel input gets the crop and flip on all
+    its bands alike, and no colour jitter. Targets: single -> int64 scalar (-1 missing); multi and
+    regression -> float32 vector (NaN missing).
+
+    A 4+-channel input checks every image's band count up front (headers only), so an RGB image in the
+    data stops training before it starts, with the files named."""
 
     def __init__(self, samples: Sequence[Sample], heads: Sequence[HeadSpec], spec: InputSpec,
                  augment: bool = False) -> None:
@@ -864,17 +875,24 @@ class ImageDataset(torch.utils.data.Dataset):
         self.spec = spec
         self.augment = bool(augment)
         self._transform = _augmentation(spec) if self.augment else None
+        if spec.channels > 3:
+            check_bands([s.path for s in self.samples], spec.channels)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.samples[index]
+        spec = self.spec
         if self._transform is None:
-            array = preprocess_file(sample.path, self.spec)
+            array = preprocess_file(sample.path, spec)
+        elif spec.channels > 3:
+            bands = torch.from_numpy(np.array(read_bands(sample.path, spec.channels))).permute(2, 0, 1)
+            array = normalise(self._transform(bands).permute(1, 2, 0).numpy(), spec)
         else:
-            rgb = to_rgb(open_image(sample.path), self.spec.alpha_background)
-            array = normalise(self._transform(rgb), self.spec)
+            image = open_image(sample.path)
+            image = to_grey(image, spec.alpha_background) if spec.channels == 1 else to_rgb(image, spec.alpha_background)
+            array = normalise(self._transform(image), spec)
         targets: dict[str, torch.Tensor] = {}
         for head in self.heads:
             value = _target(sample, head)
@@ -894,13 +912,23 @@ def _augmentation(spec: InputSpec):
 
     modes = {"nearest": v2.InterpolationMode.NEAREST, "bilinear": v2.InterpolationMode.BILINEAR,
              "bicubic": v2.InterpolationMode.BICUBIC, "lanczos": v2.InterpolationMode.LANCZOS}
-    return v2.Compose([
+    steps = [
         v2.RandomResizedCrop(spec.size, scale=(0.6, 1.0),
                              interpolation=modes.get(spec.interpolation, v2.InterpolationMode.BILINEAR),
                              antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
-    ])
+    ]
+    if spec.channels <= 3:  # colour jitter knows grey and RGB only: extra bands are not colours
+        steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
+    return v2.Compose(steps)
+
+
+def check_bands(paths: Sequence[Path], channels: int) -> None:
+    """GraftError when any image lacks the ``channels`` bands a 4+-channel input reads (headers only)."""
+    problems = [p for p in (band_count_problem(path, channels) for path in paths) if p]
+    if problems:
+        more = f" (and {plural(len(problems) - 1, 'more image')} like it)" if len(problems) > 1 else ""
+        raise GraftError(problems[0].rstrip(".") + more + ".")
 
 
 # --------------------------------------------------------------------------------------------------
