@@ -424,8 +424,8 @@ def image_suffixes() -> set[str]:
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """The files named, and the image files found in the folders named (searched recursively, hidden
-    files and folders left out, in sorted order). A file is kept whatever its ending: reading it says
-    whether it is an image. GraftError for a path that does not exist."""
+    files and folders left out, in sorted order). A named file is kept whatever its ending, and so is a
+    path that does not exist: reading it says what is wrong with it, next to the images that are fine."""
     import os
 
     suffixes = image_suffixes()
@@ -437,10 +437,8 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 out += [Path(dirpath) / f for f in sorted(filenames)
                         if not f.startswith(".") and Path(f).suffix.lower() in suffixes]
-        elif p.exists():
-            out.append(p)
         else:
-            raise GraftError(f"{p}: no such file or folder.")
+            out.append(Path(text))
     return out
 
 
