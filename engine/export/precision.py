@@ -372,7 +372,7 @@ def export_precision(session: "Session", path: str | Path, precision: str = "fp3
                      targets: dict[str, np.ndarray] | None = None, where: str = "",
                      keep_float: int | str | None = None, verify_images: Sequence[str | Path] | None = None,
                      timing: bool = True, runs: int = 10, threads: int = 0, opset: int | None = None,
-                     tolerance: float = 1e-4, exporter: str = "auto",
+                     tolerance: float = 1e-4, exporter: str = "auto", keep_reference: str | Path | None = None,
                      progress: Callable[[str], None] | None = None) -> PrecisionReport:
     """Export the session's model to ``path`` in ``precision`` ("fp32", "fp16" or "int8") and measure it.
 
@@ -383,6 +383,7 @@ def export_precision(session: "Session", path: str | Path, precision: str = "fp3
     pass when a head loses more than :data:`MAX_LOSS_POINTS`, keeping as few layers in float as win it
     back) or a number of most sensitive layers to keep in float. ``verify_images``: real images the
     fp32 graph is verified against PyTorch on. ``timing``: measure latency (``runs`` per batch size).
+    ``keep_reference``: also write the fp32 file the reduced one was made from and compared with there.
     GraftError for an unwritable path, unreadable images, a model that does not convert; nothing is
     left at ``path`` then.
     """
@@ -392,6 +393,8 @@ def export_precision(session: "Session", path: str | Path, precision: str = "fp3
     precision = check_precision(precision)
     keep_float = check_keep_float(keep_float)
     path = check_target(path)
+    if keep_reference is not None:
+        keep_reference = check_target(keep_reference)
     note = progress or (lambda message: None)
     spec = session.input_spec
     if precision == "fp32":
@@ -445,6 +448,8 @@ def export_precision(session: "Session", path: str | Path, precision: str = "fp3
         elif precision == "int8" and keep_float:
             notes.append("no images to compare on, so no layers were kept in float")
         atomic_write(path, lambda target: shutil.copyfile(reduced, target))
+        if keep_reference is not None:
+            atomic_write(Path(keep_reference), lambda target: shutil.copyfile(fp32, target))
     return PrecisionReport(path, precision, path.stat().st_size, time.perf_counter() - start, base, reduction,
                            comparison, ranked, notes)
 
