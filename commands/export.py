@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_target(args.onnx)  # before spending seconds on loading the project
     opset = check_opset(OPSET if args.opset is None else args.opset)
     tolerance = check_tolerance(args.tolerance)
+    reduced = _reduced_inputs(args) if args.precision != "fp32" else None  # before loading: bad input fails fast
     load_args = argparse.Namespace(model=args.project, weights=None, arch=None,
                                    random_weights=args.random_weights, trust=args.trust)
     session = load_session(load_args)
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if not images and not args.no_verify:
         images, found = training_images(getattr(session, "project_extra", None))
         where, why = (found, "") if images else ("", found)
-    if args.precision != "fp32":
-        return _reduced(args, session, images, opset, tolerance)
+    if reduced is not None:
+        return _reduced(args, reduced, session, images, opset, tolerance)
     report = export_onnx(session, args.onnx, opset=opset, verify=not args.no_verify,
                          images=images, tolerance=tolerance, exporter=args.exporter)
     print(report.format())
@@ -66,15 +67,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reduced(args: argparse.Namespace, session, verify: list[str], opset: int, tolerance: float) -> int:
-    """fp16/int8: calibration images from --calibration or the training split, the comparison on the
-    validation split (or the --image images), one table."""
-    import sys
-
+def _reduced_inputs(args: argparse.Namespace) -> dict:
+    """fp16/int8 options, checked: the layers to keep in float, the data and the calibration images."""
     from engine.errors import GraftError
-    from engine.export.compare import validation_images
     from engine.export.metadata import find_images
-    from engine.export.precision import check_keep_float, export_precision
+    from engine.export.precision import check_keep_float
 
     from .common import data_path
 
@@ -86,10 +83,22 @@ def _reduced(args: argparse.Namespace, session, verify: list[str], opset: int, t
     data = data_path(args.data) if args.data else None
     if data is not None and not data.exists():
         raise GraftError(f"{data}: no such file or folder.")
-    found = validation_images(session, data)
-    calibration = find_images(args.calibration) if args.calibration else found.calibration
+    calibration = find_images(args.calibration) if args.calibration else None
     if args.calibration and not calibration:
         raise GraftError("No image files in " + ", ".join(args.calibration) + ".")
+    return {"keep_float": keep_float, "data": data, "calibration": calibration}
+
+
+def _reduced(args: argparse.Namespace, options: dict, session, verify: list[str], opset: int, tolerance: float) -> int:
+    """fp16/int8: calibration images from --calibration or the training split, the comparison on the
+    validation split (or the --image images), one table."""
+    import sys
+
+    from engine.export.compare import validation_images
+    from engine.export.precision import export_precision
+
+    found = validation_images(session, options["data"])
+    calibration = options["calibration"] or found.calibration
     compare, targets, where = found.validation, found.targets, found.where
     if not compare and args.image:
         compare, targets, where = list(args.image), None, "given with --image"
@@ -101,7 +110,7 @@ def _reduced(args: argparse.Namespace, session, verify: list[str], opset: int, t
         print(f"... {message}", file=sys.stderr, flush=True)
 
     report = export_precision(session, args.onnx, args.precision, calibration=calibration, images=compare,
-                              targets=targets, where=where, keep_float=keep_float, verify_images=verify,
+                              targets=targets, where=where, keep_float=options["keep_float"], verify_images=verify,
                               runs=args.runs, opset=opset, tolerance=tolerance, exporter=args.exporter,
                               progress=progress)
     print(report.format())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,9 @@ def test_a_model_without_layers_to_quantize_is_refused_and_leaves_nothing(tmp_pa
             return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
 
     scripted = tmp_path / "pool.pt"
-    torch.jit.script(Pool()).save(str(scripted))
+    with warnings.catch_warnings():  # torch.jit.script is deprecated; loading TorchScript files is not
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(Pool()).save(str(scripted))
     session = Session(load_network(str(scripted)))
     session.model.input_spec = InputSpec(size=32, resize=36)
     target = tmp_path / "pool.onnx"
