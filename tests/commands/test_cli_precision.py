@@ -9,18 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from engine.data.datasets import load_data
 from engine.data.demo_data import ensure_demo_data
 from engine.export.metadata import OnnxPredictor, read_metadata
 from engine.export.onnx_export import export_onnx
 from engine.network.heads import HeadSpec
-from engine.network.loading import load_network
-from engine.network.preprocess import InputSpec
 from engine.project.project_file import save_project
-from engine.surgery.operations import AddHead, DeleteOutputLayer
-from engine.surgery.session import Session
 from engine.training.record import TrainingRecord
 
 from commands.predict import ProgressBar
@@ -34,18 +29,8 @@ HEADS = [HeadSpec("shape", labels=["circle", "square", "star", "triangle"], colu
          HeadSpec("size", kind="regression", labels=["size"], columns=["size"])]
 
 
-def small_session() -> Session:
-    torch.manual_seed(0)
-    session = Session(load_network("resnet18", random_init=True))
-    session.model.input_spec = InputSpec(size=64, resize=73)
-    session.do(DeleteOutputLayer())
-    for spec in HEADS:
-        session.do(AddHead(spec, seed=0))
-    return session
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, Path]:
+def project(tmp_path_factory, small_resnet) -> tuple[Path, Path]:
     """A project that records the demo data as its training data (as ``main.py train`` does)."""
     folder = tmp_path_factory.mktemp("precision")
     manifest = ensure_demo_data()
@@ -53,7 +38,7 @@ def project(tmp_path_factory) -> tuple[Path, Path]:
     record = TrainingRecord(data=str(manifest.resolve()), seed=data.seed, val_fraction=data.val_fraction,
                             split=data.split_from, n_train=len(data.train), n_val=len(data.val))
     path = folder / "small.graft"
-    save_project(small_session(), path, extra=record.store({}))
+    save_project(small_resnet(HEADS), path, extra=record.store({}))
     return path, manifest
 
 
@@ -76,8 +61,8 @@ def test_int8_export_prints_the_table_and_predict_reads_the_file(project, tmp_pa
     assert predicted.returncode == 0 and predicted.stdout.splitlines()[1].strip().startswith("shape: ")
 
 
-def test_fp16_export_without_recorded_data_compares_on_the_given_images(tmp_path):
-    session = small_session()
+def test_fp16_export_without_recorded_data_compares_on_the_given_images(tmp_path, small_resnet):
+    session = small_resnet(HEADS)
     save_project(session, tmp_path / "bare.graft")
     images = sorted(ensure_demo_data().parent.glob("images/*.jpg"))[:6]
     args = [a for img in images for a in ("--image", img)]
@@ -113,10 +98,10 @@ def test_bad_int8_input_ends_with_one_line_and_writes_nothing(project, tmp_path,
 # -- predict --csv ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model_and_tree(tmp_path_factory) -> tuple[Path, Path, list[Path], list[Path]]:
+def model_and_tree(tmp_path_factory, small_resnet) -> tuple[Path, Path, list[Path], list[Path]]:
     folder = tmp_path_factory.mktemp("csv")
     onnx_path = folder / "small.onnx"
-    export_onnx(small_session(), onnx_path)
+    export_onnx(small_resnet(HEADS), onnx_path)
     demo = sorted(ensure_demo_data().parent.glob("images/*.jpg"))[:5]
     tree = folder / "tree"
     (tree / "a" / "deep").mkdir(parents=True)

@@ -20,7 +20,6 @@ from engine.export.precision import DYNAMIC_METHOD, STATIC_METHOD, export_precis
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
-from engine.surgery.operations import AddHead, DeleteOutputLayer
 from engine.surgery.session import Session
 
 PHOTOS = sorted((Path(__file__).resolve().parents[2] / "data" / "images").glob("*.jpg"))
@@ -37,17 +36,6 @@ def demo_images(n: int) -> list[Path]:
 @pytest.fixture(scope="module")
 def default_session() -> Session:
     return Session(load_network("default"))  # the ImageNet classifier: output 'output' with 1000 classes
-
-
-def small_resnet(heads: list[HeadSpec]) -> Session:
-    """resnet18 with random weights at 64 px (fast), the given heads on its features."""
-    torch.manual_seed(0)
-    session = Session(load_network("resnet18", random_init=True))
-    session.model.input_spec = InputSpec(size=64, resize=73)
-    session.do(DeleteOutputLayer())
-    for spec in heads:
-        session.do(AddHead(spec, seed=0))
-    return session
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -108,7 +96,7 @@ def outputs_of_session(session: Session, images: list[Path]) -> np.ndarray:
     return predict_arrays(session, load_batch(images, session.input_spec))["output"].argmax(1)
 
 
-def test_a_torchvision_network_with_three_heads_keeps_its_answers_in_int8_and_fp16(tmp_path):
+def test_a_torchvision_network_with_three_heads_keeps_its_answers_in_int8_and_fp16(tmp_path, small_resnet):
     heads = [HeadSpec("shape", labels=["circle", "square", "star", "triangle"]),
              HeadSpec("tags", kind="multi", labels=["red", "striped", "outlined"], hidden=[16]),
              HeadSpec("size", kind="regression", labels=["size"])]
@@ -144,7 +132,7 @@ def test_a_torchvision_network_with_three_heads_keeps_its_answers_in_int8_and_fp
             assert rows[name].max_diff <= (0.01 if precision == "fp16" else 0.3) * max(scale, 1.0)
 
 
-def test_int8_without_images_quantizes_the_linear_layers_dynamically_and_says_so(tmp_path):
+def test_int8_without_images_quantizes_the_linear_layers_dynamically_and_says_so(tmp_path, small_resnet):
     session = small_resnet([HeadSpec("shape", labels=["a", "b", "c"], hidden=[32])])
     out = tmp_path / "dynamic.onnx"
     report = export_precision(session, out, "int8")
@@ -156,7 +144,7 @@ def test_int8_without_images_quantizes_the_linear_layers_dynamically_and_says_so
     assert "no calibration images" in report.format()
 
 
-def test_keep_float_leaves_the_most_sensitive_layers_unquantized(tmp_path):
+def test_keep_float_leaves_the_most_sensitive_layers_unquantized(tmp_path, small_resnet):
     session = small_resnet([HeadSpec("shape", labels=["a", "b", "c"])])
     images = demo_images(24)
     out = tmp_path / "kept.onnx"
@@ -175,7 +163,7 @@ def test_keep_float_leaves_the_most_sensitive_layers_unquantized(tmp_path):
     assert read_metadata(out).data["reduced"]["float_layers"] == ranked[:2]
 
 
-def test_unreadable_calibration_images_leave_nothing(tmp_path):
+def test_unreadable_calibration_images_leave_nothing(tmp_path, small_resnet):
     session = small_resnet([HeadSpec("shape", labels=["a", "b"])])
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
@@ -186,7 +174,7 @@ def test_unreadable_calibration_images_leave_nothing(tmp_path):
     assert leftovers(tmp_path) == ["broken.jpg"]
 
 
-def test_an_unwritable_folder_is_refused_before_any_work(tmp_path):
+def test_an_unwritable_folder_is_refused_before_any_work(tmp_path, small_resnet):
     session = small_resnet([HeadSpec("shape", labels=["a", "b"])])
     root = hasattr(os, "geteuid") and os.geteuid() == 0
     if root and not Path("/proc/self").is_dir():
@@ -204,7 +192,7 @@ def test_an_unwritable_folder_is_refused_before_any_work(tmp_path):
     assert root or leftovers(folder) == []
 
 
-def test_a_missing_folder_is_refused(tmp_path):
+def test_a_missing_folder_is_refused(tmp_path, small_resnet):
     session = small_resnet([HeadSpec("shape", labels=["a", "b"])])
     with pytest.raises(GraftError, match="does not exist"):
         export_precision(session, tmp_path / "nope" / "m.onnx", "int8")
@@ -228,7 +216,7 @@ def test_a_model_without_layers_to_quantize_is_refused_and_leaves_nothing(tmp_pa
     assert not target.exists() and leftovers(tmp_path) == ["pool.pt"]
 
 
-def test_bad_settings_are_refused(tmp_path):
+def test_bad_settings_are_refused(tmp_path, small_resnet):
     session = small_resnet([HeadSpec("shape", labels=["a", "b"])])
     with pytest.raises(GraftError, match="Unknown precision 'int4'"):
         export_precision(session, tmp_path / "m.onnx", "int4")
@@ -255,7 +243,7 @@ def test_head_comparison_counts_what_it_says():
     assert reg.reference_mae == pytest.approx(((0 + 0 + 0.9) / 3 + (1 + 0.8) / 2) / 2)
 
 
-def test_compare_models_refuses_files_with_other_outputs(tmp_path):
+def test_compare_models_refuses_files_with_other_outputs(tmp_path, small_resnet):
     a = small_resnet([HeadSpec("shape", labels=["a", "b"])])
     b = small_resnet([HeadSpec("kind", labels=["a", "b"])])
     export_precision(a, tmp_path / "a.onnx", "fp32")
