@@ -312,6 +312,7 @@ def validation_images(session: "Session", data: str | os.PathLike | None = None,
 
     record = TrainingRecord.latest(getattr(session, "project_extra", None))
     seed, fraction = DEFAULT_SEED, DEFAULT_VAL_FRACTION
+    recorded = data is None
     if data is None:
         if record is None or not record.data:
             return ProjectImages(where="the project does not record the data it was trained on")
@@ -322,8 +323,13 @@ def validation_images(session: "Session", data: str | os.PathLike | None = None,
     elif record is not None and record.data and _same(record.data, data):
         seed, fraction = record.seed, float(record.val_fraction)
     heads = session.heads
-    source = load_data(data, heads or None, seed=seed, val_fraction=fraction, require_every_class=False)
-    images = ProjectImages(where=f"of {Path(data).name}")
+    try:
+        source = load_data(data, heads or None, seed=seed, val_fraction=fraction, require_every_class=False)
+    except GraftError as exc:
+        if not recorded:  # the user named this data: say what is wrong with it
+            raise
+        return ProjectImages(where=f"its training data {Path(data).name} cannot be read ({str(exc).rstrip('.')})")
+    images = ProjectImages()
     train = spread(source.train, calibration)
     val = spread(source.val, validation) if source.val else []
     images.calibration = [s.path for s in train]
