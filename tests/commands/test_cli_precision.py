@@ -20,7 +20,7 @@ from engine.training.record import TrainingRecord
 
 from commands.predict import ProgressBar
 from main import main
-from test_cli_export import graft, predict
+from test_cli_export import predict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,15 +42,15 @@ def project(tmp_path_factory, small_resnet) -> tuple[Path, Path]:
     return path, manifest
 
 
-def test_int8_export_prints_the_table_and_predict_reads_the_file(project, tmp_path):
+def test_int8_export_prints_the_table_and_predict_reads_the_file(project, tmp_path, capsys):
     path, manifest = project
     out = tmp_path / "small_int8.onnx"
-    result = graft("export", path, "--onnx", out, "--precision", "int8", "--runs", "1")
-    assert result.returncode == 0, result.stderr
+    code = main(["export", str(path), "--onnx", str(out), "--precision", "int8", "--runs", "1"])
+    text = capsys.readouterr().out
+    assert code == 0
     assert read_metadata(out).precision == "int8"
     val = load_data(manifest, HEADS).val
     labelled = sum(1 for s in val if s.targets["shape"] >= 0)
-    text = result.stdout
     assert "static quantization (QDQ, per-channel int8 weights" in text and "calibrated on 64 images" in text
     assert f"compared on {len(val)} images from the validation split of labels.csv" in text
     assert f"shape: accuracy ({labelled} labelled)" in text and "tags: per-label agreement" in text
@@ -61,15 +61,16 @@ def test_int8_export_prints_the_table_and_predict_reads_the_file(project, tmp_pa
     assert predicted.returncode == 0 and predicted.stdout.splitlines()[1].strip().startswith("shape: ")
 
 
-def test_fp16_export_without_recorded_data_compares_on_the_given_images(tmp_path, small_resnet):
+def test_fp16_export_without_recorded_data_compares_on_the_given_images(tmp_path, small_resnet, capsys):
     session = small_resnet(HEADS)
     save_project(session, tmp_path / "bare.graft")
     images = sorted(ensure_demo_data().parent.glob("images/*.jpg"))[:6]
-    args = [a for img in images for a in ("--image", img)]
-    result = graft("export", tmp_path / "bare.graft", "--onnx", tmp_path / "bare16.onnx", "--precision", "fp16",
-                   "--runs", "1", *args)
-    assert result.returncode == 0, result.stderr
-    assert "compared on 6 images given with --image" in result.stdout and "accuracy" not in result.stdout
+    args = [str(a) for img in images for a in ("--image", img)]
+    code = main(["export", str(tmp_path / "bare.graft"), "--onnx", str(tmp_path / "bare16.onnx"), "--precision",
+                 "fp16", "--runs", "1", *args])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "compared on 6 images given with --image" in text and "accuracy" not in text
     assert read_metadata(tmp_path / "bare16.onnx").precision == "fp16"
 
 
