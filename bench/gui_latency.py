@@ -68,19 +68,19 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.005)
 
     t0 = time.perf_counter()
-    window.load_model({"spec": "default"})
-    window.load_demo_data()
-    wait(lambda: window.session is not None and window.data is not None and not window.busy, 300, "loading")
+    window.files.load_model({"spec": "default"})
+    window.datasets.load_demo_data()
+    wait(lambda: window.session is not None and window.data is not None and not window.jobs.busy, 300, "loading")
     print(f"loaded {window.session.describe()} and {len(window.data.samples)} demo images "
           f"in {time.perf_counter() - t0:.1f} s")
 
     # A person takes longer than this to do the surgery: let the background warm-up (first-use imports of
     # PyTorch's optimizer machinery) finish, as it would have by then.
-    wait(lambda: window._warm_job is None or window._warm_job.ended, 120, "the warm-up")
-    window.apply_op(DeleteOutputLayer())
+    wait(lambda: window.jobs.warm_job is None or window.jobs.warm_job.ended, 120, "the warm-up")
+    window.surgery.apply_op(DeleteOutputLayer())
     for spec in window.data.heads:
-        window.apply_op(AddHead(spec, seed=0))
-    window.apply_op(freeze_preset("heads-only" if args.mode == "heads" else "none"))
+        window.surgery.apply_op(AddHead(spec, seed=0))
+    window.surgery.apply_op(freeze_preset("heads-only" if args.mode == "heads" else "none"))
     panel = window.training_panel
     config = panel.config()
     config.epochs, config.batch_size, config.patience = args.epochs, args.batch, None
@@ -107,45 +107,45 @@ def main(argv: list[str] | None = None) -> int:
     timer.timeout.connect(tick)
 
     # Time spent in the window's own reactions to training progress (the GUI thread's share of the work).
-    original = window._on_train_progress
+    original = window.training._on_progress
 
     def timed(batch):
         start = time.perf_counter()
         original(batch)
         gui_busy.append((time.perf_counter() - start) * 1000)
 
-    window._on_train_progress = timed  # bound before start_training wires the worker
+    window.training._on_progress = timed  # bound before start_training wires the worker
     finish_ms: list[float] = []
-    original_finished = window._on_train_finished
+    original_finished = window.training._on_finished
 
     def timed_finished(result):
         start = time.perf_counter()
         original_finished(result)
         finish_ms.append((time.perf_counter() - start) * 1000)
 
-    window._on_train_finished = timed_finished
+    window.training._on_finished = timed_finished
 
     # The real event loop (as app.exec() runs it): it sleeps in Qt between events, holding no GIL.
     loop = QEventLoop()
     window.trainingFinished.connect(lambda _: loop.quit())
     limit = QTimer()
     limit.setSingleShot(True)
-    limit.timeout.connect(window.stop_training)  # training then finishes (reason "stopped") and quits
+    limit.timeout.connect(window.training.stop)  # training then finishes (reason "stopped") and quits
     limit.start(int(args.seconds * 1000))
     timer.start()
     last[0] = clock.nsecsElapsed()
     t_start = time.monotonic()
-    if not window.start_training():
+    if not window.training.start():
         raise SystemExit("training did not start")
     loop.exec()
     timer.stop()
     stopped_early = not limit.isActive()
     limit.stop()
     duration = time.monotonic() - t_start
-    wait(lambda: not window.busy, 120, "the evaluation after training")
+    wait(lambda: not window.jobs.busy, 120, "the evaluation after training")
 
     curve = window.curve_panel
-    reason = (window.last_train_result or {}).get("reason")
+    reason = (window.training.last_result or {}).get("reason")
     print(f"mode {args.mode}: trained {duration:.1f} s ({reason}{', at the time limit' if stopped_early else ''}), "
           f"{len(lateness)} timer ticks at {args.interval} ms")
     print(f"event-loop lateness: p50 {percentile(lateness, 50):.1f} ms, p99 {percentile(lateness, 99):.1f} ms, "
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               ", ".join(f"{when[i] - t0:.1f}: {lateness[i]:.0f}" for i in sorted(worst)))
     goal = percentile(lateness, 99) < 50
     print("goal p99 < 50 ms:", "met" if goal else "NOT met")
-    window._weights_changed = False
+    window.workspace.weights_changed = False
     window.undo_stack.setClean()
     window.close()
     return 0 if goal else 1

@@ -4,4 +4,4 @@ Modules import torch and the heavier engine parts inside ``run`` only: ``predict
 onnxruntime alone, and ``--help`` should be instant.
 """
 
-NAMES = ("layers", "train", "evaluate", "export", "predict", "script")
+NAMES = ("layers", "train", "evaluate", "export", "predict", "runs", "script")

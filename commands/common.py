@@ -19,9 +19,13 @@ def data_path(text: str) -> Path:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default",
-                        help="built-in or torchvision architecture name, or a model file (default: efficientnet_lite0)")
-    parser.add_argument("--weights", help="weights file for an architecture name (.pth/.safetensors)")
-    parser.add_argument("--arch", help="architecture of a state-dict file (guessed when left out)")
+                        help="built-in or torchvision architecture name, timm:NAME (timm:convnext_tiny, "
+                             "timm:vit_small_patch16_224.augreg_in21k …), or a model file "
+                             "(default: efficientnet_lite0)")
+    parser.add_argument("--weights", help="weights file for an architecture name (.pth/.safetensors); a timm:NAME "
+                                          "without one uses the Hugging Face cache, never a download")
+    parser.add_argument("--arch",
+                        help="architecture of a state-dict file (guessed when left out; timm:NAME for timm's)")
     parser.add_argument("--random-weights", action="store_true", help="accept random weights when none are available")
     parser.add_argument("--trust", action="store_true",
                         help="allow a pickled model file, also as the source of a .graft project "

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to train (default: a GPU when there is one)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (split, head initialisation, order)")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also write the curves as TensorBoard event files under DIR (one folder per run)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="FILE.graft",
                         help=f"where to save the trained project (default ./{DEFAULT_OUT})")
 
@@ -202,6 +204,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"Training {trainable:,} of {total:,} parameters")
 
     printer = _Printer(session.heads)
+    if args.tensorboard:
+        from engine.training.runs import TensorBoardLog
+
+        printer = TensorBoardLog(args.tensorboard, then=printer)
     trainer = Trainer(session, data, config, printer)
     record = TrainingRecord.begin(data, config, data_file)
     with _ctrl_c_stops(trainer):

@@ -1,10 +1,15 @@
 """Tests run headless: Qt offscreen, no GPU, no network. Shared fixtures: small torchvision networks with
-random weights (fast, offline), for the engine's and the command line's tests."""
+random weights (fast, offline) and a tiny image folder, for the engine's and the command line's tests."""
 import os
+import shutil
 import sys
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if os.environ.get("GRAFT_START_METHOD"):  # e.g. spawn: run the suite as Windows and macOS start children
+    import multiprocessing
+
+    multiprocessing.set_start_method(os.environ["GRAFT_START_METHOD"], force=True)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
@@ -34,6 +39,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """An image folder of two classes of the demo shapes (circle, square), 8 images each."""
+    from engine.data.demo_data import ensure_demo_folder
+
+    demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
+    root = tmp_path_factory.mktemp("tiny")
+    for cls in ("circle", "square"):
+        (root / cls).mkdir()
+        for f in sorted((demo / cls).iterdir())[:8]:
+            shutil.copy(f, root / cls / f.name)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ files are skipped and listed in :attr:`DataSource.skipped`. Targets per sample a
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -189,8 +190,12 @@ def _check_all(paths: Sequence[Path]) -> list[str | None]:
     if len(paths) < 32:
         return [check_image(p) for p in paths]
     workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
-        return list(pool.map(check_image, paths, chunksize=16))
+    # In chunks: a thread pool's map makes a future (and a lock) per file, which cost more than checking
+    # a small image (measured: 20,000 PNGs, 2.3 s of 3.4 s in futures). Pillow releases the GIL decoding.
+    size = max(64, math.ceil(len(paths) / (workers * 8)))
+    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [r for part in pool.map(lambda chunk: [check_image(p) for p in chunk], chunks) for r in part]
 
 
 def _hidden(name: str) -> bool:
@@ -227,6 +232,7 @@ def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, v
     suggestion refuses for a stray cell is left out and the refusal becomes a warning
     (see :func:`suggest_heads`), so the rest of the data still loads.
     """
+    _real_folder.cache_clear()  # folders may have moved since the last load
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise GraftError(f"The validation fraction must be between 0 and 1 (got {val_fraction!r}).")
     p = Path(path).expanduser()
@@ -744,8 +750,19 @@ def _split_fixed(samples: list[Sample], splits: list[str | None], where: str,
 
 
 def _same_file(path: Path) -> str:
-    """One key per image file, however the rows spell its path."""
-    return os.path.normcase(os.path.realpath(path))
+    """One key per image file, however the rows spell its path. The folder's real path is worked out once
+    per folder (a realpath per file walks every component: 1.1 s for 20,000 files); only a file that is
+    itself a link is resolved on its own."""
+    p = os.fspath(path)
+    if os.path.islink(p):
+        return os.path.normcase(os.path.realpath(p))
+    head, tail = os.path.split(os.path.abspath(p))
+    return os.path.normcase(os.path.join(_real_folder(head), tail))
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
 
 
 def _check_one_side(samples: list[Sample], splits: list[str | None], rows: list[int], where: str) -> None:
