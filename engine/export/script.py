@@ -51,6 +51,10 @@ def _network(session: "Session") -> tuple[dict[str, Any], str, str]:
     from engine.network.loading import LITE_NAMES
 
     src = session.source
+    arch_name = src.arch if src.kind == "file" else src.name
+    if src.kind == "timm" or str(arch_name or "").startswith("timm:"):
+        raise GraftError(f"The project starts from the timm network {arch_name}: the standalone script builds "
+                         "networks with torchvision only (or Graft's bundled EfficientNet-Lite).")
     if src.kind == "file":
         if src.format not in ("state_dict",) or not src.arch:
             what = {"torchscript": "a TorchScript model", "pickle": "a pickled model",
@@ -84,10 +88,16 @@ def _network(session: "Session") -> tuple[dict[str, Any], str, str]:
                                      lite.MBConv, lite.EfficientNetLite, lite.map_checkpoint_keys)
         code += (f"\n\ndef build_network() -> nn.Module:\n    \"\"\"{arch}, laid out as Graft lays it out.\"\"\"\n"
                  f"    return EfficientNetLite({LITE_NAMES[arch]}{classes})\n")
+        code += ("\n\ndef checkpoint_names(body: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:\n"
+                 "    \"\"\"The weights package's file names its tensors as EfficientNet-PyTorch does: rename them.\"\"\"\n"
+                 "    if NETWORK[\"weights_naming\"] != \"efficientnet-pytorch\":\n        return state\n"
+                 "    names = map_checkpoint_keys(body)\n    return {names[k]: v for k, v in state.items()}\n")
         what = f"EfficientNet-Lite{LITE_NAMES[arch]} (Graft's architecture, defined below)"
     else:
         code = (f"def build_network() -> nn.Module:\n    \"\"\"torchvision's {arch}.\"\"\"\n    import torchvision\n\n"
-                f"    return torchvision.models.get_model({arch!r}, weights=None{classes})\n")
+                f"    return torchvision.models.get_model({arch!r}, weights=None{classes})\n\n\n"
+                "def checkpoint_names(body: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:\n"
+                "    \"\"\"torchvision's own key names: nothing to rename.\"\"\"\n    return state\n")
         what = f"torchvision's {arch}"
     start = ("random weights" if weights is None else
              f"the weights in {Path(weights).name}" + (" (the efficientnet-lite pretrained package's file)"
@@ -264,7 +274,8 @@ def training_script(session: "Session", project: str = "the project", script_nam
         "model_code": _sources(graft_model.pool_features, graft_model._CutReached, graft_model.Trunk,
                                graft_model.RegressionHead, graft_model.GraftModel, graft_model.build_head),
         "preprocessing_code": preprocessing,
-        "data_code": _sources(datasets.check_image, datasets._same_file, datasets._target, datasets._split_random),
+        "data_code": _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
+                              datasets._split_random),
         "training_code": _sources(losses.head_loss_terms, trainer.lr_lambda, trainer.EpochBatchSampler),
         "metadata_code": _constants(KEY=KEY) + "\n\n\n" + _sources(to_props),
     }
