@@ -70,3 +70,22 @@ def demo_subset(tmp_path_factory):
 def tiny_folder(demo_subset) -> Path:
     """An image folder of two classes of the demo shapes (circle, square), 8 images each."""
     return demo_subset(8)
+
+
+@pytest.fixture(scope="session")
+def small_resnet():
+    """A builder: ``small_resnet(heads)`` is resnet18 with random weights (seed 0) at a 64 px input (fast),
+    its output layer deleted and the given heads added (seed 0), for the export tests."""
+    from engine.network.preprocess import InputSpec
+    from engine.surgery.operations import AddHead, DeleteOutputLayer
+
+    def build(heads) -> Session:
+        torch.manual_seed(0)
+        session = Session(load_network("resnet18", random_init=True))
+        session.model.input_spec = InputSpec(size=64, resize=73)
+        session.do(DeleteOutputLayer())
+        for spec in heads:
+            session.do(AddHead(spec, seed=0))
+        return session
+
+    return build

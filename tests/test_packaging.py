@@ -44,7 +44,8 @@ def installed(tmp_path_factory) -> Path:
     tops = {n.split("/")[0] for n in names if not n.startswith("graft-")}
     assert tops == {"graft"}  # nothing generic such as app/, engine/ or main.py in site-packages
     for needed in ("graft/resources/style.qss", "graft/resources/demo_recipe.json",
-                   "graft/resources/icons/graft.svg", "graft/engine/network/heads.py", "graft/__main__.py"):
+                   "graft/resources/icons/graft.svg", "graft/engine/network/heads.py", "graft/__main__.py",
+                   "graft/engine/export/train_script.py.tmpl"):
         assert needed in names
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                            str(wheel)], capture_output=True, text=True)

@@ -32,6 +32,9 @@ INPUT_NAME = "image"
 FEATURES_OUTPUT = "output"
 MULTI_THRESHOLD = 0.5
 TOP_K = 5
+# The numbers inside the file: fp32 as trained, fp16 weights and maths (inputs and outputs stay float32),
+# int8 quantized weights and activations (inputs and outputs stay float32). Files from before the key: fp32.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 ACTIVATION = {"single": "softmax", "multi": "sigmoid", "regression": "none", "features": "none"}
 MEANING = {
@@ -103,8 +106,11 @@ def output_entry(name: str, spec: HeadSpec | None) -> dict[str, Any]:
 
 
 def build_metadata(input_spec: InputSpec, heads: Sequence[HeadSpec], source: Mapping[str, Any] | None = None,
-                   *, opset: int | None = None, exporter: str | None = None) -> dict[str, Any]:
-    """The complete ``graft`` metadata blob for a model with these heads (none: one ``output``)."""
+                   *, opset: int | None = None, exporter: str | None = None, precision: str = "fp32") -> dict[str, Any]:
+    """The complete ``graft`` metadata blob for a model with these heads (none: one ``output``);
+    ``precision``: one of :data:`PRECISIONS` (the file's inputs and outputs are float32 whatever it is)."""
+    if precision not in PRECISIONS:
+        raise GraftError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
     outputs = [output_entry(h.name, h) for h in heads] or [output_entry(FEATURES_OUTPUT, None)]
     data: dict[str, Any] = {
         "format": FORMAT,
@@ -132,6 +138,7 @@ def build_metadata(input_spec: InputSpec, heads: Sequence[HeadSpec], source: Map
             "steps": preprocessing_steps(input_spec),
         },
         "outputs": outputs,
+        "precision": precision,
     }
     if opset is not None:
         data["opset"] = opset
@@ -159,6 +166,7 @@ def to_props(data: Mapping[str, Any]) -> dict[str, str]:
         "preprocessing": "; ".join(data["preprocessing"]["steps"]),
         "outputs": ",".join(o["name"] for o in data["outputs"]),
         "source": str(data.get("source", {}).get("description", "")),
+        "precision": str(data.get("precision", "fp32")),
     }
     for o in data["outputs"]:
         props[f"output.{o['name']}.kind"] = o["kind"]
@@ -174,6 +182,8 @@ def describe(data: Mapping[str, Any]) -> str:
     lines = [f"Exported by Graft {data.get('graft_version', '?')} from {data.get('source', {}).get('description', '?')}.",
              f"Input '{data['input']['name']}': float32 {spec.layout} {spec.describe()}.",
              "Preprocessing: " + "; ".join(data["preprocessing"]["steps"]) + "."]
+    if data.get("precision", "fp32") != "fp32":
+        lines.append(f"Precision: {data['precision']} inside; the input and the outputs are float32.")
     for o in data["outputs"]:
         labels = f" [{', '.join(o['labels'])}]" if o.get("labels") else ""
         lines.append(f"Output '{o['name']}' ({o['kind']}): {o['meaning']}{labels}.")
@@ -192,6 +202,7 @@ class GraftMetadata:
     graft_version: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # one of PRECISIONS
 
     def spec_for(self, output: str) -> HeadSpec | None:
         """The head behind an output (None for the ``output`` features of a model without heads)."""
@@ -271,9 +282,12 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
         raise _fail(where, "duplicate output names")
     if heads and len(heads) != len(names):
         raise _fail(where, "head outputs mixed with raw features")
+    precision = data.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise _fail(where, f"precision {precision!r}, expected one of {', '.join(PRECISIONS)}")
     name = data["input"].get("name", INPUT_NAME) if isinstance(data["input"], dict) else INPUT_NAME
     return GraftMetadata(spec, heads, names, name, exif, str(data.get("graft_version", "")),
-                         dict(data.get("source") or {}), data)
+                         dict(data.get("source") or {}), data, precision)
 
 
 def from_props(props: Mapping[str, str], where: str = "ONNX file") -> GraftMetadata:
@@ -420,6 +434,33 @@ def load_batch(paths: Iterable[str | Path], spec: InputSpec, *, exif: bool = Tru
     if not arrays:
         return np.zeros((0, spec.channels, spec.size, spec.size), dtype=np.float32)
     return np.stack(arrays)
+
+
+def image_suffixes() -> set[str]:
+    """File name endings Pillow can open (lower case, with the dot)."""
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
+    """The files named, and the image files found in the folders named (searched recursively, hidden
+    files and folders left out, in sorted order). A named file is kept whatever its ending, and so is a
+    path that does not exist: reading it says what is wrong with it, next to the images that are fine."""
+    import os
+
+    suffixes = image_suffixes()
+    out: list[Path] = []
+    for text in paths:
+        p = Path(text).expanduser()
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                out += [Path(dirpath) / f for f in sorted(filenames)
+                        if not f.startswith(".") and Path(f).suffix.lower() in suffixes]
+        else:
+            out.append(Path(text))
+    return out
 
 
 class OnnxPredictor:
