@@ -36,6 +36,17 @@ TRAINING_KEYS = ("epochs", "batch_size", "lr_heads", "lr_trunk", "weight_decay",
                  "patience", "seed", "cache_features")
 
 
+# Graft reads multi-band TIFFs with tifffile; the script reads what Pillow reads (RGB projects only).
+PILLOW_ONLY = '''def is_tiff(path) -> bool:
+    """A TIFF Pillow cannot open (more bands than RGB) is not an image for this script, which reads images
+    with Pillow alone."""
+    return False
+
+
+def read_tiff(path, exif=True):
+    raise ValueError(f"{path}: a TIFF of more bands than RGB")'''
+
+
 def _assignment(module: Any, name: str) -> str:
     """A module-level ``name = …`` statement as written in ``module`` (for values without a repr, such as
     a table of lambdas)."""
@@ -223,6 +234,10 @@ def training_script(session: "Session", project: str = "the project", script_nam
 
     if not session.heads:
         raise GraftError("The project has no heads: add a head before exporting a training script.")
+    channels = getattr(session.input_spec, "channels", 3)
+    if channels != 3:
+        raise GraftError(f"The project's input has {channels} channels: the standalone script reads RGB images "
+                         "with Pillow only, so it rebuilds 3-channel projects.")
     if not any(p.requires_grad for p in session.model.parameters()):
         raise GraftError("Every layer and head of the project is frozen: there is nothing to train.")
     network, architecture, network_words = _network(session)
@@ -286,10 +301,7 @@ def training_script(session: "Session", project: str = "the project", script_nam
         "model_code": _sources(graft_model.pool_features, graft_model._CutReached, graft_model.Trunk,
                                graft_model.RegressionHead, graft_model.GraftModel, graft_model.build_head),
         "preprocessing_code": preprocessing,
-        "data_code": _constants(TIFF_SIGNATURES=preprocess.TIFF_SIGNATURES) + "\n" + _assignment(preprocess, "_ORIENT")
-                     + "\n\n\n"
-                     + _sources(preprocess.is_tiff, preprocess.read_tiff) + "\n\n\n"  # tifffile: for TIFFs only
-                     + _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
+        "data_code": PILLOW_ONLY + "\n\n\n" + _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
                               datasets._split_random),
         "training_code": _sources(losses._terms, losses.head_loss_terms, trainer.lr_lambda, trainer.EpochBatchSampler),
         "metadata_code": _constants(KEY=KEY) + "\n\n\n" + _sources(to_props),
