@@ -405,7 +405,7 @@ class Export(QObject):
             from engine.training.record import TrainingRecord
 
             record = TrainingRecord.latest(session.project_extra)
-            data = f"\n--data defaults to the project's training data, {record.data}." \
+            data = f"\n(--data defaults to the project's training data, {record.data}.)" \
                 if record is not None and record.data else ""
             self._messages.show_message(f"Wrote {name}: run it with python {name} --data PATH --epochs N --out DIR")
             QMessageBox.information(

@@ -96,6 +96,7 @@ class PrecisionDialog(QDialog):
                 self.folder_edit = QLineEdit()
                 self.folder_edit.setPlaceholderText("a folder of images (searched recursively)")
                 self.browse = QPushButton("Browse…")
+                self.browse.setAutoDefault(False)  # Enter exports
                 self.browse.clicked.connect(self._browse)
                 row.addWidget(self.folder_edit, 1)
                 row.addWidget(self.browse)
