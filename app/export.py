@@ -90,10 +90,11 @@ def _loaded_images(session, request: ReducedRequest):
 
     try:
         return validation_images(session, request.data_path, calibration=CALIBRATION_IMAGES)
-    except GraftError as exc:
+    except GraftError:  # e.g. a head whose column the data lacks: its images still calibrate and compare
         name = Path(request.data_path or "").name
         return ProjectImages(calibration=spread(request.train, CALIBRATION_IMAGES), validation=spread(request.val, 500),
-                             where=f"from the validation split of {name} (agreement only: {str(exc).rstrip('.')})")
+                             where=f"from the validation split of {name} (agreement only: not every head's labels "
+                                   "are in it)")
 
 
 def _export_reduced(session, request: ReducedRequest, report_progress=None):
@@ -111,6 +112,8 @@ def _export_reduced(session, request: ReducedRequest, report_progress=None):
     calibration = None
     if request.precision == "int8" and request.calibration in ("data", "recorded"):
         source = loaded if request.calibration == "data" else recorded
+        if source is None:
+            raise GraftError("No data is loaded to calibrate int8 on. Nothing was written.")
         calibration = [str(p) for p in source.calibration]
         if not calibration:
             raise GraftError(f"No calibration images: {source.where}. Choose a folder of images, or none for "

@@ -16,6 +16,8 @@ from PySide6.QtGui import QFont, QFontDatabase, QFontInfo, QGuiApplication
 from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QFileDialog, QGroupBox, QHBoxLayout,
                                QLabel, QLineEdit, QPlainTextEdit, QPushButton, QRadioButton, QVBoxLayout, QWidget)
 
+from .try_image_view import hint_label
+
 PRECISION_CHOICES = (
     ("fp32", "fp32", "full precision: the numbers PyTorch computes"),
     ("fp16", "fp16", "half the size; the input and outputs stay float32, so code reading the file does not change"),
@@ -46,13 +48,6 @@ def fixed_font() -> QFont:
         if family is not None:
             font.setFamily(family)
     return font
-
-
-def _hint(text: str) -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    label.setObjectName("hint")
-    return label
 
 
 class PrecisionDialog(QDialog):
@@ -105,13 +100,13 @@ class PrecisionDialog(QDialog):
             else:
                 column.addWidget(button)
                 if source.detail and not source.available:
-                    column.addWidget(_hint("    " + source.detail))
+                    column.addWidget(hint_label(self, "    " + source.detail))
         if not hasattr(self, "folder_edit"):
             self.folder_edit = QLineEdit()  # never shown: folder() reads it
-        self.dynamic_note = _hint(DYNAMIC_NOTE)
+        self.dynamic_note = hint_label(self, DYNAMIC_NOTE)
         column.addWidget(self.dynamic_note)
         layout.addWidget(self.calibration_box)
-        self.comparison = _hint(comparison)
+        self.comparison = hint_label(self, comparison)
         self.comparison.setObjectName("comparison")
         layout.addWidget(self.comparison)
 

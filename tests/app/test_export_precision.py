@@ -253,3 +253,21 @@ def test_the_training_script_compiles_and_names_no_graft_import(qtbot, window, m
     assert "TorchScript model" in shown.args[0] and not other.exists()
     window.export.export_script(str(tmp_path / "no" / "such" / "s.py"))
     assert "does not exist" in boxes.texts("warning")[-1]
+
+
+def test_fp16_with_a_head_the_data_lacks_is_compared_by_agreement(qtbot, window, monkeypatch, boxes, small_resnet,
+                                                                  small_csv, tmp_path):
+    from engine.network.heads import HeadSpec
+
+    data = load_data(qtbot, window, small_csv)
+    with_session(window, small_resnet, [data.heads[0], HeadSpec("colour", labels=["light", "dark"])])
+    path = tmp_path / "half.onnx"
+    save_as(monkeypatch, path, app.export.PRECISION_FILTERS["fp16"])
+    seen = answer_precision(monkeypatch)
+    with qtbot.waitSignal(window.exported, timeout=LOAD_TIMEOUT):
+        window.actions.export_onnx.trigger()
+    assert seen[0].precision() == "fp16" and not seen[0].calibration_box.isEnabled()  # int8's choice only
+    assert read_metadata(path).precision == "fp16"
+    table = window.export.report_dialog.table.toPlainText()
+    assert f"compared on {len(data.val)} images from the validation split of {small_csv.name} (agreement only" in table
+    assert "colour: top-1 agreement" in table and "shape: top-1 agreement" in table and "accuracy" not in table
