@@ -44,7 +44,11 @@ class Actions(QObject):
         self.save_project_as = self._make("Save project &as…", None, "Ctrl+Shift+S",
                                           "Save the project under a new name")
         self.export_onnx = self._make("&Export ONNX…", "export", "Ctrl+E",
-                                      "Export the network with its heads to ONNX and check it against PyTorch")
+                                      "Export the network with its heads to ONNX (fp32, or fp16/int8 measured "
+                                      "against fp32: choose the file type) and check it against PyTorch")
+        self.export_script = self._make("Export training &script…", None, None,
+                                        "Write one Python training script (torch, torchvision, NumPy, Pillow; no "
+                                        "Graft) that rebuilds, trains and exports what this project trains")
         self.quit = self._make("&Quit", "quit", QKeySequence.StandardKey.Quit, "Close Graft")
         self.quit.setMenuRole(QAction.MenuRole.QuitRole)
         self.recent_menu = QMenu("Open &recent", parent)
@@ -120,7 +124,7 @@ class Actions(QObject):
         m.addSeparator()
         m.addActions([self.open_data_folder, self.open_data])
         m.addSeparator()
-        m.addActions([self.save_project, self.save_project_as, self.export_onnx])
+        m.addActions([self.save_project, self.save_project_as, self.export_onnx, self.export_script])
         m.addSeparator()
         m.addAction(self.quit)
         m = menus["edit"] = bar.addMenu("&Edit")
@@ -177,6 +181,7 @@ class Actions(QObject):
         self.save_project.setEnabled(has_model and ok("save"))
         self.save_project_as.setEnabled(has_model and ok("save"))
         self.export_onnx.setEnabled(has_model and ok("export"))
+        self.export_script.setEnabled(has_model and has_heads and ok("export"))
         self.delete_output.setEnabled(surgery and output_present)
         self.cut_here.setEnabled(surgery and layer_selected and can_cut)
         self.add_head.setEnabled(surgery)

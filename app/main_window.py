@@ -252,6 +252,7 @@ class MainWindow(QMainWindow):
                 (a.open_project, f.open_project_dialog), (a.open_data, d.open_data_dialog),
                 (a.open_data_folder, d.open_data_folder_dialog), (a.save_project, f.save_project),
                 (a.save_project_as, f.save_project_as), (a.export_onnx, self.export.export_onnx_dialog),
+                (a.export_script, self.export.export_script_dialog),
                 (a.quit, self.close), (a.clear_recent, f.clear_recent),
                 (a.delete_output, s.delete_output_layer), (a.cut_here, s.cut_here), (a.add_head, s.add_head),
                 (a.edit_head, lambda: s.edit_head(s.selected_head())),
