@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from engine.network.graft_model import GraftModel, Trunk
+from engine.runtime.allocator import release_free_memory
 from engine.runtime.batch_size import BatchSizeProbe
 from engine.runtime.onnx_convert import (EXPORT_LOCK, OPSET, Rejected, captured_output, convert, first_line,
                                          ort_session, verify)
@@ -83,12 +84,26 @@ class Conversion:
     _sessions: dict[int, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    _settled: bool = False
+
     def session(self, threads: int) -> Any:
         """The onnxruntime session for ``threads`` intra-op threads (made once per thread count)."""
         with self._lock:
             if threads not in self._sessions:
-                self._sessions = {threads: ort_session(self.onnx, threads)}
+                self._sessions = {threads: ort_session(self.onnx, threads, spinning=False)}
             return self._sessions[threads]
+
+    def settle(self) -> None:
+        """Once the probe has chosen a batch size below the largest it tried, start a new session: the
+        old one's memory arena grew to the largest batch and would hold that memory for good."""
+        best = self.probe.best
+        if self._settled or best is None:
+            return
+        self._settled = True
+        if best < max(self.probe.candidates):
+            with self._lock:
+                self._sessions = {}
+            release_free_memory()
 
 
 def convert_trunk(trunk: Trunk, size: int) -> Conversion:
@@ -106,7 +121,7 @@ def convert_trunk(trunk: Trunk, size: int) -> Conversion:
             with EXPORT_LOCK, captured_output():
                 convert("torchscript", model, example, path, INPUT, [OUTPUT], OPSET)
             data = path.read_bytes()
-        sess = ort_session(data, threads)
+        sess = ort_session(data, threads, spinning=False)
         diffs, _ = verify(model, sess, INPUT, [OUTPUT], check, TOLERANCE)
     except (MemoryError, KeyboardInterrupt):
         raise
@@ -205,6 +220,7 @@ class TrunkRunner:
             parts.append(sess.run([OUTPUT], {INPUT: x[start:stop]})[0])
             if timed:
                 probe.record(stop - start, time.perf_counter() - t0)
+        self.conversion.settle()
         return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
 
