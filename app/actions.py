@@ -84,6 +84,9 @@ class Actions(QObject):
         self.train_stop = self._make("S&top training", "stop", "Shift+F5",
                                      "Stop after the current batch (the best weights so far are kept)")
         self.evaluate = self._make("&Evaluate", "evaluate", "F6", "Evaluate every head on the validation data")
+        self.tensorboard = self._make("Log runs to &TensorBoard…", None, None,
+                                      "Also write each run's curves as TensorBoard event files in a folder")
+        self.tensorboard.setCheckable(True)
         self.train_start.setIconText("Train")  # short toolbar labels: the menu keeps the full names
         self.train_stop.setIconText("Stop")
 
@@ -130,6 +133,8 @@ class Actions(QObject):
         m.addActions([self.freeze_up_to, self.heads_only, self.unfreeze_all])
         m = menus["train"] = bar.addMenu("&Train")
         m.addActions([self.train_start, self.train_stop])
+        m.addSeparator()
+        m.addAction(self.tensorboard)
         m.addSeparator()
         m.addAction(self.evaluate)
         m = menus["help"] = bar.addMenu("&Help")

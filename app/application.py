@@ -71,13 +71,13 @@ def run_app(argv: list[str] | None = None) -> int:
     window = MainWindow()
     window.show()
     if opts["project"]:
-        window.open_project_file(opts["project"])
+        window.files.open_project_file(opts["project"])
     elif opts["model"]:
-        window.load_model({"spec": opts["model"]})
+        window.files.load_model({"spec": opts["model"]})
     if opts["data"] == "demo":
-        window.load_demo_data()
+        window.datasets.load_demo_data()
     elif opts["data"]:
-        window.load_data(opts["data"])
+        window.datasets.load_data(opts["data"])
     code = app.exec()
     shutdown_all(30000)  # a load still running when the window closed ends before Python does
     return int(code)

@@ -1,4 +1,4 @@
-"""The window's own dialogs: opening a model (bundled, torchvision, file) and the about box."""
+"""The window's own dialogs: opening a model (bundled, torchvision or timm, file) and the about box."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,21 +27,24 @@ def _hint(text: str) -> QLabel:
 class OpenModelDialog(QDialog):
     """Choose what to load. :meth:`request` gives the keyword arguments for ``engine.network.loading.load_network``.
 
-    Pages: bundled EfficientNet-Lite 0/1/2 (pretrained, ships with Graft); a torchvision architecture with a
-    weights file, the torch hub cache, or — only when ticked, and said plainly — random weights; a model
+    Pages: bundled EfficientNet-Lite 0/1/2 (pretrained, ships with Graft); a torchvision architecture, or a
+    timm one as ``timm:NAME`` (a short list of popular ones, any other typed in), with a weights file, the
+    torch hub / Hugging Face cache, or — only when ticked, and said plainly — random weights; a model
     file (TorchScript, state dict, safetensors, or a pickle when "I trust this file" is ticked).
     """
 
     def __init__(self, parent: QWidget | None = None, page: str = "bundled",
-                 torchvision_names: list[str] | None = None, start_dir: str = "") -> None:
+                 torchvision_names: list[str] | None = None, start_dir: str = "",
+                 timm_names: list[str] | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Open model")
         self.setMinimumWidth(560)
         self._start_dir = start_dir
         self._tv_names = torchvision_names
+        self._timm_names = timm_names
         self.tabs = QTabWidget()
         self.tabs.addTab(self._bundled_page(), "Bundled")
-        self.tabs.addTab(self._torchvision_page(), "torchvision")
+        self.tabs.addTab(self._torchvision_page(), "torchvision / timm")
         self.tabs.addTab(self._file_page(), "Model file")
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Open
                                         | QDialogButtonBox.StandardButton.Cancel)
@@ -89,6 +92,12 @@ class OpenModelDialog(QDialog):
                 names = torchvision_names()
             except Exception:  # noqa: BLE001 - torchvision missing: the page still lets a name be typed
                 names = []
+        timm_names = self._timm_names
+        if timm_names is None:
+            from engine.network.timm_models import popular_names  # a fixed list: timm itself is not imported
+
+            timm_names = popular_names()
+        names = list(names) + list(timm_names)
         self.tv_arch.addItems(names)
         completer = QCompleter(names, self.tv_arch)
         completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
@@ -112,8 +121,9 @@ class OpenModelDialog(QDialog):
         self.tv_random.setObjectName("randomWeights")
         self.tv_random.toggled.connect(self._random_toggled)
         form.addRow("", self.tv_random)
-        self.tv_note = _hint("Graft never downloads. Without a weights file it uses the torch hub cache; "
-                             "if the weights are not there, loading fails unless you ask for random weights.")
+        self.tv_note = _hint("Graft never downloads. Without a weights file it uses the torch hub cache (timm: "
+                             "the Hugging Face hub cache); if the weights are not there, loading fails unless you "
+                             "ask for random weights. Any timm network can be typed in as timm:NAME.")
         form.addRow("", self.tv_note)
         return page
 

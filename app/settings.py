@@ -4,7 +4,9 @@ files and the last folders used. The organisation and application names are set 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings
 
@@ -16,6 +18,15 @@ APPLICATION = "Graft"
 class Settings:
     def __init__(self, settings: QSettings | None = None) -> None:
         self.q = settings if settings is not None else QSettings()
+        self._recent_listeners: list[Callable[[], Any]] = []
+
+    def on_recent_changed(self, callback: Callable[[], Any]) -> None:
+        """``callback()`` whenever this object changes the recent files (the File menu lists them)."""
+        self._recent_listeners.append(callback)
+
+    def _recent_changed(self) -> None:
+        for cb in list(self._recent_listeners):
+            cb()
 
     # -- recent files ---------------------------------------------------------------------------
     def recent_files(self) -> list[dict[str, str]]:
@@ -36,14 +47,17 @@ class Settings:
         items.insert(0, {"kind": kind, "path": path})
         items = items[:MAX_RECENT]
         self.q.setValue("recent/files", [f"{r['kind']}|{r['path']}" for r in items])
+        self._recent_changed()
         return items
 
     def remove_recent(self, path: str) -> None:
         items = [r for r in self.recent_files() if r["path"] != path]
         self.q.setValue("recent/files", [f"{r['kind']}|{r['path']}" for r in items])
+        self._recent_changed()
 
     def clear_recent(self) -> None:
         self.q.setValue("recent/files", [])
+        self._recent_changed()
 
     # -- folders --------------------------------------------------------------------------------
     def last_dir(self, what: str) -> str:
@@ -70,6 +84,13 @@ class Settings:
         self.q.setValue("window/geometry", geometry)
         self.q.setValue("window/state", state)
         self.q.setValue("window/splitter", [int(s) for s in splitter])
+
+    def tensorboard_dir(self) -> str:
+        """The folder runs are also logged to as TensorBoard event files ("" when off)."""
+        return str(self.q.value("training/tensorboard", "") or "")
+
+    def set_tensorboard_dir(self, path: str | os.PathLike | None) -> None:
+        self.q.setValue("training/tensorboard", str(path) if path else "")
 
     def value(self, key: str, default=None):
         return self.q.value(key, default)

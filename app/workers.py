@@ -288,9 +288,10 @@ class TrainWorker(Worker):
     """
 
     def __init__(self, session: Any, data: Any, config: Any, interval: float = 0.05,
-                 trainer_factory: Callable[..., Any] | None = None) -> None:
+                 trainer_factory: Callable[..., Any] | None = None, tensorboard: str | None = None) -> None:
         super().__init__(self._train)
         self.session, self.data, self.config = session, data, config
+        self.tensorboard = tensorboard  # a folder: the run's curves are also written there
         self.interval = interval
         self._factory = trainer_factory
         self._trainer: Any = None
@@ -311,11 +312,16 @@ class TrainWorker(Worker):
             trainer.stop()
 
     def _make_trainer(self) -> Any:
+        on_event = self._on_event
+        if self.tensorboard:
+            from engine.training.runs import TensorBoardLog
+
+            on_event = TensorBoardLog(self.tensorboard, then=on_event)  # in the worker: writes no widget
         if self._factory is not None:
-            return self._factory(self.session, self.data, self.config, self._on_event)
+            return self._factory(self.session, self.data, self.config, on_event)
         from engine.training.trainer import Trainer
 
-        return Trainer(self.session, self.data, self.config, self._on_event)
+        return Trainer(self.session, self.data, self.config, on_event)
 
     def _train(self) -> Any:
         trainer = self._make_trainer()

@@ -4,4 +4,4 @@ Modules import torch and the heavier engine parts inside ``run`` only: ``predict
 onnxruntime alone, and ``--help`` should be instant.
 """
 
-NAMES = ("layers", "train", "evaluate", "export", "predict")
+NAMES = ("layers", "train", "evaluate", "explain", "export", "predict", "runs", "diff", "script")

@@ -25,6 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
+    parser.add_argument("--errors", metavar="FILE.csv",
+                        help="write every mistake (image, head, truth, prediction, confidence, loss), worst first")
+    parser.add_argument("--report", metavar="FILE.html",
+                        help="write a self-contained HTML report: each head's metrics, confusion matrix, most "
+                             "confident mistakes with their heatmaps, and the label audit")
+    parser.add_argument("--suggestions", metavar="FILE.csv",
+                        help="write the label audit (labels the model contradicts with high confidence, and its "
+                             "labels for blank cells) to a new CSV; the data itself is never changed")
     parser.add_argument("--trust", action="store_true",
                         help="the project was made from a pickled model file: allow loading that file again "
                              "(it can run code: only for files you trust)")
@@ -81,22 +89,65 @@ def describe_selection(data, split: str, same: bool | None, name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from engine.data.datasets import load_data
     from engine.errors import GraftError
+    from engine.explain.mistakes import refuse_data
     from engine.training.evaluation import evaluate
     from engine.project.project_file import open_project
 
     if args.batch_size < 1:
         raise GraftError("The batch size must be at least 1.")
+    outputs = _output_files(args)
     session = open_project(Path(args.project).expanduser(), trust=args.trust)
     if not session.heads:
         raise GraftError(f"{Path(args.project).name} has no heads to evaluate.")
     data_file = data_path(args.data)
+    for path in outputs.values():  # before any work: the data is never written over
+        refuse_data(path, [data_file])
     seed, fraction, same = training_split(session.project_extra, data_file)
     # Evaluation data may lack classes (a test set of cats only); unknown classes are still refused.
     data = load_data(data_file, session.heads, seed=seed, val_fraction=fraction, require_every_class=False)
     if data.skipped:
         print(f"{plural(len(data.skipped), 'file')} skipped (unreadable or not in a class folder)")
-    print(describe_selection(data, args.split, same, data_file.name))
+    selection = describe_selection(data, args.split, same, data_file.name)
+    print(selection)
     report = evaluate(session, data, batch_size=args.batch_size, device=args.device, split=args.split,
                       num_workers=args.workers)
     print(report.format())
+    _write_outputs(outputs, session, data, report, selection, data_file)
     return 0
+
+
+def _output_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The files asked for, checked before any work (their folder exists and takes files; no two alike)."""
+    from engine.errors import GraftError
+    from engine.files import check_target
+
+    files = {k: Path(v).expanduser() for k in ("errors", "report", "suggestions") if (v := getattr(args, k, None))}
+    resolved = [p.resolve() for p in files.values()]
+    if len(set(resolved)) != len(resolved):
+        raise GraftError("--errors, --report and --suggestions must name different files.")
+    for path in files.values():
+        check_target(path)
+    return files
+
+
+def _write_outputs(files: dict[str, Path], session, data, report, selection: str, data_file: Path) -> None:
+    from engine.explain import mistakes
+
+    protected = [data_file] if data_file.is_file() else []
+    root = data.root
+    if "errors" in files:
+        rows = mistakes.errors_table(report)
+        mistakes.write_errors(files["errors"], rows, root=root, protected=protected)
+        print(f"Wrote {plural(len(rows), 'mistake')} to {files['errors']}")
+    if "suggestions" in files:
+        audit = mistakes.label_audit(report)
+        mistakes.write_suggestions(files["suggestions"], audit, root=root, protected=protected)
+        contradicted = sum(1 for s in audit if s.reason == "contradicted")
+        print(f"Wrote the label audit ({contradicted} likely mislabelled, {len(audit) - contradicted} blank cells "
+              f"filled) to {files['suggestions']}")
+    if "report" in files:
+        from engine.explain.report import build_report, write_report
+
+        html = build_report(session, report, data_name=data_file.name, selection=selection)
+        write_report(files["report"], html)
+        print(f"Wrote the report to {files['report']}")

@@ -5,13 +5,14 @@ import argparse
 
 from engine.units import human_count as human
 
-from .common import add_model_arguments, load_session
+from .common import add_input_arguments, add_model_arguments, apply_input_arguments, load_session
 
 HELP = "print the layer tree (name, type, output shape, parameters, trainable)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_input_arguments(parser)
     parser.add_argument("--depth", type=int, default=0,
                         help="only show layers this deep, plus the output layer (0: all)")
 
@@ -22,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if args.depth < 0:
         raise GraftError(f"The depth must be 0 (all layers) or more (got {args.depth}).")
     session = load_session(args)
+    apply_input_arguments(session, args)
     tree = session.tree
     print(f"{session.describe()}  input {session.input_spec.describe()}")
     for note in session.network.notes:

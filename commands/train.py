@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.units import plural
 
-from .common import DATA_HELP, add_model_arguments, data_path, load_session
+from .common import DATA_HELP, add_input_arguments, add_model_arguments, apply_input_arguments, data_path, load_session
 
 HELP = "train new heads (and optionally the trunk) on an image folder or a CSV manifest; saves a .graft project"
 
@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR_OR_CSV",
                         help=DATA_HELP)
     add_model_arguments(parser)
+    add_input_arguments(parser)
     parser.epilog = "--model may also be a .graft project, to continue training it."
     parser.add_argument("--head", action="append", default=[], metavar="NAME:KIND[:COLUMNS[:WEIGHT]]",
                         help="a head to add, e.g. shape:single:shape or tags:multi:red,striped (repeatable; "
@@ -52,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to train (default: a GPU when there is one)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (split, head initialisation, order)")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also write the curves as TensorBoard event files under DIR (one folder per run)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="FILE.graft",
                         help=f"where to save the trained project (default ./{DEFAULT_OUT})")
 
@@ -168,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise GraftError(f"{data_file}: no such file or folder.")
 
     session = load_session(args)
+    apply_input_arguments(session, args)
     from_project = str(args.model).endswith(".graft")
     existing = session.heads
     clash = [n for n in names if n in {h.name for h in existing}]
@@ -202,6 +206,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"Training {trainable:,} of {total:,} parameters")
 
     printer = _Printer(session.heads)
+    if args.tensorboard:
+        from engine.training.runs import TensorBoardLog
+
+        printer = TensorBoardLog(args.tensorboard, then=printer)
     trainer = Trainer(session, data, config, printer)
     record = TrainingRecord.begin(data, config, data_file)
     with _ctrl_c_stops(trainer):

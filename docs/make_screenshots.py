@@ -61,38 +61,38 @@ def main() -> None:
         w.grab().save(str(out / name))
         print("saved", out / name)
 
-    w.load_model({"spec": "default"})
-    w.load_demo_data()
-    wait(app, lambda: w.session is not None and w.data is not None and not w.busy)
+    w.files.load_model({"spec": "default"})
+    w.datasets.load_demo_data()
+    wait(app, lambda: w.session is not None and w.data is not None and not w.jobs.busy)
     w.tabs.setCurrentIndex(0)
     shot("01-loaded.png")
     w.tabs.setCurrentIndex(1)
     shot("02-data.png")
 
-    w.apply_op(DeleteOutputLayer())
+    w.surgery.apply_op(DeleteOutputLayer())
     for spec in w.data.heads[:2]:
-        w.apply_op(AddHead(spec, seed=0))
-    w.apply_preset("heads-only")
+        w.surgery.apply_op(AddHead(spec, seed=0))
+    w.surgery.apply_preset("heads-only")
     w.tabs.setCurrentIndex(0)
     w.tree_view.select_path(f"{HEADS_KEY}.{w.session.heads[0].name}")
     shot("03-surgery.png")
 
     w.training_panel.epochs_spin.setValue(40)
-    w.start_training()
+    w.training.start()
     w.tabs.setCurrentIndex(2)
 
     def epochs() -> int:
         xs = w.curve_panel.curve("val:total").getData()[0]
         return 0 if xs is None else len(xs)
 
-    wait(app, lambda: not w.training or epochs() >= 25)
+    wait(app, lambda: not w.jobs.training or epochs() >= 25)
     shot("04-training.png")
-    wait(app, lambda: w.last_report is not None and not w.training)
-    w.predict_image(str(w.data.val[5].path))
-    wait(app, lambda: not w.busy)
+    wait(app, lambda: w.evaluation.last_report is not None and not w.jobs.training)
+    w.evaluation.predict_image(str(w.data.val[5].path))
+    wait(app, lambda: not w.jobs.busy)
     w.tabs.setCurrentIndex(3)
     shot("05-evaluation.png")
-    w._weights_changed = False
+    w.workspace.weights_changed = False
     w.setWindowModified(False)
     w.close()
 

@@ -3,6 +3,7 @@ once its new content is complete (a temporary file and a rename), so nothing hal
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,19 @@ def atomic_write(path: Path, write: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def cache_dir() -> Path:
+    """Graft's cache folder where each system keeps caches (the folders Qt's QStandardPaths.CacheLocation
+    names): ``$GRAFT_CACHE_DIR`` if set; on Windows ``%LOCALAPPDATA%\\Graft\\cache``; on macOS
+    ``~/Library/Caches/Graft``; elsewhere ``$XDG_CACHE_HOME/graft`` or ``~/.cache/graft``."""
+    if os.environ.get("GRAFT_CACHE_DIR"):
+        return Path(os.environ["GRAFT_CACHE_DIR"]).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "Graft" / "cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "Graft"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "graft"
+    return Path.home() / ".cache" / "graft"

@@ -1,10 +1,15 @@
 """Tests run headless: Qt offscreen, no GPU, no network. Shared fixtures: small torchvision networks with
-random weights (fast, offline), for the engine's and the command line's tests."""
+random weights (fast, offline) and a tiny image folder, for the engine's and the command line's tests."""
 import os
+import shutil
 import sys
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if os.environ.get("GRAFT_START_METHOD"):  # e.g. spawn: run the suite as Windows and macOS start children
+    import multiprocessing
+
+    multiprocessing.set_start_method(os.environ["GRAFT_START_METHOD"], force=True)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
@@ -34,3 +39,53 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def demo_subset(tmp_path_factory):
+    """``make(per_class, mode=None)``: a new image folder ``<root>/circle|square/`` holding the first
+    ``per_class`` images of each of the demo's two shapes (converted to the Pillow ``mode``, e.g. "L",
+    when given): tiny data for training tests."""
+    from PIL import Image
+
+    from engine.data.demo_data import ensure_demo_folder
+
+    demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
+
+    def make(per_class: int, mode: str | None = None) -> Path:
+        root = tmp_path_factory.mktemp("subset")
+        for cls in ("circle", "square"):
+            (root / cls).mkdir()
+            for f in sorted((demo / cls).iterdir())[:per_class]:
+                if mode is None:
+                    shutil.copy(f, root / cls / f.name)
+                else:
+                    Image.open(f).convert(mode).save(root / cls / f.name)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(demo_subset) -> Path:
+    """An image folder of two classes of the demo shapes (circle, square), 8 images each."""
+    return demo_subset(8)
+
+
+@pytest.fixture(scope="session")
+def small_resnet():
+    """A builder: ``small_resnet(heads)`` is resnet18 with random weights (seed 0) at a 64 px input (fast),
+    its output layer deleted and the given heads added (seed 0), for the export tests."""
+    from engine.network.preprocess import InputSpec
+    from engine.surgery.operations import AddHead, DeleteOutputLayer
+
+    def build(heads) -> Session:
+        torch.manual_seed(0)
+        session = Session(load_network("resnet18", random_init=True))
+        session.model.input_spec = InputSpec(size=64, resize=73)
+        session.do(DeleteOutputLayer())
+        for spec in heads:
+            session.do(AddHead(spec, seed=0))
+        return session
+
+    return build

@@ -8,8 +8,8 @@ updates the check boxes and the Trainable column.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QGuiApplication, QIcon, QPainter, QPalette, QPixmap
@@ -22,8 +22,8 @@ from .head_diagram import head_colour
 Index = QModelIndex | QPersistentModelIndex
 ToggleHandler = Callable[[str, bool], Any]
 
-COLUMNS = ("Layer", "Type", "Output shape", "Parameters", "Trainable")
-LAYER, TYPE, SHAPE, PARAMS, TRAINABLE = range(len(COLUMNS))
+COLUMNS = ("Layer", "Type", "Output shape", "Parameters", "Trainable", "Change")
+LAYER, TYPE, SHAPE, PARAMS, TRAINABLE, CHANGE = range(len(COLUMNS))
 
 CHECK = {"trainable": Qt.CheckState.Checked, "frozen": Qt.CheckState.Unchecked,
          "partial": Qt.CheckState.PartiallyChecked}
@@ -38,6 +38,21 @@ DISPLAY, CHECK_ROLE = _ROLE.DisplayRole, _ROLE.CheckStateRole
 def shape_text(shape: tuple[int, ...] | None) -> str:
     """``(64, 56, 56)`` -> ``64×56×56``."""
     return "×".join(str(d) for d in shape) if shape else ""
+
+
+class Change(Protocol):
+    """What the change column shows for a layer: an :class:`engine.project.diff.LayerChange` or alike."""
+
+    status: str  # "removed" | "added" | "replaced" | "reshaped" | "moved" | "same" | "kept"
+
+    @property
+    def badge(self) -> str: ...  # "moved 3.2%", "reshaped", "" when unchanged
+
+    @property
+    def text(self) -> str: ...
+
+
+CHANGE_COLOURS = {"added": "#2e7d32", "replaced": "#c62828", "reshaped": "#c62828", "moved": "#1565c0"}
 
 
 def badge(node: LayerNode) -> str:
@@ -61,6 +76,7 @@ class LayerTreeModel(QAbstractItemModel):
     IsOutputRole = _ROLE.UserRole + 6
     BadgeRole = _ROLE.UserRole + 7  # "output" | "cut" | ""
     TypeRole = _ROLE.UserRole + 8
+    ChangeRole = _ROLE.UserRole + 9  # the layer's change status ("moved", "added" …), None without a comparison
 
     def __init__(self, tree: LayerTree | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -68,6 +84,7 @@ class LayerTreeModel(QAbstractItemModel):
         self._toggle: ToggleHandler | None = None
         self._rows: dict[int, dict[int, int]] = {}  # id(parent) -> {id(child): row}
         self._dots: dict[str, QIcon] = {}
+        self._changes: dict[str, Change] = {}
         self._bold = QFont()
         self._bold.setBold(True)
         self._dim = QBrush(QGuiApplication.palette().color(QPalette.ColorGroup.Disabled,
@@ -109,6 +126,28 @@ class LayerTreeModel(QAbstractItemModel):
         if session.tree is not self._tree:
             self.set_tree(session.tree)
         self.set_toggle_handler(lambda path, trainable: session.do(SetTrainable("layers", [path], trainable)))
+
+    # -- before/after comparison ----------------------------------------------------------------
+    def set_changes(self, changes: Mapping[str, Change] | None) -> None:
+        """Show a comparison in the Change column: path -> change (a ModelDiff's ``changes()``); None or
+        empty clears it. The header's tooltip and every row's change cell are announced as changed."""
+        self._changes = dict(changes or {})
+        self.headerDataChanged.emit(Qt.Orientation.Horizontal, CHANGE, CHANGE)
+        if self._tree is not None:
+            for node in self._tree:
+                if node.parent is not None:
+                    index = self.createIndex(self._row(node), CHANGE, node)
+                    self.dataChanged.emit(index, index, [DISPLAY, _ROLE.ForegroundRole, _ROLE.ToolTipRole,
+                                                         self.ChangeRole])
+
+    def changes(self) -> dict[str, Change]:
+        return dict(self._changes)
+
+    def has_changes(self) -> bool:
+        return bool(self._changes)
+
+    def change(self, path: str) -> Change | None:
+        return self._changes.get(path)
 
     # -- lookups ---------------------------------------------------------------------------------
     def node(self, index: Index) -> LayerNode | None:
@@ -180,7 +219,9 @@ class LayerTreeModel(QAbstractItemModel):
         if role == _ROLE.ToolTipRole:
             return ("Tick a layer to train it, untick to freeze it", "Module class",
                     "Shape of the layer's output for one image (channels×height×width)",
-                    "Number of weights", "Weights that train / all weights")[section]
+                    "Number of weights", "Weights that train / all weights",
+                    "What changed since the compared model: added, reshaped, or how far the weights moved "
+                    "(‖ΔW‖ / ‖W‖)")[section]
         return None
 
     def flags(self, index: Index) -> Qt.ItemFlag:
@@ -207,6 +248,9 @@ class LayerTreeModel(QAbstractItemModel):
                 return human(node.params) if node.params else ""
             if column == TRAINABLE:
                 return f"{human(node.trainable_params)} / {human(node.params)}" if node.params else ""
+            if column == CHANGE:
+                change = self._changes.get(node.path)
+                return change.badge if change is not None else ""
             return None
         if role == CHECK_ROLE:
             if column == LAYER and node.params > 0:
@@ -221,13 +265,21 @@ class LayerTreeModel(QAbstractItemModel):
         if role == _ROLE.ForegroundRole:
             if column == TRAINABLE and node.params and node.trainable_params == 0:
                 return self._dim
+            if column == CHANGE and node.path in self._changes:
+                colour = CHANGE_COLOURS.get(self._changes[node.path].status)
+                return QBrush(QColor(colour)) if colour else self._dim
             return None
         if role == _ROLE.DecorationRole:
             if column == LAYER and node.kind == "head":
                 return self._dot(head_colour(self._row(node)))
             return None
         if role == _ROLE.ToolTipRole:
+            if column == CHANGE and node.path in self._changes:
+                return self._changes[node.path].text
             return self._tooltip(node)
+        if role == self.ChangeRole:
+            change = self._changes.get(node.path)
+            return change.status if change is not None else None
         if role == self.PathRole:
             return node.path
         if role == self.NodeRole:

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QLineEdit
 
 from engine.network.layer_tree import HEADS_KEY
 
-from .layer_tree_model import LAYER, PARAMS, SHAPE, TRAINABLE, TYPE, LayerTreeModel
+from .layer_tree_model import CHANGE, LAYER, PARAMS, SHAPE, TRAINABLE, TYPE, LayerTreeModel
 
 BADGE_COLOURS = {"output": "#3B7DD8", "cut": "#D9822B"}
 FILTER_DELAY_MS = 120
@@ -148,6 +148,8 @@ class LayerTreeView(QWidget):
         self.tree_view.customContextMenuRequested.connect(self._show_context_menu)
         self.model.modelReset.connect(self._after_reset)
         self.model.rowsInserted.connect(self._rows_inserted)
+        self.model.headerDataChanged.connect(self._show_change_column)
+        self._show_change_column()
         self._expand_heads()
 
     def _setup_columns(self) -> None:
@@ -248,7 +250,12 @@ class LayerTreeView(QWidget):
         if heads.isValid():
             self.tree_view.expand(heads)
 
+    def _show_change_column(self, *args: object) -> None:
+        """The Change column shows only while the model holds a comparison."""
+        self.tree_view.setColumnHidden(CHANGE, not self.model.has_changes())
+
     def _after_reset(self) -> None:
+        self._show_change_column()
         self._expand_heads()
         self._emit_current()
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QImageReader, QPainter, QPaintEvent, QPen, QPixmap
+from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import QFileDialog, QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from .head_diagram import head_colour
+from .thumbnails import load_thumbnail
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 MAX_SIDE = 1600  # larger images are decoded at this size: plenty for display
@@ -27,13 +28,23 @@ def is_image_path(path: str) -> bool:
 
 def load_pixmap(path: str) -> QPixmap:
     """Decode ``path`` for display (EXIF rotation applied, huge images decoded smaller)."""
-    reader = QImageReader(str(path))
-    reader.setAutoTransform(True)
-    size = reader.size()
-    if size.isValid() and max(size.width(), size.height()) > MAX_SIDE:
-        reader.setScaledSize(size.scaled(QSize(MAX_SIDE, MAX_SIDE), Qt.AspectRatioMode.KeepAspectRatio))
-    image = reader.read()
+    image = load_thumbnail(path, MAX_SIDE)
     return QPixmap.fromImage(image) if not image.isNull() else QPixmap()
+
+
+def hint_label(parent: QWidget, text: str = "") -> QLabel:
+    """A wrapped grey line under a view ("Predicting…", why something cannot be shown), hidden until set."""
+    label = QLabel(text, parent)
+    label.setWordWrap(True)
+    label.setObjectName("hint")
+    label.setVisible(bool(text))
+    return label
+
+
+def percent(p: float) -> str:
+    """Every probability shown with one decimal, so a runner-up never reads as if it were ahead
+    ("star 32.8%, then circle 32.6%", not "… circle 33%"), as in HeadPrediction.format()."""
+    return f"{p:.1%}"
 
 
 def prediction_html(head: str, prediction: Any) -> str:
@@ -45,14 +56,14 @@ def prediction_html(head: str, prediction: Any) -> str:
     top = list(getattr(prediction, "top", []) or [])
     if kind == "single" and top:
         best, rest = top[0], top[1:3]
-        tail = " · ".join(f"{escape(str(n))} {p:.0%}" for n, p in rest)
+        tail = " · ".join(f"{escape(str(n))} {percent(p)}" for n, p in rest)
         return (f"<span style='font-size:13pt; font-weight:600'>{escape(str(best[0]))}</span> "
-                f"<span style='font-size:12pt'>{best[1]:.1%}</span>"
+                f"<span style='font-size:12pt'>{percent(best[1])}</span>"
                 + (f"<br><span style='color:#607d8b'>then {tail}</span>" if tail else ""))
     if kind == "multi":
         if top:
             return "<span style='font-size:12pt'>" + ", ".join(
-                f"<b>{escape(str(n))}</b> {p:.0%}" for n, p in top) + "</span>"
+                f"<b>{escape(str(n))}</b> {percent(p)}" for n, p in top) + "</span>"
         text = prediction.format() if hasattr(prediction, "format") else "none"
         text = text[len(head) + 2:] if text.startswith(f"{head}: ") else text
         return f"<span style='color:#607d8b'>{escape(text)}</span>"
@@ -145,10 +156,7 @@ class TryImageView(QWidget):
         self.results_layout = QVBoxLayout(self.results)
         self.results_layout.setContentsMargins(2, 4, 2, 2)
         self.results_layout.setSpacing(8)
-        self.status_label = QLabel("", self)
-        self.status_label.setWordWrap(True)
-        self.status_label.setObjectName("hint")
-        self.status_label.hide()
+        self.status_label = hint_label(self)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 10, 10, 10)

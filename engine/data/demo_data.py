@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from engine.errors import GraftError
+from engine.files import cache_dir as user_cache_dir
 
 RECIPE_PATH = Path(__file__).resolve().parents[2] / "resources" / "demo_recipe.json"
 STAMP = ".graft-demo-stamp.json"
@@ -42,12 +43,9 @@ def load_recipe(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def cache_dir() -> Path:
-    """``$GRAFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/graft``, else ``~/.cache/graft``."""
-    if os.environ.get("GRAFT_CACHE_DIR"):
-        return Path(os.environ["GRAFT_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "graft"
-    return Path.home() / ".cache" / "graft"
+    """Where the demo data is built: :func:`engine.files.cache_dir` (``$GRAFT_CACHE_DIR`` or the system's
+    cache folder)."""
+    return user_cache_dir()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,6 +84,12 @@ def _masks(shape: str, size: int, cx: float, cy: float, r: float, angle: float,
             ImageDraw.Draw(ring).polygon(pts, outline=255, width=width)
     down = lambda im: np.asarray(im.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255.0  # noqa: E731
     return down(fill), (down(ring) if ring is not None else None)
+
+
+def shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: float = 0.0) -> np.ndarray:
+    """Anti-aliased coverage (``size`` x ``size`` float32 in [0, 1]) of one demo shape centred at
+    (``cx``, ``cy``) with radius ``r``: for placing a shape exactly where a check expects it."""
+    return _masks(shape, size, cx, cy, r, angle, 0.0)[0]
 
 
 def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:

@@ -73,14 +73,15 @@ def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def predict_arrays(session: "Session", batch: np.ndarray, runner: TrunkRunner | None = None) -> dict[str, np.ndarray]:
-    """Raw outputs ``{head: (N, outputs) float32}`` for a preprocessed (N, 3, S, S) batch (or one CHW image).
-    ``runner``: what runs the trunk (default: onnxruntime when a frozen trunk's conversion is ready, or
-    worth making for a batch this large; else PyTorch)."""
+    """Raw outputs ``{head: (N, outputs) float32}`` for a preprocessed (N, C, S, S) batch (or one CHW image),
+    C the input spec's channels. ``runner``: what runs the trunk (default: onnxruntime when a frozen
+    trunk's conversion is ready, or worth making for a batch this large; else PyTorch)."""
     batch = np.asarray(batch, dtype=np.float32)
     if batch.ndim == 3:
         batch = batch[None]
-    if batch.ndim != 4 or batch.shape[1] != 3:
-        raise GraftError(f"Expected a batch of shape (N, 3, H, W), got {tuple(batch.shape)}.")
+    channels = session.input_spec.channels
+    if batch.ndim != 4 or batch.shape[1] != channels:
+        raise GraftError(f"Expected a batch of shape (N, {channels}, H, W), got {tuple(batch.shape)}.")
     model = session.model
     device, dtype = _device_dtype(model)
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device=device, dtype=dtype)

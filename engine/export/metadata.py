@@ -23,7 +23,8 @@ import numpy as np
 from engine import __version__
 from engine.errors import GraftError, not_a_file
 from engine.network.heads import HeadSpec
-from engine.network.preprocess import RESAMPLE, SIXTEEN_BIT_FORMULA, SIXTEEN_BIT_MODES, InputSpec, preprocess_file
+from engine.network.preprocess import (RESAMPLE, SIXTEEN_BIT_FORMULA, SIXTEEN_BIT_MODES, InputSpec, channel_order_for,
+                                       check_channels, preprocess_file)
 
 FORMAT = 1
 KEY = "graft"
@@ -31,6 +32,9 @@ INPUT_NAME = "image"
 FEATURES_OUTPUT = "output"
 MULTI_THRESHOLD = 0.5
 TOP_K = 5
+# The numbers inside the file: fp32 as trained, fp16 weights and maths (inputs and outputs stay float32),
+# int8 quantized weights and activations (inputs and outputs stay float32). Files from before the key: fp32.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 ACTIVATION = {"single": "softmax", "multi": "sigmoid", "regression": "none", "features": "none"}
 MEANING = {
@@ -61,9 +65,9 @@ def preprocessing_steps(spec: InputSpec) -> list[str]:
         "an orientation tag is turned upright before anything else",
         f"16-bit greyscale (Pillow modes {', '.join(SIXTEEN_BIT_MODES)}): scale each value v to 8 bits as "
         f"{SIXTEEN_BIT_FORMULA}, i.e. round(v * 255 / 65535), whatever the image's brightness",
-        f"convert to {spec.channel_order}: alpha (RGBA, LA, PA, palette transparency) is composited over "
-        f"the background colour ({bg}); greyscale is replicated to 3 channels",
-        f"resize with {PILLOW_FILTERS.get(spec.interpolation, spec.interpolation)} so the shorter side is "
+        _conversion_step(spec, bg),
+        f"resize {'each band on its own (as an 8-bit greyscale image) ' if spec.channels > 3 else ''}"
+        f"with {PILLOW_FILTERS.get(spec.interpolation, spec.interpolation)} so the shorter side is "
         f"{spec.resize} px: new (w, h) = (max({spec.size}, round(w * s)), max({spec.size}, round(h * s))) with "
         f"s = {spec.resize} / min(w, h) and Python's round (halves to even)",
         f"centre-crop {spec.size}x{spec.size} (offsets floor((w-{spec.size})/2), floor((h-{spec.size})/2))",
@@ -72,6 +76,23 @@ def preprocessing_steps(spec: InputSpec) -> list[str]:
         f"lay out as {spec.layout} float32 ({spec.channel_order} channel order), input named '{INPUT_NAME}', "
         "any batch size",
     ]
+
+
+def _conversion_step(spec: InputSpec, bg: str) -> str:
+    """How the decoded image becomes the input's channels: RGB, greyscale, or RGB plus more bands."""
+    if spec.channels == 1:
+        return ("convert to greyscale L: 8-bit grey as it is (16-bit grey scaled as above); anything else has "
+                f"its alpha (RGBA, LA, PA, palette transparency) composited over the background colour ({bg}), "
+                "then Pillow's Image.convert('L') (ITU-R 601-2 luma: L = R * 299/1000 + G * 587/1000 + "
+                "B * 114/1000)")
+    if spec.channels > 3:
+        return (f"read the {spec.channels} bands as they are ({spec.channel_order}: R, G, B, then "
+                f"{spec.channels - 3} more band(s) in file order): a TIFF's bands with tifffile (16-bit bands "
+                "scaled as above, its orientation tag applied)" + (", or an RGBA image's, alpha kept as the "
+                "4th band (not composited)" if spec.channels == 4 else "") + "; an image with another number "
+                "of bands is refused")
+    return (f"convert to {spec.channel_order}: alpha (RGBA, LA, PA, palette transparency) is composited over "
+            f"the background colour ({bg}); greyscale is replicated to 3 channels")
 
 
 def output_entry(name: str, spec: HeadSpec | None) -> dict[str, Any]:
@@ -85,8 +106,11 @@ def output_entry(name: str, spec: HeadSpec | None) -> dict[str, Any]:
 
 
 def build_metadata(input_spec: InputSpec, heads: Sequence[HeadSpec], source: Mapping[str, Any] | None = None,
-                   *, opset: int | None = None, exporter: str | None = None) -> dict[str, Any]:
-    """The complete ``graft`` metadata blob for a model with these heads (none: one ``output``)."""
+                   *, opset: int | None = None, exporter: str | None = None, precision: str = "fp32") -> dict[str, Any]:
+    """The complete ``graft`` metadata blob for a model with these heads (none: one ``output``);
+    ``precision``: one of :data:`PRECISIONS` (the file's inputs and outputs are float32 whatever it is)."""
+    if precision not in PRECISIONS:
+        raise GraftError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
     outputs = [output_entry(h.name, h) for h in heads] or [output_entry(FEATURES_OUTPUT, None)]
     data: dict[str, Any] = {
         "format": FORMAT,
@@ -94,7 +118,7 @@ def build_metadata(input_spec: InputSpec, heads: Sequence[HeadSpec], source: Map
         "source": dict(source or {}),
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", 3, input_spec.size, input_spec.size],
+            "shape": ["batch", input_spec.channels, input_spec.size, input_spec.size],
             "dtype": "float32",
             "layout": input_spec.layout,
             "channel_order": input_spec.channel_order,
@@ -114,6 +138,7 @@ def build_metadata(input_spec: InputSpec, heads: Sequence[HeadSpec], source: Map
             "steps": preprocessing_steps(input_spec),
         },
         "outputs": outputs,
+        "precision": precision,
     }
     if opset is not None:
         data["opset"] = opset
@@ -141,6 +166,7 @@ def to_props(data: Mapping[str, Any]) -> dict[str, str]:
         "preprocessing": "; ".join(data["preprocessing"]["steps"]),
         "outputs": ",".join(o["name"] for o in data["outputs"]),
         "source": str(data.get("source", {}).get("description", "")),
+        "precision": str(data.get("precision", "fp32")),
     }
     for o in data["outputs"]:
         props[f"output.{o['name']}.kind"] = o["kind"]
@@ -156,6 +182,8 @@ def describe(data: Mapping[str, Any]) -> str:
     lines = [f"Exported by Graft {data.get('graft_version', '?')} from {data.get('source', {}).get('description', '?')}.",
              f"Input '{data['input']['name']}': float32 {spec.layout} {spec.describe()}.",
              "Preprocessing: " + "; ".join(data["preprocessing"]["steps"]) + "."]
+    if data.get("precision", "fp32") != "fp32":
+        lines.append(f"Precision: {data['precision']} inside; the input and the outputs are float32.")
     for o in data["outputs"]:
         labels = f" [{', '.join(o['labels'])}]" if o.get("labels") else ""
         lines.append(f"Output '{o['name']}' ({o['kind']}): {o['meaning']}{labels}.")
@@ -174,14 +202,15 @@ class GraftMetadata:
     graft_version: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # one of PRECISIONS
 
     def spec_for(self, output: str) -> HeadSpec | None:
         """The head behind an output (None for the ``output`` features of a model without heads)."""
         return next((h for h in self.heads if h.name == output), None)
 
 
-def _three_numbers(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 3 and all(
+def _numbers(v: Any, count: int = 3) -> bool:
+    return isinstance(v, list) and len(v) == count and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
 
 
@@ -207,13 +236,16 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
     spec = InputSpec.from_dict(raw)
     if not (isinstance(spec.size, int) and spec.size > 0 and isinstance(spec.resize, int) and spec.resize > 0):
         raise _fail(where, f"input size {spec.size!r} / resize {spec.resize!r}")
-    if not _three_numbers(spec.mean) or not _three_numbers(spec.std) or any(s == 0 for s in spec.std):
+    channels = check_channels(spec.channels)
+    if channels:
+        raise _fail(where, channels)
+    if not _numbers(spec.mean, spec.channels) or not _numbers(spec.std, spec.channels) or any(s == 0 for s in spec.std):
         raise _fail(where, f"mean {spec.mean!r} / std {spec.std!r}")
     if spec.interpolation not in RESAMPLE:
         raise _fail(where, f"unknown resize filter {spec.interpolation!r}")
-    if spec.channel_order != "RGB" or spec.layout != "NCHW":
+    if spec.channel_order != channel_order_for(spec.channels) or spec.layout != "NCHW":
         raise _fail(where, f"unsupported input {spec.channel_order} {spec.layout}")
-    if not _three_numbers(spec.alpha_background):
+    if not _numbers(spec.alpha_background):
         raise _fail(where, f"alpha background {spec.alpha_background!r}")
     # Files written before these keys existed were preprocessed exactly so: EXIF applied, 16-bit scaled.
     pre = data.get("preprocessing", {})
@@ -250,9 +282,12 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
         raise _fail(where, "duplicate output names")
     if heads and len(heads) != len(names):
         raise _fail(where, "head outputs mixed with raw features")
+    precision = data.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise _fail(where, f"precision {precision!r}, expected one of {', '.join(PRECISIONS)}")
     name = data["input"].get("name", INPUT_NAME) if isinstance(data["input"], dict) else INPUT_NAME
     return GraftMetadata(spec, heads, names, name, exif, str(data.get("graft_version", "")),
-                         dict(data.get("source") or {}), data)
+                         dict(data.get("source") or {}), data, precision)
 
 
 def from_props(props: Mapping[str, str], where: str = "ONNX file") -> GraftMetadata:
@@ -394,11 +429,38 @@ def decode_batch(specs: Mapping[str, HeadSpec | None], outputs: Mapping[str, np.
 
 
 def load_batch(paths: Iterable[str | Path], spec: InputSpec, *, exif: bool = True) -> np.ndarray:
-    """Preprocess image files into one (N, 3, S, S) float32 batch (GraftError naming a bad file)."""
+    """Preprocess image files into one (N, C, S, S) float32 batch (GraftError naming a bad file)."""
     arrays = [preprocess_file(p, spec, exif=exif) for p in paths]
     if not arrays:
-        return np.zeros((0, 3, spec.size, spec.size), dtype=np.float32)
+        return np.zeros((0, spec.channels, spec.size, spec.size), dtype=np.float32)
     return np.stack(arrays)
+
+
+def image_suffixes() -> set[str]:
+    """File name endings Pillow can open (lower case, with the dot)."""
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
+    """The files named, and the image files found in the folders named (searched recursively, hidden
+    files and folders left out, in sorted order). A named file is kept whatever its ending, and so is a
+    path that does not exist: reading it says what is wrong with it, next to the images that are fine."""
+    import os
+
+    suffixes = image_suffixes()
+    out: list[Path] = []
+    for text in paths:
+        p = Path(text).expanduser()
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                out += [Path(dirpath) / f for f in sorted(filenames)
+                        if not f.startswith(".") and Path(f).suffix.lower() in suffixes]
+        else:
+            out.append(Path(text))
+    return out
 
 
 class OnnxPredictor:

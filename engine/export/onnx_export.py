@@ -371,7 +371,7 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
     inputs: dict[str, np.ndarray] = {}
     if verify:
         rng = np.random.default_rng(0)
-        inputs["random"] = rng.standard_normal((RANDOM_BATCH, 3, spec.size, spec.size)).astype(np.float32)
+        inputs["random"] = rng.standard_normal((RANDOM_BATCH, spec.channels, spec.size, spec.size)).astype(np.float32)
         if image_paths:
             inputs["images"] = load_batch(image_paths, spec)
     source = _source_info(session)
@@ -383,7 +383,7 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
             raise GraftError(f"The model's weights take {human_bytes(size)}: a single-file ONNX export is "
                              "limited to 2 GB.")
         example = torch.from_numpy(np.random.default_rng(1).standard_normal(
-            (2, 3, spec.size, spec.size)).astype(np.float32))
+            (2, spec.channels, spec.size, spec.size)).astype(np.float32))
 
         def write(tmp: Path) -> None:
             failures: list[_Failure] = []

@@ -139,8 +139,8 @@ class GraftModel(nn.Module):
         return any(p.requires_grad for p in self.trunk.parameters())
 
     def dummy_input(self, batch: int = 1) -> torch.Tensor:
-        size = self.input_spec.size
-        return torch.zeros(batch, 3, size, size)
+        spec = self.input_spec
+        return torch.zeros(batch, spec.channels, spec.size, spec.size)
 
 
 def build_head(spec: HeadSpec, in_features: int):

@@ -1,6 +1,7 @@
-"""Loading networks: the bundled EfficientNet-Lite, torchvision architectures, and the user's files.
+"""Loading networks: the bundled EfficientNet-Lite, torchvision and timm architectures, and the user's files.
 
-Nothing here downloads: torchvision weights come from a file the user names or the torch hub cache.
+Nothing here downloads: torchvision and timm weights come from a file the user names or a local cache
+(the torch hub cache; for timm, the Hugging Face hub cache: see :mod:`engine.network.timm_models`).
 Pickles are loaded with ``weights_only=True`` unless the user has said they trust the file.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from engine.errors import GraftError, not_a_file
+from engine.network import timm_models
 from engine.network.preprocess import InputSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -42,8 +44,8 @@ class NeedsTrust(GraftError):
 class ModelSource:
     """Where a network came from: enough to rebuild its architecture when a project is reopened."""
 
-    kind: str  # "builtin" | "torchvision" | "file"
-    name: str  # builtin/torchvision name, or the file path
+    kind: str  # "builtin" | "torchvision" | "timm" | "file"
+    name: str  # builtin/torchvision name, timm:NAME, or the file path
     arch: str | None = None  # architecture of a state-dict file
     weights: str | None = None  # "pretrained", "random", or a weights file path
     format: str | None = None  # file: "state_dict" | "safetensors" | "torchscript" | "pickle"
@@ -59,7 +61,7 @@ class ModelSource:
         if not isinstance(data, dict):
             raise TypeError(f"the source is {type(data).__name__}, not an object")
         source = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-        if source.kind not in ("builtin", "torchvision", "file"):
+        if source.kind not in ("builtin", "torchvision", "timm", "file"):
             raise ValueError(f"unknown source kind {source.kind!r}")
         for name in ("name", "arch", "weights", "format"):
             value = getattr(source, name)
@@ -79,8 +81,10 @@ class ModelSource:
         if self.weights == "random":
             return f"{self.name} (random weights)"
         if self.weights and self.weights != "pretrained":
+            if self.kind == "timm":
+                return f"{self.name} ({timm_models.describe_weights(self.weights)})"
             return f"{self.name} ({Path(self.weights).name})"
-        return f"{self.name} (ImageNet pretrained)"
+        return f"{self.name} ({'pretrained' if self.kind == 'timm' else 'ImageNet pretrained'})"
 
 
 @dataclass
@@ -119,7 +123,10 @@ def _spec_from_tv_weights(weights: Any) -> InputSpec:
 
 
 def hub_cache_file(name: str) -> Path | None:
-    """The torch hub cache file holding ImageNet weights for ``name``, if one is there."""
+    """The torch hub cache file holding ImageNet weights for ``name``, if one is there (for a timm
+    name: the Hugging Face hub cache's file)."""
+    if timm_models.is_timm(name):
+        return timm_models.cached_weights(name)
     enum = _tv_weights_enum(name)
     if enum is None:
         return None
@@ -318,9 +325,12 @@ def _build_arch(arch: str, meta: bool = False,
         with torch.device("meta") if meta else contextlib.nullcontext():
             module = EfficientNetLite(LITE_NAMES[arch], num_classes=n).eval()
         return module, lite_input_spec(LITE_NAMES[arch]), list(IMAGENET_CLASSES) if n == NUM_CLASSES else None
+    if timm_models.is_timm(arch):
+        return timm_models.build(arch, meta=meta, num_classes=num_classes)
     if arch not in torchvision_names():
-        raise GraftError(f"Unknown architecture {arch!r}. Known: efficientnet_lite0-2 and torchvision's "
-                         "classification models (resnet18, mobilenet_v3_large, vit_b_16, …).")
+        raise GraftError(f"Unknown architecture {arch!r}. Known: efficientnet_lite0-2, torchvision's "
+                         "classification models (resnet18, mobilenet_v3_large, vit_b_16, …) and timm's "
+                         "as timm:NAME (timm:convnext_tiny, …).")
     spec, classes = _tv_spec(arch)
     with torch.device("meta") if meta else contextlib.nullcontext():
         module = _build_tv(arch, num_classes)
@@ -426,7 +436,7 @@ def _classes_note(n: int | None) -> list[str]:
 
 def load_network(spec: str | os.PathLike = "default", *, weights: str | os.PathLike | None = None,
                  arch: str | None = None, random_init: bool = False, trust: bool = False) -> LoadedNetwork:
-    """Load ``spec``: "default", a built-in or torchvision architecture name, or a model file.
+    """Load ``spec``: "default", a built-in or torchvision architecture name, ``timm:NAME``, or a model file.
 
     ``weights``: a weights file for an architecture name; ``arch``: the architecture of a state-dict
     file (guessed when left out); ``random_init``: accept random weights when no pretrained ones are
@@ -436,7 +446,8 @@ def load_network(spec: str | os.PathLike = "default", *, weights: str | os.PathL
     if text in ("", "default"):
         text = DEFAULT_MODEL
     path = Path(text).expanduser()
-    if text in LITE_NAMES or (text not in ("",) and not path.exists() and "/" not in text and "." not in text):
+    if text in LITE_NAMES or (timm_models.is_timm(text) and not path.exists()) or (
+            text not in ("",) and not path.exists() and "/" not in text and "." not in text):
         return _load_named(text, weights, random_init, trust=trust)
     if not path.exists():
         raise GraftError(f"{text}: no such file or model name.")
@@ -452,27 +463,35 @@ def _load_named(name: str, weights: str | os.PathLike | None, random_init: bool,
         source = ModelSource("builtin", name, weights="random" if random_init else "pretrained")
         notes = [f"{name} has random weights, as asked: it has learned nothing yet."] if random_init else []
         return LoadedNetwork(module.eval(), spec, source, notes, list(IMAGENET_CLASSES))
+    kind = "builtin" if name in LITE_NAMES else "timm" if timm_models.is_timm(name) else "torchvision"
+    cached = hub_cache_file(name) if weights is None else None
+    if cached is not None and kind == "timm":  # timm reads its cached file itself, converting older formats
+        module = timm_models.load_cached(name, cached)
+        notes = [f"Weights from the local cache: {cached}"] + timm_models.preprocessing_notes(module)
+        return LoadedNetwork(module.eval(), timm_models.input_spec(module),
+                             ModelSource(kind, name, weights="pretrained"), notes, timm_models.class_names(module))
     module, spec, classes = _build_arch(name)
-    kind = "builtin" if name in LITE_NAMES else "torchvision"
+    notes = timm_models.preprocessing_notes(module) if kind == "timm" else []
     if weights is not None:
         fmt, state = read_weights_file(Path(weights), trust=trust)  # a checkpoint that pickles its settings
         if fmt not in ("state_dict", "safetensors"):
             raise GraftError(f"{Path(weights).name} is a whole model, not weights for {name}: open it directly.")
         module, spec, classes, n = _build_with_state(name, state, name)
         return LoadedNetwork(module.eval(), spec, ModelSource(kind, name, weights=str(weights), num_classes=n),
-                             _classes_note(n), classes)
-    cached = hub_cache_file(name)
+                             _classes_note(n) + notes, classes)
     if cached is not None:
         _, state = read_weights_file(cached)
         _load_state(module, state, name)
         return LoadedNetwork(module.eval(), spec, ModelSource(kind, name, weights=str(cached)),
                              [f"Weights from the torch hub cache: {cached}"], classes)
     if not random_init:
+        if kind == "timm":
+            raise GraftError(timm_models.missing_weights_message(name))
         raise GraftError(f"No pretrained weights for {name} on this machine (Graft never downloads). "
                          f"Point to a weights file, put it in {Path(torch.hub.get_dir()) / 'checkpoints'}, "
                          "or ask for random weights.")
     return LoadedNetwork(module.eval(), spec, ModelSource(kind, name, weights="random"),
-                         [f"{name} has random weights, as asked: it has learned nothing yet."], None)
+                         [f"{name} has random weights, as asked: it has learned nothing yet."] + notes, None)
 
 
 def _assumed_input_note(spec: InputSpec, what: str) -> str:
@@ -530,7 +549,11 @@ def load_file(path: Path, *, arch: str | None = None, trust: bool = False) -> Lo
             source.arch, source.num_classes = known
             _, spec, classes = _build_arch(source.arch, meta=True, num_classes=source.num_classes)
             notes.append(f"Recognised as a pickled {source.arch}.")
-        notes.append(_assumed_input_note(spec, path.name))
+        if known is None and timm_models.declared_classifier(payload) is not None:
+            spec = timm_models.input_spec(payload)  # its pretrained configuration says how to prepare images
+            notes.append(f"A pickled timm {type(payload).__name__}: input {spec.describe()} from its configuration.")
+        else:
+            notes.append(_assumed_input_note(spec, path.name))
         return LoadedNetwork(payload.eval(), spec, source, notes + _classes_note(source.num_classes), classes)
     state = payload
     if any(k.startswith("_conv_stem.") for k in state) and arch is None:
@@ -540,7 +563,7 @@ def load_file(path: Path, *, arch: str | None = None, trust: bool = False) -> Lo
         arch = guess_arch(state)
         if arch is None:
             raise GraftError(f"{path.name} holds weights for an architecture Graft does not recognise: "
-                             "name the architecture (--arch NAME).")
+                             "name the architecture (--arch NAME; timm:NAME for a timm model).")
     module, spec, classes, n = _build_with_state(arch, state, arch)
     source.arch, source.num_classes = arch, n
     return LoadedNetwork(module.eval(), spec, source, [f"Recognised as {arch} weights."] + _classes_note(n), classes)
@@ -554,7 +577,7 @@ def rebuild(source: ModelSource, *, trust: bool = False) -> tuple[LoadedNetwork,
     machine any more, the architecture is built with random weights. A pickled model file is never
     unpickled unless ``trust`` is given here: a project file cannot grant it.
     """
-    if source.kind in ("builtin", "torchvision"):
+    if source.kind in ("builtin", "torchvision", "timm"):
         return _rebuild_named(source)
     path = Path(source.name)
     if source.format == "torchscript":
@@ -600,7 +623,7 @@ def _rebuild_named(source: ModelSource) -> tuple[LoadedNetwork, bool]:
                 network = _load_named(name, weights, False)
                 if network.source.num_classes == source.num_classes:
                     return LoadedNetwork(network.module, network.input_spec, source, [], network.class_names), True
-        elif name in LITE_NAMES or hub_cache_file(name) is not None:
+        elif name in LITE_NAMES or hub_cache_file(name) is not None:  # "pretrained": timm's cached weights
             network = _load_named(name, None, False)
             return LoadedNetwork(network.module, network.input_spec, source, [], network.class_names), True
     except GraftError:
@@ -610,11 +633,17 @@ def _rebuild_named(source: ModelSource) -> tuple[LoadedNetwork, bool]:
 
 
 def detect_output_layer(body: nn.Module, order: list[str]) -> str | None:
-    """The classifier's last layer: the last Linear to run (``fc``, ``classifier.1``, ``heads.head`` …),
-    else a 1x1 conv inside a top-level ``classifier``/``fc``/``head`` (SqueezeNet-style)."""
+    """The classifier's last layer: the one a timm network declares (``fc``, ``head.fc``, ``head`` …; none
+    for a distilled one, whose two classifiers are averaged), else the last Linear to run (``fc``,
+    ``classifier.1``, ``heads.head`` …), else a 1x1 conv inside a top-level ``classifier``/``fc``/``head``
+    (SqueezeNet-style)."""
     if isinstance(body, torch.jit.ScriptModule):
         return None
     modules = dict(body.named_modules())
+    declared = timm_models.declared_classifier(body)
+    if declared is not None:  # timm's own word; the last Linear could be inside a block (num_classes=0)
+        name = declared[0] if len(declared) == 1 else None
+        return name if name in order and isinstance(modules.get(name), (nn.Linear, nn.Conv2d)) else None
     linears = [n for n in order if isinstance(modules.get(n), nn.Linear)]
     if linears:
         return linears[-1]

@@ -7,7 +7,7 @@ and Pillow are imported here: ``main.py predict`` runs without torch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,31 @@ SIXTEEN_BIT_FORMULA = "floor((clip(v, 0, 65535) + 128) / 257)"
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
+# Extra bands (infrared, depth …) of a 4+-channel input are normalised with the mean of the RGB means and
+# stds: the first convolution's kernels for them start as the mean of its RGB kernels (see
+# engine.surgery.operations.SetInputChannels), so they see values on the scale those kernels learned.
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+MAX_CHANNELS = 64
+
+
+def channel_order_for(channels: int) -> str:
+    """``L`` (one grey channel), ``RGB``, or ``RGB+N``: red, green, blue, then N more bands in file order."""
+    return {1: "L", 3: "RGB"}.get(channels, f"RGB+{channels - 3}")
+
+
+def check_channels(channels: Any) -> str | None:
+    """Why ``channels`` is no input channel count Graft reads (None when it is one)."""
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        return f"the number of input channels must be a whole number, not {channels!r}"
+    if channels < 1 or channels == 2 or channels > MAX_CHANNELS:
+        return (f"the number of input channels must be 1 (greyscale), 3 (RGB) or 4 to {MAX_CHANNELS} "
+                f"(RGB plus extra bands), not {channels}")
+    return None
+
+
+def _numbers(count: int) -> str:
+    return {1: "one number", 3: "three numbers"}.get(count, f"{count} numbers")
+
 
 @dataclass
 class InputSpec:
@@ -33,6 +58,12 @@ class InputSpec:
     ``alpha_background`` (16-bit greyscale is first scaled to 8 bits with :func:`sixteen_to_eight`); resize
     so the shorter side is ``resize`` pixels (Pillow, ``interpolation``); centre-crop ``size`` x ``size``;
     scale to [0, 1]; subtract ``mean`` and divide by ``std`` per channel; lay out as CHW float32.
+
+    ``channels`` other than 3 (set by the input-channels surgery): 1 converts to greyscale (Pillow's "L",
+    after the same alpha compositing) instead of RGB; 4 or more reads the file's bands as they are (an
+    RGBA image keeps its alpha as the 4th band; a TIFF may hold any number of bands, read with tifffile)
+    and resizes each band on its own. ``channel_order`` names them (:func:`channel_order_for`); ``mean``
+    and ``std`` have one value per channel.
     """
 
     size: int = 224
@@ -43,6 +74,7 @@ class InputSpec:
     channel_order: str = "RGB"
     layout: str = "NCHW"
     alpha_background: list[int] = field(default_factory=lambda: [255, 255, 255])
+    channels: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,23 +86,41 @@ class InputSpec:
     def problem(self) -> str | None:
         """What makes this spec unusable (read from a file: a size that is not a positive whole number, a
         mean or std that is not three finite numbers, a zero std …), or None when it is sound."""
-        def three(v: Any) -> bool:
-            return isinstance(v, (list, tuple)) and len(v) == 3 and all(
+        def numbers(v: Any, count: int = 3) -> bool:
+            return isinstance(v, (list, tuple)) and len(v) == count and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
 
         for name in ("size", "resize"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 return f"the input {name} must be a positive whole number, not {value!r}"
-        if not three(self.mean) or not three(self.std) or any(v == 0 for v in self.std):
-            return f"mean {self.mean!r} / std {self.std!r} must be three numbers each (std not 0)"
+        channels = check_channels(self.channels)
+        if channels:
+            return channels
+        n = self.channels
+        if not numbers(self.mean, n) or not numbers(self.std, n) or any(v == 0 for v in self.std):
+            return f"mean {self.mean!r} / std {self.std!r} must be {_numbers(n)} each (std not 0)"
         if self.interpolation not in RESAMPLE:
             return f"unknown resize filter {self.interpolation!r}"
-        if self.channel_order != "RGB" or self.layout != "NCHW":
-            return f"unsupported input {self.channel_order!r} {self.layout!r}"
-        if not three(self.alpha_background):
+        if self.channel_order != channel_order_for(n) or self.layout != "NCHW":
+            return f"unsupported input {self.channel_order!r} {self.layout!r} for {n} channels"
+        if not numbers(self.alpha_background):
             return f"alpha background {self.alpha_background!r} must be three numbers"
         return None
+
+    def with_channels(self, channels: int, rgb_mean: list[float] | None = None,
+                      rgb_std: list[float] | None = None) -> "InputSpec":
+        """This spec for ``channels`` input channels, its statistics derived from the RGB ones (``rgb_*``,
+        default this spec's own, which must then be RGB): one grey channel gets the mean of the RGB means
+        and stds; extra bands get that mean too, after the RGB values."""
+        rgb_mean = list(self.mean if rgb_mean is None else rgb_mean)
+        rgb_std = list(self.std if rgb_std is None else rgb_std)
+        grey_mean, grey_std = sum(rgb_mean) / len(rgb_mean), sum(rgb_std) / len(rgb_std)
+        if channels == 1:
+            mean, std = [grey_mean], [grey_std]
+        else:
+            mean, std = rgb_mean + [grey_mean] * (channels - 3), rgb_std + [grey_std] * (channels - 3)
+        return replace(self, channels=channels, channel_order=channel_order_for(channels), mean=mean, std=std)
 
     def describe(self) -> str:
         return (f"{self.channel_order} {self.size}x{self.size} (resize shorter side to {self.resize}, "
@@ -126,18 +176,166 @@ def resize_and_crop(img: Image.Image, spec: InputSpec) -> Image.Image:
     return img.crop((left, top, left + spec.size, top + spec.size))
 
 
-def normalise(img: Image.Image, spec: InputSpec) -> np.ndarray:
-    """HWC uint8 RGB image -> CHW float32, scaled and normalised."""
+def normalise(img: Image.Image | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """HWC (or HW: one channel) uint8 image -> CHW float32, scaled and normalised."""
     arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
     arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def to_grey(img: Image.Image, background: list[int] | tuple[int, ...] = (255, 255, 255)) -> Image.Image:
+    """Greyscale ("L") view of any mode: 8-bit grey as it is, 16-bit grey scaled by :func:`sixteen_to_eight`,
+    anything else through :func:`to_rgb` (alpha composited) and Pillow's ITU-R 601-2 luma
+    (L = R * 299/1000 + G * 587/1000 + B * 114/1000)."""
+    if img.mode == "L":
+        return img
+    if img.mode in SIXTEEN_BIT_MODES:
+        return Image.fromarray(sixteen_to_eight(np.asarray(img)))
+    return to_rgb(img, background).convert("L")
+
+
+def _band_problem(name: str, bands: int, what: str, channels: int) -> GraftError:
+    extra = channels - 3
+    return GraftError(f"{name} has {bands} band{'' if bands == 1 else 's'} ({what}), but this model reads "
+                      f"{channels} channels: RGB plus {extra} more band{'' if extra == 1 else 's'}, from "
+                      + ("an RGBA image or " if channels == 4 else "") + f"a {channels}-band TIFF.")
+
+
+def is_tiff(path: str | Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in TIFF_SIGNATURES
+    except OSError:
+        return False
+
+
+def _image_bands(img: Image.Image, name: str, channels: int) -> np.ndarray:
+    """An RGBA (or RGBX) image's four bands, alpha kept as it is (HxWx4 uint8)."""
+    if img.mode in ("RGBA", "RGBX", "RGBa") and channels == 4:
+        return np.asarray(img.convert("RGBA") if img.mode == "RGBa" else img, dtype=np.uint8)
+    raise _band_problem(name, len(img.getbands()), img.mode, channels)
+
+
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+           8: lambda a: np.rot90(a, 1)}
+
+
+def read_tiff(path: str | Path, exif: bool = True) -> np.ndarray:
+    """All bands of a TIFF's first image as HxWxC uint8 (16-bit bands scaled by :func:`sixteen_to_eight`),
+    turned upright by its orientation tag as Pillow's exif_transpose would (``exif=False``: as stored)."""
+    import tifffile
+
+    name = Path(path).name
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr, axes = series.asarray(), series.axes
+            orientation = int(getattr(tif.pages[0], "orientation", 1) or 1)
+    except FileNotFoundError:
+        raise GraftError(f"{path}: no such file.") from None
+    except Exception as exc:  # noqa: BLE001 - tifffile's errors have no common base beyond these
+        raise GraftError(f"{path}: not a readable image ({exc.__class__.__name__}).") from None
+    keep = [i for i, a in enumerate(axes) if a in "YX" or arr.shape[i] > 1]
+    arr = arr.reshape([arr.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    elif arr.ndim != 3 or "Y" not in axes or "X" not in axes:
+        raise GraftError(f"{name}: a TIFF of {arr.ndim} dimensions ({axes}); Graft reads one image of "
+                         "height x width x bands.")
+    else:
+        band_axis = next(i for i, a in enumerate(axes) if a not in "YX")
+        arr = np.moveaxis(arr, band_axis, -1)
+        if axes.index("Y") > axes.index("X"):
+            arr = arr.transpose(1, 0, 2)
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype in (np.uint16, np.int16, np.uint32, np.int32):
+        arr = sixteen_to_eight(arr)
+    else:
+        raise GraftError(f"{name}: its bands are {arr.dtype}; Graft reads 8- or 16-bit integer bands.")
+    if exif and orientation in _ORIENT:
+        arr = _ORIENT[orientation](arr)
+    return np.ascontiguousarray(arr)
+
+
+def read_bands(path: str | Path, channels: int, *, exif: bool = True) -> np.ndarray:
+    """The ``channels`` bands of an image file (HxWxC uint8) for a 4+-channel input: a TIFF's bands (any
+    number) or an RGBA image's; GraftError naming the file when it has another number of bands."""
+    if is_tiff(path):
+        arr = read_tiff(path, exif=exif)
+        if arr.shape[2] != channels:
+            raise _band_problem(Path(path).name, arr.shape[2], _BAND_WORDS.get(arr.shape[2], "TIFF"), channels)
+        return arr
+    problem = _pillow_band_problem(path, channels)
+    if problem:
+        raise GraftError(problem)
+    return _image_bands(open_image(path, exif=exif), Path(path).name, channels)
+
+
+_BAND_WORDS = {1: "greyscale", 3: "RGB"}
+FOUR_BAND_MODES = ("RGBA", "RGBX", "RGBa")  # RGB plus a 4th band; CMYK is print colour, not RGB + a band
+
+
+def _pillow_band_problem(path: str | Path, channels: int) -> str | None:
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode == "P":  # a palette's transparency is a real 4th band; its colours are RGB
+                mode = "RGBA" if "transparency" in img.info else "RGB (palette)"
+            bands = len(img.getbands()) if mode == img.mode else (4 if mode == "RGBA" else 3)
+    except Exception:  # noqa: BLE001 - decoding it will say what is wrong
+        return None
+    if channels == 4 and mode in FOUR_BAND_MODES:
+        return None
+    return str(_band_problem(Path(path).name, bands, mode, channels))
+
+
+def band_count_problem(path: str | Path, channels: int) -> str | None:
+    """Cheap check (headers only) that an image file has the ``channels`` bands a 4+-channel input reads:
+    None when it has, else the reason; unreadable files are left to the decoder to report."""
+    if not is_tiff(path):
+        return _pillow_band_problem(path, channels)
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            others = [n for n, a in zip(series.shape, series.axes) if a not in "YX" and n > 1]
+    except Exception:  # noqa: BLE001
+        return None
+    if len(others) > 1:
+        return None  # decoding refuses it with the reason
+    bands = others[0] if others else 1
+    return None if bands == channels else str(_band_problem(Path(path).name, bands,
+                                                            _BAND_WORDS.get(bands, "TIFF"), channels))
+
+
+def preprocess_bands(bands: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """HxWxC uint8 bands -> the network's CHW float32 input: each band resized and cropped on its own
+    (as an 8-bit greyscale image, so no band is weighted by another as Pillow does for RGBA's alpha)."""
+    planes = [np.asarray(resize_and_crop(Image.fromarray(np.ascontiguousarray(bands[:, :, i])), spec))
+              for i in range(bands.shape[2])]
+    return normalise(np.stack(planes, axis=-1), spec)
+
+
 def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
     """A decoded image -> the network's CHW float32 input, exactly as documented on InputSpec."""
+    if spec.channels == 1:
+        return normalise(resize_and_crop(to_grey(img, spec.alpha_background), spec), spec)
+    if spec.channels > 3:
+        return preprocess_bands(_image_bands(img, "the image", spec.channels), spec)
     return normalise(resize_and_crop(to_rgb(img, spec.alpha_background), spec), spec)
 
 
 def preprocess_file(path: str | Path, spec: InputSpec, *, exif: bool = True) -> np.ndarray:
-    """An image file -> the network's CHW float32 input (GraftError naming an unreadable file)."""
+    """An image file -> the network's CHW float32 input (GraftError naming an unreadable file, or one
+    without the bands a 4+-channel input reads)."""
+    if spec.channels > 3:
+        return preprocess_bands(read_bands(path, spec.channels, exif=exif), spec)
     return preprocess(open_image(path, exif=exif), spec)

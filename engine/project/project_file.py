@@ -159,7 +159,9 @@ def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
         raise _invalid(path, _what(exc)) from None
 
     network, original = rebuild(source, trust=trust)
-    if input_spec is not None:
+    # Input surgeries (channels, size) replay from the source's own input; the saved spec follows them.
+    replays_input = any(op.sets_input for op in ops)
+    if input_spec is not None and not replays_input:
         network.input_spec = input_spec
     session = Session(network)
     for i, op in enumerate(ops, 1):
@@ -174,6 +176,8 @@ def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
             raise _invalid(path, f"operation {i} ({op.text}) cannot be redone: "
                                  f"{str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else 'RuntimeError'}") \
                 from None
+    if input_spec is not None and replays_input:
+        session.set_input_spec(input_spec)
     weights, legacy = _with_target_stats(session, weights)
     try:
         missing, unexpected = session.model.load_state_dict(weights, strict=False)

@@ -106,15 +106,15 @@ class Conversion:
             release_free_memory()
 
 
-def convert_trunk(trunk: Trunk, size: int) -> Conversion:
-    """Convert ``trunk`` (inputs ``size`` x ``size``) and check it against PyTorch. It is put in eval
-    mode and traced: pass a copy that nothing else runs meanwhile."""
+def convert_trunk(trunk: Trunk, channels: int, size: int) -> Conversion:
+    """Convert ``trunk`` (inputs ``channels`` x ``size`` x ``size``) and check it against PyTorch. It is
+    put in eval mode and traced: pass a copy that nothing else runs meanwhile."""
     start = time.perf_counter()
     model = _Features(trunk).eval()
     threads = torch.get_num_threads()
     rng = np.random.default_rng(0)
-    example = torch.from_numpy(rng.standard_normal((2, 3, size, size)).astype(np.float32))
-    check = {"random": rng.standard_normal((CHECK_BATCH, 3, size, size)).astype(np.float32)}
+    example = torch.from_numpy(rng.standard_normal((2, channels, size, size)).astype(np.float32))
+    check = {"random": rng.standard_normal((CHECK_BATCH, channels, size, size)).astype(np.float32)}
     try:
         with tempfile.TemporaryDirectory(prefix="graft-trunk-") as tmp:
             path = Path(tmp) / "trunk.onnx"
@@ -149,7 +149,7 @@ _cache: "weakref.WeakKeyDictionary[Trunk, _Entry]" = weakref.WeakKeyDictionary()
 _cache_lock = threading.Lock()
 
 
-def _entry(trunk: Trunk, size: int, background: bool) -> _Entry:
+def _entry(trunk: Trunk, spec: Any, background: bool) -> _Entry:
     """The conversion of the trunk's current state: the one cached, else a new one (started in a
     daemon thread when ``background``, else done now)."""
     fp = trunk_fingerprint(trunk)
@@ -164,7 +164,7 @@ def _entry(trunk: Trunk, size: int, background: bool) -> _Entry:
 
     def work() -> None:
         try:
-            entry.future.set_result(convert_trunk(snapshot, size))
+            entry.future.set_result(convert_trunk(snapshot, spec.channels, spec.size))
         except BaseException as exc:  # noqa: BLE001 - MemoryError: the waiting pass sees it
             entry.future.set_exception(exc)
 
@@ -188,7 +188,7 @@ def prepare_trunk(model: GraftModel) -> None:
     """Start converting the frozen trunk in a background thread if it is not converted yet (no-op on a
     GPU, with a trainable trunk or ``GRAFT_ONNXRUNTIME=off``)."""
     if _applicable(model, "cpu"):
-        _entry(model.trunk, model.input_spec.size, background=True)
+        _entry(model.trunk, model.input_spec, background=True)
 
 
 def cached_conversion(model: GraftModel) -> Conversion | None:
@@ -240,7 +240,7 @@ def trunk_runner(model: GraftModel, device: torch.device | str | None = "cpu", i
         if not ready:
             return None, None
     else:
-        entry = _entry(model.trunk, model.input_spec.size, background=False)
+        entry = _entry(model.trunk, model.input_spec, background=False)
     conversion = entry.future.result()  # waits for a conversion in flight
     if conversion.onnx is None:
         return None, conversion.note

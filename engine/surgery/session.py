@@ -130,6 +130,16 @@ class Session:
     def input_spec(self):
         return self.model.input_spec
 
+    def set_input_spec(self, spec) -> None:
+        """Replace the preprocessing outright (not a surgery: nothing to undo), e.g. a reopened project's
+        saved spec after its input surgeries were replayed; the tree re-probes when the input's shape
+        changes."""
+        old = self.model.input_spec
+        self.model.input_spec = spec
+        if (old.channels, old.size) != (spec.channels, spec.size):
+            self.tree.sync(self.model, self.output_layer, probe=True)
+            self.dirty = False
+
     def recipe(self) -> list[dict[str, Any]]:
         return [op.to_dict() for op in self.applied]
 

@@ -3,6 +3,8 @@
 ``evaluate(session, data)`` accepts a :class:`~engine.data.datasets.DataSource` (its heads are matched with
 the session's as in training; ``split`` picks "all" (default), "train" or "val" samples) or a list of
 samples whose targets are already in the session heads' terms. The model is left on the CPU in eval mode.
+The report also keeps each image's outputs, targets and losses per head (:class:`HeadOutputs`), which
+``engine.explain.mistakes`` turns into confusion-cell galleries, mistakes and a label audit.
 On a CPU a frozen trunk runs in onnxruntime (:func:`engine.runtime.onnx_trunk.trunk_runner`).
 """
 from __future__ import annotations
@@ -14,13 +16,14 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.errors import GraftError
 from engine.network.heads import KIND_TITLES, HeadSpec
 from engine.runtime.allocator import release_free_memory
 from engine.runtime.onnx_trunk import features_then_heads, trunk_runner
-from engine.training.losses import LossAccumulator, compute_losses, target_scales
+from engine.training.losses import LossAccumulator, compute_losses, entry_losses, target_scales
 from engine.training.metrics import MetricSet
 from engine.training.trainer import (MappedDataset, auto_num_workers, autocast_context, autocast_dtype, bind_heads,
                        clean_loader_error, is_out_of_memory, make_loader, out_of_memory_message,
@@ -59,12 +62,35 @@ class HeadReport:
 
 
 @dataclass
+class HeadOutputs:
+    """One head's answer for every evaluated image, in the order of :attr:`EvalReport.images`, so that a
+    confusion cell, a mistake or a blank label can be traced back to its image.
+
+    ``values``: ``(N, K)`` probabilities (single: softmax, multi: sigmoid) or predicted values
+    (regression). ``predicted``: single ``(N,)`` arg-max class, multi ``(N, K)`` bool (``>= 0.5``), exactly
+    what the metrics count; regression: the values. ``targets``: single ``(N,)`` class (-1 blank), else
+    ``(N, K)`` (NaN blank), in the head's terms. ``losses``: ``(N,)`` each image's own loss (NaN when it
+    has no label for the head); ``entry_losses``: ``(N, K)`` per label / target (multi, regression).
+    ``columns``: the data column that feeds each output (single: one; an image folder's: none)."""
+
+    kind: str
+    values: np.ndarray
+    predicted: np.ndarray
+    targets: np.ndarray
+    losses: np.ndarray
+    entry_losses: np.ndarray | None = None
+    columns: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EvalReport:
     heads: dict[str, HeadReport]
     n_images: int
     loss: float | None  # weighted total over the heads (HeadSpec.loss_weight)
     seconds: float
     device: str = "cpu"
+    images: list[str] = field(default_factory=list)  # the evaluated image files, in order
+    outputs: dict[str, HeadOutputs] = field(default_factory=dict)  # per head, per image (not in to_dict)
     trunk_backend: str = "pytorch"  # what ran the trunk: "pytorch" | "onnxruntime"
     notes: list[str] = field(default_factory=list)
 
@@ -124,6 +150,57 @@ def _labelled_examples(kind: str, target: torch.Tensor) -> torch.Tensor:
     return (~torch.isnan(t)).any(dim=1).sum()
 
 
+class _OutputCollector:
+    """Keeps each batch's per-image outputs on the CPU (one copy per batch) for :class:`HeadOutputs`."""
+
+    def __init__(self, specs: Sequence[HeadSpec], target_map: Any) -> None:
+        self.specs = list(specs)
+        self.parts: dict[str, list[tuple[torch.Tensor, ...]]] = {s.name: [] for s in self.specs}
+        self.columns = {b.spec.name: _output_columns(b) for b in target_map.bindings}
+
+    def add(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+            scales: dict[str, torch.Tensor]) -> None:
+        for spec in self.specs:
+            raw, target = outputs[spec.name], targets[spec.name]
+            out = raw.detach().float()
+            if spec.kind == "single":
+                values, predicted = torch.softmax(out, dim=1), raw.detach().argmax(dim=1)
+            elif spec.kind == "multi":
+                values = torch.sigmoid(out)
+                predicted = values >= 0.5
+            else:
+                values = predicted = out
+            terms = entry_losses(spec.kind, raw, target, scales.get(spec.name))
+            self.parts[spec.name].append(tuple(t.cpu() for t in (values, predicted, target, terms)))
+
+    def result(self) -> dict[str, HeadOutputs]:
+        out = {}
+        for spec in self.specs:
+            values, predicted, targets, terms = (torch.cat(p).numpy() for p in zip(*self.parts[spec.name]))
+            if spec.kind == "single":
+                losses, per_entry = terms.astype(np.float32), None
+            else:
+                targets = targets.reshape(len(targets), -1).astype(np.float32)
+                per_entry = terms.astype(np.float32)
+                labelled = ~np.isnan(per_entry)
+                totals = np.where(labelled, per_entry, 0).sum(axis=1)
+                if spec.kind == "regression":
+                    totals = totals / np.maximum(labelled.sum(axis=1), 1)
+                losses = np.where(labelled.any(axis=1), totals, np.nan).astype(np.float32)
+            out[spec.name] = HeadOutputs(spec.kind, values.astype(np.float32), predicted, targets, losses, per_entry,
+                                         self.columns.get(spec.name, []))
+        return out
+
+
+def _output_columns(binding: Any) -> list[str]:
+    """The data column behind each of a head's outputs (a single-label head reads one column)."""
+    columns = list(binding.data.columns)
+    if binding.spec.kind == "single" or not columns:
+        return columns[:1]
+    index = binding.columns.tolist() if binding.columns is not None else range(binding.spec.outputs)
+    return [columns[j] for j in index]
+
+
 def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto", *, split: str = "all",
              heads: Sequence[HeadSpec] | None = None, num_workers: int | None = None, amp: bool = True,
              on_progress: Callable[[int, int], None] | None = None) -> EvalReport:
@@ -157,6 +234,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
     loader = make_loader(dataset, batch_size=batch_size, device=dev, num_workers=workers)
     model = session.model
     acc, metrics = LossAccumulator(specs), MetricSet(specs)
+    collected = _OutputCollector(specs, target_map)
     counts: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     runner, note = trunk_runner(model, dev, len(samples))  # converting it counts in the time taken
@@ -174,6 +252,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
                 outputs = features_then_heads(model, runner, images)
                 acc.add(compute_losses(specs, outputs, targets, scales))
                 metrics.update(outputs, targets)
+                collected.add(outputs, targets, scales)
                 for spec in specs:
                     c = _labelled_examples(spec.kind, targets[spec.name])
                     counts[spec.name] = counts[spec.name] + c if spec.name in counts else c
@@ -202,4 +281,6 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
         reports[spec.name] = HeadReport(spec.name, spec.kind, per_head.get(spec.name) if n else None, n,
                                         summaries[spec.name], details[spec.name])
     return EvalReport(reports, len(samples), total, time.perf_counter() - start, str(dev),
-                      "onnxruntime" if runner is not None else "pytorch", [note] if note and runner is None else [])
+                      images=[str(s.path) for s in samples], outputs=collected.result(),
+                      trunk_backend="onnxruntime" if runner is not None else "pytorch",
+                      notes=[note] if note and runner is None else [])

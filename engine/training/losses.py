@@ -26,6 +26,7 @@ computed exactly over all its batches: ``sum(sums) / sum(counts)``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +54,29 @@ def target_scales(heads: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tenso
     return {name: m.target_std for name, m in heads.items() if isinstance(m, RegressionHead)}
 
 
+def _terms(kind: str, out: torch.Tensor, target: torch.Tensor,
+           scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unreduced loss terms of float32 ``out`` and where a label is given: single ``(N,)`` cross-entropy,
+    multi ``(N, K)`` binary cross-entropy, regression ``(N, K)`` squared error over ``scale``. Terms of
+    missing labels are computed on a stand-in (class 0, target 0) and must be masked by the caller."""
+    if kind == "single":
+        target = target.long()
+        return F.cross_entropy(out, target.clamp(min=0), reduction="none"), target >= 0
+    target = target.to(out.dtype)
+    if target.dim() == 1 and out.dim() == 2:
+        target = target.unsqueeze(1)
+    valid = ~torch.isnan(target)
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    if kind == "multi":
+        return F.binary_cross_entropy_with_logits(out, safe, reduction="none"), valid
+    if kind == "regression":
+        diff = out - safe
+        if scale is not None:
+            diff = diff / scale.to(device=out.device, dtype=out.dtype)
+        return diff * diff, valid
+    raise ValueError(f"unknown head kind {kind!r}")
+
+
 def head_loss_terms(kind: str, output: torch.Tensor, target: torch.Tensor,
                     scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(numerator, denominator)`` of one head's loss on a batch; the loss is ``num / max(den, 1)``.
@@ -62,28 +86,21 @@ def head_loss_terms(kind: str, output: torch.Tensor, target: torch.Tensor,
     so there is no host-device synchronisation.
     """
     out = output.float()
-    if kind == "single":
-        target = target.long()
-        valid = target >= 0
-        ce = F.cross_entropy(out, target.clamp(min=0), reduction="none")
-        num = torch.where(valid, ce, torch.zeros_like(ce)).sum()
-        return num, valid.sum().to(out.dtype)
-    target = target.to(out.dtype)
-    if target.dim() == 1 and out.dim() == 2:
-        target = target.unsqueeze(1)
-    valid = ~torch.isnan(target)
-    safe = torch.where(valid, target, torch.zeros_like(target))
+    terms, valid = _terms(kind, out, target, scale)
+    num = torch.where(valid, terms, torch.zeros_like(terms)).sum()
     if kind == "multi":
-        bce = F.binary_cross_entropy_with_logits(out, safe, reduction="none")
-        num = torch.where(valid, bce, torch.zeros_like(bce)).sum()
         return num, torch.tensor(float(out.shape[0]), device=out.device)
-    if kind == "regression":
-        diff = out - safe
-        if scale is not None:
-            diff = diff / scale.to(device=out.device, dtype=out.dtype)
-        diff = torch.where(valid, diff, torch.zeros_like(diff))
-        return (diff * diff).sum(), valid.sum().to(out.dtype)
-    raise ValueError(f"unknown head kind {kind!r}")
+    return num, valid.sum().to(out.dtype)
+
+
+def entry_losses(kind: str, output: torch.Tensor, target: torch.Tensor,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Each example's own loss terms, as in the module docstring but not reduced: single -> ``(N,)``
+    cross-entropy; multi -> ``(N, K)`` binary cross-entropy per label; regression -> ``(N, K)``
+    standardised squared error per target. Missing labels are ``NaN`` (float32, on the device), so the
+    per-image loss of a multi-label head is the sum of its labelled entries, of a regression head their mean."""
+    terms, valid = _terms(kind, output.detach().float(), target, scale)
+    return torch.where(valid, terms, torch.full_like(terms, math.nan))
 
 
 def head_loss(kind: str, output: torch.Tensor, target: torch.Tensor,

@@ -69,12 +69,12 @@ def window(qtbot):
     qtbot.addWidget(w)
     w.show()
     yield w
-    if w.train_job is not None:
-        w.train_job.stop_and_wait(20_000)
-        w.train_job = None
-    for job in list(w._jobs.values()):
+    if w.jobs.train_job is not None:
+        w.jobs.train_job.stop_and_wait(20_000)
+        w.jobs.train_job = None
+    for job in list(w.jobs.running.values()):
         job.stop_and_wait(20_000)
-    w._weights_changed = False
+    w.workspace.weights_changed = False
     w.undo_stack.setClean()
     w.close()
 

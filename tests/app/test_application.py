@@ -6,14 +6,16 @@ from PySide6.QtWidgets import QApplication
 
 import main
 from app import application
+from app.data import Datasets
+from app.files import Files
 from app.main_window import MainWindow
 
 
 def test_main_without_arguments_runs_the_window(qapp, monkeypatch):
     calls = []
     monkeypatch.setattr(application, "configure_app", lambda app: calls.append(("configure",)))
-    monkeypatch.setattr(MainWindow, "load_model", lambda self, request, ask=True: calls.append(("model", request)))
-    monkeypatch.setattr(MainWindow, "load_demo_data", lambda self: calls.append(("demo",)))
+    monkeypatch.setattr(Files, "load_model", lambda self, request, ask=True: calls.append(("model", request)))
+    monkeypatch.setattr(Datasets, "load_demo_data", lambda self: calls.append(("demo",)))
     monkeypatch.setattr(application, "shutdown_all", lambda timeout: calls.append(("shutdown",)), raising=False)
 
     def exec_(self):  # instead of the event loop: look at the window, then close it as a person would

@@ -66,13 +66,13 @@ def give_session(window, network):
 
     net = copy.copy(network)
     net.module = copy.deepcopy(network.module)
-    window._set_session(Session(net), project_path=None)
+    window.workspace.set_session(Session(net), project_path=None)
     return window.session
 
 
 def load_data(qtbot, window, path):
     with qtbot.waitSignal(window.dataLoaded, timeout=LOAD_TIMEOUT):
-        window.load_data(str(path))
+        window.datasets.load_data(str(path))
     return window.data
 
 
@@ -116,7 +116,7 @@ def test_open_default_model_surgery_heads_freezing_and_undo(qtbot, window, monke
     a = window.actions
     assert not a.export_onnx.isEnabled() and not a.delete_output.isEnabled()  # nothing loaded yet
     with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT):
-        window.load_model({"spec": "default"})
+        window.files.load_model({"spec": "default"})
         assert window.busy_bar.isVisible()  # the busy indicator shows while the worker loads
     s = window.session
     output = s.output_layer
@@ -196,9 +196,9 @@ def test_first_head_offers_to_delete_the_output_layer(qtbot, window, monkeypatch
 
 def test_surgery_errors_are_shown_and_change_nothing(qtbot, window, boxes, default_network):
     s = give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(DeleteOutputLayer())
     before = requires_grad(s)
-    assert not window.apply_op(DeleteOutputLayer())
+    assert not window.surgery.apply_op(DeleteOutputLayer())
     assert boxes.texts("warning")[-1] == "The output layer has already been deleted."
     assert window.undo_stack.count() == 1 and requires_grad(s) == before
     assert "already been deleted" in window.message_label.text()
@@ -220,9 +220,9 @@ def test_cut_here_from_the_tree_selection_and_undo(qtbot, window, default_networ
 
 def test_heads_panel_edits_and_removes_through_the_undo_stack(qtbot, window, monkeypatch, default_network):
     s = give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
-    window.apply_op(AddHead(HeadSpec("shape", labels=["a", "b"]), seed=1))
-    window.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
+    window.surgery.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(AddHead(HeadSpec("shape", labels=["a", "b"]), seed=1))
+    window.surgery.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
     accept_head_dialog(monkeypatch, choose=lambda d: d.name_edit.setText("form"))
     window.heads_panel.editRequested.emit("shape")
     assert [h.name for h in s.heads] == ["form", "size"]
@@ -238,7 +238,7 @@ def test_data_that_cannot_be_read_is_explained(qtbot, window, boxes, tmp_path):
     bad = tmp_path / "labels.csv"
     bad.write_text("picture,label\na.jpg,cat\n")
     with qtbot.waitSignal(window.errorShown, timeout=LOAD_TIMEOUT) as shown:
-        window.load_data(str(bad))
+        window.datasets.load_data(str(bad))
     assert "image" in shown.args[0] and "Traceback" not in shown.args[0]
     assert window.data_panel.error_text() == shown.args[0]
     assert boxes.calls[-1][1] == "Could not load the data" and window.data is None
@@ -248,10 +248,10 @@ def test_data_that_cannot_be_read_is_explained(qtbot, window, boxes, tmp_path):
 def ready_to_train(qtbot, window, network, csv_path, monkeypatch, config):
     s = give_session(window, network)
     data = load_data(qtbot, window, csv_path)
-    window.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(DeleteOutputLayer())
     for spec in data.heads[:2]:
-        window.apply_op(AddHead(spec, seed=0))
-    window.apply_op(freeze_preset("heads-only"))
+        window.surgery.apply_op(AddHead(spec, seed=0))
+    window.surgery.apply_op(freeze_preset("heads-only"))
     monkeypatch.setattr(window.training_panel, "config", lambda: config)
     return s
 
@@ -263,17 +263,17 @@ def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypat
     with qtbot.waitSignal(window.trainingStarted, timeout=5000):
         a.train_start.trigger()
     # while training: no surgery, no undo, Stop available
-    assert window.training and a.train_stop.isEnabled()
+    assert window.jobs.training and a.train_stop.isEnabled()
     assert not any(x.isEnabled() for x in (a.train_start, a.add_head, a.heads_only, a.unfreeze_all, a.undo,
                                            a.export_onnx, a.save_project))
-    assert not window.apply_op(freeze_preset("none"))
+    assert not window.surgery.apply_op(freeze_preset("none"))
     head = window.tree_model.index_for_path(f"{HEADS_KEY}.{s.heads[0].name}")
     before = requires_grad(s)
     window.tree_model.setData(head, Qt.CheckState.Unchecked, Qt.ItemDataRole.CheckStateRole)
     assert requires_grad(s) == before and "training runs" in window.message_label.text()
     with qtbot.waitSignal(window.evaluated, timeout=TRAIN_TIMEOUT) as evaluated:
         pass
-    result = window.last_train_result
+    result = window.training.last_result
     assert result["reason"] == "completed"
     record = s.project_extra["training"]  # as main.py train records it: evaluate/export read it back
     assert record["data"] == str(small_csv.resolve()) and record["reason"] == "completed"
@@ -286,7 +286,7 @@ def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypat
     assert xs is not None and len(xs) > 0 and all(y == y for y in ys)
     report = evaluated.args[0]
     assert set(report.heads) == {h.name for h in s.heads} and report.n_images == len(window.data.val)
-    assert window.tabs.currentIndex() == 3 and window.last_report is report
+    assert window.tabs.currentIndex() == 3 and window.evaluation.last_report is report
     assert window.isWindowModified()  # trained weights are unsaved work
     assert a.train_start.isEnabled() and not a.train_stop.isEnabled() and a.undo.isEnabled()
 
@@ -295,9 +295,9 @@ def test_stop_during_a_run_ends_within_a_batch(qtbot, window, monkeypatch, defau
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
     ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
     steps = []
-    window.trainingStarted.connect(lambda: window.train_job.progress.connect(
+    window.trainingStarted.connect(lambda: window.jobs.train_job.progress.connect(
         lambda b: steps.extend(b.get("steps", []))))
-    window.start_training()
+    window.training.start()
     qtbot.waitUntil(lambda: len(steps) >= 2, timeout=TRAIN_TIMEOUT)
     start = time.monotonic()
     with qtbot.waitSignal(window.trainingFinished, timeout=30_000) as finished:
@@ -305,7 +305,7 @@ def test_stop_during_a_run_ends_within_a_batch(qtbot, window, monkeypatch, defau
         assert window.training_panel is not None and not window.actions.train_stop.isEnabled()
     assert finished.args[0]["reason"] == "stopped"
     assert time.monotonic() - start < 10  # a batch of 4 images, not an epoch
-    assert not window.training and window.train_job is None
+    assert not window.jobs.training and window.jobs.train_job is None
 
 
 def test_closing_during_training_asks_then_stops_cleanly(qtbot, monkeypatch, boxes, default_network, small_csv):
@@ -314,14 +314,14 @@ def test_closing_during_training_asks_then_stops_cleanly(qtbot, monkeypatch, box
     window.show()
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
     ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
-    window.start_training()
-    job = window.train_job
+    window.training.start()
+    job = window.jobs.train_job
     qtbot.waitUntil(lambda: window.curve_panel.curve("train:total").getData()[0] is not None
                     and window.curve_panel.redraw_count > 0, timeout=TRAIN_TIMEOUT)
 
     boxes.answers = [QMessageBox.StandardButton.No]  # first: keep training
     assert not window.close()
-    assert window.isVisible() and window.training
+    assert window.isVisible() and window.jobs.training
     boxes.answers = [QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.Discard]
     assert window.close()
     titles = [t for k, t, _ in boxes.calls if k == "question"]
@@ -334,13 +334,13 @@ def test_closing_during_training_asks_then_stops_cleanly(qtbot, monkeypatch, box
 def test_save_and_reopen_a_project_gives_identical_outputs(qtbot, window, monkeypatch, tmp_path,
                                                            default_network):
     s = give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
-    window.apply_op(AddHead(HeadSpec("shape", labels=["circle", "square", "star"]), seed=1))
-    window.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
-    window.apply_op(freeze_preset("heads-only"))
+    window.surgery.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(AddHead(HeadSpec("shape", labels=["circle", "square", "star"]), seed=1))
+    window.surgery.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
+    window.surgery.apply_op(freeze_preset("heads-only"))
     with torch.no_grad():  # trained-looking weights, not just the seeds
         s.model.heads["size"][-1].bias.fill_(0.25)
-    window._weights_changed = True
+    window.workspace.weights_changed = True
     s.project_extra = {"training": {"data": "/data/labels.csv", "seed": 3, "val_fraction": 0.25}}  # main.py train's
     expected = forward(s)
     path = tmp_path / "mine.graft"
@@ -354,7 +354,7 @@ def test_save_and_reopen_a_project_gives_identical_outputs(qtbot, window, monkey
     other = MainWindow()
     qtbot.addWidget(other)
     with qtbot.waitSignal(other.modelLoaded, timeout=LOAD_TIMEOUT):
-        other.open_project_file(str(path))
+        other.files.open_project_file(str(path))
     got = forward(other.session)
     assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
     assert [h.name for h in other.session.heads] == ["shape", "size"]
@@ -367,13 +367,13 @@ def test_save_and_reopen_a_project_gives_identical_outputs(qtbot, window, monkey
 def test_opening_another_model_offers_to_save_first_then_opens_it(qtbot, window, monkeypatch, boxes, tmp_path,
                                                                   default_network):
     give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(DeleteOutputLayer())
     assert window.isWindowModified()
     path = tmp_path / "before.graft"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path), "")))
     boxes.answers = [QMessageBox.StandardButton.Save]
     with qtbot.waitSignals([window.saved, window.modelLoaded], timeout=LOAD_TIMEOUT):
-        window.load_model({"spec": "default"})
+        window.files.load_model({"spec": "default"})
     assert boxes.calls[0][1] == "Unsaved changes" and path.is_file()
     assert window.session.output_layer is not None and not window.isWindowModified()
     assert window.project_path is None  # the new model is not the saved project
@@ -382,9 +382,9 @@ def test_opening_another_model_offers_to_save_first_then_opens_it(qtbot, window,
 def test_export_onnx_reports_the_largest_difference_per_head(qtbot, window, monkeypatch, boxes, tmp_path,
                                                              default_network):
     give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
-    window.apply_op(AddHead(HeadSpec("shape", labels=["a", "b", "c"]), seed=1))
-    window.apply_op(AddHead(HeadSpec("tags", kind="multi", labels=["red", "striped"]), seed=2))
+    window.surgery.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(AddHead(HeadSpec("shape", labels=["a", "b", "c"]), seed=1))
+    window.surgery.apply_op(AddHead(HeadSpec("tags", kind="multi", labels=["red", "striped"]), seed=2))
     path = tmp_path / "model.onnx"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path), "")))
     with qtbot.waitSignal(window.exported, timeout=LOAD_TIMEOUT) as exported:
@@ -398,13 +398,13 @@ def test_export_onnx_reports_the_largest_difference_per_head(qtbot, window, monk
 
 def test_export_to_an_unwritable_place_says_so(qtbot, window, boxes, tmp_path, default_network):
     give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
-    window.apply_op(AddHead(HeadSpec("shape", labels=["a", "b"]), seed=1))
-    window.export_onnx(str(tmp_path / "no" / "such" / "folder" / "m.onnx"))
+    window.surgery.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(AddHead(HeadSpec("shape", labels=["a", "b"]), seed=1))
+    window.export.export_onnx(str(tmp_path / "no" / "such" / "folder" / "m.onnx"))
     assert "does not exist" in boxes.texts("warning")[-1]
     if Path("/proc/self").is_dir():  # a folder nobody, not even root, can create files in
         with qtbot.waitSignal(window.errorShown, timeout=LOAD_TIMEOUT) as shown:
-            window.export_onnx("/proc/graft-test.onnx")
+            window.export.export_onnx("/proc/graft-test.onnx")
         assert "graft-test.onnx" in shown.args[0] or "/proc" in shown.args[0]
         assert "Traceback" not in boxes.texts("warning")[-1]
 
@@ -413,7 +413,7 @@ def test_a_bad_model_file_gives_a_message_not_a_traceback(qtbot, window, boxes, 
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"this is not a model\n" * 10)
     with qtbot.waitSignal(window.errorShown, timeout=LOAD_TIMEOUT) as shown:
-        window.load_model({"spec": str(bad)})
+        window.files.load_model({"spec": str(bad)})
     assert "broken.pt" in shown.args[0] and "Traceback" not in shown.args[0]
     kind, title, text = boxes.calls[-1]
     assert kind == "warning" and title == "Could not open the model" and "not a model file" in text
@@ -491,8 +491,8 @@ def first_image(csv_path) -> str:
 def with_a_head(qtbot, window, network, csv_path):
     s = give_session(window, network)
     data = load_data(qtbot, window, csv_path)
-    window.apply_op(DeleteOutputLayer())
-    window.apply_op(AddHead(data.heads[0], seed=0))
+    window.surgery.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(AddHead(data.heads[0], seed=0))
     return s
 
 
@@ -501,8 +501,8 @@ def hold_evaluation(window, monkeypatch, gate) -> None:
     import engine.training.evaluation
 
     monkeypatch.setattr(engine.training.evaluation, "evaluate", gate.wrap(engine.training.evaluation.evaluate))
-    window.evaluate()
-    assert "evaluate" in window._jobs
+    window.evaluation.evaluate()
+    assert "evaluate" in window.jobs.running
 
 
 def test_cancelling_the_close_after_training_stopped_leaves_a_usable_window(qtbot, window, monkeypatch, boxes,
@@ -511,23 +511,23 @@ def test_cancelling_the_close_after_training_stopped_leaves_a_usable_window(qtbo
     s = ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
     before = {n: p.detach().clone() for n, p in s.model.heads.named_parameters()}
     epochs = []
-    window.start_training()
-    window.train_job.progress.connect(lambda b: epochs.extend(b.get("epochs", [])))
+    window.training.start()
+    window.jobs.train_job.progress.connect(lambda b: epochs.extend(b.get("epochs", [])))
     qtbot.waitUntil(lambda: len(epochs) >= 1, timeout=TRAIN_TIMEOUT)
 
     boxes.answers = [QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.Cancel]
     with qtbot.waitSignal(window.evaluated, timeout=TRAIN_TIMEOUT) as evaluated:
         assert not window.close()
         # the run ended as a stopped run does, and the window knows it
-        assert window.isVisible() and not window.training and window.train_job is None
-        assert window.last_train_result["reason"] == "stopped"
+        assert window.isVisible() and not window.jobs.training and window.jobs.train_job is None
+        assert window.training.last_result["reason"] == "stopped"
         assert not window.training_panel.is_running() and not window.training_panel.stop_button.isEnabled()
         assert not window.actions.train_stop.isEnabled()
-        assert window.isWindowModified() and "evaluate" in window._jobs  # the evaluation a finished run gets
+        assert window.isWindowModified() and "evaluate" in window.jobs.running  # the evaluation a finished run gets
     assert [t for k, t, _ in boxes.calls if k == "question"] == ["Training is running", "Unsaved changes"]
     after = dict(s.model.heads.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)  # the learned weights stayed
-    assert window.last_report is evaluated.args[0] and window.evaluation_panel.report() is evaluated.args[0]
+    assert window.evaluation.last_report is evaluated.args[0] and window.evaluation_panel.report() is evaluated.args[0]
     a = window.actions
     assert a.train_start.isEnabled() and window.training_panel.start_button.isEnabled()
     assert a.save_project.isEnabled() and a.undo.isEnabled() and window.isWindowModified()
@@ -538,14 +538,14 @@ def test_opening_while_saving_waits_and_a_late_save_leaves_the_next_session_alon
     import engine.project.project_file
 
     give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(DeleteOutputLayer())
     gate = gates()
     monkeypatch.setattr(engine.project.project_file, "save_project", gate.wrap(engine.project.project_file.save_project))
     saved = tmp_path / "a.graft"
-    assert window.save_project_to(str(saved))
+    assert window.files.save_project_to(str(saved))
     for dropped in ("b.graft", "other.pt"):  # dropped on the window while the save runs
-        window.open_path(str(tmp_path / dropped))
-        assert "load" not in window._jobs
+        window.files.open_path(str(tmp_path / dropped))
+        assert "load" not in window.jobs.running
         assert window.message_label.text().endswith("waits until the project has been saved.")
     assert boxes.calls == []  # refused before offering to save anything
     assert not window.actions.open_model.isEnabled() and not window.actions.open_project.isEnabled()
@@ -553,7 +553,7 @@ def test_opening_while_saving_waits_and_a_late_save_leaves_the_next_session_alon
     new = give_session(window, default_network)  # another session all the same (as a finished load sets it)
     with qtbot.assertNotEmitted(window.saved):
         gate.opened.set()
-        qtbot.waitUntil(lambda: not window.busy, timeout=LOAD_TIMEOUT)
+        qtbot.waitUntil(lambda: not window.jobs.busy, timeout=LOAD_TIMEOUT)
     assert saved.is_file()  # the first session was saved where it was asked to be
     assert window.session is new and window.project_path is None
     assert not window.windowTitle().startswith("a.graft") and not window.isWindowModified()
@@ -566,42 +566,42 @@ def test_a_late_evaluation_or_prediction_does_not_reach_the_next_session(qtbot, 
 
     with_a_head(qtbot, window, default_network, small_csv)
     hold_evaluation(window, monkeypatch, evaluation := gates())
-    window.open_path(str(tmp_path / "b.graft"))
-    assert "load" not in window._jobs
+    window.files.open_path(str(tmp_path / "b.graft"))
+    assert "load" not in window.jobs.running
     assert window.message_label.text() == "Opening a project waits until the evaluation has finished."
     give_session(window, default_network)
     with qtbot.assertNotEmitted(window.evaluated):
         evaluation.opened.set()
-        qtbot.waitUntil(lambda: not window.busy, timeout=LOAD_TIMEOUT)
-    assert window.last_report is None and window.evaluation_panel.report() is None
+        qtbot.waitUntil(lambda: not window.jobs.busy, timeout=LOAD_TIMEOUT)
+    assert window.evaluation.last_report is None and window.evaluation_panel.report() is None
 
     with_a_head(qtbot, window, default_network, small_csv)
     prediction = gates()
     monkeypatch.setattr(engine.export.inference, "predict_files", prediction.wrap(engine.export.inference.predict_files))
-    window.predict_image(first_image(small_csv))
+    window.evaluation.predict_image(first_image(small_csv))
     assert window.try_image.status_label.text() == "Predicting…"
     give_session(window, default_network)
     with qtbot.assertNotEmitted(window.predicted):
         prediction.opened.set()
-        qtbot.waitUntil(lambda: not window.busy, timeout=LOAD_TIMEOUT)
+        qtbot.waitUntil(lambda: not window.jobs.busy, timeout=LOAD_TIMEOUT)
     assert window.try_image.predictions_text() == {} and window.try_image.image_path() == ""
 
 
 def test_a_new_model_clears_what_the_previous_one_showed(qtbot, window, default_network, small_csv):
     with_a_head(qtbot, window, default_network, small_csv)
     with qtbot.waitSignal(window.evaluated, timeout=LOAD_TIMEOUT):
-        window.evaluate()
+        window.evaluation.evaluate()
     with qtbot.waitSignal(window.predicted, timeout=LOAD_TIMEOUT):
-        window.predict_image(first_image(small_csv))
+        window.evaluation.predict_image(first_image(small_csv))
     window.curve_panel.add_steps([(1, 0.9, {}), (2, 0.7, {})])
     window.curve_panel.flush()
     window.training_panel.set_progress(5, 10, 3, 1, 2)
     window.training_panel.set_status("Training ended (completed).")
-    assert window.last_report is not None and window.evaluation_panel.report() is window.last_report
+    assert window.evaluation.last_report is not None and window.evaluation_panel.report() is window.evaluation.last_report
     assert window.try_image.predictions_text() and len(window.curve_panel.curve("train:total").getData()[0]) == 2
 
     give_session(window, default_network)
-    assert window.last_report is None and window.evaluation_panel.report() is None
+    assert window.evaluation.last_report is None and window.evaluation_panel.report() is None
     assert window.evaluation_panel.empty_label.isVisibleTo(window.evaluation_panel)
     assert window.try_image.predictions_text() == {} and window.try_image.image_path() == ""
     xs, _ = window.curve_panel.curve("train:total").getData()
@@ -620,13 +620,13 @@ def test_start_and_predictions_say_what_they_wait_for(qtbot, window, monkeypatch
     hold_evaluation(window, monkeypatch, evaluation := gates())
     assert not start.isEnabled() and not panel.start_button.isEnabled()  # in step with the action
     assert "evaluation" in panel.start_button.toolTip()
-    assert not window.start_training() and not window.training
+    assert not window.training.start() and not window.jobs.training
     assert window.message_label.text() == "Training waits until the evaluation has finished."
 
     image = first_image(small_csv)
     window.try_image._choose(image)  # chosen in the Evaluate tab
     refusal = "Predictions wait until the evaluation has finished."
-    assert "predict" not in window._jobs and window.message_label.text() == refusal
+    assert "predict" not in window.jobs.running and window.message_label.text() == refusal
     assert window.try_image.status_label.text() == refusal
     assert window.try_image.status_label.isVisibleTo(window.try_image)
     assert boxes.calls == []
@@ -639,7 +639,7 @@ def test_start_and_predictions_say_what_they_wait_for(qtbot, window, monkeypatch
     monkeypatch.setattr(widgets.try_image_view, "load_pixmap", lambda p: decoded.append(p) or real(p))
     with qtbot.waitSignal(window.predicted, timeout=LOAD_TIMEOUT):
         window.try_image._choose(image)
-        assert "predict" in window._jobs and window.try_image.status_label.text() == "Predicting…"
+        assert "predict" in window.jobs.running and window.try_image.status_label.text() == "Predicting…"
     assert decoded == [image]  # shown once, not decoded again by the window
     assert window.try_image.predictions_text() and not window.try_image.status_label.isVisibleTo(window.try_image)
 
@@ -649,11 +649,11 @@ def test_during_training_drops_are_refused_aloud_and_clicks_keep_the_progress(qt
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
     s = ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
     panel, a = window.training_panel, window.actions
-    window.start_training()
+    window.training.start()
     qtbot.waitUntil(lambda: bool(panel.progress_label.text()), timeout=TRAIN_TIMEOUT)
     for dropped in ("b.graft", "other.pt"):
-        window.open_path(str(tmp_path / dropped))
-        assert "load" not in window._jobs
+        window.files.open_path(str(tmp_path / dropped))
+        assert "load" not in window.jobs.running
         assert window.message_label.text().startswith("Opening a ") and "until training has finished" in \
             window.message_label.text()
     assert boxes.calls == []
@@ -673,39 +673,39 @@ def test_during_training_drops_are_refused_aloud_and_clicks_keep_the_progress(qt
 
 
 def test_closing_during_a_load_waits_with_a_note_and_keeps_handling_events(qtbot, monkeypatch, gates):
-    import app.main_window
+    import app.files
 
     window = MainWindow()
     qtbot.addWidget(window)
     window.show()
     gate = gates()
-    monkeypatch.setattr(app.main_window, "_load_session", gate.wrap(lambda request: None))
-    window.load_model({"spec": "default"})
+    monkeypatch.setattr(app.files, "_load_session", gate.wrap(lambda request: None))
+    window.files.load_model({"spec": "default"})
     assert gate.entered.wait(10)
     seen = []
 
     def meanwhile():  # a timer firing while close() waits: the GUI thread is not blocked
-        dialog = window.wait_dialog
+        dialog = window.files.wait_dialog
         seen.append((dialog is not None and dialog.isVisible(), dialog.labelText() if dialog else ""))
         gate.opened.set()
 
     QTimer.singleShot(500, meanwhile)
     assert window.close()
     assert seen == [(True, "Closing Graft: waiting for the model to load…")]
-    assert not window.isVisible() and window.session is None and not window._jobs and window.wait_dialog is None
+    assert not window.isVisible() and window.session is None and not window.jobs.running and window.files.wait_dialog is None
 
 
 def test_data_loading_and_predictions_block_only_what_they_touch(qtbot, window, monkeypatch, boxes, default_network,
                                                                 small_csv, gates):
-    import app.main_window
+    import app.data
     import engine.export.inference
 
     s = give_session(window, default_network)
     a = window.actions
     data_gate = gates()
-    monkeypatch.setattr(app.main_window, "_load_data", data_gate.wrap(app.main_window._load_data))
-    window.load_data(str(small_csv))
-    assert "data" in window._jobs
+    monkeypatch.setattr(app.data, "_load_data", data_gate.wrap(app.data._load_data))
+    window.datasets.load_data(str(small_csv))
+    assert "data" in window.jobs.running
     assert a.delete_output.isEnabled() and a.unfreeze_all.isEnabled() and a.save_project.isEnabled()
     assert a.open_model.isEnabled() and window.history_view.isEnabled()
     block = next(n.path for n in s.tree.root.children if n.kind == "layer" and n.params > 0)
@@ -719,7 +719,7 @@ def test_data_loading_and_predictions_block_only_what_they_touch(qtbot, window, 
     # a prediction runs the model: saving (which only reads it too) goes on, surgery waits, without a box
     prediction = gates()
     monkeypatch.setattr(engine.export.inference, "predict_files", prediction.wrap(engine.export.inference.predict_files))
-    window.predict_image(first_image(small_csv))
+    window.evaluation.predict_image(first_image(small_csv))
     assert a.save_project.isEnabled() and not a.delete_output.isEnabled() and not a.undo.isEnabled()
     frozen = requires_grad(s)
     index = window.tree_model.index_for_path(block)
@@ -729,7 +729,7 @@ def test_data_loading_and_predictions_block_only_what_they_touch(qtbot, window, 
     assert boxes.calls == [] and window.undo_stack.count() == 1
     with qtbot.waitSignal(window.predicted, timeout=LOAD_TIMEOUT):
         prediction.opened.set()
-    assert a.delete_output.isEnabled() and window.apply_op(DeleteOutputLayer())
+    assert a.delete_output.isEnabled() and window.surgery.apply_op(DeleteOutputLayer())
 
 
 # -- projects that need trust or come with notes; export and data without surprises ------------------
@@ -753,8 +753,8 @@ def test_a_project_from_a_pickle_opens_only_when_the_user_trusts_the_file(qtbot,
     project, pickled = pickled_project(tmp_path)
     before = give_session(window, default_network)
     boxes.answers = [QMessageBox.StandardButton.No]
-    window.open_project_file(str(project))
-    qtbot.waitUntil(lambda: bool(boxes.calls) and not window.busy, timeout=LOAD_TIMEOUT)
+    window.files.open_project_file(str(project))
+    qtbot.waitUntil(lambda: bool(boxes.calls) and not window.jobs.busy, timeout=LOAD_TIMEOUT)
     kind, title, text = boxes.calls[-1]
     assert kind == "question" and title == "Trust this model file?"
     assert "c.graft" in text and str(pickled) in text and "run any code" in text, text
@@ -764,7 +764,7 @@ def test_a_project_from_a_pickle_opens_only_when_the_user_trusts_the_file(qtbot,
 
     boxes.answers = [QMessageBox.StandardButton.Yes]
     with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT):
-        window.open_project_file(str(project))
+        window.files.open_project_file(str(project))
     assert [c[0] for c in boxes.calls] == ["question", "question"]
     assert window.project_path == str(project) and window.session is not before
     assert window.session.source.name == str(pickled)
@@ -785,31 +785,31 @@ def test_a_reopened_project_shows_its_notes(qtbot, window, tmp_path):
     project = save_project(s, tmp_path / "notes.graft")
     weights.unlink()  # undo cannot bring back the original output layer any more
     with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT):
-        window.open_project_file(str(project))
+        window.files.open_project_file(str(project))
     [note] = window.session.network.notes
     assert "Undo reaches back 0" in note
     assert window.message_label.text() == note and "#bf360c" in window.message_label.styleSheet()
     # the status line has room for a short message only: the strip above the tabs shows the note in full
-    assert window.notes_frame.isVisible() and note in window.notes_label.text()
-    assert window.notes_label.text().startswith("<b>Opened notes.graft")
-    assert window.notes_label.height() >= 2 * window.notes_label.fontMetrics().height()  # wrapped, not cut
-    window.notes_frame.findChild(QToolButton, "loadNotesClose").click()
-    assert not window.notes_frame.isVisible()
-    window.open_project_file(str(project))
-    qtbot.waitUntil(lambda: window.notes_frame.isVisible(), timeout=LOAD_TIMEOUT)
+    assert window.notes.frame.isVisible() and note in window.notes.label.text()
+    assert window.notes.label.text().startswith("<b>Opened notes.graft")
+    assert window.notes.label.height() >= 2 * window.notes.label.fontMetrics().height()  # wrapped, not cut
+    window.notes.frame.findChild(QToolButton, "loadNotesClose").click()
+    assert not window.notes.frame.isVisible()
+    window.files.open_project_file(str(project))
+    qtbot.waitUntil(lambda: window.notes.frame.isVisible(), timeout=LOAD_TIMEOUT)
     give_session(window, window.session.network)  # another model: its notes (none) replace these
-    assert not window.notes_frame.isVisible()
+    assert not window.notes.frame.isVisible()
 
 
 def test_export_without_data_verifies_on_the_images_the_project_records(qtbot, window, monkeypatch, boxes,
                                                                         tmp_path, default_network, small_csv):
     s = give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
-    window.apply_op(AddHead(HeadSpec("shape", labels=["a", "b", "c"]), seed=1))
+    window.surgery.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(AddHead(HeadSpec("shape", labels=["a", "b", "c"]), seed=1))
     s.project_extra = {"data": str(small_csv)}  # as the window saves it
     assert window.data is None
     with qtbot.waitSignal(window.exported, timeout=LOAD_TIMEOUT) as exported:
-        window.export_onnx(str(tmp_path / "m.onnx"))
+        window.export.export_onnx(str(tmp_path / "m.onnx"))
     report = exported.args[0]
     assert report.verified and report.images == 4 and report.image_diff
     text = boxes.texts("information")[-1]
@@ -817,7 +817,7 @@ def test_export_without_data_verifies_on_the_images_the_project_records(qtbot, w
 
     s.project_extra = {}
     with qtbot.waitSignal(window.exported, timeout=LOAD_TIMEOUT) as exported:
-        window.export_onnx(str(tmp_path / "r.onnx"))
+        window.export.export_onnx(str(tmp_path / "r.onnx"))
     assert exported.args[0].images == 0
     text = boxes.texts("information")[-1]
     assert "Only random inputs were checked" in text and "does not record" in text, text
@@ -865,8 +865,8 @@ def test_the_toolbar_names_the_freezing_presets_and_fits_the_default_window(qtbo
 def test_ok_on_a_trained_regression_head_without_changes_records_no_edit(qtbot, window, monkeypatch,
                                                                           default_network):
     s = give_session(window, default_network)
-    window.apply_op(DeleteOutputLayer())
-    window.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
+    window.surgery.apply_op(DeleteOutputLayer())
+    window.surgery.apply_op(AddHead(HeadSpec("size", kind="regression", outputs=1), seed=2))
     s.heads[0].set_target_stats([55.0], [14.0])  # what training sets
     steps = window.undo_stack.count()
     accept_head_dialog(monkeypatch, choose=lambda d: None)

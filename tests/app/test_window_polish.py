@@ -67,11 +67,11 @@ def test_data_that_fails_to_load_says_the_earlier_data_is_still_loaded(qtbot, wi
     """The panel showed the failed file's path above the earlier data's summary, as if that had loaded."""
     good = good_csv(tmp_path)
     with qtbot.waitSignal(window.dataLoaded, timeout=60_000):
-        window.load_data(str(good))
+        window.datasets.load_data(str(good))
     bad = tmp_path / "bad.csv"
     bad.write_text("filename,colour\na.jpg,red\n")
     with qtbot.waitSignal(window.errorShown, timeout=60_000) as shown:
-        window.load_data(str(bad))
+        window.datasets.load_data(str(bad))
     assert window.data is not None and window.data_path == str(good)
     assert window.data_panel.path_label.text() == str(good)
     assert "good.csv is still loaded" in shown.args[0] and window.data_panel.error_text() == shown.args[0]
@@ -89,10 +89,10 @@ def test_undo_and_redo_say_what_they_did(qtbot, window, small_network):
     from engine.surgery.operations import DeleteOutputLayer, SetTrainable
     from engine.surgery.session import Session
 
-    window._set_session(Session(small_network), project_path=None)
+    window.workspace.set_session(Session(small_network), project_path=None)
     a = window.actions
-    assert window.apply_op(DeleteOutputLayer())
-    assert window.apply_op(SetTrainable("layers", ["layer4"], False))
+    assert window.surgery.apply_op(DeleteOutputLayer())
+    assert window.surgery.apply_op(SetTrainable("layers", ["layer4"], False))
     assert window.message_label.text() == "Freeze layer4."
     a.undo.trigger()
     assert window.message_label.text() == "Undid Freeze layer4."
@@ -104,9 +104,9 @@ def test_undo_and_redo_say_what_they_did(qtbot, window, small_network):
     assert window.message_label.text() == "Redid 2 steps, up to Freeze layer4."
     window.undo_stack.setIndex(1)
     assert window.message_label.text() == "Undid Freeze layer4."
-    assert window.apply_op(SetTrainable("layers", ["layer3"], False))  # a new step replaces the redo
+    assert window.surgery.apply_op(SetTrainable("layers", ["layer3"], False))  # a new step replaces the redo
     assert window.message_label.text() == "Freeze layer3."
-    window._set_session(Session(small_network), project_path=None)  # clearing the stack undoes nothing
+    window.workspace.set_session(Session(small_network), project_path=None)  # clearing the stack undoes nothing
     assert not window.message_label.text().startswith("Undid")
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.demo_data import ensure_demo_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,18 +20,6 @@ def graft(*args, cwd=ROOT):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300, env=env)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """Two classes of the demo shapes, 8 images each."""
-    demo = ensure_demo_folder(tmp_path_factory.mktemp("demo"))
-    root = tmp_path_factory.mktemp("tiny")
-    for cls in ("circle", "square"):
-        (root / cls).mkdir()
-        for f in sorted((demo / cls).iterdir())[:8]:
-            shutil.copy(f, root / cls / f.name)
-    return root
 
 
 def test_train_writes_a_project_that_evaluate_reads(tiny_folder, tmp_path):

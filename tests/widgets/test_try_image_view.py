@@ -98,3 +98,15 @@ def test_clear(view, image_path):
     view.show_predictions(image_path, {"x": "x: 1"})
     view.clear()
     assert view.image_path() == "" and view.image.pixmap().isNull() and view.predictions_text() == {}
+
+
+def test_one_precision_for_the_answer_and_the_runners_up(view, image_path):
+    """A runner-up rounded to whole percent (33%) read as if it were ahead of the answer (32.8%)."""
+    spec = HeadSpec("shape", "single", labels=["circle", "square", "star"])
+    logits = np.log(np.array([0.326, 0.346, 0.328]))  # square 34.6%, then star 32.8%, then circle 32.6%
+    tags = HeadSpec("tags", "multi", labels=["red", "striped"])
+    view.show_predictions(image_path, {"shape": decode(spec, logits), "tags": decode(tags, np.array([2.0, 0.3]))})
+    shown = " ".join(label.text() for label in view.results.findChildren(QLabel))
+    assert "34.6%" in shown and "star 32.8%" in shown and "circle 32.6%" in shown
+    assert "88.1%" in shown and "57.4%" in shown  # multi-label: sigmoid(2.0), sigmoid(0.3)
+    assert "33%" not in shown and "88%" not in shown

@@ -629,6 +629,20 @@ def test_duplicate_images_stay_on_one_side_of_the_split(tmp_path):
         assert len(ds.train) + len(ds.val) == 20
 
 
+def test_links_to_one_image_count_as_that_image(tmp_path):
+    """A folder link and a file link naming an image are the same image (the folder's real path is
+    resolved once per folder, a linked file on its own)."""
+    csv = manifest(tmp_path, 10)
+    (tmp_path / "again").symlink_to(tmp_path / "img", target_is_directory=True)
+    (tmp_path / "one.png").symlink_to(tmp_path / "img" / "3.png")
+    rows = [f"img/{i}.png,{'a' if i % 2 else 'b'}" for i in range(10)]
+    rows += [f"again/{i}.png,{'a' if i % 2 else 'b'}" for i in range(10)] + ["one.png,a"]
+    write_csv(csv, "image,kind,split\n" + "\n".join(f"{r},train" for r in rows[:10])
+              + "\n" + "\n".join(f"{r},train" for r in rows[10:20]) + f"\n{rows[20]},val\n")
+    with pytest.raises(GraftError, match=r"rows 5 and 22 .*training and in validation"):
+        load_data(csv)
+
+
 def test_split_column_leaks_and_classes_only_in_validation(tmp_path):
     csv = manifest(tmp_path, 6)
     write_csv(csv, "image,kind,split\nimg/0.png,a,train\nimg/1.png,b,train\nimg/2.png,a,val\n"

@@ -1,0 +1,258 @@
+"""Surgery: delete the output layer, cut, freeze (the tree's checkboxes and the presets), add, edit and
+remove heads, and what undo and redo say.
+
+Every surgery is applied first — an illegal one raises GraftError and changes nothing — and then pushed
+on the QUndoStack as an already-applied :class:`~app.undo.OperationCommand`. The layer tree and the
+Heads tab show the session; they follow the workspace's events.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QObject
+from PySide6.QtGui import QUndoStack
+from PySide6.QtWidgets import QMessageBox, QUndoView, QWidget
+
+from engine.errors import GraftError
+from engine.network.layer_tree import HEADS_KEY
+
+from . import dialogs
+from .undo import push_operation
+
+if TYPE_CHECKING:
+    from widgets.heads_panel import HeadsPanel
+    from widgets.layer_tree_model import LayerTreeModel
+    from widgets.layer_tree_view import LayerTreeView
+
+    from .jobs import Jobs
+    from .messages import Messages
+    from .workspace import Workspace
+
+
+class Surgery(QObject):
+    """The Surgery menu, the layer tree's checkboxes and the Heads tab."""
+
+    def __init__(self, window: QWidget, workspace: Workspace, jobs: Jobs, messages: Messages,
+                 undo_stack: QUndoStack, tree_model: LayerTreeModel, tree_view: LayerTreeView,
+                 heads_panel: HeadsPanel, history_view: QUndoView, show_tab: Callable[[str], Any]) -> None:
+        super().__init__(window)
+        self._window = window
+        self._workspace, self._jobs, self._messages = workspace, jobs, messages
+        self._stack = undo_stack
+        self._tree_model, self._tree_view = tree_model, tree_view
+        self._heads_panel, self._history_view = heads_panel, history_view
+        self._show_tab = show_tab
+        self._undo_index = 0  # the stack's index as last seen (undo and redo say what they did)
+        self._pushing = False  # a surgery is being pushed: it says what it did itself
+        self._undo_failed = False  # the undo or redo under way could not be done and said so
+        undo_stack.indexChanged.connect(self._on_undo_index)
+        tree_model.set_toggle_handler(self.toggle_trainable)
+        tree_view.currentPathChanged.connect(self._on_tree_current)
+        workspace.connect("session", self._show_session)
+        workspace.connect("closed", self._closed)
+        jobs.connect("changed", self._refresh)
+        self._refresh()
+
+    # -- following the workspace ----------------------------------------------------------------
+    def _show_session(self, session) -> None:
+        self._undo_index = 0  # clearing the stack undoes nothing: no "Undid …"
+        self._stack.clear()
+        self._tree_model.set_tree(session.tree)
+        self._tree_view.tree_view.expandToDepth(0)
+        self._heads_panel.set_session(session)
+        self._stack.setClean()
+
+    def _closed(self) -> None:
+        self._heads_panel.set_session(None)
+        self._tree_model.set_tree(None)
+        self._stack.indexChanged.disconnect(self._on_undo_index)
+
+    def _refresh(self) -> None:
+        self._heads_panel.setEnabled(not self._jobs.training)
+        self._history_view.setEnabled(self._jobs.blocker("surgery") is None)
+
+    def _on_undo_index(self, index: int) -> None:
+        """Undo, redo or a click in the surgery history: say what was undone or redone (the status line
+        otherwise kept naming the step just undone, as if it had been done)."""
+        previous, self._undo_index = self._undo_index, index
+        if not self._pushing and not self._undo_failed and previous != index:
+            stack, say = self._stack, self._messages.show_message
+            if index < previous:
+                steps, text = previous - index, stack.text(previous - 1) if previous - index == 1 else ""
+                say(f"Undid {text}." if text else
+                    f"Undid {steps} steps: back to "
+                    f"{('after ' + stack.text(index - 1)) if index else 'the network as loaded'}.")
+            else:
+                steps = index - previous
+                say(f"Redid {stack.text(index - 1)}." if steps == 1 else
+                    f"Redid {steps} steps, up to {stack.text(index - 1)}.")
+        self._undo_failed = False
+
+    def _surgery_failed(self, message: str) -> None:
+        """An undo or redo could not be done (see OperationCommand): its message, not 'Undid …'."""
+        self._undo_failed = True
+        self._messages.show_error(message)
+
+    # -- what is selected -----------------------------------------------------------------------
+    def _selected_path(self) -> str | None:
+        path = self._tree_view.current_path() if self._workspace.session is not None else None
+        return path or None
+
+    def selected_layer(self) -> str | None:
+        path = self._selected_path()
+        return path if path and not path.startswith(HEADS_KEY) else None
+
+    def selected_head(self) -> str | None:
+        s = self._workspace.session
+        path = self._selected_path()
+        if path and path.startswith(HEADS_KEY + "."):
+            return path[len(HEADS_KEY) + 1:].split(".")[0]
+        if s is not None and self._heads_panel.current_head():
+            return self._heads_panel.current_head()
+        if s is not None and len(s.heads) == 1:
+            return s.heads[0].name
+        return None
+
+    def _on_tree_current(self, path: str) -> None:
+        """A head chosen in the tree is the head the Heads tab's Edit and Remove act on, too."""
+        if path.startswith(HEADS_KEY + "."):
+            self._heads_panel.select_head(path[len(HEADS_KEY) + 1:].split(".")[0])
+
+    # -- operations -----------------------------------------------------------------------------
+    def apply_op(self, op) -> bool:
+        """Apply ``op`` and push it on the undo stack; a GraftError is shown and changes nothing."""
+        if self._workspace.session is None:
+            self._messages.show_message("Open a model first.", "warning")
+            return False
+        if self._jobs.must_wait("surgery", "Surgery"):
+            return False
+        try:
+            self._pushing = True
+            push_operation(self._stack, self._workspace.session, op, on_error=self._surgery_failed)
+        except GraftError as exc:
+            self._messages.show_error(str(exc), title="Surgery")
+            return False
+        finally:
+            self._pushing = False
+        self._messages.show_message(f"{op.text}.")
+        return True
+
+    def delete_output_layer(self) -> bool:
+        from engine.surgery.operations import DeleteOutputLayer
+
+        return self.apply_op(DeleteOutputLayer())
+
+    def cut_here(self, path: str | None = None) -> bool:
+        from engine.surgery.operations import CutAt
+
+        layer = path or self.selected_layer()
+        if not layer:
+            self._messages.show_message("Select the layer to cut at.", "warning")
+            return False
+        return self.apply_op(CutAt(layer))
+
+    def freeze_up_to_here(self, path: str | None = None) -> bool:
+        from engine.surgery.operations import SetTrainable
+
+        layer = path or self.selected_layer()
+        if not layer:
+            self._messages.show_message("Select the last layer to freeze.", "warning")
+            return False
+        return self.apply_op(SetTrainable("up_to", [layer]))
+
+    def apply_preset(self, preset: str) -> bool:
+        from engine.surgery.operations import freeze_preset
+
+        try:
+            op = freeze_preset(preset)
+        except GraftError as exc:
+            self._messages.show_error(str(exc))
+            return False
+        return self.apply_op(op)
+
+    def toggle_trainable(self, path: str, trainable: bool) -> bool:
+        """The tree's checkbox: freeze or unfreeze one layer (or head) through the undo stack."""
+        from engine.surgery.operations import SetTrainable
+
+        if self._jobs.training:
+            self._messages.show_message("Freezing cannot change while training runs.", "warning")
+            return False
+        return self.apply_op(SetTrainable("layers", [path], trainable))
+
+    # -- heads ----------------------------------------------------------------------------------
+    def add_head(self) -> bool:
+        from engine.surgery.operations import AddHead
+        from widgets.head_dialog import HeadDialog
+
+        s = self._workspace.session
+        if s is None:
+            self._messages.show_message("Open a model first.", "warning")
+            return False
+        if self._jobs.must_wait("surgery", "Adding a head"):
+            return False
+        delete_first = False
+        if s.output_layer and not s.heads:
+            answer = QMessageBox.question(
+                self._window, "Delete the output layer?",
+                f"The network still ends in its output layer ({s.output_layer}), which predicts the classes it "
+                "was trained on. New heads usually replace it and read the features before it.\n\n"
+                "Delete the output layer first?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No | QMessageBox.StandardButton.Cancel,
+                QMessageBox.StandardButton.Yes)
+            if answer == QMessageBox.StandardButton.Cancel:
+                return False
+            delete_first = answer == QMessageBox.StandardButton.Yes
+        existing = [h.name for h in s.heads]
+        data = self._workspace.data
+        suggestions = [h for h in (data.heads if data is not None else []) if h.name not in existing]
+        spec = self._ask_spec(HeadDialog.for_new(existing, suggestions, self._window), "Add head")
+        if spec is None:
+            return False
+        if delete_first and s.output_layer:
+            if not self.delete_output_layer():
+                return False
+        ok = self.apply_op(AddHead(spec))
+        if ok:
+            self._show_tab("heads")
+        return ok
+
+    def edit_head(self, name: str | None) -> bool:
+        from engine.surgery.operations import UpdateHead
+        from widgets.head_dialog import HeadDialog
+
+        s = self._workspace.session
+        if s is None or not name:
+            return False
+        spec = next((h for h in s.heads if h.name == name), None)
+        if spec is None or self._jobs.must_wait("surgery", "Editing a head"):
+            return False
+        new = self._ask_spec(HeadDialog.for_edit(spec, self._window, existing_names=[h.name for h in s.heads]),
+                             "Edit head")
+        if new is None:
+            return False
+
+        def edited(h) -> dict:  # the dialog does not show the statistics training sets on a regression head
+            return {k: v for k, v in h.to_dict().items() if k not in ("target_mean", "target_std")}
+
+        if edited(new) == edited(spec):
+            return False
+        return self.apply_op(UpdateHead(name, new))
+
+    def _ask_spec(self, dialog, title: str):
+        """The head the dialog describes once accepted; None when cancelled or invalid (said so)."""
+        if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
+            return None
+        try:
+            return dialog.spec()
+        except GraftError as exc:
+            self._messages.show_error(str(exc), title=title)
+            return None
+
+    def remove_head(self, name: str | None) -> bool:
+        from engine.surgery.operations import RemoveHead
+
+        if self._workspace.session is None or not name:
+            self._messages.show_message("Select the head to remove.", "warning")
+            return False
+        return self.apply_op(RemoveHead(name))
