@@ -36,6 +36,18 @@ TRAINING_KEYS = ("epochs", "batch_size", "lr_heads", "lr_trunk", "weight_decay",
                  "patience", "seed", "cache_features")
 
 
+def _assignment(module: Any, name: str) -> str:
+    """A module-level ``name = …`` statement as written in ``module`` (for values without a repr, such as
+    a table of lambdas)."""
+    import ast
+
+    source = inspect.getsource(module)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.get_source_segment(source, node)
+    raise LookupError(f"{module.__name__} assigns no {name}")
+
+
 def _sources(*objects: Any) -> str:
     return "\n\n".join(textwrap.dedent(inspect.getsource(o)).rstrip() + "\n" for o in objects)
 
@@ -274,9 +286,12 @@ def training_script(session: "Session", project: str = "the project", script_nam
         "model_code": _sources(graft_model.pool_features, graft_model._CutReached, graft_model.Trunk,
                                graft_model.RegressionHead, graft_model.GraftModel, graft_model.build_head),
         "preprocessing_code": preprocessing,
-        "data_code": _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
+        "data_code": _constants(TIFF_SIGNATURES=preprocess.TIFF_SIGNATURES) + "\n" + _assignment(preprocess, "_ORIENT")
+                     + "\n\n\n"
+                     + _sources(preprocess.is_tiff, preprocess.read_tiff) + "\n\n\n"  # tifffile: for TIFFs only
+                     + _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
                               datasets._split_random),
-        "training_code": _sources(losses.head_loss_terms, trainer.lr_lambda, trainer.EpochBatchSampler),
+        "training_code": _sources(losses._terms, losses.head_loss_terms, trainer.lr_lambda, trainer.EpochBatchSampler),
         "metadata_code": _constants(KEY=KEY) + "\n\n\n" + _sources(to_props),
     }
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
