@@ -13,6 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="graft", description="Model surgery: cut a pretrained network, "
                                      "graft new heads, train, export to ONNX.")
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and the environment (libraries, threads, memory allocator)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in NAMES:
         try:
@@ -33,21 +35,32 @@ def run_gui(argv: list[str]) -> int:
     return run_app(argv)
 
 
+def print_version() -> int:
+    from engine.runtime.environment import describe_environment
+
+    print(describe_environment())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from engine.system import prepare
 
     prepare()  # before torch loads
     from commands import NAMES
+    from engine.runtime.allocator import configure_allocator
 
+    configure_allocator()  # before any tensor: the window and every subcommand reuse large blocks
     # No subcommand: the window, which takes its own options and a file to open (main.py project.graft).
     first = argv[0] if argv else ""
+    if first == "--version":
+        return print_version()
     if not argv or (first.startswith("-") and first not in ("-h", "--help")) or (
             first not in NAMES and os.path.exists(first)):
         return run_gui(argv)
     args = build_parser().parse_args(argv)
     if not getattr(args, "_run", None):
-        return run_gui([])
+        return print_version() if args.version else run_gui([])
     from engine.errors import GraftError
 
     try:

@@ -1,7 +1,9 @@
 """Graft's own predictions with the PyTorch model: the GUI's "try an image" view and the CLI use these.
 
 Images go through :mod:`engine.network.preprocess` and raw outputs through :func:`engine.export.metadata.decode`,
-exactly as ``main.py predict`` does for an exported ONNX file, so both give the same answer.
+exactly as ``main.py predict`` does for an exported ONNX file, so both give the same answer. On a CPU a
+frozen trunk that is already converted (:mod:`engine.runtime.onnx_trunk`), or worth converting for the
+images asked, runs in onnxruntime.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
 from engine.export.metadata import FEATURES_OUTPUT, HeadPrediction, decode, decode_batch, load_batch
+from engine.runtime.onnx_trunk import TrunkRunner, features_then_heads, trunk_runner
 
 if TYPE_CHECKING:
     from engine.surgery.session import Session
@@ -69,9 +72,10 @@ def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def predict_arrays(session: "Session", batch: np.ndarray) -> dict[str, np.ndarray]:
+def predict_arrays(session: "Session", batch: np.ndarray, runner: TrunkRunner | None = None) -> dict[str, np.ndarray]:
     """Raw outputs ``{head: (N, outputs) float32}`` for a preprocessed (N, C, S, S) batch (or one CHW image),
-    C the input spec's channels."""
+    C the input spec's channels. ``runner``: what runs the trunk (default: onnxruntime when a frozen
+    trunk's conversion is ready, or worth making for a batch this large; else PyTorch)."""
     batch = np.asarray(batch, dtype=np.float32)
     if batch.ndim == 3:
         batch = batch[None]
@@ -81,8 +85,10 @@ def predict_arrays(session: "Session", batch: np.ndarray) -> dict[str, np.ndarra
     model = session.model
     device, dtype = _device_dtype(model)
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device=device, dtype=dtype)
+    if runner is None:
+        runner, _ = trunk_runner(model, device, len(batch))
     with eval_mode(model), torch.inference_mode():
-        out = model(x)
+        out = features_then_heads(model, runner, x)
     return {name: t.detach().to("cpu", torch.float32).numpy() for name, t in out.items()}
 
 
@@ -91,9 +97,11 @@ def predict_files(session: "Session", paths: Sequence[str | Path], batch_size: i
     specs = head_specs(session)
     out: list[dict[str, HeadPrediction]] = []
     paths = list(paths)
+    model = session.model
+    runner, _ = trunk_runner(model, _device_dtype(model)[0], len(paths))
     for start in range(0, len(paths), batch_size):
         batch = load_batch(paths[start:start + batch_size], session.input_spec)
-        out += decode_batch(specs, predict_arrays(session, batch))
+        out += decode_batch(specs, predict_arrays(session, batch, runner))
     return out
 
 

@@ -18,14 +18,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import io
 import os
 import re
-import sys
-import tempfile
-import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
@@ -39,12 +34,19 @@ from engine.errors import GraftError
 from engine.export.inference import eval_mode, head_specs
 from engine.export.metadata import INPUT_NAME, build_metadata, load_batch, write_metadata
 from engine.files import atomic_write, check_target
+from engine.runtime.onnx_convert import ANSI as _ANSI
+from engine.runtime.onnx_convert import EXPORT_LOCK as _LOCK
+from engine.runtime.onnx_convert import Captured as _Captured
+from engine.runtime.onnx_convert import Rejected as _Rejected
+from engine.runtime.onnx_convert import OPSET, allowed_diff, convert, ort_session, verify
+from engine.runtime.onnx_convert import max_abs_diff, output_scale  # noqa: F401  (re-exported: the check's rule)
+from engine.runtime.onnx_convert import captured_output as _captured_output
+from engine.runtime.onnx_convert import first_line as _first_line
 from engine.units import human_bytes, plural
 
 if TYPE_CHECKING:
     from engine.surgery.session import Session
 
-OPSET = 18  # what both exporters handle best; onnxruntime 1.2x+ runs it fully optimised
 # The oldest opset Graft accepts: the dynamo exporter writes nothing below 18 (it silently writes 18), and
 # below 13 only the TorchScript exporter's legacy conversions remain, which Graft does not test.
 MIN_OPSET = 13
@@ -52,7 +54,6 @@ VERIFY_IMAGES = 4  # real images from the training data that ``main.py export`` 
 EXPORTERS = ("torchscript", "dynamo")
 RANDOM_BATCH = 3  # differs from the traced batch (2), so the dynamic batch axis is exercised too
 MAX_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GB limit, with room for the graph
-_LOCK = threading.Lock()  # the exporters keep global state: one export at a time
 
 
 @dataclass
@@ -110,33 +111,6 @@ class ExportReport:
 
 
 
-def output_scale(ref: np.ndarray) -> float:
-    """The largest finite magnitude in a PyTorch output: what float32 rounding is proportional to."""
-    finite = np.abs(np.asarray(ref, dtype=np.float64))
-    finite = finite[np.isfinite(finite)]
-    return float(finite.max()) if finite.size else 0.0
-
-
-def allowed_diff(tolerance: float, scale: float) -> float:
-    """The tolerance for an output whose values reach ``scale``: absolute within ±1 (logits,
-    probabilities), relative beyond. float32 keeps about 7 digits, so a regression head answering in
-    the thousands differs by ~1e-4 between two correct runtimes from rounding alone."""
-    return tolerance * max(1.0, scale)
-
-
-def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest absolute difference; a NaN or inf on one side only counts as infinite."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.size == 0:
-        return 0.0
-    same = (a == b) | (np.isnan(a) & np.isnan(b))
-    with np.errstate(invalid="ignore"):  # inf - inf: same sign is caught by ``same``, the rest is NaN → inf
-        d = np.where(same, 0.0, np.abs(a - b))
-    d[np.isnan(d)] = np.inf
-    return float(d.max())
-
-
 # -- preparing the model ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -161,100 +135,10 @@ def _source_info(session: "Session") -> dict[str, Any]:
 
 # -- running the exporters ----------------------------------------------------------------------------
 
-class _Captured:
-    text = ""
-
-
-@contextlib.contextmanager
-def _captured_output() -> Iterator[_Captured]:
-    """Catch what the exporters print on the way (C++ warnings with Python stack traces, graph dumps,
-    progress lines) at the file-descriptor level, so users see Graft's one-line message instead. The
-    text is kept: it sometimes names what failed."""
-    captured = _Captured()
-    log = tempfile.TemporaryFile()
-    saved: list[tuple[int, int]] = []
-    streams = (sys.stdout, sys.stderr)
-    for stream in streams:
-        with contextlib.suppress(Exception):
-            stream.flush()
-    for fd in (1, 2):
-        with contextlib.suppress(OSError):
-            saved.append((fd, os.dup(fd)))
-    try:
-        for fd, _ in saved:
-            os.dup2(log.fileno(), fd)
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            try:
-                yield captured
-            finally:
-                captured.text = buffer.getvalue()
-    finally:
-        for stream in streams:
-            with contextlib.suppress(Exception):
-                stream.flush()
-        for fd, copy_fd in saved:
-            os.dup2(copy_fd, fd)
-            os.close(copy_fd)
-        log.seek(0)
-        captured.text += log.read().decode("utf-8", "replace")
-        log.close()
-
-
-@contextlib.contextmanager
-def _mha_fastpath(enabled: bool) -> Iterator[None]:
-    """nn.MultiheadAttention's eval-mode fast path is one fused op the TorchScript exporter cannot
-    export (aten::_native_multi_head_attention); without it the same maths exports op by op (ViTs)."""
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None or not hasattr(mha, "get_fastpath_enabled"):
-        yield
-        return
-    before = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(enabled)
-    try:
-        yield
-    finally:
-        mha.set_fastpath_enabled(before)
-
-
-class _AsTuple(nn.Module):
-    """The model's ``{name: tensor}`` outputs as a tuple in ``names`` order (TorchScript has no dict outputs)."""
-
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = list(names)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(x)
-        return tuple(out[n] for n in self.names)
-
-
 def _export(kind: str, model: nn.Module, example: torch.Tensor, path: Path, names: list[str], opset: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if kind == "torchscript":
-            axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
-            with torch.no_grad(), _mha_fastpath(False):
-                training = torch.onnx.TrainingMode.EVAL
-                if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
-                    # The exporter's own tracer refuses TorchScript submodules (pytorch#86261);
-                    # torch.jit.trace takes them and the traced module exports as it is. The model is in
-                    # eval mode already: EVAL would flip a scripted BatchNorm's flag and break the numbers.
-                    model = torch.jit.trace(_AsTuple(model, names), (example,), check_trace=False)
-                    training = torch.onnx.TrainingMode.PRESERVE
-                torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
-                                  output_names=names, opset_version=opset, dynamic_axes=axes, training=training,
-                                  do_constant_folding=True, export_params=True)
-        else:
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                        output_names=names, opset_version=opset, dynamic_shapes=({0: batch},),
-                                        external_data=False, optimize=True, verbose=False)
-            program.save(str(path), external_data=False)
+    convert(kind, model, example, path, INPUT_NAME, names, opset)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Most precise first: torch.export names the exact op it has no ONNX function for; the TorchScript
 # exporter names the op it could not convert (misleading inside a custom autograd Function).
 _OP_PATTERNS = (
@@ -359,12 +243,6 @@ def _where(path: str, module: nn.Module) -> str:
     return f"'{path}' ({kind})" if path else f"the network ({kind})"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
-    line = next((l.strip() for l in text.splitlines() if l.strip()), "") or exc.__class__.__name__
-    return line[:300]
-
-
 def _explain(failures: list[_Failure], model: nn.Module, example: torch.Tensor, opset: int) -> GraftError:
     found = sorted(o for o in (f.op() for f in failures) if o)
     tried = " and ".join(f.exporter for f in failures) + (" exporters" if len(failures) > 1 else " exporter")
@@ -381,10 +259,6 @@ def _explain(failures: list[_Failure], model: nn.Module, example: torch.Tensor, 
 
 
 # -- checking and verifying ---------------------------------------------------------------------------
-
-class _Rejected(Exception):
-    """An exported file that is invalid or does not match PyTorch (the next exporter may do better)."""
-
 
 def max_opset() -> int:
     """The newest opset the installed ``onnx`` package knows (newer ones cannot even be checked)."""
@@ -462,60 +336,10 @@ def _finish(path: Path, make_metadata: Callable[[int | None], dict[str, Any]]) -
     return opset, metadata
 
 
-_ORT_MAX_OPSET = re.compile(r"Opset (\d+) is under development.*?support for domain ai\.onnx is till opset (\d+)", re.S)
-
-
-def _ort_session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        m = _ORT_MAX_OPSET.search(str(exc))
-        if m:
-            raise _Rejected(f"onnxruntime {ort.__version__} cannot run opset {m.group(1)}: it supports up to "
-                            f"opset {m.group(2)}") from None
-        raise _Rejected(f"onnxruntime cannot load the exported file ({_first_line(exc)})") from None
-
-
 def _verify(model: nn.Module, path: Path, names: list[str], inputs: dict[str, np.ndarray],
             tolerance: float) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Largest absolute difference per input set and output, and each output's scale (see allowed_diff)."""
-    sess = _ort_session(path)
-    got_in = [i.name for i in sess.get_inputs()]
-    got_out = [o.name for o in sess.get_outputs()]
-    if got_in != [INPUT_NAME] or got_out != names:
-        raise _Rejected(f"the exported file has inputs {got_in} and outputs {got_out}, expected "
-                        f"['{INPUT_NAME}'] and {names}")
-    diffs: dict[str, dict[str, float]] = {}
-    scales = {n: 0.0 for n in names}
-    for label, batch in inputs.items():
-        diffs[label] = {n: 0.0 for n in names}
-        for start in range(0, len(batch), 16):
-            chunk = np.ascontiguousarray(batch[start:start + 16], dtype=np.float32)
-            with torch.inference_mode():
-                ref = model(torch.from_numpy(chunk.copy()))
-            try:
-                got = sess.run(names, {INPUT_NAME: chunk})
-            except Exception as exc:  # noqa: BLE001
-                raise _Rejected(f"onnxruntime failed on a batch of {len(chunk)} ({_first_line(exc)})") from None
-            for n, g in zip(names, got):
-                r = ref[n].detach().numpy()
-                if np.shape(g) != r.shape:
-                    raise _Rejected(f"output '{n}' has shape {np.shape(g)} in onnxruntime but {r.shape} in PyTorch")
-                diffs[label][n] = max(diffs[label][n], max_abs_diff(r, g))
-                scales[n] = max(scales[n], output_scale(r))
-    what = {"random": "a random batch", "images": "the given images"}
-    for label, per in diffs.items():
-        for n, d in per.items():
-            limit = allowed_diff(tolerance, scales[n])
-            if not d <= limit:
-                relative = f" for outputs up to {scales[n]:.3g}" if limit > tolerance else ""
-                raise _Rejected(f"output '{n}' differs from PyTorch by {d:.3g} on {what.get(label, label)} "
-                                f"(tolerance {limit:g}{relative})")
-    return diffs, scales
+    return verify(model, ort_session(path), INPUT_NAME, names, inputs, tolerance)
 
 
 # -- the entry point ----------------------------------------------------------------------------------

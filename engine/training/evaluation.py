@@ -5,6 +5,7 @@ the session's as in training; ``split`` picks "all" (default), "train" or "val" 
 samples whose targets are already in the session heads' terms. The model is left on the CPU in eval mode.
 The report also keeps each image's outputs, targets and losses per head (:class:`HeadOutputs`), which
 ``engine.explain.mistakes`` turns into confusion-cell galleries, mistakes and a label audit.
+On a CPU a frozen trunk runs in onnxruntime (:func:`engine.runtime.onnx_trunk.trunk_runner`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import torch
 
 from engine.errors import GraftError
 from engine.network.heads import KIND_TITLES, HeadSpec
+from engine.runtime.allocator import release_free_memory
+from engine.runtime.onnx_trunk import features_then_heads, trunk_runner
 from engine.training.losses import LossAccumulator, compute_losses, entry_losses, target_scales
 from engine.training.metrics import MetricSet
 from engine.training.trainer import (MappedDataset, auto_num_workers, autocast_context, autocast_dtype, bind_heads,
@@ -88,15 +91,20 @@ class EvalReport:
     device: str = "cpu"
     images: list[str] = field(default_factory=list)  # the evaluated image files, in order
     outputs: dict[str, HeadOutputs] = field(default_factory=dict)  # per head, per image (not in to_dict)
+    trunk_backend: str = "pytorch"  # what ran the trunk: "pytorch" | "onnxruntime"
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "loss": self.loss, "seconds": self.seconds, "device": self.device,
+                "trunk_backend": self.trunk_backend, "notes": list(self.notes),
                 "heads": {n: h.__dict__.copy() for n, h in self.heads.items()}}
 
     def format(self) -> str:
         """A plain-text report for the terminal."""
         lines = [f"Evaluated {plural(self.n_images, 'image')} in {self.seconds:.1f} s on {self.device}"
+                 + (" (trunk in onnxruntime)" if self.trunk_backend == "onnxruntime" else "")
                  + (f"; total loss {self.loss:.4f}" if self.loss is not None else "")]
+        lines += [f"note: {n}" for n in self.notes]
         for h in self.heads.values():
             loss = f"loss {h.loss:.4f}" if h.loss is not None else "loss -"
             lines.append(f"{h.name} ({KIND_TITLES.get(h.kind, h.kind)}, {h.n} labelled): {loss}")
@@ -229,6 +237,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
     collected = _OutputCollector(specs, target_map)
     counts: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
+    runner, note = trunk_runner(model, dev, len(samples))  # converting it counts in the time taken
     done = 0
     try:
         model.to(dev)
@@ -240,7 +249,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
                 if dev.type != "cpu":
                     images = images.to(dev, non_blocking=nb)
                     targets = {k: v.to(dev, non_blocking=nb) for k, v in targets.items()}
-                outputs = model(images)
+                outputs = features_then_heads(model, runner, images)
                 acc.add(compute_losses(specs, outputs, targets, scales))
                 metrics.update(outputs, targets)
                 collected.add(outputs, targets, scales)
@@ -263,6 +272,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         model.eval()
+        release_free_memory()
     total, per_head = acc.values()
     summaries, details = metrics.summary(), metrics.details()
     reports = {}
@@ -271,4 +281,6 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
         reports[spec.name] = HeadReport(spec.name, spec.kind, per_head.get(spec.name) if n else None, n,
                                         summaries[spec.name], details[spec.name])
     return EvalReport(reports, len(samples), total, time.perf_counter() - start, str(dev),
-                      images=[str(s.path) for s in samples], outputs=collected.result())
+                      images=[str(s.path) for s in samples], outputs=collected.result(),
+                      trunk_backend="onnxruntime" if runner is not None else "pytorch",
+                      notes=[note] if note and runner is None else [])

@@ -32,7 +32,9 @@ in the data's units. A run that ends restoring the weights from before training 
 Speed: CUDA uses bf16 autocast where supported (else fp16 with a GradScaler), channels-last, pinned
 memory and non-blocking copies; the loop never syncs with the GPU except once per step, one step late,
 to report the loss. With a frozen trunk and no augmentation the trunk's features are computed once
-and only the heads are trained, on the cached features (``TrainStarted.cached_features``).
+and only the heads are trained, on the cached features (``TrainStarted.cached_features``). On a CPU a
+frozen trunk runs in onnxruntime (:mod:`engine.runtime.onnx_trunk`: converted once, checked against
+PyTorch, PyTorch again with a note when it does not convert); ``TrainResult.trunk_backend`` says which.
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ from torch import nn
 from engine.errors import GraftError
 from engine.network.graft_model import RegressionHead
 from engine.network.heads import KIND_TITLES, HeadSpec
+from engine.runtime.allocator import release_free_memory
+from engine.runtime.onnx_trunk import TrunkRunner, features_then_heads, trunk_runner
 from engine.training.losses import LossAccumulator, compute_losses, target_scales
 from engine.training.metrics import MetricSet
 from engine.units import plural
@@ -187,6 +191,7 @@ class TrainResult:
     steps: int = 0
     cached_features: bool = False
     device: str = "cpu"
+    trunk_backend: str = "pytorch"  # what ran the frozen trunk's passes: "pytorch" | "onnxruntime"
 
 
 class TrainingError(GraftError):
@@ -724,6 +729,7 @@ class Trainer:
         self.epochs_run = 0
         self._moved = False
         self._channels_last = False
+        self._runner: TrunkRunner | None = None
         self._phase: tuple[str, int] | None = None  # (what runs, its batch size): for out-of-memory advice
         self._val_batch = cfg.batch_size * 2
         torch.manual_seed(cfg.seed)  # dropout in the heads; augmentation in workers is seeded by the loader
@@ -800,7 +806,8 @@ class Trainer:
                           if self._has_validated_best else "; no validation data, so the final weights are kept."))
         result = TrainResult(reason, self.history, self.best_epoch, self.best_val_loss, seconds,
                              self.images_seen / seconds if seconds > 0 else 0.0, message, self.epochs_run,
-                             self.done_steps, self.cached, str(device))
+                             self.done_steps, self.cached, str(device),
+                             self._runner.backend if self._runner is not None else "pytorch")
         self._emit(TrainFinished(reason, self.best_epoch, self.best_val_loss, message))
         if reason == "error":
             err = getattr(self, "_error", None)
@@ -817,6 +824,15 @@ class Trainer:
                 model.to(memory_format=torch.contiguous_format)
             _free_device_memory(self.device)
         model.eval()
+        release_free_memory()
+
+    def _frozen_trunk(self, images: int) -> TrunkRunner | None:
+        """What runs the frozen trunk over ``images`` images (None: PyTorch); its note becomes a message."""
+        runner, note = trunk_runner(self.session.model, self.device, images)
+        if note:
+            self._emit(MessageEvent(note[0].upper() + note[1:] + "."))
+        self._runner = runner
+        return runner
 
     def _to_device(self) -> None:
         model = self.session.model
@@ -926,12 +942,15 @@ class Trainer:
             val_loader = make_loader(self._image_dataset(self.val_samples, False), batch_size=self._val_batch,
                                      device=self.device, num_workers=val_workers, seed=cfg.seed)
         trunk = model.trunk
+        runner = None
+        if self.trunk_frozen:  # augmented images through a fixed trunk: every epoch is a frozen-trunk pass
+            runner = self._frozen_trunk(len(self.train_samples) * cfg.epochs + len(self.val_samples))
 
         def forward(images: torch.Tensor) -> Callable[[], dict[str, torch.Tensor]]:
             if self.trunk_frozen:
                 def run() -> dict[str, torch.Tensor]:
                     with torch.no_grad():
-                        features = trunk(images)
+                        features = trunk(images) if runner is None else runner(images)
                     return model.forward_heads(features)
                 return run
             return lambda: model(images)
@@ -951,7 +970,7 @@ class Trainer:
                     if self._stop.is_set():
                         raise _Stopped
                     images, targets = self._to(images, targets)
-                    outputs = model(images)
+                    outputs = features_then_heads(model, runner, images)
                     acc.add(compute_losses(self.heads, outputs, targets, self.scales))
                     metrics.update(outputs, targets)
             return acc, metrics
@@ -985,7 +1004,7 @@ class Trainer:
                     if self._stop.is_set():
                         raise _Stopped
                     images, batch_targets = self._to(images, batch_targets)
-                    f = model.trunk(images).float()
+                    f = (model.trunk(images) if self._runner is None else self._runner(images)).float()
                     if self._store.type != f.device.type:
                         f = f.to(self._store, non_blocking=True)
                         batch_targets = {k: v.to(self._store, non_blocking=True) for k, v in batch_targets.items()}
@@ -1018,6 +1037,7 @@ class Trainer:
         self._emit(MessageEvent(f"Computing the frozen trunk's features once for {total} images; "
                                 "then only the heads train."))
         self._store = self._feature_store(total)
+        self._frozen_trunk(total)
         train_x, train_t = self._extract_features(self.train_samples, 0, total)
         val_x = val_t = None
         if self.val_samples:
