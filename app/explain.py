@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QFileDialog
 
-from engine.errors import GraftError
 from engine.network.layer_tree import HEADS_KEY
 from engine.units import plural
 
@@ -60,30 +59,36 @@ def _activations(session, image: str, layer: str):
 
 
 def _lists(report):
-    """The gallery's lists, ``(key, head, combo text, title, examples)`` each, and the label audit."""
+    """The gallery's lists, ``(key, combo text, title, examples)`` each, and the label audit."""
     from engine.explain import mistakes as m
 
     lists = []
     for head, result in report.heads.items():
         if result.kind == "single":
             items = m.mistakes(report, head)
-            lists.append((f"{head}:mistakes", head, f"{head} ▸ most confident mistakes ({len(items)})",
+            lists.append((f"{head}:mistakes", f"{head} ▸ most confident mistakes ({len(items)})",
                           f"{head}: the wrong answers, highest loss first", items))
         elif result.kind == "multi":
             items = m.mistakes(report, head)
-            lists.append((f"{head}:mistakes", head, f"{head} ▸ every wrong label ({len(items)})",
+            lists.append((f"{head}:mistakes", f"{head} ▸ every wrong label ({len(items)})",
                           f"{head}: every wrong label, highest loss first", items))
             for label in result.classes:
                 fp, fn = m.label_errors(report, head, label)
-                lists.append((f"{head}:fp:{label}", head, f"{head} ▸ false positives: {label} ({len(fp)})",
+                lists.append((f"{head}:fp:{label}", f"{head} ▸ false positives: {label} ({len(fp)})",
                               f"{head}: {label} seen where it is not, most confident first", fp))
-                lists.append((f"{head}:fn:{label}", head, f"{head} ▸ false negatives: {label} ({len(fn)})",
+                lists.append((f"{head}:fn:{label}", f"{head} ▸ false negatives: {label} ({len(fn)})",
                               f"{head}: {label} missed, most confident first", fn))
         else:
             items = m.largest_errors(report, head)
-            lists.append((f"{head}:errors", head, f"{head} ▸ largest errors ({len(items)})",
+            lists.append((f"{head}:errors", f"{head} ▸ largest errors ({len(items)})",
                           f"{head}: the predictions furthest from the truth first", items))
     return report, lists, m.label_audit(report)
+
+
+def _cell(report, head: str, truth: int, prediction: int):
+    from engine.explain.mistakes import cell_examples
+
+    return cell_examples(report, head, truth, prediction)
 
 
 def _write_suggestions(path: str, suggestions, root, protected):
@@ -96,12 +101,13 @@ class Explain(QObject):
     """The heatmap and activation views, the gallery and the label audit of the Evaluate tab.
 
     ``explained(heatmap)`` and ``activationsShown(activations or message)`` when one is shown;
-    ``listed()`` when an evaluation's lists and audit are ready; ``tryRequested(path)``: try this image
+    ``listed()`` when an evaluation's lists and audit are ready; ``galleryShown(title)``; ``tryRequested(path)``: try this image
     (the window hands it to the evaluation); ``suggestionsWritten(path)``."""
 
     explained = Signal(object)
     activationsShown = Signal(object)
     listed = Signal()
+    galleryShown = Signal(str)  # the title of what the gallery shows now
     tryRequested = Signal(str)
     suggestionsWritten = Signal(str)
 
@@ -120,9 +126,9 @@ class Explain(QObject):
         self._timer.setInterval(0)
         self._timer.timeout.connect(self._pump)
         heatmap.requested.connect(self.request_heatmap)
-        gallery.imageActivated.connect(lambda path: self.open_image(path, self._gallery_head))
+        gallery.itemActivated.connect(self._open_item)
         gallery.listChosen.connect(self.show_list)
-        audit.imageActivated.connect(self.open_image)
+        audit.suggestionActivated.connect(self._open_item)
         audit.exportRequested.connect(self.export_suggestions)
         looks.currentChanged.connect(lambda _: self._want_activations())
         workspace.connect("session", self._new_session)
@@ -134,16 +140,16 @@ class Explain(QObject):
 
     def _forget(self) -> None:
         self.report: Any = None
-        self._lists: dict[str, tuple[str, str, list[Any]]] = {}  # key -> (head, title, examples)
+        self._lists: dict[str, tuple[str, list[Any]]] = {}  # key -> (title, examples)
         self.suggestions: list[Any] = []
         self.image: str | None = None  # the image tried: its prediction is shown
         self._layer: str | None = None  # the layer selected in the tree
-        self._open_head: str | None = None  # the head to explain for the image about to be tried
-        self._gallery_head: str | None = None  # the head the gallery's images were listed for
+        self._open_for: tuple[str, str] | None = None  # (head, target) to explain for the image about to be tried
         self._cache: OrderedDict[tuple[str, str, str, str], Any] = OrderedDict()
         self._layers_fresh = False  # the heatmap's layer picker lists this model's spatial layers
         self._shown_activations: tuple[str, str] | None = None
-        self._pending: dict[str, Any] = {}  # "try": path; "heatmap": key; "activations": key; "lists": report
+        # "try": path; "heatmap", "activations": what to compute; "lists": a report; "cell": (report, head, t, p)
+        self._pending: dict[str, Any] = {}
 
     # -- following the workspace ----------------------------------------------------------------
     def _new_session(self, session) -> None:
@@ -158,8 +164,7 @@ class Explain(QObject):
         self._audit.show_message("Evaluate (F6) to see which labels the model doubts.")
 
     def _show_heads(self) -> None:
-        s = self._workspace.session
-        self._heatmap.set_heads({h.name: h.label_names for h in s.heads} if s is not None else {})
+        self._heatmap.set_heads({h.name: h.label_names for h in self._session_heads()})
 
     def _model_changed(self, op=None) -> None:
         """Surgery: other heads or layers; nothing computed before holds."""
@@ -172,10 +177,24 @@ class Explain(QObject):
         self._shown_activations = None
 
     # -- trying an image ------------------------------------------------------------------------
-    def open_image(self, path: str, head: str | None = None) -> None:
+    def _open_item(self, item) -> None:
+        """A gallery image or an audit row: its head's heatmap, for the label in question (a multi-label
+        head's wrong label, a regression target; a single-label head: its answer)."""
+        head = str(item.head)
+        target = getattr(item, "label", None) or getattr(item, "column", None) or ""
+        spec = next((h for h in self._session_heads() if h.name == head), None)
+        names = spec.label_names if spec is not None else []
+        self.open_image(str(item.image), head, target if spec is not None and spec.kind != "single"
+                        and target in names else "")
+
+    def _session_heads(self) -> list[Any]:
+        s = self._workspace.session
+        return list(s.heads) if s is not None else []
+
+    def open_image(self, path: str, head: str | None = None, target: str = "") -> None:
         """Try ``path`` (from the gallery, the audit, the try-an-image view or a drop), and explain
-        ``head`` for it; after the heatmap that is being computed, if one is."""
-        self._open_head = head
+        ``head`` for it (``target``: "" for its answer); after the work under way, if any."""
+        self._open_for = (head, target) if head else None
         for kind in ("heatmap", "activations"):  # asked for the image shown until now
             self._pending.pop(kind, None)
         if "explain" in self._jobs.running:
@@ -188,9 +207,10 @@ class Explain(QObject):
         """The prediction for ``path`` is shown: now where the heads look (and, shown, a layer's channels)."""
         self.image = str(path)
         self._heatmap.clear()
-        if self._open_head:
-            self._heatmap.select(head=self._open_head)
-            self._open_head = None
+        if self._open_for is not None:
+            head, target = self._open_for
+            self._heatmap.select(head=head, target=target)
+            self._open_for = None
         if not self._heatmap.current_head():
             self._heatmap.set_status("The model has no heads yet: add (and train) one to see where it looks.")
         self.request_heatmap(*self._heatmap.current_request())
@@ -307,8 +327,9 @@ class Explain(QObject):
     # -- one job at a time ------------------------------------------------------------------------
     def _pump(self) -> None:
         """Start what waits, if it may start now: the image to try first, then a heatmap, then activations."""
-        if "lists" in self._pending and "mistakes" not in self._jobs.running:
-            self._start_lists(self._pending.pop("lists"))
+        for kind, job, start in (("lists", "mistakes", self._start_lists), ("cell", "cell", self._start_cell)):
+            if kind in self._pending and job not in self._jobs.running:
+                start(self._pending.pop(kind))
         if "explain" in self._jobs.running:
             return  # its end brings us back
         if "try" in self._pending:
@@ -347,8 +368,8 @@ class Explain(QObject):
                 return  # a newer evaluation is being listed
             from engine.explain.mistakes import AUDIT_CONFIDENCE
 
-            self._lists = {key: (head, title, items) for key, head, _, title, items in lists}
-            self._gallery.set_lists([(key, text) for key, _, text, _, _ in lists])
+            self._lists = {key: (title, items) for key, _, title, items in lists}
+            self._gallery.set_lists([(key, text) for key, text, _, _ in lists])
             self.suggestions = audit
             self._audit.show_suggestions(audit, AUDIT_CONFIDENCE)
             self.listed.emit()
@@ -361,34 +382,45 @@ class Explain(QObject):
         self._jobs.run("mistakes", "Listing the mistakes…", _lists, report, finished=done, errored=failed)
 
     def show_cell(self, head: str, truth: int, prediction: int) -> None:
-        """A click on a confusion-matrix cell: exactly the validation images it counts."""
-        from engine.explain.mistakes import cell_examples
-
+        """A click on a confusion-matrix cell: exactly the validation images it counts (listed in a worker:
+        a big data set's cell holds thousands)."""
         if self.report is None:
             return
-        try:
-            items = cell_examples(self.report, head, truth, prediction)
-        except GraftError as exc:
-            self._gallery.show_items([], "", str(exc))
-            return
-        names = self.report.heads[head].classes
         self._gallery.select_list(None)
-        self._show_gallery(head, f"{head}: {plural(len(items), 'image')} of {names[truth]} answered "
-                                 f"{names[prediction]}, highest loss first", items, "No validation image is in this cell.")
+        self._pending["cell"] = (self.report, head, truth, prediction)
+        if "cell" not in self._jobs.running:
+            self._start_cell(self._pending.pop("cell"))
+
+    def _start_cell(self, key: tuple[Any, str, int, int]) -> None:
+        report, head, truth, prediction = key
+
+        def done(items):
+            if report is self.report and "cell" not in self._pending:  # else a newer click is listed next
+                names = report.heads[head].classes
+                self._show_gallery(f"{head}: {plural(len(items), 'image')} of {names[truth]} answered "
+                                   f"{names[prediction]}, highest loss first", items,
+                                   "No validation image is in this cell.")
+
+        def failed(message, details):
+            self._gallery.show_items([], "", message)
+            self._say_problem(message, details, "Listing the cell's images")
+
+        self._jobs.run("cell", "Listing the cell's images…", _cell, report, head, truth, prediction,
+                       finished=done, errored=failed)
 
     def show_list(self, key: str) -> None:
         if key in self._lists:
-            head, title, items = self._lists[key]
-            self._show_gallery(head, title, items, "None: nothing to show here.")
+            title, items = self._lists[key]
+            self._show_gallery(title, items, "None: nothing to show here.")
 
-    def _show_gallery(self, head: str, title: str, items: list[Any], empty: str) -> None:
+    def _show_gallery(self, title: str, items: list[Any], empty: str) -> None:
         if len(items) > GALLERY_LIMIT:
             title += f" (the first {GALLERY_LIMIT} of {len(items):,})"
             items = items[:GALLERY_LIMIT]
-        self._gallery_head = head
         self._gallery.show_items(items, title + ". Click one to try it.", empty)
         self._gallery.load_with(self._loader)
         self._lists_tabs.setCurrentWidget(self._gallery)
+        self.galleryShown.emit(title)
 
     def export_suggestions(self) -> None:
         """The audit to a NEW CSV file (the engine refuses the data's own files): Graft never changes the data."""

@@ -55,6 +55,7 @@ WAITING_FOR = {  # closing: "waiting for <this>…"
     "predict": "the prediction to finish",
     "explain": "the heatmap to finish",
     "mistakes": "the mistakes to be listed",
+    "cell": "the cell's images to be listed",
     "suggestions": "the label suggestions to be written",
     "data": "the data to load",
 }

@@ -363,10 +363,10 @@ class MainWindow(QMainWindow):
             panel = min(self.training_panel.sizeHint().width() + 20, width // 2)
             self.train_split.setSizes([panel, width - panel])
         elif widget is self.evaluate_split:
-            self.evaluate_split.setSizes([width * 5 // 9, width * 4 // 9])
+            self.evaluate_split.setSizes([width // 2, width - width // 2])
             height = max(self.tabs.height() - 40, 400)
-            for column, top in ((0, height * 9 // 20), (1, height * 11 // 20)):
-                self.evaluate_split.widget(column).setSizes([top, height - top])
+            for column in (0, 1):  # the metrics or the tried image over the images or the heatmap
+                self.evaluate_split.widget(column).setSizes([height * 9 // 20, height - height * 9 // 20])
 
     def _save_window(self) -> None:
         self.settings.save_window_state(self.saveGeometry(), self.saveState(), self.splitter.sizes())

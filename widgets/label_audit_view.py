@@ -4,7 +4,8 @@ it suggests for blank cells, in a table, with "Export suggestions as CSV…".
 :meth:`LabelAuditView.show_suggestions` takes items shaped like
 :class:`engine.explain.mistakes.Suggestion` (``image``, ``head``, ``column``, ``current``, ``suggested``,
 ``confidence``, ``reason``). The view writes nothing: ``exportRequested()`` asks the app to write a new
-file, and a click on a row asks for its image to be tried (``imageActivated(path)``).
+file, and a click on a row asks for its image to be tried (``imageActivated(path)``, and
+``suggestionActivated(suggestion)``).
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ class LabelAuditView(QWidget):
 
     exportRequested = Signal()
     imageActivated = Signal(str)
+    suggestionActivated = Signal(object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -96,13 +98,14 @@ class LabelAuditView(QWidget):
         header.setStretchLastSection(True)
         header.setHighlightSections(False)
         self.table.clicked.connect(self._clicked)
-        top = QHBoxLayout()
-        top.addWidget(self.summary_label, 1)
-        top.addWidget(self.export_button, 0, Qt.AlignmentFlag.AlignTop)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.export_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
-        layout.addLayout(top)
+        layout.addWidget(self.summary_label)
         layout.addWidget(self.table, 1)
+        layout.addLayout(buttons)
         self.show_message("Evaluate (F6) to see which labels the model doubts.")
 
     def show_suggestions(self, suggestions: Sequence[Any], confidence: float) -> None:
@@ -134,4 +137,6 @@ class LabelAuditView(QWidget):
 
     def _clicked(self, index: QModelIndex) -> None:
         if index.isValid():
-            self.imageActivated.emit(str(self.model.suggestion(index.row()).image))
+            suggestion = self.model.suggestion(index.row())
+            self.imageActivated.emit(str(suggestion.image))
+            self.suggestionActivated.emit(suggestion)

@@ -114,10 +114,11 @@ class GalleryModel(QAbstractListModel):
 
 
 class MistakesGallery(QWidget):
-    """A titled icon-mode list of images; ``imageActivated(path)`` when one is clicked or activated;
-    ``listChosen(key)`` when one of the lists given to :meth:`set_lists` is chosen."""
+    """A titled icon-mode list of images; ``imageActivated(path)`` and ``itemActivated(item)`` when one is
+    clicked or activated; ``listChosen(key)`` when one of the lists given to :meth:`set_lists` is chosen."""
 
     imageActivated = Signal(str)
+    itemActivated = Signal(object)
     listChosen = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, side: int = THUMB_SIDE) -> None:
@@ -127,7 +128,7 @@ class MistakesGallery(QWidget):
         self.list_label = QLabel("Show", self)
         self.list_combo = QComboBox(self)
         self.list_combo.setPlaceholderText("a list of mistakes…")
-        self.list_combo.setMinimumContentsLength(24)
+        self.list_combo.setMinimumContentsLength(12)
         self.list_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.list_combo.currentIndexChanged.connect(self._list_changed)
         self.title_label = QLabel("", self)
@@ -256,3 +257,4 @@ class MistakesGallery(QWidget):
             return
         self._last, self._last_time = (index.row(), path), now
         self.imageActivated.emit(str(path))
+        self.itemActivated.emit(index.data(ItemRole))

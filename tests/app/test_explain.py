@@ -38,9 +38,11 @@ def evaluated(qtbot, window, network, csv_path, heads: int = 1):
 
 
 def click_cell(qtbot, window, row: int, column: int) -> None:
+    """A click on a confusion-matrix cell; back once the gallery shows its images (listed in a worker)."""
     table = window.evaluation_panel.current_page().findChild(QTableWidget, "confusionMatrix")
-    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton,
-                     pos=table.visualItemRect(table.item(row, column)).center())
+    with qtbot.waitSignal(window.explain.galleryShown, timeout=LOAD_TIMEOUT):
+        qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton,
+                         pos=table.visualItemRect(table.item(row, column)).center())
 
 
 def test_a_cell_lists_exactly_its_images_and_a_click_tries_one_with_its_heatmap(qtbot, window, default_network,
@@ -113,6 +115,14 @@ def test_each_heads_mistakes_are_listed_worst_first(qtbot, window, default_netwo
                                          for r in range(gallery.model.rowCount()))
     losses = [e.loss for e in expected[f"{single}:mistakes"]]
     assert losses == sorted(losses, reverse=True)
+
+    key, wrong = next((k, v) for k, v in expected.items() if ":f" in k and v)  # a label wrongly seen or missed
+    gallery.list_combo.setCurrentIndex(gallery.list_combo.findData(key))
+    with qtbot.waitSignal(window.explain.explained, timeout=LOAD_TIMEOUT) as explained:
+        qtbot.mouseClick(gallery.view.viewport(), Qt.MouseButton.LeftButton,
+                         pos=gallery.view.visualRect(gallery.model.index(0)).center())
+    assert window.try_image.image_path() == wrong[0].image
+    assert (explained.args[0].head, explained.args[0].target) == (multi, wrong[0].label)  # the label in question
 
 
 def test_a_layer_selected_in_the_tree_shows_its_strongest_channels(qtbot, window, default_network, small_csv, boxes):
