@@ -42,10 +42,12 @@ def _predict(session, path: str):
 
 class Evaluation(QObject):
     """Train ▸ Evaluate and the Evaluate tab. ``evaluated(report)`` (an EvalReport); ``predicted(result)``
-    (one image's predictions)."""
+    (one image's predictions); ``tried(path)`` once they are shown, or ``tryFailed(path, message)``."""
 
     evaluated = Signal(object)
     predicted = Signal(object)
+    tried = Signal(str)
+    tryFailed = Signal(str, str)
 
     def __init__(self, window: QWidget, workspace: Workspace, jobs: Jobs, messages: Messages,
                  panel: EvaluationPanel, try_image: TryImageView, show_tab: Callable[[str], Any]) -> None:
@@ -103,10 +105,12 @@ class Evaluation(QObject):
             view.show_predictions(path, first)
             self._messages.show_message(f"Predicted {Path(path).name}.")
             self.predicted.emit(first)
+            self.tried.emit(path)
 
-        def failed(message, details):
+        def failed(message, details, path=path):
             view.set_status(message)
             self._messages.show_error(message, details, "Prediction failed")
+            self.tryFailed.emit(path, message)
 
         if self._jobs.run("predict", f"Predicting {Path(path).name}…", _predict, self._workspace.session, path,
                           finished=done, errored=failed) is not None:

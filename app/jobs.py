@@ -22,15 +22,18 @@ log = logging.getLogger(__name__)
 # Loading data never touches the model. A prediction only reads it (one forward pass): saving, which only
 # reads it too, and opening another model (whose session replaces it; the late prediction is dropped) need
 # not wait for one, but surgery, which changes the modules under the forward pass, must; so must an
-# evaluation or an export, which move the model or switch it between train and eval mode.
+# evaluation or an export, which move the model or switch it between train and eval mode. A heatmap or an
+# activation grid ("explain") hooks the model's layers for its forward (and backward) pass: it waits like
+# a prediction does, and whatever runs the model waits for it, since its hooks would see that pass too.
 WAITS_FOR: dict[str, frozenset[str]] = {
-    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict"}),
+    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain"}),
     "save": frozenset({"train", "load", "save", "evaluate", "export"}),
     "open": frozenset({"train", "load", "save", "evaluate", "export"}),
-    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict"}),
-    "evaluate": frozenset({"train", "load", "save", "evaluate", "export", "predict", "data"}),
-    "predict": frozenset({"train", "load", "evaluate", "export", "predict"}),
-    "train": frozenset({"train", "load", "save", "evaluate", "export", "predict", "data"}),
+    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain"}),
+    "evaluate": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data"}),
+    "predict": frozenset({"train", "load", "evaluate", "export", "predict", "explain"}),
+    "explain": frozenset({"train", "load", "evaluate", "export", "predict", "explain"}),
+    "train": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data"}),
     "data": frozenset({"train", "data"}),
 }
 UNTIL = {  # "… waits until <this>."
@@ -40,6 +43,7 @@ UNTIL = {  # "… waits until <this>."
     "evaluate": "the evaluation has finished",
     "export": "the export has finished",
     "predict": "the prediction has finished",
+    "explain": "the heatmap (or activation grid) has been computed",
     "data": "the data has loaded",
 }
 WAITING_FOR = {  # closing: "waiting for <this>…"
@@ -49,19 +53,23 @@ WAITING_FOR = {  # closing: "waiting for <this>…"
     "evaluate": "the evaluation to stop",
     "export": "the export to finish",
     "predict": "the prediction to finish",
+    "explain": "the heatmap to finish",
+    "mistakes": "the mistakes to be listed",
+    "cell": "the cell's images to be listed",
+    "suggestions": "the label suggestions to be written",
     "data": "the data to load",
 }
 
 
 def _warm_up() -> None:
-    """Import what training needs the first time (PyTorch loads ~900 modules lazily on the first optimizer
-    step, holding the GIL for over a second). Done once in the background after the first model loads,
-    so the GUI does not stutter when training starts."""
+    """Import what training and the first heatmap (Captum) need the first time (PyTorch loads ~900 modules
+    lazily on the first optimizer step, holding the GIL for over a second). Done once in the background
+    after the first model loads, so the GUI does not stutter when training starts."""
     import importlib
 
     import torch
 
-    for name in ("engine.training.trainer", "engine.training.evaluation"):
+    for name in ("engine.training.trainer", "engine.training.evaluation", "captum.attr"):
         importlib.import_module(name)
     layer = torch.nn.Linear(4, 2)
     optimizer = torch.optim.AdamW(layer.parameters())

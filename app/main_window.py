@@ -3,7 +3,7 @@
 The window builds the layout and the chrome (menus, toolbar, status bar) and wires them to the concerns
 that do the work, one module each (the shape of napari's ``_qt/_qapp_model/qactions``): :mod:`app.files`
 (opening, saving, recent files, drops, closing), :mod:`app.data`, :mod:`app.surgery`, :mod:`app.training`,
-:mod:`app.evaluation` and :mod:`app.export`. The concerns share what is open (:class:`~app.workspace.Workspace`,
+:mod:`app.evaluation`, :mod:`app.explain` and :mod:`app.export`. The concerns share what is open (:class:`~app.workspace.Workspace`,
 with plain events), the background work (:class:`~app.jobs.Jobs`) and the status line
 (:class:`~app.messages.Messages`); none reaches into another's widgets. Everything slow runs in a worker
 (:mod:`app.workers`); the GUI thread only starts jobs and shows what comes back.
@@ -24,6 +24,7 @@ from . import dialogs
 from .actions import Actions, icon
 from .data import Datasets
 from .evaluation import Evaluation
+from .explain import Explain
 from .export import Export
 from .files import Files
 from .jobs import Jobs
@@ -78,12 +79,16 @@ class MainWindow(QMainWindow):
     # construction
     # ------------------------------------------------------------------------------------------
     def _build_widgets(self) -> None:
+        from widgets.activation_grid import ActivationGridView
         from widgets.curve_panel import CurvePanel
         from widgets.data_panel import DataPanel
         from widgets.evaluation_panel import EvaluationPanel
         from widgets.heads_panel import HeadsPanel
+        from widgets.heatmap_view import HeatmapView
+        from widgets.label_audit_view import LabelAuditView
         from widgets.layer_tree_model import LayerTreeModel
         from widgets.layer_tree_view import LayerTreeView
+        from widgets.mistakes_gallery import MistakesGallery
         from widgets.runs_view import RunsView
         from widgets.training_panel import TrainingPanel
         from widgets.try_image_view import TryImageView
@@ -97,6 +102,10 @@ class MainWindow(QMainWindow):
         self.curve_panel = CurvePanel()
         self.evaluation_panel = EvaluationPanel()
         self.try_image = TryImageView()
+        self.heatmap_view = HeatmapView()
+        self.activation_grid = ActivationGridView()
+        self.gallery = MistakesGallery()
+        self.label_audit = LabelAuditView()
         self.runs_view = RunsView()
 
         self.tabs = QTabWidget()
@@ -110,7 +119,13 @@ class MainWindow(QMainWindow):
         self.curve_panel.set_orientation(Qt.Orientation.Vertical)
         self.curve_panel.installEventFilter(self)
         self.tabs.addTab(self.train_split, icon("start"), "Train")
-        self.evaluate_split = self._split(Qt.Orientation.Horizontal, self.evaluation_panel, self.try_image, (1, 1))
+        # Evaluate: the metrics over the images behind them; the tried image over where the model looks.
+        self.image_lists = self._tabbed((self.gallery, "Images"), (self.label_audit, "Label audit"))
+        self.looks = self._tabbed((self.heatmap_view, "Heatmap"), (self.activation_grid, "Activations"))
+        self.evaluate_split = self._split(
+            Qt.Orientation.Horizontal, self._split(Qt.Orientation.Vertical, self.evaluation_panel, self.image_lists,
+                                                   (1, 1)),
+            self._split(Qt.Orientation.Vertical, self.try_image, self.looks, (1, 1)), (1, 1))
         self.tabs.addTab(self.evaluate_split, icon("evaluate"), "Evaluate")
         self.tabs.addTab(self.runs_view, icon("layers"), "Runs")
 
@@ -161,6 +176,14 @@ class MainWindow(QMainWindow):
             wide = event.size().width() >= 1.3 * event.size().height() and event.size().width() >= 640
             self.curve_panel.set_orientation(Qt.Orientation.Horizontal if wide else Qt.Orientation.Vertical)
         return super().eventFilter(watched, event)
+
+    @staticmethod
+    def _tabbed(*pages: tuple[QWidget, str]) -> QTabWidget:
+        tabs = QTabWidget()
+        tabs.setDocumentMode(True)
+        for widget, title in pages:
+            tabs.addTab(widget, title)
+        return tabs
 
     @staticmethod
     def _split(orientation: Qt.Orientation, first: QWidget, second: QWidget, stretch: tuple[int, int]) -> QSplitter:
@@ -240,12 +263,15 @@ class MainWindow(QMainWindow):
         self.training = Training(self, ws, jobs, self.messages, self.training_panel, self.curve_panel,
                                  self.device_label, show_tab, self.runs_view, self.settings)
         self.evaluation = Evaluation(self, ws, jobs, self.messages, self.evaluation_panel, self.try_image, show_tab)
+        self.explain = Explain(self, ws, jobs, self.messages, self.heatmap_view, self.activation_grid, self.gallery,
+                               self.label_audit, self.looks, self.image_lists)
         self.export = Export(self, ws, jobs, self.messages, self.settings)
 
     def _connect(self) -> None:
         """Requests (actions, panels' buttons, drops) go to the concern that does them; what the concerns
         announce, the window announces; and the chrome follows the state."""
-        a, f, s, d, t, e = self.actions, self.files, self.surgery, self.datasets, self.training, self.evaluation
+        a, f, s, d, t, e, x = (self.actions, self.files, self.surgery, self.datasets, self.training, self.evaluation,
+                               self.explain)
         for action, slot in (
                 (a.open_model, lambda: f.open_model_dialog("bundled")),
                 (a.open_torchvision, lambda: f.open_model_dialog("torchvision")),
@@ -269,8 +295,12 @@ class MainWindow(QMainWindow):
                 (self.heads_panel.addRequested, s.add_head), (self.heads_panel.editRequested, s.edit_head),
                 (self.heads_panel.removeRequested, s.remove_head), (self.data_panel.dataRequested, d.load_data),
                 (self.data_panel.adviceApplied, s.apply_preset), (self.training_panel.startRequested, t.start),
-                (self.training_panel.stopRequested, t.stop), (self.try_image.imageChosen, e.predict_image),
-                (f.dataRequested, d.load_data), (f.imageRequested, e.predict_image),
+                (self.training_panel.stopRequested, t.stop), (self.try_image.imageChosen, x.open_image),
+                (f.dataRequested, d.load_data), (f.imageRequested, x.open_image),
+                # seeing inside: images to try come through the explain concern (they wait for its work)
+                (x.tryRequested, e.predict_image), (e.tried, x.image_tried), (e.tryFailed, x.try_failed),
+                (e.evaluated, x.set_report), (self.evaluation_panel.cellClicked, x.show_cell),
+                (self.tree_view.currentPathChanged, x.layer_selected),
                 (f.stopTrainingRequested, t.stop), (t.evaluateRequested, e.evaluate),
                 # announcements
                 (d.loaded, self.dataLoaded), (t.started, self.trainingStarted), (t.finished, self.trainingFinished),
@@ -288,6 +318,7 @@ class MainWindow(QMainWindow):
         ws.connect("modified", self._update_modified)
         ws.connect("closed", self._closed)
         self.jobs.connect("changed", self._refresh)
+        self.tabs.currentChanged.connect(lambda i: i == TABS.index("evaluate") and x.tab_shown())
 
     def _restore_window(self) -> None:
         geometry, state, sizes = self.settings.window_state()
@@ -333,7 +364,10 @@ class MainWindow(QMainWindow):
             panel = min(self.training_panel.sizeHint().width() + 20, width // 2)
             self.train_split.setSizes([panel, width - panel])
         elif widget is self.evaluate_split:
-            self.evaluate_split.setSizes([width * 5 // 9, width * 4 // 9])
+            self.evaluate_split.setSizes([width // 2, width - width // 2])
+            height = max(self.tabs.height() - 40, 400)
+            for column in (0, 1):  # the metrics or the tried image over the images or the heatmap
+                self.evaluate_split.widget(column).setSizes([height * 9 // 20, height - height * 9 // 20])
 
     def _save_window(self) -> None:
         self.settings.save_window_state(self.saveGeometry(), self.saveState(), self.splitter.sizes())

@@ -3,7 +3,8 @@ mean absolute error per target (regression), with a head selector.
 
 :meth:`EvaluationPanel.set_report` takes an :class:`engine.training.evaluation.EvalReport` (``heads`` maps a name
 to a HeadReport with ``kind``, ``loss``, ``n``, ``metrics`` and ``details``); plain dicts of the same
-shape (``EvalReport.to_dict()``) work too.
+shape (``EvalReport.to_dict()``) work too. A click on a confusion-matrix cell emits
+``cellClicked(head, true index, predicted index)``: the app shows that cell's images.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFontMetrics
 from PySide6.QtWidgets import (QAbstractItemView, QAbstractScrollArea, QComboBox, QHBoxLayout, QHeaderView, QLabel,
                                QSizePolicy, QStackedWidget, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
@@ -59,6 +60,8 @@ EMPTY_TEXT = ("No evaluation yet.\nEvaluate (F6) shows how well each head does o
 
 class EvaluationPanel(QWidget):
     """Per-head evaluation results, one page per head, chosen with a combo box."""
+
+    cellClicked = Signal(str, int, int)  # head, row (true class), column (predicted class)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -134,7 +137,7 @@ class EvaluationPanel(QWidget):
         for i, (name, head) in enumerate(heads.items()):
             kind = _get(head, "kind", "")
             self.head_combo.addItem(f"{name} — {KIND_SHORT.get(kind, kind)}", name)
-            self.pages.addWidget(self._page(head, head_colour(i)))
+            self.pages.addWidget(self._page(name, head, head_colour(i)))
         self.head_combo.blockSignals(False)
         has = bool(heads)
         self.head_combo.setEnabled(has)
@@ -183,11 +186,11 @@ class EvaluationPanel(QWidget):
         self.headline_label.setText(f"<span style='font-size:16pt; font-weight:600'>{headline(kind, details, metrics)}"
                                     f"</span>&nbsp;&nbsp;<span style='color:#607d8b'>{' · '.join(sub)}</span>")
 
-    def _page(self, head: Any, colour: str) -> QWidget:
+    def _page(self, name: str, head: Any, colour: str) -> QWidget:
         kind = _get(head, "kind", "")
         details = _get(head, "details", {}) or {}
         if kind == "single":
-            return self._confusion_page(details)
+            return self._confusion_page(name, details)
         if kind == "multi":
             return self._f1_page(details, colour)
         return self._mae_page(details)
@@ -214,7 +217,7 @@ class EvaluationPanel(QWidget):
             item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return item
 
-    def _confusion_page(self, details: Mapping[str, Any]) -> QWidget:
+    def _confusion_page(self, name: str, details: Mapping[str, Any]) -> QWidget:
         classes = list(details.get("classes") or [])
         matrix = [list(r) for r in (details.get("confusion") or [])]
         page = QWidget()
@@ -223,7 +226,8 @@ class EvaluationPanel(QWidget):
         layout.setSpacing(4)
         legend = QLabel("Confusion matrix: rows are the true class, columns the predicted one. "
                         f"<span style='color:{CORRECT.name()}'>■</span> right, "
-                        f"<span style='color:{WRONG.name()}'>■</span> mixed up; darker = more of the row.", page)
+                        f"<span style='color:{WRONG.name()}'>■</span> mixed up; darker = more of the row. "
+                        "Click a cell to see its images.", page)
         legend.setObjectName("hint")
         legend.setWordWrap(True)
         layout.addWidget(legend)
@@ -254,7 +258,7 @@ class EvaluationPanel(QWidget):
                 dark = colour.lightnessF() < 0.6
                 item.setForeground(QBrush(QColor("#ffffff" if dark else "#263238")))
                 item.setToolTip(f"true {classes[r]} → predicted {classes[c]}: {value} "
-                                f"({share:.1%} of the {classes[r]} images)")
+                                f"({share:.1%} of the {classes[r]} images); click to see them")
                 table.setItem(r, c, item)
         for i in range(len(classes)):
             table.setColumnWidth(i, cell)
@@ -266,6 +270,8 @@ class EvaluationPanel(QWidget):
             header.setHighlightSections(False)
         table.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
         table.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Maximum)
+        table.viewport().setCursor(Qt.CursorShape.PointingHandCursor)
+        table.cellClicked.connect(lambda r, c, name=name: self.cellClicked.emit(name, r, c))
         layout.addWidget(table, 0, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         layout.addStretch(1)
         return page

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import QComboBox, QGridLayout, QLabel, QSizePolicy, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QGridLayout, QLabel, QLayout, QSizePolicy, QSlider, QVBoxLayout, QWidget
 
 from engine.explain.colours import overlay
 
@@ -22,6 +22,7 @@ from .try_image_view import ImageArea, hint_label
 
 ANSWER = ""  # the class picker's first entry: each head's own answer
 DEFAULT_LAYER = ""
+NARROW = 230  # the view's narrowest (the pickers one to a row); two to a row from twice that
 
 
 class HeatmapView(QWidget):
@@ -35,22 +36,21 @@ class HeatmapView(QWidget):
         self._heatmap: Any = None
         self.head_combo = QComboBox(self)
         self.target_combo = QComboBox(self)
-        self.target_combo.setMinimumContentsLength(12)
         self.layer_combo = QComboBox(self)
-        self.layer_combo.setMinimumContentsLength(18)
-        self.layer_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        for combo in (self.head_combo, self.target_combo, self.layer_combo):  # long layer paths elide, not widen
+            combo.setMinimumContentsLength(8)
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.opacity = QSlider(Qt.Orientation.Horizontal, self)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(60)
         self.opacity.setToolTip("How strongly the heatmap covers the image")
-        pickers = QGridLayout()
-        pickers.setHorizontalSpacing(8)
-        for row, (text, widget) in enumerate((("Head", self.head_combo), ("Evidence for", self.target_combo),
-                                              ("At layer", self.layer_combo), ("Opacity", self.opacity))):
-            pickers.addWidget(QLabel(text, self), row // 2, (row % 2) * 2)
-            pickers.addWidget(widget, row // 2, (row % 2) * 2 + 1)
-        pickers.setColumnStretch(1, 1)
-        pickers.setColumnStretch(3, 1)
+        self._pickers = [(QLabel(text, self), widget) for text, widget in (
+            ("Head", self.head_combo), ("Evidence for", self.target_combo), ("At layer", self.layer_combo),
+            ("Opacity", self.opacity))]
+        self.pickers = QGridLayout()
+        self.pickers.setHorizontalSpacing(8)
+        self._columns = 0
+        self._place_pickers(2)
         self.image = ImageArea(self)
         self.image.set_placeholder("Try an image to see where each head looks")
         self.caption_label = QLabel("", self)
@@ -58,8 +58,9 @@ class HeatmapView(QWidget):
         self.caption_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.status_label = hint_label(self)
         layout = QVBoxLayout(self)
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetNoConstraint)  # the minimum is minimumSizeHint's
         layout.setContentsMargins(10, 10, 10, 10)
-        layout.addLayout(pickers)
+        layout.addLayout(self.pickers)
         layout.addWidget(self.image, 1)
         layout.addWidget(self.caption_label)
         layout.addWidget(self.status_label)
@@ -68,6 +69,29 @@ class HeatmapView(QWidget):
         self.layer_combo.currentIndexChanged.connect(self._ask)
         self.opacity.valueChanged.connect(self._redraw)
         self.set_layers([], None)
+
+    # -- layout: the pickers two to a row when there is room, else one --------------------------------
+    def _place_pickers(self, columns: int) -> None:
+        if columns == self._columns:
+            return
+        self._columns = columns
+        for label, widget in self._pickers:
+            self.pickers.removeWidget(label)
+            self.pickers.removeWidget(widget)
+        for i, (label, widget) in enumerate(self._pickers):
+            self.pickers.addWidget(label, i // columns, (i % columns) * 2)
+            self.pickers.addWidget(widget, i // columns, (i % columns) * 2 + 1)
+        for column in range(4):
+            self.pickers.setColumnStretch(column, 1 if column % 2 and column // 2 < columns else 0)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """As narrow as the pickers one to a row allow (they go two to a row when wider)."""
+        hint = super().minimumSizeHint()
+        return QSize(min(hint.width(), NARROW), hint.height())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self._place_pickers(2 if event.size().width() >= 2 * NARROW else 1)
+        super().resizeEvent(event)
 
     # -- choices ---------------------------------------------------------------------------------------
     def set_heads(self, heads: Mapping[str, Sequence[str]]) -> None:

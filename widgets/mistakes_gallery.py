@@ -6,7 +6,9 @@ Model/view: :class:`GalleryModel` (a QAbstractListModel) over items shaped like
 optionally ``label`` / ``error``), shown by a QListView in icon mode. Thumbnails are never decoded here:
 the caller passes decoded QImages (:meth:`MistakesGallery.set_thumbnail`, e.g. from
 :class:`widgets.thumbnails.ThumbnailLoader` in a thread pool, see :meth:`MistakesGallery.load_with`);
-a grey tile stands in until each arrives.
+a grey tile stands in until each arrives. An optional combo box above offers named lists
+(:meth:`MistakesGallery.set_lists`, e.g. a head's most confident mistakes); choosing one emits
+``listChosen(key)`` and the caller shows its items.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QPixmap
-from PySide6.QtWidgets import QLabel, QListView, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QListView, QVBoxLayout, QWidget
 
 from .thumbnails import THUMB_SIDE, ThumbnailLoader
 
@@ -112,14 +114,23 @@ class GalleryModel(QAbstractListModel):
 
 
 class MistakesGallery(QWidget):
-    """A titled icon-mode list of images; ``imageActivated(path)`` when one is clicked or activated."""
+    """A titled icon-mode list of images; ``imageActivated(path)`` and ``itemActivated(item)`` when one is
+    clicked or activated; ``listChosen(key)`` when one of the lists given to :meth:`set_lists` is chosen."""
 
     imageActivated = Signal(str)
+    itemActivated = Signal(object)
+    listChosen = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, side: int = THUMB_SIDE) -> None:
         super().__init__(parent)
         self.side = side
         self.model = GalleryModel(self, side)
+        self.list_label = QLabel("Show", self)
+        self.list_combo = QComboBox(self)
+        self.list_combo.setPlaceholderText("a list of mistakes…")
+        self.list_combo.setMinimumContentsLength(12)
+        self.list_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.list_combo.currentIndexChanged.connect(self._list_changed)
         self.title_label = QLabel("", self)
         self.title_label.setWordWrap(True)
         self.view = QListView(self)
@@ -138,6 +149,10 @@ class MistakesGallery(QWidget):
         self.empty_label.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
+        lists = QHBoxLayout()
+        lists.addWidget(self.list_label)
+        lists.addWidget(self.list_combo, 1)
+        layout.addLayout(lists)
         layout.addWidget(self.title_label)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.empty_label, 1)
@@ -152,7 +167,35 @@ class MistakesGallery(QWidget):
         self._last_time = 0.0
         self.view.clicked.connect(self._activated)
         self.view.activated.connect(self._activated)
+        self.set_lists([])
         self.show_items([], "", "Nothing to show yet.")
+
+    def set_lists(self, lists: Sequence[tuple[str, str]]) -> None:
+        """``(key, text)`` per list the combo box offers (none: it is hidden); nothing is chosen."""
+        self.list_combo.blockSignals(True)
+        self.list_combo.clear()
+        for key, text in lists:
+            self.list_combo.addItem(text, key)
+        self.list_combo.setCurrentIndex(-1)
+        self.list_combo.blockSignals(False)
+        self.list_combo.setVisible(bool(lists))
+        self.list_label.setVisible(bool(lists))
+
+    def lists(self) -> list[tuple[str, str]]:
+        return [(self.list_combo.itemData(i), self.list_combo.itemText(i)) for i in range(self.list_combo.count())]
+
+    def select_list(self, key: str | None) -> None:
+        """Show ``key`` as chosen (None: none is), without emitting ``listChosen``."""
+        self.list_combo.blockSignals(True)
+        self.list_combo.setCurrentIndex(self.list_combo.findData(key) if key is not None else -1)
+        self.list_combo.blockSignals(False)
+
+    def current_list(self) -> str | None:
+        return self.list_combo.currentData()
+
+    def _list_changed(self, index: int) -> None:
+        if index >= 0:
+            self.listChosen.emit(str(self.list_combo.itemData(index)))
 
     def show_items(self, items: Sequence[Any], title: str = "", empty_text: str = "No images here.",
                    thumbnails: Mapping[int, QImage] | None = None) -> None:
@@ -214,3 +257,4 @@ class MistakesGallery(QWidget):
             return
         self._last, self._last_time = (index.row(), path), now
         self.imageActivated.emit(str(path))
+        self.itemActivated.emit(index.data(ItemRole))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QTableWidget
 
 from engine.training.evaluation import EvalReport, HeadReport
@@ -93,3 +94,14 @@ def test_clear_after_a_report_without_heads_says_there_is_none_yet(panel, report
 def test_headline():
     assert headline("single", {"accuracy": None}, {}) == "accuracy –"
     assert headline("multi", {}, {"macro_f1": 0.5}) == "macro F1 0.500"
+
+
+def test_a_click_on_a_confusion_cell_names_the_head_and_the_cell(qtbot, panel, report):
+    panel.set_report(report)
+    table = panel.current_page().findChild(QTableWidget, "confusionMatrix")
+    for row, column in ((2, 3), (0, 0)):
+        with qtbot.waitSignal(panel.cellClicked, timeout=1000) as clicked:
+            qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton,
+                             pos=table.visualItemRect(table.item(row, column)).center())
+        assert clicked.args == ["shape", row, column]
+    assert "click to see them" in table.item(2, 3).toolTip()

@@ -66,3 +66,18 @@ def test_a_problem_replaces_the_heatmap(view):
     view.show_problem("Layer 'avgpool' has no spatial output")
     assert view.pixmap().isNull() and view.heatmap() is None
     assert not view.status_label.isHidden() and "no spatial output" in view.status_label.text()
+
+
+def test_the_pickers_go_one_to_a_row_when_narrow(qtbot, view):
+    from widgets.heatmap_view import NARROW
+
+    def rows() -> int:
+        return len({view.pickers.getItemPosition(view.pickers.indexOf(w))[0]
+                    for w in (view.head_combo, view.target_combo, view.layer_combo, view.opacity)})
+
+    assert view.minimumSizeHint().width() <= NARROW
+    view.resize(2 * NARROW + 20, 460)
+    qtbot.waitUntil(lambda: rows() == 2, timeout=1000)
+    view.resize(NARROW + 10, 460)
+    qtbot.waitUntil(lambda: rows() == 4, timeout=1000)
+    assert view.head_combo.width() + view.pickers.itemAtPosition(0, 0).widget().width() <= NARROW + 10

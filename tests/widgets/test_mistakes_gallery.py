@@ -98,3 +98,25 @@ def test_given_thumbnails_and_one_click(qtbot, gallery, report):
     with qtbot.waitSignal(gallery.imageActivated, timeout=1000) as opened:
         qtbot.mouseClick(gallery.view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert opened.args == [gallery.model.index(0).data(PathRole)] == [cell[0].image]
+
+
+def test_lists_to_choose_from(qtbot, gallery, report):
+    assert gallery.list_combo.isHidden()
+    gallery.set_lists([("shape:mistakes", "shape ▸ most confident mistakes (4)"), ("other", "other ▸ list")])
+    assert not gallery.list_combo.isHidden() and gallery.current_list() is None
+    assert gallery.lists() == [("shape:mistakes", "shape ▸ most confident mistakes (4)"), ("other", "other ▸ list")]
+    with qtbot.waitSignal(gallery.listChosen, timeout=1000) as chosen:
+        gallery.list_combo.setCurrentIndex(1)
+    assert chosen.args == ["other"] and gallery.current_list() == "other"
+    with qtbot.assertNotEmitted(gallery.listChosen):
+        gallery.select_list("shape:mistakes")
+        gallery.select_list(None)  # a confusion cell is shown instead: no list is chosen
+    assert gallery.current_list() is None
+    cell = cell_examples(report, "shape", 0, 1)
+    gallery.show_items(cell)
+    with qtbot.waitSignal(gallery.itemActivated, timeout=1000) as opened:
+        qtbot.mouseClick(gallery.view.viewport(), Qt.MouseButton.LeftButton,
+                         pos=gallery.view.visualRect(gallery.model.index(1)).center())
+    assert opened.args == [cell[1]]
+    gallery.set_lists([])
+    assert gallery.list_combo.isHidden() and gallery.lists() == []
