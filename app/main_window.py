@@ -126,7 +126,9 @@ class MainWindow(QMainWindow):
             Qt.Orientation.Horizontal, self._split(Qt.Orientation.Vertical, self.evaluation_panel, self.image_lists,
                                                    (1, 1)),
             self._split(Qt.Orientation.Vertical, self.try_image, self.looks, (1, 1)), (1, 1))
-        self.tabs.addTab(self.evaluate_split, icon("evaluate"), "Evaluate")
+        # Scrolls when the window is short: its panes' minimum heights add up (the window must fit 600 px).
+        self.evaluate_area = self._scrolled(self.evaluate_split)
+        self.tabs.addTab(self.evaluate_area, icon("evaluate"), "Evaluate")
         self.tabs.addTab(self.runs_view, icon("layers"), "Runs")
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -363,7 +365,7 @@ class MainWindow(QMainWindow):
         if widget is self.train_split:
             panel = min(self.training_panel.sizeHint().width() + 20, width // 2)
             self.train_split.setSizes([panel, width - panel])
-        elif widget is self.evaluate_split:
+        elif widget is self.evaluate_area:
             self.evaluate_split.setSizes([width // 2, width - width // 2])
             height = max(self.tabs.height() - 40, 400)
             for column in (0, 1):  # the metrics or the tried image over the images or the heatmap
