@@ -243,6 +243,8 @@ def main(argv=None) -> int:
                         "fine-tuning 160)")
     parser.add_argument("--only", default="abc", help="which parts to run, e.g. 'a' or 'bc' (default abc)")
     parser.add_argument("--allocators", action="store_true", help="also (d): each allocator choice")
+    parser.add_argument("--repeats", type=int, default=1, help="(c) runs each side this many times, interleaved, "
+                        "and keeps the best (default 1)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -278,9 +280,11 @@ def main(argv=None) -> int:
         rows.append(("    cpu and peak memory", cpu(today), cpu(graft), "", ""))
         goals.append(ratio >= 3)
     if "c" in args.only:
-        plain = run_child("finetune:plain", args)
-        graft = run_child("finetune:graft", args)
-        tuned = run_child("finetune:plain+alloc", args)
+        sides: dict[str, list[dict]] = {"plain": [], "graft": [], "plain+alloc": []}
+        for i in range(args.repeats):  # interleaved, who goes first alternating; the best of each side kept
+            for side in (sides if i % 2 == 0 else reversed(list(sides))):
+                sides[side].append(run_child(f"finetune:{side}", args))
+        plain, graft, tuned = (max(sides[k], key=lambda r: r["images_per_second"]) for k in sides)
         ratio = graft["images_per_second"] / plain["images_per_second"]
         rows.append((f"(c) full fine-tuning, {graft['images']} images, images/s",
                      f"plain {plain['images_per_second']:.2f}", f"graft {graft['images_per_second']:.2f}",
