@@ -216,7 +216,12 @@ def describe_request(request: dict[str, Any]) -> str:
 
 
 def about_box(parent: QWidget | None) -> None:
+    import html
+
     from engine import __version__
+    from engine.runtime.environment import describe_environment
+
+    environment = html.escape(describe_environment())
 
     QMessageBox.about(
         parent, "About Graft",
@@ -224,4 +229,5 @@ def about_box(parent: QWidget | None) -> None:
         "<p>Transfer learning with the mouse: load a pretrained network, delete its output layer or cut it, "
         "graft new heads, choose what trains, train with live curves, evaluate and export to ONNX.</p>"
         "<p>Every surgery can be undone. Projects (<code>.graft</code>) hold no pickles, so opening one "
-        "never runs code.</p>")
+        "never runs code.</p>"
+        f"<pre style='font-size: small'>{environment}</pre>")

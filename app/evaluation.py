@@ -36,8 +36,14 @@ def _evaluate(session, data, split: str, report_progress=None, should_stop=None)
 
 def _predict(session, path: str):
     from engine.export.inference import predict_files
+    from engine.runtime.onnx_trunk import prepare_trunk
 
-    return predict_files(session, [path])
+    predictions = predict_files(session, [path])
+    # On a CPU, convert the frozen trunk for onnxruntime now (its snapshot is taken here, in the worker, while
+    # surgery waits for this prediction; the conversion runs in the background), so the next images tried run
+    # at onnxruntime's speed.
+    prepare_trunk(session.model)
+    return predictions
 
 
 class Evaluation(QObject):

@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_gui(argv: list[str]) -> int:
+    from engine.runtime.allocator import configure_allocator
+    from engine.system import prepare
+
+    prepare()
+    configure_allocator()  # once per process: graft-gui comes here without main()
     from app.application import run_app
 
     return run_app(argv)
