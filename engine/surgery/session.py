@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from engine.errors import GraftError
-from engine.network.graft_model import GraftModel
+from engine.network.graft_model import GraftModel, head_in_features
 from engine.network.heads import HeadSpec
 from engine.surgery.history import History
 from engine.network.layer_tree import LayerTree
@@ -107,6 +107,16 @@ class Session:
     @property
     def heads(self) -> list[HeadSpec]:
         return list(self.model.head_specs.values())
+
+    def head_input_sizes(self) -> dict[str, int]:
+        """How many features each head reads (the pooled size of its layer, or the trunk's features)."""
+        return {name: head_in_features(module) for name, module in self.model.heads.items()}
+
+    def unused_layers(self) -> set[str]:
+        """The layers the forward pass no longer computes: every head reads an earlier layer."""
+        if self.dirty:
+            self.probe_order()
+        return self.tree.unused_layers(self.model.trunk.taps)
 
     def insert_head(self, spec: HeadSpec, module: nn.Module, index: int) -> None:
         items = list(self.model.heads.items())
