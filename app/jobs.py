@@ -23,15 +23,17 @@ log = logging.getLogger(__name__)
 # reads it too, and opening another model (whose session replaces it; the late prediction is dropped) need
 # not wait for one, but surgery, which changes the modules under the forward pass, must; so must an
 # evaluation or an export, which move the model or switch it between train and eval mode.
+# A comparison (app.compare) reads the weights like a save: what changes or moves them waits for it.
 WAITS_FOR: dict[str, frozenset[str]] = {
-    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict"}),
+    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict", "compare"}),
     "save": frozenset({"train", "load", "save", "evaluate", "export"}),
     "open": frozenset({"train", "load", "save", "evaluate", "export"}),
-    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict"}),
-    "evaluate": frozenset({"train", "load", "save", "evaluate", "export", "predict", "data"}),
+    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict", "compare"}),
+    "evaluate": frozenset({"train", "load", "save", "evaluate", "export", "predict", "data", "compare"}),
     "predict": frozenset({"train", "load", "evaluate", "export", "predict"}),
-    "train": frozenset({"train", "load", "save", "evaluate", "export", "predict", "data"}),
+    "train": frozenset({"train", "load", "save", "evaluate", "export", "predict", "data", "compare"}),
     "data": frozenset({"train", "data"}),
+    "compare": frozenset({"train", "load", "evaluate", "export", "compare"}),
 }
 UNTIL = {  # "… waits until <this>."
     "train": "training has finished (Stop ends it after the current batch)",
@@ -41,6 +43,7 @@ UNTIL = {  # "… waits until <this>."
     "export": "the export has finished",
     "predict": "the prediction has finished",
     "data": "the data has loaded",
+    "compare": "the comparison has finished",
 }
 WAITING_FOR = {  # closing: "waiting for <this>…"
     "train": "training to stop",
@@ -50,6 +53,7 @@ WAITING_FOR = {  # closing: "waiting for <this>…"
     "export": "the export to finish",
     "predict": "the prediction to finish",
     "data": "the data to load",
+    "compare": "the comparison to finish",
 }
 
 

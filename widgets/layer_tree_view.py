@@ -53,7 +53,7 @@ class LayerFilterProxy(QSortFilterProxyModel):
 
 
 class BadgeDelegate(QStyledItemDelegate):
-    """Draws an "output" / "cut" pill after a layer's name; rows get a little air."""
+    """Draws an "output" / "cut" / "→ head" pill after a layer's name; rows get a little air."""
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
         size = super().sizeHint(option, index)
@@ -86,7 +86,7 @@ class BadgeDelegate(QStyledItemDelegate):
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(QColor(BADGE_COLOURS.get(text, "#888888")))
+        painter.setBrush(QColor(index.data(LayerTreeModel.BadgeColourRole) or BADGE_COLOURS.get(text, "#888888")))
         painter.drawRoundedRect(rect, h / 2, h / 2)
         painter.setPen(QColor("white"))
         painter.setFont(font)

@@ -78,8 +78,9 @@ def class_token_length(body: nn.Module) -> int | None:
     """The length of the token sequences that carry a class token at position 0 (patches + prefix
     tokens), for the vision transformers that have one (torchvision's ``class_token``, timm's
     ``cls_token``); None for networks without one (their token sequences are averaged)."""
-    if isinstance(getattr(body, "class_token", None), torch.Tensor) and isinstance(getattr(body, "seq_length", None), int):
-        return int(body.seq_length)  # torchvision VisionTransformer
+    seq_length = getattr(body, "seq_length", None)
+    if isinstance(getattr(body, "class_token", None), torch.Tensor) and isinstance(seq_length, int):
+        return seq_length  # torchvision VisionTransformer
     if isinstance(getattr(body, "cls_token", None), torch.Tensor):  # timm VisionTransformer and relatives
         patches = getattr(getattr(body, "patch_embed", None), "num_patches", None)
         prefix = getattr(body, "num_prefix_tokens", 1)
