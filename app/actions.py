@@ -82,10 +82,10 @@ class Actions(QObject):
                                          "the first convolution is adapted from its pretrained RGB kernels")
         self.input_size = self._make("Input si&ze…", None, None,
                                      "Change the size of the image the network sees (e.g. 224 → 320)")
-        self.compare_loaded = self._make("Compare with the network as &loaded", None, None,
+        self.compare_loaded = self._make("The network as &loaded", None, None,
                                          "Show in the tree what surgery and training changed since the network "
                                          "was loaded: layers added, reshaped, and how far their weights moved")
-        self.compare_file = self._make("Compare with a project or &model file…", None, None,
+        self.compare_file = self._make("A project or &model file…", None, None,
                                        "Show in the tree how the network differs from another project or model")
         self.clear_compare = self._make("C&lear comparison", None, None, "Hide the tree's Change column")
         self.compare_menu = QMenu("Co&mpare with", parent)

@@ -282,6 +282,7 @@ class MainWindow(QMainWindow):
                 (d.loaded, self.dataLoaded), (t.started, self.trainingStarted), (t.finished, self.trainingFinished),
                 (e.evaluated, self.evaluated), (e.predicted, self.predicted), (self.export.exported, self.exported),
                 (self.compare.compared, self.compared), (self.compare.compared, self._refresh_actions),
+                (self.compare.compared, self._room_for_the_tree),
                 (self.compare.cleared, self._refresh_actions),
                 (f.saved, self.saved), (self.messages.errorShown, self.errorShown),
                 # the chrome follows the state
@@ -329,6 +330,14 @@ class MainWindow(QMainWindow):
             wanted = max(self.tree_view.sizeHint().width(), int(total * 0.36))  # every column when it fits
             left = max(self.tree_view.minimumSizeHint().width(), min(wanted, room))
             self.splitter.setSizes(self._saved_split or [left, total - left - self.splitter.handleWidth()])
+
+    def _room_for_the_tree(self, *_: Any) -> None:
+        """A comparison adds the tree's Change column: widen the tree's pane for it, as far as the tabs allow."""
+        left, right = self.splitter.sizes()
+        wanted = self.tree_view.sizeHint().width()
+        grow = min(wanted - left, right - self.tabs.minimumSizeHint().width())
+        if grow > 0:
+            self.splitter.setSizes([left + grow, right - grow])
 
     def _proportion_tab(self, index: int) -> None:
         """Split a tab's panes sensibly the first time it is shown (hidden splitters have no width yet)."""

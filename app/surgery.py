@@ -214,7 +214,7 @@ class Surgery(QObject):
         if self._jobs.must_wait("surgery", "Adding a head"):
             return False
         delete_first = False
-        if s.output_layer and not s.heads and layer is None:
+        if s.output_layer and layer is None and not any(h.layer is None for h in s.heads):  # the first at the end
             answer = QMessageBox.question(
                 self._window, "Delete the output layer?",
                 f"The network still ends in its output layer ({s.output_layer}), which predicts the classes it "

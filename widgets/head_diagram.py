@@ -177,7 +177,8 @@ class HeadDiagram(QWidget):
         p.setFont(small)
         p.setPen(muted)
         if self._multi_exit():
-            features = f"trunk · {len(self._exits)} exits"
+            n = len(self._exits)
+            features = f"trunk · {n} exit{'s' if n != 1 else ''}"
         else:
             features = f"trunk · {self._dim} features" if self._dim else "trunk · features unknown"
         p.drawText(title.translated(0, title.height()), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,

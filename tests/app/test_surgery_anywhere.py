@@ -2,34 +2,14 @@
 Surgery ▸ Input channels… and Input size…, and Compare with… shown in the tree's Change column."""
 from __future__ import annotations
 
-import copy
-
-import pytest
 import torch
 from PySide6.QtWidgets import QFileDialog
 
 from engine.network.heads import HeadSpec
 from engine.network.layer_tree import HEADS_KEY
 from engine.surgery.operations import AddHead, DeleteOutputLayer
+from tests.app.test_main_window import LOAD_TIMEOUT, default_network, give_session  # noqa: F401 - a fixture
 from widgets.layer_tree_model import CHANGE, LayerTreeModel
-
-LOAD_TIMEOUT = 60_000
-
-
-@pytest.fixture(scope="module")
-def default_network():
-    from engine.network.loading import load_network
-
-    return load_network("default")
-
-
-def give_session(window, network):
-    from engine.surgery.session import Session
-
-    net = copy.copy(network)
-    net.module = copy.deepcopy(network.module)
-    window.workspace.set_session(Session(net), project_path=None)
-    return window.session
 
 
 def accept(monkeypatch, cls, choose):
@@ -82,6 +62,24 @@ def test_add_head_here_from_the_tree_makes_a_multi_exit_network(qtbot, window, m
     window.actions.undo.trigger()
     window.actions.undo.trigger()
     assert not s.heads and not model.index_for_path("features.6").data(LayerTreeModel.UnusedRole)
+
+
+def test_only_the_first_head_at_the_end_offers_to_delete_the_output_layer(qtbot, window, monkeypatch, boxes,
+                                                                         default_network):
+    from PySide6.QtWidgets import QMessageBox
+
+    from widgets.head_dialog import HeadDialog
+
+    s = give_session(window, default_network)
+    names = iter(["early", "late", "later"])
+    accept(monkeypatch, HeadDialog, lambda d: (d.name_edit.setText(next(names)), d.labels_edit.setPlainText("a, b")))
+    assert window.surgery.add_head_here("features.4")  # reads an earlier layer: the output layer can stay
+    assert not boxes.calls and s.output_layer is not None
+    boxes.answers = [QMessageBox.StandardButton.Yes]
+    window.actions.add_head.trigger()  # the first head at the end would read the old classifier's scores
+    assert [title for _, title, _ in boxes.calls] == ["Delete the output layer?"] and s.output_layer is None
+    window.actions.add_head.trigger()
+    assert len(boxes.calls) == 1 and [h.name for h in s.heads] == ["early", "late", "later"]
 
 
 def test_add_head_here_is_off_where_no_head_can_read(qtbot, window, boxes, default_network):
@@ -149,6 +147,8 @@ def test_compare_with_the_network_as_loaded_shows_the_change_column(qtbot, windo
     diff = blocker.args[0]
     model = window.tree_model
     assert model.has_changes() and not view.isColumnHidden(CHANGE)
+    left, right = window.splitter.sizes()  # the tree's pane widened for the column, as far as the tabs allow
+    assert left >= window.tree_view.sizeHint().width() or right <= window.tabs.minimumSizeHint().width()
     moved = model.index_for_path("features.6.0.project.conv")
     assert moved.siblingAtColumn(CHANGE).data() == "moved 5.0%" and moved.data(LayerTreeModel.ChangeRole) == "moved"
     assert model.index_for_path(f"{HEADS_KEY}.shape").siblingAtColumn(CHANGE).data() == "added"

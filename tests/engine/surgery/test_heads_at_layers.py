@@ -22,8 +22,14 @@ def _one_thread(one_torch_thread):
     yield
 
 
-def _small(session: Session, size: int = 64) -> Session:
-    session.do(SetInputSize(size))  # a 64 px input: every test runs in a fraction of the time
+def _small(session: Session, *heads: HeadSpec) -> Session:
+    """The session at a 64 px input (every test runs in a fraction of the time); with ``heads``, its output
+    layer deleted and those heads added."""
+    session.do(SetInputSize(64))
+    if heads:
+        session.do(DeleteOutputLayer())
+    for seed, spec in enumerate(heads):
+        session.do(AddHead(spec, seed=seed))
     return session
 
 
@@ -34,10 +40,8 @@ def _calls(module: nn.Module, counter: dict[str, int], name: str):
 
 
 def test_a_head_at_a_layer_reads_exactly_that_layers_pooled_output(resnet_session):
-    s = _small(resnet_session)
-    s.do(DeleteOutputLayer())
-    s.do(AddHead(HeadSpec("early", "single", outputs=3, layer="layer2"), seed=0))
-    s.do(AddHead(HeadSpec("late", "multi", outputs=2), seed=0))
+    s = _small(resnet_session, HeadSpec("early", "single", outputs=3, layer="layer2"),
+               HeadSpec("late", "multi", outputs=2))
     assert s.head_input_sizes() == {"early": 128, "late": 512}
     seen = {}
     body = s.model.trunk.body
@@ -60,10 +64,8 @@ def test_a_head_at_a_layer_reads_exactly_that_layers_pooled_output(resnet_sessio
 
 
 def test_later_layers_are_never_called_when_no_head_needs_them(resnet_session):
-    s = _small(resnet_session)
-    s.do(DeleteOutputLayer())
-    s.do(AddHead(HeadSpec("a", "single", outputs=2, layer="layer2"), seed=0))
-    s.do(AddHead(HeadSpec("b", "single", outputs=2, layer="layer1.1"), seed=0))
+    s = _small(resnet_session, HeadSpec("a", "single", outputs=2, layer="layer2"),
+               HeadSpec("b", "single", outputs=2, layer="layer1.1"))
     body = s.model.trunk.body
     counts: dict[str, int] = {}
     handles = [_calls(getattr(body, n), counts, n) for n in ("layer1", "layer2", "layer3", "layer4", "avgpool")]
@@ -164,9 +166,7 @@ def test_a_cut_or_delete_that_would_remove_a_heads_layer_is_refused(resnet_sessi
 
 
 def test_undo_redo_and_editing_a_heads_layer(resnet_session):
-    s = _small(resnet_session)
-    s.do(DeleteOutputLayer())
-    s.do(AddHead(HeadSpec("a", "single", outputs=2, layer="layer2"), seed=0))
+    s = _small(resnet_session, HeadSpec("a", "single", outputs=2, layer="layer2"))
     assert s.model.trunk.taps == ("layer2",) and s.applied[-1].text == "Add head 'a' at layer2"
     s.history.undo()
     assert s.model.trunk.taps == (None,) and not s.unused_layers()
@@ -181,10 +181,8 @@ def test_undo_redo_and_editing_a_heads_layer(resnet_session):
 def test_a_project_reopens_with_its_heads_on_their_layers(resnet_session, tmp_path):
     from engine.project.project_file import open_project, save_project
 
-    s = _small(resnet_session)
-    s.do(DeleteOutputLayer())
-    s.do(AddHead(HeadSpec("a", "single", outputs=3, layer="layer2"), seed=1))
-    s.do(AddHead(HeadSpec("b", "regression", outputs=1, layer="layer1.0"), seed=2))
+    s = _small(resnet_session, HeadSpec("a", "single", outputs=3, layer="layer2"),
+               HeadSpec("b", "regression", outputs=1, layer="layer1.0"))
     path = save_project(s, tmp_path / "two-exit.graft")
     r = open_project(path)
     assert [(h.name, h.layer) for h in r.heads] == [("a", "layer2"), ("b", "layer1.0")]
@@ -200,10 +198,8 @@ def test_one_cached_pass_trains_heads_on_two_layers_without_the_later_ones(resne
     from engine.surgery.operations import freeze_preset
     from engine.training.trainer import TrainConfig, Trainer
 
-    s = _small(resnet_session)
-    s.do(DeleteOutputLayer())
-    s.do(AddHead(HeadSpec("early", "single", labels=["circle", "square"], layer="layer1"), seed=0))
-    s.do(AddHead(HeadSpec("class", "single", labels=["circle", "square"], layer="layer2"), seed=0))
+    s = _small(resnet_session, HeadSpec("early", "single", labels=["circle", "square"], layer="layer1"),
+               HeadSpec("class", "single", labels=["circle", "square"], layer="layer2"))
     s.do(freeze_preset("heads-only"))
     data = load_data(tiny_folder, [HeadSpec("class", "single")])
     data.heads.append(HeadSpec("early", "single", labels=data.heads[0].labels, columns=[]))
@@ -226,10 +222,8 @@ def test_one_cached_pass_trains_heads_on_two_layers_without_the_later_ones(resne
 def test_the_export_gives_each_exit_its_own_output_and_leaves_later_layers_out(resnet_session, tmp_path):
     from engine.export.onnx_export import export_onnx
 
-    s = _small(resnet_session)
-    s.do(DeleteOutputLayer())
-    s.do(AddHead(HeadSpec("shape", "single", outputs=4, layer="layer2"), seed=0))
-    s.do(AddHead(HeadSpec("size", "regression", outputs=1, layer="layer1"), seed=0))
+    s = _small(resnet_session, HeadSpec("shape", "single", outputs=4, layer="layer2"),
+               HeadSpec("size", "regression", outputs=1, layer="layer1"))
     report = export_onnx(s, tmp_path / "two-exit.onnx")
     assert report.verified and report.outputs == ["shape", "size"]
     proto = onnx.load(str(tmp_path / "two-exit.onnx"))
