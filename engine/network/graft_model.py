@@ -47,24 +47,34 @@ def first_tensor(out: Any) -> torch.Tensor | None:
     return out if isinstance(out, torch.Tensor) else None
 
 
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """A map of one image laid out H×W×C (torchvision's Swin) rather than C×H×W: the input is square, so
+    a C×H×W map has H == W, and an H×W×C one has its first two sides equal instead."""
+    return len(shape) == 3 and shape[1] != shape[2] and shape[0] == shape[1]
+
+
 def pooled_size(shape: tuple[int, ...] | None) -> int | None:
-    """How many features a head at a layer with this output shape (one image: C×H×W, tokens×D or F)
-    reads; None when the output cannot be pooled to a vector (no tensor, a scalar, a 4-D volume, empty)."""
+    """How many features a head at a layer with this output shape (one image: C×H×W or H×W×C, tokens×D
+    or F) reads; None when the output cannot be pooled to a vector (no tensor, a scalar, a 4-D volume,
+    empty)."""
     if shape is None or not 1 <= len(shape) <= 3:
         return None
-    size = int(shape[0] if len(shape) in (1, 3) else shape[1])
-    return size if size > 0 else None
+    if len(shape) == 3:
+        size = shape[2] if _channels_last(shape) else shape[0]
+    else:
+        size = shape[0] if len(shape) == 1 else shape[1]
+    return int(size) if size > 0 else None
 
 
 def pool_layer(out: Any, class_token_length: int | None = None) -> torch.Tensor:
-    """A layer's output pooled to (N, F) for a head reading it: a C×H×W map averaged over space; a
-    token sequence by its class token (token 0) when it is the sequence that carries one
+    """A layer's output pooled to (N, F) for a head reading it: a C×H×W (or H×W×C) map averaged over
+    space; a token sequence by its class token (token 0) when it is the sequence that carries one
     (``class_token_length`` tokens long), else the mean of its tokens; a vector as it is."""
     t = first_tensor(out)
     if t is None:
         raise RuntimeError("the layer gave no tensor")
     if t.dim() == 4:
-        return t.mean(dim=(2, 3))
+        return t.mean(dim=(1, 2)) if _channels_last(tuple(t.shape[1:])) else t.mean(dim=(2, 3))
     if t.dim() == 3:
         if class_token_length is not None and t.shape[1] == class_token_length:
             return t[:, 0]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from engine.errors import GraftError
-from engine.network.graft_model import pool_layer
+from engine.network.graft_model import pool_layer, pooled_size
 from engine.network.heads import HeadSpec
 from engine.network.loading import LoadedNetwork, ModelSource
 from engine.network.preprocess import InputSpec
@@ -95,6 +95,10 @@ def test_token_sequences_give_the_class_token_or_the_mean():
         features = s.model.trunk(torch.randn(1, 3, 32, 32))
     assert seen["tokens"].shape == (1, 5, 16)  # the class token, then 2×2 patches
     assert torch.equal(features, seen["tokens"][:, 0])
+    nhwc = torch.randn(2, 7, 7, 96)  # torchvision's Swin lays its maps out channels-last
+    assert pooled_size((7, 7, 96)) == 96 and torch.equal(pool_layer(nhwc), nhwc.mean(dim=(1, 2)))
+    nchw = torch.randn(2, 7, 7, 7)
+    assert pooled_size((7, 7, 7)) == 7 and torch.equal(pool_layer(nchw), nchw.mean(dim=(2, 3)))
     no_class_token = torch.randn(2, 7, 16)
     assert torch.equal(pool_layer(no_class_token, None), no_class_token.mean(dim=1))
     assert torch.equal(pool_layer(no_class_token, 5), no_class_token.mean(dim=1))  # another length: no class token
