@@ -71,6 +71,9 @@ class Actions(QObject):
                                    "Keep the network up to the selected layer; heads read that layer's output")
         self.add_head = self._make("&Add head…", "add-head", "Ctrl+H",
                                    "Graft a new output head (several heads = multi-task)")
+        self.add_head_here = self._make("Add head &here…", "add-head", None,
+                                        "Graft a head that reads the selected layer's output, pooled to a "
+                                        "vector (heads on several layers: a multi-exit network)")
         self.edit_head = self._make("&Edit head…", None, None, "Change the selected head")
         self.remove_head = self._make("&Remove head", "remove-head", None, "Remove the selected head")
         self.freeze_up_to = self._make("&Freeze up to here", "freeze", None,
@@ -78,6 +81,18 @@ class Actions(QObject):
         self.heads_only = self._make("Train only the &heads", "heads-only", None,
                                      "Freeze the whole network; only the grafted heads learn")
         self.unfreeze_all = self._make("&Unfreeze all", "unfreeze", None, "Train every layer")
+        self.input_channels = self._make("Input &channels…", None, None,
+                                         "Read 1 channel (greyscale) or 4 and more (RGB plus infrared, depth …): "
+                                         "the first convolution is adapted from its pretrained RGB kernels")
+        self.input_size = self._make("Input si&ze…", None, None,
+                                     "Change the size of the image the network sees (e.g. 224 → 320)")
+        self.compare_loaded = self._make("The network as &loaded", None, None,
+                                         "Show in the tree what surgery and training changed since the network "
+                                         "was loaded: layers added, reshaped, and how far their weights moved")
+        self.compare_file = self._make("A project or &model file…", None, None,
+                                       "Show in the tree how the network differs from another project or model")
+        self.clear_compare = self._make("C&lear comparison", None, None, "Hide the tree's Change column")
+        self.compare_menu = QMenu("Co&mpare with", parent)
         self.heads_only.setIconText("Heads only")  # the toolbar's short labels
         self.freeze_up_to.setIconText("Freeze to here")
         self.unfreeze_all.setIconText("Unfreeze all")
@@ -132,9 +147,16 @@ class Actions(QObject):
         m = menus["surgery"] = bar.addMenu("&Surgery")
         m.addActions([self.delete_output, self.cut_here])
         m.addSeparator()
-        m.addActions([self.add_head, self.edit_head, self.remove_head])
+        m.addActions([self.add_head, self.add_head_here, self.edit_head, self.remove_head])
+        m.addSeparator()
+        m.addActions([self.input_channels, self.input_size])
         m.addSeparator()
         m.addActions([self.freeze_up_to, self.heads_only, self.unfreeze_all])
+        m.addSeparator()
+        self.compare_menu.addActions([self.compare_loaded, self.compare_file])
+        self.compare_menu.addSeparator()
+        self.compare_menu.addAction(self.clear_compare)
+        m.addMenu(self.compare_menu)
         m = menus["train"] = bar.addMenu("&Train")
         m.addActions([self.train_start, self.train_stop])
         m.addSeparator()
@@ -160,14 +182,16 @@ class Actions(QObject):
     def context_actions(self) -> list[QAction | None]:
         """What right-clicking a layer offers, in order (``None``: a separator)."""
         return [self.cut_here, self.delete_output, None, self.freeze_up_to, self.heads_only, self.unfreeze_all,
-                None, self.add_head, self.edit_head, self.remove_head]
+                None, self.add_head_here, self.add_head, self.edit_head, self.remove_head]
 
     def update_enabled(self, *, has_model: bool, free: Mapping[str, bool], training: bool, output_present: bool,
                        layer_selected: bool, head_selected: bool, has_heads: bool, has_data: bool,
-                       can_cut: bool, can_freeze_here: bool, stopping: bool = False) -> None:
+                       can_cut: bool, can_freeze_here: bool, stopping: bool = False, can_read_here: bool = False,
+                       has_comparison: bool = False) -> None:
         """Enable exactly what makes sense now. ``free``: which kinds of work ("surgery", "save", "open",
-        "export", "evaluate", "train", "data") may start now, given the work already running (a kind not
-        named is free). ``stopping``: Stop was pressed for the running training."""
+        "export", "evaluate", "train", "data", "compare") may start now, given the work already running (a
+        kind not named is free). ``stopping``: Stop was pressed for the running training; ``can_read_here``:
+        a head can read the selected layer; ``has_comparison``: the tree shows a comparison."""
         def ok(kind: str) -> bool:
             return bool(free.get(kind, True))
 
@@ -185,6 +209,12 @@ class Actions(QObject):
         self.delete_output.setEnabled(surgery and output_present)
         self.cut_here.setEnabled(surgery and layer_selected and can_cut)
         self.add_head.setEnabled(surgery)
+        self.add_head_here.setEnabled(surgery and layer_selected and can_read_here)
+        self.input_channels.setEnabled(surgery)
+        self.input_size.setEnabled(surgery)
+        self.compare_loaded.setEnabled(has_model and ok("compare"))
+        self.compare_file.setEnabled(has_model and ok("compare"))
+        self.clear_compare.setEnabled(has_comparison)
         self.edit_head.setEnabled(surgery and head_selected)
         self.remove_head.setEnabled(surgery and head_selected)
         self.freeze_up_to.setEnabled(surgery and layer_selected and can_freeze_here)

@@ -25,16 +25,20 @@ log = logging.getLogger(__name__)
 # evaluation or an export, which move the model or switch it between train and eval mode. A heatmap or an
 # activation grid ("explain") hooks the model's layers for its forward (and backward) pass: it waits like
 # a prediction does, and whatever runs the model waits for it, since its hooks would see that pass too.
+# A comparison (app.compare) reads the weights like a save: what changes or moves them waits for it.
 WAITS_FOR: dict[str, frozenset[str]] = {
-    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain"}),
+    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "compare"}),
     "save": frozenset({"train", "load", "save", "evaluate", "export"}),
     "open": frozenset({"train", "load", "save", "evaluate", "export"}),
-    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain"}),
-    "evaluate": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data"}),
+    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "compare"}),
+    "evaluate": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data",
+                           "compare"}),
     "predict": frozenset({"train", "load", "evaluate", "export", "predict", "explain"}),
     "explain": frozenset({"train", "load", "evaluate", "export", "predict", "explain"}),
-    "train": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data"}),
+    "train": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data",
+                        "compare"}),
     "data": frozenset({"train", "data"}),
+    "compare": frozenset({"train", "load", "evaluate", "export", "compare"}),
 }
 UNTIL = {  # "… waits until <this>."
     "train": "training has finished (Stop ends it after the current batch)",
@@ -45,6 +49,7 @@ UNTIL = {  # "… waits until <this>."
     "predict": "the prediction has finished",
     "explain": "the heatmap (or activation grid) has been computed",
     "data": "the data has loaded",
+    "compare": "the comparison has finished",
 }
 WAITING_FOR = {  # closing: "waiting for <this>…"
     "train": "training to stop",
@@ -58,6 +63,7 @@ WAITING_FOR = {  # closing: "waiting for <this>…"
     "cell": "the cell's images to be listed",
     "suggestions": "the label suggestions to be written",
     "data": "the data to load",
+    "compare": "the comparison to finish",
 }
 
 

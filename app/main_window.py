@@ -2,11 +2,12 @@
 
 The window builds the layout and the chrome (menus, toolbar, status bar) and wires them to the concerns
 that do the work, one module each (the shape of napari's ``_qt/_qapp_model/qactions``): :mod:`app.files`
-(opening, saving, recent files, drops, closing), :mod:`app.data`, :mod:`app.surgery`, :mod:`app.training`,
-:mod:`app.evaluation`, :mod:`app.explain` and :mod:`app.export`. The concerns share what is open (:class:`~app.workspace.Workspace`,
-with plain events), the background work (:class:`~app.jobs.Jobs`) and the status line
-(:class:`~app.messages.Messages`); none reaches into another's widgets. Everything slow runs in a worker
-(:mod:`app.workers`); the GUI thread only starts jobs and shows what comes back.
+(opening, saving, recent files, drops, closing), :mod:`app.data`, :mod:`app.surgery`, :mod:`app.compare`,
+:mod:`app.training`, :mod:`app.evaluation`, :mod:`app.explain` and :mod:`app.export`. The concerns share
+what is open (:class:`~app.workspace.Workspace`, with plain events), the background work
+(:class:`~app.jobs.Jobs`) and the status line (:class:`~app.messages.Messages`); none reaches into
+another's widgets. Everything slow runs in a worker (:mod:`app.workers`); the GUI thread only starts jobs
+and shows what comes back.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from engine.units import human_count as human
 
 from . import dialogs
 from .actions import Actions, icon
+from .compare import Compare
 from .data import Datasets
 from .evaluation import Evaluation
 from .explain import Explain
@@ -45,6 +47,7 @@ class MainWindow(QMainWindow):
     trainingStarted = Signal()
     trainingFinished = Signal(object)  # the TrainResult as a dict
     evaluated = Signal(object)  # the EvalReport
+    compared = Signal(object)  # the ModelDiff the tree shows
     predicted = Signal(object)
     exported = Signal(object)  # the ExportReport
     saved = Signal(str)
@@ -261,6 +264,7 @@ class MainWindow(QMainWindow):
                            self.actions.recent_menu, self.actions.clear_recent, show_tab)
         self.surgery = Surgery(self, ws, jobs, self.messages, self.undo_stack, self.tree_model, self.tree_view,
                                self.heads_panel, self.history_view, show_tab)
+        self.compare = Compare(self, ws, jobs, self.messages, self.settings, self.tree_model)
         self.datasets = Datasets(self, ws, jobs, self.messages, self.settings, self.data_panel)
         self.training = Training(self, ws, jobs, self.messages, self.training_panel, self.curve_panel,
                                  self.device_label, show_tab, self.runs_view, self.settings)
@@ -282,7 +286,11 @@ class MainWindow(QMainWindow):
                 (a.save_project_as, f.save_project_as), (a.export_onnx, self.export.export_onnx_dialog),
                 (a.export_script, self.export.export_script_dialog),
                 (a.quit, self.close), (a.clear_recent, f.clear_recent),
-                (a.delete_output, s.delete_output_layer), (a.cut_here, s.cut_here), (a.add_head, s.add_head),
+                (a.delete_output, s.delete_output_layer), (a.cut_here, s.cut_here),
+                (a.add_head, lambda: s.add_head()), (a.add_head_here, lambda: s.add_head_here()),
+                (a.input_channels, lambda: s.input_channels()), (a.input_size, lambda: s.input_size()),
+                (a.compare_loaded, self.compare.with_loaded), (a.compare_file, self.compare.with_file_dialog),
+                (a.clear_compare, lambda: self.compare.clear()),
                 (a.edit_head, lambda: s.edit_head(s.selected_head())),
                 (a.remove_head, lambda: s.remove_head(s.selected_head())),
                 (a.freeze_up_to, s.freeze_up_to_here), (a.heads_only, lambda: s.apply_preset("heads-only")),
@@ -307,6 +315,9 @@ class MainWindow(QMainWindow):
                 # announcements
                 (d.loaded, self.dataLoaded), (t.started, self.trainingStarted), (t.finished, self.trainingFinished),
                 (e.evaluated, self.evaluated), (e.predicted, self.predicted), (self.export.exported, self.exported),
+                (self.compare.compared, self.compared), (self.compare.compared, self._refresh_actions),
+                (self.compare.compared, self._room_for_the_tree),
+                (self.compare.cleared, self._refresh_actions),
                 (f.saved, self.saved), (self.messages.errorShown, self.errorShown),
                 # the chrome follows the state
                 (self.tree_view.currentPathChanged, self._refresh_actions),
@@ -354,6 +365,14 @@ class MainWindow(QMainWindow):
             wanted = max(self.tree_view.sizeHint().width(), int(total * 0.36))  # every column when it fits
             left = max(self.tree_view.minimumSizeHint().width(), min(wanted, room))
             self.splitter.setSizes(self._saved_split or [left, total - left - self.splitter.handleWidth()])
+
+    def _room_for_the_tree(self, *_: Any) -> None:
+        """A comparison adds the tree's Change column: widen the tree's pane for it, as far as the tabs allow."""
+        left, right = self.splitter.sizes()
+        wanted = self.tree_view.sizeHint().width()
+        grow = min(wanted - left, right - self.tabs.minimumSizeHint().width())
+        if grow > 0:
+            self.splitter.setSizes([left + grow, right - grow])
 
     def _proportion_tab(self, index: int) -> None:
         """Split a tab's panes sensibly the first time it is shown (hidden splitters have no width yet)."""
@@ -405,7 +424,9 @@ class MainWindow(QMainWindow):
             layer_selected=node is not None, head_selected=self.surgery.selected_head() is not None,
             has_heads=bool(s is not None and s.heads), has_data=self.workspace.data is not None,
             can_cut=node is not None and layer in order,
-            can_freeze_here=node is not None and layer in order and node.params > 0)
+            can_freeze_here=node is not None and layer in order and node.params > 0,
+            can_read_here=node is not None and self.surgery.can_read(layer),
+            has_comparison=self.compare.diff is not None)
 
     def _refresh_status(self) -> None:
         s = self.workspace.session

@@ -1,5 +1,6 @@
-"""Surgery: delete the output layer, cut, freeze (the tree's checkboxes and the presets), add, edit and
-remove heads, and what undo and redo say.
+"""Surgery: delete the output layer, cut, freeze (the tree's checkboxes and the presets), add heads (at the
+end, or on any layer: "Add head here"), edit and remove them, change the input's channels and size, and
+what undo and redo say.
 
 Every surgery is applied first — an illegal one raises GraftError and changes nothing — and then pushed
 on the QUndoStack as an already-applied :class:`~app.undo.OperationCommand`. The layer tree and the
@@ -181,7 +182,28 @@ class Surgery(QObject):
         return self.apply_op(SetTrainable("layers", [path], trainable))
 
     # -- heads ----------------------------------------------------------------------------------
-    def add_head(self) -> bool:
+    def can_read(self, layer: str | None) -> bool:
+        """Whether a head can read ``layer`` (its output pools to a vector and the trunk gets there)."""
+        s = self._workspace.session
+        return bool(s is not None and layer and layer in s.head_layers())
+
+    def add_head_here(self, path: str | None = None) -> bool:
+        """"Add head here": a head that reads the selected layer's output (a multi-exit network)."""
+        layer = path or self.selected_layer()
+        if not layer:
+            self._messages.show_message("Select the layer the head should read.", "warning")
+            return False
+        if not self.can_read(layer):
+            s = self._workspace.session
+            shape = s.tree.shapes.get(layer) if s is not None else None
+            self._messages.show_message(f"A head cannot read {layer}: its output "
+                                        f"({'×'.join(map(str, shape)) if shape else 'none'}) is no feature map, "
+                                        "token sequence or vector the trunk reaches.", "warning")
+            return False
+        return self.add_head(layer=layer)
+
+    def add_head(self, layer: str | None = None) -> bool:
+        """Ask for a new head (reading ``layer``, or the end when None) and add it."""
         from engine.surgery.operations import AddHead
         from widgets.head_dialog import HeadDialog
 
@@ -192,7 +214,7 @@ class Surgery(QObject):
         if self._jobs.must_wait("surgery", "Adding a head"):
             return False
         delete_first = False
-        if s.output_layer and not s.heads:
+        if s.output_layer and layer is None and not any(h.layer is None for h in s.heads):  # the first at the end
             answer = QMessageBox.question(
                 self._window, "Delete the output layer?",
                 f"The network still ends in its output layer ({s.output_layer}), which predicts the classes it "
@@ -206,10 +228,11 @@ class Surgery(QObject):
         existing = [h.name for h in s.heads]
         data = self._workspace.data
         suggestions = [h for h in (data.heads if data is not None else []) if h.name not in existing]
-        spec = self._ask_spec(HeadDialog.for_new(existing, suggestions, self._window), "Add head")
+        spec = self._ask_spec(HeadDialog.for_new(existing, suggestions, self._window, layers=s.head_layers(),
+                                                 layer=layer), "Add head")
         if spec is None:
             return False
-        if delete_first and s.output_layer:
+        if delete_first and s.output_layer and spec.layer is None:
             if not self.delete_output_layer():
                 return False
         ok = self.apply_op(AddHead(spec))
@@ -227,8 +250,8 @@ class Surgery(QObject):
         spec = next((h for h in s.heads if h.name == name), None)
         if spec is None or self._jobs.must_wait("surgery", "Editing a head"):
             return False
-        new = self._ask_spec(HeadDialog.for_edit(spec, self._window, existing_names=[h.name for h in s.heads]),
-                             "Edit head")
+        new = self._ask_spec(HeadDialog.for_edit(spec, self._window, existing_names=[h.name for h in s.heads],
+                                                 layers=s.head_layers()), "Edit head")
         if new is None:
             return False
 
@@ -256,3 +279,48 @@ class Surgery(QObject):
             self._messages.show_message("Select the head to remove.", "warning")
             return False
         return self.apply_op(RemoveHead(name))
+
+    # -- the input ------------------------------------------------------------------------------
+    def input_channels(self, channels: int | None = None) -> bool:
+        """Surgery ▸ Input channels…: ask (unless given) and adapt the first convolution."""
+        from engine.surgery.operations import SetInputChannels, first_conv
+        from widgets.input_dialogs import InputChannelsDialog
+
+        s = self._workspace.session
+        if s is None or self._jobs.must_wait("surgery", "Changing the input"):
+            return False
+        if channels is None:
+            try:
+                layer, _ = first_conv(s)
+            except GraftError as exc:
+                self._messages.show_error(str(exc), title="Input channels")
+                return False
+            dialog = InputChannelsDialog(s.input_spec.channels, layer, self._window)
+            if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
+                return False
+            channels = dialog.channels()
+        return self._apply_new(lambda: SetInputChannels(channels), "Input channels")
+
+    def input_size(self, size: int | None = None, resize: int | None = None) -> bool:
+        """Surgery ▸ Input size…: ask (unless given) and change the crop (and resize) of the input."""
+        from engine.surgery.operations import SetInputSize
+        from widgets.input_dialogs import InputSizeDialog
+
+        s = self._workspace.session
+        if s is None or self._jobs.must_wait("surgery", "Changing the input"):
+            return False
+        if size is None:
+            dialog = InputSizeDialog(s.input_spec.size, s.input_spec.resize, self._window)
+            if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
+                return False
+            size, resize = dialog.input_size(), dialog.resize_to()
+        return self._apply_new(lambda: SetInputSize(size, resize), "Input size")
+
+    def _apply_new(self, make: Callable[[], Any], title: str) -> bool:
+        """Build an operation (its own checks may refuse it) and apply it."""
+        try:
+            op = make()
+        except GraftError as exc:
+            self._messages.show_error(str(exc), title=title)
+            return False
+        return self.apply_op(op)

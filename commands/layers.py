@@ -36,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
         shape = "x".join(str(d) for d in node.out_shape) if node.out_shape else "-"
         flag = {"trainable": "yes", "frozen": "no", "partial": "partly", "none": ""}[node.frozen_state]
         mark = "  <- output layer" if node.is_output else ""
+        if node.kind == "head" and node.read_by and node.read_by[0]:
+            mark += f"  reads {node.read_by[0]}"
+        elif node.kind == "layer" and node.read_by:
+            mark += f"  <- head{'s' if len(node.read_by) > 1 else ''} {', '.join(node.read_by)}"
+        if node.unused:
+            mark += "  (not computed: every head reads an earlier layer)"
         rows.append(("  " * depth + node.name, node.type_name, shape, human(node.params) if node.params else "0", flag, mark))
     widths = [max(len(r[i]) for r in rows + [("layer", "type", "output", "params", "trainable", "")]) for i in range(5)]
     header = ("layer", "type", "output", "params", "trainable")
@@ -46,4 +52,8 @@ def run(args: argparse.Namespace) -> int:
     trainable = sum(p.numel() for p in session.model.parameters() if p.requires_grad)
     print(f"{len(tree)} layers, {human(total)} parameters ({human(trainable)} trainable), "
           f"features {tree.feature_dim}, tree built in {tree.build_seconds * 1000:.0f} ms")
+    unused = session.unused_layers()
+    if unused:
+        print(f"{len(unused)} layers are not computed: every head reads an earlier layer "
+              f"({', '.join(session.model.trunk.layer_taps)}).")
     return 0

@@ -1,11 +1,14 @@
 """A painted sketch of the model: the trunk, and an arrow branching to one box per grafted head.
 
+Heads on layers inside the network (a multi-exit model) leave the trunk at a port of their own, labelled
+with the layer and how many features it gives; heads at the end leave from the trunk's ``end`` port.
+
 Also home of the head colour palette, shared by every widget that draws heads (the heads table, the
 layer tree's head swatches, the training curves), so a head keeps its colour everywhere.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPaintEvent, QPalette, QPen
@@ -33,6 +36,18 @@ def outputs_text(spec: HeadSpec, limit: int = 6) -> str:
         names = ", ".join(spec.labels[:limit]) + ("…" if len(spec.labels) > limit else "")
         text += f": {names}"
     return text
+
+
+def exits(heads: Sequence[HeadSpec], order: Sequence[str] = ()) -> list[str | None]:
+    """The layers heads read (None: the end), as the network runs them (``order``), the end last."""
+    rank = {layer: i for i, layer in enumerate(order)}
+    layers = list(dict.fromkeys(h.layer for h in heads))
+    return sorted(layers, key=lambda l: (l is None, rank.get(l, len(rank)) if l is not None else 0))
+
+
+def exit_text(layer: str | None, size: int | None) -> str:
+    """A port's label: ``"features.4 · 80"``, ``"end · 1280"``."""
+    return f"{layer if layer is not None else 'end'}" + (f" · {size}" if size else "")
 
 
 def layers_text(spec: HeadSpec, feature_dim: int | None) -> str:
@@ -69,27 +84,55 @@ class HeadDiagram(QWidget):
         self._name = ""
         self._dim: int | None = None
         self._heads: list[HeadSpec] = []
+        self._inputs: dict[str, int] = {}
+        self._exits: list[str | None] = []
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
-    def set_model(self, name: str, feature_dim: int | None, heads: Sequence[HeadSpec]) -> None:
-        """Show the trunk ``name`` with ``feature_dim`` features and ``heads``."""
+    def set_model(self, name: str, feature_dim: int | None, heads: Sequence[HeadSpec],
+                  inputs: Mapping[str, int] | None = None, order: Sequence[str] = ()) -> None:
+        """Show the trunk ``name`` with ``feature_dim`` features and ``heads``; ``inputs``: how many features
+        each head reads (heads on layers read their layer's pooled size); ``order``: the network's layers
+        in the order they run, to stack the exits from the first to the end."""
         self._name, self._dim, self._heads = name, feature_dim, list(heads)
+        self._inputs = dict(inputs or {})
+        self._exits = exits(self._heads, order)
         self.updateGeometry()
         self.update()
 
     def heads(self) -> list[HeadSpec]:
         return list(self._heads)
 
+    def exit_labels(self) -> list[str]:
+        """The ports the trunk shows (none while every head reads the end): ``["features.4 · 80", "end · 1280"]``."""
+        if not self._multi_exit():
+            return []
+        return [exit_text(layer, self._exit_size(layer)) for layer in self._exits]
+
+    def _multi_exit(self) -> bool:
+        return any(layer is not None for layer in self._exits)
+
+    def _exit_size(self, layer: str | None) -> int | None:
+        size = next((self._inputs[h.name] for h in self._heads if h.layer == layer and h.name in self._inputs), None)
+        return size if size is not None else (self._dim if layer is None else None)
+
+    def _head_dim(self, spec: HeadSpec) -> int | None:
+        return self._inputs.get(spec.name, self._dim if spec.layer is None else None)
+
     # -- geometry ----------------------------------------------------------------------------------
     def _stack_height(self) -> int:
         n = max(1, len(self._heads))
         return n * self.HEAD_H + (n - 1) * self.GAP
 
+    PORT_H = 20
+
+    def _trunk_height(self) -> int:
+        return self.TRUNK_H + (len(self._exits) * self.PORT_H if self._multi_exit() else 0)
+
     def sizeHint(self) -> QSize:
-        return QSize(560, 2 * self.MARGIN + max(self.TRUNK_H, self._stack_height()))
+        return QSize(560, 2 * self.MARGIN + max(self._trunk_height(), self._stack_height()))
 
     def minimumSizeHint(self) -> QSize:
-        return QSize(380, 2 * self.MARGIN + max(self.TRUNK_H, self._stack_height()))
+        return QSize(380, 2 * self.MARGIN + max(self._trunk_height(), self._stack_height()))
 
     # -- painting ------------------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:
@@ -104,9 +147,10 @@ class HeadDiagram(QWidget):
         base = pal.color(QPalette.ColorRole.Base)
 
         m = self.MARGIN
-        content_h = max(self.TRUNK_H, self._stack_height())
+        trunk_h = self._trunk_height()
+        content_h = max(trunk_h, self._stack_height())
         top = m + max(0, (self.height() - 2 * m - content_h) / 2)
-        trunk = QRectF(m, top + (content_h - self.TRUNK_H) / 2, self.TRUNK_W, self.TRUNK_H)
+        trunk = QRectF(m, top + (content_h - trunk_h) / 2, self.TRUNK_W, trunk_h)
         heads_x = trunk.right() + self.BRANCH
         heads_w = max(160.0, self.width() - m - heads_x)
         heads_top = top + (content_h - self._stack_height()) / 2
@@ -124,17 +168,38 @@ class HeadDiagram(QWidget):
         small = QFont(self.font())
         small.setPointSizeF(max(7.0, self.font().pointSizeF() * 0.9))
         inner = trunk.adjusted(12, 10, -12, -10)
+        title = QRectF(inner.left(), inner.top(), inner.width(), (self.TRUNK_H - 20) / 2)
         p.setFont(bold)
         p.setPen(text)
         name = QFontMetrics(bold).elidedText(self._name or "no network", Qt.TextElideMode.ElideMiddle,
                                              int(inner.width()))
-        p.drawText(QRectF(inner.left(), inner.top(), inner.width(), inner.height() / 2),
-                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, name)
+        p.drawText(title, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, name)
         p.setFont(small)
         p.setPen(muted)
-        features = f"trunk · {self._dim} features" if self._dim else "trunk · features unknown"
-        p.drawText(QRectF(inner.left(), inner.center().y(), inner.width(), inner.height() / 2),
-                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, features)
+        if self._multi_exit():
+            n = len(self._exits)
+            features = f"trunk · {n} exit{'s' if n != 1 else ''}"
+        else:
+            features = f"trunk · {self._dim} features" if self._dim else "trunk · features unknown"
+        p.drawText(title.translated(0, title.height()), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                   features)
+
+        # exits: one port per layer the heads read, from the first to run down to the end
+        ports: dict[str | None, float] = {}
+        if self._multi_exit():
+            fm_port = QFontMetrics(small)
+            first = trunk.top() + self.TRUNK_H - 8
+            for i, layer in enumerate(self._exits):
+                y = first + i * self.PORT_H + self.PORT_H / 2
+                ports[layer] = y
+                label = fm_port.elidedText(exit_text(layer, self._exit_size(layer)), Qt.TextElideMode.ElideMiddle,
+                                           int(inner.width()))
+                p.setPen(text if layer is not None else muted)
+                p.drawText(QRectF(inner.left(), y - self.PORT_H / 2, inner.width(), self.PORT_H),
+                           Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, label)
+                p.setPen(Qt.PenStyle.NoPen)
+                p.setBrush(line)
+                p.drawEllipse(QPointF(trunk.right(), y), 3.0, 3.0)
 
         # branches
         centres = [heads_top + i * (self.HEAD_H + self.GAP) + self.HEAD_H / 2 for i in range(len(self._heads))] \
@@ -142,11 +207,21 @@ class HeadDiagram(QWidget):
         split_x = trunk.right() + self.BRANCH / 2
         p.setPen(QPen(line, 1.6))
         p.setBrush(Qt.BrushStyle.NoBrush)
-        p.drawLine(QPointF(trunk.right(), trunk.center().y()), QPointF(split_x, trunk.center().y()))
-        if len(centres) > 1:
-            p.drawLine(QPointF(split_x, min(centres)), QPointF(split_x, max(centres)))
+        if ports:
+            for spec, y in zip(self._heads, centres):  # each head from its own exit
+                start = QPointF(trunk.right(), ports.get(spec.layer, trunk.center().y()))
+                curve = QPainterPath(start)
+                curve.cubicTo(QPointF(split_x, start.y()), QPointF(split_x, y), QPointF(heads_x - 2, y))
+                p.setPen(QPen(QColor(head_colour(self._heads.index(spec))), 1.6))
+                p.drawPath(curve)
+            p.setPen(QPen(line, 1.6))
+        else:
+            p.drawLine(QPointF(trunk.right(), trunk.center().y()), QPointF(split_x, trunk.center().y()))
+            if len(centres) > 1:
+                p.drawLine(QPointF(split_x, min(centres)), QPointF(split_x, max(centres)))
         for y in centres:
-            p.drawLine(QPointF(split_x, y), QPointF(heads_x - 2, y))
+            if not ports:
+                p.drawLine(QPointF(split_x, y), QPointF(heads_x - 2, y))
             arrow = QPainterPath(QPointF(heads_x - 1, y))
             arrow.lineTo(heads_x - 8, y - 4)
             arrow.lineTo(heads_x - 8, y + 4)
@@ -185,7 +260,7 @@ class HeadDiagram(QWidget):
 
             inner = box.adjusted(16, 6, -12, -6)
             half = inner.height() / 2
-            widths = layers_text(spec, self._dim)
+            widths = layers_text(spec, self._head_dim(spec))
             widths_w = fm_small.horizontalAdvance(widths) + 8
             p.setFont(bold)
             p.setPen(text)

@@ -1,4 +1,5 @@
-"""Add or edit a head: name, kind, the data columns it learns from, labels, widths, dropout, loss weight.
+"""Add or edit a head: name, kind, the data columns it learns from, labels, widths, dropout, loss weight,
+and the layer it reads (the trunk's end, or any layer: a multi-exit network).
 
 Validation is the engine's (:class:`~engine.network.heads.HeadSpec` raises :class:`~engine.errors.GraftError`);
 the message is shown inline and the dialog stays open until it is fixed or cancelled.
@@ -9,9 +10,9 @@ import re
 from collections.abc import Iterable, Sequence
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
-                               QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QSpinBox,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QCompleter, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
+                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit,
+                               QSpinBox, QVBoxLayout, QWidget)
 
 from engine.errors import GraftError
 from engine.network.heads import KIND_TITLES, KINDS, HeadSpec
@@ -19,6 +20,7 @@ from engine.network.heads import KIND_TITLES, KINDS, HeadSpec
 from .head_diagram import OUTPUT_WORDS, outputs_text
 
 ERROR_STYLE = "color: #C62828;"
+END_TEXT = "End of the trunk"
 
 
 def parse_labels(text: str) -> list[str]:
@@ -40,9 +42,11 @@ class HeadDialog(QDialog):
     """Build with :meth:`for_new` or :meth:`for_edit`; after ``accept`` read :meth:`spec`."""
 
     def __init__(self, spec: HeadSpec | None = None, existing_names: Iterable[str] = (),
-                 suggestions: Sequence[HeadSpec] = (), parent: QWidget | None = None) -> None:
+                 suggestions: Sequence[HeadSpec] = (), parent: QWidget | None = None,
+                 layers: Sequence[str] = (), layer: str | None = None) -> None:
         super().__init__(parent)
         self._original = spec
+        self._layers = list(layers)
         self._existing = {n for n in existing_names if spec is None or n != spec.name}
         self._suggestions = list(suggestions)
         self._spec: HeadSpec | None = None
@@ -103,6 +107,21 @@ class HeadDialog(QDialog):
         for spin in (self.outputs_spin, self.dropout_spin, self.loss_weight_spin):
             spin.setMinimumWidth(90)
 
+        self.layer_combo = QComboBox(self)
+        self.layer_combo.setEditable(True)
+        self.layer_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.layer_combo.addItem(END_TEXT, None)
+        for path in self._layers:
+            self.layer_combo.addItem(path, path)
+        self.layer_combo.setToolTip("The layer whose output the head reads, pooled to a vector (feature maps "
+                                    "averaged over space, a transformer's class token). The end of the trunk: "
+                                    "its features, as for any head. Heads on earlier layers make a multi-exit "
+                                    "network; the layers after the last one read are not computed.")
+        completer = self.layer_combo.completer()  # typing part of a name finds the layer
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        completer.setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
+        self.set_layer(spec.layer if spec is not None else layer)
+
         self.error_label = QLabel(self)
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet(ERROR_STYLE)
@@ -140,6 +159,7 @@ class HeadDialog(QDialog):
         form.addRow("Hidden layers", self.hidden_edit)
         form.addRow("Dropout", self.dropout_spin)
         form.addRow("Loss weight", self.loss_weight_spin)
+        form.addRow("Reads", self.layer_combo)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 16, 16, 12)
         layout.setSpacing(10)
@@ -153,7 +173,8 @@ class HeadDialog(QDialog):
         self.kind_combo.currentIndexChanged.connect(self._kind_changed)
         self.labels_edit.textChanged.connect(self._update_count)
         for signal in (self.name_edit.textChanged, self.labels_edit.textChanged, self.hidden_edit.textChanged,
-                       self.outputs_spin.valueChanged, self.kind_combo.currentIndexChanged):
+                       self.outputs_spin.valueChanged, self.kind_combo.currentIndexChanged,
+                       self.layer_combo.currentTextChanged):
             signal.connect(self._clear_error)
 
         if spec is not None:
@@ -169,15 +190,16 @@ class HeadDialog(QDialog):
     # -- construction helpers ------------------------------------------------------------------------
     @classmethod
     def for_new(cls, existing_names: Iterable[str] = (), suggestions: Sequence[HeadSpec] = (),
-                parent: QWidget | None = None) -> HeadDialog:
-        """A dialog for a new head, pre-filled from the first suggested head not yet used."""
-        return cls(None, existing_names, suggestions, parent)
+                parent: QWidget | None = None, layers: Sequence[str] = (), layer: str | None = None) -> HeadDialog:
+        """A dialog for a new head, pre-filled from the first suggested head not yet used. ``layers``: the
+        layers a head may read (offered in the Reads field); ``layer``: the one chosen (None: the end)."""
+        return cls(None, existing_names, suggestions, parent, layers, layer)
 
     @classmethod
     def for_edit(cls, spec: HeadSpec, parent: QWidget | None = None, existing_names: Iterable[str] = (),
-                 suggestions: Sequence[HeadSpec] = ()) -> HeadDialog:
+                 suggestions: Sequence[HeadSpec] = (), layers: Sequence[str] = ()) -> HeadDialog:
         """A dialog editing ``spec`` (``existing_names``: the other heads, to refuse a clash)."""
-        return cls(spec, existing_names, suggestions, parent)
+        return cls(spec, existing_names, suggestions, parent, layers)
 
     def _free_name(self, base: str) -> str:
         name, k = base, 2
@@ -198,9 +220,29 @@ class HeadDialog(QDialog):
             self.hidden_edit.setText(", ".join(str(h) for h in spec.hidden))
             self.dropout_spin.setValue(spec.dropout)
             self.loss_weight_spin.setValue(spec.loss_weight)
+            if spec is self._original or spec.layer is not None:  # a suggestion keeps the layer chosen
+                self.set_layer(spec.layer)
         finally:
             self._filling = False
         self._update_count()
+
+    def set_layer(self, layer: str | None) -> None:
+        """Choose the layer the head reads (None: the end of the trunk)."""
+        index = self.layer_combo.findData(layer) if layer is not None else 0
+        if index >= 0:
+            self.layer_combo.setCurrentIndex(index)
+        else:
+            self.layer_combo.setEditText(layer)
+
+    def layer(self) -> str | None:
+        """The layer the Reads field names (None: the end); GraftError for a name that is no layer offered."""
+        text = self.layer_combo.currentText().strip()
+        if not text or text == END_TEXT:
+            return None
+        if self._layers and text not in self._layers:
+            raise GraftError(f"A head cannot read {text!r}: choose one of the network's layers (type part of its "
+                             "name to find it) or the end of the trunk.")
+        return text
 
     def checked_columns(self) -> list[str]:
         return [self.columns_list.item(i).text() for i in range(self.columns_list.count())
@@ -231,7 +273,8 @@ class HeadDialog(QDialog):
         labels = self.labels()
         spec = HeadSpec(name=name, kind=self.kind(), outputs=len(labels) or self.outputs_spin.value(),
                         labels=labels, columns=self.checked_columns(), hidden=parse_hidden(self.hidden_edit.text()),
-                        dropout=round(self.dropout_spin.value(), 4), loss_weight=round(self.loss_weight_spin.value(), 4))
+                        dropout=round(self.dropout_spin.value(), 4),
+                        loss_weight=round(self.loss_weight_spin.value(), 4), layer=self.layer())
         if spec.kind == "single" and len(spec.columns) > 1:
             raise GraftError(f"Single-label head {name!r} reads one column of class names; choose one column.")
         return spec

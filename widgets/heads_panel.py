@@ -17,7 +17,7 @@ from engine.network.heads import HeadSpec
 
 from .head_diagram import KIND_SHORT, HeadDiagram, head_colour, outputs_text
 
-COLUMNS = ("Name", "Kind", "Outputs", "Hidden", "Dropout", "Loss weight")
+COLUMNS = ("Name", "Kind", "Outputs", "Hidden", "Dropout", "Loss weight", "Reads")
 
 
 def _swatch(colour: str, size: int = 12) -> QIcon:
@@ -139,7 +139,8 @@ class HeadsPanel(QWidget):
         self.table.setRowCount(len(heads))
         for row, spec in enumerate(heads):
             values = (spec.name, KIND_SHORT.get(spec.kind, spec.kind), outputs_text(spec),
-                      ", ".join(str(h) for h in spec.hidden) or "–", f"{spec.dropout:g}", f"{spec.loss_weight:g}")
+                      ", ".join(str(h) for h in spec.hidden) or "–", f"{spec.dropout:g}", f"{spec.loss_weight:g}",
+                      spec.layer if spec.layer is not None else "end")
             for column, value in enumerate(values):
                 item = QTableWidgetItem(value)
                 if column == 0:
@@ -147,7 +148,10 @@ class HeadsPanel(QWidget):
                     item.setIcon(_swatch(head_colour(row)))
                 if column == 2:
                     item.setToolTip("\n".join(spec.label_names))
-                if column >= 4:
+                if column == 6:
+                    item.setToolTip(f"The head reads layer {spec.layer}'s output, pooled to a vector"
+                                    if spec.layer is not None else "The head reads the trunk's features (its end)")
+                if 4 <= column <= 5:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, column, item)
         self.table.setVisible(bool(heads))
@@ -158,7 +162,10 @@ class HeadsPanel(QWidget):
             self.select_head(selected)
         self.table.blockSignals(False)
         if self._session is not None:
-            self.diagram.set_model(model_name(self._session), self._session.feature_dim, heads)
+            sizes = getattr(self._session, "head_input_sizes", None)
+            tree = getattr(self._session, "tree", None)
+            self.diagram.set_model(model_name(self._session), self._session.feature_dim, heads,
+                                   sizes() if sizes is not None else None, getattr(tree, "order", ()))
         else:
             self.diagram.set_model("", None, [])
         self.add_button.setEnabled(self._session is not None)

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QGuiApplication, QIcon, QPainter, QPalette, QPixmap
 
-from engine.network.layer_tree import LayerNode, LayerTree
+from engine.network.layer_tree import HEADS_KEY, LayerNode, LayerTree
 from engine.units import human_count as human
 
 from .head_diagram import head_colour
@@ -56,12 +56,18 @@ CHANGE_COLOURS = {"added": "#2e7d32", "replaced": "#c62828", "reshaped": "#c6282
 
 
 def badge(node: LayerNode) -> str:
-    """``"output"`` for the classifier layer, ``"cut"`` where the trunk was cut, else ``""``."""
+    """``"output"`` for the classifier layer, ``"→ shape"`` on a layer heads read (their names), ``"cut"``
+    where the trunk was cut, else ``""``."""
     if node.is_output:
         return "output"
+    if node.kind == "layer" and node.read_by:
+        return "→ " + ", ".join(node.read_by)
     if node.kind == "layer" and node.extra.startswith("cut"):
         return "cut"
     return ""
+
+
+UNUSED_TEXT = "Not computed: every head reads an earlier layer, so the trunk stops before this one"
 
 
 class LayerTreeModel(QAbstractItemModel):
@@ -77,6 +83,9 @@ class LayerTreeModel(QAbstractItemModel):
     BadgeRole = _ROLE.UserRole + 7  # "output" | "cut" | ""
     TypeRole = _ROLE.UserRole + 8
     ChangeRole = _ROLE.UserRole + 9  # the layer's change status ("moved", "added" …), None without a comparison
+    UnusedRole = _ROLE.UserRole + 10  # True for a layer the forward pass no longer computes
+    BadgeColourRole = _ROLE.UserRole + 11  # the badge's colour (a head's, for a layer heads read), or None
+    ReadsRole = _ROLE.UserRole + 12  # a head: the layer it reads ("" = the end); a layer: the heads reading it
 
     def __init__(self, tree: LayerTree | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -87,6 +96,8 @@ class LayerTreeModel(QAbstractItemModel):
         self._changes: dict[str, Change] = {}
         self._bold = QFont()
         self._bold.setBold(True)
+        self._italic = QFont()
+        self._italic.setItalic(True)
         self._dim = QBrush(QGuiApplication.palette().color(QPalette.ColorGroup.Disabled,
                                                           QPalette.ColorRole.Text))
         if tree is not None:
@@ -241,6 +252,8 @@ class LayerTreeModel(QAbstractItemModel):
             if column == LAYER:
                 return node.name
             if column == TYPE:
+                if node.kind == "head" and node.read_by and node.read_by[0]:
+                    return f"{node.type_name} ← {node.read_by[0]}"
                 return node.type_name
             if column == SHAPE:
                 return "" if node.kind == "heads" else shape_text(node.out_shape)
@@ -261,13 +274,15 @@ class LayerTreeModel(QAbstractItemModel):
                 return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             return None
         if role == _ROLE.FontRole:
+            if node.unused:
+                return self._italic
             return self._bold if column == LAYER and node.is_output else None
         if role == _ROLE.ForegroundRole:
-            if column == TRAINABLE and node.params and node.trainable_params == 0:
-                return self._dim
             if column == CHANGE and node.path in self._changes:
                 colour = CHANGE_COLOURS.get(self._changes[node.path].status)
                 return QBrush(QColor(colour)) if colour else self._dim
+            if node.unused or (column == TRAINABLE and node.params and node.trainable_params == 0):
+                return self._dim
             return None
         if role == _ROLE.DecorationRole:
             if column == LAYER and node.kind == "head":
@@ -296,7 +311,21 @@ class LayerTreeModel(QAbstractItemModel):
             return badge(node)
         if role == self.TypeRole:
             return node.type_name
+        if role == self.UnusedRole:
+            return node.unused
+        if role == self.BadgeColourRole:
+            return self._reader_colour(node)
+        if role == self.ReadsRole:
+            return node.read_by
         return None
+
+    def _reader_colour(self, node: LayerNode) -> str | None:
+        """The colour of the first head that reads ``node`` (the heads group's order gives the colours)."""
+        if node.kind != "layer" or not node.read_by or node.is_output or self._tree is None:
+            return None
+        heads = self._tree.node(HEADS_KEY)
+        names = [c.name for c in heads.children] if heads is not None else []
+        return head_colour(names.index(node.read_by[0])) if node.read_by[0] in names else None
 
     def _dot(self, colour: str) -> QIcon:
         """A small filled circle in a head's colour (cached)."""
@@ -327,6 +356,14 @@ class LayerTreeModel(QAbstractItemModel):
             lines.append("The network's output (classifier) layer")
         if node.extra:
             lines.append(("Labels: " if node.kind == "head" else "") + node.extra)
+        if node.kind == "head" and node.read_by:
+            lines.append(f"Reads layer {node.read_by[0]}'s output, pooled to a vector" if node.read_by[0]
+                         else "Reads the trunk's features (its end)")
+        elif node.kind == "layer" and node.read_by:
+            lines.append(f"Read by head{'s' if len(node.read_by) > 1 else ''} {', '.join(node.read_by)} "
+                         "(its output pooled to a vector)")
+        if node.unused:
+            lines.append(UNUSED_TEXT)
         return "<br>".join(lines)
 
     def setData(self, index: Index, value: Any, role: int = _ROLE.EditRole) -> bool:
@@ -379,8 +416,15 @@ class LayerTreeModel(QAbstractItemModel):
             changed(TRAINABLE, trainable_roles)
         if "params" in fields:
             changed(PARAMS, [DISPLAY, self.ParamsRole])
-        if fields & {"is_output", "extra"}:
-            changed(LAYER, [DISPLAY, _ROLE.FontRole, self.IsOutputRole, self.BadgeRole])
+        if fields & {"is_output", "extra", "read_by"}:
+            changed(LAYER, [DISPLAY, _ROLE.FontRole, self.IsOutputRole, self.BadgeRole, self.BadgeColourRole,
+                            self.ReadsRole])
+        if "read_by" in fields:
+            changed(TYPE, [DISPLAY])
+        if "unused" in fields:
+            first, last = self.createIndex(row, 0, node), self.createIndex(row, len(COLUMNS) - 1, node)
+            self.dataChanged.emit(first, last, [_ROLE.ForegroundRole, _ROLE.FontRole, _ROLE.ToolTipRole,
+                                                self.UnusedRole])
         if "type_name" in fields:
             changed(TYPE, [DISPLAY, self.TypeRole])
         if "out_shape" in fields:

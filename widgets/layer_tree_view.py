@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import (QModelIndex, QPersistentModelIndex, QPoint, QRectF, QSize, QSortFilterProxyModel,
-                            Qt, QTimer, Signal)
+from PySide6.QtCore import (QEvent, QModelIndex, QPersistentModelIndex, QPoint, QRectF, QSize,
+                            QSortFilterProxyModel, Qt, QTimer, Signal)
 from PySide6.QtGui import QAction, QColor, QFont, QFontMetrics, QPainter
 from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QLineEdit, QMenu, QStyle,
                                QStyledItemDelegate, QStyleOptionViewItem, QTreeView, QVBoxLayout, QWidget)
@@ -53,7 +53,7 @@ class LayerFilterProxy(QSortFilterProxyModel):
 
 
 class BadgeDelegate(QStyledItemDelegate):
-    """Draws an "output" / "cut" pill after a layer's name; rows get a little air."""
+    """Draws an "output" / "cut" / "→ head" pill after a layer's name; rows get a little air."""
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
         size = super().sizeHint(option, index)
@@ -86,7 +86,7 @@ class BadgeDelegate(QStyledItemDelegate):
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(QColor(BADGE_COLOURS.get(text, "#888888")))
+        painter.setBrush(QColor(index.data(LayerTreeModel.BadgeColourRole) or BADGE_COLOURS.get(text, "#888888")))
         painter.drawRoundedRect(rect, h / 2, h / 2)
         painter.setPen(QColor("white"))
         painter.setFont(font)
@@ -161,7 +161,8 @@ class LayerTreeView(QWidget):
         bold = header.font()
         bold.setBold(True)
         hfm = QFontMetrics(bold)
-        samples = {TYPE: "BatchNorm2d", SHAPE: "512×28×28", PARAMS: "11.7M", TRAINABLE: "11.7M / 11.7M"}
+        samples = {TYPE: "BatchNorm2d", SHAPE: "512×28×28", PARAMS: "11.7M", TRAINABLE: "11.7M / 11.7M",
+                   CHANGE: "moved 0.13%"}
         widths = {c: max(fm.horizontalAdvance(text) + 24,
                          hfm.horizontalAdvance(str(self.model.headerData(c, Qt.Orientation.Horizontal))) + 22)
                   for c, text in samples.items()}
@@ -170,13 +171,18 @@ class LayerTreeView(QWidget):
             header.resizeSection(column, width)
         # Room for the name and type; the other columns scroll sideways in a narrow window rather than
         # forcing their width on it (all columns as a minimum made the window at least ~1075 px wide).
-        self.tree_view.setMinimumWidth(fm.horizontalAdvance("layer4.1.conv1") + widths[TYPE] + 60)
-        self._full_width = fm.horizontalAdvance("layer4.1.conv1") + sum(widths.values()) + 60  # every column
+        self._layer_width = fm.horizontalAdvance("layer4.1.conv1") + 60  # a name, its checkbox and indentation
+        self.tree_view.setMinimumWidth(self._layer_width + widths[TYPE])
+        self._full_width = self._layer_width + sum(w for c, w in widths.items() if c != CHANGE)  # every column
+        self._change_width = widths[CHANGE]
+        self.tree_view.installEventFilter(self)
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
-        """Wide enough for every column (the window's first split gives the tree this when it can)."""
+        """Wide enough for every column shown (the window's first split gives the tree this when it can,
+        and more room when a comparison adds the Change column)."""
         hint = super().sizeHint()
-        return QSize(max(hint.width(), self._full_width), hint.height())
+        full = self._full_width + (0 if self.tree_view.isColumnHidden(CHANGE) else self._change_width)
+        return QSize(max(hint.width(), full + 2 * self.tree_view.frameWidth() + 2), hint.height())
 
     # -- public API --------------------------------------------------------------------------------
     def set_context_actions(self, actions: Sequence[QAction | None]) -> None:
@@ -253,6 +259,28 @@ class LayerTreeView(QWidget):
     def _show_change_column(self, *args: object) -> None:
         """The Change column shows only while the model holds a comparison."""
         self.tree_view.setColumnHidden(CHANGE, not self.model.has_changes())
+        self._fit_layer_column()
+        self.updateGeometry()
+
+    def _fit_layer_column(self) -> None:
+        """The Layer column takes the room the others leave, but never less than a name needs: in a view
+        too narrow for every column (the Change column shown, say) the columns scroll sideways instead of
+        squeezing the names away."""
+        view = self.tree_view
+        header = view.header()
+        others = sum(header.sectionSize(c) for c in range(1, self.model.columnCount()) if not view.isColumnHidden(c))
+        bar = view.verticalScrollBar()
+        room = view.width() - 2 * view.frameWidth() - (bar.sizeHint().width() if bar.isVisible() else 0) - others
+        if room < self._layer_width:
+            header.setSectionResizeMode(LAYER, QHeaderView.ResizeMode.Interactive)
+            header.resizeSection(LAYER, self._layer_width)
+        else:
+            header.setSectionResizeMode(LAYER, QHeaderView.ResizeMode.Stretch)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if watched is self.tree_view and event.type() == QEvent.Type.Resize:
+            self._fit_layer_column()
+        return super().eventFilter(watched, event)
 
     def _after_reset(self) -> None:
         self._show_change_column()

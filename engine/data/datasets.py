@@ -935,12 +935,19 @@ def check_bands(paths: Sequence[Path], channels: int) -> None:
 # CLI
 # --------------------------------------------------------------------------------------------------
 def parse_head_arg(text: str) -> HeadSpec:
-    """``NAME:KIND[:COL1,COL2[:WEIGHT]]`` (KIND single|multi|regression; without columns, or with an
+    """``NAME:KIND[:COL1,COL2[:WEIGHT]][@LAYER]`` (KIND single|multi|regression; without columns, or with an
     empty COLUMNS field as in ``NAME:KIND::WEIGHT``, the head reads the column NAME). WEIGHT, the
-    fourth field, is the head's loss weight (default 1): a number of at least 0."""
-    usage = ("use NAME:KIND:COLUMN[,COLUMN…][:WEIGHT] with KIND single, multi or regression, "
-             "e.g. tags:multi:red,striped or age:regression:age:0.5")
-    parts = [p.strip() for p in str(text).split(":")]
+    fourth field, is the head's loss weight (default 1): a number of at least 0. ``@LAYER``: the head
+    reads that layer's pooled output (``shape:single@features.4``) instead of the trunk's end."""
+    usage = ("use NAME:KIND:COLUMN[,COLUMN…][:WEIGHT][@LAYER] with KIND single, multi or regression, "
+             "e.g. tags:multi:red,striped, age:regression:age:0.5 or shape:single@features.4")
+    body, at, layer_text = str(text).partition("@")
+    layer = layer_text.strip() or None
+    if at and layer is None:
+        raise GraftError(f"--head {text!r}: name the layer after '@' (e.g. @features.4); {usage}.")
+    if layer is not None and "@" in layer:
+        raise GraftError(f"--head {text!r}: only one '@LAYER'; {usage}.")
+    parts = [p.strip() for p in body.split(":")]
     if len(parts) not in (2, 3, 4) or not parts[0] or not parts[1]:
         raise GraftError(f"--head {text!r}: {usage}.")
     name, kind_text = parts[0], parts[1]
@@ -969,4 +976,4 @@ def parse_head_arg(text: str) -> HeadSpec:
     labels = list(columns) if kind != "single" else []
     if kind != "single" and not labels:
         labels = [name]
-    return HeadSpec(name, kind, labels=labels, columns=columns or [name], loss_weight=weight)
+    return HeadSpec(name, kind, labels=labels, columns=columns or [name], loss_weight=weight, layer=layer)

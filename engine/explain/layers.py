@@ -186,7 +186,7 @@ def default_layer(session: Any) -> str:
     body = check_hookable(session)
     _fresh(session)
     model = session.model
-    key = (tuple(session.tree.order), model.trunk.cut_at, tuple(model.heads.keys()))
+    key = (tuple(session.tree.order), model.trunk.cut_at, tuple(model.heads.keys()), model.trunk.taps)
     known = _DEFAULTS.get(model)
     if known is not None and known[0] == key:
         return known[1]

@@ -100,6 +100,7 @@ def output_entry(name: str, spec: HeadSpec | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": name, "kind": kind, "activation": ACTIVATION[kind], "meaning": MEANING[kind]}
     if spec is not None:
         entry.update(labels=spec.label_names, outputs=spec.outputs, spec=spec.to_dict())
+        entry["reads"] = spec.layer if spec.layer is not None else "end"  # a multi-exit model's exit
         if name == FEATURES_OUTPUT:
             entry["meaning"] += " (the network's original classifier: no head was added before export)"
     return entry
@@ -171,6 +172,8 @@ def to_props(data: Mapping[str, Any]) -> dict[str, str]:
     for o in data["outputs"]:
         props[f"output.{o['name']}.kind"] = o["kind"]
         props[f"output.{o['name']}.activation"] = o["activation"]
+        if "reads" in o:
+            props[f"output.{o['name']}.reads"] = str(o["reads"])
         if "labels" in o:
             props[f"output.{o['name']}.labels"] = json.dumps(o["labels"])
     return props
@@ -186,7 +189,8 @@ def describe(data: Mapping[str, Any]) -> str:
         lines.append(f"Precision: {data['precision']} inside; the input and the outputs are float32.")
     for o in data["outputs"]:
         labels = f" [{', '.join(o['labels'])}]" if o.get("labels") else ""
-        lines.append(f"Output '{o['name']}' ({o['kind']}): {o['meaning']}{labels}.")
+        reads = f", read from layer {o['reads']}" if o.get("reads") not in (None, "end") else ""
+        lines.append(f"Output '{o['name']}' ({o['kind']}{reads}): {o['meaning']}{labels}.")
     return "\n".join(lines)
 
 

@@ -1,6 +1,14 @@
-"""The network being operated on: a pretrained trunk that yields pooled features, plus named heads."""
+"""The network being operated on: a pretrained trunk that yields pooled features, plus named heads.
+
+Heads read the trunk's end or any layer (a multi-exit network): the trunk returns the pooled output of
+every layer a head reads, side by side in one (N, F1 + F2 + …) tensor, so that whatever runs the trunk
+(training on cached features, a trunk exported on its own) handles one plain tensor, and
+:meth:`GraftModel.forward_heads` hands each head its slice. When no head reads the end, the forward pass
+stops as soon as the last layer a head reads has produced its output: later layers are never computed.
+"""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -8,6 +16,8 @@ from torch import nn
 
 from engine.network.heads import HeadSpec
 from engine.network.preprocess import InputSpec
+
+END = None  # the tap of heads that read the trunk's end
 
 
 class _CutReached(Exception):
@@ -29,12 +39,78 @@ def pool_features(out: Any) -> torch.Tensor:
     return out
 
 
+def first_tensor(out: Any) -> torch.Tensor | None:
+    """A layer's output tensor: the output itself, or the first item of a tuple or list (as the layer
+    tree records its shape)."""
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    return out if isinstance(out, torch.Tensor) else None
+
+
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """A map of one image laid out H×W×C (torchvision's Swin) rather than C×H×W: the input is square, so
+    a C×H×W map has H == W, and an H×W×C one has its first two sides equal instead."""
+    return len(shape) == 3 and shape[1] != shape[2] and shape[0] == shape[1]
+
+
+def pooled_size(shape: tuple[int, ...] | None) -> int | None:
+    """How many features a head at a layer with this output shape (one image: C×H×W or H×W×C, tokens×D
+    or F) reads; None when the output cannot be pooled to a vector (no tensor, a scalar, a 4-D volume,
+    empty)."""
+    if shape is None or not 1 <= len(shape) <= 3:
+        return None
+    if len(shape) == 3:
+        size = shape[2] if _channels_last(shape) else shape[0]
+    else:
+        size = shape[0] if len(shape) == 1 else shape[1]
+    return int(size) if size > 0 else None
+
+
+def pool_layer(out: Any, class_token_length: int | None = None) -> torch.Tensor:
+    """A layer's output pooled to (N, F) for a head reading it: a C×H×W (or H×W×C) map averaged over
+    space; a token sequence by its class token (token 0) when it is the sequence that carries one
+    (``class_token_length`` tokens long), else the mean of its tokens; a vector as it is."""
+    t = first_tensor(out)
+    if t is None:
+        raise RuntimeError("the layer gave no tensor")
+    if t.dim() == 4:
+        return t.mean(dim=(1, 2)) if _channels_last(tuple(t.shape[1:])) else t.mean(dim=(2, 3))
+    if t.dim() == 3:
+        if class_token_length is not None and t.shape[1] == class_token_length:
+            return t[:, 0]
+        return t.mean(dim=1)
+    if t.dim() == 2:
+        return t
+    raise RuntimeError(f"a layer output of shape {tuple(t.shape)} cannot be pooled to a vector")
+
+
+def class_token_length(body: nn.Module) -> int | None:
+    """The length of the token sequences that carry a class token at position 0 (patches + prefix
+    tokens), for the vision transformers that have one (torchvision's ``class_token``, timm's
+    ``cls_token``); None for networks without one (their token sequences are averaged)."""
+    seq_length = getattr(body, "seq_length", None)
+    if isinstance(getattr(body, "class_token", None), torch.Tensor) and isinstance(seq_length, int):
+        return seq_length  # torchvision VisionTransformer
+    if isinstance(getattr(body, "cls_token", None), torch.Tensor):  # timm VisionTransformer and relatives
+        patches = getattr(getattr(body, "patch_embed", None), "num_patches", None)
+        prefix = getattr(body, "num_prefix_tokens", 1)
+        if isinstance(patches, int) and isinstance(prefix, int):
+            return patches + prefix
+    return None
+
+
 class Trunk(nn.Module):
     """The loaded network as surgery left it. Returns (N, F) features.
 
     A cut at layer X stops the forward pass as soon as X has produced its output (a forward hook raises),
     so it works for any architecture without rewriting its forward code; the layers after X are
     replaced by ``nn.Identity`` so that their weights are gone too.
+
+    ``taps`` (set by :class:`GraftModel` from its heads): what the trunk returns, in order — ``END``
+    for the trunk's end (the default, and all there is while every head reads the end), or a layer's
+    path for its pooled output (:func:`pool_layer`); several taps come side by side in one tensor.
+    Without ``END`` among them the forward stops once every tapped layer has given its output.
+    :meth:`run_all` runs everything and returns the end's features (the layer tree's dry run).
     """
 
     def __init__(self, body: nn.Module) -> None:
@@ -43,6 +119,10 @@ class Trunk(nn.Module):
         self.cut_at: str | None = None
         self._hook = None
         self._captured: Any = None
+        self.taps: tuple[str | None, ...] = (END,)
+        self._tap_hooks: list[Any] = []
+        self._taken: dict[str, Any] | None = None  # the tapped outputs of the forward pass under way
+        self._stop_when_taken = False
 
     def set_cut(self, layer: str | None) -> None:
         if self._hook is not None:
@@ -56,7 +136,35 @@ class Trunk(nn.Module):
         self._captured = output
         raise _CutReached
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # -- taps -------------------------------------------------------------------------------------
+    def set_taps(self, taps: tuple[str | None, ...] | list[str | None]) -> None:
+        """Return these taps from now on (see the class docstring); the same taps again change nothing."""
+        taps = tuple(dict.fromkeys(taps)) or (END,)
+        if taps == self.taps:
+            return
+        for handle in self._tap_hooks:
+            handle.remove()
+        self._tap_hooks = []
+        self.taps = taps
+        for layer in taps:
+            if layer is not END:  # before the cut's hook: a head may read the cut layer itself
+                module = self.body.get_submodule(layer)
+                self._tap_hooks.append(module.register_forward_hook(functools.partial(self._take, layer),
+                                                                    prepend=True))
+
+    @property
+    def layer_taps(self) -> list[str]:
+        return [t for t in self.taps if t is not END]
+
+    def _take(self, layer: str, module: nn.Module, args: Any, output: Any) -> None:
+        taken = self._taken
+        if taken is None or layer in taken:  # not a tapped forward (run_all), or a reused module's next call
+            return
+        taken[layer] = output
+        if self._stop_when_taken and len(taken) == len(self.taps):
+            raise _CutReached
+
+    def _end(self, x: torch.Tensor) -> torch.Tensor:
         if self.cut_at is None:
             return pool_features(self.body(x))
         try:
@@ -65,6 +173,36 @@ class Trunk(nn.Module):
             pass
         out, self._captured = self._captured, None
         return pool_features(out)
+
+    def run_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Every layer up to the end (or the cut), whatever the heads read: the end's features."""
+        return self._end(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.taps == (END,):
+            return self._end(x)
+        taken: dict[str, Any] = {}
+        self._taken, self._stop_when_taken = taken, END not in self.taps
+        try:
+            if END in self.taps:
+                end = self._end(x)
+            else:
+                try:
+                    self.body(x)
+                except _CutReached:
+                    pass
+                self._captured = None
+        finally:
+            self._taken = None
+        parts, tokens = [], class_token_length(self.body)
+        for tap in self.taps:
+            if tap is END:
+                parts.append(end)
+            elif tap not in taken:
+                raise RuntimeError(f"layer {tap!r}, which a head reads, did not run in the forward pass")
+            else:
+                parts.append(pool_layer(taken[tap], tokens))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
 class RegressionHead(nn.Sequential):
@@ -104,7 +242,8 @@ class RegressionHead(nn.Sequential):
 
 class GraftModel(nn.Module):
     """Trunk + heads. ``forward`` returns ``{head_name: raw output}`` (logits for classification heads);
-    with no head yet it returns ``{"output": trunk features}``."""
+    with no head yet it returns ``{"output": trunk features}``. Setting ``head_specs`` tells the trunk
+    which layers the heads read (:meth:`Trunk.set_taps`)."""
 
     def __init__(self, body: nn.Module, input_spec: InputSpec) -> None:
         super().__init__()
@@ -113,15 +252,41 @@ class GraftModel(nn.Module):
         self.head_specs: dict[str, HeadSpec] = {}
         self.input_spec = input_spec
 
+    @property
+    def head_specs(self) -> dict[str, HeadSpec]:
+        return self._head_specs
+
+    @head_specs.setter
+    def head_specs(self, specs: dict[str, HeadSpec]) -> None:
+        self._head_specs = specs
+        self.trunk.set_taps([s.layer for s in specs.values()])
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.trunk(x)
         if not len(self.heads):
             return {"output": features}
-        return {name: head(features) for name, head in self.heads.items()}
+        return self.forward_heads(features)
+
+    def _slices(self) -> dict[str, slice] | None:
+        """Each head's columns of the trunk's output (None: one tap, every head reads all of it)."""
+        taps = self.trunk.taps
+        if len(taps) == 1:
+            return None
+        width: dict[str | None, int] = {}
+        for name, spec in self.head_specs.items():
+            width.setdefault(spec.layer, head_in_features(self.heads[name]))
+        start, where = 0, {}
+        for tap in taps:
+            where[tap] = slice(start, start + width[tap])
+            start += width[tap]
+        return {name: where[spec.layer] for name, spec in self.head_specs.items()}
 
     def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Heads on precomputed trunk features (used for training on cached features)."""
-        return {name: head(features) for name, head in self.heads.items()}
+        slices = self._slices()
+        if slices is None:
+            return {name: head(features) for name, head in self.heads.items()}
+        return {name: head(features[:, slices[name]]) for name, head in self.heads.items()}
 
     def train(self, mode: bool = True) -> "GraftModel":
         """Like nn.Module.train, but BatchNorm layers whose parameters are frozen stay in eval mode,
@@ -141,6 +306,11 @@ class GraftModel(nn.Module):
     def dummy_input(self, batch: int = 1) -> torch.Tensor:
         spec = self.input_spec
         return torch.zeros(batch, spec.channels, spec.size, spec.size)
+
+
+def head_in_features(head: nn.Module) -> int:
+    """How many features a head reads: its first Linear's inputs."""
+    return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
 
 
 def build_head(spec: HeadSpec, in_features: int):

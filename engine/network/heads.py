@@ -1,7 +1,8 @@
 """Head specifications and the modules built from them.
 
-A head is a small MLP on the trunk's pooled features. Its spec is plain data so it can live in the
-project recipe (JSON) and in the ONNX metadata.
+A head is a small MLP on pooled features: the trunk's output, or (``layer``) the output of any layer of
+the network, pooled to a vector. Its spec is plain data so it can live in the project recipe (JSON) and
+in the ONNX metadata.
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ class HeadSpec:
     head's last Linear predicts standardised values ``z`` and the head outputs ``z * std + mean``, so
     its output is in the user's units while the loss is computed on the standardised scale
     (:mod:`engine.training.losses`). ``None`` until the trainer computes them from the training split.
+
+    layer: the network layer whose output the head reads, pooled to a vector (``features.4``); None (the
+    default) for the trunk's end, as before heads could sit anywhere.
     """
 
     name: str
@@ -63,6 +67,7 @@ class HeadSpec:
     loss_weight: float = 1.0
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
+    layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.labels and isinstance(self.labels, (list, tuple)):
@@ -102,6 +107,10 @@ class HeadSpec:
             raise GraftError(f"Head {self.name!r}: dropout must be in [0, 1).")
         if self.loss_weight < 0:
             raise GraftError(f"Head {self.name!r}: loss weight must not be negative.")
+        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip()
+                                       or self.layer.startswith("@")):
+            raise GraftError(f"Head {self.name!r}: the layer it reads must be a layer's name "
+                             f"(e.g. features.4), not {self.layer!r}.")
         self._validate_target_stats()
 
     def _validate_target_stats(self) -> None:
@@ -139,6 +148,11 @@ class HeadSpec:
         except GraftError:
             self.target_mean, self.target_std = before
             raise
+
+    @property
+    def reads(self) -> str:
+        """Where the head reads, for people: the layer's name, or "the trunk's end"."""
+        return self.layer if self.layer is not None else "the trunk's end"
 
     @property
     def label_names(self) -> list[str]:

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.network.graft_model import GraftModel
+from engine.network.graft_model import END, GraftModel
 
 HEADS_KEY = "@heads"
-DATA_FIELDS = ("type_name", "out_shape", "params", "trainable_params", "is_output", "extra")
+DATA_FIELDS = ("type_name", "out_shape", "params", "trainable_params", "is_output", "extra", "unused", "read_by")
 
 
 # A dry run slower than this (the first one is real, in the loading worker) makes later ones run on
@@ -37,7 +37,7 @@ def _shape_run(model: GraftModel) -> torch.Tensor:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
-        features = model.trunk(model.dummy_input(1))
+        features = model.trunk.run_all(model.dummy_input(1))
     if not isinstance(features, torch.Tensor) or features.dim() < 2:
         raise TypeError("unexpected features")
     return features
@@ -56,6 +56,8 @@ class LayerNode:
     trainable_params: int = 0
     is_output: bool = False
     extra: str = ""
+    unused: bool = False  # a layer no head needs: the trunk stops before it (every head reads an earlier one)
+    read_by: tuple[str, ...] = ()  # a layer: the heads that read its output; a head: the layer it reads ("" = end)
     kind: str = "layer"  # "layer" | "heads" | "head" | "root"
     parent: LayerNode | None = field(default=None, repr=False)
     children: list[LayerNode] = field(default_factory=list, repr=False)
@@ -103,6 +105,7 @@ class LayerTree:
         self._listeners: dict[str, list[Listener]] = {e: [] for e in self.EVENTS}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.order: list[str] = []  # module paths in the order their forward starts
+        self.ticks: dict[str, tuple[int, int | None]] = {}  # path -> (when it started, when it finished) in the dry run
         self.feature_dim: int | None = None
         self.build_seconds = 0.0  # how long the last full build (dry run, then the nodes) took
         self.shape_error: str | None = None
@@ -143,17 +146,23 @@ class LayerTree:
         names = {m: n for n, m in body.named_modules() if n}
         shapes: dict[str, tuple[int, ...]] = {}
         order: list[str] = []
+        ticks: dict[str, list[int | None]] = {}
+        clock = [0]
         handles = []
 
         def pre(module: nn.Module, args: Any) -> None:
             name = names.get(module)
-            if name is not None and name not in shapes:
+            if name is not None and name not in ticks:
                 order.append(name)
+                clock[0] += 1
+                ticks[name] = [clock[0], None]
 
         def post(module: nn.Module, args: Any, out: Any) -> None:
             name = names.get(module)
-            if name is None or name in shapes:
+            if name is None or name not in ticks or ticks[name][1] is not None:
                 return
+            clock[0] += 1
+            ticks[name][1] = clock[0]
             t = out[0] if isinstance(out, (tuple, list)) and out else out
             if isinstance(t, torch.Tensor):
                 shapes[name] = tuple(t.shape[1:])
@@ -173,10 +182,11 @@ class LayerTree:
                 except Exception:  # noqa: BLE001 - no shape rule for an op, or a real error: run it for real
                     shapes.clear()
                     order.clear()
+                    ticks.clear()
             if features is None:
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    features = model.trunk(model.dummy_input(1))
+                    features = model.trunk.run_all(model.dummy_input(1))
                 self.real_run_seconds = time.perf_counter() - t0
             self.feature_dim = int(features.shape[1])
         except Exception as exc:  # a network that cannot run on its declared input: keep the tree
@@ -187,7 +197,19 @@ class LayerTree:
                 h.remove()
             model.train(was_training)
         self.shapes, self.order = shapes, order
+        self.ticks = {n: (t[0], t[1]) for n, t in ticks.items()}
         self._probe_seconds = time.perf_counter() - start
+
+    def unused_layers(self, taps: tuple[str | None, ...] | list[str | None]) -> set[str]:
+        """The layers a forward pass that returns ``taps`` never calls: with no head on the end, those
+        that start after the last tapped layer has finished (in the dry run's order)."""
+        if END in taps or not taps:
+            return set()
+        ends = [self.ticks[t][1] for t in taps if t in self.ticks and self.ticks[t][1] is not None]
+        if len(ends) < len(taps):
+            return set()
+        stop = max(ends)
+        return {n for n, (start, _) in self.ticks.items() if start > stop}
 
     def sync(self, model: GraftModel, output_layer: str | None, probe: bool = True) -> None:
         """Bring the nodes in line with ``model``, announcing each difference."""
@@ -202,6 +224,11 @@ class LayerTree:
 
     def _build(self, model: GraftModel, output_layer: str | None) -> LayerNode:
         root = LayerNode(name="", path="", kind="root")
+        unused = self.unused_layers(model.trunk.taps)
+        readers: dict[str, list[str]] = {}
+        for name, spec in model.head_specs.items():
+            if spec.layer is not None:
+                readers.setdefault(spec.layer, []).append(name)
 
         def make(module: nn.Module, name: str, path: str, kind: str = "layer") -> LayerNode | None:
             if isinstance(module, nn.Identity) and kind == "layer":
@@ -221,6 +248,9 @@ class LayerTree:
                     node.trainable_params += child_node.trainable_params
             node.out_shape = self.shapes.get(path) if kind == "layer" else None
             node.is_output = path == output_layer
+            if kind == "layer":
+                node.unused = path in unused
+                node.read_by = tuple(readers.get(path, ()))
             return node
 
         for child_name, child in model.trunk.body.named_children():
@@ -238,6 +268,7 @@ class LayerTree:
             spec = model.head_specs[name]
             node = make(module, name, f"{HEADS_KEY}.{name}", "head")
             node.type_name = f"Head ({spec.kind})"
+            node.read_by = (spec.layer or "",)
             node.out_shape = (spec.outputs,)
             node.extra = ", ".join(spec.label_names[:6]) + ("…" if spec.outputs > 6 else "")
             node.parent = heads

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from engine.errors import GraftError
-from engine.network.graft_model import build_head
+from engine.network.graft_model import GraftModel, build_head, head_in_features, pooled_size
 from engine.network.heads import HeadSpec
 from engine.network.layer_tree import HEADS_KEY
-from engine.network.graft_model import GraftModel
 from engine.network.layer_tree import LayerTree
 from engine.network.preprocess import check_channels
 
@@ -150,8 +149,63 @@ def _check_head_name(name: str) -> None:
                          "choose another name.")
 
 
-def _in_features(head: nn.Module) -> int:
-    return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+_in_features = head_in_features
+
+
+def _shape_words(shape: tuple[int, ...] | None) -> str:
+    return "×".join(str(d) for d in shape) if shape else "a scalar"
+
+
+def head_input_size(s: SurgeryState, layer: str | None) -> int:
+    """How many features a head reading ``layer`` (None: the trunk's end) gets: the layer's output
+    pooled to a vector (:func:`engine.network.graft_model.pooled_size`). GraftError, naming the reason,
+    for a layer a head cannot read: unknown or removed, not run in the forward pass, ending after the
+    trunk has stopped (it holds the cut), or with an output that is no map, token sequence or vector."""
+    if layer is None:
+        dim = s.feature_dim
+        if dim is None:
+            raise GraftError("The trunk's feature size is unknown (the network did not run on a dummy input).")
+        return dim
+    if isinstance(s.model.trunk.body, torch.jit.ScriptModule):
+        raise GraftError("This is a TorchScript model: heads read its output only, not one of its layers.")
+    _trunk_layer(s, layer)
+    if s.dirty:
+        s.probe_order()
+    tree = s.tree
+    if tree.shape_error is not None:
+        raise GraftError(f"The network does not run on its input ({tree.shape_error}), so no head can read "
+                         f"layer {layer!r}.")
+    if layer not in tree.order:
+        raise GraftError(f"Layer {layer!r} does not run in the network's forward pass, so a head cannot read it.")
+    ticks = tree.ticks.get(layer)
+    if ticks is None or ticks[1] is None:
+        cut = s.model.trunk.cut_at
+        raise GraftError(f"Layer {layer!r} never finishes: the trunk stops inside it"
+                         + (f" (it is cut at {cut})" if cut else "") + ", so a head cannot read its output.")
+    shape = tree.shapes.get(layer)
+    if shape is None:
+        raise GraftError(f"Layer {layer!r} gives no tensor, so a head cannot read it: choose a layer whose "
+                         "output is a feature map, a token sequence or a vector.")
+    dim = pooled_size(shape)
+    if dim is None:
+        raise GraftError(f"The output of layer {layer!r} ({_shape_words(shape)} per image) cannot be pooled to a "
+                         "vector: a head reads a C×H×W map (averaged over space), a token sequence (its class "
+                         "token, or the mean) or a vector.")
+    return dim
+
+
+def _heads_reading(s: SurgeryState, removed: list[str]) -> list[tuple[str, str]]:
+    """(head, layer) for each head that reads one of the ``removed`` layers or a layer inside one."""
+    return [(name, spec.layer) for name, spec in s.model.head_specs.items()
+            if spec.layer is not None and any(is_within(spec.layer, r) for r in removed)]
+
+
+def _refuse_reading(found: list[tuple[str, str]], doing: str) -> None:
+    if found:
+        name, layer = found[0]
+        more = f" (and {len(found) - 1} more head{'s' if len(found) > 2 else ''})" if len(found) > 1 else ""
+        raise GraftError(f"{doing} would remove layer {layer!r}, which head {name!r} reads{more}: remove the "
+                         "head, or move it to another layer, first.")
 
 
 class _ReattachesHeads:
@@ -164,8 +218,11 @@ class _ReattachesHeads:
         self._old_heads = {}
         fresh = getattr(self, "_new_heads", {})  # a redo reuses the heads the first apply built
         self._new_heads = {}
-        dim = s.feature_dim
         for name, head in list(s.model.heads.items()):
+            try:
+                dim = head_input_size(s, s.model.head_specs[name].layer)
+            except GraftError:
+                dim = None
             if dim is not None and _in_features(head) != dim:
                 self._old_heads[name] = head
                 new = fresh.get(name)
@@ -196,6 +253,7 @@ class DeleteOutputLayer(Operation, _ReattachesHeads):
                              else "No output layer was found in this network; cut it at a layer instead.")
         self.layer = s.output_layer
         self.old = _trunk_layer(s, self.layer)
+        _refuse_reading(_heads_reading(s, [self.layer]), "Deleting the output layer")
         set_module(s.model.trunk.body, self.layer, nn.Identity())
         s.output_layer, s.output_deleted = None, True
         s.mark_dirty()
@@ -281,6 +339,14 @@ class CutAt(Operation, _ReattachesHeads):
                  if not is_within(m, self.layer) and not is_within(self.layer, m)]
         later_set = set(later)
         top = [m for m in later if not any(is_within(m, a) and m != a for a in later_set)]
+        inside = [(n, sp.layer) for n, sp in s.model.head_specs.items()
+                  if sp.layer is not None and is_within(self.layer, sp.layer) and sp.layer != self.layer]
+        if _heads_reading(s, top) or inside:
+            self._take_back(s)
+            if inside:
+                raise GraftError(f"A cut at {self.layer} would end the trunk inside layer {inside[0][1]!r}, which "
+                                 f"head {inside[0][0]!r} reads: remove the head, or move it, first.")
+            _refuse_reading(_heads_reading(s, top), f"A cut at {self.layer}")
         body = s.model.trunk.body
         self.removed = [(m, body.get_submodule(m)) for m in top]
         self.placeholders = [nn.Identity() for _ in top]
@@ -331,9 +397,7 @@ class AddHead(Operation):
         if self.spec.name in s.model.heads:
             raise GraftError(f"There is already a head named {self.spec.name!r}.")
         _check_head_name(self.spec.name)
-        dim = s.feature_dim
-        if dim is None:
-            raise GraftError("The trunk's feature size is unknown (the network did not run on a dummy input).")
+        dim = head_input_size(s, self.spec.layer)
         if self.module is None or _in_features(self.module) != dim:
             with torch.random.fork_rng(devices=[]):
                 if self.seed is not None:
@@ -346,7 +410,8 @@ class AddHead(Operation):
 
     @property
     def text(self) -> str:
-        return f"Add head '{self.spec.name}'"
+        where = f" at {self.spec.layer}" if self.spec.layer is not None else ""
+        return f"Add head '{self.spec.name}'{where}"
 
     def args(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "seed": self.seed}
@@ -383,7 +448,7 @@ class RemoveHead(Operation):
         return {"name": self.name}
 
 
-STRUCTURE_FIELDS = ("kind", "outputs", "hidden", "dropout")
+STRUCTURE_FIELDS = ("kind", "outputs", "hidden", "dropout", "layer")
 
 
 class UpdateHead(Operation):
@@ -411,14 +476,13 @@ class UpdateHead(Operation):
         _check_head_name(self.spec.name)
         old_spec = s.model.head_specs[self.name]
         reshaped = any(getattr(old_spec, f) != getattr(self.spec, f) for f in STRUCTURE_FIELDS)
-        if reshaped and s.feature_dim is None:
-            raise GraftError("The trunk's feature size is unknown.")
+        dim = head_input_size(s, self.spec.layer) if reshaped else None
         if not reshaped and old_spec.has_target_stats and not self.spec.has_target_stats:
             # the head keeps its weights, which were trained on targets scaled by these statistics
             self.spec.set_target_stats(old_spec.target_mean, old_spec.target_std)
         self.saved = s.take_head(self.name)
         if self.module is None:
-            self.module = build_head(self.spec, s.feature_dim) if reshaped else self.saved[1]
+            self.module = build_head(self.spec, dim) if reshaped else self.saved[1]
         s.insert_head(self.spec, self.module, self.saved[2])
 
     def undo(self, s: SurgeryState) -> None:
@@ -599,7 +663,7 @@ def _used_before(s: SurgeryState, layer: str, params: list[nn.Parameter]) -> dic
     model.eval()
     try:
         with torch.no_grad(), Watch():
-            model.trunk(model.dummy_input(1))
+            model.trunk.run_all(model.dummy_input(1))
     except Exception:  # noqa: BLE001 - a network that does not run: decide without the dry run
         pass
     finally:

@@ -5,10 +5,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from engine.errors import GraftError
-from engine.network.graft_model import GraftModel
+from engine.network.graft_model import GraftModel, head_in_features, pooled_size
 from engine.network.heads import HeadSpec
 from engine.surgery.history import History
 from engine.network.layer_tree import LayerTree
@@ -107,6 +108,27 @@ class Session:
     @property
     def heads(self) -> list[HeadSpec]:
         return list(self.model.head_specs.values())
+
+    def head_input_sizes(self) -> dict[str, int]:
+        """How many features each head reads (the pooled size of its layer, or the trunk's features)."""
+        return {name: head_in_features(module) for name, module in self.model.heads.items()}
+
+    def head_layers(self) -> list[str]:
+        """The layers a head can read, in the order they run: those whose output pools to a vector
+        (:func:`engine.network.graft_model.pooled_size`) and that finish before the trunk stops."""
+        if self.dirty:
+            self.probe_order()
+        tree = self.tree
+        if isinstance(self.model.trunk.body, torch.jit.ScriptModule) or tree.shape_error is not None:
+            return []
+        return [p for p in tree.order if p in tree and pooled_size(tree.shapes.get(p)) is not None
+                and tree.ticks.get(p, (0, None))[1] is not None]
+
+    def unused_layers(self) -> set[str]:
+        """The layers the forward pass no longer computes: every head reads an earlier layer."""
+        if self.dirty:
+            self.probe_order()
+        return self.tree.unused_layers(self.model.trunk.taps)
 
     def insert_head(self, spec: HeadSpec, module: nn.Module, index: int) -> None:
         items = list(self.model.heads.items())

@@ -272,3 +272,20 @@ def test_evaluate_opens_a_project_made_from_a_pickle_only_with_trust(tiny_folder
     result = graft("evaluate", str(project), "--data", str(tiny_folder), "--trust", "--batch-size", "8")
     assert result.returncode == 0, result.stderr
     assert "Evaluated 16 images" in result.stdout
+
+
+def test_a_head_at_a_layer_trains_and_the_layers_after_it_are_not_computed(tiny_folder, tmp_path):
+    out = tmp_path / "exit.graft"
+    common = ("--data", str(tiny_folder), "--model", "resnet18", "--random-weights", "--input-size", "64",
+              "--epochs", "1", "--no-augment")
+    result = graft("train", *common, "--head", "class:single@layer2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(out) as zf:
+        recipe = json.loads(zf.read("recipe.json"))
+    assert [(h["name"], h["layer"]) for h in recipe["heads"]] == [("class", "layer2")]
+    layers = graft("layers", "--model", str(out))
+    assert layers.returncode == 0, layers.stderr
+    line = {row.split()[0]: row for row in layers.stdout.splitlines() if row.strip()}
+    assert "<- head class" in line["layer2"] and "not computed" in line["layer3"] and "not computed" not in line["layer1"]
+    bad = graft("train", *common, "--head", "class:single@layer9", "--out", str(tmp_path / "bad.graft"))
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == ["graft: error: There is no layer 'layer9' in this network."]

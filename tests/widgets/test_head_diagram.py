@@ -68,3 +68,29 @@ def test_a_narrow_diagram_never_draws_the_kind_over_the_widths(qtbot, monkeypatc
             for (_, right, text), (left, _, after) in zip(row, row[1:]):
                 assert right <= left + 1, f"{text!r} overlaps {after!r} at width {width}"
         assert any("1280 → 4" == text for *_, text in drawn)
+
+
+def test_a_multi_exit_model_shows_which_layer_feeds_each_head(qtbot, monkeypatch):
+    import widgets.head_diagram as hd
+
+    texts = []
+
+    class Recording(hd.QPainter):
+        def drawText(self, rect, flags, text):  # noqa: N802 - Qt's name
+            texts.append(text)
+            super().drawText(rect, flags, text)
+
+    monkeypatch.setattr(hd, "QPainter", Recording)
+    heads = [HeadSpec("late", "single", outputs=4), HeadSpec("early", "multi", labels=["a", "b"], layer="features.4"),
+             HeadSpec("mid", "regression", outputs=1, layer="features.6")]
+    order = ["features", "features.4", "features.6", "classifier"]
+    assert hd.exits(heads, order) == ["features.4", "features.6", None]  # as the network runs them, end last
+    diagram = HeadDiagram()
+    qtbot.addWidget(diagram)
+    diagram.set_model("efficientnet_lite0", 1280, heads, {"late": 1280, "early": 80, "mid": 192}, order)
+    assert diagram.exit_labels() == ["features.4 · 80", "features.6 · 192", "end · 1280"]
+    diagram.resize(diagram.sizeHint())
+    diagram.grab()
+    assert {"features.4 · 80", "end · 1280", "trunk · 3 exits", "80 → 2", "192 → 1", "1280 → 4"} <= set(texts)
+    diagram.set_model("efficientnet_lite0", 1280, heads[:1])  # every head at the end: no ports
+    assert diagram.exit_labels() == []

@@ -116,3 +116,25 @@ def test_edit_keeps_the_name_and_refuses_another_heads_name(qtbot):
     dialog.name_edit.setText("animal")
     dialog.accept()
     assert dialog.result() == QDialog.DialogCode.Accepted and dialog.spec().name == "animal"
+
+
+def test_the_reads_field_chooses_the_layer_a_head_reads(qtbot):
+    layers = ["layer1", "layer2", "layer2.1", "fc"]
+    dialog = HeadDialog.for_new([], SUGGESTIONS, layers=layers, layer="layer2")
+    qtbot.addWidget(dialog)
+    dialog.show()
+    assert dialog.name_edit.text() == "shape"  # the suggestion fills the form and keeps the layer
+    assert dialog.spec().layer == "layer2"
+    dialog.suggestion_combo.setCurrentIndex(2)
+    assert dialog.spec().layer == "layer2" and dialog.spec().name == "tags"
+    dialog.layer_combo.setCurrentIndex(0)
+    assert dialog.spec().layer is None  # the end of the trunk
+    dialog.layer_combo.setEditText("layer9")
+    click_ok(qtbot, dialog)
+    assert dialog.isVisible() and "cannot read 'layer9'" in dialog.error_text()
+    dialog.layer_combo.setEditText("fc")
+    click_ok(qtbot, dialog)
+    assert dialog.result() == QDialog.DialogCode.Accepted and dialog.spec().layer == "fc"
+    edit = HeadDialog.for_edit(HeadSpec("shape", "single", labels=["a", "b"], layer="layer2.1"), layers=layers)
+    qtbot.addWidget(edit)
+    assert edit.layer_combo.currentText() == "layer2.1" and edit.spec().layer == "layer2.1"

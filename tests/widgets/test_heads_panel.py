@@ -40,8 +40,8 @@ def test_follows_the_sessions_heads(panel, session):
     session.do(AddHead(HeadSpec("shape", "single", labels=["circle", "square", "star"])))
     session.do(AddHead(HeadSpec("tags", "multi", labels=["red", "striped"], hidden=[256, 64], dropout=0.2,
                                 loss_weight=0.5)))
-    assert rows(panel) == [["shape", "single-label", "3 classes: circle, square, star", "–", "0", "1"],
-                           ["tags", "multi-label", "2 labels: red, striped", "256, 64", "0.2", "0.5"]]
+    assert rows(panel) == [["shape", "single-label", "3 classes: circle, square, star", "–", "0", "1", "end"],
+                           ["tags", "multi-label", "2 labels: red, striped", "256, 64", "0.2", "0.5", "end"]]
     assert [h.name for h in panel.diagram.heads()] == ["shape", "tags"]
     panel.select_head("tags")
     session.do(UpdateHead("shape", HeadSpec("shape", "single", labels=["a", "b"])))
@@ -77,3 +77,9 @@ def test_set_session_disconnects_the_old_one(panel, session):
     assert rows(panel) == []
     panel.set_session(session)
     assert [r[0] for r in rows(panel)] == ["late"]
+
+
+def test_a_head_on_a_layer_says_which_layer_it_reads(panel, session):
+    session.do(AddHead(HeadSpec("early", "single", outputs=2, layer="features.3")))
+    assert rows(panel)[-1][-1] == "features.3"
+    assert panel.diagram.exit_labels() == ["features.3 · 24"]

@@ -68,3 +68,22 @@ def test_the_view_shows_the_column_only_with_a_comparison(qtbot, compared):
     assert not view.tree_view.isColumnHidden(CHANGE)
     view.model.set_changes({})
     assert view.tree_view.isColumnHidden(CHANGE)
+
+
+@pytest.mark.qt_log_ignore("propagateSizeHints")  # the offscreen platform's note on showing a window
+def test_the_change_column_never_squeezes_the_layer_names_away(qtbot, compared):
+    """In the window's first split the Change column left the Layer column 40 px: no names at all."""
+    from widgets.layer_tree_model import LAYER
+
+    s, diff = compared
+    view = LayerTreeView(LayerTreeModel(s.tree))
+    qtbot.addWidget(view)
+    view.resize(view.sizeHint().width(), 400)  # every column fits, but not the Change column too
+    view.show()
+    header = view.tree_view.header()
+    wide = header.sectionSize(LAYER)
+    view.model.set_changes(diff.changes())
+    assert header.sectionSize(LAYER) >= view.tree_view.fontMetrics().horizontalAdvance("layer4.1.conv1") + 60
+    qtbot.waitUntil(lambda: view.tree_view.horizontalScrollBar().maximum() > 0, timeout=2000)  # they scroll instead
+    view.model.set_changes(None)
+    assert header.sectionSize(LAYER) == wide

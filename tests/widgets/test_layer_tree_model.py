@@ -164,3 +164,28 @@ def test_set_tree_resets_and_disconnects_the_old_tree(qtmodeltester, session):
     assert assert_mirrors(model, other.tree.root) == len(other.tree)
     model.set_tree(None)
     assert model.rowCount() == 0
+
+
+def test_heads_on_a_layer_grey_out_the_layers_after_it(qtmodeltester, qtbot, session):
+    model = LayerTreeModel(session.tree)
+    qtmodeltester.check(model)
+    session.do(DeleteOutputLayer())
+    layer3 = model.index_for_path("layer3")
+    with qtbot.waitSignal(model.dataChanged, check_params_cb=lambda first, last, roles:
+                          first.internalPointer().path == "layer3" and LayerTreeModel.UnusedRole in roles):
+        session.do(AddHead(HeadSpec("early", "single", outputs=2, layer="layer2")))
+    qtmodeltester.check(model)
+    layer2 = model.index_for_path("layer2")
+    assert layer3.data(LayerTreeModel.UnusedRole) and not layer2.data(LayerTreeModel.UnusedRole)
+    assert layer3.siblingAtColumn(3).data(Qt.ItemDataRole.ForegroundRole) is not None
+    assert "Not computed" in layer3.data(Qt.ItemDataRole.ToolTipRole)
+    assert layer2.data(LayerTreeModel.BadgeRole) == "→ early"
+    assert layer2.data(LayerTreeModel.BadgeColourRole) == "#4C72B0"  # the head's colour
+    head = model.index_for_path(f"{HEADS_KEY}.early")
+    assert head.siblingAtColumn(1).data() == "Head (single) ← layer2"
+    assert "Reads layer layer2" in head.data(Qt.ItemDataRole.ToolTipRole)
+    session.do(AddHead(HeadSpec("end", "single", outputs=2)))  # the end needs every layer again
+    assert not layer3.data(LayerTreeModel.UnusedRole) and layer3.data(Qt.ItemDataRole.ForegroundRole) is None
+    session.history.undo()
+    session.history.undo()
+    assert layer2.data(LayerTreeModel.BadgeRole) == "" and not layer3.data(LayerTreeModel.UnusedRole)

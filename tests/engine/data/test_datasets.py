@@ -446,6 +446,18 @@ def test_parse_head_arg():
             parse_head_arg(bad)
 
 
+def test_parse_head_arg_at_a_layer():
+    h = parse_head_arg("shape:single@features.4")
+    assert (h.name, h.kind, h.columns, h.layer) == ("shape", "single", ["shape"], "features.4")
+    h = parse_head_arg("age:regression:age:0.5@layer3.1")
+    assert (h.columns, h.loss_weight, h.layer) == (["age"], 0.5, "layer3.1")
+    assert parse_head_arg("size:regression").layer is None
+    for bad, message in (("shape:single@", "name the layer"), ("shape:single@a@b", "only one"),
+                         ("shape:single@@heads.x", "only one")):
+        with pytest.raises(GraftError, match=message):
+            parse_head_arg(bad)
+
+
 def test_parsed_heads_load(tmp_path):
     csv = three_heads_csv(tmp_path)
     ds = load_data(csv, [parse_head_arg("shape:single:shape"), parse_head_arg("tags:multi:red,striped"),
