@@ -112,6 +112,7 @@ class GraftModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.head_specs: dict[str, HeadSpec] = {}
         self.input_spec = input_spec
+        self.lr_factors: dict[str, float] = {}  # learning-rate factor per layer path (engine.network.lr_factors)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.trunk(x)

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from engine.network.graft_model import GraftModel
+from engine.network.lr_factors import HEADS_KEY, effective_factor
 
-HEADS_KEY = "@heads"
-DATA_FIELDS = ("type_name", "out_shape", "params", "trainable_params", "is_output", "extra")
+DATA_FIELDS = ("type_name", "out_shape", "params", "trainable_params", "is_output", "extra", "lr_factor")
 
 
 # A dry run slower than this (the first one is real, in the loading worker) makes later ones run on
@@ -56,6 +56,7 @@ class LayerNode:
     trainable_params: int = 0
     is_output: bool = False
     extra: str = ""
+    lr_factor: float = 1.0  # the learning-rate factor that holds here (own or inherited; see engine.network.lr_factors)
     kind: str = "layer"  # "layer" | "heads" | "head" | "root"
     parent: LayerNode | None = field(default=None, repr=False)
     children: list[LayerNode] = field(default_factory=list, repr=False)
@@ -202,11 +203,13 @@ class LayerTree:
 
     def _build(self, model: GraftModel, output_layer: str | None) -> LayerNode:
         root = LayerNode(name="", path="", kind="root")
+        factors = getattr(model, "lr_factors", None) or {}
 
         def make(module: nn.Module, name: str, path: str, kind: str = "layer") -> LayerNode | None:
             if isinstance(module, nn.Identity) and kind == "layer":
                 return None  # removed by surgery (or a no-op in the original): nothing to show
-            node = LayerNode(name=name, path=path, kind=kind, type_name=type(module).__name__)
+            node = LayerNode(name=name, path=path, kind=kind, type_name=type(module).__name__,
+                             lr_factor=effective_factor(factors, path))
             own = list(module.parameters(recurse=False)) if not isinstance(module, torch.jit.ScriptModule) \
                 else [p for n, p in module.named_parameters(recurse=False)]
             node.params = sum(p.numel() for p in own)
@@ -232,7 +235,8 @@ class LayerTree:
             cut = self._find(root, model.trunk.cut_at)
             if cut is not None:
                 cut.extra = "cut here: the trunk's features come from this layer"
-        heads = LayerNode(name="grafted heads", path=HEADS_KEY, kind="heads", type_name="Heads")
+        heads = LayerNode(name="grafted heads", path=HEADS_KEY, kind="heads", type_name="Heads",
+                          lr_factor=effective_factor(factors, HEADS_KEY))
         heads.parent = root
         for name, module in model.heads.items():
             spec = model.head_specs[name]
