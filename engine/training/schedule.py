@@ -91,7 +91,7 @@ def discriminative_factors(session: Any, low: float = DEFAULT_LOW) -> dict[str, 
     for i, g in enumerate(groups):
         factor = float(low) ** ((n - 1 - i) / (n - 1))
         for m in g.members:
-            out[m] = round(factor, 6)
+            out[m] = float(f"{factor:.6g}")  # six significant digits: a readable recipe
     return out
 
 
@@ -114,7 +114,7 @@ class UnfreezeStage:
 class UnfreezePlan:
     """Gradual unfreezing: the heads alone for ``every`` epochs, then one more block group from the top
     every ``every`` epochs (block k from the top, 0-based, from epoch ``(k + 1) * every + 1``). Weights
-    with learning-rate factor 0 never train."""
+    with learning-rate factor 0 never train, and a block with nothing else takes no turn."""
 
     def __init__(self, session: Any, every: int, epochs: int) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -125,10 +125,10 @@ class UnfreezePlan:
         trainable = {n for n in members if effective_factor(factors, factor_path(n)) > 0}
         self.every, self.epochs = every, epochs
         self.stages: list[UnfreezeStage] = []
-        for k, index in enumerate(reversed(range(len(groups)))):
+        for index in reversed(range(len(groups))):  # a group with nothing to train (factor 0) takes no turn
             names = [n for n, i in members.items() if i == index and n in trainable]
             if names:
-                self.stages.append(UnfreezeStage((k + 1) * every + 1, groups[index].block, names))
+                self.stages.append(UnfreezeStage((len(self.stages) + 1) * every + 1, groups[index].block, names))
         self.params = [n for stage in self.stages for n in stage.params]
 
     def trainable_at(self, epoch: int) -> set[str]:
