@@ -2,13 +2,14 @@
 
 A short run whose rate grows exponentially, step by step, from ``start_lr`` to ``end_lr`` (default 1e-7 to
 10 over at most 100 steps), recording the training loss of every batch. It stops early once the smoothed
-loss exceeds 4x its lowest value or a loss is not finite: the rate has become too high. The loss is
+loss exceeds 4x its lowest value (checked from the 6th step on: the first batches' losses are too noisy) or a
+loss is not finite: the rate has become too high. Stopping by the 6th step means it diverged at once. The loss is
 smoothed with an exponential moving average with bias correction (``beta`` 0.98, as fastai).
 
 The suggestion is the point of **steepest descent**: the rate where the smoothed loss falls fastest
 against log(rate), searched between the first tenth of the curve and the lowest smoothed loss (fastai's
 "steep" rule; the lowest point itself is left out). When that stretch is too short to have a slope, the suggestion is a tenth of the rate at
-the lowest loss.
+the lowest loss; a loss that never falls (lowest within the first steps) gives no suggestion (GraftError).
 
 Nothing is learnt: :meth:`RateFinder.find` restores every weight and buffer (BatchNorm statistics, the
 regression heads' target statistics), the heads' specs and the global random state afterwards. The
@@ -35,7 +36,7 @@ from engine.training.trainer import StepEvent, TrainConfig, Trainer
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 DIVERGE = 4.0  # stop when the smoothed loss exceeds this many times its lowest
 BETA = 0.98
-AT_ONCE = 5  # a stop within this many steps is "diverged at once"
+AT_ONCE = 5  # the rise past DIVERGE x counts from this step on (one batch's loss is noisy); a stop then: "at once"
 
 
 @dataclass
@@ -208,7 +209,7 @@ class RateFinder(Trainer):
                 smoothed.append(avg / (1 - self.beta ** len(lrs)))
                 self._emit(StepEvent(self.done_steps, epoch, loss, {}, lr))
                 self._progress(self.done_steps)
-                if len(lrs) > 1 and smoothed[-1] > self.diverge * lowest:
+                if len(lrs) > AT_ONCE and smoothed[-1] > self.diverge * lowest:
                     self.ending = "diverged"
                     return "completed"
                 lowest = min(lowest, smoothed[-1])
@@ -236,7 +237,7 @@ class RateFinder(Trainer):
             torch.set_rng_state(rng)
         lrs, losses, smoothed = getattr(self, "curve", ([], [], []))
         ending = "stopped" if result.reason == "stopped" else self.ending
-        if ending == "diverged" and len(lrs) <= AT_ONCE:
+        if ending == "diverged" and len(lrs) <= AT_ONCE + 1:
             what = "became NaN or infinite" if not math.isfinite(losses[-1]) else f"grew past {self.diverge:g}x its lowest"
             raise GraftError(f"The learning rate finder diverged at once: the loss {what} within {len(lrs)} steps, "
                              f"at a rate of {lrs[-1]:.2g}. Check the data and its labels, or start lower "
@@ -245,6 +246,11 @@ class RateFinder(Trainer):
         if len(good) < 3:
             raise GraftError("The learning rate finder stopped before it had a curve to read (fewer than 3 steps).")
         index, rule = suggest(lrs[:len(good)], good)
+        lowest = min(range(len(good)), key=good.__getitem__)
+        if index < 0 and lowest < max(1, len(good) // 10) + 2:
+            raise GraftError(f"The loss did not fall at any rate from {lrs[0]:.2g} to {lrs[len(good) - 1]:.2g} "
+                             f"(lowest within the first steps): no rate to suggest. Check that the heads can learn "
+                             "from this data, or test with more steps or a larger batch.")
         if index < 0:
             lowest = min(range(len(good)), key=good.__getitem__)
             suggestion = lrs[lowest] / 10

@@ -6,13 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.data.datasets import load_data
-from engine.data.demo_data import ensure_demo_data
 from engine.errors import GraftError
-from engine.network.loading import load_network
-from engine.network.preprocess import InputSpec
 from engine.project.project_file import open_project, read_checkpoint, save_project
-from engine.surgery.operations import AddHead, DeleteOutputLayer, SetLrFactor, freeze_preset
+from engine.surgery.operations import SetLrFactor, freeze_preset
 from engine.surgery.session import Session
 from engine.training.trainer import EpochEvent, TrainConfig, Trainer, TrainFinished
 
@@ -22,23 +18,21 @@ def one_thread(one_torch_thread):
     yield
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    demo = load_data(ensure_demo_data(tmp_path_factory.mktemp("demo")))
-    return replace(demo, train=demo.train[:40], val=demo.val[:12])
+@pytest.fixture
+def data(demo_data):
+    return replace(demo_data, train=demo_data.train[:40], val=demo_data.val[:12])
 
 
-def make_session(data, freeze: str) -> Session:
-    torch.manual_seed(0)
-    session = Session(load_network("mobilenet_v3_small", random_init=True))
-    session.model.input_spec = InputSpec(size=32, resize=32)
-    session.do(DeleteOutputLayer())
-    for h in data.heads:
-        session.do(AddHead(replace(h, dropout=0.2), seed=0))  # dropout: the random state must carry over
-    session.do(freeze_preset(freeze))
-    if freeze == "none":
-        session.do(SetLrFactor({"features.0": 0.1}))
-    return session
+@pytest.fixture
+def make_session(small_session):
+    def make(data, freeze: str) -> Session:
+        # dropout in the heads: the random state must carry over
+        session = small_session([replace(h, dropout=0.2) for h in data.heads], arch="mobilenet_v3_small",
+                                freeze=freeze)
+        if freeze == "none":
+            session.do(SetLrFactor({"features.0": 0.1}))
+        return session
+    return make
 
 
 def same_weights(a: Session, b: Session) -> bool:
@@ -47,7 +41,7 @@ def same_weights(a: Session, b: Session) -> bool:
 
 
 @pytest.mark.parametrize("freeze, lr", [("heads-only", 3e-2), ("none", 1e-2)])
-def test_resumed_run_ends_at_the_uninterrupted_runs_weights(data, tmp_path, freeze, lr):
+def test_resumed_run_ends_at_the_uninterrupted_runs_weights(data, make_session, tmp_path, freeze, lr):
     """Cached features (frozen trunk) and images (the trunk trains, no workers, no augmentation). A high
     rate makes later epochs worse, so the best-epoch restore at the end is part of what must agree."""
     config = TrainConfig(epochs=3, batch_size=16, lr_heads=lr, lr_trunk=lr, warmup_epochs=0.5, augment=False,
@@ -78,7 +72,7 @@ def test_resumed_run_ends_at_the_uninterrupted_runs_weights(data, tmp_path, free
     assert read_checkpoint(save_project(session, tmp_path / "done.graft")) is None
 
 
-def test_pause_from_the_callback_and_stop_still_ends(data):
+def test_pause_from_the_callback_and_stop_still_ends(data, make_session):
     session = make_session(data, "heads-only")
     trainer = None
 
@@ -97,7 +91,7 @@ def test_pause_from_the_callback_and_stop_still_ends(data):
     assert result.reason == "stopped" and result.checkpoint is None
 
 
-def test_resume_refuses_other_settings_or_data(data, tmp_path):
+def test_resume_refuses_other_settings_or_data(data, make_session, tmp_path):
     config = TrainConfig(epochs=3, batch_size=16, augment=False, patience=0)
     session = make_session(data, "heads-only")
     paused = Trainer(session, data, replace(config, pause_after=1)).run()

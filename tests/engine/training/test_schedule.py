@@ -6,13 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.data.datasets import load_data
-from engine.data.demo_data import ensure_demo_data
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
-from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
-from engine.surgery.operations import AddHead, DeleteOutputLayer, SetLrFactor, freeze_preset
+from engine.surgery.operations import AddHead, DeleteOutputLayer, SetLrFactor
 from engine.surgery.session import Session
 from engine.training.schedule import block_groups, discriminative_factors, discriminative_rates
 from engine.training.trainer import EpochEvent, MessageEvent, TrainConfig, Trainer
@@ -23,27 +20,16 @@ def one_thread(one_torch_thread):
     yield
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return load_data(ensure_demo_data(tmp_path_factory.mktemp("demo")))
+@pytest.fixture
+def demo(demo_data):
+    return demo_data
 
 
-def make_session(heads, arch="resnet18", freeze="heads-only") -> Session:
-    torch.manual_seed(0)
-    session = Session(load_network(arch, random_init=True))
-    session.model.input_spec = InputSpec(size=32, resize=32)
-    session.do(DeleteOutputLayer())
-    for h in heads:
-        session.do(AddHead(h, seed=0))
-    session.do(freeze_preset(freeze))
-    return session
-
-
-def test_factors_scale_each_layers_step(demo):
+def test_factors_scale_each_layers_step(demo, small_session):
     """One AdamW step moves each weight by about its learning rate (the first step's update is
     lr * g / |g|): the measured steps stand in the ratios the factors set, and factor 0 does not move."""
     data = replace(demo, train=demo.train[:8], val=[])
-    session = make_session(data.heads[:1], freeze="none")
+    session = small_session(data.heads[:1], freeze="none")
     session.do(SetLrFactor({"layer1": 0.1, "layer3": 0.0, "layer4": 0.5, "@heads.shape": 3.0}))
     before = {n: p.detach().clone() for n, p in session.model.named_parameters()}
     config = TrainConfig(epochs=1, batch_size=8, lr_heads=1e-3, lr_trunk=1e-2, weight_decay=0.0, warmup_epochs=0,
@@ -86,9 +72,9 @@ def test_discriminative_preset_rises_from_low_to_one(resnet_session):
         discriminative_factors(s, 0)
 
 
-def test_gradual_unfreezing_at_the_planned_epochs(demo):
+def test_gradual_unfreezing_at_the_planned_epochs(demo, small_session):
     data = replace(demo, train=demo.train[:16], val=demo.val[:8])
-    session = make_session(data.heads[:1], freeze="up-to:layer1")  # a freeze state of its own, put back after
+    session = small_session(data.heads[:1], freeze="up-to:layer1")  # a freeze state of its own, put back after
     session.do(SetLrFactor({"layer2": 0.0}))  # factor 0: never trains, whatever the schedule
     before = {n: p.requires_grad for n, p in session.model.named_parameters()}
     trained: dict[int, set[str]] = {}

@@ -7,12 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from engine.data.datasets import load_data
-from engine.data.demo_data import ensure_demo_data
-from engine.network.loading import load_network
-from engine.network.preprocess import InputSpec
-from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
-from engine.surgery.session import Session
 from engine.training.telemetry import Telemetry, TelemetryEvent, telemetry_blocks
 from engine.training.trainer import StepEvent, TrainConfig, Trainer
 
@@ -39,16 +33,9 @@ def test_values_are_the_norms_they_claim():
     assert not telemetry.due()
 
 
-def test_training_reports_each_trainable_block(tmp_path):
-    demo = load_data(ensure_demo_data(tmp_path / "demo"))
-    data = replace(demo, train=demo.train[:32], val=demo.val[:8])
-    torch.manual_seed(0)
-    session = Session(load_network("resnet18", random_init=True))
-    session.model.input_spec = InputSpec(size=32, resize=32)
-    session.do(DeleteOutputLayer())
-    for h in data.heads:
-        session.do(AddHead(h, seed=0))
-    session.do(freeze_preset("up-to:layer2"))
+def test_training_reports_each_trainable_block(demo_data, small_session):
+    data = replace(demo_data, train=demo_data.train[:32], val=demo_data.val[:8])
+    session = small_session(data.heads, freeze="up-to:layer2")
     events = []
     config = TrainConfig(epochs=2, batch_size=8, augment=False, num_workers=0, patience=0, telemetry=True)
     Trainer(session, data, config, events.append).run()
