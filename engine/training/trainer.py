@@ -32,6 +32,11 @@ see :class:`engine.network.graft_model.RegressionHead`) when training starts, an
 again; the loss is the squared error divided by the std (:mod:`engine.training.losses`). The head's output stays
 in the data's units. A run that ends restoring the weights from before training takes them back too.
 
+Learning rates: AdamW with the heads at ``lr_heads`` and trainable trunk layers at ``lr_trunk``, each times
+the layer's learning-rate factor (:mod:`engine.network.lr_factors`; factor 0 does not train), warm-up then
+cosine. ``TrainConfig.unfreeze_every`` unfreezes the trunk block by block (:mod:`engine.training.schedule`);
+``TrainConfig.telemetry`` adds :class:`engine.training.telemetry.TelemetryEvent` to the events.
+
 Speed: CUDA uses bf16 autocast where supported (else fp16 with a GradScaler), channels-last, pinned
 memory and non-blocking copies; the loop never syncs with the GPU except once per step, one step late,
 to report the loss. With a frozen trunk and no augmentation the trunk's features are computed once

@@ -42,11 +42,14 @@ def test_lr_find_that_diverges_at_once(tiny_folder):
     (["--unfreeze-every", "0"], "Unfreeze every"),
     (["--resume", "nowhere.graft"], "no such file"),
 ])
-def test_bad_control_options_exit_with_one_line(tiny_folder, tmp_path, args, message):
+def test_bad_control_options_exit_with_one_line(tiny_folder, tmp_path, capsys, one_torch_thread, args, message):
+    """In this process (main.main), like the command line: one line, exit code 1, nothing written."""
+    import main
+
     data = [] if args[0] == "--resume" else ["--data", str(tiny_folder), *MODEL]
-    result = graft("train", *data, *args, "--out", str(tmp_path / "x.graft"), cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert main.main(["train", *data, *args, "--out", str(tmp_path / "x.graft")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("graft: error: ") and message in err, err
     assert not (tmp_path / "x.graft").exists()
 
 
