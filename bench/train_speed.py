@@ -12,7 +12,12 @@ Same model (the bundled default), same demo data, same device, same DataLoader s
     end. The trunk then stops after that layer, so the pass that caches the features must be at least
     2x faster than with the heads at the end (the trainer's own caching pass, timed from its events).
 
-No validation split in any case (both sides do exactly the training work). ``--quick`` uses a subset
+(d) live layer telemetry (``TrainConfig.telemetry``: per block gradient norm and weight change, sampled at
+    most every 0.5 s): the same Graft run with and without it, full fine-tuning and heads only on cached
+    features, and the time spent in the telemetry's own work. Goal: < 3 % of training time.
+    ``--telemetry-only`` runs just (d).
+
+No validation split in either case (both sides do exactly the training work). ``--quick`` uses a subset
 of the images and extrapolates the slow plain loop of (b) from a few epochs (marked in the table).
 ``--only-exit`` runs (c) alone.
 """
@@ -183,11 +188,89 @@ def exit_rows(args, heads, bench_data, device, bs) -> list[tuple]:
              f"speed-up {end / early:5.1f}x", "goal >= 2x", end / early >= 2)]
 
 
+
+class _Clocked:
+    """Adds up the time spent in the telemetry's own work (taking W0, sampling) during a run."""
+
+    def __init__(self) -> None:
+        from engine.training import telemetry
+
+        self.module, self.seconds = telemetry, 0.0
+        self.original = telemetry.Telemetry.__init__, telemetry.Telemetry.sample
+
+    def __enter__(self) -> "_Clocked":
+        init, sample = self.original
+
+        def timed(fn):
+            def wrapper(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self.seconds += time.perf_counter() - t0
+            return wrapper
+
+        self.module.Telemetry.__init__, self.module.Telemetry.sample = timed(init), timed(sample)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.module.Telemetry.__init__, self.module.Telemetry.sample = self.original
+
+
+def telemetry_rows(model_name: str, heads, bench_data, bs: int, device, repeats: int, epochs_full: int):
+    """(d): the same runs with telemetry off and on, interleaved, best of each, timed from the start of the
+    epochs to the end (feature caching left out). On a shared machine the A/B ratio is at the mercy of other
+    processes, so the runs with telemetry also add up the time spent in its own work (taking the start
+    weights, sampling): that share of the training time is the overhead without noise."""
+    rows, details = [], []
+    for label, freeze, epochs in (("full fine-tuning", "none", epochs_full), ("heads only, cached", "heads-only", 200)):
+        times: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}  # this process's CPU time: less at others' mercy
+        shares: list[float] = []
+        samples = 0
+        for i in range(repeats):
+            for on in ((False, True) if i % 2 == 0 else (True, False)):
+                events = []
+                stamps: list[tuple[float, float]] = []
+
+                def on_event(event, events=events, stamps=stamps):
+                    events.append(event)
+                    name = type(event).__name__
+                    if (name == "ProgressEvent" and event.phase == "train" and not stamps) or name == "TrainFinished":
+                        stamps.append((time.perf_counter(), time.process_time()))
+
+                config = TrainConfig(epochs=epochs, batch_size=bs, augment=freeze == "none", device=str(device),
+                                     patience=0, telemetry=on)
+                s = make_session(model_name, heads, freeze)
+                with _Clocked() as clock:
+                    Trainer(s, bench_data, config, on_event).run()
+                times[on].append(stamps[-1][0] - stamps[0][0])
+                cpu[on].append(stamps[-1][1] - stamps[0][1])
+                if on:
+                    samples = sum(type(e).__name__ == "TelemetryEvent" for e in events)
+                    shares.append(clock.seconds / times[on][-1])
+        off, on = min(times[False]), min(times[True])
+        cpu_off, cpu_on = min(cpu[False]), min(cpu[True])
+        share = max(shares)
+        rows.append((f"(d) telemetry, {label}, wall s", f"off {off:7.2f}", f"on {on:7.2f}", f"ratio {off / on:5.3f}",
+                     "(A/B, noisy)", None))
+        rows.append((f"(d) telemetry, {label}, CPU s", f"off {cpu_off:7.2f}", f"on {cpu_on:7.2f}",
+                     f"ratio {cpu_off / cpu_on:5.3f}", "(A/B)", None))
+        rows.append((f"(d) telemetry's own time, {label}", f"{100 * share:.3f} % of training", "", "",
+                     "goal < 3 %", share < 0.03))
+        details.append(f"(d) {label}: {epochs} epoch(s), off {', '.join(f'{t:.2f}' for t in times[False])} s, "
+                       f"on {', '.join(f'{t:.2f}' for t in times[True])} s (CPU off "
+                       f"{', '.join(f'{t:.2f}' for t in cpu[False])}, on {', '.join(f'{t:.2f}' for t in cpu[True])}), "
+                       f"{samples} samples in the last run, "
+                       f"telemetry's own time {', '.join(f'{100 * x:.3f}' for x in shares)} % of each run")
+    return rows, details
+
+
 def print_rows(rows) -> None:
-    print()
     w = [max(len(str(r[i])) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(str(c).ljust(w[i]) for i, c in enumerate(r[:5])) + ("  ok" if r[5] else "  MISSED"))
+        verdict = "" if r[5] is None else "  ok" if r[5] else "  MISSED"  # None: a figure without a goal
+        print("  ".join(str(c).ljust(w[i]) for i, c in enumerate(r[:5])) + verdict)
 
 
 def warm_up(model_name: str, heads, samples, device):
@@ -213,6 +296,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--exit-layer", default="features.4", help="the layer every head reads in (c)")
     parser.add_argument("--only-exit", action="store_true", help="run (c) alone")
+    parser.add_argument("--telemetry-only", action="store_true", help="run only (d), the telemetry overhead")
     args = parser.parse_args(argv)
     global RANDOM
     RANDOM = args.random_weights
@@ -239,6 +323,12 @@ def main(argv=None) -> int:
         rows = exit_rows(args, heads, bench_data, device, bs)
         print_rows(rows)
         return 0 if all(r[5] for r in rows) else 1
+    if args.telemetry_only:
+        rows, details = telemetry_rows(args.model, heads, bench_data, bs, device, repeats, epochs_a)
+        print()
+        print_rows(rows)
+        print("\n" + "\n".join(details))
+        return 0 if all(r[5] is not False for r in rows) else 1
 
     # (a) full fine-tuning, augmentation on; interleaved repeats, best of each side
     plain_times, graft_times = [], []
@@ -282,12 +372,16 @@ def main(argv=None) -> int:
          f"ratio {graft_b / fwd:5.2f}", "goal <= 1.5", graft_b / fwd <= 1.5),
     ]
     rows += exit_rows(args, heads, bench_data, device, bs)
+    telemetry, details = telemetry_rows(args.model, heads, bench_data, bs, device, repeats, epochs_a)
+    rows += telemetry
+    print()
     print_rows(rows)
     print(f"\n(a) {epochs_a} epoch(s) of {len(train)} images, best of {repeats}: plain "
           f"{', '.join(f'{t:.1f}' for t in plain_times)} s; graft {', '.join(f'{t:.1f}' for t in graft_times)} s")
     print(f"(b) graft trained the heads on cached features ({result_b.steps} steps, {result_b.seconds:.2f} s in "
           f"run()); whole bench {time.perf_counter() - t_start:.0f} s")
-    return 0 if all(r[5] for r in rows) else 1
+    print("\n".join(details))
+    return 0 if all(r[5] is not False for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in NAMES:
         try:
-            module = importlib.import_module(f"commands.{name}")
+            module = importlib.import_module(f"commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"commands.{name}":
+            if exc.name != f"commands.{name.replace('-', '_')}":
                 raise
             continue
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)

@@ -20,8 +20,9 @@ HELP = "train new heads (and optionally the trunk) on an image folder or a CSV m
 DEFAULT_OUT = "graft-model.graft"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, metavar="DIR_OR_CSV",
+def add_setup_arguments(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
+    """The data, model, heads, freezing and learning-rate factors (``train`` and ``lr-find`` share them)."""
+    parser.add_argument("--data", required=data_required, metavar="DIR_OR_CSV",
                         help=DATA_HELP)
     add_model_arguments(parser)
     add_input_arguments(parser)
@@ -37,13 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze", default=None, metavar="PRESET",
                         help="heads-only (default for a new model), none (train everything) or up-to:LAYER; "
                              "a project keeps its own setting unless this is given")
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the training data (default 10)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    parser.add_argument("--lr-heads", type=float, default=1e-3, help="learning rate of the heads (default 1e-3)")
-    parser.add_argument("--lr-trunk", type=float, default=1e-4,
+    parser.add_argument("--lr-factor", action="append", default=[], metavar="LAYER=F",
+                        help="learning-rate factor of a layer and the layers below it (repeatable; e.g. layer1=0.1, "
+                             "@heads.shape=2; 0 freezes the layer); saved in the project")
+    parser.add_argument("--discriminative", nargs="?", type=float, const=0.1, default=None, metavar="LOW",
+                        help="discriminative learning rates: factor LOW (default 0.1) on the bottom block rising to 1 on "
+                             "the top block (applied before any --lr-factor)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 32)")
+    parser.add_argument("--lr-heads", type=float, default=None, help="learning rate of the heads (default 1e-3)")
+    parser.add_argument("--lr-trunk", type=float, default=None,
                         help="learning rate of unfrozen trunk layers (default 1e-4)")
-    parser.add_argument("--patience", type=int, default=5,
-                        help="stop when the validation loss has not improved for this many epochs (0: never)")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of the images held out for validation when the data does not say (default 0.2)")
     parser.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
@@ -55,9 +59,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to train (default: a GPU when there is one)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (split, head initialisation, order)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_setup_arguments(parser, data_required=False)
+    parser.add_argument("--epochs", type=int, default=None, help="passes over the training data (default 10)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop when the validation loss has not improved for this many epochs (default 5; 0: never)")
+    parser.add_argument("--unfreeze-every", type=int, default=None, metavar="N",
+                        help="gradual unfreezing: train the heads for N epochs, then one more trunk block from the top "
+                             "every N epochs (a training setting: the layers' freeze settings are kept)")
+    parser.add_argument("--pause-after", type=int, default=None, metavar="EPOCHS",
+                        help="pause after this epoch: the project keeps the run's state to --resume it later")
+    parser.add_argument("--resume", default=None, metavar="PROJECT.graft",
+                        help="continue the run paused in this project, with its settings and data (saved back to it "
+                             "unless --out is given)")
     parser.add_argument("--tensorboard", default=None, metavar="DIR",
                         help="also write the curves as TensorBoard event files under DIR (one folder per run)")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="FILE.graft",
+    parser.add_argument("--out", default=None, metavar="FILE.graft",
                         help=f"where to save the trained project (default ./{DEFAULT_OUT})")
 
 
@@ -77,7 +96,8 @@ class _Printer:
 
     BAR = 28
 
-    def __init__(self, heads, stream_out=None, stream_err=None) -> None:
+    def __init__(self, heads, stream_out=None, stream_err=None, title: str = "Training") -> None:
+        self.title = title
         self.kinds = {h.name: h.kind for h in heads}
         self.out = stream_out or sys.stdout
         self.err = stream_err or sys.stderr
@@ -106,6 +126,10 @@ class _Printer:
             self.epochs = event.epochs
             how = ("cached trunk features (heads only)" if event.cached_features
                    else "augmented images" if event.augmented else "images")
+            if self.title != "Training":  # the rate finder: a number of steps, no validation
+                self.line(f"{self.title} on {event.device_name}: {event.n_train} training images, up to "
+                          f"{plural(event.total_steps, 'step')}, on {how}")
+                return
             self.line(f"Training on {event.device_name}: {event.n_train} train / {event.n_val} validation images, "
                       f"{plural(event.epochs, 'epoch')} x {plural(event.steps_per_epoch, 'step')}, on {how}")
         elif isinstance(event, t.MessageEvent):
@@ -150,25 +174,46 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def run(args: argparse.Namespace) -> int:
+DEFAULTS = {"epochs": 10, "batch_size": 32, "lr_heads": 1e-3, "lr_trunk": 1e-4, "patience": 5}
+RESUME_FIXED = ("head", "freeze", "lr_factor", "discriminative", "unfreeze_every", "epochs", "batch_size",
+                "lr_heads", "lr_trunk", "patience")
+
+
+def parse_lr_factor(text: str) -> tuple[str, float]:
+    """``LAYER=F`` -> ``(LAYER, F)``; GraftError for anything else."""
+    from engine.errors import GraftError
+
+    layer, sep, value = text.rpartition("=")
+    if not sep or not layer.strip():
+        raise GraftError(f"--lr-factor {text!r}: write LAYER=FACTOR, e.g. layer1=0.1.")
+    try:
+        factor = float(value)
+    except ValueError:
+        raise GraftError(f"--lr-factor {text!r}: the factor {value!r} is not a number.") from None
+    return layer.strip(), factor
+
+
+def setting(args: argparse.Namespace, name: str):
+    value = getattr(args, name, None)
+    return DEFAULTS[name] if value is None else value
+
+
+def prepare_session(args: argparse.Namespace, data_file: Path, *, seed: int | None = None,
+                    val_fraction: float | None = None):
+    """Load the model and the data, add the heads, freeze and set learning-rate factors as the options
+    say, printing what was done. Returns ``(session, data)``."""
     from engine.data.datasets import load_data, parse_head_arg
     from engine.errors import GraftError
-    from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
-    from engine.project.project_file import save_project
-    from engine.training.record import TrainingRecord
-    from engine.training.trainer import TrainConfig, Trainer
+    from engine.surgery.operations import AddHead, DeleteOutputLayer, SetLrFactor, freeze_preset
+    from engine.training.schedule import discriminative_rates
 
     new_specs = [parse_head_arg(text) for text in args.head]
     names = [s.name for s in new_specs]
     if len(set(names)) != len(names):
         raise GraftError("Two --head options share a name.")
     freeze = freeze_preset(args.freeze) if args.freeze else None
-    out = _out_path(args.out)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_heads=args.lr_heads,
-                         lr_trunk=args.lr_trunk, augment={"on": True, "off": False}.get(args.augment, "auto"), device=args.device,
-                         patience=args.patience, num_workers=args.workers, seed=args.seed)
-    config.validate()
-    data_file = data_path(args.data)
+    factors = dict(parse_lr_factor(text) for text in args.lr_factor)
+    factor_op = SetLrFactor(factors) if factors else None  # checks the numbers before the model loads
     if not data_file.exists():
         raise GraftError(f"{data_file}: no such file or folder.")
 
@@ -183,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
         new_specs = [replace(s, columns=[]) if s.kind == "single" and s.columns == [s.name] else s
                      for s in new_specs]
     wanted = existing + new_specs
-    data = load_data(data_file, wanted or None, val_fraction=args.val_fraction, seed=args.seed)
+    data = load_data(data_file, wanted or None, val_fraction=args.val_fraction if val_fraction is None else val_fraction,
+                     seed=args.seed if seed is None else seed)
     print(f"Model: {session.describe()}")
     print(f"Data: {data_file} — {len(data.train)} training and {len(data.val)} validation images"
           + (f", {plural(len(data.skipped), 'file')} skipped" if data.skipped else ""))
@@ -200,27 +246,97 @@ def run(args: argparse.Namespace) -> int:
         session.do(freeze)
     elif not from_project:
         session.do(freeze_preset("heads-only"))
+    if args.discriminative is not None:
+        op = session.do(discriminative_rates(session, args.discriminative))
+        print(f"{op.text}: " + ", ".join(f"{k} x{v:g}" for k, v in op.factors.items() if v is not None))
+    if factor_op is not None:
+        print(session.do(factor_op).text)
     for h in session.heads:
         labels = ", ".join(h.label_names[:6]) + (" …" if h.outputs > 6 else "")
         print(f"Head {h.name}: {h.kind}, {plural(h.outputs, 'output')} ({labels})")
     trainable = sum(p.numel() for p in session.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in session.model.parameters())
-    print(f"Training {trainable:,} of {total:,} parameters")
+    print(f"Training {trainable:,} of {total:,} parameters"
+          + (" (more as gradual unfreezing goes on)" if getattr(args, "unfreeze_every", None) else ""))
+    return session, data
+
+
+def _resume_setup(args: argparse.Namespace):
+    """For --resume: the paused run's checkpoint, record, data file and settings."""
+    from engine.errors import GraftError
+    from engine.project.project_file import read_checkpoint, read_project
+    from engine.training.record import TrainingRecord
+    from engine.training.trainer import TrainConfig
+
+    given = [name for name in RESUME_FIXED if getattr(args, name) not in (None, [])]
+    if given or args.model != "default":
+        option = "--" + (given[0] if given else "model").replace("_", "-")
+        raise GraftError(f"--resume continues the paused run with its own model and settings: leave out {option}.")
+    checkpoint = read_checkpoint(args.resume)
+    if checkpoint is None:
+        raise GraftError(f"{Path(args.resume).name} holds no paused run to resume (its last run ended).")
+    recipe, _ = read_project(args.resume)
+    record = TrainingRecord.latest(recipe.get("extra"))
+    data_file = data_path(args.data) if args.data else Path(record.data) if record and record.data else None
+    if data_file is None:
+        raise GraftError("The project does not say which data the paused run trained on: name it with --data.")
+    known = set(TrainConfig.__dataclass_fields__)
+    config = TrainConfig(**{k: v for k, v in checkpoint.config.items() if k in known})
+    config.device = args.device
+    config.pause_after = args.pause_after
+    if args.workers is not None:
+        config.num_workers = args.workers
+    args.model = args.resume
+    return checkpoint, record, data_file, config
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.errors import GraftError
+    from engine.project.project_file import save_project
+    from engine.training.record import TrainingRecord
+    from engine.training.trainer import TrainConfig, Trainer
+
+    checkpoint = record = None
+    if args.resume:
+        checkpoint, record, data_file, config = _resume_setup(args)
+        out = _out_path(args.out or args.resume)
+    else:
+        if not args.data:
+            raise GraftError("Name the training data with --data (or continue a paused run with --resume).")
+        config = TrainConfig(epochs=setting(args, "epochs"), batch_size=setting(args, "batch_size"),
+                             lr_heads=setting(args, "lr_heads"), lr_trunk=setting(args, "lr_trunk"),
+                             augment={"on": True, "off": False}.get(args.augment, "auto"), device=args.device,
+                             patience=setting(args, "patience"), num_workers=args.workers, seed=args.seed,
+                             unfreeze_every=args.unfreeze_every, pause_after=args.pause_after)
+        data_file = data_path(args.data)
+        out = _out_path(args.out or DEFAULT_OUT)
+    config.validate()
+    session, data = prepare_session(args, data_file, seed=record.seed if record else None,
+                                    val_fraction=record.val_fraction if record else None)
+    if (session.model.lr_factors and not session.model.trunk_trainable() and not config.unfreeze_every
+            and any(not k.startswith("@") for k in session.model.lr_factors)):
+        print("warning: the trunk is frozen, so its learning-rate factors change nothing now "
+              "(train layers with --freeze, or use --unfreeze-every N)", file=sys.stderr)
 
     printer = _Printer(session.heads)
     if args.tensorboard:
         from engine.training.runs import TensorBoardLog
 
         printer = TensorBoardLog(args.tensorboard, then=printer)
-    trainer = Trainer(session, data, config, printer)
-    record = TrainingRecord.begin(data, config, data_file)
+    trainer = Trainer(session, data, config, printer, resume=checkpoint)
+    if record is None or checkpoint is None:
+        record = TrainingRecord.begin(data, config, data_file)
+    else:
+        record.config = dict(vars(config))  # the paused run's settings, as this part runs them
     with _ctrl_c_stops(trainer):
         result = trainer.run()  # TrainingError (a GraftError) on failure
     print(result.message)
     # evaluate and export read the data, seed and validation fraction back from the project
-    extra = record.finish(result).store(session.project_extra)
-    saved = save_project(session, out, extra=extra)
+    extra = record.finish(result).store(session.project_extra, replace_latest=checkpoint is not None)
+    saved = save_project(session, out, extra=extra, checkpoint=result.checkpoint)
     print(f"Saved the trained model to {saved.resolve()}")
+    if result.checkpoint is not None:
+        print(f"Resume the paused run with: graft train --resume {saved}")
     return 0
 
 

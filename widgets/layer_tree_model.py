@@ -5,6 +5,11 @@ The engine owns the nodes; this adapter replays the tree's callbacks as ``beginI
 a different tree is set. The freeze toggle is ``CheckStateRole`` on column 0: :meth:`setData` hands the
 request to a handler (the app pushes an undoable ``SetTrainable``); the engine's ``changed`` event then
 updates the check boxes and the Trainable column.
+
+Live layer telemetry (:mod:`engine.training.telemetry`): :meth:`LayerTreeModel.set_telemetry` takes a plain
+``{path: (gradient norm, relative weight change)}`` and shows a sixth column, Change, on those rows (its
+``BarRole`` is the change as a share of the largest, for :class:`widgets.telemetry_delegate.TelemetryBarDelegate`);
+``set_telemetry(None)`` takes the column away again. Without telemetry the model has its five columns.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ ToggleHandler = Callable[[str, bool], Any]
 
 COLUMNS = ("Layer", "Type", "Output shape", "Parameters", "Trainable", "Change")
 LAYER, TYPE, SHAPE, PARAMS, TRAINABLE, CHANGE = range(len(COLUMNS))
+TELEMETRY = len(COLUMNS)  # the live telemetry column, while training shows it
+TELEMETRY_TITLE = "Training"
 
 CHECK = {"trainable": Qt.CheckState.Checked, "frozen": Qt.CheckState.Unchecked,
          "partial": Qt.CheckState.PartiallyChecked}
@@ -86,6 +93,8 @@ class LayerTreeModel(QAbstractItemModel):
     UnusedRole = _ROLE.UserRole + 10  # True for a layer the forward pass no longer computes
     BadgeColourRole = _ROLE.UserRole + 11  # the badge's colour (a head's, for a layer heads read), or None
     ReadsRole = _ROLE.UserRole + 12  # a head: the layer it reads ("" = the end); a layer: the heads reading it
+    TelemetryRole = _ROLE.UserRole + 13  # (gradient norm, relative weight change) or None
+    BarRole = _ROLE.UserRole + 14  # the change as a share (0..1) of the largest one shown, or None
 
     def __init__(self, tree: LayerTree | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -100,6 +109,8 @@ class LayerTreeModel(QAbstractItemModel):
         self._italic.setItalic(True)
         self._dim = QBrush(QGuiApplication.palette().color(QPalette.ColorGroup.Disabled,
                                                           QPalette.ColorRole.Text))
+        self._telemetry: dict[str, tuple[float, float]] | None = None
+        self._largest_change = 0.0
         if tree is not None:
             self.set_tree(tree)
 
@@ -160,6 +171,34 @@ class LayerTreeModel(QAbstractItemModel):
     def change(self, path: str) -> Change | None:
         return self._changes.get(path)
 
+    # -- live telemetry --------------------------------------------------------------------------
+    def set_telemetry(self, values: dict[str, tuple[float, float]] | None) -> None:
+        """Show ``{path: (gradient norm, relative change)}`` in the Change column (added on the first
+        call); None removes the column."""
+        if values is None:
+            if self._telemetry is not None:
+                self.beginRemoveColumns(QModelIndex(), TELEMETRY, TELEMETRY)
+                self._telemetry = None
+                self.endRemoveColumns()
+            return
+        if self._telemetry is None:
+            self.beginInsertColumns(QModelIndex(), TELEMETRY, TELEMETRY)
+            self._telemetry = {}
+            self.endInsertColumns()
+        touched = set(self._telemetry) | set(values)
+        self._telemetry = {k: (float(v[0]), float(v[1])) for k, v in values.items()}
+        self._largest_change = max((v[1] for v in self._telemetry.values()), default=0.0)
+        for path in touched:
+            index = self.index_for_path(path, TELEMETRY)
+            if index.isValid():
+                self.dataChanged.emit(index, index, [DISPLAY, self.TelemetryRole, self.BarRole, _ROLE.ToolTipRole])
+
+    def telemetry(self) -> dict[str, tuple[float, float]] | None:
+        return None if self._telemetry is None else dict(self._telemetry)
+
+    def _columns(self) -> int:
+        return len(COLUMNS) + (self._telemetry is not None)
+
     # -- lookups ---------------------------------------------------------------------------------
     def node(self, index: Index) -> LayerNode | None:
         return index.internalPointer() if index.isValid() else None
@@ -186,7 +225,7 @@ class LayerTreeModel(QAbstractItemModel):
 
     # -- QAbstractItemModel ----------------------------------------------------------------------
     def index(self, row: int, column: int, parent: Index = QModelIndex()) -> QModelIndex:
-        if self._tree is None or not 0 <= column < len(COLUMNS) or row < 0:
+        if self._tree is None or not 0 <= column < self._columns() or row < 0:
             return QModelIndex()
         if parent.isValid() and parent.column() != 0:
             return QModelIndex()
@@ -203,7 +242,7 @@ class LayerTreeModel(QAbstractItemModel):
         return self._index(index.internalPointer().parent)
 
     def sibling(self, row: int, column: int, index: Index) -> QModelIndex:
-        if index.isValid() and row == index.row() and 0 <= column < len(COLUMNS):
+        if index.isValid() and row == index.row() and 0 <= column < self._columns():
             return self.createIndex(row, column, index.internalPointer())
         return super().sibling(row, column, index)
 
@@ -215,13 +254,19 @@ class LayerTreeModel(QAbstractItemModel):
         return len(parent.internalPointer().children) if parent.column() == 0 else 0
 
     def columnCount(self, parent: Index = QModelIndex()) -> int:
-        return len(COLUMNS)
+        return self._columns()
 
     def hasChildren(self, parent: Index = QModelIndex()) -> bool:
         return self.rowCount(parent) > 0
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = DISPLAY) -> Any:
-        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(COLUMNS):
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < self._columns():
+            return None
+        if section == TELEMETRY:
+            if role == DISPLAY:
+                return TELEMETRY_TITLE
+            if role == _ROLE.ToolTipRole:
+                return "How much each trainable block's weights changed since training started (bar), and its gradient"
             return None
         if role == DISPLAY:
             return COLUMNS[section]
@@ -248,6 +293,9 @@ class LayerTreeModel(QAbstractItemModel):
             return None
         node: LayerNode = index.internalPointer()
         column = index.column()
+        if role in (self.TelemetryRole, self.BarRole) or (
+                column == TELEMETRY and role in (DISPLAY, _ROLE.TextAlignmentRole, _ROLE.ToolTipRole)):
+            return self._telemetry_data(node, column, role)
         if role == DISPLAY:
             if column == LAYER:
                 return node.name
@@ -326,6 +374,25 @@ class LayerTreeModel(QAbstractItemModel):
         heads = self._tree.node(HEADS_KEY)
         names = [c.name for c in heads.children] if heads is not None else []
         return head_colour(names.index(node.read_by[0])) if node.read_by[0] in names else None
+
+    def _telemetry_data(self, node: LayerNode, column: int, role: int) -> Any:
+        value = self._telemetry.get(node.path) if self._telemetry is not None else None
+        if role == self.TelemetryRole:
+            return value
+        if role == self.BarRole:
+            if value is None:
+                return None
+            return value[1] / self._largest_change if self._largest_change > 0 else 0.0
+        if column != TELEMETRY:
+            return None
+        if role == DISPLAY:
+            return "" if value is None else f"{value[1] * 100:.2g} %"
+        if role == _ROLE.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == _ROLE.ToolTipRole and value is not None:
+            return (f"<b>{node.path}</b><br>Weights changed {value[1] * 100:.3g} % since training started "
+                    f"(‖W − W₀‖ / ‖W₀‖)<br>Gradient norm {value[0]:.3g}")
+        return None
 
     def _dot(self, colour: str) -> QIcon:
         """A small filled circle in a head's colour (cached)."""
@@ -422,7 +489,7 @@ class LayerTreeModel(QAbstractItemModel):
         if "read_by" in fields:
             changed(TYPE, [DISPLAY])
         if "unused" in fields:
-            first, last = self.createIndex(row, 0, node), self.createIndex(row, len(COLUMNS) - 1, node)
+            first, last = self.createIndex(row, 0, node), self.createIndex(row, self._columns() - 1, node)
             self.dataChanged.emit(first, last, [_ROLE.ForegroundRole, _ROLE.FontRole, _ROLE.ToolTipRole,
                                                 self.UnusedRole])
         if "type_name" in fields:

@@ -251,6 +251,7 @@ class GraftModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.head_specs: dict[str, HeadSpec] = {}
         self.input_spec = input_spec
+        self.lr_factors: dict[str, float] = {}  # learning-rate factor per layer path (engine.network.lr_factors)
 
     @property
     def head_specs(self) -> dict[str, HeadSpec]:

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from engine.network.graft_model import END, GraftModel
+from engine.network.lr_factors import HEADS_KEY, effective_factor
 
-HEADS_KEY = "@heads"
-DATA_FIELDS = ("type_name", "out_shape", "params", "trainable_params", "is_output", "extra", "unused", "read_by")
+DATA_FIELDS = ("type_name", "out_shape", "params", "trainable_params", "is_output", "extra", "unused", "read_by",
+               "lr_factor")
 
 
 # A dry run slower than this (the first one is real, in the loading worker) makes later ones run on
@@ -58,6 +59,7 @@ class LayerNode:
     extra: str = ""
     unused: bool = False  # a layer no head needs: the trunk stops before it (every head reads an earlier one)
     read_by: tuple[str, ...] = ()  # a layer: the heads that read its output; a head: the layer it reads ("" = end)
+    lr_factor: float = 1.0  # the learning-rate factor that holds here (own or inherited; see engine.network.lr_factors)
     kind: str = "layer"  # "layer" | "heads" | "head" | "root"
     parent: LayerNode | None = field(default=None, repr=False)
     children: list[LayerNode] = field(default_factory=list, repr=False)
@@ -229,11 +231,13 @@ class LayerTree:
         for name, spec in model.head_specs.items():
             if spec.layer is not None:
                 readers.setdefault(spec.layer, []).append(name)
+        factors = getattr(model, "lr_factors", None) or {}
 
         def make(module: nn.Module, name: str, path: str, kind: str = "layer") -> LayerNode | None:
             if isinstance(module, nn.Identity) and kind == "layer":
                 return None  # removed by surgery (or a no-op in the original): nothing to show
-            node = LayerNode(name=name, path=path, kind=kind, type_name=type(module).__name__)
+            node = LayerNode(name=name, path=path, kind=kind, type_name=type(module).__name__,
+                             lr_factor=effective_factor(factors, path))
             own = list(module.parameters(recurse=False)) if not isinstance(module, torch.jit.ScriptModule) \
                 else [p for n, p in module.named_parameters(recurse=False)]
             node.params = sum(p.numel() for p in own)
@@ -262,7 +266,8 @@ class LayerTree:
             cut = self._find(root, model.trunk.cut_at)
             if cut is not None:
                 cut.extra = "cut here: the trunk's features come from this layer"
-        heads = LayerNode(name="grafted heads", path=HEADS_KEY, kind="heads", type_name="Heads")
+        heads = LayerNode(name="grafted heads", path=HEADS_KEY, kind="heads", type_name="Heads",
+                          lr_factor=effective_factor(factors, HEADS_KEY))
         heads.parent = root
         for name, module in model.heads.items():
             spec = model.head_specs[name]

@@ -1,5 +1,7 @@
 """``.graft`` project files: one zip holding ``recipe.json`` (source, operations, heads) and
-``weights.safetensors``. No pickle anywhere, so opening a project can never run code."""
+``weights.safetensors``, and for a paused training run ``checkpoint.json`` + ``checkpoint.safetensors``
+(:class:`engine.training.checkpoint.TrainCheckpoint`). No pickle anywhere, so opening a project can never
+run code."""
 from __future__ import annotations
 
 import json
@@ -18,8 +20,10 @@ from engine.network.loading import ModelSource, rebuild
 from engine.surgery.operations import Operation
 from engine.network.preprocess import InputSpec
 from engine.surgery.session import Session
+from engine.training.checkpoint import TrainCheckpoint
 
 FORMAT = 1
+CHECKPOINT_JSON, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
 
 
 def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -27,7 +31,9 @@ def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_project(session: Session, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+def save_project(session: Session, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                 checkpoint: TrainCheckpoint | None = None) -> Path:
+    """Write the project; ``checkpoint``: a paused run to keep with it (saving without one drops it)."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -41,11 +47,18 @@ def save_project(session: Session, path: str | os.PathLike, extra: dict[str, Any
         "extra": extra or {},
     }
     blob = save(state_tensors(session.model), metadata={"graft_format": str(FORMAT)})
+    paused = None
+    if checkpoint is not None:
+        meta, tensors = checkpoint.to_parts()
+        paused = (json.dumps(meta), save(tensors, metadata={"graft_format": str(FORMAT)}))
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             zf.writestr("recipe.json", json.dumps(recipe, indent=2))
             zf.writestr("weights.safetensors", blob)
+            if paused is not None:
+                zf.writestr(CHECKPOINT_JSON, paused[0])
+                zf.writestr(CHECKPOINT_TENSORS, paused[1])
 
     atomic_write(path, write)
     return path
@@ -73,6 +86,28 @@ def read_project(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
     if version > FORMAT:
         raise GraftError(f"{path.name} was saved by a newer Graft (format {recipe['format']}).")
     return recipe, weights
+
+
+def read_checkpoint(path: str | os.PathLike) -> TrainCheckpoint | None:
+    """The paused training run a project keeps, or None when it keeps none."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise not_a_file(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if CHECKPOINT_JSON not in zf.namelist():
+                return None
+            meta = json.loads(zf.read(CHECKPOINT_JSON))
+            tensors = load(zf.read(CHECKPOINT_TENSORS))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise GraftError(f"{path.name}: the paused run inside is damaged ({exc.__class__.__name__}).") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise GraftError(f"{path.name}: the paused run inside is damaged ({exc}).") from None
+    if not isinstance(meta, dict):
+        raise GraftError(f"{path.name}: the paused run inside is damaged (not an object).")
+    return TrainCheckpoint.from_parts(meta, tensors)
 
 
 def _invalid(path: str | os.PathLike, what: str) -> GraftError:

@@ -16,8 +16,9 @@ from torch import nn
 from engine.errors import GraftError
 from engine.network.graft_model import GraftModel, build_head, head_in_features, pooled_size
 from engine.network.heads import HeadSpec
-from engine.network.layer_tree import HEADS_KEY
-from engine.network.layer_tree import LayerTree
+from engine.network.graft_model import GraftModel
+from engine.network.layer_tree import HEADS_KEY, LayerTree
+from engine.network.lr_factors import param_factors
 from engine.network.preprocess import check_channels
 
 
@@ -130,6 +131,22 @@ def _trunk_layer(s: SurgeryState, layer: str) -> nn.Module:
     if isinstance(module, nn.Identity):
         raise GraftError(f"Layer {layer!r} has been removed.")
     return module
+
+
+def _tree_module(s: SurgeryState, layer: str) -> nn.Module:
+    """The module at a layer-tree path: a trunk layer, ``@heads`` or ``@heads.<name>[.<part>]``."""
+    model = s.model
+    if layer == HEADS_KEY:
+        return model.heads
+    if isinstance(layer, str) and layer.startswith(HEADS_KEY + "."):
+        head, _, rest = layer[len(HEADS_KEY) + 1:].partition(".")
+        if head not in model.heads:
+            raise GraftError(f"There is no head named {head!r}.")
+        part = _module_at(model.heads[head], rest) if rest else model.heads[head]
+        if part is None:
+            raise GraftError(f"Head {head!r} has no part {rest!r}.")
+        return part
+    return _trunk_layer(s, layer)
 
 
 def _module_at(root: nn.Module, path: str) -> nn.Module | None:
@@ -555,16 +572,7 @@ class SetTrainable(Operation):
                 raise GraftError("Choose at least one layer to freeze or unfreeze.")
             out: dict[str, bool] = {}
             for layer in self.layers:
-                if layer == HEADS_KEY:
-                    module = model.heads
-                elif layer.startswith(HEADS_KEY + "."):
-                    head, _, rest = layer[len(HEADS_KEY) + 1:].partition(".")
-                    if head not in model.heads:
-                        raise GraftError(f"There is no head named {head!r}.")
-                    module = model.heads[head].get_submodule(rest) if rest else model.heads[head]
-                else:
-                    module = _trunk_layer(s, layer)
-                params = list(module.parameters())
+                params = list(_tree_module(s, layer).parameters())
                 if not params:
                     raise GraftError(f"Layer {layer!r} has no weights to freeze or unfreeze.")
                 out.update({names[p]: self.trainable for p in params})
@@ -630,6 +638,88 @@ class SetTrainable(Operation):
 
     def args(self) -> dict[str, Any]:
         return {"mode": self.mode, "layers": self.layers, "trainable": self.trainable}
+
+
+class SetLrFactor(Operation):
+    """Learning-rate factors (MATLAB's learn-rate factor): ``factors`` maps layer-tree paths (trunk layers,
+    ``@heads``, ``@heads.<name>``) to a factor (a number >= 0), or to None to remove a layer's own factor
+    so it inherits again. A factor holds for the layer and the layers below it unless they have their own
+    (see :mod:`engine.network.lr_factors`); the trainer multiplies the trunk's or the heads' learning rate
+    by it. Factor 0 is frozen: weights whose factor becomes 0 are frozen, and weights whose factor was 0
+    and no longer is are unfrozen again (lifting the freeze the factor made). Undo puts back the factors
+    and every trainable flag exactly. ``title``: the text of a preset (e.g. discriminative rates)."""
+
+    kind = "lr_factor"
+    structural = False
+
+    def __init__(self, factors: dict[str, float | None], title: str = "") -> None:
+        if not isinstance(factors, dict) or not factors:
+            raise GraftError("Name at least one layer and its learning-rate factor.")
+        clean: dict[str, float | None] = {}
+        for layer, factor in factors.items():
+            if not isinstance(layer, str) or not layer:
+                raise GraftError(f"A learning-rate factor names its layer as text, not {layer!r}.")
+            if factor is not None:
+                if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+                    raise GraftError(f"The learning-rate factor of {layer!r} must be a number, not {factor!r}.")
+                if not factor >= 0 or factor == float("inf"):
+                    raise GraftError(f"The learning-rate factor of {layer!r} must be 0 or more (0 freezes the layer), "
+                                     f"not {factor!r}.")
+                factor = float(factor)
+            clean[layer] = factor
+        if not isinstance(title, str):
+            raise GraftError(f"A learning-rate preset's title is text, not {title!r}.")
+        self.factors, self.title = clean, title
+        self.before_factors: dict[str, float] = {}
+        self.before_flags: dict[str, bool] = {}
+
+    def apply(self, s: SurgeryState) -> None:
+        for layer in self.factors:
+            if layer == "":
+                raise GraftError("Name a layer.")
+            if not any(True for _ in _tree_module(s, layer).parameters()):
+                raise GraftError(f"Layer {layer!r} has no weights: a learning-rate factor would change nothing.")
+        model = s.model
+        old = dict(model.lr_factors)
+        new = dict(old)
+        for layer, factor in self.factors.items():
+            if factor is None:
+                new.pop(layer, None)
+            else:
+                new[layer] = factor
+        before = param_factors(model)
+        model.lr_factors = new
+        after = param_factors(model)
+        self.before_factors = old
+        self.before_flags = {}
+        for name, p in model.named_parameters():
+            if after[name] == 0 and before[name] != 0 and p.requires_grad:
+                self.before_flags[name] = True
+                p.requires_grad_(False)
+            elif before[name] == 0 and after[name] != 0 and not p.requires_grad:
+                self.before_flags[name] = False
+                p.requires_grad_(True)
+
+    def undo(self, s: SurgeryState) -> None:
+        s.model.lr_factors = dict(self.before_factors)
+        params = dict(s.model.named_parameters())
+        for name, flag in self.before_flags.items():
+            params[name].requires_grad_(flag)
+
+    @property
+    def text(self) -> str:
+        if self.title:
+            return self.title
+        if len(self.factors) == 1:
+            layer, factor = next(iter(self.factors.items()))
+            layer = layer.replace(HEADS_KEY + ".", "head ") if layer != HEADS_KEY else "the heads"
+            if factor is None:
+                return f"Clear the learning-rate factor of {layer}"
+            return f"Learning-rate factor ×{factor:g} on {layer}" + (" (frozen)" if factor == 0 else "")
+        return f"Learning-rate factors on {len(self.factors)} layers"
+
+    def args(self) -> dict[str, Any]:
+        return {"factors": dict(self.factors), "title": self.title}
 
 
 def _used_before(s: SurgeryState, layer: str, params: list[nn.Parameter]) -> dict[Any, bool]:

@@ -90,11 +90,14 @@ class TrainingRecord:
             record.data = extra["data"]
         return record
 
-    def store(self, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-        """``extra`` with this record as the latest run, added to the project's list of runs."""
+    def store(self, extra: Mapping[str, Any] | None, replace_latest: bool = False) -> dict[str, Any]:
+        """``extra`` with this record as the latest run, added to the project's list of runs.
+        ``replace_latest``: this run continues the latest one (a paused run resumed), which it replaces."""
         out = dict(extra or {})
         entry = self.to_dict()
         out["training"] = entry
         runs = [r for r in out.get("runs", []) if isinstance(r, Mapping)] if isinstance(out.get("runs"), list) else []
+        if replace_latest and runs:
+            runs = runs[:-1]
         out["runs"] = [*runs, entry]
         return out

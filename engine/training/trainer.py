@@ -12,6 +12,9 @@ How it ends (``TrainResult.reason`` / ``TrainFinished.reason``):
   ``patience`` epochs; ``"stopped"`` — :meth:`Trainer.stop` was called (run returns within one batch).
   In these three cases the weights of the epoch with the lowest validation loss are restored (with no
   validation data, or when stopped before the first epoch ended, the weights are left as trained).
+* ``"paused"`` — :meth:`Trainer.pause` was called (or ``TrainConfig.pause_after`` reached): the run ends
+  after the current epoch with the weights as trained so far and ``TrainResult.checkpoint``
+  (:class:`engine.training.checkpoint.TrainCheckpoint`); ``Trainer(..., resume=checkpoint)`` continues.
 * ``"error"`` — the loss became NaN/inf, the GPU ran out of memory, or another failure. The weights of
   the best epoch (or, before the first epoch ended, the weights from before training) are restored,
   ``TrainFinished(reason="error", message=...)`` is emitted, and then **run raises**
@@ -28,6 +31,11 @@ the training split's labelled values (``HeadSpec.target_mean``/``target_std`` an
 see :class:`engine.network.graft_model.RegressionHead`) when training starts, and keeps them when it trains
 again; the loss is the squared error divided by the std (:mod:`engine.training.losses`). The head's output stays
 in the data's units. A run that ends restoring the weights from before training takes them back too.
+
+Learning rates: AdamW with the heads at ``lr_heads`` and trainable trunk layers at ``lr_trunk``, each times
+the layer's learning-rate factor (:mod:`engine.network.lr_factors`; factor 0 does not train), warm-up then
+cosine. ``TrainConfig.unfreeze_every`` unfreezes the trunk block by block (:mod:`engine.training.schedule`);
+``TrainConfig.telemetry`` adds :class:`engine.training.telemetry.TelemetryEvent` to the events.
 
 Speed: CUDA uses bf16 autocast where supported (else fp16 with a GradScaler), channels-last, pinned
 memory and non-blocking copies; the loop never syncs with the GPU except once per step, one step late,
@@ -56,6 +64,7 @@ from engine.network.graft_model import RegressionHead
 from engine.network.heads import KIND_TITLES, HeadSpec
 from engine.runtime.allocator import release_free_memory
 from engine.runtime.onnx_trunk import TrunkRunner, features_then_heads, trunk_runner
+from engine.network.lr_factors import param_factors
 from engine.training.losses import LossAccumulator, compute_losses, target_scales
 from engine.training.metrics import MetricSet
 from engine.units import plural
@@ -75,7 +84,12 @@ class TrainConfig:
     whose features are then computed once: a new head on a fixed trunk gains little from augmentation
     and it would cost a trunk pass per image per epoch).
     ``cache_features``: "auto" (cache when the trunk is frozen and augmentation is off), True (cache
-    whenever the trunk is frozen, giving up augmentation) or False (never)."""
+    whenever the trunk is frozen, giving up augmentation) or False (never).
+    ``unfreeze_every``: gradual unfreezing (:class:`engine.training.schedule.UnfreezePlan`): the heads
+    train alone for N epochs, then one more trunk block from the top every N epochs; the trunk trains
+    in this run whatever the layers' freeze settings, which are put back afterwards (no cached features).
+    ``telemetry``: emit :class:`engine.training.telemetry.TelemetryEvent` (per block gradient norm and
+    weight change) at a bounded rate. ``pause_after``: pause (see :meth:`Trainer.pause`) after this epoch."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -90,6 +104,9 @@ class TrainConfig:
     num_workers: int | None = None
     seed: int = 0
     cache_features: bool | str = "auto"
+    unfreeze_every: int | None = None
+    telemetry: bool = False
+    pause_after: int | None = None
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -113,6 +130,11 @@ class TrainConfig:
             raise GraftError(f"augment must be 'auto', True or False (got {self.augment!r}).")
         if self.cache_features not in ("auto", True, False):
             raise GraftError(f"cache_features must be 'auto', True or False (got {self.cache_features!r}).")
+        for name in ("unfreeze_every", "pause_after"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise GraftError(f"{name.replace('_', ' ').capitalize()} must be a whole number of epochs, at least 1 "
+                                 f"(got {value!r}).")
         base = str(self.device).split(":")[0]
         if base not in DEVICES:
             raise GraftError(f"Unknown device {self.device!r}: use auto, cuda, mps or cpu.")
@@ -172,7 +194,7 @@ class MessageEvent:
 
 @dataclass
 class TrainFinished:
-    reason: str  # "completed" | "stopped" | "early_stopping" | "error"
+    reason: str  # "completed" | "stopped" | "early_stopping" | "paused" | "error"
     best_epoch: int | None
     best_val_loss: float | None
     message: str
@@ -192,6 +214,7 @@ class TrainResult:
     cached_features: bool = False
     device: str = "cpu"
     trunk_backend: str = "pytorch"  # what ran the frozen trunk's passes: "pytorch" | "onnxruntime"
+    checkpoint: Any = None  # reason "paused": the TrainCheckpoint to resume from
 
 
 class TrainingError(GraftError):
@@ -574,13 +597,19 @@ class Trainer:
     PROGRESS_INTERVAL = 0.2  # seconds between ProgressEvents
     FEATURE_SHARE = 0.9  # share of the progress bar given to computing cached features
 
+    WARN_NO_VALIDATION = True  # say so when there is no validation data (a rate finder needs none)
+
     def __init__(self, session: Any, data: Any, config: TrainConfig | None = None,
-                 on_event: Callable[[object], None] | None = None) -> None:
+                 on_event: Callable[[object], None] | None = None, resume: Any = None) -> None:
+        """``resume``: a :class:`~engine.training.checkpoint.TrainCheckpoint` of a paused run on this session
+        and data, to continue it (the settings must be the paused run's)."""
         self.session = session
         self.data = data
         self.config = config or TrainConfig()
         self.on_event = on_event
+        self.resume = resume
         self._stop = threading.Event()
+        self._pause = threading.Event()
         self._ran = False
 
     # -- public ------------------------------------------------------------------------------------
@@ -591,6 +620,16 @@ class Trainer:
     @property
     def stop_requested(self) -> bool:
         return self._stop.is_set()
+
+    def pause(self) -> None:
+        """Ask the run to pause at the end of the current epoch (thread-safe): it ends with reason
+        "paused", the weights as trained so far and ``TrainResult.checkpoint`` to resume from. On the
+        last epoch the run simply completes."""
+        self._pause.set()
+
+    @property
+    def pause_requested(self) -> bool:
+        return self._pause.is_set()
 
     def run(self) -> TrainResult:
         if self._ran:
@@ -631,10 +670,23 @@ class Trainer:
         for name in (b.spec.name for b in self.target_map.bindings):
             if name not in model.heads:
                 raise GraftError(f"Head {name!r} has no module in the model.")
-        head_params = [p for p in model.heads.parameters() if p.requires_grad]
-        trunk_params = [p for p in model.trunk.parameters() if p.requires_grad]
+        named = list(model.named_parameters())
+        self.param_factors = factors = param_factors(model)  # learning-rate factor 0: does not train
+        head_params = [p for n, p in named if n.startswith("heads.") and p.requires_grad and factors[n] > 0]
+        trunk_params = [p for n, p in named if n.startswith("trunk.") and p.requires_grad and factors[n] > 0]
+        self.unfreeze = None
+        if cfg.unfreeze_every:
+            from engine.training.schedule import UnfreezePlan
+
+            self.unfreeze = UnfreezePlan(self.session, cfg.unfreeze_every, cfg.epochs)
+            if not self.unfreeze.stages:
+                raise GraftError("Gradual unfreezing: no block of the trunk can train (learning-rate factor 0).")
+            params = dict(named)
+            trunk_params = [params[n] for n in self.unfreeze.params]
+            self.notes.append(self.unfreeze.describe())
         if not head_params and not trunk_params:
-            raise GraftError("Nothing to train: every layer and head is frozen. Unfreeze the heads at least.")
+            raise GraftError("Nothing to train: every layer and head is frozen (or has learning-rate factor 0). "
+                             "Unfreeze the heads at least.")
         self.head_params, self.trunk_params = head_params, trunk_params
         self.trunk_frozen = not trunk_params
         self.device = resolve_device(cfg.device)
@@ -656,6 +708,18 @@ class Trainer:
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else math.ceil(n / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self._plan_target_stats()
+        if self.resume is not None:
+            self._check_resume()
+
+    def _check_resume(self) -> None:
+        ck = self.resume
+        ck.check_config(self.config)
+        if (len(self.train_samples), len(self.val_samples)) != (ck.n_train, ck.n_val):
+            raise GraftError(f"The data differs from the paused run's: {ck.n_train} training and {ck.n_val} "
+                             f"validation images then, {len(self.train_samples)} and {len(self.val_samples)} now.")
+        if (ck.cached, ck.trunk_frozen) != (self.cached, self.trunk_frozen):
+            raise GraftError("The layers' freeze settings differ from the paused run's: resume it on the project "
+                             "as it was saved.")
 
     def _plan_target_stats(self) -> None:
         """The target statistics each regression head trains with (set by :meth:`_apply_target_stats`
@@ -708,8 +772,8 @@ class Trainer:
         fraction = min(1.0, max(0.0, fraction))
         elapsed = now - self._t0
         eta = None
-        if phase == "train" and done > 0:
-            per_step = (now - self._t_train) / done
+        if phase == "train" and done > self._resumed_steps:
+            per_step = (now - self._t_train) / (done - self._resumed_steps)
             eta = per_step * (self.total_steps - done)
         elif fraction > 0.01:
             eta = elapsed / fraction * (1.0 - fraction)
@@ -732,6 +796,15 @@ class Trainer:
         self._runner: TrunkRunner | None = None
         self._phase: tuple[str, int] | None = None  # (what runs, its batch size): for out-of-memory advice
         self._val_batch = cfg.batch_size * 2
+        self._bad_epochs = 0
+        self._resumed_steps = self._resumed_images = 0
+        self._seconds_before = 0.0
+        self.checkpoint = None
+        self.telemetry = None
+        model = self.session.model
+        # gradual unfreezing changes trainable flags during the run: they are put back by _cleanup
+        self._flags_before = ({n: p.requires_grad for n, p in model.named_parameters()}
+                              if self.unfreeze is not None else {})
         torch.manual_seed(cfg.seed)  # dropout in the heads; augmentation in workers is seeded by the loader
         self.num_workers = 0
         if not self.cached:
@@ -742,6 +815,8 @@ class Trainer:
         self._best_state = self._snapshot()
         self._has_validated_best = False
         self._best_steps = 0
+        if self.resume is not None:
+            self._resume_counters()
         reason, message = "completed", ""
         self._apply_target_stats()
         try:
@@ -756,10 +831,17 @@ class Trainer:
                 self._emit(event)
             for note in self.notes:
                 self._emit(MessageEvent(note))
-            if not self.val_samples:
+            if not self.val_samples and self.WARN_NO_VALIDATION:
                 self._emit(MessageEvent("No validation data: early stopping is off and the final weights are kept.",
                                         "warning"))
             self._build_optimizer()
+            if self.resume is not None:
+                self._resume_optimizer()
+            if cfg.telemetry:
+                from engine.training.telemetry import Telemetry, telemetry_blocks
+
+                trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+                self.telemetry = Telemetry(telemetry_blocks(self.session.model, trained))
             if self.cached:
                 reason = self._train_cached()
             else:
@@ -788,12 +870,17 @@ class Trainer:
                 f" (the weights of the best epoch, {self.best_epoch}, were restored)." if self._has_validated_best
                 else " (the weights from before training were restored).")
 
-        if reason == "error" or (self._has_validated_best and self.done_steps != self._best_steps):
+        if reason == "error" or (reason != "paused" and self._has_validated_best
+                                 and self.done_steps != self._best_steps):
             self._restore(self._best_state)
             if not self._has_validated_best:
                 self._revert_target_stats()  # the weights from before training: their statistics too
         seconds = time.perf_counter() - self._t0
-        if reason == "stopped" and not message:
+        if reason == "paused":
+            message = (f"Paused after epoch {self.epochs_run} of {cfg.epochs}; resume to continue from here "
+                       "(optimizer and schedule state kept). The weights are as trained so far"
+                       + (f"; the best epoch so far is {self.best_epoch}." if self._has_validated_best else "."))
+        elif reason == "stopped" and not message:
             message = (f"Stopped after {plural(self.done_steps, 'step')}; "
                        + (f"kept the weights of epoch {self.best_epoch} (lowest validation loss)."
                           if self._has_validated_best else "the weights are as trained so far (no epoch finished)."))
@@ -804,10 +891,11 @@ class Trainer:
             message = (f"Finished {plural(self.epochs_run, 'epoch')}"
                        + (f"; kept epoch {self.best_epoch} (lowest validation loss {self.best_val_loss:.4f})."
                           if self._has_validated_best else "; no validation data, so the final weights are kept."))
-        result = TrainResult(reason, self.history, self.best_epoch, self.best_val_loss, seconds,
-                             self.images_seen / seconds if seconds > 0 else 0.0, message, self.epochs_run,
+        images = self.images_seen - self._resumed_images
+        result = TrainResult(reason, self.history, self.best_epoch, self.best_val_loss, seconds + self._seconds_before,
+                             images / seconds if seconds > 0 else 0.0, message, self.epochs_run,
                              self.done_steps, self.cached, str(device),
-                             self._runner.backend if self._runner is not None else "pytorch")
+                             self._runner.backend if self._runner is not None else "pytorch", self.checkpoint)
         self._emit(TrainFinished(reason, self.best_epoch, self.best_val_loss, message))
         if reason == "error":
             err = getattr(self, "_error", None)
@@ -818,6 +906,10 @@ class Trainer:
 
     def _cleanup(self) -> None:
         model = self.session.model
+        if getattr(self, "_flags_before", None):  # gradual unfreezing: the session's own freeze settings
+            for name, p in model.named_parameters():
+                if name in self._flags_before:
+                    p.requires_grad_(self._flags_before[name])
         if getattr(self, "_moved", False):
             model.to("cpu")
             if self._channels_last:
@@ -847,20 +939,50 @@ class Trainer:
                         model.to(memory_format=torch.channels_last)
                         self._channels_last = True
 
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """AdamW's groups: the heads at ``lr_heads`` and the trunk at ``lr_trunk``, each split by
+        learning-rate factor (``lr × factor``; the factor-1 group of the heads first)."""
+        cfg = self.config
+        names = {id(p): n for n, p in self.session.model.named_parameters()}
+        groups: list[dict[str, Any]] = []
+
+        def add(params: list[nn.Parameter], base: float, name: str) -> None:
+            by_factor: dict[float, list[nn.Parameter]] = {}
+            for p in params:
+                by_factor.setdefault(self.param_factors[names[id(p)]], []).append(p)
+            for factor in sorted(by_factor, key=lambda f: (f != 1.0, -f)):
+                groups.append({"params": by_factor[factor], "lr": base * factor, "factor": factor,
+                               "name": name if factor == 1.0 else f"{name} x{factor:g}"})
+
+        if self.head_params:
+            add(self.head_params, cfg.lr_heads, "heads")
+        if self.trunk_params and not self.cached:
+            add(self.trunk_params, cfg.lr_trunk, "trunk")
+        return groups
+
+    def _schedule(self, warmup_steps: int) -> Callable[[int], float]:
+        """The learning-rate multiplier per step (LambdaLR): warm-up then cosine."""
+        return lr_lambda(warmup_steps, self.total_steps)
+
+    def _reported_lr(self) -> float:
+        """The learning rate of the first group without its factor: the heads' rate (the trunk's when
+        only the trunk trains), as StepEvent and the history report it."""
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group.get("factor", 1.0)
+
     def _build_optimizer(self) -> None:
         cfg = self.config
-        groups = []
-        if self.head_params:
-            groups.append({"params": self.head_params, "lr": cfg.lr_heads, "name": "heads"})
-        if self.trunk_params and not self.cached:
-            groups.append({"params": self.trunk_params, "lr": cfg.lr_trunk, "name": "trunk"})
+        groups = self._param_groups()
+        if any(g["factor"] != 1.0 for g in groups):
+            parts = [f"{g['name']} {g['lr']:.3g}" for g in groups]
+            self._emit(MessageEvent("Learning rates by factor: " + ", ".join(parts) + "."))
         extra: dict[str, Any] = {}
         if self.device.type == "cuda":
             extra["fused"] = True
         self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, **extra)
         warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         warmup = min(warmup, max(0, self.total_steps - 1))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(warmup, self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule(warmup))
         self.scaler = None
         if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler("cuda")
@@ -893,7 +1015,7 @@ class Trainer:
         else:
             losses.total.backward()
             self.optimizer.step()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self._reported_lr()
         self.scheduler.step()
         return losses, lr
 
@@ -931,7 +1053,7 @@ class Trainer:
     def _train_images(self) -> str:
         cfg = self.config
         model = self.session.model
-        sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, self.drop_last, cfg.seed)
+        sampler = self._train_sampler()
         train_loader = make_loader(self._image_dataset(self.train_samples, self.augment), batch_size=cfg.batch_size,
                                    device=self.device, num_workers=self.num_workers, batch_sampler=sampler,
                                    seed=cfg.seed)
@@ -1043,7 +1165,7 @@ class Trainer:
         if self.val_samples:
             val_x, val_t = self._extract_features(self.val_samples, len(self.train_samples), total)
         self._t_train = time.perf_counter()
-        sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, self.drop_last, cfg.seed)
+        sampler = self._train_sampler()
         bs = cfg.batch_size
         self._val_batch = bs * 8  # the heads alone, on features: small
         order_device = train_x.device
@@ -1083,15 +1205,90 @@ class Trainer:
 
         return self._epochs(train_batches, validate if val_x is not None else None, set_train_mode)
 
+    # -- pause and resume ----------------------------------------------------------------------------
+    def _train_sampler(self) -> EpochBatchSampler:
+        """The training batches' order; a resumed run continues the paused run's sequence of orders."""
+        cfg = self.config
+        sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, self.drop_last, cfg.seed)
+        if self.resume is not None and self.resume.sampler_rng is not None:
+            sampler.generator.set_state(self.resume.sampler_rng)
+        self._sampler = sampler
+        return sampler
+
+    def _resume_counters(self) -> None:
+        ck = self.resume
+        if ck.has_validated_best:
+            if set(ck.best_state) != set(self._best_state):
+                raise GraftError("The paused run's best weights do not fit this model.")
+            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in ck.best_state.items()}
+        self.history = [dict(h) for h in ck.history]
+        self.best_epoch, self.best_val_loss = ck.best_epoch, ck.best_val_loss
+        self._has_validated_best, self._best_steps, self._bad_epochs = ck.has_validated_best, ck.best_steps, ck.bad_epochs
+        self.epochs_run, self.done_steps, self.images_seen = ck.epochs_run, ck.done_steps, ck.images_seen
+        self._resumed_steps, self._resumed_images, self._seconds_before = ck.done_steps, ck.images_seen, ck.seconds
+        self.notes.append(f"Resuming the run {ck.describe()}.")
+
+    def _resume_optimizer(self) -> None:
+        saved = self.resume.optimizer.get("param_groups", [])
+        if [len(g["params"]) for g in saved] != [len(g["params"]) for g in self.optimizer.param_groups]:
+            raise GraftError("The paused run's optimizer state does not fit the weights that train now (were the "
+                             "freeze settings or learning-rate factors changed?).")
+        self.optimizer.load_state_dict(self.resume.optimizer)
+        self.scheduler.load_state_dict(self.resume.scheduler)
+
+    def _make_checkpoint(self) -> Any:
+        from engine.training.checkpoint import TrainCheckpoint
+
+        def cpu(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.detach().to("cpu", copy=True)
+            if isinstance(value, dict):
+                return {k: cpu(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [cpu(v) for v in value]
+            return value
+
+        cuda_rng = [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
+        return TrainCheckpoint(
+            config=dict(vars(self.config)), epochs_run=self.epochs_run, done_steps=self.done_steps,
+            images_seen=self.images_seen, seconds=self._seconds_before + time.perf_counter() - self._t0,
+            n_train=len(self.train_samples), n_val=len(self.val_samples), cached=self.cached,
+            trunk_frozen=self.trunk_frozen, best_epoch=self.best_epoch, best_val_loss=self.best_val_loss,
+            has_validated_best=self._has_validated_best, best_steps=self._best_steps, bad_epochs=self._bad_epochs,
+            history=[dict(h) for h in self.history], optimizer=cpu(self.optimizer.state_dict()),
+            scheduler=cpu(self.scheduler.state_dict()), rng=torch.get_rng_state(), cuda_rng=cuda_rng,
+            sampler_rng=self._sampler.generator.get_state(), best_state=dict(self._best_state))
+
+    def _restore_rng(self) -> None:
+        ck = self.resume
+        if ck.rng is not None:
+            torch.set_rng_state(ck.rng)
+        if ck.cuda_rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck.cuda_rng[0], self.device)
+
+    # -- gradual unfreezing ------------------------------------------------------------------------------
+    def _apply_unfreeze(self, epoch: int) -> None:
+        plan = self.unfreeze
+        trains = plan.trainable_at(epoch)
+        params = dict(self.session.model.named_parameters())
+        for name in plan.params:
+            params[name].requires_grad_(name in trains)
+        joined = plan.starting_at(epoch)
+        if joined:
+            self._emit(MessageEvent(f"Epoch {epoch}: {', '.join(joined)} starts training (gradual unfreezing)."))
+
     # -- the epoch loop shared by both paths ---------------------------------------------------------
     def _epochs(self, train_batches: Callable[[], Iterator], validate: Callable | None,
                 set_train_mode: Callable[[], None]) -> str:
         cfg = self.config
         patience = cfg.patience or 0
-        bad_epochs = 0
-        self._progress(0, force=True)
-        for epoch in range(1, cfg.epochs + 1):
+        self._progress(self.done_steps, force=True)
+        if self.resume is not None:
+            self._restore_rng()
+        for epoch in range(self.epochs_run + 1, cfg.epochs + 1):
             t_epoch = time.perf_counter()
+            if self.unfreeze is not None:
+                self._apply_unfreeze(epoch)
             set_train_mode()
             self._phase = ("training", cfg.batch_size)
             train_acc = LossAccumulator(self.heads)
@@ -1103,6 +1300,8 @@ class Trainer:
                 train_acc.add(losses)
                 self._report_step(pending, train_acc)
                 pending = (self.done_steps, epoch, losses, lr)
+                if self.telemetry is not None and self.telemetry.due():
+                    self._emit(self.telemetry.sample(self.done_steps, epoch))
                 self._progress(self.done_steps)
                 if self._stop.is_set():
                     self._report_step(pending, train_acc)
@@ -1128,18 +1327,21 @@ class Trainer:
                 self._best_state = self._snapshot()
                 self._has_validated_best = True
                 self._best_steps = self.done_steps
-                bad_epochs = 0
+                self._bad_epochs = 0
             elif val_loss is not None:
-                bad_epochs += 1
+                self._bad_epochs += 1
             if validate is None:
                 self.best_epoch = epoch
             seconds = time.perf_counter() - t_epoch
             event = EpochEvent(epoch, train_loss, val_loss, train_heads, val_heads, metrics, best, seconds)
-            self.history.append({**event.__dict__, "lr": self.optimizer.param_groups[0]["lr"]})
+            self.history.append({**event.__dict__, "lr": self._reported_lr()})
             self._emit(event)
             self._progress(self.done_steps, force=True)
-            if patience and bad_epochs >= patience and epoch < cfg.epochs:
+            if patience and self._bad_epochs >= patience and epoch < cfg.epochs:
                 return "early_stopping"
+            if epoch < cfg.epochs and (self._pause.is_set() or cfg.pause_after == epoch):
+                self.checkpoint = self._make_checkpoint()
+                return "paused"
         return "completed"
 
 
