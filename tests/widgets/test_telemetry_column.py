@@ -25,7 +25,7 @@ def bar_pixels(delegate, index, width=200, height=24) -> int:
 
 def test_column_appears_shows_values_and_goes(qtbot, qtmodeltester, resnet_session):
     model = LayerTreeModel(resnet_session.tree)
-    assert model.columnCount() == 5 and model.telemetry() is None
+    assert model.columnCount() == len(COLUMNS) and model.telemetry() is None
     view = QTreeView()
     qtbot.addWidget(view)
     view.setModel(model)
