@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             first not in NAMES and os.path.exists(first)):
         return run_gui(argv)
     args = build_parser().parse_args(argv)
+    args._argv = list(argv)  # train --devices N runs the same command in N processes
     if not getattr(args, "_run", None):
         return print_version() if args.version else run_gui([])
     from engine.errors import GraftError
@@ -71,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except GraftError as exc:
-        print(f"graft: error: {exc}", file=sys.stderr)
+        from engine.training.launch import record_worker_error
+
+        if not record_worker_error(exc):  # a process of train --devices N: its launcher says it, once
+            print(f"graft: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("graft: interrupted", file=sys.stderr)
@@ -82,3 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a file that vanished, a full disk, a folder we may not write
         print(f"graft: error: {exc}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":  # python -m commands.cli: how train --devices N starts its processes
+    sys.exit(main())

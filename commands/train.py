@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import signal
 import threading
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
 from engine.units import plural
@@ -78,6 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the curves as TensorBoard event files under DIR (one folder per run)")
     parser.add_argument("--out", default=None, metavar="FILE.graft",
                         help=f"where to save the trained project (default ./{DEFAULT_OUT})")
+    parser.add_argument("--devices", type=int, default=None, metavar="N",
+                        help="train on N GPUs of this machine (N processes through torchrun, DDP; with --device cpu, "
+                             "N CPU processes). --batch-size stays the global batch. Run under an external torchrun "
+                             "(--nnodes M --rdzv-endpoint HOST:PORT …) without --devices to join a multi-machine job")
+    parser.add_argument("--sync-batchnorm", choices=("auto", "on", "off"), default="auto",
+                        help="several processes with layers of the network training: normalise BatchNorm over the "
+                             "global batch (auto: on with several GPUs; GPUs only)")
+    parser.add_argument("--events", choices=("jsonl",), default=None,
+                        help="write the run's events as JSON lines on stdout (one object a line; the other output "
+                             "goes to stderr), for a program that follows the run")
 
 
 def _out_path(text: str) -> Path:
@@ -161,6 +173,21 @@ class _Printer:
             self.line("  ".join(parts))
         elif isinstance(event, t.TrainFinished):
             self._clear_bar()
+
+
+class JsonLines:
+    """``--events jsonl``: every trainer event as one JSON object a line, ``{"event": "StepEvent", …fields}``
+    (the window's distributed runs read them back: app/distributed.py); the run's result last."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, name: str, fields: dict) -> None:
+        self.stream.write(json.dumps({"event": name, **fields}, default=str) + "\n")
+        self.stream.flush()
+
+    def __call__(self, event) -> None:
+        self.write(type(event).__name__, asdict(event) if is_dataclass(event) else {"value": str(event)})
 
 
 def _loss(value) -> str:
@@ -291,6 +318,65 @@ def _resume_setup(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """One process; ``--devices N``: N processes through torchrun; started by torchrun: one of them."""
+    from engine.training import distributed
+
+    if (args.devices or 1) > 1 and distributed.launched_world() is None:
+        return _launch(args)
+    if args.devices is not None and args.devices < 1:
+        from engine.errors import GraftError
+
+        raise GraftError(f"--devices must be at least 1 (got {args.devices}).")
+    events_out = sys.stdout
+    quiet = contextlib.ExitStack()
+    with quiet:
+        if args.events:  # stdout carries the JSON lines alone
+            quiet.enter_context(contextlib.redirect_stdout(sys.stderr))
+        if distributed.launched_world() is None:
+            return _train(args, events_out)
+        ctx = distributed.setup(args.device)
+        quiet.callback(distributed.teardown)
+        if not ctx.main:  # process 0 alone prints
+            quiet.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))
+        return _train(args, events_out, ctx)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--devices N``: the same command in N processes (torch.distributed.run's launcher)."""
+    import torch
+
+    from engine.errors import GraftError
+    from engine.training.launch import launch
+
+    argv = getattr(args, "_argv", None)
+    if argv is None:
+        raise GraftError("--devices needs the command line it was given (run it through main.py).")
+    if args.device == "mps":
+        raise GraftError("Training on several processes runs on CUDA GPUs or the CPU, not on mps.")
+    on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if on_gpu and torch.cuda.device_count() < args.devices:
+        raise GraftError(f"--devices {args.devices}: this machine has {torch.cuda.device_count()} GPU(s) "
+                         "(use --device cpu for CPU processes).")
+    if not args.data and not args.resume:
+        raise GraftError("Name the training data with --data (or continue a paused run with --resume).")
+    _out_path(args.out or args.resume or DEFAULT_OUT)  # refused now, not after training
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--devices":
+            skip = True
+        elif not item.startswith("--devices="):
+            rest.append(item)
+    package = __package__ or "commands"
+    root = Path(__file__).resolve().parents[package.count(".") + 1]
+    print(f"Starting {args.devices} training processes ({'NCCL, one GPU each' if on_gpu else 'gloo, CPU'}).",
+          file=sys.stderr if args.events else sys.stdout, flush=True)
+    launch(args.devices, rest, module=f"{package}.cli", root=root)
+    return 0
+
+
+def _train(args: argparse.Namespace, events_out, ctx=None) -> int:
     from engine.errors import GraftError
     from engine.project.project_file import save_project
     from engine.training.record import TrainingRecord
@@ -307,7 +393,8 @@ def run(args: argparse.Namespace) -> int:
                              lr_heads=setting(args, "lr_heads"), lr_trunk=setting(args, "lr_trunk"),
                              augment={"on": True, "off": False}.get(args.augment, "auto"), device=args.device,
                              patience=setting(args, "patience"), num_workers=args.workers, seed=args.seed,
-                             unfreeze_every=args.unfreeze_every, pause_after=args.pause_after)
+                             unfreeze_every=args.unfreeze_every, pause_after=args.pause_after,
+                             sync_batchnorm={"on": True, "off": False}.get(args.sync_batchnorm, "auto"))
         data_file = data_path(args.data)
         out = _out_path(args.out or DEFAULT_OUT)
     config.validate()
@@ -318,8 +405,9 @@ def run(args: argparse.Namespace) -> int:
         print("warning: the trunk is frozen, so its learning-rate factors change nothing now "
               "(train layers with --freeze, or use --unfreeze-every N)", file=sys.stderr)
 
-    printer = _Printer(session.heads)
-    if args.tensorboard:
+    main = ctx is None or ctx.main
+    printer = _Printer(session.heads) if not args.events else JsonLines(events_out)
+    if args.tensorboard and main:
         from engine.training.runs import TensorBoardLog
 
         printer = TensorBoardLog(args.tensorboard, then=printer)
@@ -328,15 +416,28 @@ def run(args: argparse.Namespace) -> int:
         record = TrainingRecord.begin(data, config, data_file)
     else:
         record.config = dict(vars(config))  # the paused run's settings, as this part runs them
-    with _ctrl_c_stops(trainer):
-        result = trainer.run()  # TrainingError (a GraftError) on failure
+    from engine.training.launch import watch_stop_file
+
+    end_watch = watch_stop_file(trainer.stop)  # Graft's launcher or the window asks every process to stop
+    try:
+        with _ctrl_c_stops(trainer):
+            result = trainer.run()  # TrainingError (a GraftError) on failure
+    finally:
+        end_watch()
     print(result.message)
+    if not main:
+        ctx.barrier("waiting for process 0 to save")  # leave together (a process gone early aborts the others)
+        return 0  # process 0 alone saves
     # evaluate and export read the data, seed and validation fraction back from the project
     extra = record.finish(result).store(session.project_extra, replace_latest=checkpoint is not None)
     saved = save_project(session, out, extra=extra, checkpoint=result.checkpoint)
     print(f"Saved the trained model to {saved.resolve()}")
+    if args.events:
+        printer.write("TrainResult", {**vars(result), "checkpoint": None, "saved": str(saved.resolve())})
     if result.checkpoint is not None:
         print(f"Resume the paused run with: graft train --resume {saved}")
+    if ctx is not None:
+        ctx.barrier()
     return 0
 
 

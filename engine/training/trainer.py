@@ -89,7 +89,9 @@ class TrainConfig:
     train alone for N epochs, then one more trunk block from the top every N epochs; the trunk trains
     in this run whatever the layers' freeze settings, which are put back afterwards (no cached features).
     ``telemetry``: emit :class:`engine.training.telemetry.TelemetryEvent` (per block gradient norm and
-    weight change) at a bounded rate. ``pause_after``: pause (see :meth:`Trainer.pause`) after this epoch."""
+    weight change) at a bounded rate. ``pause_after``: pause (see :meth:`Trainer.pause`) after this epoch.
+    ``sync_batchnorm``: with several processes and layers of the trunk training, normalise over the
+    global batch (:mod:`engine.training.distributed`): "auto" (on with several GPUs), True or False."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -107,6 +109,7 @@ class TrainConfig:
     unfreeze_every: int | None = None
     telemetry: bool = False
     pause_after: int | None = None
+    sync_batchnorm: bool | str = "auto"
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -128,6 +131,8 @@ class TrainConfig:
             raise GraftError(f"The number of loader workers must not be negative (got {self.num_workers!r}).")
         if self.augment not in ("auto", True, False):
             raise GraftError(f"augment must be 'auto', True or False (got {self.augment!r}).")
+        if self.sync_batchnorm not in ("auto", True, False):
+            raise GraftError(f"sync_batchnorm must be 'auto', True or False (got {self.sync_batchnorm!r}).")
         if self.cache_features not in ("auto", True, False):
             raise GraftError(f"cache_features must be 'auto', True or False (got {self.cache_features!r}).")
         for name in ("unfreeze_every", "pause_after"):
@@ -609,17 +614,20 @@ class Trainer:
         self.on_event = on_event
         self.resume = resume
         self._stop = threading.Event()
+        self._stop_request = self._stop  # several processes: a request, agreed on into _stop every step
         self._pause = threading.Event()
         self._ran = False
+        self._dist: Any = None  # engine.training.distributed.Context when training on several processes
+        self._sharded = False  # the images are sharded over the processes (DDP); else one process's work
 
     # -- public ------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the run to end after the current batch (thread-safe; the best weights are kept)."""
-        self._stop.set()
+        self._stop_request.set()
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop.is_set()
+        return self._stop_request.is_set()
 
     def pause(self) -> None:
         """Ask the run to pause at the end of the current epoch (thread-safe): it ends with reason
@@ -710,6 +718,35 @@ class Trainer:
         self._plan_target_stats()
         if self.resume is not None:
             self._check_resume()
+        from engine.training import distributed
+
+        if distributed.current() is not None:
+            self._join_processes(distributed.current())
+
+    def _join_processes(self, ctx: Any) -> None:
+        """Train as one of several processes (:mod:`engine.training.distributed`): this process's device;
+        with images, this process's shard of every global batch."""
+        cfg = self.config
+        self._dist, self._sharded = ctx, not self.cached
+        self._stop_request = threading.Event()
+        self.device = ctx.device
+        self.amp_dtype = autocast_dtype(self.device, cfg.amp)
+        ctx.broadcast_state(self.session.model)  # the same start everywhere (random weights differ per process)
+        if cfg.sync_batchnorm is True and not self.trunk_frozen:
+            ctx.sync_batchnorm(nn.Module(), True)  # refused on the CPU before anything moves
+        if self._sharded:
+            self._shard = ctx.train_batches(len(self.train_samples), cfg.batch_size, cfg.seed,
+                                            self.resume.epochs_run if self.resume is not None else 0)
+            self.steps_per_epoch = len(self._shard)
+            self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.notes.append(f"Training on {ctx.world_size} processes ({ctx.backend}): "
+                          + ("each takes its share of every batch (DDP)." if self._sharded else
+                             "each computes the features of its share of the images; the heads train on all."))
+
+    def _agree_stop(self, step: int | None = None) -> None:
+        """Several processes: a stop asked in any of them stops all of them, here, at the same step."""
+        if self._dist is not None and self._dist.agree(self._stop_request.is_set(), step):
+            self._stop.set()
 
     def _check_resume(self) -> None:
         ck = self.resume
@@ -758,7 +795,7 @@ class Trainer:
 
     # -- events ------------------------------------------------------------------------------------
     def _emit(self, event: object) -> None:
-        if self.on_event is not None:
+        if self.on_event is not None and (self._dist is None or self._dist.main):  # process 0 alone reports
             self.on_event(event)
 
     def _progress(self, done: int, phase: str = "train", force: bool = False, fraction: float | None = None) -> None:
@@ -864,6 +901,10 @@ class Trainer:
                 self._error = GraftError(message)
             else:
                 clean = clean_loader_error(exc)
+                if clean is None and self._dist is not None:  # e.g. DDP's all-reduce in the backward pass
+                    from engine.training.distributed import ProcessLost, lost_message
+
+                    clean = ProcessLost(lost_message(self._dist, exc))
                 message = str(clean) if clean is not None else f"Training failed: {exc.__class__.__name__}: {exc}"
                 self._error = clean if clean is not None else exc
             message = message.rstrip(".") + (
@@ -1007,13 +1048,16 @@ class Trainer:
         with autocast_context(self.device, self.amp_dtype):
             outputs = outputs_fn()
         losses = compute_losses(self.heads, outputs, targets, self.scales)
+        objective = losses.total
+        if self._sharded:  # the global batch's loss (its reported value too)
+            objective, losses = self._dist.step_losses(losses, self.heads)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
-            self.scaler.scale(losses.total).backward()
+            self.scaler.scale(objective).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            losses.total.backward()
+            objective.backward()
             self.optimizer.step()
         lr = self._reported_lr()
         self.scheduler.step()
@@ -1054,35 +1098,45 @@ class Trainer:
         cfg = self.config
         model = self.session.model
         sampler = self._train_sampler()
+        ctx, rank = self._dist, (self._dist.rank if self._dist is not None else 0)
+        val_samples = self.val_samples if ctx is None else [self.val_samples[i]
+                                                             for i in ctx.val_indices(len(self.val_samples))]
         train_loader = make_loader(self._image_dataset(self.train_samples, self.augment), batch_size=cfg.batch_size,
-                                   device=self.device, num_workers=self.num_workers, batch_sampler=sampler,
-                                   seed=cfg.seed)
+                                   device=self.device, num_workers=self.num_workers,
+                                   batch_sampler=sampler if ctx is None else self._shard, seed=cfg.seed + 7919 * rank)
         val_loader = None
         if self.val_samples:
-            val_workers = auto_num_workers(len(self.val_samples), cfg.batch_size, cfg.num_workers, self.device)
+            val_workers = auto_num_workers(len(val_samples), cfg.batch_size, cfg.num_workers, self.device)
             self._val_batch = cfg.batch_size * 2
-            val_loader = make_loader(self._image_dataset(self.val_samples, False), batch_size=self._val_batch,
+            val_loader = make_loader(self._image_dataset(val_samples, False), batch_size=self._val_batch,
                                      device=self.device, num_workers=val_workers, seed=cfg.seed)
         trunk = model.trunk
         runner = None
         if self.trunk_frozen:  # augmented images through a fixed trunk: every epoch is a frozen-trunk pass
             runner = self._frozen_trunk(len(self.train_samples) * cfg.epochs + len(self.val_samples))
+        self._ddp, world = None, (ctx.world_size if ctx is not None else 1)
+        if ctx is not None and not self.trunk_frozen:
+            replaced = ctx.sync_batchnorm(model.trunk, cfg.sync_batchnorm)
+            if replaced:
+                self._emit(MessageEvent(f"SyncBatchNorm: {plural(replaced, 'BatchNorm layer')} normalise over the "
+                                        "global batch."))
 
         def forward(images: torch.Tensor) -> Callable[[], dict[str, torch.Tensor]]:
+            ddp = self._ddp  # several processes: DDP averages the gradients in the backward pass
             if self.trunk_frozen:
                 def run() -> dict[str, torch.Tensor]:
                     with torch.no_grad():
                         features = trunk(images) if runner is None else runner(images)
-                    return model.forward_heads(features)
+                    return (model.forward_heads if ddp is None else ddp)(features)
                 return run
-            return lambda: model(images)
+            return lambda: (model if ddp is None else ddp)(images)
 
         def train_batches() -> Iterator[tuple[Callable, dict[str, torch.Tensor], int]]:
             for images, targets in train_loader:
                 if self._stop.is_set():
                     raise _Stopped
                 images, targets = self._to(images, targets)
-                yield forward(images), targets, images.shape[0]
+                yield forward(images), targets, images.shape[0] * world
 
         def validate() -> tuple[LossAccumulator, MetricSet]:
             acc, metrics = LossAccumulator(self.heads), MetricSet(self.heads)
@@ -1095,17 +1149,36 @@ class Trainer:
                     outputs = features_then_heads(model, runner, images)
                     acc.add(compute_losses(self.heads, outputs, targets, self.scales))
                     metrics.update(outputs, targets)
+            if ctx is not None:  # every process's share of the validation images, summed
+                ctx.reduce_accumulator(acc)
+                ctx.reduce_metrics(metrics)
             return acc, metrics
 
         def set_train_mode() -> None:
             model.train()
             if self.trunk_frozen:
                 model.trunk.eval()  # a frozen trunk is a fixed feature extractor (as with cached features)
+            if ctx is not None:
+                self._wrap_ddp(ctx)
 
         try:
             return self._epochs(train_batches, validate if val_loader is not None else None, set_train_mode)
         finally:
-            train_loader = val_loader = None  # drop the loaders: persistent workers shut down now
+            train_loader = val_loader = self._ddp = None  # drop the loaders: persistent workers shut down now
+            if ctx is not None:
+                ctx.restore_batchnorm()
+
+    def _wrap_ddp(self, ctx: Any) -> None:
+        """DDP over what trains now (again when gradual unfreezing changed it: DDP syncs the parameters
+        that train when it is built)."""
+        from engine.training.distributed import HeadsOnFeatures
+
+        model = self.session.model
+        key = tuple(p.requires_grad for p in model.parameters())
+        if self._ddp is None or key != self._ddp_key:
+            self._ddp = None
+            self._ddp = ctx.wrap(HeadsOnFeatures(model) if self.trunk_frozen else model)
+            self._ddp_key = key
 
     # -- training on cached features -----------------------------------------------------------------
     def _extract_features(self, samples: Sequence[Any], done_before: int, total: int):
@@ -1114,8 +1187,10 @@ class Trainer:
         workers = auto_num_workers(len(samples), cfg.batch_size, cfg.num_workers, self.device)
         batch = cfg.batch_size * 2  # no gradients: twice the training batch fits (and halving the setting helps)
         self._phase = ("computing features", batch)
+        ctx = self._dist  # several processes: each its shard, then all of them gathered in every process
         loader = make_loader(self._image_dataset(samples, False), batch_size=batch,
-                             device=self.device, num_workers=workers, seed=cfg.seed)
+                             device=self.device, num_workers=workers, seed=cfg.seed,
+                             batch_sampler=ctx.extract_sampler(len(samples), batch) if ctx is not None else None)
         feats: list[torch.Tensor] = []
         targets: dict[str, list[torch.Tensor]] = {h.name: [] for h in self.heads}
         done = done_before
@@ -1133,10 +1208,14 @@ class Trainer:
                     feats.append(f)
                     for k, v in batch_targets.items():
                         targets[k].append(v)
-                    done += images.shape[0]
-                    self._progress(0, "features", fraction=self.FEATURE_SHARE * done / total)
+                    done += images.shape[0] * (ctx.world_size if ctx is not None else 1)
+                    self._progress(0, "features", fraction=self.FEATURE_SHARE * min(done, total) / total)
+                    self._agree_stop()
         finally:
             del loader
+        if ctx is not None:
+            return (ctx.gather_rows(torch.cat(feats), len(samples)),
+                    {k: ctx.gather_rows(torch.cat(v), len(samples)) for k, v in targets.items()})
         return torch.cat(feats), {k: torch.cat(v) for k, v in targets.items()}
 
     def _feature_store(self, n_images: int) -> torch.device:
@@ -1303,10 +1382,13 @@ class Trainer:
                 if self.telemetry is not None and self.telemetry.due():
                     self._emit(self.telemetry.sample(self.done_steps, epoch))
                 self._progress(self.done_steps)
+                self._agree_stop(self.done_steps)
                 if self._stop.is_set():
                     self._report_step(pending, train_acc)
                     raise _Stopped
             self._report_step(pending, train_acc)
+            if self._sharded:
+                self._dist.reduce_accumulator(train_acc)
             train_loss, train_heads = train_acc.values()
             if train_loss is not None and not math.isfinite(train_loss):
                 raise _NonFinite(None, epoch, self.done_steps)
@@ -1339,7 +1421,8 @@ class Trainer:
             self._progress(self.done_steps, force=True)
             if patience and self._bad_epochs >= patience and epoch < cfg.epochs:
                 return "early_stopping"
-            if epoch < cfg.epochs and (self._pause.is_set() or cfg.pause_after == epoch):
+            pause = self._pause.is_set() if self._dist is None else self._dist.agree(self._pause.is_set())
+            if epoch < cfg.epochs and (pause or cfg.pause_after == epoch):
                 self.checkpoint = self._make_checkpoint()
                 return "paused"
         return "completed"
