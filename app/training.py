@@ -150,7 +150,10 @@ class Training(QObject):
         except GraftError as exc:
             self._messages.show_error(str(exc), title="Training settings")
             return False
-        worker = TrainWorker(s, data, config, tensorboard=self.tensorboard_dir() or None)
+        worker_class = TrainWorker
+        if getattr(config, "devices", 1) > 1:  # all the GPUs: the run goes in child processes
+            from .distributed import DistributedTrainWorker as worker_class
+        worker = worker_class(s, data, config, tensorboard=self.tensorboard_dir() or None)
         # what evaluate and export read back from a saved project, as main.py train records it
         self._record = TrainingRecord.begin(data, config)
         self._epochs = int(getattr(config, "epochs", 0) or 0)

@@ -21,6 +21,18 @@ AUGMENT = (("auto", "Auto", "On while layers of the network train; off while onl
            (False, "Off", "Never augment"))
 
 
+ALL_GPUS = "all-gpus"  # the device choice that trains on every GPU of this machine
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:  # noqa: BLE001 - no torch, no GPU
+        return 0
+
+
 def format_eta(seconds: float | None) -> str:
     """``42`` -> ``0:42``; ``3725`` -> ``1:02:05``."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
@@ -106,6 +118,9 @@ class TrainingPanel(QWidget):
             if key == "mps" and not mps:
                 continue
             self.device_combo.addItem(title, key)
+        self.gpu_count = _gpu_count() if cuda else 0
+        if self.gpu_count > 1:  # DDP in child processes (app/distributed.py)
+            self.device_combo.addItem(f"All {self.gpu_count} GPUs", ALL_GPUS)
         cuda_row = self.device_combo.findData("cuda")
         if not cuda:
             item = self.device_combo.model().item(cuda_row) if isinstance(self.device_combo.model(),
@@ -221,7 +236,7 @@ class TrainingPanel(QWidget):
         """Fill the fields from ``config`` (its other fields are kept for :meth:`config`)."""
         self._base = config
         device = str(config.device).split(":")[0]
-        index = self.device_combo.findData(device)
+        index = self.device_combo.findData(ALL_GPUS if getattr(config, "devices", 1) > 1 else device)
         if index < 0 or (device == "cuda" and not self.cuda_available):
             index = self.device_combo.findData("auto")
         self.device_combo.setCurrentIndex(index)
@@ -240,6 +255,8 @@ class TrainingPanel(QWidget):
             "batch_size": self.batch_spin.value(), "lr_heads": self.lr_heads_box.value(),
             "lr_trunk": self.lr_trunk_box.value(), "augment": self.augment_combo.currentData(),
             "patience": self.patience_spin.value() or None}
+        values["devices"] = self.gpu_count if values["device"] == ALL_GPUS else 1
+        values["device"] = "cuda" if values["device"] == ALL_GPUS else values["device"]
         known = {f.name for f in fields(TrainConfig)}
         return replace(self._base, **{k: v for k, v in values.items() if k in known})
 

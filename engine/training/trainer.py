@@ -91,7 +91,9 @@ class TrainConfig:
     ``telemetry``: emit :class:`engine.training.telemetry.TelemetryEvent` (per block gradient norm and
     weight change) at a bounded rate. ``pause_after``: pause (see :meth:`Trainer.pause`) after this epoch.
     ``sync_batchnorm``: with several processes and layers of the trunk training, normalise over the
-    global batch (:mod:`engine.training.distributed`): "auto" (on with several GPUs), True or False."""
+    global batch (:mod:`engine.training.distributed`): "auto" (on with several GPUs), True or False.
+    ``devices``: processes to train in (``main.py train --devices``, the window's "All N GPUs"); a Trainer
+    is always one of them: the launcher (:mod:`engine.training.launch`) starts them."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -110,6 +112,7 @@ class TrainConfig:
     telemetry: bool = False
     pause_after: int | None = None
     sync_batchnorm: bool | str = "auto"
+    devices: int = 1
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -135,7 +138,7 @@ class TrainConfig:
             raise GraftError(f"sync_batchnorm must be 'auto', True or False (got {self.sync_batchnorm!r}).")
         if self.cache_features not in ("auto", True, False):
             raise GraftError(f"cache_features must be 'auto', True or False (got {self.cache_features!r}).")
-        for name in ("unfreeze_every", "pause_after"):
+        for name in ("unfreeze_every", "pause_after", "devices"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise GraftError(f"{name.replace('_', ' ').capitalize()} must be a whole number of epochs, at least 1 "
