@@ -152,6 +152,7 @@ class LayerTreeView(QWidget):
         self.model.rowsInserted.connect(self._rows_inserted)
         self.model.headerDataChanged.connect(self._show_change_column)
         self.model.columnsInserted.connect(self._telemetry_shown)
+        self.model.columnsRemoved.connect(self.proxy.invalidate)
         self._show_change_column()
         self._expand_heads()
 
@@ -266,7 +267,10 @@ class LayerTreeView(QWidget):
         self.updateGeometry()
 
     def _telemetry_shown(self, *args: object) -> None:
-        """The live Training column came: wide enough for its bar and "12.3 %"."""
+        """The live Training column came: wide enough for its bar and "12.3 %". The model announces the new
+        column under the root only, so the proxy is rebuilt (keeping what is expanded) for the rows below
+        other rows (a head under the heads' group) to have it too."""
+        self.proxy.invalidate()
         if self.model.columnCount() > TELEMETRY:
             header = self.tree_view.header()
             header.setSectionResizeMode(TELEMETRY, QHeaderView.ResizeMode.Interactive)

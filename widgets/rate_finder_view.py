@@ -32,6 +32,7 @@ class RateFinderView(QWidget):
         self._losses: list[float] = []
         self.plot = pg.PlotWidget(background="w")
         self.plot.setLogMode(x=True, y=False)
+        self.plot.getAxis("bottom").enableAutoSIPrefix(False)  # log ticks read as rates (1e-07 … 10), unscaled
         self.plot.showGrid(x=True, y=True, alpha=0.25)
         self.plot.setLabel("bottom", "learning rate")
         self.plot.setLabel("left", "training loss (smoothed)")
