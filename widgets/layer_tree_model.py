@@ -413,7 +413,10 @@ class LayerTreeModel(QAbstractItemModel):
         if column != TELEMETRY:
             return None
         if role == DISPLAY:
-            return "" if value is None else f"{value[1] * 100:.2g} %"
+            if value is None:
+                return ""
+            percent = value[1] * 100  # "0.026 %", "24 %", "270 %" (a new head moves far from its start)
+            return f"{percent:.2g} %" if percent < 100 else f"{percent:.0f} %"
         if role == _ROLE.TextAlignmentRole:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == _ROLE.ToolTipRole and value is not None:

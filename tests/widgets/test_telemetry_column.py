@@ -74,6 +74,8 @@ def test_the_layer_tree_view_shows_the_column_on_rows_below_other_rows(qtbot, re
     assert cell("layer3.1").isValid() and cell("layer3.1").data() == "2 %" and cell("layer3").data() == "1 %"
     assert view.tree_view.isExpanded(view.proxy.mapFromSource(model.index_for_path("layer3")))
     assert view.tree_view.header().sectionSize(TELEMETRY) >= 90
+    model.set_telemetry({"layer3": (2.0, 2.7)})
+    assert cell("layer3").data() == "270 %"  # not 2.7e+02 %
     model.set_telemetry(None)
     assert view.proxy.columnCount(view.proxy.mapFromSource(model.index_for_path("layer3"))) == len(COLUMNS)
     assert not cell("layer3.1").isValid()
