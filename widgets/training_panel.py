@@ -21,6 +21,8 @@ DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu",
 START_TIP = "Train on the loaded data (F5)"
 READY = "Ready when the data and heads are."
 READY_NOW = "Ready to train on the loaded data."
+FIND_TIP = ("A short test run whose rate grows step by step: plots the loss against the rate and suggests one "
+            "(nothing is learnt: the weights are put back)")
 AUGMENT = (("auto", "Auto", "On while layers of the network train; off while only the heads train"),
            (True, "On", "Always augment (with a frozen network every epoch then runs it on every image)"),
            (False, "Off", "Never augment"))
@@ -147,24 +149,15 @@ class TrainingPanel(QWidget):
             "image, which helps against overfitting.\nAuto: on while layers of the network train. With the "
             "network frozen, Graft instead computes its features once and trains only the heads on them, "
             "many times faster.")
-        self.patience_spin = QSpinBox(self)
-        self.patience_spin.setRange(0, 1000)
-        self.patience_spin.setSpecialValueText("off")
-        self.patience_spin.setSuffix(" epochs")
-        self.patience_spin.setToolTip("Stop when the validation loss has not improved for this many epochs "
-                                      "(the best weights are kept); 0 = never stop early")
+        self.patience_spin = self._epochs_box("Stop when the validation loss has not improved for this many epochs "
+                                              "(the best weights are kept); 0 = never stop early")
 
         self.find_rate_button = QPushButton("Find learning rate", self)
         self.find_rate_button.setObjectName("findRate")
-        self.find_rate_button.setToolTip("A short test run whose rate grows step by step: plots the loss against the "
-                                         "rate and suggests one (nothing is learnt: the weights are put back)")
-        self.unfreeze_spin = QSpinBox(self)
-        self.unfreeze_spin.setRange(0, 1000)
-        self.unfreeze_spin.setSpecialValueText("off")
-        self.unfreeze_spin.setSuffix(" epochs")
-        self.unfreeze_spin.setToolTip("Gradual unfreezing: the heads train alone for N epochs, then one more block "
-                                      "of the network joins from the top every N epochs (for this run only: the "
-                                      "layers' freeze settings are put back afterwards); 0 = off")
+        self.find_rate_button.setToolTip(FIND_TIP)
+        self.unfreeze_spin = self._epochs_box(
+            "Gradual unfreezing: the heads train alone for N epochs, then one more block of the network joins from "
+            "the top every N epochs (for this run only: the layers' freeze settings are put back afterwards); 0 = off")
         self.low_factor_box = QDoubleSpinBox(self)
         self.low_factor_box.setRange(0.001, 1.0)
         self.low_factor_box.setDecimals(3)
@@ -189,10 +182,7 @@ class TrainingPanel(QWidget):
             box.setAlignment(Qt.AlignmentFlag.AlignRight)
 
         settings = QGroupBox("Settings", self)
-        form = QFormLayout(settings)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-        form.setHorizontalSpacing(12)
-        form.setVerticalSpacing(8)
+        form = self._form(settings)
         form.addRow("Device", self.device_combo)
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Batch size", self.batch_spin)
@@ -203,10 +193,7 @@ class TrainingPanel(QWidget):
         form.addRow("", self.find_rate_button)
 
         control = QGroupBox("How the network trains", self)
-        control_form = QFormLayout(control)
-        control_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-        control_form.setHorizontalSpacing(12)
-        control_form.setVerticalSpacing(8)
+        control_form = self._form(control)
         preset = QHBoxLayout()
         preset.addWidget(self.discriminative_button)
         preset.addWidget(QLabel("from", self))
@@ -270,6 +257,23 @@ class TrainingPanel(QWidget):
         self.discriminative_button.clicked.connect(lambda: self.discriminativeRequested.emit(self.low_factor_box.value()))
         self.set_config(self._base)
         self.set_running(False)
+
+    def _epochs_box(self, tip: str) -> QSpinBox:
+        """A number of epochs where 0 reads "off"."""
+        box = QSpinBox(self)
+        box.setRange(0, 1000)
+        box.setSpecialValueText("off")
+        box.setSuffix(" epochs")
+        box.setToolTip(tip)
+        return box
+
+    @staticmethod
+    def _form(box: QGroupBox) -> QFormLayout:
+        form = QFormLayout(box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+        form.setHorizontalSpacing(12)
+        form.setVerticalSpacing(8)
+        return form
 
     @staticmethod
     def _accelerators(cuda: bool | None, mps: bool | None) -> tuple[bool, bool]:
@@ -362,8 +366,7 @@ class TrainingPanel(QWidget):
         if reason and not can_find:
             self.find_rate_button.setToolTip(reason)
         else:
-            self.find_rate_button.setToolTip("A short test run whose rate grows step by step: plots the loss against "
-                                             "the rate and suggests one (nothing is learnt: the weights are put back)")
+            self.find_rate_button.setToolTip(FIND_TIP)
 
     def apply_rate(self, rate: float, heads: bool = True, keep_ratio: bool = False) -> None:
         """Put a learning rate in the heads' field (or the network's, ``heads=False``); ``keep_ratio``: the
