@@ -838,10 +838,12 @@ class Trainer:
             if self.resume is not None:
                 self._resume_optimizer()
             if cfg.telemetry:
+                from engine.training.advice import trunk_blocks
                 from engine.training.telemetry import Telemetry, telemetry_blocks
 
                 trained = [p for g in self.optimizer.param_groups for p in g["params"]]
-                self.telemetry = Telemetry(telemetry_blocks(self.session.model, trained))
+                blocks = [n.path for n in trunk_blocks(self.session)]
+                self.telemetry = Telemetry(telemetry_blocks(self.session.model, trained, blocks))
             if self.cached:
                 reason = self._train_cached()
             else:
