@@ -285,7 +285,7 @@ def extract_features(trainer: Any, samples: Sequence[Any], table: FeatureTable, 
             for images, batch_targets in loader:
                 if trainer._stop.is_set():
                     raise _Stopped
-                images, batch_targets = trainer._to(images, batch_targets)
+                images, batch_targets = trainer._to(images, trainer._unreadable(batch_targets, samples))
                 f = (model.trunk(images) if runner is None else runner(images)).float()
                 table.put(f, batch_targets)
                 done += images.shape[0]

@@ -61,6 +61,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.data.datasets import UNREADABLE
 from engine.errors import GraftError
 from engine.network.graft_model import RegressionHead
 from engine.network.heads import KIND_TITLES, HeadSpec
@@ -514,7 +515,8 @@ def _short(values: Sequence[float]) -> str:
 # ------------------------------------------------------------------------------------------------
 
 class MappedDataset(torch.utils.data.Dataset):
-    """An ImageDataset whose targets are renamed/remapped for the session's heads (in the workers)."""
+    """An ImageDataset whose targets are renamed/remapped for the session's heads (in the workers); an image
+    found unreadable only now (:data:`engine.data.datasets.UNREADABLE`) stays marked."""
 
     def __init__(self, base: torch.utils.data.Dataset, target_map: TargetMap) -> None:
         self.base = base
@@ -525,7 +527,10 @@ class MappedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image, targets = self.base[index]
-        return image, self.target_map(targets)
+        mapped = self.target_map(targets)
+        if UNREADABLE in targets:
+            mapped[UNREADABLE] = targets[UNREADABLE]
+        return image, mapped
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -1081,6 +1086,30 @@ class Trainer:
         base = ImageDataset(samples, self.target_map.data_heads, self.session.input_spec, augment=augment)
         return MappedDataset(base, self.target_map)
 
+    def _unreadable(self, targets: dict[str, torch.Tensor], samples: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """The targets without the unreadable-image marks; images that did not decode (data only quick-checked
+        up front) are reported once each, as a warning and in ``data.skipped``. Their labels count as missing."""
+        marks = targets.pop(UNREADABLE, None)
+        if marks is None or not bool((marks >= 0).any()):
+            return targets
+        from engine.data.datasets import check_image
+
+        seen = self.__dict__.setdefault("_unreadable_paths", set())
+        found = []
+        for i in marks[marks >= 0].tolist():
+            path = samples[i].path
+            if path not in seen:
+                seen.add(path)
+                found.append((str(path), check_image(path) or "does not decode"))
+        if found:
+            skipped = getattr(self.data, "skipped", None)
+            if isinstance(skipped, list):
+                skipped.extend(found)
+            shown = "; ".join(f"{p}: {r}" for p, r in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            self._emit(MessageEvent(f"Left out {plural(len(found), 'image')} that did not decode (labels counted as "
+                                    f"missing; {len(seen)} so far): {shown}.", "warning"))
+        return targets
+
     def _to(self, images: torch.Tensor, targets: dict[str, torch.Tensor]):
         device = self.device
         if device.type == "cpu":
@@ -1121,7 +1150,7 @@ class Trainer:
             for images, targets in train_loader:
                 if self._stop.is_set():
                     raise _Stopped
-                images, targets = self._to(images, targets)
+                images, targets = self._to(images, self._unreadable(targets, self.train_samples))
                 yield forward(images), targets, images.shape[0]
 
         def validate() -> tuple[LossAccumulator, MetricSet]:
@@ -1131,7 +1160,7 @@ class Trainer:
                 for images, targets in val_loader:
                     if self._stop.is_set():
                         raise _Stopped
-                    images, targets = self._to(images, targets)
+                    images, targets = self._to(images, self._unreadable(targets, self.val_samples))
                     outputs = features_then_heads(model, runner, images)
                     acc.add(compute_losses(self.heads, outputs, targets, self.scales))
                     metrics.update(outputs, targets)
