@@ -216,3 +216,16 @@ def test_the_budget_setting_and_its_environment_variable(monkeypatch, data, smal
     for bad in (0, -1.0, float("inf"), True):
         with pytest.raises(GraftError, match="RAM budget must be a positive number"):
             config(feature_ram_budget_mb=bad).validate()
+
+
+def test_a_paused_run_with_views_resumes_to_the_uninterrupted_weights(data, small_session):
+    whole = small_session(data.heads)
+    Trainer(whole, data, config(augment_views=2)).run()
+    part = small_session(data.heads)
+    paused = Trainer(part, data, config(augment_views=2, pause_after=1)).run()
+    assert paused.reason == "paused"
+    with pytest.raises(GraftError, match="augment views"):
+        Trainer(part, data, config(augment_views=3), resume=paused.checkpoint).run()
+    Trainer(part, data, config(augment_views=2), resume=paused.checkpoint).run()
+    for name, value in whole.model.heads.state_dict().items():
+        assert torch.allclose(value, part.model.heads.state_dict()[name], atol=1e-6), name
