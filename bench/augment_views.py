@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--only", choices=("demo", "polygons"), default=None)
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="train on the first N training images only (a small-data case); validation unchanged")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +110,8 @@ def main(argv=None) -> int:
         if args.only and name != args.only:
             continue
         data = make()
+        if args.train_images:
+            data = replace(data, train=data.train[:args.train_images])
         results: dict[int, list[dict]] = {0: [], args.views: []}
         for seed in range(args.seeds):  # interleaved: a busy spell on a shared machine hits both alike
             for k in (0, args.views):
