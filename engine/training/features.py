@@ -265,26 +265,22 @@ def extract_features(trainer: Any, samples: Sequence[Any], table: FeatureTable, 
                      views: int = 0) -> FeatureTable:
     """Fill ``table`` with the frozen trunk's features of ``samples`` (plain; with ``views`` > 0 the
     ``views`` augmented views of each, view-major: row ``v * len(samples) + j``)."""
-    from engine.training.trainer import _Stopped, auto_num_workers, autocast_context, make_loader
-
     cfg = trainer.config
     model = trainer.session.model
     if views:
         dataset = AugmentedViews(trainer._image_dataset(samples, True), views, cfg.seed)
     else:
         dataset = trainer._image_dataset(samples, False)
-    workers = auto_num_workers(len(dataset), cfg.batch_size, cfg.num_workers, trainer.device)
     batch = cfg.batch_size * 2  # no gradients: twice the training batch fits (and halving the setting helps)
     trainer._phase = ("computing features", batch)
-    loader = make_loader(dataset, batch_size=batch, device=trainer.device, num_workers=workers, seed=cfg.seed)
+    loader = trainer._loader(dataset, batch)
     runner = trainer._runner
     done = done_before
     model.eval()
     try:
-        with torch.no_grad(), autocast_context(trainer.device, trainer.amp_dtype):
+        with torch.no_grad(), trainer._autocast():
             for images, batch_targets in loader:
-                if trainer._stop.is_set():
-                    raise _Stopped
+                trainer._check_stop()
                 images, batch_targets = trainer._to(images, trainer._unreadable(batch_targets, samples))
                 f = (model.trunk(images) if runner is None else runner(images)).float()
                 table.put(f, batch_targets)
@@ -300,21 +296,18 @@ def train_cached(trainer: Any) -> str:
     """Compute the features once (K augmented views of the training images with ``trainer.views`` = K),
     then run the epochs on them; returns the run's ending (see ``Trainer._epochs``). The tables, and
     any file they spilled to, are gone when this returns or raises."""
-    from engine.training.trainer import MessageEvent, _Stopped, autocast_context
-
     cfg = trainer.config
     model = trainer.session.model
     views = trainer.views
     n_train, n_val = len(trainer.train_samples), len(trainer.val_samples)
     total = max(1, views) * n_train + n_val
     if views:
-        trainer._emit(MessageEvent(
+        trainer._note(
             f"Computing the frozen trunk's features once for {views} augmented views of each of the {n_train} "
             f"training images ({views * n_train} passes) and the {n_val} validation images as they are; then only "
-            "the heads train, each epoch on one view per image."))
+            "the heads train, each epoch on one view per image.")
     else:
-        trainer._emit(MessageEvent(f"Computing the frozen trunk's features once for {total} images; "
-                                   "then only the heads train."))
+        trainer._note(f"Computing the frozen trunk's features once for {total} images; then only the heads train.")
     store = feature_store(trainer, total)
     trainer._frozen_trunk(total)
     budget = _Budget(ram_budget_mb(cfg.feature_ram_budget_mb))
@@ -331,10 +324,10 @@ def train_cached(trainer: Any) -> str:
         spilled = [t for t in tables if t.on_disk]
         if spilled:
             size = sum(t.nbytes for t in tables) / MB
-            trainer._emit(MessageEvent(
+            trainer._note(
                 f"The features ({size:.0f} MB) exceed the RAM budget of {budget_text(cfg.feature_ram_budget_mb)}: "
                 f"{'they are' if len(spilled) == len(tables) else 'the training features are'} kept in a "
-                f"memory-mapped file in {spill_folder()} (removed when training ends)."))
+                f"memory-mapped file in {spill_folder()} (removed when training ends).")
             trainer.features_on_disk = True
         if trainer.device.type == "cuda":
             for t in tables:
@@ -351,8 +344,6 @@ def budget_text(setting: float | None) -> str:
 
 def _epochs_on(trainer: Any, train_table: FeatureTable, val_table: FeatureTable | None, n_train: int,
                views: int) -> str:
-    from engine.training.trainer import _Stopped, autocast_context
-
     cfg = trainer.config
     model = trainer.session.model
     trainer._t_train = time.perf_counter()
@@ -366,8 +357,7 @@ def _epochs_on(trainer: Any, train_table: FeatureTable, val_table: FeatureTable 
         if views:  # one view per image this epoch: row = view * n + image
             order = view_choice(cfg.seed, trainer.epochs_run + 1, n_train, views)[order] * n_train + order
         for i in range(len(sampler)):
-            if trainer._stop.is_set():
-                raise _Stopped
+            trainer._check_stop()
             x, t = train_table.take(order[i * bs:(i + 1) * bs])
             if x.device != device:  # features kept in host memory or on disk (too many for the GPU or RAM)
                 x, t = trainer._to(x, t)
@@ -377,7 +367,7 @@ def _epochs_on(trainer: Any, train_table: FeatureTable, val_table: FeatureTable 
         acc, metrics = LossAccumulator(trainer.heads), MetricSet(trainer.heads)
         model.heads.eval()
         chunk = trainer._val_batch
-        with torch.no_grad(), autocast_context(device, trainer.amp_dtype):
+        with torch.no_grad(), trainer._autocast():
             for i in range(0, val_table.rows, chunk):
                 x, t = val_table.slice(i, i + chunk)
                 if x.device != device:

@@ -1086,6 +1086,23 @@ class Trainer:
         base = ImageDataset(samples, self.target_map.data_heads, self.session.input_spec, augment=augment)
         return MappedDataset(base, self.target_map)
 
+    # -- small services for engine.training.features (which must not import this module) -------------
+    def _note(self, text: str, level: str = "info") -> None:
+        self._emit(MessageEvent(text, level))
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+
+    def _autocast(self):
+        return autocast_context(self.device, self.amp_dtype)
+
+    def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int) -> torch.utils.data.DataLoader:
+        """An ordered loader for a pass without gradients (workers as for training)."""
+        cfg = self.config
+        workers = auto_num_workers(len(dataset), cfg.batch_size, cfg.num_workers, self.device)
+        return make_loader(dataset, batch_size=batch_size, device=self.device, num_workers=workers, seed=cfg.seed)
+
     def _unreadable(self, targets: dict[str, torch.Tensor], samples: Sequence[Any]) -> dict[str, torch.Tensor]:
         """The targets without the unreadable-image marks; images that did not decode (data only quick-checked
         up front) are reported once each, as a warning and in ``data.skipped``. Their labels count as missing."""
