@@ -97,6 +97,15 @@ def peak_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def resident_mb() -> float | None:
+    """This process's resident memory now (Linux), for the high-water mark of each phase."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=100_000)
@@ -144,8 +153,15 @@ def main() -> int:
     epochs: list[EpochEvent] = []
     peaks: dict[str, float] = {}
 
+    resident: dict[str, float] = {}
+
     def on_event(event) -> None:
         now = time.perf_counter()
+        if isinstance(event, ProgressEvent):
+            phase = "caching" if event.phase == "features" else "training"
+            current = resident_mb()
+            if current is not None:
+                resident[phase] = max(resident.get(phase, 0.0), current)
         if isinstance(event, ProgressEvent) and event.phase == "features":
             marks.setdefault("features", now)
         elif isinstance(event, ProgressEvent) and event.phase == "train" and "features" in marks:
@@ -169,6 +185,8 @@ def main() -> int:
           f"peak memory {peaks.get('after caching', peak_mb()):.0f} MB")
     print(f"heads-only epoch on the cached features: {len(data.train):,} images in {epoch:.2f} s "
           f"({len(data.train) / epoch:,.0f} images/s, validation of {len(data.val):,} included)")
+    if resident:
+        print("resident memory, highest sampled: " + ", ".join(f"{k} {v:.0f} MB" for k, v in resident.items()))
     print(f"whole run {total:.1f} s; peak memory at the end {peak_mb():.0f} MB; "
           f"features {n * session.feature_dim * 4 / 2**20:.0f} MB against a RAM budget of {args.ram_mb:g} MB")
     return 0
