@@ -152,6 +152,15 @@ class TrainingPanel(QWidget):
         self.patience_spin = self._epochs_box("Stop when the validation loss has not improved for this many epochs "
                                               "(the best weights are kept); 0 = never stop early")
 
+        self.views_spin = QSpinBox(self)
+        self.views_spin.setRange(0, 16)
+        self.views_spin.setSpecialValueText("off")
+        self.views_spin.setSuffix(" views")
+        self.views_spin.setToolTip(
+            "With the network frozen and augmentation on: compute its features of this many augmented views of "
+            "every training image once, and train the heads each epoch on one of them, at cached speed "
+            "(caching costs about this many plain passes); off = one plain view")
+
         self.find_rate_button = QPushButton("Find learning rate", self)
         self.find_rate_button.setObjectName("findRate")
         self.find_rate_button.setToolTip(FIND_TIP)
@@ -190,6 +199,7 @@ class TrainingPanel(QWidget):
         form.addRow("Network learning rate", self.lr_trunk_box)
         form.addRow("Early stopping", self.patience_spin)
         form.addRow("Augmentation", self.augment_combo)
+        form.addRow("Augmented views (frozen network)", self.views_spin)
         form.addRow("", self.find_rate_button)
 
         control = QGroupBox("How the network trains", self)
@@ -304,6 +314,7 @@ class TrainingPanel(QWidget):
         self.augment_combo.setCurrentIndex(next(i for i, (value, *_) in enumerate(AUGMENT)
                                                 if value == config.augment and type(value) is type(config.augment)))
         self.patience_spin.setValue(int(config.patience or 0))
+        self.views_spin.setValue(int(getattr(config, "augment_views", 0) or 0))
         self.unfreeze_spin.setValue(int(config.unfreeze_every or 0))
         self.telemetry_check.setChecked(bool(config.telemetry))
 
@@ -314,7 +325,7 @@ class TrainingPanel(QWidget):
             "batch_size": self.batch_spin.value(), "lr_heads": self.lr_heads_box.value(),
             "lr_trunk": self.lr_trunk_box.value(), "augment": self.augment_combo.currentData(),
             "patience": self.patience_spin.value() or None, "unfreeze_every": self.unfreeze_spin.value() or None,
-            "telemetry": self.telemetry_check.isChecked()}
+            "telemetry": self.telemetry_check.isChecked(), "augment_views": self.views_spin.value()}
         known = {f.name for f in fields(TrainConfig)}
         return replace(self._base, **{k: v for k, v in values.items() if k in known})
 
@@ -322,7 +333,7 @@ class TrainingPanel(QWidget):
         """While training: settings, Start, Resume and the finder disabled, Pause and Stop enabled."""
         self._running = bool(running)
         for widget in (self.device_combo, self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box,
-                       self.augment_combo, self.patience_spin, self.unfreeze_spin, self.telemetry_check,
+                       self.augment_combo, self.views_spin, self.patience_spin, self.unfreeze_spin, self.telemetry_check,
                        self.discriminative_button, self.low_factor_box):
             widget.setEnabled(not running)
         self.start_button.setEnabled(not running and self._can_start)

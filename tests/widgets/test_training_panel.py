@@ -192,3 +192,17 @@ def test_discriminative_button_sends_the_lowest_factor_and_rates_apply(panel, qt
     assert panel.config().lr_heads == pytest.approx(0.0123) and panel.config().lr_trunk == pytest.approx(0.00123)
     panel.apply_rate(3e-5, heads=False)
     assert panel.config().lr_trunk == pytest.approx(3e-5) and panel.config().lr_heads == pytest.approx(0.0123)
+
+
+def test_augmented_views_reach_the_config_and_lock_while_running(panel):
+    assert panel.views_spin.text() == "off" and panel.config().augment_views == 0
+    panel.views_spin.setValue(4)
+    config = panel.config()
+    assert config.augment_views == 4
+    config.validate()
+    panel.set_config(replace(TrainConfig(), augment_views=2))
+    assert panel.views_spin.value() == 2
+    panel.set_running(True)
+    assert not panel.views_spin.isEnabled()
+    panel.set_running(False)
+    assert panel.views_spin.isEnabled()
