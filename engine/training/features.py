@@ -13,9 +13,10 @@ the epochs cost the same.
 
 More features than memory: a table larger than the RAM budget (``TrainConfig.feature_ram_budget_mb``, else
 ``$GRAFT_FEATURE_RAM_MB``, else :data:`DEFAULT_RAM_BUDGET_MB`) lives in a memory-mapped file in
-``engine.files.cache_dir()/features`` instead, removed when training ends, however it ends. Pages read or
-written are handed back to the system as the run goes (``madvise``), so the process's resident memory stays
-near the budget; the system's file cache keeps what it can.
+``engine.files.cache_dir()/features`` instead, removed when training ends, however it ends. Pages written
+are handed back to the system as the run goes (``madvise``), and those read after each budget's worth of
+reads; the system maps neighbouring pages of the file along with each row read, so while an epoch runs the
+resident memory can still grow by up to the file's size (clean file pages, which the system reclaims first).
 """
 from __future__ import annotations
 
