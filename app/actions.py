@@ -81,6 +81,9 @@ class Actions(QObject):
         self.heads_only = self._make("Train only the &heads", "heads-only", None,
                                      "Freeze the whole network; only the grafted heads learn")
         self.unfreeze_all = self._make("&Unfreeze all", "unfreeze", None, "Train every layer")
+        self.lr_factor = self._make("Learning-rate &factor…", None, None,
+                                    "Multiply the selected layer's learning rate (and that of the layers below "
+                                    "it) by a factor; 0 freezes it")
         self.input_channels = self._make("Input &channels…", None, None,
                                          "Read 1 channel (greyscale) or 4 and more (RGB plus infrared, depth …): "
                                          "the first convolution is adapted from its pretrained RGB kernels")
@@ -151,7 +154,7 @@ class Actions(QObject):
         m.addSeparator()
         m.addActions([self.input_channels, self.input_size])
         m.addSeparator()
-        m.addActions([self.freeze_up_to, self.heads_only, self.unfreeze_all])
+        m.addActions([self.freeze_up_to, self.heads_only, self.unfreeze_all, self.lr_factor])
         m.addSeparator()
         self.compare_menu.addActions([self.compare_loaded, self.compare_file])
         self.compare_menu.addSeparator()
@@ -182,7 +185,7 @@ class Actions(QObject):
     def context_actions(self) -> list[QAction | None]:
         """What right-clicking a layer offers, in order (``None``: a separator)."""
         return [self.cut_here, self.delete_output, None, self.freeze_up_to, self.heads_only, self.unfreeze_all,
-                None, self.add_head_here, self.add_head, self.edit_head, self.remove_head]
+                self.lr_factor, None, self.add_head_here, self.add_head, self.edit_head, self.remove_head]
 
     def update_enabled(self, *, has_model: bool, free: Mapping[str, bool], training: bool, output_present: bool,
                        layer_selected: bool, head_selected: bool, has_heads: bool, has_data: bool,

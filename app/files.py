@@ -59,20 +59,29 @@ class TrustNeeded:
         self.model_file = model_file  # the pickled file (None: not known)
 
 
+class Opened:
+    """What :func:`_open_project` brings back: the session and the paused training run the project keeps
+    (None when it keeps none)."""
+
+    def __init__(self, session: Any, paused_run: Any = None) -> None:
+        self.session, self.paused_run = session, paused_run
+
+
 def _open_project(path: str, trust: bool = False):
     from engine.network.loading import NeedsTrust
-    from engine.project.project_file import open_project
+    from engine.project.project_file import open_project, read_checkpoint
 
     try:
-        return open_project(path, trust=trust)
+        session = open_project(path, trust=trust)
     except NeedsTrust as exc:
         return TrustNeeded(str(exc), exc.path)
+    return Opened(session, read_checkpoint(path))
 
 
-def _save_project(session, path: str, extra: dict[str, Any]) -> str:
+def _save_project(session, path: str, extra: dict[str, Any], checkpoint: Any = None) -> str:
     from engine.project.project_file import save_project
 
-    return str(save_project(session, path, extra=extra))
+    return str(save_project(session, path, extra=extra, checkpoint=checkpoint))
 
 
 class Files(QObject):
@@ -152,11 +161,12 @@ class Files(QObject):
         if ask and not self.maybe_save("opening a project", then=lambda: self.open_project_file(path)):
             return
 
-        def opened(session, path=str(path)):
-            if isinstance(session, TrustNeeded):
-                self._ask_trust(path, session)
+        def opened(result, path=str(path)):
+            if isinstance(result, TrustNeeded):
+                self._ask_trust(path, result)
                 return
-            self._workspace.set_session(session, project_path=path)
+            session = result.session
+            self._workspace.set_session(session, project_path=path, paused_run=result.paused_run)
             self._jobs.warm_up_once()
             self._settings.add_recent(path, "project")
             self._settings.set_last_dir("project", path)
@@ -307,8 +317,9 @@ class Files(QObject):
             self._after_save = None
             self._messages.show_message(f"Saved {Path(written).name} (the model that was open when the save began).")
 
+        # a paused run is kept with the project, so it can be resumed after reopening it
         return self._jobs.run("save", f"Saving {Path(path).name}…", _save_project, session, str(path), extra,
-                              finished=done, errored=failed, stale=stale) is not None
+                              self._workspace.paused_run, finished=done, errored=failed, stale=stale) is not None
 
     def maybe_save(self, doing: str, then=None) -> bool:
         """Offer to save unsaved work. True: go on now. False: cancelled, or saving first — then ``then``

@@ -26,19 +26,26 @@ log = logging.getLogger(__name__)
 # activation grid ("explain") hooks the model's layers for its forward (and backward) pass: it waits like
 # a prediction does, and whatever runs the model waits for it, since its hooks would see that pass too.
 # A comparison (app.compare) reads the weights like a save: what changes or moves them waits for it.
+# The learning rate finder ("lr-find") trains for a few steps and then puts the weights back: it runs the
+# model like training does, so it waits for what training waits for, and everything that waits for
+# training waits for it (a save meanwhile would catch the test's weights).
 WAITS_FOR: dict[str, frozenset[str]] = {
-    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "compare"}),
-    "save": frozenset({"train", "load", "save", "evaluate", "export"}),
-    "open": frozenset({"train", "load", "save", "evaluate", "export"}),
-    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "compare"}),
+    "surgery": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "compare",
+                          "lr-find"}),
+    "save": frozenset({"train", "load", "save", "evaluate", "export", "lr-find"}),
+    "open": frozenset({"train", "load", "save", "evaluate", "export", "lr-find"}),
+    "export": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "compare",
+                         "lr-find"}),
     "evaluate": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data",
-                           "compare"}),
-    "predict": frozenset({"train", "load", "evaluate", "export", "predict", "explain"}),
-    "explain": frozenset({"train", "load", "evaluate", "export", "predict", "explain"}),
+                           "compare", "lr-find"}),
+    "predict": frozenset({"train", "load", "evaluate", "export", "predict", "explain", "lr-find"}),
+    "explain": frozenset({"train", "load", "evaluate", "export", "predict", "explain", "lr-find"}),
     "train": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data",
-                        "compare"}),
-    "data": frozenset({"train", "data"}),
-    "compare": frozenset({"train", "load", "evaluate", "export", "compare"}),
+                        "compare", "lr-find"}),
+    "data": frozenset({"train", "data", "lr-find"}),
+    "compare": frozenset({"train", "load", "evaluate", "export", "compare", "lr-find"}),
+    "lr-find": frozenset({"train", "load", "save", "evaluate", "export", "predict", "explain", "data",
+                          "compare", "lr-find"}),
 }
 UNTIL = {  # "… waits until <this>."
     "train": "training has finished (Stop ends it after the current batch)",
@@ -50,6 +57,7 @@ UNTIL = {  # "… waits until <this>."
     "explain": "the heatmap (or activation grid) has been computed",
     "data": "the data has loaded",
     "compare": "the comparison has finished",
+    "lr-find": "the learning rate finder has finished",
 }
 WAITING_FOR = {  # closing: "waiting for <this>…"
     "train": "training to stop",
@@ -64,6 +72,7 @@ WAITING_FOR = {  # closing: "waiting for <this>…"
     "suggestions": "the label suggestions to be written",
     "data": "the data to load",
     "compare": "the comparison to finish",
+    "lr-find": "the learning rate finder to stop",
 }
 
 

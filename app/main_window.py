@@ -267,7 +267,7 @@ class MainWindow(QMainWindow):
         self.compare = Compare(self, ws, jobs, self.messages, self.settings, self.tree_model)
         self.datasets = Datasets(self, ws, jobs, self.messages, self.settings, self.data_panel)
         self.training = Training(self, ws, jobs, self.messages, self.training_panel, self.curve_panel,
-                                 self.device_label, show_tab, self.runs_view, self.settings)
+                                 self.device_label, show_tab, self.runs_view, self.settings, self.tree_model)
         self.evaluation = Evaluation(self, ws, jobs, self.messages, self.evaluation_panel, self.try_image, show_tab)
         self.explain = Explain(self, ws, jobs, self.messages, self.heatmap_view, self.activation_grid, self.gallery,
                                self.label_audit, self.looks, self.image_lists)
@@ -300,12 +300,14 @@ class MainWindow(QMainWindow):
         a.tensorboard.setChecked(bool(t.tensorboard_dir()))
         a.tensorboard.triggered.connect(t.choose_tensorboard)
         t.tensorboard_changed.connect(a.tensorboard.setChecked)
+        s.set_factor_action(a.lr_factor)
         self.tree_view.set_context_actions(a.context_actions())
         for signal, slot in (
                 (self.heads_panel.addRequested, s.add_head), (self.heads_panel.editRequested, s.edit_head),
                 (self.heads_panel.removeRequested, s.remove_head), (self.data_panel.dataRequested, d.load_data),
                 (self.data_panel.adviceApplied, s.apply_preset), (self.training_panel.startRequested, t.start),
                 (self.training_panel.stopRequested, t.stop), (self.try_image.imageChosen, x.open_image),
+                (self.training_panel.discriminativeRequested, s.apply_discriminative),
                 (f.dataRequested, d.load_data), (f.imageRequested, x.open_image),
                 # seeing inside: images to try come through the explain concern (they wait for its work)
                 (x.tryRequested, e.predict_image), (e.tried, x.image_tried), (e.tryFailed, x.try_failed),

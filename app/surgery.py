@@ -1,6 +1,7 @@
 """Surgery: delete the output layer, cut, freeze (the tree's checkboxes and the presets), add heads (at the
-end, or on any layer: "Add head here"), edit and remove them, change the input's channels and size, and
-what undo and redo say.
+end, or on any layer: "Add head here"), edit and remove them, change the input's channels and size,
+learning-rate factors (a layer's from the tree's "Learning-rate factor…", and the Train tab's
+Discriminative rates preset), and what undo and redo say.
 
 Every surgery is applied first — an illegal one raises GraftError and changes nothing — and then pushed
 on the QUndoStack as an already-applied :class:`~app.undo.OperationCommand`. The layer tree and the
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject
-from PySide6.QtGui import QUndoStack
+from PySide6.QtGui import QAction, QUndoStack
 from PySide6.QtWidgets import QMessageBox, QUndoView, QWidget
 
 from engine.errors import GraftError
@@ -47,6 +48,7 @@ class Surgery(QObject):
         self._undo_index = 0  # the stack's index as last seen (undo and redo say what they did)
         self._pushing = False  # a surgery is being pushed: it says what it did itself
         self._undo_failed = False  # the undo or redo under way could not be done and said so
+        self._factor_action: QAction | None = None
         undo_stack.indexChanged.connect(self._on_undo_index)
         tree_model.set_toggle_handler(self.toggle_trainable)
         tree_view.currentPathChanged.connect(self._on_tree_current)
@@ -69,9 +71,11 @@ class Surgery(QObject):
         self._tree_model.set_tree(None)
         self._stack.indexChanged.disconnect(self._on_undo_index)
 
-    def _refresh(self) -> None:
+    def _refresh(self, *_: Any) -> None:
         self._heads_panel.setEnabled(not self._jobs.training)
         self._history_view.setEnabled(self._jobs.blocker("surgery") is None)
+        if self._factor_action is not None:
+            self._factor_action.setEnabled(self._factor_path() is not None and self._jobs.blocker("surgery") is None)
 
     def _on_undo_index(self, index: int) -> None:
         """Undo, redo or a click in the surgery history: say what was undone or redone (the status line
@@ -119,6 +123,7 @@ class Surgery(QObject):
         """A head chosen in the tree is the head the Heads tab's Edit and Remove act on, too."""
         if path.startswith(HEADS_KEY + "."):
             self._heads_panel.select_head(path[len(HEADS_KEY) + 1:].split(".")[0])
+        self._refresh()
 
     # -- operations -----------------------------------------------------------------------------
     def apply_op(self, op) -> bool:
@@ -279,6 +284,66 @@ class Surgery(QObject):
             self._messages.show_message("Select the head to remove.", "warning")
             return False
         return self.apply_op(RemoveHead(name))
+
+    # -- learning-rate factors ------------------------------------------------------------------
+    def set_factor_action(self, action: QAction) -> None:
+        """The "Learning-rate factor…" action (the tree's context menu, the Surgery menu): enabled on a
+        layer, head or the heads' group with weights; it asks for the selected one's factor."""
+        self._factor_action = action
+        action.triggered.connect(lambda: self.set_lr_factor())
+        for event in ("session", "session_changed"):
+            self._workspace.connect(event, self._refresh)
+        self._refresh()
+
+    def _factor_path(self, path: str | None = None) -> str | None:
+        """``path`` (or the selected one) when a factor can be set on it: a node with weights."""
+        s = self._workspace.session
+        path = path or self._selected_path()
+        node = s.tree.node(path) if s is not None and path else None
+        return path if node is not None and node.params > 0 else None
+
+    def set_lr_factor(self, path: str | None = None, factor: float | None | bool = False) -> bool:
+        """Set the learning-rate factor of ``path`` (default: the selected layer), asking for it unless
+        ``factor`` is given (None: remove the layer's own factor); undoable (SetLrFactor)."""
+        from engine.network.lr_factors import effective_factor, factor_source
+        from engine.surgery.operations import SetLrFactor
+
+        s = self._workspace.session
+        layer = self._factor_path(path)
+        if s is None or layer is None:
+            self._messages.show_message("Select a layer or head with weights to set its learning-rate factor.",
+                                        "warning")
+            return False
+        if self._jobs.must_wait("surgery", "Setting a learning-rate factor"):
+            return False
+        if factor is False:
+            from widgets.lr_factor_dialog import LrFactorDialog
+
+            factors = dict(s.model.lr_factors or {})
+            dialog = LrFactorDialog(layer, effective_factor(factors, layer), layer in factors,
+                                    factor_source(factors, layer), heads=layer.startswith(HEADS_KEY),
+                                    parent=self._window)
+            if dialog.exec() != dialogs.QDialog.DialogCode.Accepted:
+                return False
+            factor = dialog.factor()
+            if factor is None and layer not in factors:
+                return False
+        return self._apply_new(lambda: SetLrFactor({layer: factor}), "Learning-rate factor")
+
+    def apply_discriminative(self, low: float = 0.1) -> bool:
+        """The Discriminative rates preset: factors from ``low`` on the bottom block to ×1 on the top one."""
+        from engine.training.schedule import discriminative_rates
+
+        s = self._workspace.session
+        if s is None:
+            self._messages.show_message("Open a model first.", "warning")
+            return False
+        ok = self._apply_new(lambda: discriminative_rates(s, low), "Discriminative rates")
+        if ok and not s.model.trunk_trainable():
+            self._messages.show_message(
+                "Discriminative rates set. The network is frozen now, so they act once its layers train "
+                "(unfreeze them, or unfreeze a block every few epochs on the Train tab).", "warning")
+        return ok
 
     # -- the input ------------------------------------------------------------------------------
     def input_channels(self, channels: int | None = None) -> bool:

@@ -282,15 +282,21 @@ class TrainWorker(Worker):
         {"steps": [{"step", "epoch", "loss", "head_losses", "lr"}, …],   # every step since the last batch
          "epochs": [{"epoch", "train_loss", "val_loss", …}, …],
          "progress": {"done_steps", "total_steps", "fraction", "eta_seconds"} | None,
-         "messages": [{"text", "level"}, …], "started": {...} | None}
+         "messages": [{"text", "level"}, …], "started": {...} | None,
+         "telemetry": {"step", "epoch", "blocks": {path: [gradient norm, change]}} | None}  # the latest
 
-    ``finished`` carries the TrainResult as a dict (``reason``, ``best_epoch`` …).
+    ``finished`` carries the TrainResult as a dict (``reason``, ``best_epoch`` …); a paused run's
+    ``checkpoint`` stays the :class:`~engine.training.checkpoint.TrainCheckpoint` itself (its tensors, such
+    as the optimizer's 0-d step counts, must not become plain numbers). ``resume``: a checkpoint to continue.
     """
 
     def __init__(self, session: Any, data: Any, config: Any, interval: float = 0.05,
-                 trainer_factory: Callable[..., Any] | None = None, tensorboard: str | None = None) -> None:
+                 trainer_factory: Callable[..., Any] | None = None, tensorboard: str | None = None,
+                 resume: Any = None) -> None:
         super().__init__(self._train)
         self.session, self.data, self.config = session, data, config
+        self.resume = resume
+        self._pause_asked = False
         self.tensorboard = tensorboard  # a folder: the run's curves are also written there
         self.interval = interval
         self._factory = trainer_factory
@@ -302,7 +308,7 @@ class TrainWorker(Worker):
 
     @staticmethod
     def _empty() -> dict[str, Any]:
-        return {"steps": [], "epochs": [], "progress": None, "messages": [], "started": None}
+        return {"steps": [], "epochs": [], "progress": None, "messages": [], "started": None, "telemetry": None}
 
     def request_stop(self) -> None:
         super().request_stop()
@@ -311,29 +317,45 @@ class TrainWorker(Worker):
         if trainer is not None:
             trainer.stop()
 
+    def request_pause(self) -> None:
+        """Thread-safe: pause at the end of the current epoch (``Trainer.pause``)."""
+        with self._lock:
+            self._pause_asked = True
+            trainer = self._trainer
+        if trainer is not None:
+            trainer.pause()
+
     def _make_trainer(self) -> Any:
         on_event = self._on_event
         if self.tensorboard:
             from engine.training.runs import TensorBoardLog
 
             on_event = TensorBoardLog(self.tensorboard, then=on_event)  # in the worker: writes no widget
+        resume = {} if self.resume is None else {"resume": self.resume}
         if self._factory is not None:
-            return self._factory(self.session, self.data, self.config, on_event)
+            return self._factory(self.session, self.data, self.config, on_event, **resume)
         from engine.training.trainer import Trainer
 
-        return Trainer(self.session, self.data, self.config, on_event)
+        return Trainer(self.session, self.data, self.config, on_event, **resume)
 
     def _train(self) -> Any:
         trainer = self._make_trainer()
         with self._lock:
             self._trainer = trainer
+            pause = self._pause_asked
         if self.stop_requested:  # asked to stop before the trainer existed
             trainer.stop()
+        if pause:
+            trainer.pause()
         try:
             result = trainer.run()
         finally:
             self._flush()
-        return plain(result)
+        checkpoint = getattr(result, "checkpoint", None)
+        out = plain(result)
+        if isinstance(out, dict) and "checkpoint" in out:
+            out["checkpoint"] = checkpoint
+        return out
 
     def _on_event(self, event: Any) -> None:
         """Called by the trainer in this worker's thread."""
@@ -354,6 +376,8 @@ class TrainWorker(Worker):
         elif name == "TrainStarted":
             p["started"] = data
             urgent = True
+        elif name == "TelemetryEvent":
+            p["telemetry"] = data  # only the latest sample is worth drawing
         elif name == "TrainFinished":
             return  # the result arrives through ``finished``
         now = time.monotonic()
@@ -362,7 +386,7 @@ class TrainWorker(Worker):
 
     def _flush(self, now: float | None = None) -> None:
         p = self._pending
-        if not (p["steps"] or p["epochs"] or p["progress"] or p["messages"] or p["started"]):
+        if not (p["steps"] or p["epochs"] or p["progress"] or p["messages"] or p["started"] or p["telemetry"]):
             return
         self._pending = self._empty()
         self._last_emit = time.monotonic() if now is None else now

@@ -29,7 +29,8 @@ class Events:
 
 
 class Workspace(Events):
-    """The open session, data and project path.
+    """The open session, data and project path, and a paused training run (``paused_run``: the
+    :class:`~engine.training.checkpoint.TrainCheckpoint` a save keeps in the project, to resume later).
 
     Events (plain callbacks, see :meth:`connect`), in the order they were connected:
 
@@ -50,6 +51,7 @@ class Workspace(Events):
         self.data: Any = None
         self.data_path: str | None = None
         self.project_path: str | None = None
+        self.paused_run: Any = None
         self._weights_changed = False  # training changes weights outside the undo stack
         self._closing = False
         self._closed = False
@@ -58,12 +60,14 @@ class Workspace(Events):
         self._emit("session_changed", op)
 
     # -- state ----------------------------------------------------------------------------------
-    def set_session(self, session: Any, project_path: str | None = None) -> None:
-        """Open ``session`` (from ``project_path``, or a fresh network when None): nothing is unsaved."""
+    def set_session(self, session: Any, project_path: str | None = None, paused_run: Any = None) -> None:
+        """Open ``session`` (from ``project_path``, or a fresh network when None): nothing is unsaved.
+        ``paused_run``: the paused training run the project keeps, if any."""
         if self.session is not None:
             self.session.disconnect("changed", self._forward)
         self.session = session
         self.project_path = project_path
+        self.paused_run = paused_run
         self._weights_changed = False
         session.connect("changed", self._forward)
         self._emit("session", session)

@@ -195,7 +195,7 @@ CHILDREN = {"caching": child_caching, "heads": child_heads, "finetune": child_fi
 # -- the parent: runs the children and prints the table ------------------------------------------------
 
 def run_child(mode: str, args, env: dict[str, str] | None = None) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k not in ("GRAFT_ALLOCATOR", "GRAFT_ONNXRUNTIME", "LD_PRELOAD")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("GRAFT_ALLOCATOR", "GRAFT_ONNXRUNTIME", "GRAFT_TRUNK_CACHE", "LD_PRELOAD")}
     environ.update(env or {})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--images", str(args.images or 0)]
     timed = shutil.which("time") is not None and Path("/usr/bin/time").exists()
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     rows = []
     goals = []
     if "a" in args.only:
-        r = run_child("caching", args)
+        r = run_child("caching", args, {"GRAFT_TRUNK_CACHE": "off"})  # it times the conversion
         if r.get("convert_seconds") is None:
             rows.append(("(a) caching pass", "the trunk did not convert: PyTorch", "", "", ""))
             goals.append(False)
@@ -271,12 +271,20 @@ def main(argv=None) -> int:
             goals.append(ratio >= 0.9)
             rows.append(("    batch size probe, ms/image", json.dumps(r["probe"]), f"kept {r['best_batch']}", "", ""))
     if "b" in args.only:
+        import tempfile
+
         today = run_child("heads:today", args, TODAY)
-        graft = run_child("heads:graft", args)
-        ratio = today["seconds"] / graft["seconds"]
+        with tempfile.TemporaryDirectory(prefix="graft-bench-trunks-") as store:
+            # first run on this machine (the trunk store empty: it converts), then a later run (it finds it)
+            graft = run_child("heads:graft", args, {"GRAFT_TRUNK_CACHE": store})
+            warm = run_child("heads:graft", args, {"GRAFT_TRUNK_CACHE": store})
+        ratio, ratio_warm = today["seconds"] / graft["seconds"], today["seconds"] / warm["seconds"]
         rows.append((f"(b) heads only, 20 epochs, {graft['images']} images, s", f"today {today['seconds']:.1f}",
-                     f"graft {graft['seconds']:.1f} ({graft['backend']} trunk)", f"speed-up {ratio:.1f}x",
-                     "goal >= 3x"))
+                     f"graft {graft['seconds']:.1f} ({graft['backend']} trunk, converting)",
+                     f"speed-up {ratio:.1f}x", "goal >= 3x"))
+        rows.append(("    the same trunk converted before (a later run)", "",
+                     f"graft {warm['seconds']:.1f} ({warm['backend']} trunk, stored)",
+                     f"speed-up {ratio_warm:.1f}x", "goal >= 3x"))
         rows.append(("    cpu and peak memory", cpu(today), cpu(graft), "", ""))
         goals.append(ratio >= 3)
     if "c" in args.only:

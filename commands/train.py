@@ -71,6 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unfreeze-every", type=int, default=None, metavar="N",
                         help="gradual unfreezing: train the heads for N epochs, then one more trunk block from the top "
                              "every N epochs (a training setting: the layers' freeze settings are kept)")
+    parser.add_argument("--augment-views", type=int, nargs="?", const=4, default=None, metavar="K",
+                        help="with a frozen trunk: compute the trunk's features of K augmented views of every training "
+                             "image once (K defaults to 4 when left out) and train the heads each epoch on one view "
+                             "per image (the caching pass costs K times as long, the epochs the same); left out with a "
+                             "note when the trunk trains")
+    parser.add_argument("--feature-ram-mb", type=float, default=None, metavar="MB",
+                        help="RAM budget of the frozen trunk's cached features: past it they go to a memory-mapped "
+                             "file in Graft's cache folder, removed afterwards (default: $GRAFT_FEATURE_RAM_MB or 1024)")
     parser.add_argument("--pause-after", type=int, default=None, metavar="EPOCHS",
                         help="pause after this epoch: the project keeps the run's state to --resume it later")
     parser.add_argument("--resume", default=None, metavar="PROJECT.graft",
@@ -136,7 +144,9 @@ class _Printer:
 
         if isinstance(event, t.TrainStarted):
             self.epochs = event.epochs
-            how = ("cached trunk features (heads only)" if event.cached_features
+            how = (f"cached trunk features of {plural(event.augment_views, 'augmented view')} per image (heads only)"
+                   if event.augment_views
+                   else "cached trunk features (heads only)" if event.cached_features
                    else "augmented images" if event.augmented else "images")
             if self.title != "Training":  # the rate finder: a number of steps, no validation
                 self.line(f"{self.title} on {event.device_name}: {event.n_train} training images, up to "
@@ -202,8 +212,8 @@ def _clock(seconds: float) -> str:
 
 
 DEFAULTS = {"epochs": 10, "batch_size": 32, "lr_heads": 1e-3, "lr_trunk": 1e-4, "patience": 5}
-RESUME_FIXED = ("head", "freeze", "lr_factor", "discriminative", "unfreeze_every", "epochs", "batch_size",
-                "lr_heads", "lr_trunk", "patience")
+RESUME_FIXED = ("head", "freeze", "lr_factor", "discriminative", "unfreeze_every", "augment_views", "epochs",
+                "batch_size", "lr_heads", "lr_trunk", "patience")
 
 
 def parse_lr_factor(text: str) -> tuple[str, float]:
@@ -313,6 +323,8 @@ def _resume_setup(args: argparse.Namespace):
     config.pause_after = args.pause_after
     if args.workers is not None:
         config.num_workers = args.workers
+    if args.feature_ram_mb is not None:  # where the features live changes nothing learnt
+        config.feature_ram_budget_mb = args.feature_ram_mb
     args.model = args.resume
     return checkpoint, record, data_file, config
 
@@ -394,6 +406,7 @@ def _train(args: argparse.Namespace, events_out, ctx=None) -> int:
                              augment={"on": True, "off": False}.get(args.augment, "auto"), device=args.device,
                              patience=setting(args, "patience"), num_workers=args.workers, seed=args.seed,
                              unfreeze_every=args.unfreeze_every, pause_after=args.pause_after,
+                             augment_views=args.augment_views or 0, feature_ram_budget_mb=args.feature_ram_mb,
                              sync_batchnorm={"on": True, "off": False}.get(args.sync_batchnorm, "auto"))
         data_file = data_path(args.data)
         out = _out_path(args.out or DEFAULT_OUT)

@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Converted trunks are not kept between tests (engine.runtime.trunk_store): each test sees a conversion
+# happen, as it asks for; tests/engine/runtime/test_trunk_store.py turns the store on in a folder of its own.
+os.environ.setdefault("GRAFT_TRUNK_CACHE", "off")
 if os.environ.get("GRAFT_START_METHOD"):  # e.g. spawn: run the suite as Windows and macOS start children
     import multiprocessing
 

@@ -10,6 +10,10 @@ Live layer telemetry (:mod:`engine.training.telemetry`): :meth:`LayerTreeModel.s
 ``{path: (gradient norm, relative weight change)}`` and shows a sixth column, Change, on those rows (its
 ``BarRole`` is the change as a share of the largest, for :class:`widgets.telemetry_delegate.TelemetryBarDelegate`);
 ``set_telemetry(None)`` takes the column away again. Without telemetry the model has its five columns.
+
+Learning-rate factors (:mod:`engine.network.lr_factors`): a layer whose factor is not 1 (its own or
+inherited) says ``×0.1`` after its trainable count, and its tooltip says where the factor comes from
+(``FactorRole``: the factor and whether the layer sets it itself).
 """
 from __future__ import annotations
 
@@ -95,6 +99,7 @@ class LayerTreeModel(QAbstractItemModel):
     ReadsRole = _ROLE.UserRole + 12  # a head: the layer it reads ("" = the end); a layer: the heads reading it
     TelemetryRole = _ROLE.UserRole + 13  # (gradient norm, relative weight change) or None
     BarRole = _ROLE.UserRole + 14  # the change as a share (0..1) of the largest one shown, or None
+    FactorRole = _ROLE.UserRole + 15  # (learning-rate factor, set on this node itself) or None for a factor of 1
 
     def __init__(self, tree: LayerTree | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -308,7 +313,10 @@ class LayerTreeModel(QAbstractItemModel):
             if column == PARAMS:
                 return human(node.params) if node.params else ""
             if column == TRAINABLE:
-                return f"{human(node.trainable_params)} / {human(node.params)}" if node.params else ""
+                if not node.params:
+                    return ""
+                factor = f"  ×{node.lr_factor:g}" if node.lr_factor != 1 else ""
+                return f"{human(node.trainable_params)} / {human(node.params)}{factor}"
             if column == CHANGE:
                 change = self._changes.get(node.path)
                 return change.badge if change is not None else ""
@@ -365,7 +373,26 @@ class LayerTreeModel(QAbstractItemModel):
             return self._reader_colour(node)
         if role == self.ReadsRole:
             return node.read_by
+        if role == self.FactorRole:
+            return self._factor(node)
         return None
+
+    @staticmethod
+    def _factor(node: LayerNode) -> tuple[float, bool] | None:
+        """(factor, own) where the factor is not 1: own when the layer above holds another factor."""
+        if node.lr_factor == 1 or not node.params:
+            return None
+        parent = node.parent
+        above = parent.lr_factor if parent is not None and parent.kind != "root" else 1.0
+        return node.lr_factor, above != node.lr_factor
+
+    @staticmethod
+    def _factor_source(node: LayerNode) -> str:
+        """The path of the highest layer above ``node`` (or itself) that shares its factor: where it is set."""
+        source = node
+        while source.parent is not None and source.parent.kind != "root" and source.parent.lr_factor == node.lr_factor:
+            source = source.parent
+        return source.path
 
     def _reader_colour(self, node: LayerNode) -> str | None:
         """The colour of the first head that reads ``node`` (the heads group's order gives the colours)."""
@@ -386,7 +413,10 @@ class LayerTreeModel(QAbstractItemModel):
         if column != TELEMETRY:
             return None
         if role == DISPLAY:
-            return "" if value is None else f"{value[1] * 100:.2g} %"
+            if value is None:
+                return ""
+            percent = value[1] * 100  # "0.026 %", "24 %", "270 %" (a new head moves far from its start)
+            return f"{percent:.2g} %" if percent < 100 else f"{percent:.0f} %"
         if role == _ROLE.TextAlignmentRole:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == _ROLE.ToolTipRole and value is not None:
@@ -431,6 +461,12 @@ class LayerTreeModel(QAbstractItemModel):
                          "(its output pooled to a vector)")
         if node.unused:
             lines.append(UNUSED_TEXT)
+        factor = self._factor(node)
+        if factor is not None:
+            value, own = factor
+            frozen = " (frozen)" if value == 0 else ""
+            lines.append(f"Learning-rate factor ×{value:g}{frozen}, " + (
+                "set here and inherited by the layers below" if own else f"inherited from {self._factor_source(node)}"))
         return "<br>".join(lines)
 
     def setData(self, index: Index, value: Any, role: int = _ROLE.EditRole) -> bool:
@@ -481,6 +517,9 @@ class LayerTreeModel(QAbstractItemModel):
         if fields & {"params", "trainable_params"}:
             changed(LAYER, [CHECK_ROLE])
             changed(TRAINABLE, trainable_roles)
+        if "lr_factor" in fields:
+            changed(LAYER, [_ROLE.ToolTipRole, self.FactorRole])
+            changed(TRAINABLE, [DISPLAY, _ROLE.ToolTipRole, self.FactorRole])
         if "params" in fields:
             changed(PARAMS, [DISPLAY, self.ParamsRole])
         if fields & {"is_output", "extra", "read_by"}:

@@ -11,7 +11,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QLineEdit
 
 from engine.network.layer_tree import HEADS_KEY
 
-from .layer_tree_model import CHANGE, LAYER, PARAMS, SHAPE, TRAINABLE, TYPE, LayerTreeModel
+from .layer_tree_model import CHANGE, LAYER, PARAMS, SHAPE, TELEMETRY, TRAINABLE, TYPE, LayerTreeModel
+from .telemetry_delegate import install as install_telemetry_bars
 
 BADGE_COLOURS = {"output": "#3B7DD8", "cut": "#D9822B"}
 FILTER_DELAY_MS = 120
@@ -131,6 +132,7 @@ class LayerTreeView(QWidget):
         self.tree_view.setAnimated(False)
         self.tree_view.setIndentation(16)
         self._setup_columns()
+        install_telemetry_bars(self.tree_view)  # the Training column's bars, while training shows it
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -149,6 +151,8 @@ class LayerTreeView(QWidget):
         self.model.modelReset.connect(self._after_reset)
         self.model.rowsInserted.connect(self._rows_inserted)
         self.model.headerDataChanged.connect(self._show_change_column)
+        self.model.columnsInserted.connect(self._telemetry_shown)
+        self.model.columnsRemoved.connect(self.proxy.invalidate)
         self._show_change_column()
         self._expand_heads()
 
@@ -261,6 +265,17 @@ class LayerTreeView(QWidget):
         self.tree_view.setColumnHidden(CHANGE, not self.model.has_changes())
         self._fit_layer_column()
         self.updateGeometry()
+
+    def _telemetry_shown(self, *args: object) -> None:
+        """The live Training column came: wide enough for its bar and "12.3 %". The model announces the new
+        column under the root only, so the proxy is rebuilt (keeping what is expanded) for the rows below
+        other rows (a head under the heads' group) to have it too."""
+        self.proxy.invalidate()
+        if self.model.columnCount() > TELEMETRY:
+            header = self.tree_view.header()
+            header.setSectionResizeMode(TELEMETRY, QHeaderView.ResizeMode.Interactive)
+            header.resizeSection(TELEMETRY, max(90, self.tree_view.fontMetrics().horizontalAdvance("Training") + 30))
+            self._fit_layer_column()
 
     def _fit_layer_column(self) -> None:
         """The Layer column takes the room the others leave, but never less than a name needs: in a view

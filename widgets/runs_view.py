@@ -30,6 +30,7 @@ class RunsView(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.records: list[Any] = []
+        self._filling = False
         self._curves: list[dict[str, list[tuple[int, float]]]] = []
         self.items: dict[int, pg.PlotDataItem] = {}  # run index -> its curve in the plot
         self.model = QStandardItemModel(self)
@@ -75,7 +76,9 @@ class RunsView(QWidget):
         self.records = list(records)
         self._curves = [curves(r) for r in self.records]
         table = runs_table(self.records)
-        self.model.blockSignals(True)
+        # The model's signals must reach the table (blocked, the view never learnt of the new rows and
+        # stayed empty): ``_filling`` keeps the check boxes being set from redrawing once per row instead.
+        self._filling = True
         self.model.clear()
         self.model.setHorizontalHeaderLabels(table.columns)
         wanted = set(checked) if checked is not None else set(range(max(1, len(table.rows) - 1), len(table.rows) + 1))
@@ -87,7 +90,7 @@ class RunsView(QWidget):
             items[0].setCheckState(Qt.CheckState.Checked if i in wanted else Qt.CheckState.Unchecked)
             items[0].setForeground(QColor(PALETTE[(i - 1) % len(PALETTE)]))
             self.model.appendRow(items)
-        self.model.blockSignals(False)
+        self._filling = False
         keys = list(dict.fromkeys(k for c in self._curves for k in c))
         keys.sort(key=lambda k: (k not in ("val_loss", "train_loss"), k != "val_loss", k))
         current = self.curve_choice.currentData()
@@ -106,7 +109,7 @@ class RunsView(QWidget):
                 if self.model.item(i, 0).checkState() == Qt.CheckState.Checked]
 
     def _on_item_changed(self, item: QStandardItem) -> None:
-        if item.column() == 0:
+        if item.column() == 0 and not self._filling:
             self._redraw()
             self.checkedChanged.emit(self.checked_runs())
 

@@ -1,4 +1,9 @@
-"""Training settings, Start / Stop, and progress ("epoch 3/10 · 40% · ETA 0:42")."""
+"""Training settings, Start / Pause / Resume / Stop, the learning rate finder's button, and progress
+("epoch 3/10 · 40% · ETA 0:42").
+
+How much of the network trains and how fast (fastai's fine-tuning recipe): a Discriminative rates preset
+(an undoable surgery the window applies: ``discriminativeRequested(low)``), gradual unfreezing
+(``TrainConfig.unfreeze_every``) and the tree's live layer telemetry (``TrainConfig.telemetry``)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +12,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QStandardItemModel, QValidator
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.training.trainer import TrainConfig
@@ -16,6 +21,8 @@ DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu",
 START_TIP = "Train on the loaded data (F5)"
 READY = "Ready when the data and heads are."
 READY_NOW = "Ready to train on the loaded data."
+FIND_TIP = ("A short test run whose rate grows step by step: plots the loss against the rate and suggests one "
+            "(nothing is learnt: the weights are put back)")
 AUGMENT = (("auto", "Auto", "On while layers of the network train; off while only the heads train"),
            (True, "On", "Always augment (with a frozen network every epoch then runs it on every image)"),
            (False, "Off", "Never augment"))
@@ -104,6 +111,10 @@ class TrainingPanel(QWidget):
 
     startRequested = Signal()
     stopRequested = Signal()
+    pauseRequested = Signal()
+    resumeRequested = Signal()
+    findRateRequested = Signal()
+    discriminativeRequested = Signal(float)  # the lowest factor (bottom block)
 
     def __init__(self, parent: QWidget | None = None, *, cuda_available: bool | None = None,
                  mps_available: bool | None = None) -> None:
@@ -153,22 +164,49 @@ class TrainingPanel(QWidget):
             "image, which helps against overfitting.\nAuto: on while layers of the network train. With the "
             "network frozen, Graft instead computes its features once and trains only the heads on them, "
             "many times faster.")
-        self.patience_spin = QSpinBox(self)
-        self.patience_spin.setRange(0, 1000)
-        self.patience_spin.setSpecialValueText("off")
-        self.patience_spin.setSuffix(" epochs")
-        self.patience_spin.setToolTip("Stop when the validation loss has not improved for this many epochs "
-                                      "(the best weights are kept); 0 = never stop early")
+        self.patience_spin = self._epochs_box("Stop when the validation loss has not improved for this many epochs "
+                                              "(the best weights are kept); 0 = never stop early")
 
-        for box in (self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box, self.patience_spin):
+        self.views_spin = QSpinBox(self)
+        self.views_spin.setRange(0, 16)
+        self.views_spin.setSpecialValueText("off")
+        self.views_spin.setSuffix(" views")
+        self.views_spin.setToolTip(
+            "With the network frozen and augmentation on: compute its features of this many augmented views of "
+            "every training image once, and train the heads each epoch on one of them, at cached speed "
+            "(caching costs about this many plain passes); off = one plain view")
+
+        self.find_rate_button = QPushButton("Find learning rate", self)
+        self.find_rate_button.setObjectName("findRate")
+        self.find_rate_button.setToolTip(FIND_TIP)
+        self.unfreeze_spin = self._epochs_box(
+            "Gradual unfreezing: the heads train alone for N epochs, then one more block of the network joins from "
+            "the top every N epochs (for this run only: the layers' freeze settings are put back afterwards); 0 = off")
+        self.low_factor_box = QDoubleSpinBox(self)
+        self.low_factor_box.setRange(0.001, 1.0)
+        self.low_factor_box.setDecimals(3)
+        self.low_factor_box.setSingleStep(0.05)
+        self.low_factor_box.setValue(0.1)
+        self.low_factor_box.setPrefix("×")
+        self.low_factor_box.setToolTip("The learning-rate factor of the bottom block; the factors rise "
+                                       "geometrically to ×1 on the top block")
+        self.discriminative_button = QPushButton("Discriminative rates", self)
+        self.discriminative_button.setObjectName("discriminative")
+        self.discriminative_button.setToolTip("Lower learning rates for earlier blocks (the factor on the left at "
+                                              "the bottom rising to ×1 at the top), set as learning-rate factors "
+                                              "in the tree; undoable. They act on the layers that train.")
+        self.telemetry_check = QCheckBox("Show layer telemetry in the tree", self)
+        self.telemetry_check.setToolTip("While training, the tree's Training column shows how far each trainable "
+                                        "block's weights have moved since the run started, and its gradient "
+                                        "(sampled twice a second; costs a few percent of training time)")
+
+        for box in (self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box, self.patience_spin,
+                    self.unfreeze_spin):
             box.setMinimumWidth(110)
             box.setAlignment(Qt.AlignmentFlag.AlignRight)
 
         settings = QGroupBox("Settings", self)
-        form = QFormLayout(settings)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-        form.setHorizontalSpacing(12)
-        form.setVerticalSpacing(8)
+        form = self._form(settings)
         form.addRow("Device", self.device_combo)
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Batch size", self.batch_spin)
@@ -176,12 +214,30 @@ class TrainingPanel(QWidget):
         form.addRow("Network learning rate", self.lr_trunk_box)
         form.addRow("Early stopping", self.patience_spin)
         form.addRow("Augmentation", self.augment_combo)
+        form.addRow("Augmented views (frozen network)", self.views_spin)
+        form.addRow("", self.find_rate_button)
+
+        control = QGroupBox("How the network trains", self)
+        control_form = self._form(control)
+        preset = QHBoxLayout()
+        preset.addWidget(self.discriminative_button)
+        preset.addWidget(QLabel("from", self))
+        preset.addWidget(self.low_factor_box)
+        preset.addStretch(1)
+        control_form.addRow(preset)
+        control_form.addRow("Unfreeze a block every", self.unfreeze_spin)
+        control_form.addRow(self.telemetry_check)
 
         self.start_button = QPushButton("Start training", self)
         self.start_button.setObjectName("primary")
         self.start_button.setToolTip(START_TIP)
         self.stop_button = QPushButton("Stop", self)
         self.stop_button.setToolTip("Stop after the current batch; the best weights so far are kept")
+        self.pause_button = QPushButton("Pause", self)
+        self.pause_button.setToolTip("Pause at the end of this epoch: Resume continues the run (its optimizer and "
+                                     "schedule too), also after saving and reopening the project")
+        self.resume_button = QPushButton("Resume", self)
+        self.resume_button.setToolTip("Continue the paused run where it stopped")
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setRange(0, 1000)
         self.progress_bar.setValue(0)
@@ -197,6 +253,8 @@ class TrainingPanel(QWidget):
         run_layout.setSpacing(8)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
+        buttons.addWidget(self.pause_button)
+        buttons.addWidget(self.resume_button)
         buttons.addWidget(self.stop_button)
         buttons.addStretch(1)
         run_layout.addLayout(buttons)
@@ -208,15 +266,39 @@ class TrainingPanel(QWidget):
         layout.setContentsMargins(8, 4, 8, 8)
         layout.setSpacing(10)
         layout.addWidget(settings)
+        layout.addWidget(control)
         layout.addWidget(run)
         layout.addStretch(1)
 
         self._last_progress: tuple | None = None
         self._readiness = True  # the status line says whether a run can start (no run has reported yet)
+        self._can_resume = False
+        self._can_find = True
         self.start_button.clicked.connect(self.startRequested)
         self.stop_button.clicked.connect(self.stopRequested)
+        self.pause_button.clicked.connect(self.pauseRequested)
+        self.resume_button.clicked.connect(self.resumeRequested)
+        self.find_rate_button.clicked.connect(self.findRateRequested)
+        self.discriminative_button.clicked.connect(lambda: self.discriminativeRequested.emit(self.low_factor_box.value()))
         self.set_config(self._base)
         self.set_running(False)
+
+    def _epochs_box(self, tip: str) -> QSpinBox:
+        """A number of epochs where 0 reads "off"."""
+        box = QSpinBox(self)
+        box.setRange(0, 1000)
+        box.setSpecialValueText("off")
+        box.setSuffix(" epochs")
+        box.setToolTip(tip)
+        return box
+
+    @staticmethod
+    def _form(box: QGroupBox) -> QFormLayout:
+        form = QFormLayout(box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+        form.setHorizontalSpacing(12)
+        form.setVerticalSpacing(8)
+        return form
 
     @staticmethod
     def _accelerators(cuda: bool | None, mps: bool | None) -> tuple[bool, bool]:
@@ -247,6 +329,9 @@ class TrainingPanel(QWidget):
         self.augment_combo.setCurrentIndex(next(i for i, (value, *_) in enumerate(AUGMENT)
                                                 if value == config.augment and type(value) is type(config.augment)))
         self.patience_spin.setValue(int(config.patience or 0))
+        self.views_spin.setValue(int(getattr(config, "augment_views", 0) or 0))
+        self.unfreeze_spin.setValue(int(config.unfreeze_every or 0))
+        self.telemetry_check.setChecked(bool(config.telemetry))
 
     def config(self) -> TrainConfig:
         """A TrainConfig from the fields."""
@@ -254,20 +339,25 @@ class TrainingPanel(QWidget):
             "device": self.device_combo.currentData(), "epochs": self.epochs_spin.value(),
             "batch_size": self.batch_spin.value(), "lr_heads": self.lr_heads_box.value(),
             "lr_trunk": self.lr_trunk_box.value(), "augment": self.augment_combo.currentData(),
-            "patience": self.patience_spin.value() or None}
+            "patience": self.patience_spin.value() or None, "unfreeze_every": self.unfreeze_spin.value() or None,
+            "telemetry": self.telemetry_check.isChecked(), "augment_views": self.views_spin.value()}
         values["devices"] = self.gpu_count if values["device"] == ALL_GPUS else 1
         values["device"] = "cuda" if values["device"] == ALL_GPUS else values["device"]
         known = {f.name for f in fields(TrainConfig)}
         return replace(self._base, **{k: v for k, v in values.items() if k in known})
 
     def set_running(self, running: bool) -> None:
-        """While training: settings and Start disabled, Stop enabled."""
+        """While training: settings, Start, Resume and the finder disabled, Pause and Stop enabled."""
         self._running = bool(running)
         for widget in (self.device_combo, self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box,
-                       self.augment_combo, self.patience_spin):
+                       self.augment_combo, self.views_spin, self.patience_spin, self.unfreeze_spin, self.telemetry_check,
+                       self.discriminative_button, self.low_factor_box):
             widget.setEnabled(not running)
         self.start_button.setEnabled(not running and self._can_start)
         self.stop_button.setEnabled(running)
+        self.pause_button.setEnabled(running)
+        self.resume_button.setEnabled(not running and self._can_resume)
+        self.find_rate_button.setEnabled(not running and self._can_find)
         if running:
             self.progress_bar.setRange(0, 0)  # busy until the first progress report
             self.progress_label.setText("")
@@ -291,10 +381,42 @@ class TrainingPanel(QWidget):
             why = reason.rstrip(".") + "." if reason else READY
             self.status_label.setText(READY_NOW if self._can_start else why)
 
+    def set_can_resume(self, can_resume: bool, tip: str = "") -> None:
+        """Whether a paused run can be resumed now (``tip``: what Resume would continue, or why not)."""
+        self._can_resume = bool(can_resume)
+        self.resume_button.setEnabled(self._can_resume and not self._running)
+        self.resume_button.setToolTip(tip or "Continue the paused run where it stopped")
+
+    def set_can_find(self, can_find: bool, reason: str = "") -> None:
+        """Whether the learning rate finder may start now, and why not (its tooltip)."""
+        self._can_find = bool(can_find)
+        self.find_rate_button.setEnabled(self._can_find and not self._running)
+        if reason and not can_find:
+            self.find_rate_button.setToolTip(reason)
+        else:
+            self.find_rate_button.setToolTip(FIND_TIP)
+
+    def apply_rate(self, rate: float, heads: bool = True, keep_ratio: bool = False) -> None:
+        """Put a learning rate in the heads' field (or the network's, ``heads=False``); ``keep_ratio``: the
+        network's rate follows the heads' by the ratio they had (the finder sweeps both that way)."""
+        if heads:
+            ratio = self.lr_trunk_box.value() / self.lr_heads_box.value()
+            self.lr_heads_box.setValue(float(f"{rate:.3g}"))
+            if keep_ratio:
+                self.lr_trunk_box.setValue(float(f"{rate * ratio:.3g}"))
+        else:
+            self.lr_trunk_box.setValue(float(f"{rate:.3g}"))
+
     def set_stopping(self) -> None:
-        """Stop was pressed: the run ends after the current batch, Stop cannot be pressed again."""
+        """Stop was pressed: the run ends after the current batch, Stop and Pause cannot be pressed again."""
         if self._running:
             self.stop_button.setEnabled(False)
+            self.pause_button.setEnabled(False)
+
+    def set_pausing(self) -> None:
+        """Pause was pressed: the run pauses after the current epoch, Pause cannot be pressed again."""
+        if self._running:
+            self.pause_button.setEnabled(False)
 
     def clear_progress(self) -> None:
         """Forget the last run (another model was opened): no progress, the first status line."""

@@ -188,9 +188,12 @@ def _heads(session: "Session") -> tuple[str, list[str]]:
         if h.loss_weight != 1.0:
             args.append(f"loss_weight={h.loss_weight!r}")
         args.append(f"seed={seeds.get(h.name)!r}")
+        if h.layer is not None:
+            args.append(f"layer={h.layer!r}")
         lines.append(f"    Head({', '.join(args)}),")
         layers = " -> ".join([*(f"Linear {n} + ReLU" for n in h.hidden), f"Linear {h.outputs}"])
         words.append(f"'{h.name}' ({h.kind}, {h.outputs} outputs, {layers}"
+                     + (f", reading layer {h.layer}" if h.layer is not None else "")
                      + (f", dropout {h.dropout:g}" if h.dropout else "") + (f", loss weight {h.loss_weight:g}"
                                                                            if h.loss_weight != 1.0 else "") + ")")
     return "HEADS = [\n" + "\n".join(lines) + "\n]", words
@@ -210,6 +213,7 @@ class Head:
     dropout: float = 0.0
     loss_weight: float = 1.0
     seed: int | None = None  # of its initial weights
+    layer: str | None = None  # the layer whose output it reads, pooled (None: the trunk's end)
     target_mean: list[float] | None = None  # regression: set from the training split
     target_std: list[float] | None = None
 
@@ -240,6 +244,10 @@ def training_script(session: "Session", project: str = "the project", script_nam
                          "with Pillow only, so it rebuilds 3-channel projects.")
     if not any(p.requires_grad for p in session.model.parameters()):
         raise GraftError("Every layer and head of the project is frozen: there is nothing to train.")
+    factors = {k: v for k, v in (getattr(session.model, "lr_factors", None) or {}).items() if v != 1.0}
+    if factors:
+        raise GraftError(f"The project sets learning-rate factors ({', '.join(f'{k}={v:g}' for k, v in factors.items())}): "
+                         "the standalone script does not reproduce them yet. Remove them (factor 1) to export a script.")
     network, architecture, network_words = _network(session)
     surgery = _surgery(session)
     heads_code, head_words = _heads(session)
@@ -298,8 +306,11 @@ def training_script(session: "Session", project: str = "the project", script_nam
         "steps": "\n".join(textwrap.fill(s, 104, subsequent_indent="   ") for s in steps),
         "recipe": recipe,
         "architecture": architecture,
-        "model_code": _sources(graft_model.pool_features, graft_model._CutReached, graft_model.Trunk,
-                               graft_model.RegressionHead, graft_model.GraftModel, graft_model.build_head),
+        "model_code": _constants(END=graft_model.END) + "\n\n\n" + _sources(
+            graft_model.pool_features, graft_model._CutReached, graft_model.first_tensor,
+            graft_model._channels_last, graft_model.pool_layer, graft_model.class_token_length, graft_model.Trunk,
+            graft_model.RegressionHead, graft_model.GraftModel, graft_model.head_in_features,
+            graft_model.build_head),
         "preprocessing_code": preprocessing,
         "data_code": PILLOW_ONLY + "\n\n\n" + _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
                               datasets._split_random),

@@ -36,6 +36,7 @@ from torch import nn
 
 from engine.network.graft_model import GraftModel, Trunk
 from engine.runtime.allocator import release_free_memory
+from engine.runtime import trunk_store
 from engine.runtime.batch_size import BatchSizeProbe
 from engine.runtime.onnx_convert import (EXPORT_LOCK, OPSET, Rejected, captured_output, convert, first_line,
                                          ort_session, verify)
@@ -80,6 +81,7 @@ class Conversion:
     note: str
     seconds: float
     max_diff: float | None = None
+    from_store: bool = False  # found in engine.runtime.trunk_store instead of converted
     probe: BatchSizeProbe = field(default_factory=BatchSizeProbe)
     _sessions: dict[int, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -108,13 +110,33 @@ class Conversion:
 
 def convert_trunk(trunk: Trunk, channels: int, size: int) -> Conversion:
     """Convert ``trunk`` (inputs ``channels`` x ``size`` x ``size``) and check it against PyTorch. It is
-    put in eval mode and traced: pass a copy that nothing else runs meanwhile."""
+    put in eval mode and traced: pass a copy that nothing else runs meanwhile. A graph this machine
+    converted before for the same trunk (:mod:`engine.runtime.trunk_store`) is checked and used instead
+    of converting again."""
     start = time.perf_counter()
     model = _Features(trunk).eval()
     threads = torch.get_num_threads()
     rng = np.random.default_rng(0)
     example = torch.from_numpy(rng.standard_normal((2, channels, size, size)).astype(np.float32))
     check = {"random": rng.standard_normal((CHECK_BATCH, channels, size, size)).astype(np.float32)}
+    key = trunk_store.trunk_key(trunk, channels, size, OPSET) if trunk_store.enabled() else None
+    stored = trunk_store.load(key) if key is not None else None
+    if stored is not None:
+        try:
+            sess = ort_session(stored, threads, spinning=False)
+            diffs, _ = verify(model, sess, INPUT, [OUTPUT], check, TOLERANCE)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception:  # noqa: BLE001 - a stale or damaged file: convert afresh
+            trunk_store.forget(key)
+        else:
+            seconds = time.perf_counter() - start
+            diff = diffs["random"][OUTPUT]
+            conversion = Conversion(stored, f"the frozen trunk runs in onnxruntime (converted before on this "
+                                            f"machine, checked against PyTorch in {seconds:.1f} s; largest "
+                                            f"difference {diff:.1e})", seconds, diff, from_store=True)
+            conversion._sessions[threads] = sess
+            return conversion
     try:
         with tempfile.TemporaryDirectory(prefix="graft-trunk-") as tmp:
             path = Path(tmp) / "trunk.onnx"
@@ -131,6 +153,8 @@ def convert_trunk(trunk: Trunk, channels: int, size: int) -> Conversion:
     except Exception as exc:  # noqa: BLE001 - any exporter failure means PyTorch runs it
         return Conversion(None, f"the trunk runs in PyTorch: it does not convert to ONNX ({first_line(exc)})",
                           time.perf_counter() - start)
+    if key is not None:
+        trunk_store.save(key, data)
     seconds = time.perf_counter() - start
     diff = diffs["random"][OUTPUT]
     conversion = Conversion(data, f"the frozen trunk runs in onnxruntime (converted and checked against "

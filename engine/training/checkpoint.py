@@ -26,7 +26,8 @@ from engine.errors import GraftError
 FORMAT = 1
 # Settings a resumed run must share with the paused one: they decide the schedule, the batches and the steps.
 RESUME_FIELDS = ("epochs", "batch_size", "lr_heads", "lr_trunk", "weight_decay", "warmup_epochs", "seed",
-                 "unfreeze_every", "augment", "cache_features", "amp")
+                 "unfreeze_every", "augment", "cache_features", "amp", "augment_views")
+FIELD_DEFAULTS = {"augment_views": 0}  # a checkpoint from before the setting existed ran without it
 
 
 @dataclass
@@ -114,7 +115,7 @@ class TrainCheckpoint:
     def check_config(self, config: Any) -> None:
         """GraftError naming the first setting that differs from the paused run's."""
         for name in RESUME_FIELDS:
-            then, now = self.config.get(name), getattr(config, name, None)
+            then, now = self.config.get(name, FIELD_DEFAULTS.get(name)), getattr(config, name, None)
             same = then == now or (isinstance(then, float) and isinstance(now, float) and math.isclose(then, now))
             if not same:
                 raise GraftError(f"The paused run trained with {name.replace('_', ' ')} {then!r}, not {now!r}: "

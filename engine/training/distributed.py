@@ -131,8 +131,9 @@ class Context:
         return tensor
 
     def gather_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """The rows every process computed for its :meth:`extract_sampler` shard, all of them, in the
-        data's order (the sampler's padding dropped): ``n`` rows."""
+        """The rows every process computed for the same batch of its :meth:`extract_sampler` shard, all of
+        them, in the data's order (a batch's rows of all processes are consecutive in the data): at most
+        ``n`` (the sampler's padding, the data's last rows repeated, dropped)."""
         src = x.to(self.device) if self.backend == "nccl" else x.cpu()
         parts = [torch.empty_like(src) for _ in range(self.world_size)]
         self._run("gathering the features", lambda: dist.all_gather(parts, src.contiguous()))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.data.datasets import UNREADABLE
 from engine.errors import GraftError
 from engine.network.heads import KIND_TITLES, HeadSpec
 from engine.runtime.allocator import release_free_memory
@@ -246,6 +247,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
         nb = dev.type == "cuda"
         with torch.no_grad(), autocast_context(dev, dtype):
             for images, targets in loader:
+                targets.pop(UNREADABLE, None)  # an image that did not decode has no labels: counted as unlabelled
                 if dev.type != "cpu":
                     images = images.to(dev, non_blocking=nb)
                     targets = {k: v.to(dev, non_blocking=nb) for k, v in targets.items()}

@@ -1,7 +1,8 @@
 """Live layer telemetry: where the network is changing while it trains.
 
-Per trainable block (each top-level trunk layer with weights in the optimizer, and each head as
-``@heads.<name>``): the gradient norm of the last step and the weights' relative change since the run
+Per trainable block (the trunk's blocks as :func:`engine.training.advice.trunk_blocks` finds them, e.g.
+``features.0`` … ``features.8`` of an EfficientNet, other trunk weights by their top-level layer, and each
+head as ``@heads.<name>``): the gradient norm of the last step and the weights' relative change since the run
 started, ``||W - W0|| / ||W0||`` over the block's trainable weights. Sampled after an optimizer step at
 most every :data:`INTERVAL` seconds, so the cost stays a small, bounded share of training (measured in
 ``bench/train_speed.py``): one fused norm per block and one device sync per sample. A resumed run measures
@@ -31,10 +32,14 @@ class TelemetryEvent:
     blocks: dict[str, tuple[float, float]]
 
 
-def telemetry_blocks(model: nn.Module, params: Sequence[nn.Parameter]) -> dict[str, list[nn.Parameter]]:
-    """``params`` (those the optimizer trains) grouped by block: the first part of their trunk path
-    (``layer3``), or ``@heads.<name>`` for a head, in the model's order."""
+def telemetry_blocks(model: nn.Module, params: Sequence[nn.Parameter],
+                     blocks_at: Sequence[str] = ()) -> dict[str, list[nn.Parameter]]:
+    """``params`` (those the optimizer trains) grouped by block, in the model's order: the deepest of
+    ``blocks_at`` (trunk layer paths) holding the weight, else the first part of its trunk path
+    (``layer3``), or ``@heads.<name>`` for a head. Without ``blocks_at`` a network whose blocks sit in one
+    container (``features``) would be a single row."""
     wanted = {id(p) for p in params}
+    known = sorted(blocks_at, key=len, reverse=True)
     blocks: dict[str, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if id(p) not in wanted:
@@ -45,7 +50,9 @@ def telemetry_blocks(model: nn.Module, params: Sequence[nn.Parameter]) -> dict[s
         if path.startswith("@heads."):
             block = ".".join(path.split(".")[:2])
         else:
-            block = path.split(".")[0] if path else "(trunk)"
+            block = next((b for b in known if path == b or path.startswith(b + ".")), None)
+            if block is None:
+                block = path.split(".")[0] if path else "(trunk)"
         blocks.setdefault(block, []).append(p)
     return blocks
 

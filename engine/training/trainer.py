@@ -40,7 +40,9 @@ cosine. ``TrainConfig.unfreeze_every`` unfreezes the trunk block by block (:mod:
 Speed: CUDA uses bf16 autocast where supported (else fp16 with a GradScaler), channels-last, pinned
 memory and non-blocking copies; the loop never syncs with the GPU except once per step, one step late,
 to report the loss. With a frozen trunk and no augmentation the trunk's features are computed once
-and only the heads are trained, on the cached features (``TrainStarted.cached_features``). On a CPU a
+and only the heads are trained, on the cached features (``TrainStarted.cached_features``); with
+``TrainConfig.augment_views`` = K, once for K augmented views of each training image, and past a RAM budget
+in a memory-mapped file (:mod:`engine.training.features`). On a CPU a
 frozen trunk runs in onnxruntime (:mod:`engine.runtime.onnx_trunk`: converted once, checked against
 PyTorch, PyTorch again with a note when it does not convert); ``TrainResult.trunk_backend`` says which.
 """
@@ -59,6 +61,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.data.datasets import UNREADABLE
 from engine.errors import GraftError
 from engine.network.graft_model import RegressionHead
 from engine.network.heads import KIND_TITLES, HeadSpec
@@ -93,7 +96,14 @@ class TrainConfig:
     ``sync_batchnorm``: with several processes and layers of the trunk training, normalise over the
     global batch (:mod:`engine.training.distributed`): "auto" (on with several GPUs), True or False.
     ``devices``: processes to train in (``main.py train --devices``, the window's "All N GPUs"); a Trainer
-    is always one of them: the launcher (:mod:`engine.training.launch`) starts them."""
+    is always one of them: the launcher (:mod:`engine.training.launch`) starts them.
+
+    ``augment_views``: K > 0 caches the frozen trunk's features of K augmented views of every training image
+    and trains the heads each epoch on one view per image (:mod:`engine.training.features`); it applies to a
+    frozen trunk with augmentation not switched off and caching not switched off, and is left out with a note
+    otherwise (the window keeps the setting while the freeze settings change). ``feature_ram_budget_mb``: past
+    this many MB the cached features go to a memory-mapped file on disk (None: ``$GRAFT_FEATURE_RAM_MB``, else
+    1024)."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -111,6 +121,8 @@ class TrainConfig:
     unfreeze_every: int | None = None
     telemetry: bool = False
     pause_after: int | None = None
+    augment_views: int = 0
+    feature_ram_budget_mb: float | None = None
     sync_batchnorm: bool | str = "auto"
     devices: int = 1
 
@@ -143,6 +155,13 @@ class TrainConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise GraftError(f"{name.replace('_', ' ').capitalize()} must be a whole number of epochs, at least 1 "
                                  f"(got {value!r}).")
+        views = self.augment_views
+        if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+            raise GraftError(f"Augmented views must be a whole number, at least 0 (0: off; got {views!r}).")
+        budget = self.feature_ram_budget_mb
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not budget > 0 or math.isinf(budget)):
+            raise GraftError(f"The feature cache's RAM budget must be a positive number of MB (got {budget!r}).")
         base = str(self.device).split(":")[0]
         if base not in DEVICES:
             raise GraftError(f"Unknown device {self.device!r}: use auto, cuda, mps or cpu.")
@@ -162,6 +181,7 @@ class TrainStarted:
     precision: str = "fp32"  # "bf16" | "fp16" | "fp32"
     num_workers: int = 0
     augmented: bool = False  # random crops/flips/colour on the training images
+    augment_views: int = 0  # cached features of this many augmented views per training image (0: plain)
 
 
 @dataclass
@@ -223,6 +243,8 @@ class TrainResult:
     device: str = "cpu"
     trunk_backend: str = "pytorch"  # what ran the frozen trunk's passes: "pytorch" | "onnxruntime"
     checkpoint: Any = None  # reason "paused": the TrainCheckpoint to resume from
+    augment_views: int = 0  # augmented views cached per training image (0: none)
+    features_on_disk: bool = False  # the cached features went past the RAM budget into a memory-mapped file
 
 
 class TrainingError(GraftError):
@@ -502,7 +524,8 @@ def _short(values: Sequence[float]) -> str:
 # ------------------------------------------------------------------------------------------------
 
 class MappedDataset(torch.utils.data.Dataset):
-    """An ImageDataset whose targets are renamed/remapped for the session's heads (in the workers)."""
+    """An ImageDataset whose targets are renamed/remapped for the session's heads (in the workers); an image
+    found unreadable only now (:data:`engine.data.datasets.UNREADABLE`) stays marked."""
 
     def __init__(self, base: torch.utils.data.Dataset, target_map: TargetMap) -> None:
         self.base = base
@@ -513,7 +536,10 @@ class MappedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image, targets = self.base[index]
-        return image, self.target_map(targets)
+        mapped = self.target_map(targets)
+        if UNREADABLE in targets:
+            mapped[UNREADABLE] = targets[UNREADABLE]
+        return image, mapped
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -703,17 +729,19 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         augment = (not self.trunk_frozen) if cfg.augment == "auto" else bool(cfg.augment)
+        self.views = self._augment_views()
         if cfg.cache_features is True:
             self.cached = self.trunk_frozen
             if not self.trunk_frozen:
                 self.notes.append("Features are not cached: part of the trunk trains.")
-            elif augment:
+            elif augment and not self.views:
                 self.notes.append("Cached features: augmentation is off.")
         elif cfg.cache_features == "auto":
-            self.cached = self.trunk_frozen and not augment
+            self.cached = self.trunk_frozen and (not augment or bool(self.views))
         else:
             self.cached = False
-        self.augment = augment and not self.cached
+        # augmented views: the cached features are of augmented images (and augmentation "auto" means on)
+        self.augment = bool(self.views) or (augment and not self.cached)
         n = len(train)
         self.drop_last = n > cfg.batch_size and n % cfg.batch_size == 1  # no batch of one (BatchNorm)
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else math.ceil(n / cfg.batch_size)
@@ -750,6 +778,22 @@ class Trainer:
         """Several processes: a stop asked in any of them stops all of them, here, at the same step."""
         if self._dist is not None and self._dist.agree(self._stop_request.is_set(), step):
             self._stop.set()
+
+    def _augment_views(self) -> int:
+        """The augmented views to cache per training image: the setting, or 0 with a note saying why it
+        does not apply (a trunk that trains, augmentation or caching switched off)."""
+        cfg = self.config
+        views = cfg.augment_views
+        if not views:
+            return 0
+        why = ("part of the trunk trains, so the images are augmented afresh every epoch" if not self.trunk_frozen
+               else "augmentation is switched off" if cfg.augment is False
+               else "feature caching is switched off" if cfg.cache_features is False else None)
+        if why is None:
+            return views
+        self.notes.append(f"Augmented views ({views}) apply to a frozen trunk only, with augmentation and feature "
+                          f"caching on: {why}; the setting is not used.")
+        return 0
 
     def _check_resume(self) -> None:
         ck = self.resume
@@ -841,6 +885,7 @@ class Trainer:
         self._seconds_before = 0.0
         self.checkpoint = None
         self.telemetry = None
+        self.features_on_disk = False
         model = self.session.model
         # gradual unfreezing changes trainable flags during the run: they are put back by _cleanup
         self._flags_before = ({n: p.requires_grad for n, p in model.named_parameters()}
@@ -866,7 +911,7 @@ class Trainer:
                                     len(self.train_samples), len(self.val_samples), [h.name for h in self.heads],
                                     describe_device(device, self.amp_dtype),
                                     {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"),
-                                    self.num_workers, self.augment))
+                                    self.num_workers, self.augment, self.views))
             for event in self.data_messages:
                 self._emit(event)
             for note in self.notes:
@@ -878,10 +923,12 @@ class Trainer:
             if self.resume is not None:
                 self._resume_optimizer()
             if cfg.telemetry:
+                from engine.training.advice import trunk_blocks
                 from engine.training.telemetry import Telemetry, telemetry_blocks
 
                 trained = [p for g in self.optimizer.param_groups for p in g["params"]]
-                self.telemetry = Telemetry(telemetry_blocks(self.session.model, trained))
+                blocks = [n.path for n in trunk_blocks(self.session)]
+                self.telemetry = Telemetry(telemetry_blocks(self.session.model, trained, blocks))
             if self.cached:
                 reason = self._train_cached()
             else:
@@ -939,7 +986,8 @@ class Trainer:
         result = TrainResult(reason, self.history, self.best_epoch, self.best_val_loss, seconds + self._seconds_before,
                              images / seconds if seconds > 0 else 0.0, message, self.epochs_run,
                              self.done_steps, self.cached, str(device),
-                             self._runner.backend if self._runner is not None else "pytorch", self.checkpoint)
+                             self._runner.backend if self._runner is not None else "pytorch", self.checkpoint,
+                             self.views, self.features_on_disk)
         self._emit(TrainFinished(reason, self.best_epoch, self.best_val_loss, message))
         if reason == "error":
             err = getattr(self, "_error", None)
@@ -1088,6 +1136,50 @@ class Trainer:
         base = ImageDataset(samples, self.target_map.data_heads, self.session.input_spec, augment=augment)
         return MappedDataset(base, self.target_map)
 
+    # -- small services for engine.training.features (which must not import this module) -------------
+    def _note(self, text: str, level: str = "info") -> None:
+        self._emit(MessageEvent(text, level))
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+
+    def _autocast(self):
+        return autocast_context(self.device, self.amp_dtype)
+
+    def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int) -> torch.utils.data.DataLoader:
+        """An ordered loader for a pass without gradients (workers as for training); several processes: this
+        process's shard (:meth:`engine.training.distributed.Context.extract_sampler`)."""
+        cfg = self.config
+        workers = auto_num_workers(len(dataset), cfg.batch_size, cfg.num_workers, self.device)
+        shard = self._dist.extract_sampler(len(dataset), batch_size) if self._dist is not None else None
+        return make_loader(dataset, batch_size=batch_size, device=self.device, num_workers=workers, seed=cfg.seed,
+                           batch_sampler=shard)
+
+    def _unreadable(self, targets: dict[str, torch.Tensor], samples: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """The targets without the unreadable-image marks; images that did not decode (data only quick-checked
+        up front) are reported once each, as a warning and in ``data.skipped``. Their labels count as missing."""
+        marks = targets.pop(UNREADABLE, None)
+        if marks is None or not bool((marks >= 0).any()):
+            return targets
+        from engine.data.datasets import check_image
+
+        seen = self.__dict__.setdefault("_unreadable_paths", set())
+        found = []
+        for i in marks[marks >= 0].tolist():
+            path = samples[i].path
+            if path not in seen:
+                seen.add(path)
+                found.append((str(path), check_image(path) or "does not decode"))
+        if found:
+            skipped = getattr(self.data, "skipped", None)
+            if isinstance(skipped, list):
+                skipped.extend(found)
+            shown = "; ".join(f"{p}: {r}" for p, r in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            self._emit(MessageEvent(f"Left out {plural(len(found), 'image')} that did not decode (labels counted as "
+                                    f"missing; {len(seen)} so far): {shown}.", "warning"))
+        return targets
+
     def _to(self, images: torch.Tensor, targets: dict[str, torch.Tensor]):
         device = self.device
         if device.type == "cpu":
@@ -1138,7 +1230,7 @@ class Trainer:
             for images, targets in train_loader:
                 if self._stop.is_set():
                     raise _Stopped
-                images, targets = self._to(images, targets)
+                images, targets = self._to(images, self._unreadable(targets, self.train_samples))
                 yield forward(images), targets, images.shape[0] * world
 
         def validate() -> tuple[LossAccumulator, MetricSet]:
@@ -1148,7 +1240,7 @@ class Trainer:
                 for images, targets in val_loader:
                     if self._stop.is_set():
                         raise _Stopped
-                    images, targets = self._to(images, targets)
+                    images, targets = self._to(images, self._unreadable(targets, self.val_samples))
                     outputs = features_then_heads(model, runner, images)
                     acc.add(compute_losses(self.heads, outputs, targets, self.scales))
                     metrics.update(outputs, targets)
@@ -1183,109 +1275,11 @@ class Trainer:
             self._ddp = ctx.wrap(HeadsOnFeatures(model) if self.trunk_frozen else model)
             self._ddp_key = key
 
-    # -- training on cached features -----------------------------------------------------------------
-    def _extract_features(self, samples: Sequence[Any], done_before: int, total: int):
-        cfg = self.config
-        model = self.session.model
-        workers = auto_num_workers(len(samples), cfg.batch_size, cfg.num_workers, self.device)
-        batch = cfg.batch_size * 2  # no gradients: twice the training batch fits (and halving the setting helps)
-        self._phase = ("computing features", batch)
-        ctx = self._dist  # several processes: each its shard, then all of them gathered in every process
-        loader = make_loader(self._image_dataset(samples, False), batch_size=batch,
-                             device=self.device, num_workers=workers, seed=cfg.seed,
-                             batch_sampler=ctx.extract_sampler(len(samples), batch) if ctx is not None else None)
-        feats: list[torch.Tensor] = []
-        targets: dict[str, list[torch.Tensor]] = {h.name: [] for h in self.heads}
-        done = done_before
-        model.eval()
-        try:
-            with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
-                for images, batch_targets in loader:
-                    if self._stop.is_set():
-                        raise _Stopped
-                    images, batch_targets = self._to(images, batch_targets)
-                    f = (model.trunk(images) if self._runner is None else self._runner(images)).float()
-                    if self._store.type != f.device.type:
-                        f = f.to(self._store, non_blocking=True)
-                        batch_targets = {k: v.to(self._store, non_blocking=True) for k, v in batch_targets.items()}
-                    feats.append(f)
-                    for k, v in batch_targets.items():
-                        targets[k].append(v)
-                    done += images.shape[0] * (ctx.world_size if ctx is not None else 1)
-                    self._progress(0, "features", fraction=self.FEATURE_SHARE * min(done, total) / total)
-                    self._agree_stop()
-        finally:
-            del loader
-        if ctx is not None:
-            return (ctx.gather_rows(torch.cat(feats), len(samples)),
-                    {k: ctx.gather_rows(torch.cat(v), len(samples)) for k, v in targets.items()})
-        return torch.cat(feats), {k: torch.cat(v) for k, v in targets.items()}
-
-    def _feature_store(self, n_images: int) -> torch.device:
-        """Where cached features live: on the training device, unless they would take more than a
-        quarter of the GPU's free memory (then in host memory, copied per batch)."""
-        if self.device.type != "cuda":
-            return self.device
-        dim = getattr(self.session, "feature_dim", None) or 4096
-        need = n_images * dim * 4
-        try:
-            free, _ = torch.cuda.mem_get_info(self.device)
-        except Exception:  # noqa: BLE001 - unknown free memory: keep them on the GPU
-            return self.device
-        return self.device if need <= free // 4 else torch.device("cpu")
-
+    # -- training on cached features (engine.training.features) -------------------------------------
     def _train_cached(self) -> str:
-        cfg = self.config
-        model = self.session.model
-        total = len(self.train_samples) + len(self.val_samples)
-        self._emit(MessageEvent(f"Computing the frozen trunk's features once for {total} images; "
-                                "then only the heads train."))
-        self._store = self._feature_store(total)
-        self._frozen_trunk(total)
-        train_x, train_t = self._extract_features(self.train_samples, 0, total)
-        val_x = val_t = None
-        if self.val_samples:
-            val_x, val_t = self._extract_features(self.val_samples, len(self.train_samples), total)
-        self._t_train = time.perf_counter()
-        sampler = self._train_sampler()
-        bs = cfg.batch_size
-        self._val_batch = bs * 8  # the heads alone, on features: small
-        order_device = train_x.device
-        if order_device != self.device and self.device.type == "cuda":
-            train_x = train_x.pin_memory()
-            train_t = {k: v.pin_memory() for k, v in train_t.items()}
+        from engine.training.features import train_cached
 
-        def train_batches() -> Iterator[tuple[Callable, dict[str, torch.Tensor], int]]:
-            order = sampler.next_order().to(order_device)
-            for i in range(len(sampler)):
-                if self._stop.is_set():
-                    raise _Stopped
-                idx = order[i * bs:(i + 1) * bs]
-                x = train_x.index_select(0, idx)
-                t = {k: v.index_select(0, idx) for k, v in train_t.items()}
-                if order_device != self.device:  # features kept in host memory (too many for the GPU)
-                    x, t = self._to(x, t)
-                yield (lambda x=x: model.forward_heads(x)), t, idx.shape[0]
-
-        def validate() -> tuple[LossAccumulator, MetricSet]:
-            acc, metrics = LossAccumulator(self.heads), MetricSet(self.heads)
-            model.heads.eval()
-            chunk = self._val_batch
-            with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
-                for i in range(0, val_x.shape[0], chunk):
-                    x, t = val_x[i:i + chunk], {k: v[i:i + chunk] for k, v in val_t.items()}
-                    if x.device != self.device:
-                        x, t = self._to(x, t)
-                    outputs = model.forward_heads(x)
-                    acc.add(compute_losses(self.heads, outputs, t, self.scales))
-                    metrics.update(outputs, t)
-            return acc, metrics
-
-        def set_train_mode() -> None:
-            model.eval()
-            model.heads.train()
-
-        return self._epochs(train_batches, validate if val_x is not None else None, set_train_mode)
+        return train_cached(self)
 
     # -- pause and resume ----------------------------------------------------------------------------
     def _train_sampler(self) -> EpochBatchSampler:

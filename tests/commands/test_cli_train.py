@@ -62,6 +62,8 @@ def test_train_continues_a_project_and_names_heads(tiny_folder, tmp_path):
     (["--head", "shape"], "NAME:KIND"),
     (["--freeze", "sideways"], "Unknown freeze setting"),
     (["--epochs", "0"], "Epochs"),
+    (["--augment-views", "-1"], "Augmented views must be a whole number"),
+    (["--feature-ram-mb", "0"], "RAM budget must be a positive number"),
 ])
 def test_bad_arguments_exit_with_one_line(tiny_folder, tmp_path, args, message):
     result = graft("train", "--data", str(tiny_folder), *args, "--out", str(tmp_path / "x.graft"))
@@ -69,6 +71,20 @@ def test_bad_arguments_exit_with_one_line(tiny_folder, tmp_path, args, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.graft").exists()
+
+
+def test_augmented_views_and_a_spilling_feature_cache(tiny_folder, tmp_path):
+    """``--augment-views`` alone means 4 views; a tiny ``--feature-ram-mb`` puts the features on disk (removed after)."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_CACHE_DIR": str(cache)}
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--data", str(tiny_folder),
+                             "--model", "mobilenet_v3_small", "--random-weights", "--epochs", "1", "--batch-size", "8",
+                             "--augment-views", "--feature-ram-mb", "0.001", "--out", str(tmp_path / "v.graft")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "on cached trunk features of 4 augmented views per image" in result.stdout
+    assert "4 augmented views of each of the" in result.stdout and "memory-mapped file" in result.stdout
+    assert not list((cache / "features").iterdir())
 
 
 def test_unwritable_out_folder_is_refused_before_training(tiny_folder, tmp_path):

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from test_cli_train import graft, tiny_folder  # noqa: F401 - the shared tiny image folder fixture
+from test_cli_train import graft
 
 MODEL = ["--model", "resnet18", "--random-weights"]
 

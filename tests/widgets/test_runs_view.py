@@ -39,3 +39,19 @@ def test_empty(qtbot):
     view = RunsView()
     qtbot.addWidget(view)
     assert view.model.rowCount() == 0 and not view.empty.isHidden()
+
+
+def test_the_table_shows_the_rows_it_holds(qtbot):
+    """The table view itself has the rows (it hears the model), after a first set and after another."""
+    view = RunsView()
+    qtbot.addWidget(view)
+    view.show()
+    qtbot.wait(10)
+    view.set_runs([_run([0.9, 0.5], 1e-3)])
+    qtbot.wait(10)
+    view.set_runs([_run([0.9, 0.5], 1e-3), _run([0.8, 0.4], 3e-3)])
+    qtbot.wait(10)
+    table = view.table
+    assert table.verticalHeader().count() == 2 == view.model.rowCount()
+    assert table.visualRect(view.model.index(1, 0)).height() > 0 and table.columnWidth(0) > 0
+    assert view.checked_runs() == [1, 2] and view.curve_data(1) is not None

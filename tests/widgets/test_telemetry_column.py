@@ -54,3 +54,28 @@ def test_column_appears_shows_values_and_goes(qtbot, qtmodeltester, resnet_sessi
     assert model.columnCount() == len(COLUMNS) and not model.index(0, TELEMETRY).isValid()
     qtmodeltester.check(model)
     assert model.index(0, 0, QModelIndex()).isValid()
+
+
+def test_the_layer_tree_view_shows_the_column_on_rows_below_other_rows(qtbot, resnet_session):
+    """The filter proxy learns of the new column for every parent, not only the root: a child row's cell
+    (layer3.1 under layer3) exists and shows its value, and the tree stays expanded."""
+    from widgets.layer_tree_view import LayerTreeView
+
+    model = LayerTreeModel(resnet_session.tree)
+    view = LayerTreeView(model)
+    qtbot.addWidget(view)
+    assert view.select_path("layer3.1.conv1")
+
+    def cell(path: str):
+        index = view.proxy.mapFromSource(model.index_for_path(path))
+        return view.proxy.index(index.row(), TELEMETRY, index.parent())
+
+    model.set_telemetry({"layer3": (2.0, 0.01), "layer3.1": (1.0, 0.02)})
+    assert cell("layer3.1").isValid() and cell("layer3.1").data() == "2 %" and cell("layer3").data() == "1 %"
+    assert view.tree_view.isExpanded(view.proxy.mapFromSource(model.index_for_path("layer3")))
+    assert view.tree_view.header().sectionSize(TELEMETRY) >= 90
+    model.set_telemetry({"layer3": (2.0, 2.7)})
+    assert cell("layer3").data() == "270 %"  # not 2.7e+02 %
+    model.set_telemetry(None)
+    assert view.proxy.columnCount(view.proxy.mapFromSource(model.index_for_path("layer3"))) == len(COLUMNS)
+    assert not cell("layer3.1").isValid()

@@ -158,3 +158,51 @@ def test_the_status_line_says_whether_a_run_can_start_until_a_run_reports(panel)
     panel.clear_progress()
     panel.set_can_start(False, "Load data first (drop a folder or CSV on the window)")
     assert panel.status() == "Load data first (drop a folder or CSV on the window)."
+
+
+def test_unfreezing_and_telemetry_reach_the_config_and_lock_while_running(panel, qtbot):
+    assert panel.unfreeze_spin.text() == "off" and panel.config().unfreeze_every is None
+    panel.unfreeze_spin.setValue(3)
+    panel.telemetry_check.setChecked(True)
+    config = panel.config()
+    assert config.unfreeze_every == 3 and config.telemetry is True
+    config.validate()
+    panel.set_config(replace(TrainConfig(), unfreeze_every=2, telemetry=False))
+    assert panel.unfreeze_spin.value() == 2 and not panel.telemetry_check.isChecked()
+    panel.set_running(True)
+    assert not panel.unfreeze_spin.isEnabled() and not panel.discriminative_button.isEnabled()
+    assert panel.pause_button.isEnabled() and not panel.resume_button.isEnabled()
+    assert not panel.find_rate_button.isEnabled()
+    panel.set_pausing()
+    assert not panel.pause_button.isEnabled() and panel.stop_button.isEnabled()
+    panel.set_running(False)
+    panel.set_can_resume(True, "Continue the run paused after epoch 1 of 3")
+    assert panel.resume_button.isEnabled() and not panel.pause_button.isEnabled()
+    with qtbot.waitSignal(panel.resumeRequested, timeout=1000):
+        panel.resume_button.click()
+
+
+def test_discriminative_button_sends_the_lowest_factor_and_rates_apply(panel, qtbot):
+    panel.low_factor_box.setValue(0.2)
+    with qtbot.waitSignal(panel.discriminativeRequested, timeout=1000) as sent:
+        panel.discriminative_button.click()
+    assert sent.args == [pytest.approx(0.2)]
+    panel.set_config(replace(TrainConfig(), lr_heads=1e-3, lr_trunk=1e-4))
+    panel.apply_rate(0.0123456, heads=True, keep_ratio=True)  # the network's rate keeps its ratio (1/10)
+    assert panel.config().lr_heads == pytest.approx(0.0123) and panel.config().lr_trunk == pytest.approx(0.00123)
+    panel.apply_rate(3e-5, heads=False)
+    assert panel.config().lr_trunk == pytest.approx(3e-5) and panel.config().lr_heads == pytest.approx(0.0123)
+
+
+def test_augmented_views_reach_the_config_and_lock_while_running(panel):
+    assert panel.views_spin.text() == "off" and panel.config().augment_views == 0
+    panel.views_spin.setValue(4)
+    config = panel.config()
+    assert config.augment_views == 4
+    config.validate()
+    panel.set_config(replace(TrainConfig(), augment_views=2))
+    assert panel.views_spin.value() == 2
+    panel.set_running(True)
+    assert not panel.views_spin.isEnabled()
+    panel.set_running(False)
+    assert panel.views_spin.isEnabled()

@@ -69,3 +69,45 @@ def test_what_a_script_cannot_rebuild_is_refused(tmp_path):
         p.requires_grad_(True)
     with pytest.raises(GraftError, match="TorchScript model"):
         training_script(session)
+
+
+def test_a_two_exit_network_is_rebuilt_with_each_head_on_its_layer(tmp_path):
+    """Heads on layer2 and at the end: the script's model reads the same layers, takes the project's
+    weights as they are and gives the same outputs."""
+    import runpy
+
+    import torch
+
+    torch.manual_seed(0)
+    session = Session(load_network("resnet18", random_init=True))
+    session.model.input_spec = replace(session.input_spec, size=64, resize=64)
+    session.do(DeleteOutputLayer())
+    session.do(AddHead(HeadSpec("early", labels=["a", "b", "c"], layer="layer2"), seed=1))
+    session.do(AddHead(HeadSpec("late", labels=["x", "y"]), seed=2))
+    session.do(freeze_preset("heads-only"))
+    text = training_script(session, "two-exit.graft")
+    assert undefined_names(text) == set() and "layer='layer2'" in text and "reading layer layer2" in text
+    script = tmp_path / "train_model.py"
+    script.write_text(text)
+    module = runpy.run_path(str(script), run_name="not_main")
+    model = module["build_model"](None, 0)
+    assert model.trunk.taps == session.model.trunk.taps
+    assert model.heads["early"][-1].in_features == 128 and model.heads["late"][-1].in_features == 512
+    model.load_state_dict(session.model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    session.model.eval()
+    with torch.no_grad():
+        ours, theirs = session.model(x), model.eval()(x)
+    for name in ("early", "late"):
+        assert torch.allclose(ours[name], theirs[name], atol=1e-6)
+
+
+def test_learning_rate_factors_are_refused_until_the_script_can_reproduce_them():
+    from engine.surgery.operations import SetLrFactor
+
+    session = Session(load_network("resnet18", random_init=True))
+    session.do(DeleteOutputLayer())
+    session.do(AddHead(HeadSpec("shape", labels=["a", "b"]), seed=0))
+    session.do(SetLrFactor({"layer4": 0.1}))
+    with pytest.raises(GraftError, match="learning-rate factors .*layer4=0.1"):
+        training_script(session)

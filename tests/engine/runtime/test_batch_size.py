@@ -42,3 +42,16 @@ def test_the_first_slow_run_of_a_size_does_not_decide():
     probe.record(2, 0.02)
     probe.record(8, 0.04)
     assert probe.best == 8
+
+
+def test_the_climb_stops_at_a_size_clearly_slower_than_a_smaller_one():
+    probe = BatchSizeProbe((1, 4, 16, 32), timings=2)
+    speed = {1: 0.009, 4: 0.018, 16: 0.019, 32: 0.018}  # as onnxruntime ran the default trunk on 2 cores
+    assert run(probe, 40, speed) == [1, 1, 4, 4] + [1] * 30, "16 and 32 are never run"
+    assert probe.best == 1 and set(probe.per_image()) == {1, 4}
+
+
+def test_a_size_only_a_little_slower_does_not_stop_the_climb():
+    probe = BatchSizeProbe((1, 4, 16), timings=1)
+    sizes = run(probe, 40, {1: 0.010, 4: 0.011, 16: 0.005})  # noisy at 4, fastest at 16
+    assert sizes[:3] == [1, 4, 16] and probe.best == 16

@@ -60,3 +60,19 @@ def test_blocks_group_by_top_level_layer(resnet_session):
     params = [p for n, p in model.named_parameters() if n.startswith("trunk.body.layer1.") or n == "trunk.body.conv1.weight"]
     blocks = telemetry_blocks(model, params)
     assert list(blocks) == ["conv1", "layer1"] and len(blocks["layer1"]) == len(list(model.trunk.body.layer1.parameters()))
+
+
+def test_blocks_inside_one_container_are_rows_of_their_own():
+    """EfficientNet-Lite keeps its blocks in ``features``: each block is a row, not ``features`` whole."""
+    from engine.network.loading import load_network
+    from engine.surgery.session import Session
+    from engine.training.advice import trunk_blocks
+
+    session = Session(load_network("default", random_init=True))
+    blocks = [n.path for n in trunk_blocks(session)]
+    assert "features.6" in blocks and "features" not in blocks
+    model = session.model
+    params = [p for n, p in model.named_parameters() if n.startswith(("trunk.body.features.6.", "trunk.body.features.7."))]
+    grouped = telemetry_blocks(model, params, blocks)
+    assert list(grouped) == ["features.6", "features.7"]
+    assert len(grouped["features.6"]) == len(list(model.trunk.body.features[6].parameters()))
