@@ -4,7 +4,8 @@ Generates N small images (default 100,000; 64x64 JPEG, ten class folders, a shap
 Pillow in parallel processes into Graft's cache folder (``engine.files.cache_dir()/scale-<N>``; kept and
 reused: generating is the slow part on a small machine), then reports, in one process:
 
-* listing and checking the folder (:func:`engine.data.datasets.load_data`): seconds and images/s;
+* listing and checking the folder (:func:`engine.data.datasets.load_data`): seconds and images/s
+  (``--cold``: after dropping the page cache, as from a cold disk);
 * peak memory (``resource.getrusage`` max RSS) after listing, after the caching pass and at the end;
 * the frozen-trunk caching pass (the trainer's "features" phase, timed from its events): images/s,
   with the RAM budget (``--ram-mb``, default 16 MB: far below the features' size) forcing the spill
@@ -106,6 +107,17 @@ def resident_mb() -> float | None:
         return None
 
 
+def drop_page_cache() -> None:
+    """Write the disk's dirty pages and drop the page cache, so the listing reads the disk as after a reboot."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as exc:
+        raise SystemExit(f"--cold: cannot drop the page cache ({exc.strerror or exc}); run as root on Linux.") from exc
+    print("page cache dropped: the listing reads a cold disk")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=100_000)
@@ -116,6 +128,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--list-only", action="store_true", help="generate and list; no caching pass")
     parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the page cache before listing (Linux, as root): the listing from a cold disk")
     args = parser.parse_args()
 
     import torch
@@ -127,6 +141,8 @@ def main() -> int:
         print(f"generated {args.images:,} {args.format} images in {made:.1f} s into {folder}")
     from engine.data.datasets import load_data
 
+    if args.cold:
+        drop_page_cache()
     t0 = time.perf_counter()
     data = load_data(folder)
     listing = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -718,3 +719,31 @@ def test_a_tsv_manifest_is_read_as_tab_separated(tmp_path):
     assert {s.path.name: s.targets["size"] for s in ds.samples}["3.png"] == [3.5]
     with pytest.raises(GraftError, match=r"\.csv/\.tsv manifest"):
         load_data(write_csv(tmp_path / "labels.txt", "image,kind\n"))
+
+
+def test_folder_listing_walks_like_os_walk_and_keys_files_like_same_file(tmp_path):
+    """The folder listing's one scandir per folder gives os.walk's files in os.walk's order (a folder's
+    sorted files, then its subfolders'; hidden ones and links to folders left out), each keyed as
+    _same_file keys it (a link to a file by what it points to)."""
+    from engine.data.datasets import _files_under, _hidden, _same_file
+
+    root = tmp_path / "cat"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a").mkdir()
+    for name in ("2.png", "10.png", ".hidden.png", "Thumbs.db"):
+        (root / name).write_bytes(b"x")
+    (root / "b" / "1.png").write_bytes(b"x")
+    (root / "b" / "deep" / "0.png").write_bytes(b"x")
+    (root / "a" / "z.png").write_bytes(b"x")
+    (root / "linked.png").symlink_to(root / "b" / "1.png")
+    (root / "dirlink").symlink_to(root / "b", target_is_directory=True)
+    (root / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    expected = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        expected += [os.path.join(dirpath, f) for f in sorted(filenames) if not _hidden(f)]
+    listed = _files_under(str(root))
+    assert [p for p, _ in listed] == expected
+    assert [k for _, k in listed] == [_same_file(Path(p)) for p in expected]
+    keys = dict(listed)
+    assert keys[str(root / "linked.png")] == keys[str(root / "b" / "1.png")]
