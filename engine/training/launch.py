@@ -90,21 +90,23 @@ def _message_of(failure: Any) -> str:
 
 def failure_message(failures: dict[int, Any], world: int) -> str:
     """The cause of a failed run in one line: a process's own error first, then a process that died
-    without one (killed, crashed), then one that lost the others."""
+    without one (crashed, killed), then one the agent ended (SIGTERM), then one that lost the others; among
+    equals the first torch's agent saw (``failures`` is in that order: it records the processes it then
+    ends after the one that failed)."""
     found: list[tuple[int, int, str]] = []
-    for rank, failure in sorted(failures.items()):
+    for seen, (rank, failure) in enumerate(failures.items()):
         text = _message_of(failure)
         if text and not text.startswith(LOST_PREFIX):
-            found.append((0, rank, text))
+            found.append((0, seen, text))
         elif not text:
             code = failure.exitcode
             how = (f"was killed by signal {failure.signal_name()}" if code is not None and code < 0
                    else f"ended unexpectedly (exit code {code})")
-            ended = code is not None and -code in (signal.SIGTERM, signal.SIGKILL)  # likely the agent, after another
-            found.append((2 if ended else 1, rank, f"Training process {rank} of {world} {how}; the run was stopped "
+            ended = code is not None and -code == signal.SIGTERM  # likely the agent, after another
+            found.append((2 if ended else 1, seen, f"Training process {rank} of {world} {how}; the run was stopped "
                                                    "and nothing was saved."))
         else:
-            found.append((3, rank, text))
+            found.append((3, seen, text))
     if not found:
         return "The training processes failed; nothing was saved."
     found.sort()

@@ -54,6 +54,12 @@ def test_the_cause_of_a_failed_run_is_told_in_one_line(tmp_path):
     assert text.startswith("Training process 1 of 2 ended unexpectedly (exit code 3)") and "\n" not in text
     assert "process 1 of 2 ended unexpectedly" in failure_message({0: ended, 1: died}, 2)  # not the one ended after
     assert "killed by signal SIGTERM" in failure_message({0: ended}, 2)
+    # kill -9 of process 1 (or the OOM killer): the agent then ends process 0 with SIGTERM; it saw 1 first
+    killed = _failure(-signal.SIGKILL)
+    assert failure_message({1: killed, 0: ended}, 2).startswith("Training process 1 of 2 was killed by signal SIGKILL")
+    assert failure_message({0: ended, 1: killed}, 2).startswith("Training process 1 of 2 was killed by signal SIGKILL")
+    # the agent escalating to SIGKILL for a process slow to end comes after the first crash
+    assert "process 1 of 2 ended unexpectedly" in failure_message({1: died, 0: killed}, 2)
 
 
 SCRIPT = r'''
