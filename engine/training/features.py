@@ -291,7 +291,7 @@ def extract_features(trainer: Any, samples: Sequence[Any], table: FeatureTable, 
                     batch_targets = {k: ctx.gather_rows(v, room) for k, v in batch_targets.items()}
                 table.put(f, batch_targets)
                 done += f.shape[0]
-                trainer._progress(0, "features", fraction=trainer.FEATURE_SHARE * done / total)
+                trainer._progress(0, "features", fraction=trainer.feature_share * done / total)
                 trainer._agree_stop()
     finally:
         del loader

@@ -629,7 +629,9 @@ class Trainer:
     endings and errors. One run per Trainer."""
 
     PROGRESS_INTERVAL = 0.2  # seconds between ProgressEvents
-    FEATURE_SHARE = 0.9  # share of the progress bar given to computing cached features
+    # A heads-only epoch on cached features against the caching pass over the same images (Lite0, demo, CPU:
+    # about 2 %): the caching pass's share of the progress bar until a step is timed, then the bar goes by time.
+    HEADS_EPOCH_COST = 0.02
 
     WARN_NO_VALIDATION = True  # say so when there is no validation data (a rate finder needs none)
 
@@ -840,6 +842,11 @@ class Trainer:
         for spec, mean, std in getattr(self, "_stats_before", []):
             spec.set_target_stats(mean, std)
 
+    @property
+    def feature_share(self) -> float:
+        """The caching pass's share of the run before any step is timed (from the epochs to come)."""
+        return 1.0 / (1.0 + self.HEADS_EPOCH_COST * max(1, int(self.config.epochs or 1)))
+
     # -- events ------------------------------------------------------------------------------------
     def _emit(self, event: object) -> None:
         if self.on_event is not None and (self._dist is None or self._dist.main):  # process 0 alone reports
@@ -850,16 +857,19 @@ class Trainer:
         if not force and now - self._last_progress < self.PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        if fraction is None:
-            base = self.FEATURE_SHARE if self.cached else 0.0
-            fraction = base + (1.0 - base) * done / max(1, self.total_steps)
-        fraction = min(1.0, max(0.0, fraction))
         elapsed = now - self._t0
         eta = None
         if phase == "train" and done > self._resumed_steps:
             per_step = (now - self._t_train) / (done - self._resumed_steps)
             eta = per_step * (self.total_steps - done)
-        elif fraction > 0.01:
+            if fraction is None:  # by time: the caching pass's share is what it took, not a guess
+                spent = elapsed + per_step * self._resumed_steps  # steps of a paused run, at today's pace
+                fraction = spent / (spent + eta) if spent + eta > 0 else 1.0
+        if fraction is None:  # no step timed yet
+            base = self.feature_share if self.cached else 0.0
+            fraction = base + (1.0 - base) * done / max(1, self.total_steps)
+        fraction = min(1.0, max(0.0, fraction))
+        if eta is None and fraction > 0.01:
             eta = elapsed / fraction * (1.0 - fraction)
         self._emit(ProgressEvent(done, self.total_steps, fraction, eta, phase))
 

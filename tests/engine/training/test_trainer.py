@@ -166,6 +166,31 @@ def test_cached_and_uncached_paths_agree(demo):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
 
 
+
+def test_the_progress_bar_gives_the_caching_pass_its_share_of_many_epochs_then_goes_by_time(demo, monkeypatch):
+    """Heads-only on cached features: the caching pass fills the bar only as far as its expected share of the
+    whole run (many epochs: little of it), and once steps are timed the fraction is the time spent over the
+    time spent plus the ETA, ending at 1."""
+    monkeypatch.setattr(Trainer, "PROGRESS_INTERVAL", 0.0)
+    data = subset(demo, 32, 16)
+    session = make_session(data.heads)
+    rec = Recorder()
+    trainer = Trainer(session, data, TrainConfig(epochs=40, batch_size=16, augment=False, num_workers=0, patience=0), rec)
+    result = trainer.run()
+    assert result.cached_features
+    progress = rec.of(ProgressEvent)
+    caching = [p.fraction for p in progress if p.phase == "features"]
+    share = 1.0 / (1.0 + Trainer.HEADS_EPOCH_COST * 40)
+    assert caching and caching[-1] == pytest.approx(share) and share < 0.6  # not 0.9 of a 40-epoch run
+    training = [p for p in progress if p.phase == "train" and p.done_steps > 0 and p.eta_seconds is not None]
+    assert training and progress[-1].fraction == pytest.approx(1.0)
+    midway = [p for p in training if p.done_steps < p.total_steps]
+    assert midway and all(0.0 < p.fraction < 1.0 and p.eta_seconds > 0 for p in midway)
+    # by time: the fraction left is the ETA over the time spent plus the ETA, so the two agree
+    spent = [p.eta_seconds * p.fraction / (1.0 - p.fraction) for p in midway]  # the time spent they imply
+    assert spent == sorted(spent)
+
+
 # -- stop ---------------------------------------------------------------------------------------------
 
 def test_stop_from_the_event_callback_keeps_the_best_weights(demo):
