@@ -75,6 +75,8 @@ def command_line(config: Any, data: Any, project: Path, out: Path) -> list[str]:
         args += ["--workers", str(config.num_workers)]
     if config.unfreeze_every:
         args += ["--unfreeze-every", str(config.unfreeze_every)]
+    if getattr(config, "telemetry", False):
+        args += ["--telemetry"]
     if getattr(config, "augment_views", 0):
         args += ["--augment-views", str(config.augment_views)]
     if getattr(config, "feature_ram_budget_mb", None):

@@ -98,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", choices=("jsonl",), default=None,
                         help="write the run's events as JSON lines on stdout (one object a line; the other output "
                              "goes to stderr), for a program that follows the run")
+    parser.add_argument("--telemetry", action="store_true",
+                        help="sample each training block's gradient and update sizes twice a second (TelemetryEvent "
+                             "lines in --events jsonl; the window shows them in its tree)")
 
 
 def _out_path(text: str) -> Path:
@@ -407,7 +410,8 @@ def _train(args: argparse.Namespace, events_out, ctx=None) -> int:
                              patience=setting(args, "patience"), num_workers=args.workers, seed=args.seed,
                              unfreeze_every=args.unfreeze_every, pause_after=args.pause_after,
                              augment_views=args.augment_views or 0, feature_ram_budget_mb=args.feature_ram_mb,
-                             sync_batchnorm={"on": True, "off": False}.get(args.sync_batchnorm, "auto"))
+                             sync_batchnorm={"on": True, "off": False}.get(args.sync_batchnorm, "auto"),
+                             telemetry=bool(getattr(args, "telemetry", False)))
         data_file = data_path(args.data)
         out = _out_path(args.out or DEFAULT_OUT)
     config.validate()

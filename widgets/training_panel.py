@@ -50,6 +50,12 @@ def format_eta(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+PAUSE_TIP = ("Pause at the end of this epoch: Resume continues the run (its optimizer and schedule too), also "
+             "after saving and reopening the project")
+PAUSE_ALL_GPUS_TIP = ("A run on all the GPUs cannot pause (its processes end with it); Stop keeps its best "
+                      "weights so far, and training again goes on from them")
+
+
 def progress_text(done: int, total: int, eta_seconds: float | None, epoch: int | None, epochs: int | None) -> str:
     """``"epoch 3/10 · 40% · ETA 0:42"`` (parts left out when unknown)."""
     parts = []
@@ -234,8 +240,7 @@ class TrainingPanel(QWidget):
         self.stop_button = QPushButton("Stop", self)
         self.stop_button.setToolTip("Stop after the current batch; the best weights so far are kept")
         self.pause_button = QPushButton("Pause", self)
-        self.pause_button.setToolTip("Pause at the end of this epoch: Resume continues the run (its optimizer and "
-                                     "schedule too), also after saving and reopening the project")
+        self.pause_button.setToolTip(PAUSE_TIP)
         self.resume_button = QPushButton("Resume", self)
         self.resume_button.setToolTip("Continue the paused run where it stopped")
         self.progress_bar = QProgressBar(self)
@@ -355,7 +360,9 @@ class TrainingPanel(QWidget):
             widget.setEnabled(not running)
         self.start_button.setEnabled(not running and self._can_start)
         self.stop_button.setEnabled(running)
-        self.pause_button.setEnabled(running)
+        everywhere = self.device_combo.currentData() == ALL_GPUS  # child processes: Stop, not Pause
+        self.pause_button.setEnabled(running and not everywhere)
+        self.pause_button.setToolTip(PAUSE_ALL_GPUS_TIP if running and everywhere else PAUSE_TIP)
         self.resume_button.setEnabled(not running and self._can_resume)
         self.find_rate_button.setEnabled(not running and self._can_find)
         if running:

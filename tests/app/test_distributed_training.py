@@ -35,6 +35,40 @@ def test_all_gpus_is_offered_only_with_several(qtbot, monkeypatch):
     assert panel.device_combo.currentData() == training_panel.ALL_GPUS
 
 
+def test_a_run_on_all_gpus_offers_stop_not_pause(qtbot, monkeypatch):
+    """Its processes cannot keep a paused run's state: Pause is disabled and says why; on one GPU it is not."""
+    monkeypatch.setattr(training_panel, "_gpu_count", lambda: 2)
+    panel = TrainingPanel(cuda_available=True, mps_available=False)
+    qtbot.addWidget(panel)
+    panel.device_combo.setCurrentIndex(panel.device_combo.findData(training_panel.ALL_GPUS))
+    panel.set_running(True)
+    assert panel.stop_button.isEnabled() and not panel.pause_button.isEnabled()
+    assert "cannot pause" in panel.pause_button.toolTip()
+    panel.set_running(False)
+    panel.device_combo.setCurrentIndex(panel.device_combo.findData("cuda"))
+    panel.set_running(True)
+    assert panel.pause_button.isEnabled() and "Resume continues" in panel.pause_button.toolTip()
+
+
+def test_the_child_command_line_carries_the_windows_settings(tmp_path):
+    """What the window sets reaches the processes: the CLI's parser reads back each setting."""
+    from types import SimpleNamespace
+
+    from app.distributed import command_line
+    from commands.cli import build_parser
+
+    config = TrainConfig(epochs=7, batch_size=24, lr_heads=3e-3, lr_trunk=2e-4, augment=False, patience=3,
+                         unfreeze_every=2, augment_views=4, telemetry=True, devices=2, num_workers=1)
+    data = SimpleNamespace(path=tmp_path / "labels.csv", seed=5, val_fraction=0.25)
+    args = build_parser().parse_args(command_line(config, data, tmp_path / "p.graft", tmp_path / "out.graft"))
+    assert (args.epochs, args.batch_size, args.lr_heads, args.lr_trunk) == (7, 24, 3e-3, 2e-4)
+    assert (args.augment, args.patience, args.unfreeze_every, args.augment_views) == ("off", 3, 2, 4)
+    assert args.telemetry and args.devices == 2 and args.events == "jsonl" and args.workers == 1
+    assert (args.seed, args.val_fraction, args.data) == (5, 0.25, str(tmp_path / "labels.csv"))
+    plain = TrainConfig(devices=2)
+    assert not build_parser().parse_args(command_line(plain, data, tmp_path / "p.graft", tmp_path / "o.graft")).telemetry
+
+
 def test_json_lines_come_back_as_the_trainers_events():
     from commands.train import JsonLines
 
