@@ -1,31 +1,12 @@
 """What the window has open — a session, its data, the project file — and plain events that tell the
 window's concerns (:mod:`app.files`, :mod:`app.data`, :mod:`app.surgery`, …) when it changes, so that
-none of them reaches into another's widgets. Qt-free (an import contract keeps it so), with events
-like :class:`engine.surgery.session.Session`'s."""
+none of them reaches into another's widgets. Qt-free (an import contract keeps it so), with the engine's
+events (:class:`engine.events.Events`, as :class:`engine.surgery.session.Session`'s)."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-
-class Events:
-    """Plain events: ``connect(event, callback)``; a subclass names its events in ``EVENTS``."""
-
-    EVENTS: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
-        self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in self.EVENTS}
-
-    def connect(self, event: str, callback: Callable[..., Any]) -> None:
-        self._listeners[event].append(callback)
-
-    def disconnect(self, event: str, callback: Callable[..., Any]) -> None:
-        if callback in self._listeners[event]:
-            self._listeners[event].remove(callback)
-
-    def _emit(self, event: str, *args: Any) -> None:
-        for cb in list(self._listeners[event]):
-            cb(*args)
+from engine.events import Events
 
 
 class Workspace(Events):

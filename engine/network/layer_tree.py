@@ -8,13 +8,13 @@ napari style: ``about_to_insert(parent, start, end)`` / ``inserted(...)``, ``abo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from engine.events import Events
 from engine.network.graft_model import END, GraftModel
 from engine.network.lr_factors import HEADS_KEY, effective_factor
 
@@ -93,18 +93,16 @@ class LayerNode:
             yield from child.walk()
 
 
-Listener = Callable[..., Any]
 
-
-class LayerTree:
+class LayerTree(Events):
     """Node tree over a GraftModel plus change callbacks. Build with :meth:`sync`."""
 
     EVENTS = ("about_to_insert", "inserted", "about_to_remove", "removed", "changed", "reset")
 
     def __init__(self) -> None:
+        super().__init__()
         self.root = LayerNode(name="", path="", kind="root")
         self._by_path: dict[str, LayerNode] = {"": self.root}
-        self._listeners: dict[str, list[Listener]] = {e: [] for e in self.EVENTS}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.order: list[str] = []  # module paths in the order their forward starts
         self.ticks: dict[str, tuple[int, int | None]] = {}  # path -> (when it started, when it finished) in the dry run
@@ -113,18 +111,6 @@ class LayerTree:
         self.shape_error: str | None = None
         self._probe_seconds: float | None = None  # a dry run not yet counted in build_seconds
         self.real_run_seconds: float | None = None  # the last real dry run: when slow, later ones go fake
-
-    # -- events ---------------------------------------------------------------------------------
-    def connect(self, event: str, callback: Listener) -> None:
-        self._listeners[event].append(callback)
-
-    def disconnect(self, event: str, callback: Listener) -> None:
-        if callback in self._listeners[event]:
-            self._listeners[event].remove(callback)
-
-    def _emit(self, event: str, *args: Any) -> None:
-        for cb in list(self._listeners[event]):
-            cb(*args)
 
     # -- queries --------------------------------------------------------------------------------
     def node(self, path: str) -> LayerNode | None:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from engine.errors import GraftError
+from engine.events import Events
 from engine.network.graft_model import GraftModel, head_in_features, pooled_size
 from engine.network.heads import HeadSpec
 from engine.surgery.history import History
@@ -17,7 +17,7 @@ from engine.network.loading import LoadedNetwork, detect_output_layer
 from engine.surgery.operations import Operation
 
 
-class Session:
+class Session(Events):
     """Owns the GraftModel and announces changes.
 
     Events (plain callbacks, see :meth:`connect`): ``heads_changed()`` after any change to the heads,
@@ -27,13 +27,13 @@ class Session:
     EVENTS = ("heads_changed", "changed")
 
     def __init__(self, network: LoadedNetwork) -> None:
+        super().__init__()
         self.network = network
         self.source = network.source
         self.model = GraftModel(network.module, network.input_spec)
         self.tree = LayerTree()
         self.applied: list[Operation] = []
         self.history = History(self)
-        self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in self.EVENTS}
         self.dirty = False
         self.project_extra: dict[str, Any] = {}
         start = time.perf_counter()
@@ -42,18 +42,6 @@ class Session:
         self.output_deleted = False
         self.tree.sync(self.model, self.output_layer, probe=False)
         self.tree.build_seconds = time.perf_counter() - start
-
-    # -- events ---------------------------------------------------------------------------------
-    def connect(self, event: str, callback: Callable[..., Any]) -> None:
-        self._listeners[event].append(callback)
-
-    def disconnect(self, event: str, callback: Callable[..., Any]) -> None:
-        if callback in self._listeners[event]:
-            self._listeners[event].remove(callback)
-
-    def _emit(self, event: str, *args: Any) -> None:
-        for cb in list(self._listeners[event]):
-            cb(*args)
 
     # -- operations -----------------------------------------------------------------------------
     def do(self, op: Operation) -> Operation:
