@@ -31,14 +31,18 @@ def _load_data(path: str, heads=None):
     from engine.data.datasets import load_data
 
     # Suggested heads leave out a column with a stray cell (a warning says which) instead of refusing the file.
-    return load_data(path, heads=heads, strict_suggestions=False)
+    data = load_data(path, heads=heads, strict_suggestions=False)
+    data.summary()  # worked out here, in the worker: the Data tab reads it (0.5 s for 200,000 images)
+    return data
 
 
 def _load_demo_data():
     from engine.data.datasets import load_data
     from engine.data.demo_data import ensure_demo_data
 
-    return load_data(ensure_demo_data())
+    data = load_data(ensure_demo_data())
+    data.summary()
+    return data
 
 
 class Datasets(QObject):

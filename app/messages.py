@@ -115,5 +115,5 @@ class Messages(QObject):
             return
         names = ", ".join(h.name for h in data.heads[:4])
         first = "delete the output layer (or cut at a layer), then " if s.output_layer else ""
-        self.show_message(f"Ready: {s.describe()} and {len(data.samples)} images. Next: {first}"
+        self.show_message(f"Ready: {s.describe()} and {len(data.samples):,} images. Next: {first}"
                           f"add heads (the data suggests {names}).")

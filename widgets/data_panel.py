@@ -325,8 +325,8 @@ class DataPanel(QWidget):
         """Show a DataSource: sizes, per-head label counts and missing shares, skipped files, thumbnails
         and the freezing advice. Clears an error shown before."""
         self._source = source
-        self._labelled = n_labelled(source)
         summary = source.summary()
+        self._labelled = summary["n_labelled_any"] if "n_labelled_any" in summary else n_labelled(source)
         self.set_error("")
         self.set_path(summary.get("path") or str(getattr(source, "path", "") or ""))
         self.drop_hint.hide()
@@ -469,8 +469,15 @@ class DataPanel(QWidget):
             step = max(1, len(samples) // count)
             return samples[::step][:count]
         groups: dict[int, list[Any]] = {}
-        for s in samples:
-            groups.setdefault(s.targets.get(single.name, -1), []).append(s)
+        full, classes = 0, len(single.label_names)
+        for s in samples:  # at most ``count`` of a class are shown: stop once every class has them
+            group = groups.setdefault(s.targets.get(single.name, -1), [])
+            if len(group) < count:
+                group.append(s)
+                if len(group) == count and s.targets.get(single.name, -1) >= 0:
+                    full += 1
+                    if full == classes:
+                        break
         order = sorted(k for k in groups if k >= 0) + ([-1] if -1 in groups else [])
         picked: list[Any] = []
         depth = 0

@@ -66,17 +66,28 @@ def test_skipped_files_are_counted_and_listed(panel, source):
 
 
 def test_labelled_images_are_counted_once_per_source(panel, source, monkeypatch):
-    import widgets.data_panel as module
+    """The data's summary (label counts, labelled images: 0.5 s for 200,000 images) is worked out once per
+    data, not on every surgery step, and gives the panel the same count as counting the samples."""
+    from dataclasses import replace
 
-    counted = []
-    monkeypatch.setattr(module, "n_labelled", lambda s: counted.append(s) or n_labelled(s))
+    from engine.data.datasets import DataSource
+
+    source = replace(source)  # a copy not summarised yet (the fixture's own was, by earlier tests)
+    summarised = []
+    real = DataSource._summarise
+    monkeypatch.setattr(DataSource, "_summarise", lambda self: summarised.append(self) or real(self))
     panel.set_data(source)
     advice = panel.advice()
     for _ in range(5):  # the window sets the session after every surgery step
         panel.set_session(None)
-    assert counted == [source] and panel.advice() == advice
-    panel.set_data(source)  # new data (here the same object, given again) is counted again
-    assert counted == [source, source]
+    assert summarised == [source] and panel.advice() == advice
+    assert source.summary()["n_labelled_any"] == n_labelled(source)
+    panel.set_data(source)  # the same data given again: its summary is kept
+    assert summarised == [source]
+    fewer = replace(source, train=source.train[:-1])  # other data: summarised again
+    panel.set_data(fewer)
+    assert summarised == [source, fewer]
+    assert panel.advice_label.text().startswith(f"{n_labelled(fewer):,} labelled images")
 
 
 def test_advice_and_apply(qtbot, panel, source):
@@ -163,3 +174,50 @@ def test_notes_and_warnings_are_shown_warnings_first(panel, source):
     panel.set_data(noted)
     panel.clear()
     assert not panel.notes_label.isVisibleTo(panel) and panel.notes() == ([], [])
+
+
+def _picks_by_grouping_everything(samples, name, count):
+    """The thumbnails' choice worked out the long way: every sample grouped by class, then in turn."""
+    groups = {}
+    for s in samples:
+        groups.setdefault(s.targets.get(name, -1), []).append(s)
+    order = sorted(k for k in groups if k >= 0) + ([-1] if -1 in groups else [])
+    picked, depth = [], 0
+    while len(picked) < count and any(depth < len(groups[k]) for k in order):
+        picked += [groups[k][depth] for k in order if depth < len(groups[k])]
+        depth += 1
+    return picked[:count]
+
+
+@pytest.mark.parametrize("layout", ["even", "one rare class", "mostly unlabelled", "a class with none"])
+def test_thumbnails_take_the_classes_in_turn_without_reading_every_sample(layout):
+    from types import SimpleNamespace
+
+    from engine.data.datasets import Sample
+    from engine.network.heads import HeadSpec
+
+    head = HeadSpec("class", "single", labels=["a", "b", "c"])
+    classes = {"even": [0, 1, 2] * 40, "one rare class": [0] * 50 + [1] * 2 + [2] * 50,
+               "mostly unlabelled": [-1] * 60 + [0, 1, 2], "a class with none": [0, 2] * 30}[layout]
+    samples = [Sample(Path(f"{i}.png"), {"class": c}) for i, c in enumerate(classes)]
+    source = SimpleNamespace(train=samples[:-10], val=samples[-10:], heads=[head])
+    for count in (1, 3, 8):
+        picked = DataPanel._pick_samples(source, count)
+        assert picked == _picks_by_grouping_everything(samples, "class", count), (layout, count)
+
+
+def test_thumbnails_stop_reading_once_every_class_has_enough():
+    from types import SimpleNamespace
+
+    from engine.data.datasets import Sample
+    from engine.network.heads import HeadSpec
+
+    class Unread:
+        @property
+        def targets(self):
+            raise AssertionError("read a sample past the ones shown")
+
+    head = HeadSpec("class", "single", labels=["a", "b"])
+    samples = [Sample(Path(f"{i}.png"), {"class": i % 2}) for i in range(8)]
+    source = SimpleNamespace(train=samples + [Unread()] * 1000, val=[], heads=[head])
+    assert DataPanel._pick_samples(source, 4) == samples[:4]
