@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 ENDED_WELL = ("completed", "early_stopping", "stopped")  # runs whose model is worth evaluating
 TELEMETRY_MS = 250  # the tree's Training column is redrawn at most this often (4 Hz)
+RAM_KEY = "training/feature_ram_mb"  # QSettings: the features' memory budget (MB), a setting of this computer
 
 
 def _find_rate(session: Any, data: Any, config: Any, options: dict[str, Any],
@@ -104,6 +105,14 @@ class Training(QObject):
         self._telemetry_timer.timeout.connect(self._draw_telemetry)
         # The window shows the telemetry by default: sampling costs a few percent of training time.
         panel.set_config(replace(panel.config(), telemetry=True))
+        if settings is not None:  # the features' memory budget is this computer's setting
+            saved = settings.value(RAM_KEY)
+            try:
+                if saved is not None:
+                    panel.ram_spin.setValue(int(float(saved)))
+            except (TypeError, ValueError):
+                pass
+            panel.ram_spin.valueChanged.connect(lambda mb: settings.set_value(RAM_KEY, int(mb)))
         panel.pauseRequested.connect(self.pause)
         panel.resumeRequested.connect(self.resume)
         panel.findRateRequested.connect(lambda: self.find_rate())

@@ -15,6 +15,7 @@ from PySide6.QtGui import QStandardItemModel, QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from engine.errors import GraftError
 from engine.training.trainer import TrainConfig
 
 DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu", "CPU"))
@@ -48,6 +49,16 @@ def format_eta(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _default_ram_budget() -> int:
+    """The engine's budget for features in memory ($GRAFT_FEATURE_RAM_MB, else its default), in whole MB."""
+    from engine.training.features import DEFAULT_RAM_BUDGET_MB, ram_budget_mb
+
+    try:
+        return max(16, int(round(ram_budget_mb())))
+    except GraftError:  # a bad variable: the engine says so when training starts
+        return int(DEFAULT_RAM_BUDGET_MB)
 
 
 PAUSE_TIP = ("Pause at the end of this epoch: Resume continues the run (its optimizer and schedule too), also "
@@ -182,6 +193,16 @@ class TrainingPanel(QWidget):
             "every training image once, and train the heads each epoch on one of them, at cached speed "
             "(caching costs about this many plain passes); off = one plain view")
 
+        self.ram_spin = QSpinBox(self)
+        self.ram_spin.setRange(16, 1 << 20)
+        self.ram_spin.setSingleStep(256)
+        self.ram_spin.setSuffix(" MB")
+        self.ram_spin.setValue(_default_ram_budget())
+        self.ram_spin.setToolTip(
+            "With the network frozen, its features of every image are kept for the heads to train on: up to this "
+            "much memory, beyond it in a file on disk (removed after training). Lower it when the computer runs "
+            "short of memory; this computer keeps the setting")
+
         self.find_rate_button = QPushButton("Find learning rate", self)
         self.find_rate_button.setObjectName("findRate")
         self.find_rate_button.setToolTip(FIND_TIP)
@@ -221,6 +242,7 @@ class TrainingPanel(QWidget):
         form.addRow("Early stopping", self.patience_spin)
         form.addRow("Augmentation", self.augment_combo)
         form.addRow("Augmented views (frozen network)", self.views_spin)
+        form.addRow("Features in memory, at most", self.ram_spin)
         form.addRow("", self.find_rate_button)
 
         control = QGroupBox("How the network trains", self)
@@ -320,7 +342,8 @@ class TrainingPanel(QWidget):
 
     # -- public API ---------------------------------------------------------------------------------------
     def set_config(self, config: TrainConfig) -> None:
-        """Fill the fields from ``config`` (its other fields are kept for :meth:`config`)."""
+        """Fill the fields from ``config`` (its other fields are kept for :meth:`config`). The features'
+        memory budget stays: it belongs to this computer, not to the project or run that brought it."""
         self._base = config
         device = str(config.device).split(":")[0]
         index = self.device_combo.findData(ALL_GPUS if getattr(config, "devices", 1) > 1 else device)
@@ -345,7 +368,10 @@ class TrainingPanel(QWidget):
             "batch_size": self.batch_spin.value(), "lr_heads": self.lr_heads_box.value(),
             "lr_trunk": self.lr_trunk_box.value(), "augment": self.augment_combo.currentData(),
             "patience": self.patience_spin.value() or None, "unfreeze_every": self.unfreeze_spin.value() or None,
-            "telemetry": self.telemetry_check.isChecked(), "augment_views": self.views_spin.value()}
+            "telemetry": self.telemetry_check.isChecked(), "augment_views": self.views_spin.value(),
+            # the engine's own budget ($GRAFT_FEATURE_RAM_MB or its default) stays None: the engine decides
+            "feature_ram_budget_mb": (None if self.ram_spin.value() == _default_ram_budget()
+                                      else float(self.ram_spin.value()))}
         values["devices"] = self.gpu_count if values["device"] == ALL_GPUS else 1
         values["device"] = "cuda" if values["device"] == ALL_GPUS else values["device"]
         known = {f.name for f in fields(TrainConfig)}
@@ -355,8 +381,8 @@ class TrainingPanel(QWidget):
         """While training: settings, Start, Resume and the finder disabled, Pause and Stop enabled."""
         self._running = bool(running)
         for widget in (self.device_combo, self.epochs_spin, self.batch_spin, self.lr_heads_box, self.lr_trunk_box,
-                       self.augment_combo, self.views_spin, self.patience_spin, self.unfreeze_spin, self.telemetry_check,
-                       self.discriminative_button, self.low_factor_box):
+                       self.augment_combo, self.views_spin, self.ram_spin, self.patience_spin, self.unfreeze_spin,
+                       self.telemetry_check, self.discriminative_button, self.low_factor_box):
             widget.setEnabled(not running)
         self.start_button.setEnabled(not running and self._can_start)
         self.stop_button.setEnabled(running)

@@ -210,3 +210,16 @@ def test_pause_then_resume_after_reopening_the_project_ends_the_run(qtbot, windo
     runs = window.session.project_extra["runs"]
     assert len(runs) == 1 and runs[0]["reason"] == "completed"  # the resumed run replaced the paused one
     assert panel.epochs_spin.value() == 3
+
+
+def test_the_features_memory_budget_is_kept_by_this_computer(qtbot, window):
+    """Set once in the Train tab, it is in the next window too, and the run's settings carry it."""
+    from app.main_window import MainWindow
+
+    window.training_panel.ram_spin.setValue(512)
+    assert window.training_panel.config().feature_ram_budget_mb == 512.0
+    window.settings.sync()
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.training_panel.ram_spin.value() == 512
+    assert again.training_panel.config().feature_ram_budget_mb == 512.0

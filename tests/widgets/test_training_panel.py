@@ -49,6 +49,24 @@ def test_set_config_round_trips_and_keeps_other_fields(panel):
     assert panel.config() == base
 
 
+def test_the_features_memory_budget_is_the_engines_until_changed_and_is_not_the_projects(panel, monkeypatch):
+    from engine.training.features import DEFAULT_RAM_BUDGET_MB
+
+    assert panel.ram_spin.value() == DEFAULT_RAM_BUDGET_MB and panel.config().feature_ram_budget_mb is None
+    panel.ram_spin.setValue(256)
+    assert panel.config().feature_ram_budget_mb == 256.0
+    panel.config().validate()
+    panel.set_config(replace(TrainConfig(), epochs=3, feature_ram_budget_mb=4096.0))  # a project's saved run
+    assert panel.ram_spin.value() == 256 and panel.config().feature_ram_budget_mb == 256.0
+    panel.set_running(True)
+    assert not panel.ram_spin.isEnabled()
+    monkeypatch.setenv("GRAFT_FEATURE_RAM_MB", "300")
+    fresh = TrainingPanel(cuda_available=False, mps_available=False)
+    assert fresh.ram_spin.value() == 300 and fresh.config().feature_ram_budget_mb is None  # the engine reads it
+    monkeypatch.setenv("GRAFT_FEATURE_RAM_MB", "lots")
+    assert TrainingPanel(cuda_available=False, mps_available=False).ram_spin.value() == DEFAULT_RAM_BUDGET_MB
+
+
 def test_augmentation_auto_on_off(panel):
     assert panel.config().augment == "auto" and panel.augment_combo.currentText() == "Auto"
     for value, text in ((True, "On"), (False, "Off"), ("auto", "Auto")):
