@@ -50,26 +50,6 @@ def dropped_data_path(paths: Sequence[str]) -> str | None:
     return None
 
 
-def n_labelled(source: Any) -> int:
-    """Images with at least one label (for any head)."""
-    heads = list(getattr(source, "heads", []))
-    count = 0
-    for sample in list(source.train) + list(source.val):
-        for spec in heads:
-            t = sample.targets.get(spec.name)
-            if t is None:
-                continue
-            if spec.kind == "single":
-                if t >= 0:
-                    break
-            elif any(not math.isnan(v) for v in t):
-                break
-        else:
-            continue
-        count += 1
-    return count
-
-
 class ShareDelegate(QStyledItemDelegate):
     """A thin horizontal bar: length from SHARE_ROLE (0..1), colour from COLOUR_ROLE."""
 
@@ -186,7 +166,7 @@ class DataPanel(QWidget):
         self.setAcceptDrops(True)
         self._session: Any = None
         self._source: Any = None
-        self._labelled = 0  # n_labelled(self._source), counted once per source: the advice needs it often
+        self._labelled = 0  # the data's labelled images (its summary's), for the advice
         self._advice: Advice | None = None
         self._warnings: list[str] = []
         self._notes: list[str] = []
@@ -326,7 +306,7 @@ class DataPanel(QWidget):
         and the freezing advice. Clears an error shown before."""
         self._source = source
         summary = source.summary()
-        self._labelled = summary["n_labelled_any"] if "n_labelled_any" in summary else n_labelled(source)
+        self._labelled = summary["n_labelled_any"]
         self.set_error("")
         self.set_path(summary.get("path") or str(getattr(source, "path", "") or ""))
         self.drop_hint.hide()
