@@ -12,12 +12,7 @@ from engine.errors import GraftError
 from engine.training.evaluation import evaluate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def plain_images(session, samples) -> torch.Tensor:
