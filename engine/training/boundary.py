@@ -213,3 +213,43 @@ def boundary_for(session: Any) -> str | None:
     if not training or training[0] == 0:
         return None
     return blocks[training[0] - 1]
+
+
+class LowerHalf(nn.Module):
+    """The lower half as a module of its own (image → the boundary's output), for converting it to ONNX:
+    ``cut_at`` and ``taps`` tell :func:`engine.runtime.trunk_store.trunk_key` that it is not the whole trunk."""
+
+    def __init__(self, split: TrunkSplit) -> None:
+        super().__init__()
+        self.trunk = split.trunk
+        self.split = split
+        self.cut_at = f"boundary:{split.boundary}"
+        self.taps = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.split.lower(x)
+
+
+def lower_runner(split: TrunkSplit, spec: Any, images: int, device: torch.device) -> tuple[Any, str | None]:
+    """``(runner, note)``: onnxruntime for the lower half on a CPU when it converts and matches PyTorch
+    (checked as every conversion is: :func:`engine.runtime.onnx_trunk.convert_trunk`) and the pass is
+    long enough to be worth converting; else ``(None, note or None)``: PyTorch runs it."""
+    import copy
+
+    from engine.runtime.onnx_trunk import CONVERT_MIN_IMAGES, TrunkRunner, convert_trunk, enabled
+
+    if device.type != "cpu" or not enabled() or images < CONVERT_MIN_IMAGES:
+        return None, None
+    tensors = [*split.trunk.parameters(), *split.trunk.buffers()]
+    if not all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.dtype.is_floating_point) for t in tensors):
+        return None, None
+    trunk = copy.deepcopy(split.trunk)  # converted as it is now; the trunk itself trains meanwhile
+    copied = TrunkSplit(trunk, split.boundary, split.lower_paths)
+    conversion = convert_trunk(LowerHalf(copied).eval(), spec.channels, spec.size)
+    note = conversion.note.replace("the frozen trunk", f"the frozen layers up to {split.boundary}", 1)
+    note = note.replace("the trunk runs", f"the layers up to {split.boundary} run", 1)
+    if conversion.onnx is None:
+        return None, note
+    runner = TrunkRunner(conversion)
+    runner.note = note
+    return runner, note

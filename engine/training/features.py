@@ -82,7 +82,9 @@ def _remove_stale_spills(folder: Path) -> None:
 
 
 class FeatureTable:
-    """``rows`` feature vectors (float32) and their targets, filled batch by batch (:meth:`put`).
+    """``rows`` feature vectors (float32) and their targets, filled batch by batch (:meth:`put`). A row
+    may be a feature map too (the boundary cache's C×H×W, :func:`train_boundary_cached`): it is kept flat
+    and handed back in its own shape (:attr:`row_shape`).
 
     The features live on ``device`` (a GPU when they fit there), in host memory, or, when host memory
     would go past ``budget_bytes``, in a memory-mapped file (:attr:`path`; :meth:`close` removes it).
@@ -96,6 +98,7 @@ class FeatureTable:
         self._map: np.memmap | None = None
         self._touched = 0  # bytes of the file mapping read or written since its pages were last handed back
         self.filled = 0
+        self.row_shape: tuple[int, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -130,7 +133,9 @@ class FeatureTable:
     def put(self, features: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
         """Append a batch (rows in the order they come)."""
         if self.features is None:
-            self._allocate(features.shape[1], targets)
+            self.row_shape = tuple(features.shape[1:])
+            self._allocate(math.prod(self.row_shape), targets)
+        features = features.reshape(features.shape[0], -1)
         n = features.shape[0]
         rows = slice(self.filled, self.filled + n)
         self.features[rows] = features.to(self.device, torch.float32, non_blocking=True)
@@ -144,14 +149,14 @@ class FeatureTable:
         x = self.features.index_select(0, index.to(self.features.device))
         t = {k: v.index_select(0, index.to(v.device)) for k, v in self.targets.items()}
         self._account(x.numel() * 4)
-        return x, t
+        return x.view(-1, *self.row_shape), t
 
     def slice(self, start: int, stop: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = self.features[start:stop]
         if self.on_disk:
             x = x.clone()
             self._account(x.numel() * 4)
-        return x, {k: v[start:stop] for k, v in self.targets.items()}
+        return x.view(-1, *self.row_shape), {k: v[start:stop] for k, v in self.targets.items()}
 
     def _account(self, nbytes: int) -> None:
         """Hand the file mapping's resident pages back to the system every budget's worth of traffic (they
@@ -263,9 +268,10 @@ class _Budget:
 
 
 def extract_features(trainer: Any, samples: Sequence[Any], table: FeatureTable, done_before: int, total: int,
-                     views: int = 0) -> FeatureTable:
+                     views: int = 0, compute: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FeatureTable:
     """Fill ``table`` with the frozen trunk's features of ``samples`` (plain; with ``views`` > 0 the
-    ``views`` augmented views of each, view-major: row ``v * len(samples) + j``)."""
+    ``views`` augmented views of each, view-major: row ``v * len(samples) + j``). ``compute``: what maps
+    a batch of images to its rows (default: the trunk, or the trainer's onnxruntime runner)."""
     cfg = trainer.config
     model = trainer.session.model
     if views:
@@ -284,7 +290,10 @@ def extract_features(trainer: Any, samples: Sequence[Any], table: FeatureTable, 
             for images, batch_targets in loader:
                 trainer._check_stop()
                 images, batch_targets = trainer._to(images, trainer._unreadable(batch_targets, samples))
-                f = (model.trunk(images) if runner is None else runner(images)).float()
+                if compute is not None:
+                    f = compute(images).float()
+                else:
+                    f = (model.trunk(images) if runner is None else runner(images)).float()
                 if ctx is not None:
                     room = table.rows - table.filled  # the shards' padding is the last rows: left out
                     f = ctx.gather_rows(f, room)
@@ -388,6 +397,130 @@ def _epochs_on(trainer: Any, train_table: FeatureTable, val_table: FeatureTable 
     def set_train_mode() -> None:
         model.eval()
         model.heads.train()
+        train_table.release_pages()
+
+    return trainer._epochs(train_batches, validate if val_table is not None else None, set_train_mode)
+
+
+# ------------------------------------------------------------------------------------------------
+# the boundary cache: only the top blocks train
+# ------------------------------------------------------------------------------------------------
+
+def boundary_views(trainer: Any) -> int:
+    """How many augmented views of each training image the boundary cache holds: ``boundary_views`` when
+    set, else (augmenting) as many as epochs up to :data:`BOUNDARY_VIEWS`; 1 plain view without augmentation."""
+    cfg = trainer.config
+    if not trainer.augment:
+        return 1
+    if cfg.boundary_views:
+        return int(cfg.boundary_views)
+    return max(1, min(cfg.epochs, BOUNDARY_VIEWS))
+
+
+BOUNDARY_VIEWS = 4
+
+
+def train_boundary_cached(trainer: Any, split: Any) -> str:
+    """Train the blocks after ``split.boundary`` (a :class:`engine.training.boundary.TrunkSplit`) and the
+    heads on the frozen layers' cached output at the boundary: the layers up to it run once per training
+    image and augmented view (:func:`boundary_views`, drawn per epoch as with ``augment_views``) and once
+    per validation image; each step runs only the layers after it, forward and backward. Exact: with the
+    frozen layers in eval mode (as :meth:`GraftModel.train` keeps their BatchNorm) an uncached step on the
+    same augmented image computes the same loss and gradients. On a CPU the lower half runs in
+    onnxruntime when it converts and matches (:func:`engine.training.boundary.lower_runner`) and the
+    model trains in channels-last memory format (measured faster on a CPU for these layers: see
+    bench/train_speed.py, part (e)). Returns the run's ending (see ``Trainer._epochs``); the tables, and
+    any file they spilled to, are gone when this returns or raises."""
+    from engine.training.boundary import lower_runner
+
+    cfg = trainer.config
+    model = trainer.session.model
+    views = boundary_views(trainer)
+    augmented = trainer.augment
+    n_train, n_val = len(trainer.train_samples), len(trainer.val_samples)
+    total = views * n_train + n_val
+    what = (f"{views} augmented view{'s' if views > 1 else ''} of each of the {n_train} training images"
+            if augmented else f"the {n_train} training images")
+    trainer._note(f"Only the layers after {split.boundary} train: the frozen layers up to it run once, for {what}"
+                  f" and the {n_val} validation images, and their output is cached; each step runs the layers after "
+                  f"{split.boundary} alone" + (", each epoch on one view per image." if augmented else "."))
+    runner, note = lower_runner(split, model.input_spec, total, trainer.device)
+    if note:
+        trainer._note(note[0].upper() + note[1:] + ".")
+    lower = runner if runner is not None else split.lower
+    channels_last = trainer.device.type == "cpu"
+    budget = _Budget(ram_budget_mb(cfg.feature_ram_budget_mb))
+    store = trainer.device if trainer.device.type != "cuda" else torch.device("cpu")  # large maps: host memory
+    train_table = budget.table(views * n_train, store)
+    tables, val_table = [train_table], None
+    try:
+        extract_features(trainer, trainer.train_samples, train_table, 0, total, views if augmented else 0, lower)
+        budget.spend(train_table)
+        if trainer.val_samples:
+            val_table = budget.table(n_val, store)
+            tables.append(val_table)
+            extract_features(trainer, trainer.val_samples, val_table, views * n_train, total, 0, lower)
+        if any(t.on_disk for t in tables):
+            size = sum(t.nbytes for t in tables) / MB
+            trainer._note(f"The cached outputs at {split.boundary} ({size:.0f} MB) exceed the RAM budget of "
+                          f"{budget_text(cfg.feature_ram_budget_mb)}: they are kept in a memory-mapped file in "
+                          f"{spill_folder()} (removed when training ends).")
+            trainer.features_on_disk = True
+        if channels_last:
+            model.to(memory_format=torch.channels_last)  # the same Parameter objects: the optimizer keeps them
+        try:
+            return _boundary_epochs(trainer, split, train_table, val_table, n_train, views if augmented else 0,
+                                    channels_last)
+        finally:
+            if channels_last:
+                model.to(memory_format=torch.contiguous_format)
+    finally:
+        for t in tables:
+            t.close()
+
+
+def _boundary_epochs(trainer: Any, split: Any, train_table: FeatureTable, val_table: FeatureTable | None,
+                     n_train: int, views: int, channels_last: bool) -> str:
+    cfg = trainer.config
+    model = trainer.session.model
+    trainer._t_train = time.perf_counter()
+    sampler = trainer._train_sampler()
+    bs = cfg.batch_size
+    device = trainer.device
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def upper(z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model.forward_heads(split.upper(z.contiguous(memory_format=fmt) if z.dim() == 4 else z))
+
+    def train_batches() -> Iterator[tuple[Callable, dict[str, torch.Tensor], int]]:
+        order = sampler.next_order()
+        if views:
+            order = view_choice(cfg.seed, trainer.epochs_run + 1, n_train, views)[order] * n_train + order
+        for i in range(len(sampler)):
+            trainer._check_stop()
+            z, t = train_table.take(order[i * bs:(i + 1) * bs])
+            if z.device != device:
+                z, t = trainer._to(z, t)
+            yield (lambda z=z: upper(z)), t, z.shape[0]
+
+    def validate() -> tuple[LossAccumulator, MetricSet]:
+        acc, metrics = LossAccumulator(trainer.heads), MetricSet(trainer.heads)
+        model.eval()
+        chunk = trainer._val_batch
+        with torch.no_grad(), trainer._autocast():
+            for i in range(0, val_table.rows, chunk):
+                z, t = val_table.slice(i, i + chunk)
+                if z.device != device:
+                    z, t = trainer._to(z, t)
+                outputs = upper(z)
+                acc.add(compute_losses(trainer.heads, outputs, t, trainer.scales))
+                metrics.update(outputs, t)
+        val_table.release_pages()
+        return acc, metrics
+
+    def set_train_mode() -> None:
+        model.train()
+        split.lower_eval()  # frozen: as cached
         train_table.release_pages()
 
     return trainer._epochs(train_batches, validate if val_table is not None else None, set_train_mode)

@@ -1,0 +1,125 @@
+"""The trunk split at the unfreeze boundary: the cached lower half gives the uncached step's loss and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from engine.errors import GraftError
+from engine.network.heads import HeadSpec
+from engine.network.loading import LoadedNetwork, ModelSource
+from engine.network.preprocess import InputSpec
+from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
+from engine.surgery.session import Session
+from engine.training.boundary import boundary_for, split_trunk
+from engine.training.losses import compute_losses
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+HEADS = [HeadSpec("kind", labels=["a", "b", "c"]), HeadSpec("tags", kind="multi", labels=["x", "y"]),
+         HeadSpec("size", kind="regression", labels=["w"])]
+
+
+def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def tiny_session(body: nn.Module, freeze: str) -> Session:
+    torch.manual_seed(0)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        body.train()(torch.randn(16, 3, 32, 32) * 2 + 0.5)
+    session = Session(LoadedNetwork(body.eval(), InputSpec(size=32, resize=32),
+                                    ModelSource("file", "/x/tiny.pt", format="pickle")))
+    session.do(DeleteOutputLayer())
+    for h in HEADS:
+        session.do(AddHead(h, seed=0))
+    session.do(freeze_preset(freeze))
+    return session
+
+
+def chain() -> nn.Module:
+    return nn.Sequential(nn.Sequential(block(3, 8, 1), block(8, 8, 2), block(8, 16, 2), block(16, 16, 1),
+                                       block(16, 32, 2)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
+
+
+def targets(n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"kind": torch.randint(3, (n,), generator=g), "tags": torch.randint(2, (n, 2), generator=g).float(),
+            "size": torch.randn(n, 1, generator=g)}
+
+
+def loss_and_grads(session: Session, forward) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model = session.model
+    model.zero_grad(set_to_none=True)
+    total = compute_losses(session.heads, forward(), targets(6), {}).total
+    total.backward()
+    return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ["chain", "resnet18"])
+def test_cached_boundary_gives_the_uncached_loss_and_gradients(arch):
+    if arch == "chain":
+        session = tiny_session(chain(), "up-to:0.2")
+    else:
+        from torchvision.models import resnet18
+
+        torch.manual_seed(0)
+        session = tiny_session(resnet18(num_classes=5), "up-to:layer2")
+    boundary = boundary_for(session)
+    assert boundary == ("0.2" if arch == "chain" else "layer2")
+    model = session.model
+    split = split_trunk(model.trunk, boundary, torch.randn(2, 3, 32, 32))
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    model.train()  # frozen BatchNorm stays in eval mode (GraftModel.train); the trained blocks' BN use the batch
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain_loss, plain_grads = loss_and_grads(session, lambda: model(x))
+    model.load_state_dict(state)  # the trained blocks' BatchNorm running statistics as before
+    with torch.no_grad():
+        split.lower_eval()
+        z = split.lower(x)
+    model.train()
+    split.lower_eval()
+    cached_loss, cached_grads = loss_and_grads(session, lambda: model.forward_heads(split.upper(z)))
+    assert torch.allclose(cached_loss, plain_loss, rtol=1e-5, atol=1e-6)
+    assert set(cached_grads) == set(plain_grads) and any(n.startswith("trunk.") for n in plain_grads)
+    for name, g in plain_grads.items():
+        assert torch.allclose(cached_grads[name], g, rtol=1e-4, atol=1e-6), name
+    # the running statistics of the trained blocks moved the same way; the frozen ones not at all
+    after = model.state_dict()
+    for k, v in state.items():
+        if "running_mean" in k and k.startswith("trunk.body.0.0") and arch == "chain":
+            assert torch.equal(after[k], v), k
+    # nothing of the split is left on the modules
+    assert all("forward" not in m.__dict__ for m in split.lower_modules())
+    with torch.no_grad():
+        model.eval()
+        assert torch.allclose(model.trunk(x), split.upper(split.lower(x)), atol=1e-5)
+
+
+class SkipOver(nn.Module):
+    """Its last layer reads the first block's output as well as the boundary's: no clean cut there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = block(3, 8, 1), block(8, 8, 1), block(8, 8, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        first = self.a(x)
+        return self.fc(self.pool(self.c(self.b(first)) + first).flatten(1))
+
+
+def test_a_network_whose_later_layers_read_past_the_boundary_is_refused():
+    session = tiny_session(SkipOver(), "up-to:b")
+    with pytest.raises(GraftError, match="read more than the boundary"):
+        split_trunk(session.model.trunk, "b", torch.randn(2, 3, 32, 32))
+
+
+def test_no_boundary_when_all_or_nothing_trains_and_heads_below_it_are_refused():
+    assert boundary_for(tiny_session(chain(), "heads-only")) is None
+    assert boundary_for(tiny_session(chain(), "none")) is None
+    session = tiny_session(chain(), "up-to:0.2")
+    session.do(AddHead(HeadSpec("early", labels=["p", "q"], layer="0.1"), seed=0))
+    with pytest.raises(GraftError, match="reads layer 0.1"):
+        split_trunk(session.model.trunk, "0.2", torch.randn(2, 3, 32, 32))
