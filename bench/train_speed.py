@@ -17,6 +17,15 @@ Same model (the bundled default), same demo data, same device, same DataLoader s
     features, and the time spent in the telemetry's own work. Goal: < 3 % of training time.
     ``--telemetry-only`` runs just (d).
 
+(e) only the top blocks train (``--top-blocks 3``: Lite0's features.6-8, frozen up to features.5): images/s of
+    the plain full fine-tuning loop (the baseline), Graft's full fine-tuning, Graft's top-blocks run without and
+    with the boundary cache (``TrainConfig.boundary_cache``: the frozen layers run once per augmented view,
+    ``--boundary-epochs`` epochs over ``--boundary-views`` views, the caching pass included), and each option
+    measured on its own on the same pre-decoded batches: the frozen lower half's pass (PyTorch fp32,
+    channels-last, bf16 autocast, onnxruntime) and the top blocks' training step (fp32, channels-last, bf16,
+    channels-last + bf16, torch.compile). Goal: the boundary-cached stage >= 3x Graft's full fine-tuning.
+    ``--boundary-only`` runs just (e).
+
 No validation split in either case (both sides do exactly the training work). ``--quick`` uses a subset
 of the images and extrapolates the slow plain loop of (b) from a few epochs (marked in the table).
 ``--only-exit`` runs (c) alone.
@@ -266,6 +275,143 @@ def telemetry_rows(model_name: str, heads, bench_data, bs: int, device, repeats:
     return rows, details
 
 
+def _rate(fn, images: int, repeats: int) -> float:
+    """Images/s of ``fn()`` (which processes ``images`` images), best of ``repeats`` after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return images / best
+
+
+def option_rates(model_name: str, heads, samples, bs: int, top: int, repeats: int) -> dict[str, float]:
+    """(e) each option on its own, on the same pre-decoded augmented batches: images/s of the frozen lower
+    half's pass and of the top blocks' training step (forward, backward, AdamW) on its cached output."""
+    from engine.training.boundary import boundary_for, lower_runner, split_trunk
+
+    device = torch.device("cpu")
+    session = make_session(model_name, heads, "none")
+    spec = session.input_spec
+    batches = list(loader_for(samples, heads, spec, augment=True, batch_size=bs, device=device, workers=0,
+                              shuffle=False))
+    n = sum(x.shape[0] for x, _ in batches)
+    session = make_top_session(model_name, heads, top)
+    model = session.model
+    split = split_trunk(model.trunk, boundary_for(session), model.dummy_input(2))
+    model.eval()
+    rates: dict[str, float] = {}
+
+    def lower_pass(fmt=torch.contiguous_format, bf16=False, runner=None):
+        def run():
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                for x, _ in batches:
+                    (runner or split.lower)(x.contiguous(memory_format=fmt))
+        return run
+
+    rates["lower fp32"] = _rate(lower_pass(), n, repeats)
+    model.to(memory_format=torch.channels_last)
+    rates["lower channels-last"] = _rate(lower_pass(torch.channels_last), n, repeats)
+    rates["lower channels-last bf16"] = _rate(lower_pass(torch.channels_last, True), n, repeats)
+    model.to(memory_format=torch.contiguous_format)
+    runner, note = lower_runner(split, spec, 10 ** 6, device)
+    if runner is not None:
+        rates["lower onnxruntime"] = _rate(lower_pass(runner=runner), n, repeats)
+    with torch.no_grad():
+        cached = [(split.lower(x), t) for x, t in batches]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+
+    def upper_steps(fmt=torch.contiguous_format, bf16=False, forward=None):
+        forward = forward or (lambda z: model.forward_heads(split.upper(z)))
+
+        def run():
+            model.train()
+            split.lower_eval()
+            for z, t in cached:
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    out = forward(z.contiguous(memory_format=fmt))
+                loss = plain_loss(heads, out, t)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return run
+
+    rates["top step fp32"] = _rate(upper_steps(), n, repeats)
+    rates["top step bf16"] = _rate(upper_steps(bf16=True), n, repeats)
+    model.to(memory_format=torch.channels_last)
+    rates["top step channels-last"] = _rate(upper_steps(torch.channels_last), n, repeats)
+    rates["top step channels-last bf16"] = _rate(upper_steps(torch.channels_last, True), n, repeats)
+    try:
+        compiled = torch.compile(lambda z: model.forward_heads(split.upper(z)))
+        t0 = time.perf_counter()
+        upper_steps(torch.channels_last, forward=compiled)()
+        rates["torch.compile, first call s"] = time.perf_counter() - t0
+        rates["top step channels-last compiled"] = _rate(upper_steps(torch.channels_last, forward=compiled), n, repeats)
+    except Exception as exc:  # noqa: BLE001 - no compiler on this machine: say so, measure the rest
+        print(f"(e) torch.compile failed: {type(exc).__name__}: {exc}")
+    model.to(memory_format=torch.contiguous_format)
+    return rates
+
+
+def make_top_session(model_name: str, heads, top: int) -> Session:
+    """Frozen up to the block below the top ``top`` blocks (engine.training.advice.trunk_blocks)."""
+    from engine.training.advice import trunk_blocks
+
+    session = make_session(model_name, heads, "none")
+    blocks = [n.path for n in trunk_blocks(session)]
+    session.do(freeze_preset(f"up-to:{blocks[-top - 1]}"))
+    return session
+
+
+def boundary_rows(args, heads, bench_data, train, device, bs, workers) -> tuple[list[tuple], list[str]]:
+    """(e): the top-blocks stage with and without the boundary cache against full fine-tuning."""
+    epochs, views, repeats = args.boundary_epochs, args.boundary_views, args.repeats or 1
+    n = len(train)
+    times: dict[str, list[float]] = {"plain": [], "full": [], "top": [], "cached": []}
+    for i in range(repeats):
+        s = make_session(args.model, heads, "none")
+        seconds, n_plain = plain_train(s, train, heads, epochs=1, batch_size=bs, augment=True, device=device,
+                                       workers=workers)
+        times["plain"].append(n_plain / seconds)
+        s = make_session(args.model, heads, "none")
+        seconds, result = graft_train(s, bench_data, TrainConfig(epochs=1, batch_size=bs, augment=True,
+                                                                 device=str(device), patience=0))
+        times["full"].append(n / seconds)
+        for key, cache in (("top", False), ("cached", "auto")):
+            s = make_top_session(args.model, heads, args.top_blocks)
+            seconds, result = graft_train(s, bench_data, TrainConfig(
+                epochs=epochs, batch_size=bs, augment=True, device=str(device), patience=0, boundary_cache=cache,
+                boundary_views=views))
+            assert result.boundary_cached == (cache == "auto"), result
+            times[key].append(epochs * n / seconds)
+    best = {k: max(v) for k, v in times.items()}
+    full = best["full"]
+    rows = [
+        ("(e) plain loop, full fine-tuning, images/s", f"plain {best['plain']:7.2f}", "", "", "(baseline)", None),
+        ("(e) Graft full fine-tuning, images/s", f"graft {full:7.2f}", f"/plain {full / best['plain']:5.2f}", "",
+         "", None),
+        (f"(e) top {args.top_blocks} blocks, no cache, images/s", f"graft {best['top']:7.2f}",
+         f"/plain {best['top'] / best['plain']:5.2f}", f"/full {best['top'] / full:5.2f}", "", None),
+        (f"(e) top {args.top_blocks} blocks, boundary cache, images/s", f"graft {best['cached']:7.2f}",
+         f"/plain {best['cached'] / best['plain']:5.2f}", f"/full {best['cached'] / full:5.2f}", "goal /full >= 3",
+         best["cached"] / full >= 3),
+    ]
+    details = [f"(e) {n} images, batch {bs}; top-blocks runs: {epochs} epochs over {views} cached augmented views "
+               f"(caching pass included), best of {repeats}: " + "; ".join(
+                   f"{k} {', '.join(f'{v:.2f}' for v in vals)} img/s" for k, vals in times.items())]
+    rates = option_rates(args.model, heads, train, bs, args.top_blocks, max(1, repeats))
+    for name, value in rates.items():
+        if name.endswith(" s"):
+            rows.append((f"(e) {name}", f"{value:7.1f} s", "", "", "", None))
+        else:
+            base = rates["lower fp32"] if name.startswith("lower") else rates["top step fp32"]
+            rows.append((f"(e) {name}, images/s", f"{value:7.2f}", f"/fp32 {value / base:5.2f}",
+                         f"/plain loop {value / best['plain']:5.1f}", "", None))
+    return rows, details
+
+
 def print_rows(rows) -> None:
     w = [max(len(str(r[i])) for r in rows) for i in range(5)]
     for r in rows:
@@ -297,6 +443,10 @@ def main(argv=None) -> int:
     parser.add_argument("--exit-layer", default="features.4", help="the layer every head reads in (c)")
     parser.add_argument("--only-exit", action="store_true", help="run (c) alone")
     parser.add_argument("--telemetry-only", action="store_true", help="run only (d), the telemetry overhead")
+    parser.add_argument("--boundary-only", action="store_true", help="run only (e), the top blocks and the boundary cache")
+    parser.add_argument("--top-blocks", type=int, default=3, help="(e) how many top blocks train (default 3)")
+    parser.add_argument("--boundary-epochs", type=int, default=8, help="(e) epochs of the top-blocks runs (default 8)")
+    parser.add_argument("--boundary-views", type=int, default=4, help="(e) cached augmented views (default 4)")
     args = parser.parse_args(argv)
     global RANDOM
     RANDOM = args.random_weights
@@ -323,6 +473,12 @@ def main(argv=None) -> int:
         rows = exit_rows(args, heads, bench_data, device, bs)
         print_rows(rows)
         return 0 if all(r[5] for r in rows) else 1
+    if args.boundary_only:
+        rows, details = boundary_rows(args, heads, bench_data, train, device, bs, workers)
+        print()
+        print_rows(rows)
+        print("\n" + "\n".join(details))
+        return 0 if all(r[5] is not False for r in rows) else 1
     if args.telemetry_only:
         rows, details = telemetry_rows(args.model, heads, bench_data, bs, device, repeats, epochs_a)
         print()
@@ -374,6 +530,9 @@ def main(argv=None) -> int:
     rows += exit_rows(args, heads, bench_data, device, bs)
     telemetry, details = telemetry_rows(args.model, heads, bench_data, bs, device, repeats, epochs_a)
     rows += telemetry
+    boundary, more = boundary_rows(args, heads, bench_data, train, device, bs, workers)
+    rows += boundary
+    details += more
     print()
     print_rows(rows)
     print(f"\n(a) {epochs_a} epoch(s) of {len(train)} images, best of {repeats}: plain "

@@ -172,8 +172,9 @@ def lower_paths(body: nn.Module, boundary: str, order: dict[str, int]) -> list[s
 
 def split_trunk(trunk: Trunk, boundary: str, example: torch.Tensor) -> TrunkSplit:
     """The trunk split after ``boundary``, checked on ``example`` (a batch of at least two images, so that
-    BatchNorm sees a batch; eval mode). GraftError when it cannot be split there: the boundary at or after
-    the trunk's cut, a head reading a layer below it, or later layers that read more than its output."""
+    BatchNorm sees a batch; eval mode). GraftError when it cannot be split there: a layer up to it that
+    trains, the boundary at or after the trunk's cut, a head reading a layer below it, or later layers that
+    read more than its output."""
     body = trunk.body
     if isinstance(body, torch.jit.ScriptModule):
         raise GraftError("A TorchScript trunk cannot be split into halves.")
@@ -188,6 +189,11 @@ def split_trunk(trunk: Trunk, boundary: str, example: torch.Tensor) -> TrunkSpli
     paths = lower_paths(body, boundary, order)
     if trunk.cut_at is not None and any(_within(trunk.cut_at, p) for p in paths):
         raise GraftError(f"The trunk is cut at {trunk.cut_at}: nothing after {boundary} runs.")
+    modules = dict(body.named_modules())
+    training = next((p for p in paths if any(q.requires_grad for q in modules[p].parameters())), None)
+    if training is not None:
+        raise GraftError(f"Layer {training}, before the boundary {boundary}, trains: the layers up to the boundary "
+                         "must all be frozen for their output to be cached.")
     below = [t for t in trunk.taps if t is not END and any(_within(t, p) for p in paths)]
     if below:
         raise GraftError(f"A head reads layer {below[0]}, below the boundary {boundary}: split above it.")

@@ -123,3 +123,11 @@ def test_no_boundary_when_all_or_nothing_trains_and_heads_below_it_are_refused()
     session.do(AddHead(HeadSpec("early", labels=["p", "q"], layer="0.1"), seed=0))
     with pytest.raises(GraftError, match="reads layer 0.1"):
         split_trunk(session.model.trunk, "0.2", torch.randn(2, 3, 32, 32))
+
+
+def test_a_trained_layer_below_the_boundary_is_refused():
+    session = tiny_session(chain(), "up-to:0.2")
+    for p in session.model.trunk.body[0][0].parameters():  # the stem trains although blocks above it do not
+        p.requires_grad_(True)
+    with pytest.raises(GraftError, match="Layer 0.0, before the boundary 0.2, trains"):
+        split_trunk(session.model.trunk, "0.2", torch.randn(2, 3, 32, 32))
