@@ -352,6 +352,26 @@ def option_rates(model_name: str, heads, samples, bs: int, top: int, repeats: in
     except Exception as exc:  # noqa: BLE001 - no compiler on this machine: say so, measure the rest
         print(f"(e) torch.compile failed: {type(exc).__name__}: {exc}")
     model.to(memory_format=torch.contiguous_format)
+    # and full fine-tuning's own step, for comparison: does channels-last or bf16 help it as well?
+    full = make_session(model_name, heads, "none").model
+    opt_full = torch.optim.AdamW(full.parameters(), lr=1e-4, weight_decay=1e-4)
+
+    def full_steps(fmt=torch.contiguous_format, bf16=False):
+        def run():
+            full.train()
+            for x, t in batches:
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    out = full(x.contiguous(memory_format=fmt))
+                loss = plain_loss(heads, out, t)
+                opt_full.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_full.step()
+        return run
+
+    rates["full step fp32"] = _rate(full_steps(), n, 1)
+    rates["full step bf16"] = _rate(full_steps(bf16=True), n, 1)
+    full.to(memory_format=torch.channels_last)
+    rates["full step channels-last"] = _rate(full_steps(torch.channels_last), n, 1)
     return rates
 
 
@@ -406,7 +426,7 @@ def boundary_rows(args, heads, bench_data, train, device, bs, workers) -> tuple[
         if name.endswith(" s"):
             rows.append((f"(e) {name}", f"{value:7.1f} s", "", "", "", None))
         else:
-            base = rates["lower fp32"] if name.startswith("lower") else rates["top step fp32"]
+            base = rates[f"{name.split(' step ')[0]} step fp32"] if " step " in name else rates["lower fp32"]
             rows.append((f"(e) {name}, images/s", f"{value:7.2f}", f"/fp32 {value / base:5.2f}",
                          f"/plain loop {value / best['plain']:5.1f}", "", None))
     return rows, details

@@ -131,3 +131,62 @@ def test_a_trained_layer_below_the_boundary_is_refused():
         p.requires_grad_(True)
     with pytest.raises(GraftError, match="Layer 0.0, before the boundary 0.2, trains"):
         split_trunk(session.model.trunk, "0.2", torch.randn(2, 3, 32, 32))
+
+
+# -- in the trainer ----------------------------------------------------------------------------------
+
+def run(session, data, **config):
+    from engine.training.trainer import MessageEvent, TrainConfig, Trainer
+
+    messages = []
+    cfg = TrainConfig(epochs=2, batch_size=8, device="cpu", patience=0, seed=0, **config)
+    result = Trainer(session, data, cfg, lambda e: messages.append(e.text) if isinstance(e, MessageEvent) else None).run()
+    return result, messages
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_trainer_with_the_boundary_cache_trains_as_without_it(demo_data, small_session, monkeypatch,
+                                                                  channels_last):
+    from dataclasses import replace
+
+    from engine.training import features
+
+    monkeypatch.setattr(features, "CHANNELS_LAST_ON_CPU", channels_last)
+    data = replace(demo_data, train=demo_data.train[:24], val=demo_data.val[:8])
+    runs = {}
+    for cache in (False, "auto"):
+        session = small_session(demo_data.heads, arch="resnet18", freeze="up-to:layer3", size=32)
+        start = {k: v.clone() for k, v in session.model.state_dict().items()}
+        result, messages = run(session, data, augment=False, boundary_cache=cache)
+        runs[cache] = (result, messages, {k: v.clone() for k, v in session.model.state_dict().items()})
+    (plain, _, plain_state), (cached, notes, cached_state) = runs[False], runs["auto"]
+    assert not plain.boundary_cached and cached.boundary_cached and not cached.cached_features
+    assert any("Only the layers after layer3 train" in m for m in notes)
+    assert [e["train_loss"] for e in cached.history] == pytest.approx([e["train_loss"] for e in plain.history], rel=1e-4)
+    assert [e["val_loss"] for e in cached.history] == pytest.approx([e["val_loss"] for e in plain.history], rel=1e-4)
+    # AdamW's steps: the same to within float rounding, against how far training moved each weight. In
+    # channels-last the convolutions round differently, and AdamW's first steps (about lr x the gradient's
+    # sign) turn that into up to 2 lr for weights whose gradient is near 0: compared on average there.
+    for k, v in plain_state.items():
+        if v.is_floating_point() and not torch.equal(v, start[k]):
+            moved, diff = (v - start[k]).abs(), (cached_state[k] - v).abs()
+            if channels_last:
+                assert float(diff.mean()) <= 0.05 * float(moved.mean()), k
+            else:
+                assert float(diff.max()) <= 0.02 * float(moved.max()), k
+    changed = [k for k, v in plain_state.items() if k.startswith("trunk.body.layer4") and v.is_floating_point()]
+    assert changed and all(cached_state[k].is_contiguous() for k in changed)  # channels-last is undone
+
+
+def test_augmented_views_are_cached_at_the_boundary(demo_data, small_session):
+    from dataclasses import replace
+
+    data = replace(demo_data, train=demo_data.train[:16], val=demo_data.val[:4])
+    session = small_session(demo_data.heads, arch="resnet18", freeze="up-to:layer3", size=32)
+    result, messages = run(session, data, augment=True, boundary_views=3)
+    assert result.boundary_cached and result.reason == "completed" and result.epochs_run == 2
+    assert any("3 augmented views of each of the 16 training images" in m for m in messages)
+    session = small_session(demo_data.heads, arch="resnet18", freeze="up-to:layer3", size=32)
+    result, messages = run(session, data, augment=True, boundary_cache=True, unfreeze_every=1)
+    assert not result.boundary_cached
+    assert any("not cached: gradual unfreezing" in m for m in messages)
