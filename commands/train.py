@@ -142,7 +142,7 @@ class _Printer:
         print(text, file=stream, flush=True)
 
     def __call__(self, event) -> None:
-        from engine.training import trainer as t
+        from engine.training import events as t
         from engine.training.metrics import headline
 
         if isinstance(event, t.TrainStarted):
@@ -306,7 +306,7 @@ def _resume_setup(args: argparse.Namespace):
     from engine.errors import GraftError
     from engine.project.project_file import read_checkpoint, read_project
     from engine.training.record import TrainingRecord
-    from engine.training.trainer import TrainConfig
+    from engine.training.config import TrainConfig
 
     given = [name for name in RESUME_FIXED if getattr(args, name) not in (None, [])]
     if given or args.model != "default":
@@ -395,7 +395,8 @@ def _train(args: argparse.Namespace, events_out, ctx=None) -> int:
     from engine.errors import GraftError
     from engine.project.project_file import save_project
     from engine.training.record import TrainingRecord
-    from engine.training.trainer import TrainConfig, Trainer
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import Trainer
 
     checkpoint = record = None
     if args.resume:

@@ -28,7 +28,10 @@ from engine.surgery.operations import AddHead, DeleteOutputLayer, UpdateHead, fr
 from engine.network.preprocess import InputSpec
 from engine.project.project_file import open_project, save_project
 from engine.surgery.session import Session
-from engine.training.trainer import TrainConfig, Trainer, TrainingError, bind_heads, target_statistics
+from engine.training.binding import bind_heads, target_statistics
+from engine.training.config import TrainConfig
+from engine.training.events import TrainingError
+from engine.training.trainer import Trainer
 
 NAN = float("nan")
 
