@@ -305,8 +305,8 @@ def _resume_setup(args: argparse.Namespace):
     """For --resume: the paused run's checkpoint, record, data file and settings."""
     from engine.errors import GraftError
     from engine.project.project_file import read_checkpoint, read_project
-    from engine.training.record import TrainingRecord
     from engine.training.config import TrainConfig
+    from engine.training.record import TrainingRecord
 
     given = [name for name in RESUME_FIXED if getattr(args, name) not in (None, [])]
     if given or args.model != "default":
@@ -394,8 +394,8 @@ def _launch(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, events_out, ctx=None) -> int:
     from engine.errors import GraftError
     from engine.project.project_file import save_project
-    from engine.training.record import TrainingRecord
     from engine.training.config import TrainConfig
+    from engine.training.record import TrainingRecord
     from engine.training.trainer import Trainer
 
     checkpoint = record = None

@@ -12,9 +12,9 @@ import torch
 
 from engine.data.datasets import ImageDataset
 from engine.errors import GraftError
-from engine.training.features import SPILL_FOLDER, AugmentedViews, ram_budget_mb, view_choice
 from engine.training.config import TrainConfig
 from engine.training.events import EpochEvent, MessageEvent, TrainStarted
+from engine.training.features import SPILL_FOLDER, AugmentedViews, ram_budget_mb, view_choice
 from engine.training.trainer import Trainer
 
 

@@ -28,8 +28,8 @@ def main(work: Path) -> None:
     from engine.network.loading import load_network
     from engine.surgery.operations import AddHead, DeleteOutputLayer
     from engine.surgery.session import Session
-    from engine.training.evaluation import evaluate
     from engine.training.config import TrainConfig
+    from engine.training.evaluation import evaluate
     from engine.training.trainer import Trainer
 
     assert mp.get_start_method() == "spawn"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.training.telemetry import Telemetry, TelemetryEvent, telemetry_blocks
 from engine.training.config import TrainConfig
 from engine.training.events import StepEvent
+from engine.training.telemetry import Telemetry, TelemetryEvent, telemetry_blocks
 from engine.training.trainer import Trainer
 
 

@@ -14,14 +14,14 @@ import torch
 from engine.data.datasets import DataSource, Sample, load_data
 from engine.data.demo_data import ensure_demo_data
 from engine.errors import GraftError
-from engine.training.evaluation import evaluate
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network
-from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
 from engine.network.preprocess import InputSpec
+from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
 from engine.training.binding import bind_heads
 from engine.training.config import TrainConfig
+from engine.training.evaluation import evaluate
 from engine.training.events import (EpochEvent, MessageEvent, ProgressEvent, StepEvent, TrainFinished, TrainingError,
                                     TrainStarted)
 from engine.training.setup import lr_lambda
