@@ -28,11 +28,12 @@ from engine.network.heads import KIND_TITLES, HeadSpec
 from engine.network.tta import check_tta, combine, describe_views, make_views, view_count
 from engine.runtime.allocator import release_free_memory
 from engine.runtime.onnx_trunk import features_then_heads, trunk_runner
+from engine.training.binding import bind_heads
+from engine.training.device import (autocast_context, autocast_dtype, clean_loader_error, is_out_of_memory,
+                                    out_of_memory_message, resolve_device)
+from engine.training.loaders import MappedDataset, auto_num_workers, make_loader
 from engine.training.losses import LossAccumulator, compute_losses, entry_losses, target_scales
 from engine.training.metrics import MetricSet
-from engine.training.trainer import (MappedDataset, auto_num_workers, autocast_context, autocast_dtype, bind_heads,
-                       clean_loader_error, is_out_of_memory, make_loader, out_of_memory_message,
-                       resolve_device)
 from engine.units import plural
 
 
