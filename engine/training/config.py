@@ -34,7 +34,17 @@ class TrainConfig:
     frozen trunk with augmentation not switched off and caching not switched off, and is left out with a note
     otherwise (the window keeps the setting while the freeze settings change). ``feature_ram_budget_mb``: past
     this many MB the cached features go to a memory-mapped file on disk (None: ``$GRAFT_FEATURE_RAM_MB``, else
-    1024)."""
+    1024).
+
+    ``boundary_cache``: where only the top blocks train (the blocks up to a *boundary* frozen, later ones
+    training), the frozen layers run once per training image and augmented view and once per validation
+    image, and each step runs only the layers after the boundary, on their cached output
+    (:func:`engine.training.features.train_boundary_cached`, :mod:`engine.training.boundary`; the same loss
+    and gradients as without it). "auto" (default): on a CPU, in one process, without gradual unfreezing,
+    when the trunk splits cleanly at the boundary (checked on a dry run; else the run trains as before, with a
+    note); True: also on a GPU; False: never. ``boundary_views``: augmented views cached per training image
+    (None: as many as epochs, up to 4; each epoch draws one view per image); without augmentation one plain
+    pass. What a run did: ``TrainResult.boundary_cached``."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -56,6 +66,8 @@ class TrainConfig:
     feature_ram_budget_mb: float | None = None
     sync_batchnorm: bool | str = "auto"
     devices: int = 1
+    boundary_cache: bool | str = "auto"
+    boundary_views: int | None = None
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -79,6 +91,11 @@ class TrainConfig:
             raise GraftError(f"augment must be 'auto', True or False (got {self.augment!r}).")
         if self.sync_batchnorm not in ("auto", True, False):
             raise GraftError(f"sync_batchnorm must be 'auto', True or False (got {self.sync_batchnorm!r}).")
+        if self.boundary_cache not in ("auto", True, False):
+            raise GraftError(f"boundary_cache must be 'auto', True or False (got {self.boundary_cache!r}).")
+        bviews = self.boundary_views
+        if bviews is not None and (isinstance(bviews, bool) or not isinstance(bviews, int) or bviews < 1):
+            raise GraftError(f"Boundary views must be a whole number, at least 1 (got {bviews!r}).")
         if self.cache_features not in ("auto", True, False):
             raise GraftError(f"cache_features must be 'auto', True or False (got {self.cache_features!r}).")
         for name in ("unfreeze_every", "pause_after", "devices"):

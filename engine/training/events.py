@@ -90,6 +90,7 @@ class TrainResult:
     checkpoint: Any = None  # reason "paused": the TrainCheckpoint to resume from
     augment_views: int = 0  # augmented views cached per training image (0: none)
     features_on_disk: bool = False  # the cached features went past the RAM budget into a memory-mapped file
+    boundary_cached: bool = False  # only the top blocks trained, on the frozen layers' cached output (features.py)
 
 
 class TrainingError(GraftError):

@@ -111,6 +111,7 @@ class TrainerSetup:
             self.cached = False
         # augmented views: the cached features are of augmented images (and augmentation "auto" means on)
         self.augment = bool(self.views) or (augment and not self.cached)
+        self.boundary = self._boundary_layer()
         n = len(train)
         self.drop_last = n > cfg.batch_size and n % cfg.batch_size == 1  # no batch of one (BatchNorm)
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else math.ceil(n / cfg.batch_size)
@@ -122,6 +123,32 @@ class TrainerSetup:
 
         if distributed.current() is not None:
             self._join_processes(distributed.current())
+
+    def _boundary_layer(self) -> str | None:
+        """Where the boundary cache (``TrainConfig.boundary_cache``) splits the trunk: the last frozen block
+        below the ones that train (:func:`engine.training.boundary.boundary_for`), or None (a note says why
+        when the cache was asked for)."""
+        cfg = self.config
+        if cfg.boundary_cache is False or self.cached or self.trunk_frozen:
+            return None
+        from engine.training import distributed
+        from engine.training.boundary import boundary_for
+
+        why = None
+        if self.unfreeze is not None:
+            why = "gradual unfreezing moves the boundary"
+        elif distributed.current() is not None or cfg.devices > 1:
+            why = "it runs in one process only"
+        elif cfg.boundary_cache == "auto" and self.device.type != "cpu":
+            return None  # measured on a CPU only
+        boundary = boundary_for(self.session) if why is None else None
+        if boundary is None and why is None:
+            why = "no frozen block lies below the blocks that train"
+        if why is not None:
+            if cfg.boundary_cache is True:
+                self.notes.append(f"The frozen layers' output is not cached: {why}.")
+            return None
+        return boundary
 
     def _join_processes(self, ctx: Any) -> None:
         """Train as one of several processes (:mod:`engine.training.distributed`): this process's device;

@@ -195,6 +195,7 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
         self.checkpoint = None
         self.telemetry = None
         self.features_on_disk = False
+        self.boundary_cached = False
         model = self.session.model
         # gradual unfreezing changes trainable flags during the run: they are put back by _cleanup
         self._flags_before = ({n: p.requires_grad for n, p in model.named_parameters()}
@@ -240,6 +241,8 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
                 self.telemetry = Telemetry(telemetry_blocks(self.session.model, trained, blocks))
             if self.cached:
                 reason = self._train_cached()
+            elif self.boundary is not None:
+                reason = self._train_boundary()
             else:
                 reason = self._train_images()
         except Stopped:
@@ -296,7 +299,7 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
                              images / seconds if seconds > 0 else 0.0, message, self.epochs_run,
                              self.done_steps, self.cached, str(device),
                              self._runner.backend if self._runner is not None else "pytorch", self.checkpoint,
-                             self.views, self.features_on_disk)
+                             self.views, self.features_on_disk, self.boundary_cached)
         self._emit(TrainFinished(reason, self.best_epoch, self.best_val_loss, message))
         if reason == "error":
             err = getattr(self, "_error", None)
@@ -361,6 +364,21 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
         return train_cached(self)
 
     # -- gradual unfreezing ------------------------------------------------------------------------------
+    def _train_boundary(self) -> str:
+        """The boundary cache when the trunk splits at the boundary (checked on a dry run), else images."""
+        from engine.training.boundary import split_trunk
+        from engine.training.features import train_boundary_cached
+
+        model = self.session.model
+        try:
+            split = split_trunk(model.trunk, self.boundary, model.dummy_input(2).to(self.device))
+        except GraftError as exc:
+            self._emit(MessageEvent(f"The frozen layers' output is not cached: {exc}"))
+            self.boundary = None
+            return self._train_images()
+        self.boundary_cached = True
+        return train_boundary_cached(self, split)
+
     def _apply_unfreeze(self, epoch: int) -> None:
         plan = self.unfreeze
         trains = plan.trainable_at(epoch)
