@@ -44,11 +44,11 @@ def event_from_json(line: str) -> Any | None:
     name = data.pop("event", None)
     if name == "TrainResult":
         return name, data
-    from engine.training import trainer
+    from engine.training import events
     from engine.training.telemetry import TelemetryEvent
 
-    kinds = {cls.__name__: cls for cls in (trainer.TrainStarted, trainer.StepEvent, trainer.EpochEvent,
-                                           trainer.ProgressEvent, trainer.MessageEvent, trainer.TrainFinished,
+    kinds = {cls.__name__: cls for cls in (events.TrainStarted, events.StepEvent, events.EpochEvent,
+                                           events.ProgressEvent, events.MessageEvent, events.TrainFinished,
                                            TelemetryEvent)}
     cls = kinds.get(name)
     if cls is None:

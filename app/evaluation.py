@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 # -- work done in worker threads (plain functions: no Qt, no widgets) ---------------------------------
-def _evaluate(session, data, split: str, report_progress=None, should_stop=None):
+def _evaluate(session, data, split: str, tta: str | None = None, report_progress=None, should_stop=None):
     from engine.training.evaluation import evaluate
 
     def progress(done, total):
@@ -31,7 +31,7 @@ def _evaluate(session, data, split: str, report_progress=None, should_stop=None)
         if report_progress is not None:
             report_progress((done, total))
 
-    return evaluate(session, data, split=split, on_progress=progress)
+    return evaluate(session, data, split=split, on_progress=progress, tta=tta)
 
 
 def _predict(session, path: str):
@@ -77,6 +77,7 @@ class Evaluation(QObject):
         if self._jobs.must_wait("evaluate", "Evaluating"):
             return
         split = "val" if data.val else "all"
+        tta = self._panel.tta()
 
         def done(report):
             if report is None:
@@ -85,10 +86,12 @@ class Evaluation(QObject):
             self._panel.set_report(report)
             self._show_tab("evaluate")
             where = "validation" if split == "val" else "all the"
-            self._messages.show_message(f"Evaluated on {where} data: {report.n_images} images (Evaluate tab).")
+            with_tta = f", test-time augmentation {tta}" if tta else ""
+            self._messages.show_message(f"Evaluated on {where} data: {report.n_images} images{with_tta} "
+                                        "(Evaluate tab).")
             self.evaluated.emit(report)
 
-        self._jobs.run("evaluate", "Evaluating on the validation data…", _evaluate, session, data, split,
+        self._jobs.run("evaluate", "Evaluating on the validation data…", _evaluate, session, data, split, tta,
                        finished=done, errored=self._messages.errors_titled("Evaluation failed"),
                        progress=self._jobs.show_progress)
 

@@ -235,7 +235,7 @@ class Training(QObject):
         return self._launch(checkpoint)
 
     def _resume_config(self, checkpoint: Any) -> Any:
-        from engine.training.trainer import TrainConfig
+        from engine.training.config import TrainConfig
 
         known = {f.name for f in fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in checkpoint.config.items() if k in known})

@@ -37,8 +37,9 @@ from engine.network.loading import load_network  # noqa: E402
 from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset  # noqa: E402
 from engine.surgery.session import Session  # noqa: E402
 from engine.training import features  # noqa: E402
+from engine.training.config import TrainConfig  # noqa: E402
 from engine.training.metrics import MAIN_METRIC  # noqa: E402
-from engine.training.trainer import TrainConfig, Trainer  # noqa: E402
+from engine.training.trainer import Trainer  # noqa: E402
 
 
 def make_session(data) -> Session:

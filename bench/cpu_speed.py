@@ -69,7 +69,9 @@ def child_caching(args) -> dict:
 
     import train_speed
     from engine.runtime.onnx_trunk import cached_conversion
-    from engine.training.trainer import StepEvent, TrainConfig, Trainer, TrainStarted
+    from engine.training.config import TrainConfig
+    from engine.training.events import StepEvent, TrainStarted
+    from engine.training.trainer import Trainer
 
     data, replace = _setup(True)
     n = args.images or len(data.train) + len(data.val)
@@ -112,7 +114,8 @@ def child_caching(args) -> dict:
 
 def child_heads(args) -> dict:
     """Heads-only training, 20 epochs, on the demo data (with its validation split)."""
-    from engine.training.trainer import TrainConfig, Trainer
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import Trainer
 
     today = os.environ.get("GRAFT_ALLOCATOR") == "system"
     data, replace = _setup(not today)
@@ -132,7 +135,8 @@ def child_finetune(args) -> dict:
     import torch
 
     import train_speed
-    from engine.training.trainer import TrainConfig, Trainer
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import Trainer
 
     side = args.child.split(":")[1]
     data, replace = _setup(side != "plain")

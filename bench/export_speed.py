@@ -113,7 +113,8 @@ def precision_targets(args: argparse.Namespace) -> None:
     from engine.export.precision import export_precision
     from engine.network.preprocess import preprocess_file
     from engine.surgery.operations import freeze_preset
-    from engine.training.trainer import TrainConfig, Trainer
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import Trainer
 
     network, label = load(args.model)
     session = Session(network)

@@ -156,7 +156,9 @@ def main() -> int:
     from engine.network.preprocess import InputSpec
     from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
     from engine.surgery.session import Session
-    from engine.training.trainer import EpochEvent, MessageEvent, ProgressEvent, TrainConfig, Trainer
+    from engine.training.config import TrainConfig
+    from engine.training.events import EpochEvent, MessageEvent, ProgressEvent
+    from engine.training.trainer import Trainer
 
     torch.manual_seed(0)
     session = Session(load_network("default", random_init=args.random_weights))

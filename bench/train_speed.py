@@ -40,8 +40,11 @@ from engine.data.demo_data import ensure_demo_data  # noqa: E402
 from engine.network.loading import load_network  # noqa: E402
 from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset  # noqa: E402
 from engine.surgery.session import Session  # noqa: E402
-from engine.training.trainer import (MessageEvent, ProgressEvent, TrainConfig, Trainer,  # noqa: E402
-                                    auto_num_workers, autocast_context, autocast_dtype, resolve_device)
+from engine.training.config import TrainConfig  # noqa: E402
+from engine.training.device import autocast_context, autocast_dtype, resolve_device  # noqa: E402
+from engine.training.events import MessageEvent, ProgressEvent  # noqa: E402
+from engine.training.loaders import auto_num_workers  # noqa: E402
+from engine.training.trainer import Trainer  # noqa: E402
 
 
 RANDOM = False  # --random-weights

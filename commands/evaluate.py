@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
+    parser.add_argument("--tta", choices=("none", "flip", "flip+crops"), default="none",
+                        help="test-time augmentation: flip (each image and its mirror image) or flip+crops (also "
+                             "four corner crops); probabilities (values for regression) averaged over the views")
     parser.add_argument("--errors", metavar="FILE.csv",
                         help="write every mistake (image, head, truth, prediction, confidence, loss), worst first")
     parser.add_argument("--report", metavar="FILE.html",
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     selection = describe_selection(data, args.split, same, data_file.name)
     print(selection)
     report = evaluate(session, data, batch_size=args.batch_size, device=args.device, split=args.split,
-                      num_workers=args.workers)
+                      num_workers=args.workers, tta=args.tta)
     print(report.format())
     _write_outputs(outputs, session, data, report, selection, data_file)
     return 0

@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
                         help="which PyTorch ONNX exporter to use (default: auto, TorchScript then torch.export)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--tta", choices=("none", "flip", "flip+crops"), default="none",
+                        help="test-time augmentation inside the file: flip (the image and its mirror image, 2x the "
+                             "work) or flip+crops (also four corner crops, 6x); single- and multi-label heads average "
+                             "their probabilities, regression heads their values; verified like any export (fp32)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                         help="the numbers inside the file: fp32 (default), fp16 (half the size) or int8 (about a "
                              "quarter, faster on CPUs); the input and outputs stay float32. A reduced file is "
@@ -47,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     opset = check_opset(OPSET if args.opset is None else args.opset)
     tolerance = check_tolerance(args.tolerance)
     reduced = _reduced_inputs(args) if args.precision != "fp32" else None  # before loading: bad input fails fast
+    if args.tta != "none" and reduced is not None:
+        from engine.errors import GraftError
+
+        raise GraftError("--tta is for fp32 exports: leave out --precision, or export without --tta.")
     load_args = argparse.Namespace(model=args.project, weights=None, arch=None,
                                    random_weights=args.random_weights, trust=args.trust)
     session = load_session(load_args)
@@ -56,9 +64,15 @@ def run(args: argparse.Namespace) -> int:
         where, why = (found, "") if images else ("", found)
     if reduced is not None:
         return _reduced(args, reduced, session, images, opset, tolerance)
-    report = export_onnx(session, args.onnx, opset=opset, verify=not args.no_verify,
+    from engine.export.tta import mark_tta, output_kinds, with_tta
+
+    report = export_onnx(with_tta(session, args.tta), args.onnx, opset=opset, verify=not args.no_verify,
                          images=images, tolerance=tolerance, exporter=args.exporter)
     print(report.format())
+    if args.tta != "none":
+        report.metadata = mark_tta(args.onnx, args.tta, output_kinds(session))
+        tta = report.metadata["tta"]
+        print(f"test-time augmentation inside the file: {tta['description']} ({tta['views']} views per image)")
     if where:
         print(f"verification images: {len(images)} {where}")
     elif why:

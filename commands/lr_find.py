@@ -31,8 +31,8 @@ def _target(text: str | None, suffix: str) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.training.config import TrainConfig
     from engine.training.rate_finder import RateFinder
-    from engine.training.trainer import TrainConfig
 
     from .common import data_path
     from .train import _ctrl_c_stops, _Printer, prepare_session, setting

@@ -142,7 +142,7 @@ class _Printer:
         print(text, file=stream, flush=True)
 
     def __call__(self, event) -> None:
-        from engine.training import trainer as t
+        from engine.training import events as t
         from engine.training.metrics import headline
 
         if isinstance(event, t.TrainStarted):
@@ -305,8 +305,8 @@ def _resume_setup(args: argparse.Namespace):
     """For --resume: the paused run's checkpoint, record, data file and settings."""
     from engine.errors import GraftError
     from engine.project.project_file import read_checkpoint, read_project
+    from engine.training.config import TrainConfig
     from engine.training.record import TrainingRecord
-    from engine.training.trainer import TrainConfig
 
     given = [name for name in RESUME_FIXED if getattr(args, name) not in (None, [])]
     if given or args.model != "default":
@@ -394,8 +394,9 @@ def _launch(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, events_out, ctx=None) -> int:
     from engine.errors import GraftError
     from engine.project.project_file import save_project
+    from engine.training.config import TrainConfig
     from engine.training.record import TrainingRecord
-    from engine.training.trainer import TrainConfig, Trainer
+    from engine.training.trainer import Trainer
 
     checkpoint = record = None
     if args.resume:

@@ -5,6 +5,8 @@ mean absolute error per target (regression), with a head selector.
 to a HeadReport with ``kind``, ``loss``, ``n``, ``metrics`` and ``details``); plain dicts of the same
 shape (``EvalReport.to_dict()``) work too. A click on a confusion-matrix cell emits
 ``cellClicked(head, true index, predicted index)``: the app shows that cell's images.
+The *Test-time augmentation* choice (:meth:`EvaluationPanel.tta`: None, "flip" or "flip+crops") is what
+the next evaluation uses; a report made with TTA says so beside its image count.
 """
 from __future__ import annotations
 
@@ -54,6 +56,11 @@ def headline(kind: str, details: Mapping[str, Any], metrics: Mapping[str, Any]) 
     return f"MAE {_num(details.get('mae', metrics.get('mae')), 4)}"
 
 
+TTA_CHOICES = ((None, "none"), ("flip", "flip"), ("flip+crops", "flip + crops"))
+TTA_TIP = ("Test-time augmentation: evaluate each image as the average of several views — flip: the image and its "
+           "mirror image (2x the work); flip + crops: also its four corner crops (6x). Probabilities are averaged "
+           "(values for regression). Leave it off for images whose left and right matter (text, arrows).")
+
 EMPTY_TEXT = ("No evaluation yet.\nEvaluate (F6) shows how well each head does on the validation images; "
               "training ends with one.")
 
@@ -77,6 +84,14 @@ class EvaluationPanel(QWidget):
         top.addWidget(self.head_combo)
         top.addSpacing(8)
         top.addWidget(self.info_label, 1)
+        self.tta_label = QLabel("Test-time augmentation", self)
+        self.tta_combo = QComboBox(self)
+        for mode, text in TTA_CHOICES:
+            self.tta_combo.addItem(text, mode)
+        self.tta_combo.setToolTip(TTA_TIP)
+        self.tta_label.setToolTip(TTA_TIP)
+        top.addWidget(self.tta_label)
+        top.addWidget(self.tta_combo)
 
         self.headline_label = QLabel(self)
         self.headline_label.setObjectName("evalHeadline")
@@ -132,6 +147,8 @@ class EvaluationPanel(QWidget):
             parts.append(f"total loss {_get(report, 'loss'):.4f}")
         if seconds is not None:
             parts.append(f"{seconds:.1f} s" + (f" on {device}" if device else ""))
+        if _get(report, "tta"):
+            parts.append(f"TTA {_get(report, 'tta')}")
         self.info_label.setText(" · ".join(parts))
         self.head_combo.blockSignals(True)
         for i, (name, head) in enumerate(heads.items()):
@@ -155,6 +172,10 @@ class EvaluationPanel(QWidget):
 
     def report(self) -> Any:
         return self._report
+
+    def tta(self) -> str | None:
+        """The test-time augmentation chosen for the next evaluation (None: off)."""
+        return self.tta_combo.currentData()
 
     def current_head(self) -> str | None:
         return self.head_combo.currentData()

@@ -351,7 +351,7 @@ def _head_targets(heads: Sequence[Any], source: Any, samples: Sequence[Any]) -> 
     """The samples' labels for the session's heads (the data's classes and columns mapped as training maps them)."""
     import torch
 
-    from engine.training.trainer import bind_heads
+    from engine.training.binding import bind_heads
 
     target_map = bind_heads(heads, source)
     stacked: dict[str, torch.Tensor] = {}

@@ -233,7 +233,8 @@ def training_script(session: "Session", project: str = "the project", script_nam
     from engine.export.metadata import KEY, build_metadata, to_props
     from engine.export.onnx_export import _source_info
     from engine.network import graft_model, preprocess
-    from engine.training import losses, trainer
+    from engine.training import loaders, losses, setup
+    from engine.training.config import TrainConfig
     from engine.training.record import TrainingRecord
 
     if not session.heads:
@@ -253,7 +254,7 @@ def training_script(session: "Session", project: str = "the project", script_nam
     heads_code, head_words = _heads(session)
     frozen = _frozen(session.model)
     record = TrainingRecord.latest(session.project_extra)
-    config = dict(vars(trainer.TrainConfig()))
+    config = dict(vars(TrainConfig()))
     if record is not None and record.config:
         config.update({k: v for k, v in record.config.items() if k in config})
     training = {k: config[k] for k in TRAINING_KEYS}
@@ -314,7 +315,7 @@ def training_script(session: "Session", project: str = "the project", script_nam
         "preprocessing_code": preprocessing,
         "data_code": PILLOW_ONLY + "\n\n\n" + _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
                               datasets._split_random),
-        "training_code": _sources(losses._terms, losses.head_loss_terms, trainer.lr_lambda, trainer.EpochBatchSampler),
+        "training_code": _sources(losses._terms, losses.head_loss_terms, setup.lr_lambda, loaders.EpochBatchSampler),
         "metadata_code": _constants(KEY=KEY) + "\n\n\n" + _sources(to_props),
     }
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)

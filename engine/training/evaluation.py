@@ -6,6 +6,9 @@ samples whose targets are already in the session heads' terms. The model is left
 The report also keeps each image's outputs, targets and losses per head (:class:`HeadOutputs`), which
 ``engine.explain.mistakes`` turns into confusion-cell galleries, mistakes and a label audit.
 On a CPU a frozen trunk runs in onnxruntime (:func:`engine.runtime.onnx_trunk.trunk_runner`).
+``tta`` ("flip" or "flip+crops", :mod:`engine.network.tta`) evaluates every image as the average of several
+views (probabilities for single- and multi-label heads, values for regression): the same averaging that
+``main.py export --tta`` puts inside an ONNX file, so both agree.
 """
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ import torch
 from engine.data.datasets import UNREADABLE
 from engine.errors import GraftError
 from engine.network.heads import KIND_TITLES, HeadSpec
+from engine.network.tta import check_tta, combine, describe_views, make_views, view_count
 from engine.runtime.allocator import release_free_memory
 from engine.runtime.onnx_trunk import features_then_heads, trunk_runner
+from engine.training.binding import bind_heads
+from engine.training.device import (autocast_context, autocast_dtype, clean_loader_error, is_out_of_memory,
+                                    out_of_memory_message, resolve_device)
+from engine.training.loaders import MappedDataset, auto_num_workers, make_loader
 from engine.training.losses import LossAccumulator, compute_losses, entry_losses, target_scales
 from engine.training.metrics import MetricSet
-from engine.training.trainer import (MappedDataset, auto_num_workers, autocast_context, autocast_dtype, bind_heads,
-                       clean_loader_error, is_out_of_memory, make_loader, out_of_memory_message,
-                       resolve_device)
 from engine.units import plural
 
 
@@ -94,10 +99,11 @@ class EvalReport:
     outputs: dict[str, HeadOutputs] = field(default_factory=dict)  # per head, per image (not in to_dict)
     trunk_backend: str = "pytorch"  # what ran the trunk: "pytorch" | "onnxruntime"
     notes: list[str] = field(default_factory=list)
+    tta: str | None = None  # test-time augmentation (engine.network.tta), None: the images as they are
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "loss": self.loss, "seconds": self.seconds, "device": self.device,
-                "trunk_backend": self.trunk_backend, "notes": list(self.notes),
+                "trunk_backend": self.trunk_backend, "notes": list(self.notes), "tta": self.tta,
                 "heads": {n: h.__dict__.copy() for n, h in self.heads.items()}}
 
     def format(self) -> str:
@@ -105,6 +111,8 @@ class EvalReport:
         lines = [f"Evaluated {plural(self.n_images, 'image')} in {self.seconds:.1f} s on {self.device}"
                  + (" (trunk in onnxruntime)" if self.trunk_backend == "onnxruntime" else "")
                  + (f"; total loss {self.loss:.4f}" if self.loss is not None else "")]
+        if self.tta:
+            lines.append(f"test-time augmentation: {describe_views(self.tta)} ({view_count(self.tta)} views per image)")
         lines += [f"note: {n}" for n in self.notes]
         for h in self.heads.values():
             loss = f"loss {h.loss:.4f}" if h.loss is not None else "loss -"
@@ -204,12 +212,14 @@ def _output_columns(binding: Any) -> list[str]:
 
 def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto", *, split: str = "all",
              heads: Sequence[HeadSpec] | None = None, num_workers: int | None = None, amp: bool = True,
-             on_progress: Callable[[int, int], None] | None = None) -> EvalReport:
+             on_progress: Callable[[int, int], None] | None = None, tta: str | None = None) -> EvalReport:
     """Loss and metrics of every session head on ``data``.
 
     ``data``: a DataSource (heads matched by name, labels mapped by name) or a list of samples; for a
     list, ``heads`` are the data's head specs (default: the session's own). ``on_progress(done, total)``
-    is called after every batch.
+    is called after every batch. ``tta``: None (the images as they are), "flip" or "flip+crops" (see
+    :mod:`engine.network.tta`; the views of a batch go through the model together, so a batch holds
+    ``batch_size`` images times the number of views).
     """
     from engine.data.datasets import ImageDataset
 
@@ -217,6 +227,8 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
         raise GraftError(f"Unknown split {split!r}: use all, train or val.")
     if num_workers is not None and num_workers < 0:
         raise GraftError(f"The number of loader workers must not be negative (got {num_workers!r}).")
+    tta = check_tta(tta)
+    views = view_count(tta)
     if hasattr(data, "heads") and hasattr(data, "train"):
         source = data
         samples = {"all": list(data.train) + list(data.val), "train": list(data.train), "val": list(data.val)}[split]
@@ -238,7 +250,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
     collected = _OutputCollector(specs, target_map)
     counts: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
-    runner, note = trunk_runner(model, dev, len(samples))  # converting it counts in the time taken
+    runner, note = trunk_runner(model, dev, len(samples) * views)  # converting it counts in the time taken
     done = 0
     try:
         model.to(dev)
@@ -251,7 +263,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
                 if dev.type != "cpu":
                     images = images.to(dev, non_blocking=nb)
                     targets = {k: v.to(dev, non_blocking=nb) for k, v in targets.items()}
-                outputs = features_then_heads(model, runner, images)
+                outputs = _outputs(model, runner, images, specs, tta)
                 acc.add(compute_losses(specs, outputs, targets, scales))
                 metrics.update(outputs, targets)
                 collected.add(outputs, targets, scales)
@@ -285,4 +297,15 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
     return EvalReport(reports, len(samples), total, time.perf_counter() - start, str(dev),
                       images=[str(s.path) for s in samples], outputs=collected.result(),
                       trunk_backend="onnxruntime" if runner is not None else "pytorch",
-                      notes=[note] if note and runner is None else [])
+                      notes=[note] if note and runner is None else [], tta=tta)
+
+
+def _outputs(model: Any, runner: Any, images: torch.Tensor, specs: Sequence[HeadSpec],
+             tta: str | None) -> dict[str, torch.Tensor]:
+    """The heads' outputs for a batch; with TTA the views' outputs averaged per head kind."""
+    if tta is None:
+        return features_then_heads(model, runner, images)
+    views = view_count(tta)
+    outputs = features_then_heads(model, runner, make_views(images, tta))
+    kinds = {s.name: s.kind for s in specs}
+    return {name: combine(kinds.get(name, "features"), out, views) for name, out in outputs.items()}

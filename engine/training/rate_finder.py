@@ -31,7 +31,9 @@ from typing import Any
 import torch
 
 from engine.errors import GraftError
-from engine.training.trainer import StepEvent, TrainConfig, Trainer
+from engine.training.config import TrainConfig
+from engine.training.events import StepEvent
+from engine.training.trainer import Trainer
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 DIVERGE = 4.0  # stop when the smoothed loss exceeds this many times its lowest

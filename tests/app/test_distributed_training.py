@@ -10,7 +10,8 @@ import torch
 
 from app.distributed import DistributedTrainWorker, event_from_json
 from app.workers import start_worker
-from engine.training.trainer import EpochEvent, MessageEvent, StepEvent, TrainConfig, TrainStarted
+from engine.training.config import TrainConfig
+from engine.training.events import EpochEvent, MessageEvent, StepEvent, TrainStarted
 from widgets import training_panel
 from widgets.training_panel import TrainingPanel
 

@@ -22,7 +22,7 @@ from app.main_window import MainWindow
 from engine.network.heads import HeadSpec
 from engine.network.layer_tree import HEADS_KEY
 from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
-from engine.training.trainer import TrainConfig
+from engine.training.config import TrainConfig
 
 LOAD_TIMEOUT = 60_000
 TRAIN_TIMEOUT = 120_000

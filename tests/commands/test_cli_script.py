@@ -23,8 +23,9 @@ from engine.network.loading import load_network
 from engine.project.project_file import open_project, save_project
 from engine.surgery.operations import AddHead, CutAt, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
+from engine.training.config import TrainConfig
 from engine.training.record import TrainingRecord
-from engine.training.trainer import TrainConfig, Trainer
+from engine.training.trainer import Trainer
 
 from main import main
 from test_cli_export import ENV, graft, predict

@@ -139,7 +139,7 @@ class FakeStream:
 def test_progress_bar_only_on_a_terminal(tty):
     from commands.train import _Printer
     from engine.network.heads import HeadSpec
-    from engine.training.trainer import EpochEvent, ProgressEvent, StepEvent, TrainFinished, TrainStarted
+    from engine.training.events import EpochEvent, ProgressEvent, StepEvent, TrainFinished, TrainStarted
 
     out, err = FakeStream(False), FakeStream(tty)
     printer = _Printer([HeadSpec("shape", "single", outputs=3), HeadSpec("size", "regression", outputs=1)], out, err)

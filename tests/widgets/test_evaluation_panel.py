@@ -105,3 +105,13 @@ def test_a_click_on_a_confusion_cell_names_the_head_and_the_cell(qtbot, panel, r
                              pos=table.visualItemRect(table.item(row, column)).center())
         assert clicked.args == ["shape", row, column]
     assert "click to see them" in table.item(2, 3).toolTip()
+
+
+def test_test_time_augmentation_choice_and_a_report_made_with_it(panel, report):
+    assert panel.tta_combo.isVisible() and panel.tta() is None  # off until chosen, even before a report
+    panel.tta_combo.setCurrentIndex(panel.tta_combo.findData("flip+crops"))
+    assert panel.tta() == "flip+crops"
+    report.tta = "flip"
+    panel.set_report(report)
+    assert "TTA flip" in panel.info_label.text()
+    assert panel.tta() == "flip+crops"  # a report does not change the choice for the next evaluation

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 from PySide6.QtCore import Qt
 
-from engine.training.trainer import TrainConfig
+from engine.training.config import TrainConfig
 from widgets.training_panel import LearningRateBox, TrainingPanel, format_eta, progress_text
 
 

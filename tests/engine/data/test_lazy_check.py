@@ -14,7 +14,9 @@ from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
-from engine.training.trainer import MessageEvent, TrainConfig, Trainer
+from engine.training.config import TrainConfig
+from engine.training.events import MessageEvent
+from engine.training.trainer import Trainer
 
 
 @pytest.fixture

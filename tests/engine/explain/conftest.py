@@ -17,8 +17,9 @@ from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
+from engine.training.config import TrainConfig
 from engine.training.evaluation import evaluate
-from engine.training.trainer import TrainConfig, Trainer
+from engine.training.trainer import Trainer
 
 
 @dataclass

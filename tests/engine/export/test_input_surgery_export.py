@@ -19,7 +19,8 @@ from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, DeleteOutputLayer, SetInputChannels, SetInputSize, freeze_preset
 from engine.surgery.session import Session
-from engine.training.trainer import TrainConfig, Trainer
+from engine.training.config import TrainConfig
+from engine.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,7 +22,8 @@ from engine.network.loading import load_network  # noqa: E402
 from engine.project.project_file import open_project, save_project  # noqa: E402
 from engine.surgery.operations import AddHead, CutAt, DeleteOutputLayer, freeze_preset  # noqa: E402
 from engine.surgery.session import Session  # noqa: E402
-from engine.training.trainer import TrainConfig, train  # noqa: E402
+from engine.training.config import TrainConfig  # noqa: E402
+from engine.training.trainer import train  # noqa: E402
 
 TOL = 1e-4
 CLASSES = ["circle", "square"]

@@ -16,7 +16,8 @@ from engine.project.diff import compare, compare_with_loaded, load_side, percent
 from engine.project.project_file import save_project
 from engine.surgery.operations import AddHead, DeleteOutputLayer, SetInputChannels, freeze_preset
 from engine.surgery.session import Session
-from engine.training.trainer import TrainConfig, Trainer
+from engine.training.config import TrainConfig
+from engine.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

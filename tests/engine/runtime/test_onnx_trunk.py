@@ -20,8 +20,9 @@ from engine.runtime.onnx_convert import allowed_diff, max_abs_diff, output_scale
 from engine.runtime.onnx_trunk import cached_conversion, trunk_fingerprint, trunk_runner
 from engine.surgery.operations import AddHead, CutAt, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
+from engine.training.config import TrainConfig
 from engine.training.evaluation import evaluate
-from engine.training.trainer import TrainConfig, Trainer
+from engine.training.trainer import Trainer
 
 TOL = 1e-5  # the bar for features (relative beyond ±1, as the export check's rule)
 

@@ -12,8 +12,10 @@ import torch
 
 from engine.data.datasets import ImageDataset
 from engine.errors import GraftError
+from engine.training.config import TrainConfig
+from engine.training.events import EpochEvent, MessageEvent, TrainStarted
 from engine.training.features import SPILL_FOLDER, AugmentedViews, ram_budget_mb, view_choice
-from engine.training.trainer import EpochEvent, MessageEvent, TrainConfig, Trainer, TrainStarted
+from engine.training.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,9 @@ from engine.errors import GraftError
 from engine.project.project_file import open_project, read_checkpoint, save_project
 from engine.surgery.operations import SetLrFactor, freeze_preset
 from engine.surgery.session import Session
-from engine.training.trainer import EpochEvent, TrainConfig, Trainer, TrainFinished
+from engine.training.config import TrainConfig
+from engine.training.events import EpochEvent, TrainFinished
+from engine.training.trainer import Trainer
 
 
 @pytest.fixture(autouse=True, scope="module")

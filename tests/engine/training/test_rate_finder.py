@@ -16,8 +16,10 @@ from engine.network.loading import LoadedNetwork, ModelSource
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, freeze_preset
 from engine.surgery.session import Session
+from engine.training.config import TrainConfig
+from engine.training.events import StepEvent
 from engine.training.rate_finder import RateFinder, find_rate, smooth, suggest
-from engine.training.trainer import StepEvent, TrainConfig, Trainer
+from engine.training.trainer import Trainer
 
 
 @pytest.fixture(autouse=True, scope="module")

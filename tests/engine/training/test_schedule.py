@@ -11,8 +11,10 @@ from engine.network.heads import HeadSpec
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, DeleteOutputLayer, SetLrFactor
 from engine.surgery.session import Session
+from engine.training.config import TrainConfig
+from engine.training.events import EpochEvent, MessageEvent
 from engine.training.schedule import block_groups, discriminative_factors, discriminative_rates
-from engine.training.trainer import EpochEvent, MessageEvent, TrainConfig, Trainer
+from engine.training.trainer import Trainer
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -28,8 +28,9 @@ def main(work: Path) -> None:
     from engine.network.loading import load_network
     from engine.surgery.operations import AddHead, DeleteOutputLayer
     from engine.surgery.session import Session
+    from engine.training.config import TrainConfig
     from engine.training.evaluation import evaluate
-    from engine.training.trainer import TrainConfig, Trainer
+    from engine.training.trainer import Trainer
 
     assert mp.get_start_method() == "spawn"
     for cls, colour in (("red one", (220, 30, 30)), ("blue ü", (30, 30, 220))):

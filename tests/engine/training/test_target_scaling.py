@@ -18,17 +18,20 @@ from torch import nn
 
 from engine.data.datasets import DataSource, Sample
 from engine.errors import GraftError
-from engine.training.evaluation import evaluate
 from engine.network.graft_model import RegressionHead
 from engine.network.graft_model import build_head
 from engine.network.heads import HeadSpec
 from engine.network.loading import LoadedNetwork, ModelSource, load_network
-from engine.training.losses import compute_losses, head_loss, target_scales
-from engine.surgery.operations import AddHead, DeleteOutputLayer, UpdateHead, freeze_preset
 from engine.network.preprocess import InputSpec
 from engine.project.project_file import open_project, save_project
+from engine.surgery.operations import AddHead, DeleteOutputLayer, UpdateHead, freeze_preset
 from engine.surgery.session import Session
-from engine.training.trainer import TrainConfig, Trainer, TrainingError, bind_heads, target_statistics
+from engine.training.binding import bind_heads, target_statistics
+from engine.training.config import TrainConfig
+from engine.training.evaluation import evaluate
+from engine.training.events import TrainingError
+from engine.training.losses import compute_losses, head_loss, target_scales
+from engine.training.trainer import Trainer
 
 NAN = float("nan")
 

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from engine.training.config import TrainConfig
+from engine.training.events import StepEvent
 from engine.training.telemetry import Telemetry, TelemetryEvent, telemetry_blocks
-from engine.training.trainer import StepEvent, TrainConfig, Trainer
+from engine.training.trainer import Trainer
 
 
 @pytest.fixture(autouse=True, scope="module")

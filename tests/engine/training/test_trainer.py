@@ -14,14 +14,18 @@ import torch
 from engine.data.datasets import DataSource, Sample, load_data
 from engine.data.demo_data import ensure_demo_data
 from engine.errors import GraftError
-from engine.training.evaluation import evaluate
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network
-from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
 from engine.network.preprocess import InputSpec
+from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
 from engine.surgery.session import Session
-from engine.training.trainer import (EpochEvent, MessageEvent, ProgressEvent, StepEvent, TrainConfig, TrainFinished,
-                             Trainer, TrainingError, TrainStarted, bind_heads, lr_lambda)
+from engine.training.binding import bind_heads
+from engine.training.config import TrainConfig
+from engine.training.evaluation import evaluate
+from engine.training.events import (EpochEvent, MessageEvent, ProgressEvent, StepEvent, TrainFinished, TrainingError,
+                                    TrainStarted)
+from engine.training.setup import lr_lambda
+from engine.training.trainer import Trainer
 
 SMALL = InputSpec(size=64, resize=64)
 
@@ -287,12 +291,12 @@ def test_out_of_memory_suggests_a_smaller_batch(demo, monkeypatch):
 def test_out_of_memory_names_the_phase_and_its_batch_size(demo, monkeypatch):
     """Feature caching and validation run in batches tied to --batch-size (twice it, no floor), so
     halving the setting is advice that works; the message says which phase failed at which batch."""
-    from engine.training import trainer as training
+    from engine.training import image_training  # where the trainer makes its loaders
 
     data = subset(demo, 16, 8)
     sizes = []
-    real_loader = training.make_loader
-    monkeypatch.setattr(training, "make_loader", lambda *a, **k: sizes.append(k["batch_size"]) or real_loader(*a, **k))
+    real_loader = image_training.make_loader
+    monkeypatch.setattr(image_training, "make_loader", lambda *a, **k: sizes.append(k["batch_size"]) or real_loader(*a, **k))
 
     def boom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -447,7 +451,7 @@ def test_pretrained_trunk_beats_a_random_one(demo):
 
 
 def test_automatic_loader_workers(monkeypatch):
-    from engine.training import trainer as training
+    from engine.training import loaders as training
 
     monkeypatch.setattr(training.os, "sched_getaffinity", lambda _: set(range(2)), raising=False)
     assert training.auto_num_workers(1000, 32, device="cuda") == 1

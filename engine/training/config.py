@@ -1,0 +1,98 @@
+"""Training settings: :class:`TrainConfig` (what ``main.py train``'s options and the Train tab set), checked
+by :meth:`TrainConfig.validate` before anything trains."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from engine.errors import GraftError
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. ``patience``: epochs without a lower validation loss before stopping early
+    (0 or None: never). ``num_workers``: DataLoader decoding processes (None: automatic).
+    ``augment``: True, False or "auto" (on while layers of the trunk train; off with a frozen trunk,
+    whose features are then computed once: a new head on a fixed trunk gains little from augmentation
+    and it would cost a trunk pass per image per epoch).
+    ``cache_features``: "auto" (cache when the trunk is frozen and augmentation is off), True (cache
+    whenever the trunk is frozen, giving up augmentation) or False (never).
+    ``unfreeze_every``: gradual unfreezing (:class:`engine.training.schedule.UnfreezePlan`): the heads
+    train alone for N epochs, then one more trunk block from the top every N epochs; the trunk trains
+    in this run whatever the layers' freeze settings, which are put back afterwards (no cached features).
+    ``telemetry``: emit :class:`engine.training.telemetry.TelemetryEvent` (per block gradient norm and
+    weight change) at a bounded rate. ``pause_after``: pause (see :meth:`Trainer.pause`) after this epoch.
+    ``sync_batchnorm``: with several processes and layers of the trunk training, normalise over the
+    global batch (:mod:`engine.training.distributed`): "auto" (on with several GPUs), True or False.
+    ``devices``: processes to train in (``main.py train --devices``, the window's "All N GPUs"); a Trainer
+    is always one of them: the launcher (:mod:`engine.training.launch`) starts them.
+
+    ``augment_views``: K > 0 caches the frozen trunk's features of K augmented views of every training image
+    and trains the heads each epoch on one view per image (:mod:`engine.training.features`); it applies to a
+    frozen trunk with augmentation not switched off and caching not switched off, and is left out with a note
+    otherwise (the window keeps the setting while the freeze settings change). ``feature_ram_budget_mb``: past
+    this many MB the cached features go to a memory-mapped file on disk (None: ``$GRAFT_FEATURE_RAM_MB``, else
+    1024)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr_heads: float = 1e-3
+    lr_trunk: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    augment: bool | str = "auto"
+    device: str = "auto"
+    amp: bool = True
+    patience: int | None = 5
+    num_workers: int | None = None
+    seed: int = 0
+    cache_features: bool | str = "auto"
+    unfreeze_every: int | None = None
+    telemetry: bool = False
+    pause_after: int | None = None
+    augment_views: int = 0
+    feature_ram_budget_mb: float | None = None
+    sync_batchnorm: bool | str = "auto"
+    devices: int = 1
+
+    def validate(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise GraftError(f"Epochs must be a whole number of at least 1 (got {self.epochs!r}).")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise GraftError(f"The batch size must be a whole number of at least 1 (got {self.batch_size!r}).")
+        for name in ("lr_heads", "lr_trunk"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+                raise GraftError(f"The learning rate ({name.replace('_', ' ')}) must be a positive number "
+                                 f"(got {value!r}).")
+        if not self.weight_decay >= 0:
+            raise GraftError(f"Weight decay must not be negative (got {self.weight_decay!r}).")
+        if not self.warmup_epochs >= 0:
+            raise GraftError(f"Warm-up epochs must not be negative (got {self.warmup_epochs!r}).")
+        if self.patience is not None and self.patience < 0:
+            raise GraftError(f"Patience must not be negative (got {self.patience!r}).")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise GraftError(f"The number of loader workers must not be negative (got {self.num_workers!r}).")
+        if self.augment not in ("auto", True, False):
+            raise GraftError(f"augment must be 'auto', True or False (got {self.augment!r}).")
+        if self.sync_batchnorm not in ("auto", True, False):
+            raise GraftError(f"sync_batchnorm must be 'auto', True or False (got {self.sync_batchnorm!r}).")
+        if self.cache_features not in ("auto", True, False):
+            raise GraftError(f"cache_features must be 'auto', True or False (got {self.cache_features!r}).")
+        for name in ("unfreeze_every", "pause_after", "devices"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise GraftError(f"{name.replace('_', ' ').capitalize()} must be a whole number of epochs, at least 1 "
+                                 f"(got {value!r}).")
+        views = self.augment_views
+        if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+            raise GraftError(f"Augmented views must be a whole number, at least 0 (0: off; got {views!r}).")
+        budget = self.feature_ram_budget_mb
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not budget > 0 or math.isinf(budget)):
+            raise GraftError(f"The feature cache's RAM budget must be a positive number of MB (got {budget!r}).")
+        base = str(self.device).split(":")[0]
+        if base not in DEVICES:
+            raise GraftError(f"Unknown device {self.device!r}: use auto, cuda, mps or cpu.")
