@@ -2,13 +2,16 @@
 once its new content is complete (a temporary file and a rename), so nothing half-written is left."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from engine.errors import GraftError
+from engine.units import human_bytes
 
 
 def check_target(path: str | Path) -> Path:
@@ -26,7 +29,7 @@ def check_target(path: str | Path) -> Path:
     try:  # the file goes through a temporary one in the same folder: that must be possible
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise GraftError(f"Cannot write to {folder}: {exc.strerror or exc}.") from None
+        raise refusal(exc, folder, into=True) from None
     os.close(fd)
     os.unlink(probe)
     return path
@@ -49,9 +52,40 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
+def _fsync(path: str | Path, folder: bool = False) -> None:
+    """Ask the system to put ``path`` on the disk now: a rename that reaches the disk before the file's
+    content would, after a power cut, leave an empty or partial file under the final name."""
+    if folder and sys.platform == "win32":  # a folder cannot be opened for fsync there; NTFS journals renames
+        return
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_FULL = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
+
+
+def refusal(exc: OSError, path: Path, into: bool = False) -> GraftError:
+    """The message for the system refusing to write ``path`` (``into``: a file into the folder ``path``);
+    a full disk (or quota) says so and names the disk, since that is what the user has to act on."""
+    folder = path if into else (path.parent if str(path.parent) else Path("."))
+    if exc.errno in _FULL:
+        try:
+            free = human_bytes(shutil.disk_usage(folder).free)
+        except OSError:
+            free = "too little"
+        return GraftError(f"Cannot write {path}: the disk holding {folder.resolve()} is full ({free} free; "
+                          f"{exc.strerror or 'No space left on device'}). The previous file, if any, is unchanged.")
+    return GraftError(f"Cannot write {'to ' if into else ''}{path}: {exc.strerror or exc}.")
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, so a failure leaves nothing half-written.
-    A symbolic link is written through: the file it points to is replaced and the link stays."""
+    """Write through a temporary file in the same folder, then fsync it, rename it over ``path`` and fsync
+    the folder: a failure, a kill or a power cut at any moment leaves either the old file or the new one,
+    whole, never a mix. A symbolic link is written through: the file it points to is replaced and the link
+    stays."""
     if Path(path).is_symlink():
         path = Path(os.path.realpath(path))
     path = check_target(path)
@@ -59,14 +93,16 @@ def atomic_write(path: Path, write: Any) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise GraftError(f"Cannot write to {folder}: {exc.strerror or exc}.") from None
+        raise refusal(exc, folder, into=True) from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600: a server or container user could not read it
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(folder, folder=True)
     except OSError as exc:
-        raise GraftError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+        raise refusal(exc, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
