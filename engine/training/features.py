@@ -358,6 +358,22 @@ def budget_text(setting: float | None) -> str:
     return f"{ram_budget_mb(setting):g} MB"
 
 
+def validate_table(trainer: Any, table: FeatureTable, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+                   ) -> tuple[LossAccumulator, MetricSet]:
+    """Validation losses and metrics of ``forward`` (rows → head outputs) over a cached table's rows."""
+    acc, metrics = LossAccumulator(trainer.heads), MetricSet(trainer.heads)
+    with torch.no_grad(), trainer._autocast():
+        for i in range(0, table.rows, trainer._val_batch):
+            x, t = table.slice(i, i + trainer._val_batch)
+            if x.device != trainer.device:
+                x, t = trainer._to(x, t)
+            outputs = forward(x)
+            acc.add(compute_losses(trainer.heads, outputs, t, trainer.scales))
+            metrics.update(outputs, t)
+    table.release_pages()
+    return acc, metrics
+
+
 def _epochs_on(trainer: Any, train_table: FeatureTable, val_table: FeatureTable | None, n_train: int,
                views: int) -> str:
     cfg = trainer.config
@@ -380,19 +396,8 @@ def _epochs_on(trainer: Any, train_table: FeatureTable, val_table: FeatureTable 
             yield (lambda x=x: model.forward_heads(x)), t, x.shape[0]
 
     def validate() -> tuple[LossAccumulator, MetricSet]:
-        acc, metrics = LossAccumulator(trainer.heads), MetricSet(trainer.heads)
         model.heads.eval()
-        chunk = trainer._val_batch
-        with torch.no_grad(), trainer._autocast():
-            for i in range(0, val_table.rows, chunk):
-                x, t = val_table.slice(i, i + chunk)
-                if x.device != device:
-                    x, t = trainer._to(x, t)
-                outputs = model.forward_heads(x)
-                acc.add(compute_losses(trainer.heads, outputs, t, trainer.scales))
-                metrics.update(outputs, t)
-        val_table.release_pages()
-        return acc, metrics
+        return validate_table(trainer, val_table, model.forward_heads)
 
     def set_train_mode() -> None:
         model.eval()
@@ -505,19 +510,8 @@ def _boundary_epochs(trainer: Any, split: Any, train_table: FeatureTable, val_ta
             yield (lambda z=z: upper(z)), t, z.shape[0]
 
     def validate() -> tuple[LossAccumulator, MetricSet]:
-        acc, metrics = LossAccumulator(trainer.heads), MetricSet(trainer.heads)
         model.eval()
-        chunk = trainer._val_batch
-        with torch.no_grad(), trainer._autocast():
-            for i in range(0, val_table.rows, chunk):
-                z, t = val_table.slice(i, i + chunk)
-                if z.device != device:
-                    z, t = trainer._to(z, t)
-                outputs = upper(z)
-                acc.add(compute_losses(trainer.heads, outputs, t, trainer.scales))
-                metrics.update(outputs, t)
-        val_table.release_pages()
-        return acc, metrics
+        return validate_table(trainer, val_table, upper)
 
     def set_train_mode() -> None:
         model.train()

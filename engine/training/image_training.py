@@ -86,6 +86,8 @@ class ImageTraining:
     def _to(self, images: torch.Tensor, targets: dict[str, torch.Tensor]):
         device = self.device
         if device.type == "cpu":
+            if self._channels_last and images.dim() == 4:
+                images = images.contiguous(memory_format=torch.channels_last)
             return images, targets
         nb = device.type == "cuda"
         fmt = torch.channels_last if self._channels_last else torch.preserve_format

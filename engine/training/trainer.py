@@ -316,9 +316,9 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
                     p.requires_grad_(self._flags_before[name])
         if getattr(self, "_moved", False):
             model.to("cpu")
-            if self._channels_last:
-                model.to(memory_format=torch.contiguous_format)
             free_device_memory(self.device)
+        if getattr(self, "_channels_last", False):
+            model.to(memory_format=torch.contiguous_format)
         model.eval()
         release_free_memory()
 

@@ -149,9 +149,10 @@ def test_the_trainer_with_the_boundary_cache_trains_as_without_it(demo_data, sma
                                                                   channels_last):
     from dataclasses import replace
 
-    from engine.training import features
+    from engine.training import features, setup
 
-    monkeypatch.setattr(features, "CHANNELS_LAST_ON_CPU", channels_last)
+    monkeypatch.setattr(features, "CHANNELS_LAST_ON_CPU", channels_last)  # the cached run's top layers
+    monkeypatch.setattr(setup, "CHANNELS_LAST_ON_CPU", False)  # the uncached run as the reference: contiguous
     data = replace(demo_data, train=demo_data.train[:24], val=demo_data.val[:8])
     runs = {}
     for cache in (False, "auto"):
@@ -190,3 +191,21 @@ def test_augmented_views_are_cached_at_the_boundary(demo_data, small_session):
     result, messages = run(session, data, augment=True, boundary_cache=True, unfreeze_every=1)
     assert not result.boundary_cached
     assert any("not cached: gradual unfreezing" in m for m in messages)
+
+
+def test_a_trunk_training_on_a_cpu_runs_channels_last_and_ends_contiguous(demo_data, small_session):
+    from dataclasses import replace
+
+    data = replace(demo_data, train=demo_data.train[:8], val=demo_data.val[:4])
+    session = small_session(demo_data.heads, arch="resnet18", freeze="none", size=32)
+    seen = []
+    conv = session.model.trunk.body.layer1[0].conv1
+    handle = conv.register_forward_pre_hook(
+        lambda m, args: seen.append((m.training, args[0].is_contiguous(memory_format=torch.channels_last))))
+    try:
+        result, _ = run(session, data, augment=True)
+    finally:
+        handle.remove()
+    assert result.reason == "completed" and not result.boundary_cached
+    assert seen and all(cl for training, cl in seen if training)
+    assert all(p.is_contiguous() for p in session.model.parameters())
