@@ -153,25 +153,43 @@ class Files(QObject):
         if path:
             self.open_project_file(path, ask=False)
 
-    def open_project_file(self, path: str, ask: bool = True, trust: bool = False) -> None:
+    def open_project_file(self, path: str, ask: bool = True, trust: bool = False, recovered: Any = None,
+                          then: Callable[[], Any] | None = None) -> None:
         """Open a project in a worker. ``trust``: the user has said they trust its pickled source model
-        (asked for when the project needs it, see :meth:`_ask_trust`)."""
+        (asked for when the project needs it, see :meth:`_ask_trust`). ``recovered``: ``path`` is a recovery
+        file (:class:`engine.project.recovery.RecoveryInfo`): the work opens as unsaved work of the project
+        it came from (if any), its data loads again; ``then()`` once it is open."""
         if self._jobs.must_wait("open", "Opening a project"):
             return
-        if ask and not self.maybe_save("opening a project", then=lambda: self.open_project_file(path)):
+        if ask and not self.maybe_save("opening a project", then=lambda: self.open_project_file(
+                path, trust=trust, recovered=recovered, then=then)):
             return
 
         def opened(result, path=str(path)):
             if isinstance(result, TrustNeeded):
-                self._ask_trust(path, result)
+                if recovered is None:
+                    self._ask_trust(path, result)
+                else:
+                    self._messages.show_error(f"The recovered work cannot be opened: {result.message}")
                 return
             session = result.session
-            self._workspace.set_session(session, project_path=path, paused_run=result.paused_run)
-            self._jobs.warm_up_once()
-            self._settings.add_recent(path, "project")
-            self._settings.set_last_dir("project", path)
-            self._show_notes(session.network.notes, f"Opened {Path(path).name}: {session.describe()}, "
-                                                    f"{plural(len(session.heads), 'head')}.")
+            if recovered is not None:
+                self._workspace.set_session(session, project_path=recovered.project, paused_run=result.paused_run)
+                self._workspace.weights_changed = True  # unsaved work, until it is saved
+                self._jobs.warm_up_once()
+                self._show_notes(session.network.notes, f"Recovered the work from {recovered.clock()}: "
+                                 f"{session.describe()}, {plural(len(session.heads), 'head')}. Save it to keep it.")
+                if recovered.data and Path(recovered.data).exists():
+                    self.dataRequested.emit(recovered.data)
+            else:
+                self._workspace.set_session(session, project_path=path, paused_run=result.paused_run)
+                self._jobs.warm_up_once()
+                self._settings.add_recent(path, "project")
+                self._settings.set_last_dir("project", path)
+                self._show_notes(session.network.notes, f"Opened {Path(path).name}: {session.describe()}, "
+                                                        f"{plural(len(session.heads), 'head')}.")
+            if then is not None:
+                then()
 
         self._jobs.run("load", f"Opening {Path(path).name}…", _open_project, str(path), trust, finished=opened,
                        bound=False, errored=self._messages.errors_titled("Could not open the project"))

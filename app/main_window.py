@@ -3,7 +3,8 @@
 The window builds the layout and the chrome (menus, toolbar, status bar) and wires them to the concerns
 that do the work, one module each (the shape of napari's ``_qt/_qapp_model/qactions``): :mod:`app.files`
 (opening, saving, recent files, drops, closing), :mod:`app.data`, :mod:`app.surgery`, :mod:`app.compare`,
-:mod:`app.training`, :mod:`app.evaluation`, :mod:`app.explain` and :mod:`app.export`. The concerns share
+:mod:`app.training`, :mod:`app.evaluation`, :mod:`app.explain`, :mod:`app.export` and :mod:`app.recovery`
+(autosave, and the work of a window that crashed). The concerns share
 what is open (:class:`~app.workspace.Workspace`, with plain events), the background work
 (:class:`~app.jobs.Jobs`) and the status line (:class:`~app.messages.Messages`); none reaches into
 another's widgets. Everything slow runs in a worker (:mod:`app.workers`); the GUI thread only starts jobs
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QUndoStack
 from PySide6.QtWidgets import (QApplication, QFrame, QGroupBox, QLabel, QMainWindow, QProgressBar, QScrollArea,
                                QSizePolicy, QSplitter, QTabWidget, QToolBar, QUndoView, QVBoxLayout, QWidget)
@@ -31,6 +32,7 @@ from .export import Export
 from .files import Files
 from .jobs import Jobs
 from .messages import ElidedLabel, Messages, NotesStrip
+from .recovery import Recovery
 from .settings import Settings
 from .surgery import Surgery
 from .training import Training
@@ -71,6 +73,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore_window()
         self._refresh()
+        QTimer.singleShot(0, self.recovery.offer)  # a crashed window's work, once this one is up
 
     # What is open, at a glance (the workspace holds it).
     session = property(lambda self: self.workspace.session)
@@ -283,6 +286,9 @@ class MainWindow(QMainWindow):
         self.explain = Explain(self, ws, jobs, self.messages, self.heatmap_view, self.activation_grid, self.gallery,
                                self.label_audit, self.looks, self.image_lists)
         self.export = Export(self, ws, jobs, self.messages, self.settings)
+        self.recovery = Recovery(self, ws, jobs, self.messages, self.settings, self.files, self.undo_stack)
+        self.training.on_launch = self.recovery.training_started
+        self.training.finished.connect(self.recovery.training_finished)
 
     def _connect(self) -> None:
         """Requests (actions, panels' buttons, drops) go to the concern that does them; what the concerns

@@ -94,6 +94,7 @@ class Training(QObject):
         self._evaluate_after_close = False  # a run ended while closing, and the close may yet be cancelled
         self.last_result: dict[str, Any] | None = None
         self._resuming = False  # the running run continues a paused one
+        self.on_launch: Callable[[Any], Any] | None = None  # called with each run's worker before it starts
         self._curves_hold_paused = False  # the curves on screen are the paused run's
         self.finder_dialog: RateFinderDialog | None = None
         self.last_finder: Any = None  # the last RateFinderResult
@@ -293,6 +294,8 @@ class Training(QObject):
             self._tree_model.set_telemetry({} if config.telemetry else None)
         self._evaluate_after_close = False
         self._show_tab("train")
+        if self.on_launch is not None:  # before its thread starts (app/recovery.py gives it somewhere to keep)
+            self.on_launch(worker)
         job = start_worker(worker, name="train", progress=self._on_progress, finished=self._on_finished,
                            errored=self._on_errored, start=False)
         self._panel.set_status("Resuming…" if checkpoint is not None else "Starting…")

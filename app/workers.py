@@ -305,6 +305,9 @@ class TrainWorker(Worker):
         self._pending = self._empty()
         self._last_emit = 0.0
         self.batches_sent = 0
+        # ``keep(weights, note)``, on this worker's thread: the weights before training (a copy) and the best
+        # epoch's so far, each time one is better (app/recovery.py keeps them in the recovery file)
+        self.keep: Callable[[dict[str, Any], str], Any] | None = None
 
     @staticmethod
     def _empty() -> dict[str, Any]:
@@ -347,6 +350,10 @@ class TrainWorker(Worker):
             trainer.stop()
         if pause:
             trainer.pause()
+        if self.keep is not None:
+            from engine.project.project_file import state_tensors
+
+            self.keep(state_tensors(self.session.model), "the weights before training")
         try:
             result = trainer.run()
         finally:
@@ -368,6 +375,10 @@ class TrainWorker(Worker):
         elif name == "EpochEvent":
             p["epochs"].append(data)
             urgent = True
+            best = getattr(self._trainer, "best_weights", None)
+            if self.keep is not None and event.best and best is not None:
+                loss = f", validation loss {event.val_loss:.4f}" if event.val_loss is not None else ""
+                self.keep(best(), f"training, epoch {event.epoch} of {self.config.epochs}, the best so far{loss}")
         elif name == "ProgressEvent":
             p["progress"] = data
         elif name == "MessageEvent":

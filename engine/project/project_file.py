@@ -51,14 +51,19 @@ def save_project(session: Session, path: str | os.PathLike, extra: dict[str, Any
 
 
 def write_project(path: str | os.PathLike, recipe: dict[str, Any], weights: dict[str, torch.Tensor],
-                  checkpoint: TrainCheckpoint | None = None, members: dict[str, str] | None = None) -> Path:
+                  checkpoint: TrainCheckpoint | None = None, members: dict[str, str] | None = None,
+                  streamed: bool = False) -> Path:
     """Write a project file from its parts (atomically): ``recipe`` (:func:`project_recipe`), the model's
     ``weights`` (independent contiguous CPU tensors: :func:`state_tensors`), a paused run, and ``members``,
-    more JSON text files by name (a recovery file's ``recovery.json``)."""
+    more JSON text files by name (a recovery file's ``recovery.json``). ``streamed``: the weights go into
+    the file a tensor at a time (:mod:`engine.project.streamed_tensors`), never holding the GIL for long."""
     from safetensors.torch import save
 
+    from engine.project.streamed_tensors import streamable, write_safetensors
+
     path = Path(path)
-    blob = save(weights, metadata={"graft_format": str(FORMAT)})
+    streamed = streamed and streamable(weights)
+    blob = None if streamed else save(weights, metadata={"graft_format": str(FORMAT)})
     paused = None
     if checkpoint is not None:
         meta, tensors = checkpoint.to_parts()
@@ -66,8 +71,13 @@ def write_project(path: str | os.PathLike, recipe: dict[str, Any], weights: dict
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            zf.writestr("recipe.json", json.dumps(recipe, indent=2))
-            zf.writestr("weights.safetensors", blob)
+            # indented JSON is encoded in Python, compact JSON in C (the GIL is held for less of the write)
+            zf.writestr("recipe.json", json.dumps(recipe) if streamed else json.dumps(recipe, indent=2))
+            if blob is None:
+                with zf.open("weights.safetensors", "w", force_zip64=True) as member:
+                    write_safetensors(member, weights, {"graft_format": str(FORMAT)})
+            else:
+                zf.writestr("weights.safetensors", blob)
             if paused is not None:
                 zf.writestr(CHECKPOINT_JSON, paused[0])
                 zf.writestr(CHECKPOINT_TENSORS, paused[1])

@@ -76,12 +76,16 @@ def write_recovery(path: str | os.PathLike, state: RecoveryState) -> Path:
 
     if state.weights is None:
         raise GraftError("The work's weights are not known yet: nothing to recover from.")
-    weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.weights.items()}
+    from engine.project.streamed_tensors import streamable
+
+    weights = {k: v.detach().cpu() for k, v in state.weights.items()}  # copied once, as they are written
+    if not streamable(weights):  # safetensors' own writer wants independent tensors
+        weights = {k: v.contiguous().clone() for k, v in weights.items()}
     meta = {"format": FORMAT, "saved_at": time.time(), "pid": os.getpid(), "project": state.project,
             "data": state.data, "model": state.model, "note": state.note}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_project(path, state.recipe, weights, members={RECOVERY_JSON: json.dumps(meta)})
+    return write_project(path, state.recipe, weights, members={RECOVERY_JSON: json.dumps(meta)}, streamed=True)
 
 
 @dataclass
