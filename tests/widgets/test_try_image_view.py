@@ -110,3 +110,27 @@ def test_one_precision_for_the_answer_and_the_runners_up(view, image_path):
     assert "34.6%" in shown and "star 32.8%" in shown and "circle 32.6%" in shown
     assert "88.1%" in shown and "57.4%" in shown  # multi-label: sigmoid(2.0), sigmoid(0.3)
     assert "33%" not in shown and "88%" not in shown
+
+
+def test_dense_predictions_draw_their_mask_and_boxes_with_controls(view, image_path):
+    from types import SimpleNamespace
+
+    mask = np.zeros((60, 80), np.int64)
+    mask[10:50, 20:60] = 2
+    seg = SimpleNamespace(kind="segment", mask=mask, names=["background", "circle", "square"], ignore_index=255)
+    det = SimpleNamespace(kind="detect", boxes=np.array([[20, 10, 60, 50], [0, 0, 5, 5]], float),
+                          scores=np.array([0.91, 0.2]), labels=np.array([1, 0]), names=["circle", "square"])
+    view.show_predictions(image_path, {"seg": seg, "boxes": det, "shape": "shape: square"})
+    assert [m.title for m in view.image.masks()] == ["seg"]
+    assert [b.title for b in view.image.box_layers()] == ["boxes"]
+    assert view.overlay_controls.isVisible() and view.overlay_controls.opacity_slider.isVisible()
+    assert view.overlay_controls.threshold_slider.isVisible()
+    shown = " ".join(label.text() for label in view.results.findChildren(QLabel))
+    assert "square 33.3%" in shown  # the mask's share of the image, per class
+    assert "2 boxes: square 0.91, circle 0.20" in shown
+    view.overlay_controls.set_threshold(0.5)
+    assert view.image.shown_boxes() == (1, 2) and view.image.captions() == ["square 0.91"]
+    # Another image, or predictions without dense heads: nothing stays drawn over it.
+    view.show_predictions(image_path, {"shape": "shape: square"})
+    assert view.image.masks() == [] and view.image.box_layers() == []
+    assert not view.overlay_controls.isVisible()
