@@ -3,7 +3,7 @@
 Each image shows one object (circle, square, triangle, star) at a random position, size and rotation,
 in a random colour, maybe striped and maybe outlined, on a gradient or textured background with noise.
 ``labels.csv`` holds ``image, shape, red, striped, outlined, size`` (a single-label, a multi-label and a
-regression head for :func:`engine.data.datasets.suggest_heads`), with about 30 % of the label cells blank.
+regression head for :func:`engine.data.manifests.suggest_heads`), with about 30 % of the label cells blank.
 
 Generation (NumPy + Pillow only, seeded per image) takes about a second and happens only when the data
 is missing or was made from another recipe (a stamp file records which).

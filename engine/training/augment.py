@@ -1,6 +1,6 @@
 """Stronger augmentation for small data: torchvision's automatic policies on top of the standard crop and flip.
 
-``TrainConfig.augment_policy`` picks what an augmenting :class:`~engine.data.datasets.ImageDataset` does to a
+``TrainConfig.augment_policy`` picks what an augmenting :class:`~engine.data.image_dataset.ImageDataset` does to a
 training image before it is normalised: "standard" is the dataset's own (random resized crop, horizontal flip,
 light colour jitter); "trivial" adds ``transforms.v2.TrivialAugmentWide`` (Müller & Hutter 2021: one random
 operation of random strength per image, no tuning) and "augmix" ``transforms.v2.AugMix`` (Hendrycks et al.

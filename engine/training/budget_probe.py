@@ -61,7 +61,7 @@ def _per_image(seconds: float, n: int) -> float:
 
 
 def _decode_cost(session: Any, samples: Sequence[Any], policy: str) -> tuple[float, float]:
-    from engine.data.datasets import ImageDataset
+    from engine.data.image_dataset import ImageDataset
     from engine.training.augment import apply_policy
 
     few = list(samples[:DECODE_IMAGES])
