@@ -32,6 +32,19 @@ if TYPE_CHECKING:
     from .workspace import Workspace
 
 
+
+def _dense_choices(session) -> tuple[list[str], list[str]]:
+    """The layers a dense head may read (those giving a feature map, in the order they run) and those it
+    reads when none is chosen (empty when the trunk has no such defaults, e.g. a vision transformer)."""
+    from engine.network.dense_heads import default_layers, map_shape
+
+    maps = [p for p in session.head_layers() if map_shape(session.tree.shapes.get(p)) is not None]
+    try:
+        defaults = default_layers(session.tree, session.input_spec.size)
+    except GraftError:
+        defaults = []
+    return maps, defaults
+
 class Surgery(QObject):
     """The Surgery menu, the layer tree's checkboxes and the Heads tab."""
 
@@ -219,7 +232,7 @@ class Surgery(QObject):
         if self._jobs.must_wait("surgery", "Adding a head"):
             return False
         delete_first = False
-        if s.output_layer and layer is None and not any(h.layer is None for h in s.heads):  # the first at the end
+        if s.output_layer and layer is None and not any(h.layer is None and not h.dense for h in s.heads):  # first at the end
             answer = QMessageBox.question(
                 self._window, "Delete the output layer?",
                 f"The network still ends in its output layer ({s.output_layer}), which predicts the classes it "
@@ -233,11 +246,13 @@ class Surgery(QObject):
         existing = [h.name for h in s.heads]
         data = self._workspace.data
         suggestions = [h for h in (data.heads if data is not None else []) if h.name not in existing]
+        maps, defaults = _dense_choices(s)
         spec = self._ask_spec(HeadDialog.for_new(existing, suggestions, self._window, layers=s.head_layers(),
-                                                 layer=layer), "Add head")
+                                                 layer=layer, dense_layers=maps, default_dense_layers=defaults),
+                              "Add head")
         if spec is None:
             return False
-        if delete_first and s.output_layer and spec.layer is None:
+        if delete_first and s.output_layer and spec.layer is None and not spec.dense:
             if not self.delete_output_layer():
                 return False
         ok = self.apply_op(AddHead(spec))
@@ -255,8 +270,10 @@ class Surgery(QObject):
         spec = next((h for h in s.heads if h.name == name), None)
         if spec is None or self._jobs.must_wait("surgery", "Editing a head"):
             return False
+        maps, defaults = _dense_choices(s)
         new = self._ask_spec(HeadDialog.for_edit(spec, self._window, existing_names=[h.name for h in s.heads],
-                                                 layers=s.head_layers()), "Edit head")
+                                                 layers=s.head_layers(), dense_layers=maps,
+                                                 default_dense_layers=defaults), "Edit head")
         if new is None:
             return False
 

@@ -2,9 +2,10 @@
 a list), its predicted mask or boxes over it (and the true boxes, dashed), the opacity and threshold
 controls, and a caption (the image's IoU, its boxes).
 
-Items are plain: anything with ``image`` (a path), ``prediction`` (what
+Items are plain: anything with ``image`` (a path), ``overlay`` or ``prediction`` (what
 :func:`widgets.overlay_view.dense_layers` draws: ``kind`` "segment" with ``mask``, or "detect" with
-``boxes`` / ``scores`` / ``labels``) and optionally ``caption``. Images are decoded off the GUI thread
+``boxes`` / ``scores`` / ``labels``) and optionally ``caption`` (else one is made of ``iou``, ``truth``
+and ``prediction`` text, as :class:`engine.explain.mistakes.Example` has them). Images are decoded off the GUI thread
 (a :class:`~widgets.thumbnails.ThumbnailLoader`); the opacity and threshold stay as chosen from image
 to image.
 """
@@ -21,6 +22,22 @@ from .overlay_view import OverlayCanvas, OverlayControls, _field, dense_layers
 from .thumbnails import ThumbnailLoader
 
 VIEW_SIDE = 640  # images are decoded at about this size: sharp in the Evaluate tab
+
+
+def item_caption(item: Any) -> str:
+    """The item's ``caption``, else ``IoU 0.42 · truth circle 23% · predicted circle 20%``."""
+    text = _field(item, "caption", None)
+    if text:
+        return str(text)
+    parts = []
+    iou = _field(item, "iou", None)
+    if iou is not None:
+        parts.append(f"IoU {iou:.2f}")
+    for word, name in (("truth", "truth"), ("predicted", "prediction")):
+        value = _field(item, name, None)
+        if isinstance(value, str) and value:
+            parts.append(f"{word} {value}")
+    return " · ".join(parts)
 
 
 class DenseExamplesView(QWidget):
@@ -103,13 +120,15 @@ class DenseExamplesView(QWidget):
         self.image_combo.blockSignals(True)
         self.image_combo.setCurrentIndex(index)
         self.image_combo.blockSignals(False)
-        masks, boxes = dense_layers(str(_field(item, "head", "") or ""), _field(item, "prediction"))
+        drawn = _field(item, "overlay", None)
+        masks, boxes = dense_layers(str(_field(item, "head", "") or ""),
+                                    drawn if drawn is not None else _field(item, "prediction"))
         self.canvas.set_pixmap(QImage())
         self.canvas.set_placeholder("Loading…")
         self.canvas.set_masks(masks)
         self.canvas.set_boxes(boxes)
         self.controls.refresh()
-        self.caption_label.setText(str(_field(item, "caption", "") or ""))
+        self.caption_label.setText(item_caption(item))
         self.caption_label.setToolTip(str(_field(item, "image", "")))
         self._batch = self._loader.load([(index, str(_field(item, "image", "")))], self.side)
         self._update_buttons()

@@ -88,18 +88,31 @@ class HeadDiagram(QWidget):
         self._heads: list[HeadSpec] = []
         self._inputs: dict[str, int] = {}
         self._exits: list[str | None] = []
+        self._output_layer: str | None = None
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
     def set_model(self, name: str, feature_dim: int | None, heads: Sequence[HeadSpec],
-                  inputs: Mapping[str, int] | None = None, order: Sequence[str] = ()) -> None:
+                  inputs: Mapping[str, int] | None = None, order: Sequence[str] = (),
+                  output_layer: str | None = None) -> None:
         """Show the trunk ``name`` with ``feature_dim`` features and ``heads``; ``inputs``: how many features
         each head reads (heads on layers read their layer's pooled size); ``order``: the network's layers
-        in the order they run, to stack the exits from the first to the end."""
+        in the order they run, to stack the exits from the first to the end; ``output_layer``: the
+        pretrained classifier still at the end, whose outputs ``feature_dim`` then counts (not the trunk's
+        width, as a newcomer would read "1000 features")."""
         self._name, self._dim, self._heads = name, feature_dim, list(heads)
+        self._output_layer = output_layer
         self._inputs = dict(inputs or {})
         self._exits = exits(self._heads, order)
         self.updateGeometry()
         self.update()
+
+    def trunk_text(self) -> str:
+        """The line under the trunk's name: what the heads at its end read."""
+        if not self._dim:
+            return "trunk · features unknown"
+        if self._output_layer:
+            return f"{self._dim} classifier outputs"
+        return f"trunk · {self._dim} features"
 
     def heads(self) -> list[HeadSpec]:
         return list(self._heads)
@@ -182,7 +195,7 @@ class HeadDiagram(QWidget):
             n = len(self._exits)
             features = f"trunk · {n} exit{'s' if n != 1 else ''}"
         else:
-            features = f"trunk · {self._dim} features" if self._dim else "trunk · features unknown"
+            features = self.trunk_text()
         p.drawText(title.translated(0, title.height()), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
                    features)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPen, QPixmap
+from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import QComboBox, QGridLayout, QLabel, QSizePolicy, QSlider, QWidget
 
 from .box_overlay import BoxLayer
@@ -144,31 +144,58 @@ class OverlayCanvas(QWidget):
         target = self.image_rect()
         p.drawPixmap(target, self._pixmap, QRectF(self._pixmap.rect()))
         mask = self.current_mask()
-        if mask is not None and self._opacity > 0:
-            p.save()
-            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)  # class colours stay pure
-            p.setOpacity(self._opacity)
-            p.setClipRect(target)
-            p.drawImage(self._region_rect(target, mask.region, mask.image_size), mask.image,
-                        QRectF(mask.image.rect()))
-            p.restore()
-        for layer in sorted(self._boxes, key=lambda b: not b.truth):  # truth under the predictions
-            w, h = layer.image_size or (self._pixmap.width(), self._pixmap.height())
-            x0, y0, x1, y1 = layer.region or (0, 0, w, h)
-            layer.paint(p, self._region_rect(target, layer.region, layer.image_size), self._threshold,
-                        (round(x1 - x0), round(y1 - y0)))
+        paint_layers(p, target, (self._pixmap.width(), self._pixmap.height()), [mask] if mask else [], self._boxes,
+                     self._opacity, self._threshold)
         p.end()
 
-    def _region_rect(self, target: QRectF, region: tuple[float, float, float, float] | None,
-                     image_size: tuple[int, int] | None = None) -> QRectF:
-        """Where ``region`` (pixels of the image at ``image_size``, its own size when None: the shown
-        picture may be decoded smaller; None: all of it) is shown inside ``target``."""
-        if region is None or self._pixmap.isNull():
-            return target
-        w, h = image_size or (self._pixmap.width(), self._pixmap.height())
-        sx, sy = target.width() / w, target.height() / h
-        x0, y0, x1, y1 = region
-        return QRectF(target.left() + x0 * sx, target.top() + y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy)
+
+def region_rect(target: QRectF, shown: tuple[int, int], region: tuple[float, float, float, float] | None,
+                image_size: tuple[int, int] | None = None) -> QRectF:
+    """Where ``region`` (pixels of the image at ``image_size``, else at ``shown``, the size of the picture
+    drawn onto ``target``, which may be decoded smaller; None: all of it) lies inside ``target``."""
+    if region is None:
+        return target
+    w, h = image_size or shown
+    sx, sy = target.width() / w, target.height() / h
+    x0, y0, x1, y1 = region
+    return QRectF(target.left() + x0 * sx, target.top() + y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy)
+
+
+def paint_layers(p: QPainter, target: QRectF, shown: tuple[int, int], masks: Sequence[MaskLayer],
+                 boxes: Sequence[BoxLayer], opacity: float, threshold: float) -> None:
+    """Masks at ``opacity``, then the true boxes, then the predicted ones scoring at least ``threshold``,
+    over an image of ``shown`` pixels drawn onto ``target``."""
+    for mask in masks:
+        if opacity <= 0:
+            break
+        p.save()
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)  # class colours stay pure
+        p.setOpacity(opacity)
+        p.setClipRect(target)
+        p.drawImage(region_rect(target, shown, mask.region, mask.image_size), mask.image, QRectF(mask.image.rect()))
+        p.restore()
+    for layer in sorted(boxes, key=lambda b: not b.truth):  # truth under the predictions
+        w, h = layer.image_size or shown
+        x0, y0, x1, y1 = layer.region or (0, 0, w, h)
+        layer.paint(p, region_rect(target, shown, layer.region, layer.image_size), threshold,
+                    (round(x1 - x0), round(y1 - y0)))
+
+
+def with_overlay(image: QImage, prediction, opacity: float = DEFAULT_OPACITY,
+                 threshold: float = DEFAULT_THRESHOLD) -> QImage:
+    """A copy of ``image`` with a dense prediction (see :func:`dense_layers`) drawn on it: for thumbnails."""
+    if image.isNull():
+        return image
+    masks, boxes = dense_layers("", prediction)
+    out = image.convertToFormat(QImage.Format.Format_RGB32)
+    p = QPainter(out)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    font = p.font()
+    font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
+    p.setFont(font)
+    paint_layers(p, QRectF(out.rect()), (out.width(), out.height()), masks[:1], boxes, opacity, threshold)
+    p.end()
+    return out
 
 
 class OverlayControls(QWidget):

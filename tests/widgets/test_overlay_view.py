@@ -216,3 +216,18 @@ def test_dense_examples_browse_images_decoded_off_the_gui_thread(qtbot, tmp_path
     assert view.current_index() == 2 and not view.next_button.isEnabled()
     view.set_items([])
     assert view.current_index() == -1 and view.canvas.masks() == []
+
+
+def test_dense_examples_read_the_engines_examples(qtbot):
+    from engine.explain.mistakes import Example
+    from widgets.dense_examples import DenseExamplesView, item_caption
+
+    overlay = {"kind": "detect", "names": ["circle"], "boxes": np.array([[0, 0, 5, 5]]), "scores": np.array([0.7]),
+               "labels": np.array([0]), "truth_boxes": np.array([[1, 1, 5, 5]]), "truth_labels": np.array([0])}
+    item = Example("nowhere.png", 3, "boxes", "1 box: circle", "1 box: circle", None, 0.4, iou=0.64, overlay=overlay)
+    assert item_caption(item) == "IoU 0.64 · truth 1 box: circle · predicted 1 box: circle"
+    view = DenseExamplesView()
+    qtbot.addWidget(view)
+    view.set_items([item])
+    assert view.canvas.captions() == ["circle 0.70"] and len(view.canvas.box_layers()) == 2
+    qtbot.waitUntil(lambda: "could not be read" in view.canvas._placeholder, timeout=3000)
