@@ -46,4 +46,5 @@ def collect_dense(spec: HeadSpec, parts: Sequence[tuple[Any, ...]]) -> dict[str,
         predicted: Any = torch.cat([p[1] for p in parts]).numpy()
     else:
         predicted = [image for p in parts for image in p[1]]
-    return {"kind": spec.kind, "values": values, "predicted": predicted, "targets": targets, "losses": losses}
+    extra = {"ignore_index": spec.ignore_index} if spec.kind == "segment" else {"score_threshold": spec.score_threshold}
+    return {"kind": spec.kind, "values": values, "predicted": predicted, "targets": targets, "losses": losses, **extra}

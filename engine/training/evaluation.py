@@ -88,6 +88,8 @@ class HeadOutputs:
     losses: np.ndarray
     entry_losses: np.ndarray | None = None
     columns: list[str] = field(default_factory=list)
+    ignore_index: int | None = None  # segment: the mask value of unlabelled pixels
+    score_threshold: float | None = None  # detect: the head's threshold for the boxes it shows
 
 
 @dataclass
