@@ -242,7 +242,8 @@ def prepare_session(args: argparse.Namespace, data_file: Path, *, seed: int | No
                     val_fraction: float | None = None):
     """Load the model and the data, add the heads, freeze and set learning-rate factors as the options
     say, printing what was done. Returns ``(session, data)``."""
-    from engine.data.datasets import load_data, parse_head_arg
+    from engine.data.head_args import parse_head_arg
+    from engine.data.loading import load_data
     from engine.errors import GraftError
     from engine.surgery.operations import AddHead, DeleteOutputLayer, SetLrFactor, freeze_preset
     from engine.training.schedule import discriminative_rates

@@ -3,7 +3,7 @@
 Each image shows one object (circle, square, triangle, star) at a random position, size and rotation,
 in a random colour, maybe striped and maybe outlined, on a gradient or textured background with noise.
 ``labels.csv`` holds ``image, shape, red, striped, outlined, size`` (a single-label, a multi-label and a
-regression head for :func:`engine.data.datasets.suggest_heads`), with about 30 % of the label cells blank, and
+regression head for :func:`engine.data.manifests.suggest_heads`), with about 30 % of the label cells blank, and
 ``mask, boxes``: where the generator drew the object, as a PNG mask (``masks/``: 0 background, 1… the shapes in
 recipe order as ``masks/classes.txt`` names them, 255 on the anti-aliased rim) and its box
 ``[[x1, y1, x2, y2, shape]]`` (pixels), each blank for about 30 % of the images too (drawn apart from the

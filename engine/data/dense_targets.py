@@ -18,7 +18,7 @@ Where they come from:
 Every problem is one :class:`GraftError` naming the file (and line or row): an unreadable mask, one of
 another size than its image, a class index out of range, a malformed YOLO line or box.
 
-Sample targets (:class:`engine.data.datasets.Sample`): a segment head's is the mask's path (``str``) or None;
+Sample targets (:class:`engine.data.samples.Sample`): a segment head's is the mask's path (``str``) or None;
 a detect head's a list of ``[x1, y1, x2, y2, class index]`` in the upright image's pixels, or None.
 :class:`DenseItem` turns a sample into the network's input and ``{head: tensor}``: an int64 ``(S, S)`` mask
 (``ignore_index`` where unlabelled) and float32 ``(MAX_BOXES, 5)`` boxes in input pixels (class -1: padding;

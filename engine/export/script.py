@@ -234,7 +234,7 @@ class Head:
 
 def training_script(session: "Session", project: str = "the project", script_name: str = "train_model.py") -> str:
     """The text of a standalone training script for ``session`` (a project as Graft opened it)."""
-    from engine.data import datasets
+    from engine.data import decoding, samples, splits, transforms
     from engine.export.metadata import KEY, build_metadata, to_props
     from engine.export.onnx_export import _source_info
     from engine.network import graft_model, preprocess
@@ -308,7 +308,7 @@ def training_script(session: "Session", project: str = "the project", script_nam
     preprocessing = (_constants(SIXTEEN_BIT_MODES=preprocess.SIXTEEN_BIT_MODES) + f"\nRESAMPLE = {{{resample}}}\n\n\n"
                      + _sources(preprocess.open_image, preprocess.to_rgb, preprocess.sixteen_to_eight,
                                 preprocess.crop_geometry, preprocess.resize_and_crop, preprocess.normalise,
-                                datasets._augmentation))
+                                transforms._augmentation))
     values = {
         "title": f"Train {session.describe()} with heads {', '.join(h.name for h in session.heads)}, as {project} does.",
         "graft_version": __version__,
@@ -323,8 +323,8 @@ def training_script(session: "Session", project: str = "the project", script_nam
             graft_model.RegressionHead, graft_model.GraftModel, graft_model.head_in_features,
             graft_model.build_head),
         "preprocessing_code": preprocessing,
-        "data_code": PILLOW_ONLY + "\n\n\n" + _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
-                              datasets._split_random),
+        "data_code": PILLOW_ONLY + "\n\n\n" + _sources(decoding.check_image, splits._same_file, splits._real_folder,
+                                                        samples._target, splits._split_random),
         "training_code": _sources(losses._terms, losses.head_loss_terms, setup.lr_lambda, loaders.EpochBatchSampler),
         "metadata_code": _constants(KEY=KEY) + "\n\n\n" + _sources(to_props),
     }

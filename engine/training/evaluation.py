@@ -1,6 +1,6 @@
 """Evaluating a session's heads on labelled data: per-head loss and metrics, and a text report.
 
-``evaluate(session, data)`` accepts a :class:`~engine.data.datasets.DataSource` (its heads are matched with
+``evaluate(session, data)`` accepts a :class:`~engine.data.samples.DataSource` (its heads are matched with
 the session's as in training; ``split`` picks "all" (default), "train" or "val" samples) or a list of
 samples whose targets are already in the session heads' terms. The model is left on the CPU in eval mode.
 The report also keeps each image's outputs, targets and losses per head (:class:`HeadOutputs`), which
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.data.datasets import UNREADABLE
+from engine.data.image_dataset import UNREADABLE
 from engine.errors import GraftError
 from engine.network.heads import KIND_TITLES, HeadSpec
 from engine.network.tta import check_tta, combine, describe_views, make_views, view_count
@@ -243,7 +243,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
     :mod:`engine.network.tta`; the views of a batch go through the model together, so a batch holds
     ``batch_size`` images times the number of views).
     """
-    from engine.data.datasets import ImageDataset
+    from engine.data.image_dataset import ImageDataset
 
     if split not in ("all", "train", "val"):
         raise GraftError(f"Unknown split {split!r}: use all, train or val.")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from engine.data.datasets import UNREADABLE
+from engine.data.image_dataset import UNREADABLE
 from engine.runtime.onnx_trunk import TrunkRunner, features_then_heads, trunk_runner
 from engine.training.device import autocast_context
 from engine.training.events import MessageEvent, Stopped
@@ -26,7 +26,7 @@ class ImageTraining:
 
     # -- training on images --------------------------------------------------------------------------
     def _image_dataset(self, samples: Sequence[Any], augment: bool):
-        from engine.data.datasets import ImageDataset
+        from engine.data.image_dataset import ImageDataset
 
         base = ImageDataset(samples, self.target_map.data_heads, self.session.input_spec, augment=augment)
         return MappedDataset(base, self.target_map)
@@ -65,7 +65,7 @@ class ImageTraining:
         marks = targets.pop(UNREADABLE, None)
         if marks is None or not bool((marks >= 0).any()):
             return targets
-        from engine.data.datasets import check_image
+        from engine.data.decoding import check_image
 
         seen = self.__dict__.setdefault("_unreadable_paths", set())
         found = []

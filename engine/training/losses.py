@@ -1,6 +1,6 @@
 """Per-head training losses that leave missing labels out.
 
-Targets come from :class:`engine.data.datasets.ImageDataset`: single-label heads get an int64 class index per
+Targets come from :class:`engine.data.image_dataset.ImageDataset`: single-label heads get an int64 class index per
 example (``-1`` = missing), multi-label and regression heads a float32 vector per example (``NaN`` =
 missing entry). The losses, for a batch of ``N`` examples:
 

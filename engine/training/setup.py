@@ -64,7 +64,7 @@ class TrainerSetup:
         for b in self.target_map.bindings:
             if labelled_count(train, b) == 0:
                 raise GraftError(f"Head {b.spec.name!r} has no labelled example in the training data.")
-        from engine.data.datasets import only_in_validation
+        from engine.data.splits import only_in_validation
 
         unseen = only_in_validation(self.target_map.data_heads, train, val)
         split_from = getattr(self.data, "split_from", "random")

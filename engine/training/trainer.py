@@ -1,4 +1,4 @@
-"""Training a session's heads (and, if unfrozen, its trunk) on a :class:`~engine.data.datasets.DataSource`.
+"""Training a session's heads (and, if unfrozen, its trunk) on a :class:`~engine.data.samples.DataSource`.
 
 This module is the loop: :class:`Trainer`'s run, its endings and the epoch/step loop. The rest of a run lives
 beside it: the settings (:mod:`engine.training.config`), the events and errors (:mod:`engine.training.events`),

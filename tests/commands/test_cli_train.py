@@ -225,7 +225,7 @@ def test_train_records_its_split_and_head_weight(seeded_project, tiny_folder):
 
 def test_evaluate_uses_the_training_split_and_says_what_it_evaluates(seeded_project, tiny_folder, tmp_path):
     from commands.evaluate import training_split
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.project.project_file import open_project
 
     session = open_project(seeded_project)

@@ -15,7 +15,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from engine.data import demo_data  # noqa: E402
-from engine.data.datasets import load_data, suggest_heads  # noqa: E402
+from engine.data.loading import load_data  # noqa: E402
+from engine.data.manifests import suggest_heads  # noqa: E402
 
 
 @pytest.fixture(scope="module")

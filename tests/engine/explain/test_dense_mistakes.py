@@ -93,3 +93,46 @@ def test_worst_iou_lists_labelled_images_lowest_first_with_what_to_draw(report):
 
 def test_the_label_audit_leaves_dense_heads_out(report):
     assert {s.head for s in label_audit(report, confidence=0.5)} <= {"shape"}
+
+
+def test_dense_pictures_draw_the_mask_and_the_boxes():
+    from PIL import Image
+
+    from engine.explain.colours import class_colours
+    from engine.explain.dense_pictures import draw_overlay
+
+    grey = Image.new("RGB", (40, 40), (100, 100, 100))
+    mask = np.zeros((4, 4), np.int64)
+    mask[:, 2:] = 1
+    out = np.asarray(draw_overlay(grey, {"kind": "segment", "mask": mask, "names": ["bg", "thing"]}, opacity=1.0))
+    assert tuple(out[20, 30]) == tuple(class_colours(2)[1]) and tuple(out[20, 5]) == (100, 100, 100)
+    boxes = {"kind": "detect", "names": ["thing"], "boxes": np.array([[2, 2, 6, 6], [0, 0, 1, 1]]),
+             "scores": np.array([0.9, 0.1]), "labels": np.array([0, 0]), "truth_boxes": np.array([[1, 1, 9, 9]]),
+             "truth_labels": np.array([0]), "frame": (10, 10), "threshold": 0.3}
+    out = np.asarray(draw_overlay(Image.new("RGB", (200, 200), (100, 100, 100)), boxes))  # 20 px per frame pixel
+    assert tuple(out[100, 119]) == tuple(class_colours(1, background=None)[0])  # the 0.9 box's right edge
+    assert tuple(out[100, 180]) == (255, 255, 255)  # the true box's right edge, x = 9 * 20
+    assert tuple(out[100, 80]) == (100, 100, 100)  # boxes are outlines
+    assert tuple(out[19, 19]) == (100, 100, 100)  # the 0.1 box is below the threshold
+
+
+def test_the_report_shows_miou_map_and_the_worst_iou_pictures(report, tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from engine.explain.report import build_report
+    from engine.network.preprocess import InputSpec
+
+    for name in report.images:
+        Image.new("RGB", (64, 64), (90, 90, 90)).save(tmp_path / name)
+    report.images = [str(tmp_path / n) for n in report.images]
+    report.heads["seg"].details.update(miou=0.6, iou=[0.9, 0.3])
+    report.heads["boxes"].details.update(map_50=0.5, map=0.25, map_75=0.2, n=2)
+    del report.heads["shape"], report.outputs["shape"]
+    session = SimpleNamespace(input_spec=InputSpec(size=32, resize=32), describe=lambda: "a test model")
+    html = build_report(session, report)
+    assert "mIoU 0.600" in html and "mAP@0.5 0.500 · mAP@0.5:0.95 0.250" in html
+    assert "<td class='name'>circle</td><td>0.300</td>" in html
+    assert html.count("IoU 0.") >= 4 and "Worst IoU" in html and "data:image/jpeg;base64," in html
+    assert html.index("b.png") < html.index("a.png")  # the worst first
