@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import glyphs  # noqa: E402
 
-from engine.data.datasets import load_data  # noqa: E402
+from engine.data.loading import load_data  # noqa: E402
 
 TINY = glyphs.GlyphParams(classes="ABC", train_per_family=4, test_per_family=2, val_fraction=0.25, side=32)
 
