@@ -216,6 +216,11 @@ class Head:
     layer: str | None = None  # the layer whose output it reads, pooled (None: the trunk's end)
     target_mean: list[float] | None = None  # regression: set from the training split
     target_std: list[float] | None = None
+    layers: list[str] = field(default_factory=list)  # segment / detect: the layers whose maps it reads
+
+    @property
+    def dense(self) -> bool:
+        return self.kind in ("segment", "detect")
 
     @property
     def outputs(self) -> int:
@@ -239,6 +244,10 @@ def training_script(session: "Session", project: str = "the project", script_nam
 
     if not session.heads:
         raise GraftError("The project has no heads: add a head before exporting a training script.")
+    dense = [h.name for h in session.heads if h.dense]
+    if dense:
+        raise GraftError(f"Head {dense[0]!r} is a segment or detect head: the standalone script trains "
+                         "classification and regression heads only so far.")
     channels = getattr(session.input_spec, "channels", 3)
     if channels != 3:
         raise GraftError(f"The project's input has {channels} channels: the standalone script reads RGB images "
@@ -298,7 +307,8 @@ def training_script(session: "Session", project: str = "the project", script_nam
     resample = ", ".join(f"{k!r}: Image.Resampling.{v.name}" for k, v in preprocess.RESAMPLE.items())
     preprocessing = (_constants(SIXTEEN_BIT_MODES=preprocess.SIXTEEN_BIT_MODES) + f"\nRESAMPLE = {{{resample}}}\n\n\n"
                      + _sources(preprocess.open_image, preprocess.to_rgb, preprocess.sixteen_to_eight,
-                                preprocess.resize_and_crop, preprocess.normalise, transforms._augmentation))
+                                preprocess.crop_geometry, preprocess.resize_and_crop, preprocess.normalise,
+                                transforms._augmentation))
     values = {
         "title": f"Train {session.describe()} with heads {', '.join(h.name for h in session.heads)}, as {project} does.",
         "graft_version": __version__,

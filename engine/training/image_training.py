@@ -125,6 +125,12 @@ class ImageTraining:
 
         def forward(images: torch.Tensor) -> Callable[[], dict[str, torch.Tensor]]:
             ddp = self._ddp  # several processes: DDP averages the gradients in the backward pass
+            if self.trunk_frozen and model.has_dense_heads:  # dense heads read the maps: PyTorch runs the trunk
+                def run_dense() -> dict[str, torch.Tensor]:
+                    with torch.no_grad():
+                        features, maps = trunk.forward_maps(images)
+                    return model.heads_on_maps(features, maps, tuple(images.shape[-2:]))
+                return run_dense
             if self.trunk_frozen:
                 def run() -> dict[str, torch.Tensor]:
                     with torch.no_grad():
@@ -141,7 +147,7 @@ class ImageTraining:
                 yield forward(images), targets, images.shape[0] * world
 
         def validate() -> tuple[LossAccumulator, MetricSet]:
-            acc, metrics = LossAccumulator(self.heads), MetricSet(self.heads)
+            acc, metrics = LossAccumulator(self.heads), MetricSet(self.heads, model.heads)
             model.eval()
             with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
                 for images, targets in val_loader:

@@ -166,7 +166,7 @@ def test_data_demo_trains_the_multi_task_demo(tmp_path):
                              "--no-augment", "--out", "d.graft"], capture_output=True, text=True, cwd=tmp_path,
                             timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_CACHE_DIR": str(env_cache)})
     assert result.returncode == 0, result.stderr
-    assert (env_cache / "demo-v1" / "labels.csv").is_file()
+    assert (env_cache / "demo-v2" / "labels.csv").is_file()
     assert "288 training and 72 validation images" in result.stdout
     epoch = next(line for line in result.stdout.splitlines() if line.startswith("epoch 1/1"))
     assert "shape: acc" in epoch and "tags: F1" in epoch and "size: MAE" in epoch
