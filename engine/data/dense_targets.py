@@ -7,7 +7,7 @@ Where they come from:
   the class), the same size as their image. A CSV names them in a column (``mask`` by default); beside an
   image folder, ``masks/`` mirrors the images' paths (``masks/<class>/<stem>.png``). Pixels equal to the
   head's ``ignore_index`` (255) are unlabelled; an image without a mask (blank cell, no file) is unlabelled
-  everywhere. Class names: the head's labels, else ``classes.txt`` (one per line) in the first mask's folder,
+  everywhere. Class names: the head's labels, else ``classes.txt`` (one per line) in the first mask's folder or above it,
   else the indices.
 * boxes — a CSV column (``boxes``) of JSON lists ``[[x1, y1, x2, y2, class], …]`` in the image's pixels
   (class a name or an index; ``[]``: labelled, no object; blank: not labelled), or naming a YOLO ``.txt``
@@ -225,7 +225,7 @@ def _resolve_masks(spec, cells, base, replace):
     named = next((m for _, m, _ in paths if m is not None), None)
     if named is None:
         raise GraftError(f"Head {spec.name!r} has no labelled example: no image has a mask.")
-    labels = list(spec.labels) or (read_classes(named.parent) or [])
+    labels = list(spec.labels) or (_classes_above(named, base) or [])
     known = len(labels) if labels else None
     targets, top = [], 1
     for image, mask, where in paths:
@@ -255,7 +255,7 @@ def _resolve_boxes(spec, cells, base, replace):
             label = _path(text, base)
             if not label.is_file():
                 raise GraftError(f"{where}: box file {label} not found.")
-            yolo_classes = yolo_classes or read_classes(label.parent)
+            yolo_classes = yolo_classes or _classes_above(label, base)
             limit = len(spec.labels or yolo_classes or []) or None
             boxes = parse_yolo(label, upright_size(image), limit)
         else:
@@ -289,6 +289,16 @@ def _resolve_boxes(spec, cells, base, replace):
             rows.append([float(v) for v in b[:4]] + [float(cls)])
         targets.append(rows)
     return replace(spec, labels=labels, outputs=len(labels)), targets
+
+
+def _classes_above(path: Path, base: Path) -> list[str] | None:
+    """The ``classes.txt`` nearest above a label file, looking no higher than ``base`` (the data's folder)."""
+    folder = path.parent
+    while True:
+        found = read_classes(folder)
+        if found is not None or folder == base or folder.parent == folder or base not in folder.parents:
+            return found
+        folder = folder.parent
 
 
 def _path(text: str, base: Path) -> Path:
