@@ -31,7 +31,16 @@ def _evaluate(session, data, split: str, tta: str | None = None, report_progress
         if report_progress is not None:
             report_progress((done, total))
 
-    return evaluate(session, data, split=split, on_progress=progress, tta=tta)
+    report = evaluate(session, data, split=split, on_progress=progress, tta=tta)
+    return report, _dense_examples(report)
+
+
+def _dense_examples(report) -> dict[str, list]:
+    """Each dense head's evaluated images, worst IoU first, with what to draw (the Evaluate tab's examples)."""
+    from engine.explain.mistakes import worst_iou
+
+    return {name: worst_iou(report, name) for name, head in report.heads.items()
+            if head.kind in ("segment", "detect") and name in getattr(report, "outputs", {})}
 
 
 def _predict(session, path: str):
@@ -79,11 +88,14 @@ class Evaluation(QObject):
         split = "val" if data.val else "all"
         tta = self._panel.tta()
 
-        def done(report):
-            if report is None:
+        def done(result):
+            if result is None:
                 return
+            report, examples = result
             self.last_report = report
             self._panel.set_report(report)
+            for head, items in examples.items():
+                self._panel.set_examples(head, items)
             self._show_tab("evaluate")
             where = "validation" if split == "val" else "all the"
             with_tta = f", test-time augmentation {tta}" if tta else ""

@@ -78,6 +78,11 @@ def _lists(report):
                               f"{head}: {label} seen where it is not, most confident first", fp))
                 lists.append((f"{head}:fn:{label}", f"{head} ▸ false negatives: {label} ({len(fn)})",
                               f"{head}: {label} missed, most confident first", fn))
+        elif result.kind in ("segment", "detect"):
+            items = m.worst_iou(report, head)
+            what = "mask" if result.kind == "segment" else "boxes"
+            lists.append((f"{head}:iou", f"{head} ▸ worst IoU ({len(items)})",
+                          f"{head}: the images its {what} cover worst first (IoU with the truth)", items))
         else:
             items = m.largest_errors(report, head)
             lists.append((f"{head}:errors", f"{head} ▸ largest errors ({len(items)})",

@@ -17,7 +17,7 @@ from typing import Any
 from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QUndoStack
 from PySide6.QtWidgets import (QApplication, QFrame, QGroupBox, QLabel, QMainWindow, QProgressBar, QScrollArea,
-                               QSplitter, QTabWidget, QToolBar, QUndoView, QVBoxLayout, QWidget)
+                               QSizePolicy, QSplitter, QTabWidget, QToolBar, QUndoView, QVBoxLayout, QWidget)
 
 from engine.units import human_count as human
 
@@ -113,8 +113,7 @@ class MainWindow(QMainWindow):
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(False)
-        self.tabs.addTab(self._split(Qt.Orientation.Vertical, self.heads_panel, self._history_box(), (3, 1)),
-                         icon("add-head"), "Heads")
+        self.tabs.addTab(self._heads_page(), icon("add-head"), "Heads")
         self.tabs.addTab(self.data_panel, icon("data"), "Data")
         # The settings scroll rather than forcing their width on the window; the plots stack when narrow.
         self.train_split = self._split(Qt.Orientation.Horizontal, self._scrolled(self.training_panel),
@@ -149,6 +148,17 @@ class MainWindow(QMainWindow):
         column.addWidget(self.notes)
         column.addWidget(self.splitter, 1)
         self.setCentralWidget(central)
+
+    def _heads_page(self) -> QWidget:
+        """The heads at their natural height (they grow with each head), the history below in the rest:
+        a fixed split left a tall empty band under a few heads."""
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+        layout.addWidget(self.heads_panel, 0)
+        layout.addWidget(self._history_box(), 1)
+        return page
 
     def _history_box(self) -> QWidget:
         """The surgery so far, in order (the undo stack): clicking a step goes back to it."""
@@ -227,7 +237,8 @@ class MainWindow(QMainWindow):
         self.busy_bar.setMaximumWidth(110)
         self.busy_bar.setMaximumHeight(14)
         self.busy_bar.setTextVisible(False)
-        self.model_label = QLabel("No model")
+        self.model_label = ElidedLabel("No model", max_width=230)  # the title and tooltip say it in full
+        self.model_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         self.features_label = QLabel("")
         self.params_label = QLabel("")
         self.device_label = QLabel(self._device_text())
@@ -439,7 +450,14 @@ class MainWindow(QMainWindow):
             return
         self.model_label.setText(s.describe())
         dim = s.tree.feature_dim
-        self.features_label.setText(f"features: {dim}" if dim else "features: ?")
+        if s.output_layer and dim:
+            # Still the pretrained classifier's outputs, not the trunk's width: say which.
+            self.features_label.setText(f"classifier outputs: {dim}")
+            self.features_label.setToolTip(f"The network still ends in its output layer ({s.output_layer}), "
+                                           f"{dim} outputs; delete it to graft heads on the trunk's features")
+        else:
+            self.features_label.setText(f"features: {dim}" if dim else "features: ?")
+            self.features_label.setToolTip("How many features the heads at the trunk's end read")
         total = trainable = 0
         for p in s.model.parameters():
             n = p.numel()

@@ -21,14 +21,25 @@ NOTES_STYLE = {  # the strip above the tree and tabs with what loading a model o
 class ElidedLabel(QLabel):
     """A status-bar label that shrinks with an ellipsis instead of pushing its neighbours out."""
 
-    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+    def __init__(self, text: str = "", parent: QWidget | None = None, max_width: int = 520) -> None:
         super().__init__(text, parent)
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.setMinimumWidth(60)
+        self._max_width = max_width
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        super().setText(text)
+        self.setToolTip(text if self.fontMetrics().horizontalAdvance(text) + 16 > self.width() else "")
+        self.updateGeometry()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        text = self.text()
+        self.setToolTip(text if self.fontMetrics().horizontalAdvance(text) + 16 > self.width() else "")
 
     def sizeHint(self) -> QSize:
         hint = super().sizeHint()
-        return QSize(min(hint.width(), 520), hint.height())
+        return QSize(min(hint.width() + 16, self._max_width), hint.height())
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
         painter = QPainter(self)
@@ -115,5 +126,5 @@ class Messages(QObject):
             return
         names = ", ".join(h.name for h in data.heads[:4])
         first = "delete the output layer (or cut at a layer), then " if s.output_layer else ""
-        self.show_message(f"Ready: {s.describe()} and {len(data.samples):,} images. Next: {first}"
-                          f"add heads (the data suggests {names}).")
+        # The model's name is beside it in the status bar and in the title: the line keeps room for the hint.
+        self.show_message(f"{len(data.samples):,} images ready. Next: {first}add heads for {names}.")

@@ -242,7 +242,8 @@ def prepare_session(args: argparse.Namespace, data_file: Path, *, seed: int | No
                     val_fraction: float | None = None):
     """Load the model and the data, add the heads, freeze and set learning-rate factors as the options
     say, printing what was done. Returns ``(session, data)``."""
-    from engine.data.datasets import load_data, parse_head_arg
+    from engine.data.head_args import parse_head_arg
+    from engine.data.loading import load_data
     from engine.errors import GraftError
     from engine.surgery.operations import AddHead, DeleteOutputLayer, SetLrFactor, freeze_preset
     from engine.training.schedule import discriminative_rates
@@ -429,11 +430,16 @@ def _train(args: argparse.Namespace, events_out, ctx=None) -> int:
         from engine.training.runs import TensorBoardLog
 
         printer = TensorBoardLog(args.tensorboard, then=printer)
-    trainer = Trainer(session, data, config, printer, resume=checkpoint)
     if record is None or checkpoint is None:
         record = TrainingRecord.begin(data, config, data_file)
     else:
+        if record.reason == RUNNING:
+            print(f"{Path(args.resume).name}: its run was cut off "
+                  f"after epoch {checkpoint.epochs_run} of {checkpoint.config.get('epochs', '?')} (killed or "
+                  "crashed); continuing from that epoch, the last one finished.")
         record.config = dict(vars(config))  # the paused run's settings, as this part runs them
+    keep = _epoch_saver(session, out, record, replace_latest=checkpoint is not None) if main else None
+    trainer = Trainer(session, data, config, printer, resume=checkpoint, on_checkpoint=keep)
     from engine.training.launch import watch_stop_file
 
     end_watch = watch_stop_file(trainer.stop)  # Graft's launcher or the window asks every process to stop
@@ -457,6 +463,25 @@ def _train(args: argparse.Namespace, events_out, ctx=None) -> int:
     if ctx is not None:
         ctx.barrier()
     return 0
+
+
+RUNNING = "running"  # a record's reason while its run goes on: a file saved at an epoch's end says so
+
+
+def _epoch_saver(session, out: Path, record, replace_latest: bool):
+    """What the trainer calls after each finished epoch: the project saved to ``out`` (atomically) with the
+    run's checkpoint and its record so far, so that ``--resume`` continues from there after a kill."""
+    from engine.project.project_file import save_project
+    from engine.training.record import TrainingRecord
+
+    def keep(checkpoint) -> None:
+        so_far = TrainingRecord.from_dict(record.to_dict())
+        so_far.reason, so_far.epochs_run, so_far.history = RUNNING, checkpoint.epochs_run, checkpoint.history
+        so_far.best_epoch, so_far.best_val_loss = checkpoint.best_epoch, checkpoint.best_val_loss
+        save_project(session, out, extra=so_far.store(session.project_extra, replace_latest=replace_latest),
+                     checkpoint=checkpoint)
+
+    return keep
 
 
 @contextlib.contextmanager

@@ -1,5 +1,7 @@
-"""Evaluation results per head: a confusion matrix (single-label), F1 bars per label (multi-label) or the
-mean absolute error per target (regression), with a head selector.
+"""Evaluation results per head: a confusion matrix (single-label), F1 bars per label (multi-label), the
+mean absolute error per target (regression), IoU per class (segment: mIoU) or AP per class (detect: mAP),
+with a head selector. A dense head's page also shows validation images with its masks or boxes drawn on
+them (:meth:`EvaluationPanel.set_examples`; opacity and score-threshold sliders).
 
 :meth:`EvaluationPanel.set_report` takes an :class:`engine.training.evaluation.EvalReport` (``heads`` maps a name
 to a HeadReport with ``kind``, ``loss``, ``n``, ``metrics`` and ``details``); plain dicts of the same
@@ -20,6 +22,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QAbstractScrollArea, QComboBox
                                QSizePolicy, QStackedWidget, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from .data_panel import COLOUR_ROLE, SHARE_ROLE, ShareDelegate
+from .dense_examples import DenseExamplesView
+from .thumbnails import ThumbnailLoader
 from .head_diagram import KIND_SHORT, head_colour
 
 CORRECT = QColor("#1e88e5")
@@ -53,7 +57,21 @@ def headline(kind: str, details: Mapping[str, Any], metrics: Mapping[str, Any]) 
         return f"accuracy {acc:.1%}" if acc is not None else "accuracy –"
     if kind == "multi":
         return f"macro F1 {_num(details.get('macro_f1', metrics.get('macro_f1')))}"
+    if kind == "segment":
+        return f"mIoU {_num(_first(details, metrics, 'miou', 'mIoU', 'mean_iou'))}"
+    if kind == "detect":
+        return (f"mAP@0.5 {_num(_first(details, metrics, 'map50', 'map_50', 'mAP50'))} · "
+                f"mAP@0.5:0.95 {_num(_first(details, metrics, 'map', 'map_50_95', 'mAP'))}")
     return f"MAE {_num(details.get('mae', metrics.get('mae')), 4)}"
+
+
+def _first(details: Mapping[str, Any], metrics: Mapping[str, Any], *keys: str) -> Any:
+    """The first of ``keys`` found in the details, else in the metrics (None: none)."""
+    for source in (details, metrics):
+        for key in keys:
+            if source.get(key) is not None:
+                return source[key]
+    return None
 
 
 TTA_CHOICES = ((None, "none"), ("flip", "flip"), ("flip+crops", "flip + crops"))
@@ -73,6 +91,8 @@ class EvaluationPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._report: Any = None
+        self._examples: dict[str, DenseExamplesView] = {}
+        self._loader = ThumbnailLoader(self)  # decodes the dense heads' example images off the GUI thread
         self.head_combo = QComboBox(self)
         self.head_combo.setMinimumContentsLength(16)
         self.info_label = QLabel(self)
@@ -116,6 +136,7 @@ class EvaluationPanel(QWidget):
     def clear(self) -> None:
         """Back to the empty state."""
         self._report = None
+        self._examples = {}
         self.head_combo.blockSignals(True)
         self.head_combo.clear()
         self.head_combo.blockSignals(False)
@@ -214,6 +235,8 @@ class EvaluationPanel(QWidget):
             return self._confusion_page(name, details)
         if kind == "multi":
             return self._f1_page(details, colour)
+        if kind in ("segment", "detect"):
+            return self._dense_page(name, kind, details, colour)
         return self._mae_page(details)
 
     @staticmethod
@@ -335,6 +358,54 @@ class EvaluationPanel(QWidget):
         table.horizontalHeader().setStretchLastSection(False)
         return self._wrap(table, "Mean absolute error: the average distance between prediction and truth, "
                                  "in the target's own units (lower is better).")
+
+    def _dense_page(self, name: str, kind: str, details: Mapping[str, Any], colour: str) -> QWidget:
+        """Per-class IoU (segment) or AP (detect) bars, and the examples view beside them."""
+        classes = list(details.get("classes") or details.get("labels") or [])
+        if kind == "segment":
+            values = list(details.get("iou") or details.get("per_class_iou") or [])
+            header, note = "IoU", ("Intersection over union per class on the validation masks (ignored pixels "
+                                   "left out): 1 is a perfect outline, 0 none of it found.")
+        else:
+            values = list(details.get("ap50") or details.get("ap_50") or details.get("per_class_ap50") or [])
+            header, note = "AP@0.5", ("Average precision per class at IoU 0.5 (a box counts when it overlaps "
+                                      "a true box by half): 1 finds every object with no false boxes.")
+        table = self._table(len(classes), ["Class", header, ""])
+        table.setObjectName("denseTable")
+        table.setItemDelegateForColumn(2, ShareDelegate(table))
+        table.setAlternatingRowColors(True)
+        for r, cls in enumerate(classes):
+            value = values[r] if r < len(values) else None
+            value = None if value is not None and isinstance(value, float) and math.isnan(value) else value
+            table.setItem(r, 0, self._item(str(cls)))
+            table.setItem(r, 1, self._item(_num(value), numeric=True))
+            bar = QTableWidgetItem("")
+            if value is not None and value >= 0:
+                bar.setData(SHARE_ROLE, float(value))
+                bar.setData(COLOUR_ROLE, colour)
+            table.setItem(r, 2, bar)
+        table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        page = QWidget()
+        row = QHBoxLayout(page)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(12)
+        row.addWidget(self._wrap(table, note), 2)
+        examples = DenseExamplesView(page, loader=self._loader)
+        examples.setObjectName("denseExamples")
+        self._examples[name] = examples
+        row.addWidget(examples, 3)
+        return page
+
+    def examples_view(self, head: str) -> DenseExamplesView | None:
+        """The examples view of a dense head's page (None for other heads)."""
+        return self._examples.get(head)
+
+    def set_examples(self, head: str, items: Any) -> None:
+        """The validation images a dense head's page shows, with its masks or boxes (see
+        :class:`~widgets.dense_examples.DenseExamplesView`)."""
+        view = self._examples.get(head)
+        if view is not None:
+            view.set_items(items)
 
     @staticmethod
     def _wrap(table: QTableWidget, text: str) -> QWidget:

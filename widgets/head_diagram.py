@@ -19,8 +19,10 @@ from engine.network.heads import HeadSpec
 # Colour-blind-friendly, distinct on light and dark backgrounds (seaborn "deep").
 HEAD_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C",
                 "#CCB974", "#64B5CD")
-KIND_SHORT = {"single": "single-label", "multi": "multi-label", "regression": "regression"}
-OUTPUT_WORDS = {"single": ("class", "classes"), "multi": ("label", "labels"), "regression": ("value", "values")}
+KIND_SHORT = {"single": "single-label", "multi": "multi-label", "regression": "regression",
+              "segment": "segmentation", "detect": "detection"}
+OUTPUT_WORDS = {"single": ("class", "classes"), "multi": ("label", "labels"), "regression": ("value", "values"),
+                "segment": ("class", "classes"), "detect": ("class", "classes")}
 
 
 def head_colour(index: int) -> str:
@@ -86,18 +88,31 @@ class HeadDiagram(QWidget):
         self._heads: list[HeadSpec] = []
         self._inputs: dict[str, int] = {}
         self._exits: list[str | None] = []
+        self._output_layer: str | None = None
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
     def set_model(self, name: str, feature_dim: int | None, heads: Sequence[HeadSpec],
-                  inputs: Mapping[str, int] | None = None, order: Sequence[str] = ()) -> None:
+                  inputs: Mapping[str, int] | None = None, order: Sequence[str] = (),
+                  output_layer: str | None = None) -> None:
         """Show the trunk ``name`` with ``feature_dim`` features and ``heads``; ``inputs``: how many features
         each head reads (heads on layers read their layer's pooled size); ``order``: the network's layers
-        in the order they run, to stack the exits from the first to the end."""
+        in the order they run, to stack the exits from the first to the end; ``output_layer``: the
+        pretrained classifier still at the end, whose outputs ``feature_dim`` then counts (not the trunk's
+        width, as a newcomer would read "1000 features")."""
         self._name, self._dim, self._heads = name, feature_dim, list(heads)
+        self._output_layer = output_layer
         self._inputs = dict(inputs or {})
         self._exits = exits(self._heads, order)
         self.updateGeometry()
         self.update()
+
+    def trunk_text(self) -> str:
+        """The line under the trunk's name: what the heads at its end read."""
+        if not self._dim:
+            return "trunk · features unknown"
+        if self._output_layer:
+            return f"{self._dim} classifier outputs"
+        return f"trunk · {self._dim} features"
 
     def heads(self) -> list[HeadSpec]:
         return list(self._heads)
@@ -180,7 +195,7 @@ class HeadDiagram(QWidget):
             n = len(self._exits)
             features = f"trunk · {n} exit{'s' if n != 1 else ''}"
         else:
-            features = f"trunk · {self._dim} features" if self._dim else "trunk · features unknown"
+            features = self.trunk_text()
         p.drawText(title.translated(0, title.height()), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
                    features)
 

@@ -15,9 +15,10 @@ from PySide6.QtWidgets import (QComboBox, QCompleter, QDialog, QDialogButtonBox,
                                QSpinBox, QVBoxLayout, QWidget)
 
 from engine.errors import GraftError
-from engine.network.heads import KIND_TITLES, KINDS, HeadSpec
+from engine.network.heads import DENSE_KINDS, KIND_TITLES, KINDS, HeadSpec
 
 from .head_diagram import OUTPUT_WORDS, outputs_text
+from .head_dialog_dense import DenseFields, checked_names, set_checked_names
 
 ERROR_STYLE = "color: #C62828;"
 END_TEXT = "End of the trunk"
@@ -43,10 +44,12 @@ class HeadDialog(QDialog):
 
     def __init__(self, spec: HeadSpec | None = None, existing_names: Iterable[str] = (),
                  suggestions: Sequence[HeadSpec] = (), parent: QWidget | None = None,
-                 layers: Sequence[str] = (), layer: str | None = None) -> None:
+                 layers: Sequence[str] = (), layer: str | None = None, dense_layers: Sequence[str] | None = None,
+                 default_dense_layers: Sequence[str] = ()) -> None:
         super().__init__(parent)
         self._original = spec
         self._layers = list(layers)
+        self._here = layer  # "Add head here": a dense head reads this layer too
         self._existing = {n for n in existing_names if spec is None or n != spec.name}
         self._suggestions = list(suggestions)
         self._spec: HeadSpec | None = None
@@ -66,7 +69,11 @@ class HeadDialog(QDialog):
             self.kind_combo.addItem(KIND_TITLES[kind], kind)
         self.kind_combo.setToolTip("single-label: exactly one class per image (softmax)\n"
                                    "multi-label: any number of tags per image (one sigmoid each)\n"
-                                   "regression: numbers (e.g. a size or an age)")
+                                   "regression: numbers (e.g. a size or an age)\n"
+                                   "segmentation: a class for every pixel, learnt from PNG masks\n"
+                                   "object boxes: where each object is, learnt from box files")
+        self.dense_fields = DenseFields(self._layers if dense_layers is None else dense_layers,
+                                        default_dense_layers, self)
 
         columns = list(dict.fromkeys(c for s in self._suggestions for c in s.columns))
         if spec is not None:
@@ -160,6 +167,8 @@ class HeadDialog(QDialog):
         form.addRow("Dropout", self.dropout_spin)
         form.addRow("Loss weight", self.loss_weight_spin)
         form.addRow("Reads", self.layer_combo)
+        form.addRow(self.dense_fields)
+        self.form = form
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 16, 16, 12)
         layout.setSpacing(10)
@@ -174,7 +183,7 @@ class HeadDialog(QDialog):
         self.labels_edit.textChanged.connect(self._update_count)
         for signal in (self.name_edit.textChanged, self.labels_edit.textChanged, self.hidden_edit.textChanged,
                        self.outputs_spin.valueChanged, self.kind_combo.currentIndexChanged,
-                       self.layer_combo.currentTextChanged):
+                       self.layer_combo.currentTextChanged, self.dense_fields.layers_list.itemChanged):
             signal.connect(self._clear_error)
 
         if spec is not None:
@@ -185,21 +194,26 @@ class HeadDialog(QDialog):
                 self.suggestion_combo.setCurrentIndex(unused + 1)
             else:
                 self.name_edit.setText(self._free_name("head"))
+        self._show_kind_rows()
         self._update_count()
 
     # -- construction helpers ------------------------------------------------------------------------
     @classmethod
     def for_new(cls, existing_names: Iterable[str] = (), suggestions: Sequence[HeadSpec] = (),
-                parent: QWidget | None = None, layers: Sequence[str] = (), layer: str | None = None) -> HeadDialog:
+                parent: QWidget | None = None, layers: Sequence[str] = (), layer: str | None = None,
+                dense_layers: Sequence[str] | None = None, default_dense_layers: Sequence[str] = ()) -> HeadDialog:
         """A dialog for a new head, pre-filled from the first suggested head not yet used. ``layers``: the
-        layers a head may read (offered in the Reads field); ``layer``: the one chosen (None: the end)."""
-        return cls(None, existing_names, suggestions, parent, layers, layer)
+        layers a head may read (offered in the Reads field); ``layer``: the one chosen (None: the end; a
+        dense head has it ticked). ``dense_layers``: the layers with feature maps a dense head may read
+        (None: ``layers``); ``default_dense_layers``: what it reads when none is ticked."""
+        return cls(None, existing_names, suggestions, parent, layers, layer, dense_layers, default_dense_layers)
 
     @classmethod
     def for_edit(cls, spec: HeadSpec, parent: QWidget | None = None, existing_names: Iterable[str] = (),
-                 suggestions: Sequence[HeadSpec] = (), layers: Sequence[str] = ()) -> HeadDialog:
+                 suggestions: Sequence[HeadSpec] = (), layers: Sequence[str] = (),
+                 dense_layers: Sequence[str] | None = None, default_dense_layers: Sequence[str] = ()) -> HeadDialog:
         """A dialog editing ``spec`` (``existing_names``: the other heads, to refuse a clash)."""
-        return cls(spec, existing_names, suggestions, parent, layers)
+        return cls(spec, existing_names, suggestions, parent, layers, None, dense_layers, default_dense_layers)
 
     def _free_name(self, base: str) -> str:
         name, k = base, 2
@@ -217,13 +231,18 @@ class HeadDialog(QDialog):
             self._set_checked_columns(spec.columns)
             self.labels_edit.setPlainText("\n".join(spec.labels))
             self.outputs_spin.setValue(spec.outputs)
-            self.hidden_edit.setText(", ".join(str(h) for h in spec.hidden))
+            self.hidden_edit.setText("" if spec.dense else ", ".join(str(h) for h in spec.hidden))
             self.dropout_spin.setValue(spec.dropout)
             self.loss_weight_spin.setValue(spec.loss_weight)
-            if spec is self._original or spec.layer is not None:  # a suggestion keeps the layer chosen
+            if spec.dense:
+                self.dense_fields.fill(spec)
+                if spec is not self._original and self._here and not spec.layers:
+                    self.dense_fields.set_checked_layers([self._here])  # "Add head here" on a feature map
+            elif spec is self._original or spec.layer is not None:  # a suggestion keeps the layer chosen
                 self.set_layer(spec.layer)
         finally:
             self._filling = False
+        self._show_kind_rows()
         self._update_count()
 
     def set_layer(self, layer: str | None) -> None:
@@ -245,16 +264,10 @@ class HeadDialog(QDialog):
         return text
 
     def checked_columns(self) -> list[str]:
-        return [self.columns_list.item(i).text() for i in range(self.columns_list.count())
-                if self.columns_list.item(i).checkState() == Qt.CheckState.Checked]
+        return checked_names(self.columns_list)
 
     def _set_checked_columns(self, columns: Iterable[str]) -> None:
-        wanted = set(columns)
-        self.columns_list.blockSignals(True)
-        for i in range(self.columns_list.count()):
-            item = self.columns_list.item(i)
-            item.setCheckState(Qt.CheckState.Checked if item.text() in wanted else Qt.CheckState.Unchecked)
-        self.columns_list.blockSignals(False)
+        set_checked_names(self.columns_list, columns)
 
     def kind(self) -> str:
         return self.kind_combo.currentData()
@@ -271,6 +284,8 @@ class HeadDialog(QDialog):
         if name and name in self._existing:
             raise GraftError(f"There is already a head named {name!r}: choose another name.")
         labels = self.labels()
+        if self.kind() in DENSE_KINDS:
+            return self._build_dense(name, labels)
         spec = HeadSpec(name=name, kind=self.kind(), outputs=len(labels) or self.outputs_spin.value(),
                         labels=labels, columns=self.checked_columns(), hidden=parse_hidden(self.hidden_edit.text()),
                         dropout=round(self.dropout_spin.value(), 4),
@@ -278,6 +293,15 @@ class HeadDialog(QDialog):
         if spec.kind == "single" and len(spec.columns) > 1:
             raise GraftError(f"Single-label head {name!r} reads one column of class names; choose one column.")
         return spec
+
+    def _build_dense(self, name: str, labels: list[str]) -> HeadSpec:
+        values = self.dense_fields.values(self.kind())
+        columns = self.checked_columns()
+        if len(columns) > 1:
+            what = "mask paths" if self.kind() == "segment" else "boxes"
+            raise GraftError(f"Head {name!r} reads one column (its {what}); choose one column.")
+        return HeadSpec(name=name, kind=self.kind(), outputs=len(labels) or self.outputs_spin.value(), labels=labels,
+                        columns=columns, loss_weight=round(self.loss_weight_spin.value(), 4), **values)
 
     def error_text(self) -> str:
         return self.error_label.text()
@@ -314,9 +338,11 @@ class HeadDialog(QDialog):
         if self._filling:
             return
         checked = self.checked_columns()
-        if self.kind() == "single" and item.checkState() == Qt.CheckState.Checked:
+        if self.kind() in {"single", *DENSE_KINDS} and item.checkState() == Qt.CheckState.Checked:
             checked = [item.text()]
             self._set_checked_columns(checked)
+        if self.kind() in DENSE_KINDS:
+            return  # the column names the masks or boxes: the classes stay as they are
         labels: list[str] = []
         if self.kind() == "single" and checked:
             source = next((s for s in self._suggestions if s.kind == "single" and s.columns == checked), None)
@@ -329,15 +355,30 @@ class HeadDialog(QDialog):
         self._update_count()
 
     def _kind_changed(self, index: int) -> None:
-        if self.kind() == "single" and len(self.checked_columns()) > 1:
+        if self.kind() in {"single", *DENSE_KINDS} and len(self.checked_columns()) > 1:
             self._set_checked_columns(self.checked_columns()[:1])
+        if (self.kind() in DENSE_KINDS and self._here and not self._filling
+                and not self.dense_fields.checked_layers()):
+            self.dense_fields.set_checked_layers([self._here])
+        self._show_kind_rows()
         self._update_count()
+
+    def _show_kind_rows(self) -> None:
+        """Dense heads read feature maps through a decoder: their own rows instead of hidden layers,
+        dropout and the one pooled layer."""
+        dense = self.kind() in DENSE_KINDS
+        for field in (self.hidden_edit, self.dropout_spin, self.layer_combo):
+            self.form.setRowVisible(field, not dense)
+        self.form.setRowVisible(self.dense_fields, dense)
+        if dense:
+            self.dense_fields.set_kind(self.kind())
+        self.adjustSize()
 
     def _update_count(self) -> None:
         labels = self.labels()
         one, many = OUTPUT_WORDS.get(self.kind(), ("output", "outputs"))
-        self.labels_row_label.setText({"single": "Classes", "multi": "Labels", "regression": "Targets"}
-                                      .get(self.kind(), "Labels"))
+        self.labels_row_label.setText({"single": "Classes", "multi": "Labels", "regression": "Targets",
+                                       "segment": "Classes", "detect": "Classes"}.get(self.kind(), "Labels"))
         self.outputs_spin.setEnabled(not labels)
         if labels:
             self.outputs_spin.blockSignals(True)

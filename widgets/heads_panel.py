@@ -165,7 +165,8 @@ class HeadsPanel(QWidget):
             sizes = getattr(self._session, "head_input_sizes", None)
             tree = getattr(self._session, "tree", None)
             self.diagram.set_model(model_name(self._session), self._session.feature_dim, heads,
-                                   sizes() if sizes is not None else None, getattr(tree, "order", ()))
+                                   sizes() if sizes is not None else None, getattr(tree, "order", ()),
+                                   getattr(self._session, "output_layer", None))
         else:
             self.diagram.set_model("", None, [])
         self.add_button.setEnabled(self._session is not None)

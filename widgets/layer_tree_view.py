@@ -165,7 +165,7 @@ class LayerTreeView(QWidget):
         bold = header.font()
         bold.setBold(True)
         hfm = QFontMetrics(bold)
-        samples = {TYPE: "BatchNorm2d", SHAPE: "512×28×28", PARAMS: "11.7M", TRAINABLE: "11.7M / 11.7M",
+        samples = {TYPE: "AdaptiveAvgPool2d", SHAPE: "512×28×28", PARAMS: "11.7M", TRAINABLE: "11.7M / 11.7M",
                    CHANGE: "moved 0.13%"}
         widths = {c: max(fm.horizontalAdvance(text) + 24,
                          hfm.horizontalAdvance(str(self.model.headerData(c, Qt.Orientation.Horizontal))) + 22)

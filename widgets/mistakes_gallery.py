@@ -3,7 +3,8 @@ prediction, confidence; one click asks for the image (``imageActivated(path)``) 
 
 Model/view: :class:`GalleryModel` (a QAbstractListModel) over items shaped like
 :class:`engine.explain.mistakes.Example` (``image``, ``truth``, ``prediction``, ``confidence``, ``loss``,
-optionally ``label`` / ``error``), shown by a QListView in icon mode. Thumbnails are never decoded here:
+optionally ``label`` / ``error``; a dense head's ``iou`` and ``overlay``, the mask or boxes drawn on its
+thumbnail), shown by a QListView in icon mode. Thumbnails are never decoded here:
 the caller passes decoded QImages (:meth:`MistakesGallery.set_thumbnail`, e.g. from
 :class:`widgets.thumbnails.ThumbnailLoader` in a thread pool, see :meth:`MistakesGallery.load_with`);
 a grey tile stands in until each arrives. An optional combo box above offers named lists
@@ -12,6 +13,7 @@ a grey tile stands in until each arrives. An optional combo box above offers nam
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +22,7 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelInde
 from PySide6.QtGui import QColor, QImage, QPixmap
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QListView, QVBoxLayout, QWidget
 
+from .overlay_view import with_overlay
 from .thumbnails import THUMB_SIDE, ThumbnailLoader
 
 FLUSH_MS = 40  # thumbnails that arrive within this long are shown together
@@ -36,13 +39,16 @@ def caption(item: Any) -> str:
         first += f" ({label})"
     confidence = getattr(item, "confidence", None)
     loss = getattr(item, "loss", None)
-    if confidence is not None:
+    iou = getattr(item, "iou", None)
+    if iou is not None:
+        second = f"IoU {iou:.2f}"
+    elif confidence is not None:
         second = f"{confidence:.1%}"
     elif getattr(item, "error", None) is not None:
         second = f"error {item.error:+.3g}"
     else:
         second = ""
-    if loss is not None:
+    if loss is not None and not math.isnan(loss):
         second += (" · " if second else "") + f"loss {loss:.3g}"
     return f"{first}\n{second}" if second else first
 
@@ -84,6 +90,9 @@ class GalleryModel(QAbstractListModel):
         image = self._images.pop(row, None)
         if image is None or image.isNull():
             return self._placeholder
+        overlay = getattr(self._items[row], "overlay", None)
+        if overlay is not None:  # a dense head's mask or boxes, drawn once per thumbnail
+            image = with_overlay(image, overlay)
         self._pixmaps[row] = QPixmap.fromImage(image)
         return self._pixmaps[row]
 

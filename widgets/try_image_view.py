@@ -11,11 +11,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPainter, QPaintEvent, QPen, QPixmap
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QPixmap
 from PySide6.QtWidgets import QFileDialog, QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from .head_diagram import head_colour
+from .overlay_view import OverlayCanvas, OverlayControls, dense_layers
 from .thumbnails import load_thumbnail
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -70,9 +71,24 @@ def prediction_html(head: str, prediction: Any) -> str:
     if kind == "regression" and top:
         return "<span style='font-size:12pt'>" + ", ".join(
             f"{escape(str(n))} <b>{v:.4g}</b>" for n, v in top) + "</span>"
+    if kind == "segment" and getattr(prediction, "mask", None) is not None:
+        masks, _ = dense_layers(head, prediction)
+        return f"<span style='font-size:12pt'>{masks[0].legend()}</span>"
+    if kind == "detect" and getattr(prediction, "boxes", None) is not None:
+        return f"<span style='font-size:12pt'>{escape(boxes_text(prediction))}</span>"
     text = prediction.format() if hasattr(prediction, "format") else str(prediction)
     text = text[len(head) + 2:] if text.startswith(f"{head}: ") else text
     return f"<span style='font-size:12pt'>{escape(text)}</span>"
+
+
+def boxes_text(prediction: Any, limit: int = 4) -> str:
+    """``3 boxes: square 0.91, circle 0.88, star 0.42`` (best first)."""
+    _, layers = dense_layers("", prediction)
+    captions = layers[0].captions(0.0) if layers else []
+    if not captions:
+        return "no boxes"
+    more = f", +{len(captions) - limit} more" if len(captions) > limit else ""
+    return f"{len(captions)} box{'es' if len(captions) != 1 else ''}: " + ", ".join(captions[:limit]) + more
 
 
 def prediction_text(head: str, prediction: Any) -> str:
@@ -82,50 +98,9 @@ def prediction_text(head: str, prediction: Any) -> str:
     return prediction.format() if hasattr(prediction, "format") else f"{head}: {prediction}"
 
 
-class ImageArea(QWidget):
-    """The image, scaled to fit and centred; a dashed drop target when empty."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._pixmap = QPixmap()
-        self._placeholder = "Drop an image here"
-        self.dragging = False
-        self.setMinimumSize(200, 160)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-
-    def set_pixmap(self, pixmap: QPixmap) -> None:
-        self._pixmap = pixmap
-        self.update()
-
-    def pixmap(self) -> QPixmap:
-        return self._pixmap
-
-    def set_placeholder(self, text: str) -> None:
-        self._placeholder = text
-        self.update()
-
-    def sizeHint(self) -> QSize:
-        return QSize(360, 300)
-
-    def paintEvent(self, event: QPaintEvent) -> None:
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
-        rect = QRectF(self.rect()).adjusted(1, 1, -1, -1)
-        if self._pixmap.isNull() or self.dragging:
-            colour = QColor("#1e88e5") if self.dragging else QColor("#b0bec5")
-            p.setPen(QPen(colour, 2, Qt.PenStyle.DashLine))
-            p.setBrush(Qt.BrushStyle.NoBrush)
-            p.drawRoundedRect(rect, 8, 8)
-        if not self._pixmap.isNull():
-            size = self._pixmap.size().scaled(self.size() - QSize(8, 8), Qt.AspectRatioMode.KeepAspectRatio)
-            x = (self.width() - size.width()) / 2
-            y = (self.height() - size.height()) / 2
-            p.drawPixmap(QRectF(x, y, size.width(), size.height()), self._pixmap, QRectF(self._pixmap.rect()))
-        else:
-            p.setPen(QColor("#607d8b"))
-            p.drawText(rect, Qt.AlignmentFlag.AlignCenter, self._placeholder)
-        p.end()
+class ImageArea(OverlayCanvas):
+    """The image, scaled to fit and centred; a dashed drop target when empty; masks and boxes of dense
+    heads drawn over it (:class:`~widgets.overlay_view.OverlayCanvas`)."""
 
 
 class TryImageView(QWidget):
@@ -151,6 +126,7 @@ class TryImageView(QWidget):
         top.addWidget(self.name_label, 1)
 
         self.image = ImageArea(self)
+        self.overlay_controls = OverlayControls(self.image, self)
         self.results = QFrame(self)
         self.results.setObjectName("predictions")
         self.results_layout = QVBoxLayout(self.results)
@@ -163,6 +139,7 @@ class TryImageView(QWidget):
         layout.setSpacing(8)
         layout.addLayout(top)
         layout.addWidget(self.image, 1)
+        layout.addWidget(self.overlay_controls)
         layout.addWidget(self.status_label)
         layout.addWidget(self.results)
         self.choose_button.clicked.connect(self.choose_image)
@@ -178,12 +155,18 @@ class TryImageView(QWidget):
         self.name_label.setText(Path(self._path).name)
         self.name_label.setToolTip(self._path)
         self._clear_results()
+        self._set_layers({})
 
     def image_path(self) -> str:
         return self._path
 
-    def show_predictions(self, path: str, predictions: Mapping[str, Any]) -> None:
-        """Each head's prediction for ``path`` (HeadPrediction objects or plain text)."""
+    def show_predictions(self, path: str, predictions: Mapping[str, Any],
+                         region: tuple[float, float, float, float] | None = None,
+                         image_size: tuple[int, int] | None = None, frame: tuple[int, int] | None = None) -> None:
+        """Each head's prediction for ``path`` (HeadPrediction objects or plain text). Dense heads' masks
+        and boxes are drawn over the image: over ``region`` of it (pixels of the image at ``image_size``:
+        the square the network saw) when given, else over all of it; ``frame``: the pixels the boxes are
+        counted in (the network's input, width and height)."""
         if str(path) != self._path:
             self.set_image(path)
         self._clear_results()
@@ -206,6 +189,7 @@ class TryImageView(QWidget):
             self.results_layout.addWidget(row)
         if not predictions:
             self.set_status("The model has no heads to predict with.")
+        self._set_layers(predictions or {}, region, image_size, frame)
 
     def predictions_text(self) -> dict[str, str]:
         """The shown predictions as plain lines, by head."""
@@ -218,6 +202,7 @@ class TryImageView(QWidget):
 
     def clear(self) -> None:
         self._path = ""
+        self._set_layers({})
         self.image.set_pixmap(QPixmap())
         self.image.set_placeholder("Drop an image here")
         self.name_label.clear()
@@ -263,6 +248,23 @@ class TryImageView(QWidget):
         self.image.update()
 
     # -- internals ---------------------------------------------------------------------------------------
+    def _set_layers(self, predictions: Mapping[str, Any], region=None, image_size=None, frame=None) -> None:
+        """Masks and boxes of the dense heads' predictions over the image (none: the image alone)."""
+        masks, boxes = [], []
+        for head, prediction in predictions.items():
+            m, b = dense_layers(head, prediction)
+            masks += m
+            boxes += b
+        for layer in masks + boxes:
+            if region is not None:
+                layer.region, layer.image_size = region, image_size
+        for layer in boxes:
+            if frame is not None and layer.frame is None:
+                layer.frame = tuple(frame)
+        self.image.set_masks(masks)
+        self.image.set_boxes(boxes)
+        self.overlay_controls.refresh()
+
     def _choose(self, path: str) -> None:
         self._start_dir = str(Path(path).parent)
         self.set_image(path)

@@ -5,6 +5,8 @@
 * :func:`mistakes`: per head, worst first: single-label the wrong answers (highest loss first),
   multi-label each wrong label (a false positive or negative; :func:`label_errors` per label),
   regression the largest errors. :func:`errors_table` is every head's, for ``evaluate --errors``.
+* :func:`worst_iou`: a dense head's images (segment, detect) by how well its mask or boxes cover the
+  truth, worst first (:func:`mask_iou`, :func:`boxes_iou`: one number per image).
 * :func:`label_audit`: labels the model contradicts with high confidence (likely mislabelled) and,
   for blank cells, the label it suggests; :func:`write_suggestions` writes them to a NEW CSV file and
   refuses to write over the data itself: Graft never changes the user's data.
@@ -15,12 +17,15 @@ import csv
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.errors import GraftError
 from engine.files import atomic_write
+from engine.network.heads import DENSE_KINDS
 
 AUDIT_CONFIDENCE = 0.9  # a label contradicted at least this confidently is listed as likely wrong
 ERROR_COLUMNS = ("image", "head", "truth", "prediction", "confidence", "loss")
@@ -31,9 +36,12 @@ SUGGESTION_COLUMNS = ("image", "head", "column", "current", "suggested", "confid
 class Example:
     """One image's answer for one head (multi-label / regression: for one ``label``).
 
-    ``confidence``: the probability of ``prediction`` (None for regression); ``loss``: the image's loss
-    for the head (multi-label / regression with a label: that entry's); ``error``: regression only,
-    prediction minus truth."""
+    ``confidence``: the probability of ``prediction`` (None for regression and dense heads); ``loss``: the
+    image's loss for the head (multi-label / regression with a label: that entry's); ``error``: regression
+    only, prediction minus truth; ``iou``: dense heads only, the image's IoU (:func:`worst_iou`), and
+    ``overlay`` what to draw over the image: ``kind``, ``names`` and the predicted ``mask`` (H×W class
+    indices, with ``truth_mask``) or ``boxes`` / ``scores`` / ``labels`` (with ``truth_boxes`` /
+    ``truth_labels``) in pixels of ``frame`` (width, height: what the model saw)."""
 
     image: str
     index: int
@@ -44,6 +52,8 @@ class Example:
     loss: float
     label: str | None = None
     error: float | None = None
+    iou: float | None = None
+    overlay: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # arrays: not compared
 
     def row(self) -> list[str]:
         confidence = "" if self.confidence is None else f"{self.confidence:.4f}"
@@ -169,8 +179,11 @@ def largest_errors(report: Any, head: str, limit: int | None = None) -> list[Exa
 
 
 def mistakes(report: Any, head: str, limit: int | None = None) -> list[Example]:
-    """A head's mistakes, worst (highest loss) first: see the module docstring."""
+    """A head's mistakes, worst (highest loss) first; a dense head's images, lowest IoU first: see the
+    module docstring."""
     out = _outputs(report, head)
+    if out.kind in DENSE_KINDS:
+        return worst_iou(report, head, limit)
     if out.kind == "single":
         wrong = [i for i, (t, p) in enumerate(zip(out.targets.tolist(), out.predicted.tolist())) if t >= 0 and t != p]
         return _worst_first(_single(report, head, i) for i in wrong)[:limit]
@@ -181,6 +194,142 @@ def mistakes(report: Any, head: str, limit: int | None = None) -> list[Example]:
             items += fp + fn
         return _worst_first(items)[:limit]
     return largest_errors(report, head, limit)
+
+
+# -- dense heads: the worst IoU first -----------------------------------------------------------------------
+BOX_SCORE = 0.3  # boxes scoring below this do not count in an image's IoU (what a person would be shown)
+MATCH_IOU = 0.5  # a predicted box overlapping no true box of its class this much is a false box
+
+
+def mask_iou(predicted: np.ndarray, truth: np.ndarray, ignore_index: int | None = None) -> float:
+    """One image's mean IoU: over the classes in its truth or its prediction, on the labelled pixels
+    (``ignore_index`` left out); NaN when no pixel is labelled."""
+    predicted, truth = np.asarray(predicted).ravel(), np.asarray(truth).ravel()
+    if predicted.shape != truth.shape:
+        raise GraftError(f"A predicted mask of {predicted.size} pixels cannot be compared with a true one of "
+                         f"{truth.size}.")
+    keep = truth != ignore_index if ignore_index is not None else np.ones(truth.shape, bool)
+    predicted, truth = predicted[keep].astype(np.int64), truth[keep].astype(np.int64)
+    if truth.size == 0:
+        return math.nan
+    scores = []
+    for c in np.union1d(np.unique(truth), np.unique(predicted)):
+        p, t = predicted == c, truth == c
+        scores.append(np.logical_and(p, t).sum() / np.logical_or(p, t).sum())
+    return float(np.mean(scores))
+
+
+def _box_arrays(data: Any, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (M×4) and labels (M) of predictions (``{"boxes", "scores", "labels"}``, those scoring at least
+    ``threshold``) or of the truth (an M×5 array, x0 y0 x1 y1 label; rows with a negative or NaN label are
+    padding)."""
+    if isinstance(data, dict):
+        boxes = np.asarray(data.get("boxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
+        labels = np.asarray(data.get("labels", np.zeros(len(boxes))), dtype=np.int64).reshape(-1)
+        scores = data.get("scores")
+        if scores is not None and threshold is not None:
+            keep = np.asarray(scores, dtype=np.float64).reshape(-1) >= threshold
+            boxes, labels = boxes[keep], labels[keep]
+        return boxes, labels
+    rows = np.asarray(data if data is not None else np.zeros((0, 5)), dtype=np.float64).reshape(-1, 5)
+    rows = rows[np.isfinite(rows[:, 4]) & (rows[:, 4] >= 0)]
+    return rows[:, :4], rows[:, 4].astype(np.int64)
+
+
+def boxes_iou(predicted: Any, truth: Any, threshold: float = BOX_SCORE) -> float:
+    """One image's box IoU: every true box counts its best IoU with a predicted box of its class (0 when
+    missed), every predicted box (scoring at least ``threshold``) that overlaps no true box of its class by
+    :data:`MATCH_IOU` counts 0 (a false box); the mean of those. 1: each object found exactly, nothing
+    else; NaN when there is neither a true nor a predicted box."""
+    import torch
+    from torchvision.ops import box_iou
+
+    p_boxes, p_labels = _box_arrays(predicted, threshold)
+    t_boxes, t_labels = _box_arrays(truth, None)
+    if len(p_boxes) == 0 and len(t_boxes) == 0:
+        return math.nan
+    if len(p_boxes) == 0 or len(t_boxes) == 0:
+        return 0.0
+    iou = box_iou(torch.as_tensor(t_boxes), torch.as_tensor(p_boxes)).numpy()
+    iou = np.where(t_labels[:, None] == p_labels[None, :], iou, 0.0)
+    found = iou.max(axis=1)
+    false = int((iou.max(axis=0) < MATCH_IOU).sum())
+    return float(found.sum() / (len(found) + false))
+
+
+def _dense_text(kind: str, data: Any, names: list[str], threshold: float | None,
+                ignore_index: int | None = None) -> str:
+    """``circle 23% · square 4%`` (a mask's classes by share) or ``2 boxes: circle, square``."""
+    if kind == "segment":
+        mask = np.asarray(data).ravel()
+        if ignore_index is not None:
+            mask = mask[mask != ignore_index]
+        mask = mask[(mask > 0) & (mask < len(names))].astype(np.int64)  # class 0: the background
+        if mask.size == 0:
+            return "background only"
+        counts = np.bincount(mask, minlength=len(names))
+        total = np.asarray(data).size
+        order = [c for c in np.argsort(-counts, kind="stable") if counts[c] > 0][:3]
+        return " · ".join(f"{names[c]} {counts[c] / total:.0%}" for c in order)
+    boxes, labels = _box_arrays(data, threshold)
+    if len(boxes) == 0:
+        return "no boxes"
+    words = [names[k] if 0 <= k < len(names) else str(k) for k in labels.tolist()]
+    shown = ", ".join(words[:3]) + ("…" if len(words) > 3 else "")
+    return f"{len(words)} box{'es' if len(words) != 1 else ''}: {shown}"
+
+
+def _labelled(kind: str, truth: Any, ignore_index: int | None) -> bool:
+    if truth is None:
+        return False
+    if kind == "segment":
+        truth = np.asarray(truth)
+        return bool(truth.size) and bool((truth != ignore_index).any() if ignore_index is not None else True)
+    rows = np.asarray(truth, dtype=np.float64).reshape(-1, 5) if not isinstance(truth, dict) else None
+    return rows is None or not np.isnan(rows[:, 4]).all()
+
+
+def _overlay(kind: str, predicted: Any, truth: Any, names: list[str], threshold: float, ignore: int | None,
+             frame: tuple[int, int] | None) -> dict[str, Any]:
+    """What :attr:`Example.overlay` holds (see there)."""
+    if kind == "segment":
+        mask = np.asarray(predicted)
+        return {"kind": kind, "names": names, "mask": mask, "truth_mask": np.asarray(truth), "ignore_index": ignore,
+                "frame": (int(mask.shape[1]), int(mask.shape[0]))}
+    boxes, labels = _box_arrays(predicted, None)
+    scores = np.asarray(predicted.get("scores", np.ones(len(boxes))), dtype=np.float64).reshape(-1)
+    t_boxes, t_labels = _box_arrays(truth, None)
+    return {"kind": kind, "names": names, "boxes": boxes, "scores": scores, "labels": labels,
+            "truth_boxes": t_boxes, "truth_labels": t_labels, "threshold": threshold,
+            "frame": tuple(frame) if frame is not None else None}
+
+
+def worst_iou(report: Any, head: str, limit: int | None = None) -> list[Example]:
+    """A dense head's labelled images by their IoU (:func:`mask_iou` / :func:`boxes_iou`), lowest first;
+    each :class:`Example` carries what to draw (``prediction_data``, ``truth_data``). Images without a
+    mask or box label for the head are left out."""
+    out = _outputs(report, head)
+    if out.kind not in DENSE_KINDS:
+        raise GraftError(f"Head {head!r} is not a segmentation or box head.")
+    names = list(report.heads[head].classes)
+    ignore = getattr(out, "ignore_index", None)
+    threshold = getattr(out, "score_threshold", None) or BOX_SCORE
+    items = []
+    for i, image in enumerate(report.images):
+        truth, predicted = out.targets[i], out.predicted[i]
+        if not _labelled(out.kind, truth, ignore):
+            continue
+        iou = (mask_iou(predicted, truth, ignore) if out.kind == "segment"
+               else boxes_iou(predicted, truth, threshold))
+        if math.isnan(iou):
+            continue
+        items.append(Example(image, i, head, _dense_text(out.kind, truth, names, None, ignore),
+                             _dense_text(out.kind, predicted, names, threshold, ignore), None,
+                             float(out.losses[i]), iou=iou,
+                             overlay=_overlay(out.kind, predicted, truth, names, threshold, ignore,
+                                              getattr(out, "frame", None))))
+    items.sort(key=lambda e: (e.iou, e.index))
+    return items[:limit]
 
 
 def errors_table(report: Any, limit: int | None = None) -> list[Example]:
@@ -200,6 +349,8 @@ def label_audit(report: Any, confidence: float = AUDIT_CONFIDENCE,
     blanks: list[Suggestion] = []
     for head in heads if heads is not None else list(report.heads):
         out = _outputs(report, head)
+        if out.kind in DENSE_KINDS:
+            continue  # a mask or boxes are no label cell to suggest
         names = _names(report, head)
         columns = list(out.columns)
         for i, image in enumerate(report.images):

@@ -120,6 +120,7 @@ class Trunk(nn.Module):
         self._hook = None
         self._captured: Any = None
         self.taps: tuple[str | None, ...] = (END,)
+        self.map_taps: tuple[str, ...] = ()  # layers whose whole output maps dense heads read
         self._tap_hooks: list[Any] = []
         self._taken: dict[str, Any] | None = None  # the tapped outputs of the forward pass under way
         self._stop_when_taken = False
@@ -137,16 +138,20 @@ class Trunk(nn.Module):
         raise _CutReached
 
     # -- taps -------------------------------------------------------------------------------------
-    def set_taps(self, taps: tuple[str | None, ...] | list[str | None]) -> None:
-        """Return these taps from now on (see the class docstring); the same taps again change nothing."""
-        taps = tuple(dict.fromkeys(taps)) or (END,)
-        if taps == self.taps:
+    def set_taps(self, taps: tuple[str | None, ...] | list[str | None],
+                 maps: tuple[str, ...] | list[str] = ()) -> None:
+        """Return these taps from now on (see the class docstring); the same taps again change nothing.
+        ``maps``: layers whose whole outputs :meth:`forward_maps` also returns (dense heads). With maps and
+        no taps at all, the trunk returns no pooled features (``taps`` is empty)."""
+        maps = tuple(dict.fromkeys(maps))
+        taps = tuple(dict.fromkeys(taps)) or (() if maps else (END,))
+        if taps == self.taps and maps == self.map_taps:
             return
         for handle in self._tap_hooks:
             handle.remove()
         self._tap_hooks = []
-        self.taps = taps
-        for layer in taps:
+        self.taps, self.map_taps = taps, maps
+        for layer in dict.fromkeys([*taps, *maps]):
             if layer is not END:  # before the cut's hook: a head may read the cut layer itself
                 module = self.body.get_submodule(layer)
                 self._tap_hooks.append(module.register_forward_hook(functools.partial(self._take, layer),
@@ -156,12 +161,17 @@ class Trunk(nn.Module):
     def layer_taps(self) -> list[str]:
         return [t for t in self.taps if t is not END]
 
+    @property
+    def read_layers(self) -> tuple[str | None, ...]:
+        """Every layer a head reads, pooled or whole (``END`` for the trunk's end): what the forward needs."""
+        return tuple(dict.fromkeys([*self.taps, *self.map_taps]))
+
     def _take(self, layer: str, module: nn.Module, args: Any, output: Any) -> None:
         taken = self._taken
         if taken is None or layer in taken:  # not a tapped forward (run_all), or a reused module's next call
             return
         taken[layer] = output
-        if self._stop_when_taken and len(taken) == len(self.taps):
+        if self._stop_when_taken and len(taken) == len(self.read_layers):
             raise _CutReached
 
     def _end(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,8 +189,13 @@ class Trunk(nn.Module):
         return self._end(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.taps == (END,):
-            return self._end(x)
+        return self.forward_maps(x)[0]
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(features, {layer: map})``: the pooled features of :attr:`taps` (``(N, 0)`` when there are none)
+        and the whole output of each of :attr:`map_taps`."""
+        if self.taps == (END,) and not self.map_taps:
+            return self._end(x), {}
         taken: dict[str, Any] = {}
         self._taken, self._stop_when_taken = taken, END not in self.taps
         try:
@@ -194,15 +209,16 @@ class Trunk(nn.Module):
                 self._captured = None
         finally:
             self._taken = None
+        missing = next((t for t in self.read_layers if t is not END and t not in taken), None)
+        if missing is not None:
+            raise RuntimeError(f"layer {missing!r}, which a head reads, did not run in the forward pass")
+        maps = {layer: first_tensor(taken[layer]) for layer in self.map_taps}
         parts, tokens = [], class_token_length(self.body)
         for tap in self.taps:
-            if tap is END:
-                parts.append(end)
-            elif tap not in taken:
-                raise RuntimeError(f"layer {tap!r}, which a head reads, did not run in the forward pass")
-            else:
-                parts.append(pool_layer(taken[tap], tokens))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            parts.append(end if tap is END else pool_layer(taken[tap], tokens))
+        if not parts:
+            return x.new_zeros((x.shape[0], 0)), maps
+        return (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]), maps
 
 
 class RegressionHead(nn.Sequential):
@@ -260,34 +276,65 @@ class GraftModel(nn.Module):
     @head_specs.setter
     def head_specs(self, specs: dict[str, HeadSpec]) -> None:
         self._head_specs = specs
-        self.trunk.set_taps([s.layer for s in specs.values()])
+        dense = [layer for s in specs.values() if s.dense for layer in s.layers]
+        self.trunk.set_taps([s.layer for s in specs.values() if not s.dense], dense)
+
+    @property
+    def has_dense_heads(self) -> bool:
+        """A head reads whole feature maps (segment, detect): the model runs on images, never on cached
+        pooled features or a trunk converted on its own."""
+        return any(s.dense for s in self.head_specs.values())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.trunk(x)
-        if not len(self.heads):
-            return {"output": features}
-        return self.forward_heads(features)
+        """``{head: raw output}``: pooled heads' logits / values ``(N, K)``; a segment head's logits
+        ``(N, classes, H, W)``; a detect head's raw ``(N, P, classes + 5)``
+        (:class:`engine.network.dense_heads.DetectHead`; :func:`engine.network.dense_heads.decoded_outputs`
+        gives the boxes and scores)."""
+        if not self.has_dense_heads:
+            features = self.trunk(x)
+            if not len(self.heads):
+                return {"output": features}
+            return self.forward_heads(features)
+        features, maps = self.trunk.forward_maps(x)
+        return self.heads_on_maps(features, maps, tuple(x.shape[-2:]))
+
+    def heads_on_maps(self, features: torch.Tensor, maps: dict[str, torch.Tensor],
+                      size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Every head on what :meth:`Trunk.forward_maps` returned for inputs of ``size`` (H, W): a frozen
+        trunk runs without gradients and the heads on its output with them."""
+        pooled = self.forward_heads(features) if features.shape[1] else {}
+        out = {}
+        for name, spec in self.head_specs.items():  # in the heads' order
+            if spec.dense:
+                head = self.heads[name]
+                out[name] = head([maps[layer] for layer in head.layers], size)
+            else:
+                out[name] = pooled[name]
+        return out
 
     def _slices(self) -> dict[str, slice] | None:
-        """Each head's columns of the trunk's output (None: one tap, every head reads all of it)."""
+        """Each pooled head's columns of the trunk's output (None: one tap, every head reads all of it)."""
         taps = self.trunk.taps
         if len(taps) == 1:
             return None
         width: dict[str | None, int] = {}
         for name, spec in self.head_specs.items():
-            width.setdefault(spec.layer, head_in_features(self.heads[name]))
+            if not spec.dense:
+                width.setdefault(spec.layer, head_in_features(self.heads[name]))
         start, where = 0, {}
         for tap in taps:
             where[tap] = slice(start, start + width[tap])
             start += width[tap]
-        return {name: where[spec.layer] for name, spec in self.head_specs.items()}
+        return {name: where[spec.layer] for name, spec in self.head_specs.items() if not spec.dense}
 
     def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Heads on precomputed trunk features (used for training on cached features)."""
+        """Pooled heads on precomputed trunk features (used for training on cached features); dense heads
+        need the maps, so :meth:`forward` runs them."""
         slices = self._slices()
+        dense = {name for name, spec in self.head_specs.items() if spec.dense}
         if slices is None:
-            return {name: head(features) for name, head in self.heads.items()}
-        return {name: head(features[:, slices[name]]) for name, head in self.heads.items()}
+            return {name: head(features) for name, head in self.heads.items() if name not in dense}
+        return {name: head(features[:, slices[name]]) for name, head in self.heads.items() if name not in dense}
 
     def train(self, mode: bool = True) -> "GraftModel":
         """Like nn.Module.train, but BatchNorm layers whose parameters are frozen stay in eval mode,
@@ -310,7 +357,10 @@ class GraftModel(nn.Module):
 
 
 def head_in_features(head: nn.Module) -> int:
-    """How many features a head reads: its first Linear's inputs."""
+    """How many features a head reads: its first Linear's inputs; a dense head (no Linear: it reads maps)
+    the channels of all the maps it reads."""
+    if hasattr(head, "in_channels") and hasattr(head, "layers"):
+        return int(sum(head.in_channels))
     return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
 
 

@@ -1,8 +1,10 @@
 """Head specifications and the modules built from them.
 
 A head is a small MLP on pooled features: the trunk's output, or (``layer``) the output of any layer of
-the network, pooled to a vector. Its spec is plain data so it can live in the project recipe (JSON) and
-in the ONNX metadata.
+the network, pooled to a vector. Dense heads (``segment``, ``detect``: :data:`DENSE_KINDS`) read whole
+feature maps of several layers instead (``layers``) through a feature pyramid
+(:mod:`engine.network.dense_heads`). Its spec is plain data so it can live in the project recipe (JSON)
+and in the ONNX metadata.
 """
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ from typing import Any
 
 from engine.errors import GraftError
 
-KINDS = ("single", "multi", "regression")
-KIND_TITLES = {"single": "single-label (softmax)", "multi": "multi-label (sigmoid)", "regression": "regression"}
+KINDS = ("single", "multi", "regression", "segment", "detect")
+DENSE_KINDS = frozenset({"segment", "detect"})  # heads on feature maps, not on pooled vectors
+KIND_TITLES = {"single": "single-label (softmax)", "multi": "multi-label (sigmoid)", "regression": "regression",
+               "segment": "segmentation (mask per pixel)", "detect": "object boxes (detection)"}
+DENSE_WIDTH = 64  # a dense head's decoder channels when ``hidden`` does not say
 
 # Heads live in an nn.ModuleDict, which cannot hold a key that is one of its own attributes. Written
 # out rather than read from torch: this module must import without torch (ONNX predictions). Names
@@ -55,6 +60,20 @@ class HeadSpec:
 
     layer: the network layer whose output the head reads, pooled to a vector (``features.4``); None (the
     default) for the trunk's end, as before heads could sit anywhere.
+
+    Dense heads (kind ``segment`` or ``detect``):
+
+    * ``segment``: ``outputs`` classes per pixel (class 0 is usually the background); labels from PNG
+      masks of class indices, pixels equal to ``ignore_index`` (default 255) left out of loss and metrics.
+      ``dice`` > 0 adds that weight times the soft Dice loss to the per-pixel cross-entropy.
+    * ``detect``: ``outputs`` object classes (no background class); labels are boxes. Predictions keep
+      boxes scoring above ``score_threshold`` after class-wise NMS at IoU ``nms_iou``, at most
+      ``max_detections`` per image.
+    * ``layers``: the trunk layers whose feature maps the head's pyramid reads, finest first (empty: the
+      defaults, :func:`engine.network.dense_heads.default_layers`, e.g. ``features.3``, ``features.5``,
+      ``features.8`` of EfficientNet-Lite0 at strides 8, 16, 32). ``layer`` stays None.
+    * ``hidden``: ``[channels]`` of the pyramid and decoder (default :data:`DENSE_WIDTH`).
+    * ``columns``: the CSV column holding the mask path / the boxes (default ``mask`` / ``boxes``).
     """
 
     name: str
@@ -68,6 +87,12 @@ class HeadSpec:
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
     layer: str | None = None
+    layers: list[str] = field(default_factory=list)
+    ignore_index: int = 255
+    dice: float = 0.0
+    score_threshold: float = 0.3
+    nms_iou: float = 0.5
+    max_detections: int = 100
 
     def __post_init__(self) -> None:
         if self.labels and isinstance(self.labels, (list, tuple)):
@@ -111,7 +136,60 @@ class HeadSpec:
                                        or self.layer.startswith("@")):
             raise GraftError(f"Head {self.name!r}: the layer it reads must be a layer's name "
                              f"(e.g. features.4), not {self.layer!r}.")
+        self._validate_dense()
         self._validate_target_stats()
+
+    @property
+    def dense(self) -> bool:
+        """A head on feature maps (segment, detect) rather than on a pooled vector."""
+        return self.kind in DENSE_KINDS
+
+    def _validate_dense(self) -> None:
+        if not isinstance(self.layers, (list, tuple)) or not all(isinstance(v, str) and v.strip() and "@" not in v
+                                                                   for v in self.layers):
+            raise GraftError(f"Head {self.name!r}: layers must be a list of layer names (e.g. features.3).")
+        self.layers = list(self.layers)
+        if len(set(self.layers)) != len(self.layers):
+            raise GraftError(f"Head {self.name!r}: a layer is listed twice.")
+        if not self.dense:
+            if self.layers:
+                raise GraftError(f"Head {self.name!r}: only segment and detect heads read several layers; a "
+                                 f"{self.kind} head reads one (layer).")
+            return
+        if self.layer is not None:
+            raise GraftError(f"Head {self.name!r}: a {self.kind} head reads feature maps of layers (layers), not "
+                             "one pooled layer.")
+        if len(self.hidden) > 1:
+            raise GraftError(f"Head {self.name!r}: a {self.kind} head has one width (its decoder's channels).")
+        if self.kind == "segment" and self.outputs < 2:
+            raise GraftError(f"Segmentation head {self.name!r} needs at least 2 classes (e.g. background and "
+                             f"object), got {self.outputs}.")
+        if not _is_count(self.ignore_index) or not 0 <= self.ignore_index <= 65535:
+            raise GraftError(f"Head {self.name!r}: the ignore value must be a whole number 0-65535.")
+        if self.kind == "segment" and self.ignore_index < self.outputs:
+            raise GraftError(f"Head {self.name!r}: the ignore value ({self.ignore_index}) is one of its class "
+                             f"indices (0-{self.outputs - 1}); choose one above them (e.g. 255).")
+        for what, value in (("Dice weight", self.dice), ("score threshold", self.score_threshold),
+                            ("NMS IoU", self.nms_iou)):
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise GraftError(f"Head {self.name!r}: the {what} must be a number of at least 0.")
+        if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou <= 1:
+            raise GraftError(f"Head {self.name!r}: the score threshold must be in [0, 1) and the NMS IoU in (0, 1].")
+        if not _is_count(self.max_detections) or self.max_detections < 1:
+            raise GraftError(f"Head {self.name!r}: the number of boxes kept per image must be at least 1.")
+
+    @property
+    def read_layers(self) -> list[str]:
+        """The trunk layers this head reads (a pooled head: its layer, none for the trunk's end; a dense head:
+        its layers)."""
+        if self.dense:
+            return list(self.layers)
+        return [self.layer] if self.layer is not None else []
+
+    @property
+    def width(self) -> int:
+        """A dense head's decoder channels (``hidden[0]``, default :data:`DENSE_WIDTH`)."""
+        return int(self.hidden[0]) if self.hidden else DENSE_WIDTH
 
     def _validate_target_stats(self) -> None:
         stats = {"target mean": self.target_mean, "target std": self.target_std}
@@ -151,7 +229,10 @@ class HeadSpec:
 
     @property
     def reads(self) -> str:
-        """Where the head reads, for people: the layer's name, or "the trunk's end"."""
+        """Where the head reads, for people: the layer's name, or "the trunk's end"; a dense head's layers
+        (or "the default layers")."""
+        if self.dense:
+            return ", ".join(self.layers) if self.layers else "the default layers"
         return self.layer if self.layer is not None else "the trunk's end"
 
     @property

@@ -183,13 +183,19 @@ def sixteen_to_eight(values: np.ndarray) -> np.ndarray:
     return ((v + 128) // 257).astype(np.uint8)
 
 
-def resize_and_crop(img: Image.Image, spec: InputSpec) -> Image.Image:
-    """Resize the shorter side to ``spec.resize`` and take the centre ``spec.size`` square."""
-    w, h = img.size
-    scale = spec.resize / min(w, h)
-    nw, nh = max(spec.size, round(w * scale)), max(spec.size, round(h * scale))
-    img = img.resize((nw, nh), RESAMPLE[spec.interpolation])
-    left, top = (nw - spec.size) // 2, (nh - spec.size) // 2
+def crop_geometry(width: int, height: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """``(resized width, resized height, left, top)`` of :func:`resize_and_crop` on a ``width`` × ``height``
+    image: where the input's square lies, for masks and boxes that must follow the image."""
+    scale = spec.resize / min(width, height)
+    nw, nh = max(spec.size, round(width * scale)), max(spec.size, round(height * scale))
+    return nw, nh, (nw - spec.size) // 2, (nh - spec.size) // 2
+
+
+def resize_and_crop(img: Image.Image, spec: InputSpec, resample: str | None = None) -> Image.Image:
+    """Resize the shorter side to ``spec.resize`` and take the centre ``spec.size`` square (``resample``:
+    another filter than the spec's, e.g. "nearest" for a mask of class indices)."""
+    nw, nh, left, top = crop_geometry(*img.size, spec)
+    img = img.resize((nw, nh), RESAMPLE[resample or spec.interpolation])
     return img.crop((left, top, left + spec.size, top + spec.size))
 
 

@@ -32,13 +32,9 @@ def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_project(session: Session, path: str | os.PathLike, extra: dict[str, Any] | None = None,
-                 checkpoint: TrainCheckpoint | None = None) -> Path:
-    """Write the project; ``checkpoint``: a paused run to keep with it (saving without one drops it)."""
-    from safetensors.torch import save
-
-    path = Path(path)
-    recipe = {
+def project_recipe(session: Session, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The project's ``recipe.json``: the source, the operations, the heads and the input (plain data)."""
+    return {
         "format": FORMAT,
         "graft_version": __version__,
         "source": session.source.to_dict(),
@@ -47,7 +43,23 @@ def save_project(session: Session, path: str | os.PathLike, extra: dict[str, Any
         "input_spec": session.input_spec.to_dict(),
         "extra": extra or {},
     }
-    blob = save(state_tensors(session.model), metadata={"graft_format": str(FORMAT)})
+
+
+def save_project(session: Session, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                 checkpoint: TrainCheckpoint | None = None) -> Path:
+    """Write the project; ``checkpoint``: a paused run to keep with it (saving without one drops it)."""
+    return write_project(path, project_recipe(session, extra), state_tensors(session.model), checkpoint)
+
+
+def write_project(path: str | os.PathLike, recipe: dict[str, Any], weights: dict[str, torch.Tensor],
+                  checkpoint: TrainCheckpoint | None = None, members: dict[str, str] | None = None) -> Path:
+    """Write a project file from its parts (atomically): ``recipe`` (:func:`project_recipe`), the model's
+    ``weights`` (independent contiguous CPU tensors: :func:`state_tensors`), a paused run, and ``members``,
+    more JSON text files by name (a recovery file's ``recovery.json``)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    blob = save(weights, metadata={"graft_format": str(FORMAT)})
     paused = None
     if checkpoint is not None:
         meta, tensors = checkpoint.to_parts()
@@ -60,6 +72,8 @@ def save_project(session: Session, path: str | os.PathLike, extra: dict[str, Any
             if paused is not None:
                 zf.writestr(CHECKPOINT_JSON, paused[0])
                 zf.writestr(CHECKPOINT_TENSORS, paused[1])
+            for name, text in (members or {}).items():
+                zf.writestr(name, text)
 
     atomic_write(path, write)
     return path

@@ -202,7 +202,7 @@ def _entry(trunk: Trunk, spec: Any, background: bool) -> _Entry:
 def _applicable(model: GraftModel, device: torch.device | str | None) -> bool:
     if not enabled() or (device is not None and torch.device(device).type != "cpu"):
         return False
-    if model.trunk_trainable():
+    if model.trunk_trainable() or getattr(model, "has_dense_heads", False):  # dense heads read maps, not features
         return False
     return all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.dtype.is_floating_point)
                for t in [*model.trunk.parameters(), *model.trunk.buffers()])

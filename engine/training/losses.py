@@ -1,6 +1,6 @@
 """Per-head training losses that leave missing labels out.
 
-Targets come from :class:`engine.data.datasets.ImageDataset`: single-label heads get an int64 class index per
+Targets come from :class:`engine.data.image_dataset.ImageDataset`: single-label heads get an int64 class index per
 example (``-1`` = missing), multi-label and regression heads a float32 vector per example (``NaN`` =
 missing entry). The losses, for a batch of ``N`` examples:
 
@@ -17,6 +17,9 @@ missing entry). The losses, for a batch of ``N`` examples:
   error of the standardised prediction ``z`` against ``(y - m) / s``: the loss and its gradients do not
   depend on the targets' units (targets around 1000 train like targets around 1).
 
+* **segment / detect** (dense heads) — see :mod:`engine.training.dense_losses` (per-pixel cross-entropy
+  over labelled pixels, optional Dice; torchvision's FCOS loss over the images with box labels).
+
 The total is ``sum_h loss_weight_h * loss_h``. An example with nothing labelled for a head adds nothing
 to that head's loss (and no gradient through it) but still trains the other heads.
 
@@ -29,12 +32,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from engine.network.dense_heads import DetectHead
 from engine.network.graft_model import RegressionHead
 from engine.network.heads import HeadSpec
+from engine.training.dense_losses import dense_loss_terms
 
 
 @dataclass
@@ -48,10 +54,13 @@ class LossResult:
     counts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def target_scales(heads: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+def target_scales(heads: Mapping[str, torch.nn.Module]) -> dict[str, Any]:
     """``{head: target_std buffer}`` of the regression heads among ``heads`` (e.g. ``model.heads``): the
-    scales :func:`compute_losses` divides the errors by, on whatever device the heads are."""
-    return {name: m.target_std for name, m in heads.items() if isinstance(m, RegressionHead)}
+    scales :func:`compute_losses` divides the errors by, on whatever device the heads are; and
+    ``{head: module}`` of the detect heads, whose loss needs the module (its points)."""
+    found: dict[str, Any] = {name: m.target_std for name, m in heads.items() if isinstance(m, RegressionHead)}
+    found.update({name: m for name, m in heads.items() if isinstance(m, DetectHead)})
+    return found
 
 
 def _terms(kind: str, out: torch.Tensor, target: torch.Tensor,
@@ -121,20 +130,29 @@ def compute_losses(heads: Sequence[HeadSpec], outputs: Mapping[str, torch.Tensor
     total: torch.Tensor | None = None
     for spec in heads:
         scale = None
+        if spec.dense:
+            num, den = dense_loss_terms(spec, outputs[spec.name], targets[spec.name], (scales or {}).get(spec.name))
+            total = _add_head(result, spec, num, den, total)
+            continue
         if spec.kind == "regression":
             scale = (scales or {}).get(spec.name)
             if scale is None and spec.target_std is not None:
                 scale = torch.tensor(spec.target_std, dtype=torch.float32)
         num, den = head_loss_terms(spec.kind, outputs[spec.name], targets[spec.name], scale)
-        loss = num / den.clamp(min=1.0)
-        result.per_head[spec.name] = loss
-        result.sums[spec.name] = num.detach()
-        result.counts[spec.name] = den.detach()
-        term = loss * float(spec.loss_weight)
-        total = term if total is None else total + term
+        total = _add_head(result, spec, num, den, total)
     if total is not None:
         result.total = total
     return result
+
+
+def _add_head(result: LossResult, spec: HeadSpec, num: torch.Tensor, den: torch.Tensor,
+              total: torch.Tensor | None) -> torch.Tensor:
+    loss = num / den.clamp(min=1.0)
+    result.per_head[spec.name] = loss
+    result.sums[spec.name] = num.detach()
+    result.counts[spec.name] = den.detach()
+    term = loss * float(spec.loss_weight)
+    return term if total is None else total + term
 
 
 class LossAccumulator:

@@ -7,6 +7,7 @@
   defined. A label's F1 is undefined (``None``) when it has no positive in its labelled entries and
   none was predicted (``2TP + FP + FN == 0``).
 * regression: mean absolute error per output over its labelled entries, and the mean of those.
+* segment and detect: mIoU and per-class IoU, mAP@0.5 and mAP@0.5:0.95 (:mod:`engine.training.dense_metrics`).
 
 Counts are kept as tensors on the device while accumulating (no sync per batch); :meth:`summary` and
 :meth:`details` return plain Python floats, ints and lists.
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from engine.network.heads import HeadSpec
+from engine.training.dense_metrics import DetectMetrics, SegmentMetrics
 
 
 class HeadMetrics:
@@ -153,18 +155,24 @@ class RegressionMetrics(HeadMetrics):
         return out
 
 
-KIND_METRICS = {"single": SingleLabelMetrics, "multi": MultiLabelMetrics, "regression": RegressionMetrics}
+KIND_METRICS = {"single": SingleLabelMetrics, "multi": MultiLabelMetrics, "regression": RegressionMetrics,
+                "segment": SegmentMetrics, "detect": DetectMetrics}
 
 
-def head_metrics(spec: HeadSpec) -> HeadMetrics:
+def head_metrics(spec: HeadSpec, module: Any = None) -> HeadMetrics:
+    """The metrics of one head; ``module`` (a detect head's): what decodes its raw outputs."""
+    if spec.kind == "detect":
+        return DetectMetrics(spec, module)
     return KIND_METRICS[spec.kind](spec)
 
 
 class MetricSet:
-    """Metrics for several heads at once."""
+    """Metrics for several heads at once. ``modules``: the model's heads (``model.heads``), which detect
+    heads' metrics need to decode their outputs."""
 
-    def __init__(self, heads: Sequence[HeadSpec]) -> None:
-        self.heads = {h.name: head_metrics(h) for h in heads}
+    def __init__(self, heads: Sequence[HeadSpec], modules: Mapping[str, Any] | None = None) -> None:
+        modules = modules if modules is not None else {}
+        self.heads = {h.name: head_metrics(h, modules[h.name] if h.name in modules else None) for h in heads}
 
     def update(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> None:
         for name, m in self.heads.items():
@@ -177,12 +185,12 @@ class MetricSet:
         return {name: m.details() for name, m in self.heads.items()}
 
 
-MAIN_METRIC = {"single": "accuracy", "multi": "macro_f1", "regression": "mae"}
+MAIN_METRIC = {"single": "accuracy", "multi": "macro_f1", "regression": "mae", "segment": "miou", "detect": "map_50"}
 
 
 def headline(kind: str, summary: Mapping[str, float]) -> str:
     """``"acc 0.912"`` / ``"F1 0.701"`` / ``"MAE 0.123"`` (``-`` when undefined): one head in one word."""
     key = MAIN_METRIC[kind]
-    short = {"accuracy": "acc", "macro_f1": "F1", "mae": "MAE"}[key]
+    short = {"accuracy": "acc", "macro_f1": "F1", "mae": "MAE", "miou": "mIoU", "map_50": "mAP50"}[key]
     value = summary.get(key)
     return f"{short} {value:.3f}" if value is not None else f"{short} -"

@@ -33,6 +33,14 @@ class RunState:
             for k, v in state.items():
                 current[k].copy_(v)
 
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        """The best epoch's weights so far (before the first validation: the weights from before training),
+        keyed as ``session.model.state_dict()`` is: all of them, or the heads' alone when only the heads
+        train. CPU copies that training never writes into (a new epoch's best makes new ones), so another
+        thread may read them while training goes on. Call it on the training thread (``on_event``)."""
+        prefix = "heads." if self._snapshot_module() is not self.session.model else ""
+        return {prefix + k: v for k, v in self._best_state.items()}
+
     def _keep_best(self, epoch: int, val_loss: float | None, validated: bool) -> bool:
         """After an epoch: keep its weights if its validation loss is the lowest so far (True), else count
         it towards early stopping. Without validation data every epoch is the best one (weights left as

@@ -17,7 +17,7 @@ from engine.errors import GraftError
 from engine.training.metrics import MAIN_METRIC
 from engine.training.record import TrainingRecord
 
-SHORT = {"accuracy": "acc", "macro_f1": "F1", "mae": "MAE"}
+SHORT = {"accuracy": "acc", "macro_f1": "F1", "mae": "MAE", "miou": "mIoU", "map_50": "mAP50"}
 
 
 def runs_of(extra: Mapping[str, Any] | None) -> list[TrainingRecord]:
@@ -42,7 +42,7 @@ def final_metrics(record: TrainingRecord) -> dict[str, dict[str, float]]:
 
 
 def _headline(summary: Mapping[str, float]) -> str:
-    for key in ("accuracy", "macro_f1", "mae"):  # MAIN_METRIC's values: whichever this head has
+    for key in MAIN_METRIC.values():  # whichever this head has
         if isinstance(summary.get(key), (int, float)):
             return f"{SHORT[key]} {summary[key]:.3f}"
     return "-"

@@ -1,4 +1,4 @@
-"""Training a session's heads (and, if unfrozen, its trunk) on a :class:`~engine.data.datasets.DataSource`.
+"""Training a session's heads (and, if unfrozen, its trunk) on a :class:`~engine.data.samples.DataSource`.
 
 This module is the loop: :class:`Trainer`'s run, its endings and the epoch/step loop. The rest of a run lives
 beside it: the settings (:mod:`engine.training.config`), the events and errors (:mod:`engine.training.events`),
@@ -92,14 +92,19 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
     WARN_NO_VALIDATION = True  # say so when there is no validation data (a rate finder needs none)
 
     def __init__(self, session: Any, data: Any, config: TrainConfig | None = None,
-                 on_event: Callable[[object], None] | None = None, resume: Any = None) -> None:
+                 on_event: Callable[[object], None] | None = None, resume: Any = None,
+                 on_checkpoint: Callable[[Any], None] | None = None) -> None:
         """``resume``: a :class:`~engine.training.checkpoint.TrainCheckpoint` of a paused run on this session
-        and data, to continue it (the settings must be the paused run's)."""
+        and data, to continue it (the settings must be the paused run's). ``on_checkpoint``: called on the
+        training thread after every finished epoch the run goes on from, with the checkpoint a pause there
+        would have made (the model holds that epoch's weights meanwhile), so that the caller can save it:
+        a run killed later resumes from there (``main.py train --out`` saves each)."""
         self.session = session
         self.data = data
         self.config = config or TrainConfig()
         self.on_event = on_event
         self.resume = resume
+        self.on_checkpoint = on_checkpoint
         self._stop = threading.Event()
         self._stop_request = self._stop  # several processes: a request, agreed on into _stop every step
         self._pause = threading.Event()
@@ -447,6 +452,8 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
             if epoch < cfg.epochs and (pause or cfg.pause_after == epoch):
                 self.checkpoint = self._make_checkpoint()
                 return "paused"
+            if epoch < cfg.epochs and self.on_checkpoint is not None and (self._dist is None or self._dist.main):
+                self.on_checkpoint(self._make_checkpoint())
         return "completed"
 
 

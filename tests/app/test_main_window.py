@@ -122,7 +122,7 @@ def test_open_default_model_surgery_heads_freezing_and_undo(qtbot, window, monke
     output = s.output_layer
     assert output and window.tree_model.index_for_path(output).isValid()
     assert "efficientnet_lite0" in window.model_label.text()
-    assert window.features_label.text() == f"features: {s.tree.feature_dim}"
+    assert window.features_label.text() == f"classifier outputs: {s.tree.feature_dim}"  # before the delete
     assert "parameters train" in window.params_label.text() and window.device_label.text()
     assert a.delete_output.isEnabled() and a.export_onnx.isEnabled() and not a.train_stop.isEnabled()
 

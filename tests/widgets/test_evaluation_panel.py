@@ -115,3 +115,39 @@ def test_test_time_augmentation_choice_and_a_report_made_with_it(panel, report):
     panel.set_report(report)
     assert "TTA flip" in panel.info_label.text()
     assert panel.tta() == "flip+crops"  # a report does not change the choice for the next evaluation
+
+
+def test_dense_heads_show_iou_or_ap_per_class_and_their_examples(panel, tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from widgets.dense_examples import DenseExamplesView
+
+    report = {"n_images": 20, "heads": {
+        "seg": {"kind": "segment", "loss": 0.2, "n": 20, "metrics": {"miou": 0.734},
+                "details": {"classes": ["background", "circle", "square"], "iou": [0.95, 0.71, float("nan")]}},
+        "boxes": {"kind": "detect", "loss": 0.9, "n": 18, "metrics": {"map50": 0.812, "map": 0.455},
+                  "details": {"classes": ["circle", "square"], "ap50": [0.9, 0.72]}},
+    }}
+    panel.set_report(report)
+    assert "mIoU 0.734" in panel.headline_label.text()
+    table = panel.current_page().findChild(QTableWidget, "denseTable")
+    assert [table.item(r, 1).text() for r in range(3)] == ["0.950", "0.710", "–"]  # square never seen: no IoU
+    assert headline("detect", {}, {"map50": 0.812, "map": 0.455}) == "mAP@0.5 0.812 · mAP@0.5:0.95 0.455"
+    panel.select_head("boxes")
+    assert "mAP@0.5 0.812" in panel.headline_label.text() and "mAP@0.5:0.95 0.455" in panel.headline_label.text()
+    table = panel.current_page().findChild(QTableWidget, "denseTable")
+    assert table.horizontalHeaderItem(1).text() == "AP@0.5" and table.item(1, 1).text() == "0.720"
+    assert panel.examples_view("shape") is None
+    view = panel.examples_view("boxes")
+    assert isinstance(view, DenseExamplesView) and panel.current_page().isAncestorOf(view)
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    panel.set_examples("boxes", [SimpleNamespace(image=str(path), head="boxes", caption="2 true boxes", prediction={
+        "kind": "detect", "boxes": [[1, 1, 20, 20]], "scores": [0.8], "labels": [1], "names": ["circle", "square"],
+        "truth_boxes": [[2, 2, 21, 21]], "truth_labels": [1]})])
+    assert view.canvas.captions() == ["square 0.80"] and len(view.canvas.box_layers()) == 2
+    assert view.controls.threshold_slider.isVisibleTo(panel)
+    panel.set_examples("shape", [])  # not a dense head: nothing to show, no error

@@ -138,3 +138,91 @@ def test_the_reads_field_chooses_the_layer_a_head_reads(qtbot):
     edit = HeadDialog.for_edit(HeadSpec("shape", "single", labels=["a", "b"], layer="layer2.1"), layers=layers)
     qtbot.addWidget(edit)
     assert edit.layer_combo.currentText() == "layer2.1" and edit.spec().layer == "layer2.1"
+
+
+DENSE_SUGGESTIONS = [HeadSpec("shape", "single", labels=["circle", "square"], columns=["shape"]),
+                     HeadSpec("seg", "segment", labels=["background", "circle", "square"], columns=["mask"]),
+                     HeadSpec("boxes", "detect", labels=["circle", "square"], columns=["boxes"])]
+MAPS = ["features.1", "features.3", "features.5", "features.8"]
+
+
+def dense_dialog(qtbot, layer=None, existing=("shape",)) -> HeadDialog:
+    dialog = HeadDialog.for_new(existing, DENSE_SUGGESTIONS, layers=MAPS + ["head"], layer=layer, dense_layers=MAPS,
+                                default_dense_layers=["features.3", "features.5", "features.8"])
+    qtbot.addWidget(dialog)
+    dialog.show()
+    return dialog
+
+
+def test_a_segmentation_head_from_a_suggestion_with_chosen_layers_and_ignore_value(qtbot):
+    dialog = dense_dialog(qtbot)
+    assert dialog.kind() == "segment" and dialog.checked_columns() == ["mask"]
+    fields = dialog.dense_fields
+    # Dense heads read feature maps through a decoder: no hidden layers, dropout or one pooled layer.
+    assert fields.isVisible() and not dialog.hidden_edit.isVisible() and not dialog.layer_combo.isVisible()
+    assert fields.ignore_spin.isVisible() and not fields.score_spin.isVisible()
+    assert "default layers, features.3, features.5, features.8" in fields.layers_hint.text()
+    assert dialog.labels_row_label.text() == "Classes"
+    for i in range(fields.layers_list.count()):
+        item = fields.layers_list.item(i)
+        item.setCheckState(Qt.CheckState.Checked if item.text() in ("features.5", "features.1") else
+                           Qt.CheckState.Unchecked)
+    assert fields.layers_hint.text() == "Reads 2 layers: features.1, features.5"
+    fields.ignore_spin.setValue(254)
+    fields.dice_spin.setValue(0.5)
+    fields.width_spin.setValue(96)
+    with qtbot.waitSignal(dialog.accepted, timeout=1000):
+        click_ok(qtbot, dialog)
+    spec = dialog.spec()
+    assert (spec.kind, spec.layers, spec.ignore_index, spec.dice, spec.hidden, spec.columns, spec.labels) == (
+        "segment", ["features.1", "features.5"], 254, 0.5, [96], ["mask"], ["background", "circle", "square"])
+    assert spec.layer is None
+
+
+def test_an_ignore_value_that_is_a_class_keeps_the_dialog_open_and_says_why(qtbot):
+    dialog = dense_dialog(qtbot)
+    dialog.dense_fields.ignore_spin.setValue(1)
+    click_ok(qtbot, dialog)
+    assert dialog.isVisible() and "ignore value (1) is one of its class indices" in dialog.error_text()
+
+
+def test_a_box_head_with_its_score_threshold_and_add_head_here_ticks_that_layer(qtbot):
+    dialog = dense_dialog(qtbot, layer="features.5", existing=("shape", "seg"))
+    assert dialog.kind() == "detect" and dialog.checked_columns() == ["boxes"]
+    fields = dialog.dense_fields
+    assert fields.score_spin.isVisible() and not fields.ignore_spin.isVisible()
+    assert fields.checked_layers() == ["features.5"]  # "Add head here" on features.5
+    fields.score_spin.setValue(0.45)
+    fields.layer_filter.setText("8")
+    assert [fields.layers_list.item(i).isHidden() for i in range(4)] == [True, True, True, False]
+    with qtbot.waitSignal(dialog.accepted, timeout=1000):
+        click_ok(qtbot, dialog)
+    spec = dialog.spec()
+    assert (spec.kind, spec.layers, spec.score_threshold, spec.labels) == (
+        "detect", ["features.5"], 0.45, ["circle", "square"])
+
+
+def test_switching_to_a_dense_kind_and_back(qtbot):
+    dialog = dense_dialog(qtbot, layer="features.3", existing=())
+    assert dialog.kind() == "single" and dialog.layer() == "features.3" and not dialog.dense_fields.isVisible()
+    dialog.kind_combo.setCurrentIndex(dialog.kind_combo.findData("segment"))
+    assert dialog.dense_fields.isVisible() and dialog.dense_fields.checked_layers() == ["features.3"]
+    dialog.labels_edit.setPlainText("background, thing")
+    assert dialog.spec().kind == "segment" and dialog.spec().layers == ["features.3"]
+    dialog.kind_combo.setCurrentIndex(dialog.kind_combo.findData("single"))
+    assert not dialog.dense_fields.isVisible() and dialog.hidden_edit.isVisible()
+    assert dialog.spec().layer == "features.3" and dialog.spec().layers == []
+
+
+def test_editing_a_dense_head_fills_its_fields(qtbot):
+    spec = HeadSpec("seg", "segment", labels=["bg", "fg"], columns=["mask"], layers=["features.3", "features.8"],
+                    ignore_index=200, dice=1.0, hidden=[32])
+    dialog = HeadDialog.for_edit(spec, layers=MAPS, dense_layers=MAPS)
+    qtbot.addWidget(dialog)
+    assert dialog.dense_fields.checked_layers() == ["features.3", "features.8"]
+    assert dialog.dense_fields.ignore_spin.value() == 200 and dialog.dense_fields.width_spin.value() == 32
+    assert dialog.hidden_edit.text() == "" and dialog.spec() == spec
+    gone = HeadSpec("seg", "segment", labels=["bg", "fg"], layers=["features.9"])
+    dialog = HeadDialog.for_edit(gone, layers=MAPS, dense_layers=MAPS)
+    qtbot.addWidget(dialog)
+    assert dialog.dense_fields.checked_layers() == []  # features.9 is no longer offered

@@ -120,3 +120,23 @@ def test_lists_to_choose_from(qtbot, gallery, report):
     assert opened.args == [cell[1]]
     gallery.set_lists([])
     assert gallery.list_combo.isHidden() and gallery.lists() == []
+
+
+def test_dense_examples_show_their_iou_and_their_mask_on_the_thumbnail(qtbot, gallery, tmp_path):
+    from engine.explain.mistakes import Example
+    from widgets.mask_overlay import class_colours
+
+    mask = np.zeros((20, 20), np.int64)
+    mask[:, 10:] = 1
+    overlay = {"kind": "segment", "mask": mask, "names": ["bg", "circle"], "frame": (20, 20)}
+    item = Example("a.png", 0, "seg", "circle 50%", "circle 50%", None, float("nan"), iou=0.42, overlay=overlay)
+    grey = QImage(40, 40, QImage.Format.Format_RGB32)
+    grey.fill(0x808080)
+    gallery.show_items([item], "seg: the worst IoU first", thumbnails={0: grey})
+    index = gallery.model.index(0)
+    assert index.data(Qt.ItemDataRole.DisplayRole) == "circle 50% → circle 50%\nIoU 0.42"  # no "loss nan"
+    shown = index.data(Qt.ItemDataRole.DecorationRole).toImage()
+    red = [int(c) for c in class_colours(2)[1]]
+    right, left = shown.pixelColor(30, 20), shown.pixelColor(5, 20)
+    assert (left.red(), left.green(), left.blue()) == (128, 128, 128)
+    assert abs(right.red() - (red[0] + 128) / 2) < 4 and abs(right.green() - (red[1] + 128) / 2) < 4
