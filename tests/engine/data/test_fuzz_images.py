@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, strategies as st
 from PIL import Image
 
-from engine.data.datasets import check_image, quick_check
+from engine.data.decoding import check_image, quick_check
 from engine.network.preprocess import InputSpec, band_count_problem, open_image, preprocess_file
 from fuzz_support import check, readable
 

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import assume, given, strategies as st
 from PIL import Image
 
-from engine.data.datasets import load_data, suggest_heads
+from engine.data.loading import load_data
+from engine.data.manifests import suggest_heads
 from engine.network.heads import HeadSpec
 from fuzz_support import check, readable
 

@@ -131,7 +131,7 @@ def test_a_tiff_pillow_cannot_read_decodes_for_an_rgb_network_when_it_is_grey_or
     """The data check reads TIFFs Pillow cannot identify with tifffile and passes them; decoding them for a
     greyscale or RGB network went through Pillow alone ("not a readable image"), so training stopped on a
     file the check had let through."""
-    from engine.data.datasets import check_image
+    from engine.data.decoding import check_image
     from engine.network.preprocess import sixteen_to_eight
 
     values = np.random.default_rng(0).integers(0, 65536, (6, 6, 3)).astype(np.uint32)
@@ -157,7 +157,7 @@ def test_a_tiff_of_other_bands_is_refused_for_an_rgb_network_naming_them(tmp_pat
 
 def test_a_tiff_whose_header_claims_20000_by_20000_is_refused_before_allocating(tmp_path):
     """A few bytes of header said 20,000 x 20,000 x 5 and tifffile allocated (and the check decoded) 2 GB."""
-    from engine.data.datasets import check_image
+    from engine.data.decoding import check_image
     from fuzz_support import bounded
 
     path = tmp_path / "bomb.tif"
@@ -186,7 +186,7 @@ EMPTY_TIFF = (b"II*\x00\x08\x00\x00\x00\x08\x00\x01\x01\x04\x00\x01\x00\x00\x00\
 
 
 def test_a_tiff_of_no_pixels_is_refused_by_the_check_and_the_decoder(tmp_path):
-    from engine.data.datasets import check_image
+    from engine.data.decoding import check_image
 
     path = tmp_path / "empty.tif"
     path.write_bytes(EMPTY_TIFF)
