@@ -44,6 +44,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,7 @@ def anchor(trainval: Path, test: Path) -> dict:
         return torch.cat(out), torch.tensor([classes.index(p.parent.name) for p in paths]), paths
 
     x_train, y_train, _ = features(trainval / "train")
-    x_val, y_val, _ = features(trainval / "val")
+    x_val, y_val, val_paths = features(trainval / "val")
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
 
     def fit(l2: float):
@@ -108,10 +109,12 @@ def anchor(trainval: Path, test: Path) -> dict:
     with torch.no_grad():
         scored = [((predict(x_val) == y_val).float().mean().item(), l2, predict) for l2, predict in fits]
         val_acc, l2, predict = max(scored, key=lambda s: s[0])
+        val_right = (predict(x_val) == y_val).tolist()
         fitted_at = time.time()
         x_test, y_test, test_paths = features(test)
         right = (predict(x_test) == y_test).tolist()
     return {"val": val_acc, "l2": l2, "fitted_at": fitted_at,
+            "val_images": {str(p): bool(r) for p, r in zip(val_paths, val_right)},
             "test_images": {str(p): bool(r) for p, r in zip(test_paths, right)}}
 
 
@@ -148,34 +151,37 @@ def evaluate(project: Path, data: Path, split: str, images: list[Path], work: Pa
                 "--split", split, "--errors", str(errors)], work / f"{name}-evaluate.log", env)
     with errors.open(newline="") as f:
         wrong = {str((data / row["image"]).resolve()) for row in csv.DictReader(f)}
-    return {str(p): str(p.resolve()) not in wrong for p in images}
+    right = {str(p): str(p.resolve()) not in wrong for p in images}
+    printed = re.search(r"^\s*accuracy ([0-9.]+)$", (work / f"{name}-evaluate.log").read_text(), re.M)
+    if printed and abs(float(printed.group(1)) - sum(right.values()) / max(1, len(right))) > 1e-3:
+        raise RuntimeError(f"{name}: the --errors file and the printed accuracy {printed.group(1)} disagree")
+    return right
 
 
 def summary(right: dict[str, bool], looks: dict[str, str]) -> dict[str, float]:
-    """Accuracy over all images and by the look of each image's family."""
-    out = {"all": sum(right.values()) / max(1, len(right))}
-    for look in sorted(set(looks.values())):
-        picked = [r for p, r in right.items() if looks.get(_family(p)) == look]
-        if picked:
-            out[look] = sum(picked) / len(picked)
-    return out
+    """Accuracy over all images, by the look of each image's family and by family (``family:NAME``)."""
+    groups = {"all": list(right.values())}
+    for path, ok in right.items():
+        groups.setdefault(looks.get(_family(path), "?"), []).append(ok)
+        groups.setdefault(f"family:{_family(path)}", []).append(ok)
+    return {name: sum(oks) / len(oks) for name, oks in groups.items() if oks}
 
 
 def run_row(row: str, built: "glyphs.GlyphSet", work: Path, env: dict[str, str]) -> dict:
     """One row of the table: trains (timed), then evaluates on validation and test."""
     val_images = sorted((built.trainval / "val").glob("*/*.png"))
     test_images = sorted(built.test.glob("*/*.png"))
-    looks = {f: glyphs.FAMILIES.get(f, ("?", ""))[0] for f in {_family(p) for p in test_images}}
+    looks = {family: look for family, (look, _) in glyphs.FAMILIES.items()}
     if row == "anchor":
         out = work / "anchor.json"
         start = time.time()
         run_logged([sys.executable, str(Path(__file__).resolve()), "--anchor", str(built.trainval), str(built.test),
                     "--json", str(out)], work / "anchor.log", env)
         result = json.loads(out.read_text())
-        val = {"all": result["val"]}
+        val = summary(result["val_images"], looks)
         test = summary(result["test_images"], looks)
-        return {"row": row, "val": val["all"], "test": test, "seconds": result["fitted_at"] - start,
-                "note": f"L2 {result['l2']:g}"}
+        return {"row": row, "val": val["all"], "val_groups": val, "test": test,
+                "seconds": result["fitted_at"] - start, "note": f"L2 {result['l2']:g}"}
     project = work / f"{row}.graft"
     command = [sys.executable, str(ROOT / "main.py"), "train", "--data", str(built.trainval), "--out", str(project)]
     if row.startswith("budget-"):
@@ -187,7 +193,7 @@ def run_row(row: str, built: "glyphs.GlyphSet", work: Path, env: dict[str, str])
     if row.startswith("budget-"):
         budget = {"2m": 120, "10m": 600}[row.split("-", 1)[1]]
         note = f"{seconds / budget:.0%} of the budget"
-    return {"row": row, "val": val["all"], "test": test, "seconds": seconds, "note": note}
+    return {"row": row, "val": val["all"], "val_groups": val, "test": test, "seconds": seconds, "note": note}
 
 
 def table(results: list[dict]) -> str:
@@ -201,6 +207,18 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['row']} | {DESCRIPTIONS[r['row']]} | {r['val']:.1%} | {t['all']:.1%} | "
                      f"{t.get('handwriting', float('nan')):.1%} | {t.get('display', float('nan')):.1%} | "
                      f"{r['seconds']:.0f} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def family_table(results: list[dict]) -> str:
+    """Other-style test accuracy by font family, one column per row that ran."""
+    ran = [r for r in results if "test" in r]
+    families = sorted({k for r in ran for k in r["test"] if k.startswith("family:")})
+    lines = ["| test family | look | " + " | ".join(r["row"] for r in ran) + " |", "|---|---|" + "---|" * len(ran)]
+    for key in families:
+        name = key.split(":", 1)[1]
+        lines.append(f"| {name} | {glyphs.FAMILIES.get(name, ('?', ''))[0]} | "
+                     + " | ".join(f"{r['test'].get(key, float('nan')):.0%}" for r in ran) + " |")
     return "\n".join(lines)
 
 
@@ -284,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     print(f"\nLoad average at the end {os.getloadavg()[0]:.1f}\n")
     print(table(results))
+    if any("test" in r for r in results):
+        print("\n" + family_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"counts": c, "results": results}, indent=1))
     return 0

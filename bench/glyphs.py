@@ -206,7 +206,7 @@ def _render_side(out: Path, fonts: dict[str, Path], params: GlyphParams, per_fam
     import numpy as np
     from PIL import ImageFont
 
-    n_val = round(per_family * params.val_fraction) if val_folder is not None else 0
+    n_val = 0 if val_folder is None else min(per_family - 1, max(1, round(per_family * params.val_fraction)))
     counts = [0, 0]
     for f_index, family in enumerate(sorted(fonts)):
         font = ImageFont.truetype(str(fonts[family]), 96)

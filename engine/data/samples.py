@@ -18,6 +18,7 @@ import numpy as np
 from engine.data.dense_targets import dense_counts
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
+from engine.units import quoted
 
 Target = int | list[float]
 
@@ -159,5 +160,5 @@ def _label_counts(spec: HeadSpec, samples: Sequence[Sample]) -> dict[str, int]:
 
 
 def _listing(names: Sequence[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:MAX_LISTED])
+    shown = ", ".join(quoted(n) for n in names[:MAX_LISTED])
     return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")

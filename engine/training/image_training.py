@@ -28,8 +28,10 @@ class ImageTraining:
     def _image_dataset(self, samples: Sequence[Any], augment: bool):
         from engine.data.image_dataset import ImageDataset
 
+        from engine.training.augment import apply_policy
+
         base = ImageDataset(samples, self.target_map.data_heads, self.session.input_spec, augment=augment)
-        return MappedDataset(base, self.target_map)
+        return MappedDataset(apply_policy(base, self.config.augment_policy), self.target_map)
 
     def _frozen_trunk(self, images: int) -> TrunkRunner | None:
         """What runs the frozen trunk over ``images`` images (None: PyTorch); its note becomes a message."""

@@ -7,24 +7,8 @@ import numpy as np
 import pytest
 
 from engine.errors import GraftError
-from engine.explain.mistakes import boxes_iou, label_audit, mask_iou, mistakes, worst_iou
+from engine.explain.mistakes import boxes_iou, label_audit, mistakes, worst_iou
 from engine.training.evaluation import EvalReport, HeadOutputs, HeadReport
-
-
-def test_mask_iou_counts_labelled_pixels_of_the_classes_present():
-    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
-    same = np.where(truth == 255, 0, truth)
-    assert mask_iou(same, truth, 255) == 1.0
-    pred = np.array([[0, 0, 0, 1], [0, 0, 1, 1]])  # misses one object pixel; the ignored one does not count
-    # background: 4 right of 5 predicted / 4 true -> 4/5; object: 2 of 3 true -> 2/3
-    assert mask_iou(pred, truth, 255) == pytest.approx((4 / 5 + 2 / 3) / 2)
-    # A class only predicted counts too (0 IoU): seeing objects that are not there is a mistake.
-    ghost = np.where(truth == 255, 0, truth).copy()
-    ghost[0, 0] = 2
-    assert mask_iou(ghost, truth, 255) == pytest.approx((3 / 4 + 1 + 0) / 3)
-    assert math.isnan(mask_iou(pred, np.full_like(truth, 255), 255))
-    with pytest.raises(GraftError, match="cannot be compared"):
-        mask_iou(pred[:1], truth, 255)
 
 
 def test_box_iou_per_image_counts_missed_and_false_boxes():
@@ -63,7 +47,8 @@ def report() -> EvalReport:
              "boxes": HeadReport("boxes", "detect", 0.5, 2, {"map_50": 0.5}, {"classes": ["circle", "square"]}),
              "shape": HeadReport("shape", "single", 0.1, 3, {}, {"classes": ["circle", "square"]})}
     outputs = {
-        "seg": HeadOutputs("segment", np.zeros(3), seg_pred, seg_truth, np.array([0.1, 0.9, np.nan])),
+        "seg": HeadOutputs("segment", np.array([1.0, (12 / 16 + 0) / 2, np.nan]), seg_pred, seg_truth,
+                           np.array([0.1, 0.9, np.nan])),
         "boxes": HeadOutputs("detect", np.zeros(3), box_pred, box_truth, np.array([0.2, 0.7, np.nan])),
         "shape": HeadOutputs("single", np.array([[0.9, 0.1]] * 3), np.zeros(3, int), np.zeros(3, int),
                              np.full(3, 0.1), columns=["shape"]),
@@ -136,3 +121,20 @@ def test_the_report_shows_miou_map_and_the_worst_iou_pictures(report, tmp_path):
     assert "<td class='name'>circle</td><td>0.300</td>" in html
     assert html.count("IoU 0.") >= 4 and "Worst IoU" in html and "data:image/jpeg;base64," in html
     assert html.index("b.png") < html.index("a.png")  # the worst first
+
+
+def test_input_square_undoes_the_resize_and_centre_crop(report, tmp_path):
+    from PIL import Image
+
+    from engine.explain.mistakes import input_square
+    from engine.network.preprocess import InputSpec
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (80, 60)).save(path)
+    spec = InputSpec(size=32, resize=32)
+    square = input_square(path, spec)  # resized to 43×32, the 32 px square from x = 5: x 9.3..68.8 of 80
+    assert square["image_size"] == (80, 60) and square["frame"] == (32, 32)
+    assert square["region"] == pytest.approx((5 * 80 / 43, 0, 37 * 80 / 43, 60))
+    report.images = [str(path)] * 3
+    seg = worst_iou(report, "seg", spec=spec)
+    assert seg[0].overlay["region"] == pytest.approx(square["region"]) and seg[0].overlay["frame"] == (32, 32)
