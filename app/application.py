@@ -41,14 +41,17 @@ def configure_app(app: QApplication) -> None:
 
 
 def _parse(argv: list[str]) -> dict:
-    """GUI options: ``--no-default`` (start empty), ``--model SPEC``, ``--data PATH``, a ``.graft`` file."""
-    opts = {"model": "default", "data": "demo", "project": None}
+    """GUI options: ``--no-default`` (start empty), ``--model SPEC``, ``--data PATH``, a ``.graft`` file,
+    ``--no-demo-task`` (the bundled network and the demo data without the demo task's heads)."""
+    opts = {"model": "default", "data": "demo", "project": None, "demo_task": True}
     args = [a for a in argv if a != "--gui"]
     i = 0
     while i < len(args):
         a = args[i]
         if a == "--no-default":
             opts["model"], opts["data"] = None, None
+        elif a == "--no-demo-task":
+            opts["demo_task"] = False
         elif a in ("--model", "--data") and i + 1 < len(args):
             opts[a[2:]] = args[i + 1]
             i += 1
@@ -75,6 +78,8 @@ def run_app(argv: list[str] | None = None) -> int:
     elif opts["model"]:
         window.files.load_model({"spec": opts["model"]})
     if opts["data"] == "demo":
+        if opts["model"] == "default" and not opts["project"] and opts["demo_task"]:
+            window.surgery.arm_demo_task()  # a classification, a segmentation and a box head, once both are in
         window.datasets.load_demo_data()
     elif opts["data"]:
         window.datasets.load_data(opts["data"])

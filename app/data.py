@@ -28,7 +28,7 @@ DATA_FILTER = "CSV manifests (*.csv *.tsv);;All files (*)"
 
 # -- work done in worker threads (plain functions: no Qt, no widgets) ---------------------------------
 def _load_data(path: str, heads=None):
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
 
     # Suggested heads leave out a column with a stray cell (a warning says which) instead of refusing the file.
     data = load_data(path, heads=heads, strict_suggestions=False)
@@ -37,7 +37,7 @@ def _load_data(path: str, heads=None):
 
 
 def _load_demo_data():
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.data.demo_data import ensure_demo_data
 
     data = load_data(ensure_demo_data())

@@ -32,14 +32,14 @@ def _evaluate(session, data, split: str, tta: str | None = None, report_progress
             report_progress((done, total))
 
     report = evaluate(session, data, split=split, on_progress=progress, tta=tta)
-    return report, _dense_examples(report)
+    return report, _dense_examples(report, session.input_spec)
 
 
-def _dense_examples(report) -> dict[str, list]:
+def _dense_examples(report, spec) -> dict[str, list]:
     """Each dense head's evaluated images, worst IoU first, with what to draw (the Evaluate tab's examples)."""
     from engine.explain.mistakes import worst_iou
 
-    return {name: worst_iou(report, name) for name, head in report.heads.items()
+    return {name: worst_iou(report, name, spec=spec) for name, head in report.heads.items()
             if head.kind in ("segment", "detect") and name in getattr(report, "outputs", {})}
 
 
@@ -52,7 +52,12 @@ def _predict(session, path: str):
     # surgery waits for this prediction; the conversion runs in the background), so the next images tried run
     # at onnxruntime's speed.
     prepare_trunk(session.model)
-    return predictions
+    dense = any(getattr(p, "kind", "") in ("segment", "detect") for p in (predictions[0] if predictions else {}).values())
+    if not dense:
+        return predictions, None
+    from engine.explain.mistakes import input_square
+
+    return predictions, input_square(path, session.input_spec)
 
 
 class Evaluation(QObject):
@@ -121,9 +126,10 @@ class Evaluation(QObject):
             self._messages.show_message(refusal, "warning")
             return
 
-        def done(preds, path=path):
+        def done(result, path=path):
+            preds, square = result
             first = preds[0] if isinstance(preds, list) and preds else preds
-            view.show_predictions(path, first)
+            view.show_predictions(path, first, **(square or {}))
             self._messages.show_message(f"Predicted {Path(path).name}.")
             self.predicted.emit(first)
             self.tried.emit(path)

@@ -58,7 +58,7 @@ def _activations(session, image: str, layer: str):
     return activations(session, image, layer)
 
 
-def _lists(report):
+def _lists(report, spec=None):
     """The gallery's lists, ``(key, combo text, title, examples)`` each, and the label audit."""
     from engine.explain import mistakes as m
 
@@ -79,7 +79,7 @@ def _lists(report):
                 lists.append((f"{head}:fn:{label}", f"{head} ▸ false negatives: {label} ({len(fn)})",
                               f"{head}: {label} missed, most confident first", fn))
         elif result.kind in ("segment", "detect"):
-            items = m.worst_iou(report, head)
+            items = m.worst_iou(report, head, spec=spec)
             what = "mask" if result.kind == "segment" else "boxes"
             lists.append((f"{head}:iou", f"{head} ▸ worst IoU ({len(items)})",
                           f"{head}: the images its {what} cover worst first (IoU with the truth)", items))
@@ -384,7 +384,9 @@ class Explain(QObject):
             self._audit.show_message(message)
             self._say_problem(message, details, "Listing the mistakes")
 
-        self._jobs.run("mistakes", "Listing the mistakes…", _lists, report, finished=done, errored=failed)
+        session = self._workspace.session
+        self._jobs.run("mistakes", "Listing the mistakes…", _lists, report,
+                       session.input_spec if session is not None else None, finished=done, errored=failed)
 
     def show_cell(self, head: str, truth: int, prediction: int) -> None:
         """A click on a confusion-matrix cell: exactly the validation images it counts (listed in a worker:

@@ -16,7 +16,7 @@ from PySide6.QtCore import QEventLoop, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QUndoStack
 from PySide6.QtWidgets import QApplication, QFileDialog, QMainWindow, QMenu, QMessageBox, QProgressDialog
 
-from engine.data.datasets import MANIFEST_SUFFIXES
+from engine.data.manifests import MANIFEST_SUFFIXES
 from engine.units import plural
 
 from . import dialogs

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QMessageBox, QUndoView, QWidget
 
 from engine.errors import GraftError
 from engine.network.layer_tree import HEADS_KEY
+from widgets.head_diagram import KIND_SHORT
 
 from . import dialogs
 from .undo import push_operation
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
     from .messages import Messages
     from .workspace import Workspace
 
+
+
+def demo_heads(suggestions) -> list:
+    """Of a data's suggested heads, the demo task's: the first classification (single-label) head and the
+    first segment and detect heads — none unless there is a dense one."""
+    chosen = [next((h for h in suggestions if h.kind == kind), None) for kind in ("single", "segment", "detect")]
+    return [h for h in chosen if h is not None] if any(h is not None and h.dense for h in chosen) else []
 
 
 def _dense_choices(session) -> tuple[list[str], list[str]]:
@@ -62,10 +70,13 @@ class Surgery(QObject):
         self._pushing = False  # a surgery is being pushed: it says what it did itself
         self._undo_failed = False  # the undo or redo under way could not be done and said so
         self._factor_action: QAction | None = None
+        self._demo_armed = False  # set up the demo task once the model and the demo data are both in
         undo_stack.indexChanged.connect(self._on_undo_index)
         tree_model.set_toggle_handler(self.toggle_trainable)
         tree_view.currentPathChanged.connect(self._on_tree_current)
         workspace.connect("session", self._show_session)
+        workspace.connect("session", self._maybe_demo_task)
+        workspace.connect("data", self._maybe_demo_task)
         workspace.connect("closed", self._closed)
         jobs.connect("changed", self._refresh)
         self._refresh()
@@ -198,6 +209,47 @@ class Surgery(QObject):
             self._messages.show_message("Freezing cannot change while training runs.", "warning")
             return False
         return self.apply_op(SetTrainable("layers", [path], trainable))
+
+    # -- the demo task ----------------------------------------------------------------------------------
+    def arm_demo_task(self) -> None:
+        """Set up :meth:`setup_demo_task` as soon as a model and data that suggests dense heads are both in
+        (the window opening with the bundled network and the demo data)."""
+        self._demo_armed = True
+        self._maybe_demo_task()
+
+    def _maybe_demo_task(self, *_: Any) -> None:
+        s, data = self._workspace.session, self._workspace.data
+        if not self._demo_armed or s is None or data is None:
+            return
+        self._demo_armed = False
+        if not s.heads and demo_heads(data.heads):
+            self.setup_demo_task()
+
+    def setup_demo_task(self) -> bool:
+        """The demo task: a classification, a segmentation and a box head from the data's suggestions on
+        the trunk (output layer deleted, only the heads train), one undoable step."""
+        from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
+
+        s, data = self._workspace.session, self._workspace.data
+        heads = demo_heads(data.heads if data is not None else [])
+        if s is None or not heads:
+            self._messages.show_message("The demo task needs a model and data with masks or boxes.", "warning")
+            return False
+        if self._jobs.must_wait("surgery", "Setting up the demo task"):
+            return False
+        taken = {h.name for h in s.heads}
+        ops = ([DeleteOutputLayer()] if s.output_layer else []) + [AddHead(h) for h in heads if h.name not in taken]
+        self._stack.beginMacro("Set up the demo task")
+        try:
+            ok = all(self.apply_op(op) for op in ops + [freeze_preset("heads-only")])
+        finally:
+            self._stack.endMacro()
+        if ok:
+            kinds = ", ".join(f"{h.name} ({KIND_SHORT.get(h.kind, h.kind)})" for h in heads)
+            self._messages.show_message(f"Demo task: {kinds} on the frozen trunk — press Train (F5) to train "
+                                        "them together.")
+            self._show_tab("heads")
+        return ok
 
     # -- heads ----------------------------------------------------------------------------------
     def can_read(self, layer: str | None) -> bool:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine.data.datasets import load_data  # noqa: E402
+from engine.data.loading import load_data  # noqa: E402
 from engine.data.demo_data import ensure_demo_data  # noqa: E402
 from engine.network.loading import load_network  # noqa: E402
 from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset  # noqa: E402

@@ -47,7 +47,7 @@ def _setup(allocator: bool):
         configure_allocator()  # what main.py does first
     from dataclasses import replace
 
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.data.demo_data import ensure_demo_data
 
     data = load_data(ensure_demo_data())

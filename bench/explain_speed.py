@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from engine.data.datasets import load_data  # noqa: E402
+from engine.data.loading import load_data  # noqa: E402
 from engine.data.demo_data import ensure_demo_data  # noqa: E402
 from engine.explain.heatmap import explain, model_input  # noqa: E402
 from engine.network.loading import load_network  # noqa: E402

@@ -107,7 +107,7 @@ TARGETS = {"int8 file size": 0.35, "int8 latency, batch 16": 0.7, "int8 accuracy
 
 def precision_targets(args: argparse.Namespace) -> None:
     """fp32, fp16 and int8 files of the default network with one trained head, compared in one table."""
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.data.demo_data import ensure_demo_data
     from engine.export.compare import compare_models, validation_images
     from engine.export.precision import export_precision

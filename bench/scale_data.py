@@ -4,7 +4,7 @@ Generates N small images (default 100,000; 64x64 JPEG, ten class folders, a shap
 Pillow in parallel processes into Graft's cache folder (``engine.files.cache_dir()/scale-<N>``; kept and
 reused: generating is the slow part on a small machine), then reports, in one process:
 
-* listing and checking the folder (:func:`engine.data.datasets.load_data`): seconds and images/s
+* listing and checking the folder (:func:`engine.data.loading.load_data`): seconds and images/s
   (``--cold``: after dropping the page cache, as from a cold disk);
 * peak memory (``resource.getrusage`` max RSS) after listing, after the caching pass and at the end;
 * the frozen-trunk caching pass (the trainer's "features" phase, timed from its events): images/s,
@@ -139,7 +139,7 @@ def main() -> int:
     folder, made = ensure_images(args.images, args.format)
     if made:
         print(f"generated {args.images:,} {args.format} images in {made:.1f} s into {folder}")
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
 
     if args.cold:
         drop_page_cache()

@@ -90,7 +90,7 @@ def describe_selection(data, split: str, same: bool | None, name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.errors import GraftError
     from engine.explain.mistakes import refuse_data
     from engine.training.evaluation import evaluate

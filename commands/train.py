@@ -98,6 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", choices=("jsonl",), default=None,
                         help="write the run's events as JSON lines on stdout (one object a line; the other output "
                              "goes to stderr), for a program that follows the run")
+    parser.add_argument("--budget", default=None, metavar="TIME",
+                        help="the best model in this time (90s, 10m, 1h): measures this device, shows a plan of "
+                             "stages (the heads on cached features, then the top blocks) and trains it, ending within "
+                             "the time; the plan chooses epochs, freezing and rates")
+    parser.add_argument("--refit", action="store_true",
+                        help="with --budget: after choosing the schedule on the validation images, train it again "
+                             "from the start on all labelled images (no selection then)")
     parser.add_argument("--telemetry", action="store_true",
                         help="sample each training block's gradient and update sizes twice a second (TelemetryEvent "
                              "lines in --events jsonl; the window shows them in its tree)")
@@ -242,7 +249,8 @@ def prepare_session(args: argparse.Namespace, data_file: Path, *, seed: int | No
                     val_fraction: float | None = None):
     """Load the model and the data, add the heads, freeze and set learning-rate factors as the options
     say, printing what was done. Returns ``(session, data)``."""
-    from engine.data.datasets import load_data, parse_head_arg
+    from engine.data.head_args import parse_head_arg
+    from engine.data.loading import load_data
     from engine.errors import GraftError
     from engine.surgery.operations import AddHead, DeleteOutputLayer, SetLrFactor, freeze_preset
     from engine.training.schedule import discriminative_rates
@@ -333,8 +341,19 @@ def _resume_setup(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    """One process; ``--devices N``: N processes through torchrun; started by torchrun: one of them."""
+    """One process; ``--devices N``: N processes through torchrun; started by torchrun: one of them;
+    ``--budget``: the time-budgeted plan (commands/train_budget.py)."""
+    started = time.monotonic()
     from engine.training import distributed
+
+    if getattr(args, "budget", None) is not None:
+        from .train_budget import run_budget
+
+        return run_budget(args, started)
+    if getattr(args, "refit", False):
+        from engine.errors import GraftError
+
+        raise GraftError("--refit goes with --budget (it trains the budget's chosen schedule again on all images).")
 
     if (args.devices or 1) > 1 and distributed.launched_world() is None:
         return _launch(args)

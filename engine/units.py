@@ -25,3 +25,11 @@ def human_bytes(n: float) -> str:
 def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 epoch', '3 epochs', '0 files'; ``many`` for irregular plurals ('2 heads' needs none)."""
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def quoted(text: object, limit: int = 60) -> str:
+    """``repr(text)`` for a message, cut to about ``limit`` characters: a 200,000-character cell or column
+    name quoted whole would bury what the message says ('xxxx…' (200,000 characters))."""
+    if not isinstance(text, str) or len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"

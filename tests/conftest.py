@@ -92,3 +92,26 @@ def small_resnet():
         return session
 
     return build
+
+
+# -- Hypothesis (the property-based tests, tests/**/test_fuzz_*.py) ----------------------------------------
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# ci: 30 examples per property, derandomized so a run is the same run every time (the suite stays
+# stable and fast); thorough: HYPOTHESIS_PROFILE=thorough, thousands of random examples for a long run.
+# No deadline: the machine's cores are shared, and fuzz_support.bounded kills what hangs.
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=int(os.environ.get("GRAFT_FUZZ_EXAMPLES", "2000")),
+                          deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many fuzzed inputs of each kind ran, and how each ended (fuzz_support.COUNTS)."""
+    counts = sys.modules.get("fuzz_support")
+    if counts is None or not counts.COUNTS:
+        return
+    terminalreporter.section("fuzzed inputs (kind, outcome, examples)")
+    for key, n in sorted(counts.COUNTS.items()):
+        terminalreporter.write_line(f"{key}\t{n}")

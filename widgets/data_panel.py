@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QFrame, QHBoxLayo
                                QWidget)
 
 from engine.training.advice import Advice, freeze_advice
-from engine.data.datasets import MANIFEST_SUFFIXES
+from engine.data.manifests import MANIFEST_SUFFIXES
 
 from .head_diagram import KIND_SHORT, head_colour
 

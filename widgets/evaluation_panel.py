@@ -370,7 +370,13 @@ class EvaluationPanel(QWidget):
             values = list(details.get("ap50") or details.get("ap_50") or details.get("per_class_ap50") or [])
             header, note = "AP@0.5", ("Average precision per class at IoU 0.5 (a box counts when it overlaps "
                                       "a true box by half): 1 finds every object with no false boxes.")
-        table = self._table(len(classes), ["Class", header, ""])
+            if not values:  # the summary only: mAP at the IoU thresholds COCO reports
+                classes = ["mAP@0.5", "mAP@0.75", "mAP@0.5:0.95"]
+                values = [details.get("map_50"), details.get("map_75"), details.get("map")]
+                header, note = "", ("Mean average precision (COCO rules) over the validation images with box "
+                                    "labels: at IoU 0.5 a box counts when it overlaps a true box by half; "
+                                    "0.5:0.95 averages ever stricter overlaps. 1 finds every object, no false box.")
+        table = self._table(len(classes), ["Class" if header else "Metric", header or "Value", ""])
         table.setObjectName("denseTable")
         table.setItemDelegateForColumn(2, ShareDelegate(table))
         table.setAlternatingRowColors(True)

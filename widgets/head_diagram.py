@@ -20,7 +20,7 @@ from engine.network.heads import HeadSpec
 HEAD_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C",
                 "#CCB974", "#64B5CD")
 KIND_SHORT = {"single": "single-label", "multi": "multi-label", "regression": "regression",
-              "segment": "segmentation", "detect": "boxes"}
+              "segment": "segmentation", "detect": "detection"}
 OUTPUT_WORDS = {"single": ("class", "classes"), "multi": ("label", "labels"), "regression": ("value", "values"),
                 "segment": ("class", "classes"), "detect": ("class", "classes")}
 

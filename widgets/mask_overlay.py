@@ -12,52 +12,11 @@ from html import escape
 import numpy as np
 from PySide6.QtGui import QImage
 
-# Distinct, saturated colours (Glasbey-like) readable over photographs; class k takes entry k - 1 when
-# class 0 is the background, so the first object class is always the same strong red.
-CLASS_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                          (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-                          (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-                          (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128)],
-                         dtype=np.uint8)
-
-
-def class_colours(n: int, background: int | None = 0) -> np.ndarray:
-    """``n`` RGB colours (n×3 uint8), one per class; ``background`` (if any) gets grey, the others
-    cycle through :data:`CLASS_COLOURS` in order."""
-    colours = np.zeros((max(0, n), 3), np.uint8)
-    k = 0
-    for c in range(max(0, n)):
-        if c == background:
-            colours[c] = (128, 128, 128)
-            continue
-        colours[c] = CLASS_COLOURS[k % len(CLASS_COLOURS)]
-        k += 1
-    return colours
+from engine.explain.colours import CLASS_COLOURS, class_colours, mask_rgba  # noqa: F401 (part of this API)
 
 
 def colour_hex(rgb: Sequence[int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb[:3]))
-
-
-def mask_rgba(mask: np.ndarray, n_classes: int | None = None, ignore_index: int | None = None,
-              background: int | None = 0) -> np.ndarray:
-    """``mask`` (H×W class indices) as H×W×4 uint8: each class its colour, opaque; the ``background``
-    class, ``ignore_index`` pixels and indices outside ``[0, n_classes)`` transparent."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"A mask is an H×W array of class indices, not an array of shape {mask.shape}.")
-    index = mask.astype(np.int64, copy=False)
-    n = int(n_classes) if n_classes is not None else int(index.max(initial=-1)) + 1
-    colours = class_colours(n, background)
-    valid = (index >= 0) & (index < n)
-    if ignore_index is not None:
-        valid &= index != ignore_index
-    if background is not None:
-        valid &= index != background
-    rgba = np.zeros(index.shape + (4,), np.uint8)
-    rgba[valid, :3] = colours[index[valid]]
-    rgba[valid, 3] = 255
-    return rgba
 
 
 def qimage_from_rgba(rgba: np.ndarray) -> QImage:

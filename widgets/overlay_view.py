@@ -311,12 +311,27 @@ def class_indices(labels, names: Sequence[str]) -> np.ndarray:
     return np.asarray(values, np.int64).reshape(-1)
 
 
+def box_arrays(boxes, scores=None, labels=None, names: Sequence[str] = ()):
+    """Boxes as arrays whether given as arrays or as a list of ``{"box", "score", "class" or "label"}``
+    (the engine's :class:`~engine.export.metadata.HeadPrediction`)."""
+    items = list(boxes) if boxes is not None and not isinstance(boxes, np.ndarray) else None
+    if items and isinstance(items[0], dict):
+        lookup = {n: i for i, n in enumerate(names)}
+        return (np.array([b["box"] for b in items], np.float64).reshape(-1, 4),
+                np.array([b.get("score", 1.0) for b in items], np.float64),
+                np.array([b["class"] if "class" in b else lookup.get(b.get("label"), -1) for b in items], np.int64))
+    if items is not None and not items:
+        return np.zeros((0, 4)), (None if scores is None else np.zeros(0)), np.zeros(0, np.int64)
+    return boxes, scores, class_indices(labels, names) if labels is not None else None
+
+
 def dense_layers(head: str, prediction) -> tuple[list[MaskLayer], list[BoxLayer]]:
     """What a dense head's prediction draws (an object or dict with ``kind`` "segment" and ``mask``
-    (H×W class indices), or "detect" and ``boxes`` / ``scores`` / ``labels``; ``names``: the classes;
-    optional ``ignore_index``, ``frame`` (the boxes' pixel frame), ``region`` (the part of the image the
-    mask or frame covers, in pixels of the image at ``image_size``: width, height). Other predictions
-    draw nothing."""
+    (H×W class indices), or "detect" and ``boxes`` (N×4 with ``scores`` and ``labels``, or a list of
+    ``{"box", "score", "class"}``); ``names``: the classes; optional ``ignore_index``, ``frame`` (the
+    boxes' pixel frame), ``region`` (the part of the image the mask or frame covers, in pixels of the
+    image at ``image_size``: width, height), ``truth_boxes`` / ``truth_labels``). Other predictions draw
+    nothing."""
     kind = _field(prediction, "kind", "")
     names = list(_field(prediction, "names", None) or [])
     region = _field(prediction, "region", None)
@@ -329,13 +344,15 @@ def dense_layers(head: str, prediction) -> tuple[list[MaskLayer], list[BoxLayer]
         return [layer], []
     if kind == "detect" and _field(prediction, "boxes", None) is not None:
         frame = _field(prediction, "frame", None)
-        layers = [BoxLayer(_field(prediction, "boxes"), _field(prediction, "scores"),
-                           class_indices(_field(prediction, "labels"), names), names,
-                           frame=tuple(frame) if frame is not None else None, title=head, region=region)]
+        frame = tuple(frame) if frame is not None else None
+        boxes, scores, labels = box_arrays(_field(prediction, "boxes"), _field(prediction, "scores"),
+                                           _field(prediction, "labels"), names)
+        layers = [BoxLayer(boxes, scores if scores is not None else np.ones(len(boxes)), labels, names, frame=frame,
+                           title=head, region=region)]
         truth = _field(prediction, "truth_boxes", None)
         if truth is not None:
-            layers.append(BoxLayer(truth, None, class_indices(_field(prediction, "truth_labels"), names), names,
-                                   frame=tuple(frame) if frame is not None else None, truth=True,
+            t_boxes, _, t_labels = box_arrays(truth, None, _field(prediction, "truth_labels"), names)
+            layers.append(BoxLayer(t_boxes, None, t_labels, names, frame=frame, truth=True,
                                    title=f"{head} (truth)", region=region))
         for layer in layers:
             layer.image_size = size

@@ -160,8 +160,13 @@ class TryImageView(QWidget):
     def image_path(self) -> str:
         return self._path
 
-    def show_predictions(self, path: str, predictions: Mapping[str, Any]) -> None:
-        """Each head's prediction for ``path`` (HeadPrediction objects or plain text)."""
+    def show_predictions(self, path: str, predictions: Mapping[str, Any],
+                         region: tuple[float, float, float, float] | None = None,
+                         image_size: tuple[int, int] | None = None, frame: tuple[int, int] | None = None) -> None:
+        """Each head's prediction for ``path`` (HeadPrediction objects or plain text). Dense heads' masks
+        and boxes are drawn over the image: over ``region`` of it (pixels of the image at ``image_size``:
+        the square the network saw) when given, else over all of it; ``frame``: the pixels the boxes are
+        counted in (the network's input, width and height)."""
         if str(path) != self._path:
             self.set_image(path)
         self._clear_results()
@@ -184,7 +189,7 @@ class TryImageView(QWidget):
             self.results_layout.addWidget(row)
         if not predictions:
             self.set_status("The model has no heads to predict with.")
-        self._set_layers(predictions or {})
+        self._set_layers(predictions or {}, region, image_size, frame)
 
     def predictions_text(self) -> dict[str, str]:
         """The shown predictions as plain lines, by head."""
@@ -243,13 +248,19 @@ class TryImageView(QWidget):
         self.image.update()
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _set_layers(self, predictions: Mapping[str, Any]) -> None:
+    def _set_layers(self, predictions: Mapping[str, Any], region=None, image_size=None, frame=None) -> None:
         """Masks and boxes of the dense heads' predictions over the image (none: the image alone)."""
         masks, boxes = [], []
         for head, prediction in predictions.items():
             m, b = dense_layers(head, prediction)
             masks += m
             boxes += b
+        for layer in masks + boxes:
+            if region is not None:
+                layer.region, layer.image_size = region, image_size
+        for layer in boxes:
+            if frame is not None and layer.frame is None:
+                layer.frame = tuple(frame)
         self.image.set_masks(masks)
         self.image.set_boxes(boxes)
         self.overlay_controls.refresh()

@@ -3,7 +3,11 @@
 Each image shows one object (circle, square, triangle, star) at a random position, size and rotation,
 in a random colour, maybe striped and maybe outlined, on a gradient or textured background with noise.
 ``labels.csv`` holds ``image, shape, red, striped, outlined, size`` (a single-label, a multi-label and a
-regression head for :func:`engine.data.datasets.suggest_heads`), with about 30 % of the label cells blank.
+regression head for :func:`engine.data.manifests.suggest_heads`), with about 30 % of the label cells blank, and
+``mask, boxes``: where the generator drew the object, as a PNG mask (``masks/``: 0 background, 1… the shapes in
+recipe order as ``masks/classes.txt`` names them, 255 on the anti-aliased rim) and its box
+``[[x1, y1, x2, y2, shape]]`` (pixels), each blank for about 30 % of the images too (drawn apart from the
+other cells, which stay as they were).
 
 Generation (NumPy + Pillow only, seeded per image) takes about a second and happens only when the data
 is missing or was made from another recipe (a stamp file records which).
@@ -130,8 +134,9 @@ def _colour(rng: np.random.Generator, palette: list[list[int]], jitter: float) -
 
 
 def _render(recipe: dict[str, Any], rng: np.random.Generator, shape: str,
-            attrs: dict[str, bool]) -> tuple[np.ndarray, float]:
-    """One image (HWC uint8) and its object size (bounding-circle diameter / image width)."""
+            attrs: dict[str, bool]) -> tuple[np.ndarray, float, np.ndarray]:
+    """One image (HWC uint8), its object size (bounding-circle diameter / image width) and the object's
+    coverage per pixel (``size`` x ``size`` float32 in [0, 1])."""
     size = int(recipe["image_size"])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     img = _background(rng, yy, xx, size)
@@ -162,7 +167,18 @@ def _render(recipe: dict[str, Any], rng: np.random.Generator, shape: str,
 
     sigma = rng.uniform(*recipe["noise_sigma"])
     img = img + rng.normal(0.0, sigma, img.shape)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), frac
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), frac, fill
+
+
+RIM_IGNORE = 255  # the demo masks' unlabelled value: pixels the object covers by a quarter to three quarters
+
+
+def object_labels(fill: np.ndarray, index: int) -> tuple[np.ndarray, list[int]]:
+    """The mask (uint8: ``index`` where the object covers at least 3/4 of a pixel, 0 below 1/4, the rim
+    :data:`RIM_IGNORE`) and the box ``[x1, y1, x2, y2]`` (pixels, edges of the half-covered pixels)."""
+    mask = np.where(fill >= 0.75, index, np.where(fill <= 0.25, 0, RIM_IGNORE)).astype(np.uint8)
+    ys, xs = np.nonzero(fill >= 0.5)
+    return mask, [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
 
 
 def _save(array: np.ndarray, path: Path, recipe: dict[str, Any], fmt: str) -> None:
@@ -183,27 +199,36 @@ def _shape_order(recipe: dict[str, Any], count: int, seed: int) -> list[str]:
 
 
 def generate_demo(out: Path, recipe: dict[str, Any]) -> Path:
-    """Write the multi-task demo (``images/`` + ``labels.csv``) into ``out``; returns the CSV path."""
+    """Write the multi-task demo (``images/``, ``masks/`` + ``labels.csv``) into ``out``; returns the CSV path."""
     seed, count = int(recipe["seed"]), int(recipe["count"])
     fmt = str(recipe.get("format", "jpg")).lower()
     attributes = list(recipe["attributes"])
     p_attr, p_missing = float(recipe["attribute_probability"]), float(recipe["missing_fraction"])
     (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    shapes = list(recipe["shapes"])
+    (out / "masks" / "classes.txt").write_text("\n".join(["background", *shapes]) + "\n", encoding="utf-8")
     width = max(3, len(str(count - 1)))
     rows = []
     for i, shape in enumerate(_shape_order(recipe, count, seed)):
         rng = np.random.default_rng([seed, 1, i])
         attrs = {a: bool(rng.random() < p_attr) for a in attributes}
-        array, frac = _render(recipe, rng, shape, attrs)
+        array, frac, fill = _render(recipe, rng, shape, attrs)
         rel = f"images/{i:0{width}d}.{'jpg' if fmt == 'jpeg' else fmt}"
         _save(array, out / rel, recipe, fmt)
         cells = [shape] + [str(int(attrs[a])) for a in attributes] + [f"{frac:.4f}"]
         blank = np.random.default_rng([seed, 2, i]).random(len(cells)) < p_missing
-        rows.append([rel] + ["" if b else c for c, b in zip(cells, blank)])
+        mask, box = object_labels(fill, shapes.index(shape) + 1)
+        mask_rel = f"masks/{i:0{width}d}.png"
+        Image.fromarray(mask, "L").save(out / mask_rel, "PNG")
+        dense = [mask_rel, json.dumps([[*box, shape]])]
+        dense_blank = np.random.default_rng([seed, 3, i]).random(len(dense)) < p_missing
+        rows.append([rel] + ["" if b else c for c, b in zip(cells, blank)]
+                    + ["" if b else c for c, b in zip(dense, dense_blank)])
     csv_path = out / MANIFEST
     with csv_path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["image", "shape", *attributes, "size"])
+        writer.writerow(["image", "shape", *attributes, "size", "mask", "boxes"])
         writer.writerows(rows)
     return csv_path
 
@@ -220,7 +245,7 @@ def generate_demo_folder(out: Path, recipe: dict[str, Any]) -> Path:
     for i, shape in enumerate(_shape_order(recipe, count, seed)):
         rng = np.random.default_rng([seed, 1, i])
         attrs = {a: bool(rng.random() < p_attr) for a in attributes}
-        array, _ = _render(recipe, rng, shape, attrs)
+        array, _, _ = _render(recipe, rng, shape, attrs)
         _save(array, out / shape / f"{shape}_{i:03d}.{fmt}", recipe, fmt)
     return out
 
@@ -282,8 +307,8 @@ def ensure_demo_data(dest: str | os.PathLike | None = None, *, recipe: dict[str,
     ``dest`` defaults to :func:`cache_dir`; ``recipe`` to ``resources/demo_recipe.json``."""
     recipe = recipe if recipe is not None else load_recipe()
     base = Path(dest).expanduser() if dest is not None else cache_dir()
-    folder = _ensure(base, f"demo-v{recipe['version']}", recipe, "csv", int(recipe["count"]), MANIFEST,
-                     generate_demo)
+    folder = _ensure(base, f"demo-v{recipe['version']}", recipe, "csv", 2 * int(recipe["count"]), MANIFEST,
+                     generate_demo)  # an image and a mask each
     return folder / MANIFEST
 
 

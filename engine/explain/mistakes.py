@@ -6,7 +6,8 @@
   multi-label each wrong label (a false positive or negative; :func:`label_errors` per label),
   regression the largest errors. :func:`errors_table` is every head's, for ``evaluate --errors``.
 * :func:`worst_iou`: a dense head's images (segment, detect) by how well its mask or boxes cover the
-  truth, worst first (:func:`mask_iou`, :func:`boxes_iou`: one number per image).
+  truth, worst first (segment: the evaluation's per-image mean IoU; detect: :func:`boxes_iou`, which
+  also counts false boxes).
 * :func:`label_audit`: labels the model contradicts with high confidence (likely mislabelled) and,
   for blank cells, the label it suggests; :func:`write_suggestions` writes them to a NEW CSV file and
   refuses to write over the data itself: Graft never changes the user's data.
@@ -201,24 +202,6 @@ BOX_SCORE = 0.3  # boxes scoring below this do not count in an image's IoU (what
 MATCH_IOU = 0.5  # a predicted box overlapping no true box of its class this much is a false box
 
 
-def mask_iou(predicted: np.ndarray, truth: np.ndarray, ignore_index: int | None = None) -> float:
-    """One image's mean IoU: over the classes in its truth or its prediction, on the labelled pixels
-    (``ignore_index`` left out); NaN when no pixel is labelled."""
-    predicted, truth = np.asarray(predicted).ravel(), np.asarray(truth).ravel()
-    if predicted.shape != truth.shape:
-        raise GraftError(f"A predicted mask of {predicted.size} pixels cannot be compared with a true one of "
-                         f"{truth.size}.")
-    keep = truth != ignore_index if ignore_index is not None else np.ones(truth.shape, bool)
-    predicted, truth = predicted[keep].astype(np.int64), truth[keep].astype(np.int64)
-    if truth.size == 0:
-        return math.nan
-    scores = []
-    for c in np.union1d(np.unique(truth), np.unique(predicted)):
-        p, t = predicted == c, truth == c
-        scores.append(np.logical_and(p, t).sum() / np.logical_or(p, t).sum())
-    return float(np.mean(scores))
-
-
 def _box_arrays(data: Any, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (M×4) and labels (M) of predictions (``{"boxes", "scores", "labels"}``, those scoring at least
     ``threshold``) or of the truth (an M×5 array, x0 y0 x1 y1 label; rows with a negative or NaN label are
@@ -304,10 +287,27 @@ def _overlay(kind: str, predicted: Any, truth: Any, names: list[str], threshold:
             "frame": tuple(frame) if frame is not None else None}
 
 
-def worst_iou(report: Any, head: str, limit: int | None = None) -> list[Example]:
-    """A dense head's labelled images by their IoU (:func:`mask_iou` / :func:`boxes_iou`), lowest first;
-    each :class:`Example` carries what to draw (``prediction_data``, ``truth_data``). Images without a
-    mask or box label for the head are left out."""
+def input_square(path: str | os.PathLike, spec: Any) -> dict[str, Any]:
+    """Where the network's input square lies in the image at ``path`` (its resize and centre crop undone):
+    what a dense head's mask and boxes are drawn over. ``region`` in pixels of the upright image of
+    ``image_size``; ``frame``: the square's own pixels."""
+    from engine.data.dense_targets import upright_size
+    from engine.network.preprocess import crop_geometry
+
+    w, h = upright_size(path)
+    nw, nh, left, top = crop_geometry(w, h, spec)
+    sx, sy = nw / w, nh / h
+    return {"region": (left / sx, top / sy, (left + spec.size) / sx, (top + spec.size) / sy), "image_size": (w, h),
+            "frame": (spec.size, spec.size)}
+
+
+def worst_iou(report: Any, head: str, limit: int | None = None, spec: Any = None) -> list[Example]:
+    """A dense head's labelled images by their IoU, lowest first (segment: the evaluation's per-image mean
+    IoU over the classes in the image, ``HeadOutputs.values``; detect: :func:`boxes_iou`, which unlike the
+    evaluation's per-image figure counts false boxes — an image full of them is a mistake too);
+    each :class:`Example` carries what to draw (:attr:`Example.overlay`; with the input ``spec``, also
+    where over the image file: :func:`input_square`, for a window that shows the whole image). Images
+    without a mask or box label for the head are left out."""
     out = _outputs(report, head)
     if out.kind not in DENSE_KINDS:
         raise GraftError(f"Head {head!r} is not a segmentation or box head.")
@@ -319,8 +319,7 @@ def worst_iou(report: Any, head: str, limit: int | None = None) -> list[Example]
         truth, predicted = out.targets[i], out.predicted[i]
         if not _labelled(out.kind, truth, ignore):
             continue
-        iou = (mask_iou(predicted, truth, ignore) if out.kind == "segment"
-               else boxes_iou(predicted, truth, threshold))
+        iou = float(out.values[i]) if out.kind == "segment" else boxes_iou(predicted, truth, threshold)
         if math.isnan(iou):
             continue
         items.append(Example(image, i, head, _dense_text(out.kind, truth, names, None, ignore),
@@ -329,7 +328,14 @@ def worst_iou(report: Any, head: str, limit: int | None = None) -> list[Example]
                              overlay=_overlay(out.kind, predicted, truth, names, threshold, ignore,
                                               getattr(out, "frame", None))))
     items.sort(key=lambda e: (e.iou, e.index))
-    return items[:limit]
+    items = items[:limit]
+    if spec is not None:
+        for e in items:
+            try:
+                e.overlay.update(input_square(e.image, spec))
+            except GraftError:
+                pass  # the file went away: drawn over the whole picture
+    return items
 
 
 def errors_table(report: Any, limit: int | None = None) -> list[Example]:

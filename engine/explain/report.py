@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from engine.errors import GraftError
+from engine.explain.dense_pictures import draw_overlay
 from engine.explain.heatmap import explain, model_input
 from engine.explain.mistakes import AUDIT_CONFIDENCE, Example, label_audit, mistakes
 from engine.files import atomic_write
@@ -25,6 +26,8 @@ from engine.network.heads import KIND_TITLES
 CARD_HINT = {"single": "where the head found the evidence for its (wrong) answer",
              "multi": "where the head found evidence for the label (wrongly seen, or too little of it)",
              "regression": "where the head looked for the value it predicted"}
+DENSE_HINT = {"segment": "the predicted mask in its class colours over what the network saw",
+              "detect": "the predicted boxes with their scores, the true boxes in white"}
 MISTAKES_PER_HEAD = 8
 AUDIT_ROWS = 40
 CARD_SIDE = 168
@@ -70,7 +73,27 @@ def _headline(head: Any) -> str:
         return f"accuracy {_pct(d.get('accuracy'))}"
     if head.kind == "multi":
         return f"macro F1 {_num(d.get('macro_f1'))}"
+    if head.kind == "segment":
+        return f"mIoU {_num(d.get('miou'))}"
+    if head.kind == "detect":
+        return f"mAP@0.5 {_num(d.get('map_50'))} · mAP@0.5:0.95 {_num(d.get('map'))}"
     return f"MAE {_num(d.get('mae'), 4)}"
+
+
+def _segment_table(d: dict[str, Any]) -> str:
+    rows = ["<table class='iou'><tr><th class='name'>class</th><th>IoU</th></tr>"]
+    for name, iou in zip(d.get("classes", []), d.get("iou", [])):
+        rows.append(f"<tr><td class='name'>{escape(str(name))}</td><td>{_num(iou)}</td></tr>")
+    return ("".join(rows) + "</table><p class='hint'>IoU: the overlap of the predicted and the true pixels of a "
+            "class over their union, on the labelled pixels (–: the class is in no mask and never predicted).</p>")
+
+
+def _detect_table(d: dict[str, Any]) -> str:
+    cells = [("mAP@0.5", d.get("map_50")), ("mAP@0.75", d.get("map_75")), ("mAP@0.5:0.95", d.get("map"))]
+    return ("<table class='map'><tr>" + "".join(f"<th>{k}</th>" for k, _ in cells) + "</tr><tr>"
+            + "".join(f"<td>{_num(v)}</td>" for _, v in cells) + "</tr></table>"
+            f"<p class='hint'>COCO mean average precision (pycocotools) over {d.get('n', 0)} images with box labels: "
+            "at IoU 0.5 a box counts when it overlaps a true box by half; 0.5:0.95 averages stricter overlaps.</p>")
 
 
 def _shade(t: float, colour: tuple[int, int, int]) -> str:
@@ -124,6 +147,12 @@ class _Pictures:
         self.problem: str | None = None
 
     def card(self, example: Example, kind: str) -> str:
+        if example.overlay is not None:  # a dense head: its mask or boxes, no heatmap
+            try:
+                picture, _ = model_input(self.session, example.image)
+            except GraftError:
+                picture = Image.new("RGB", (CARD_SIDE, CARD_SIDE), (236, 239, 241))
+            return _data_uri(draw_overlay(picture, example.overlay), CARD_SIDE)
         target = example.label if kind != "single" else example.prediction
         picture = None
         if self.problem is None:
@@ -142,6 +171,11 @@ class _Pictures:
 
 def _card_html(example: Example, uri: str, kind: str) -> str:
     name = escape(Path(example.image).name)
+    if example.iou is not None:
+        return (f"<div class='card' data-image='{escape(example.image)}'><img src='{uri}' alt='{name}'>"
+                f"<div class='wrong'>IoU {example.iou:.2f}</div><div>truth: <span class='truth'>"
+                f"{escape(example.truth)}</span></div><div>predicted: {escape(example.prediction)}</div>"
+                f"<div class='file' title='{escape(example.image)}'>{name}</div></div>")
     if kind == "regression":
         what = (f"<span class='truth'>{escape(example.truth)}</span> → <span class='wrong'>{escape(example.prediction)}"
                 f"</span>" + (f" ({escape(example.label)})" if example.label else ""))
@@ -189,17 +223,25 @@ def build_report(session: Any, report: Any, *, data_name: str = "", selection: s
                          "</p>" + _confusion_html(head.classes, head.confusion or [], name))
         elif head.kind == "multi":
             parts.append("<h3>Per label</h3>" + _multi_table(d))
+        elif head.kind == "segment":
+            parts.append("<h3>Per class</h3>" + _segment_table(d))
+        elif head.kind == "detect":
+            parts.append("<h3>Mean average precision</h3>" + _detect_table(d))
         else:
             parts.append("<h3>Per target</h3>" + _regression_table(d))
         heading = {"single": "Most confident mistakes", "multi": "Most confident wrong labels",
-                   "regression": "Largest errors"}[head.kind]
+                   "regression": "Largest errors", "segment": "Worst IoU", "detect": "Worst IoU"}[head.kind]
         examples = chosen[name]
         parts.append(f"<h3>{heading}</h3>")
         if not examples:
             parts.append("<p class='hint'>None: every labelled image is answered right.</p>")
+        elif head.kind in DENSE_HINT:
+            parts.append(f"<p class='hint'>Lowest IoU with the truth first; each picture shows "
+                         f"{DENSE_HINT[head.kind]}.</p><div class='cards'>")
         else:
             parts.append(f"<p class='hint'>Highest loss first; the heatmap shows {CARD_HINT[head.kind]}.</p>"
                          "<div class='cards'>")
+        if examples:
             for example in examples:
                 parts.append(_card_html(example, pictures.card(example, head.kind), head.kind))
                 done += 1

@@ -8,7 +8,7 @@ median latency at batch 1 and 16. :meth:`ComparisonReport.table` prints it for t
 
 :func:`validation_images` finds the images to measure on (and to calibrate int8 with): the split a
 project was trained on, read again from the data its training record names, with each head's labels.
-Torch-free apart from that function, which reads the data with :mod:`engine.data.datasets`.
+Torch-free apart from that function, which reads the data with :mod:`engine.data.loading`.
 """
 from __future__ import annotations
 
@@ -307,7 +307,7 @@ def validation_images(session: "Session", data: str | os.PathLike | None = None,
     """Calibration and validation images from ``data`` (default: the data the project's training record
     names), split as training split it (its seed and validation fraction), with the validation images'
     labels for the session's heads. Empty lists and a reason in ``where`` when there is no such data."""
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.training.record import DEFAULT_SEED, DEFAULT_VAL_FRACTION, TrainingRecord
 
     record = TrainingRecord.latest(getattr(session, "project_extra", None))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engine.errors import GraftError
+from engine.network.dense_heads import decoded_outputs
 from engine.network.heads import HeadSpec
 from engine.export.metadata import FEATURES_OUTPUT, HeadPrediction, decode, decode_batch, load_batch
 from engine.runtime.onnx_trunk import TrunkRunner, features_then_heads, trunk_runner
@@ -73,7 +74,8 @@ def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def predict_arrays(session: "Session", batch: np.ndarray, runner: TrunkRunner | None = None) -> dict[str, np.ndarray]:
-    """Raw outputs ``{head: (N, outputs) float32}`` for a preprocessed (N, C, S, S) batch (or one CHW image),
+    """Raw outputs ``{head: (N, outputs) float32}`` (a detect head's decoded, as an export carries them:
+    :func:`engine.network.dense_heads.decoded_outputs`) for a preprocessed (N, C, S, S) batch (or one CHW image),
     C the input spec's channels. ``runner``: what runs the trunk (default: onnxruntime when a frozen
     trunk's conversion is ready, or worth making for a batch this large; else PyTorch)."""
     batch = np.asarray(batch, dtype=np.float32)
@@ -88,7 +90,7 @@ def predict_arrays(session: "Session", batch: np.ndarray, runner: TrunkRunner | 
     if runner is None:
         runner, _ = trunk_runner(model, device, len(batch))
     with eval_mode(model), torch.inference_mode():
-        out = features_then_heads(model, runner, x)
+        out = decoded_outputs(model, features_then_heads(model, runner, x), tuple(x.shape[-2:]))
     return {name: t.detach().to("cpu", torch.float32).numpy() for name, t in out.items()}
 
 

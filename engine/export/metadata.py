@@ -36,13 +36,19 @@ TOP_K = 5
 # int8 quantized weights and activations (inputs and outputs stay float32). Files from before the key: fp32.
 PRECISIONS = ("fp32", "fp16", "int8")
 
-ACTIVATION = {"single": "softmax", "multi": "sigmoid", "regression": "none", "features": "none"}
+ACTIVATION = {"single": "softmax", "multi": "sigmoid", "regression": "none", "features": "none",
+              "segment": "argmax", "detect": "nms"}
 MEANING = {
     "single": "logits, shape (batch, classes): apply softmax over the last axis for class probabilities",
     "multi": "logits, shape (batch, labels): apply a sigmoid to each for label probabilities "
              f"(Graft reports labels above {MULTI_THRESHOLD})",
     "regression": "raw values, shape (batch, targets): use as they are",
     "features": "pooled trunk features, shape (batch, features): no head was added before export",
+    "segment": "logits, shape (batch, classes, size, size) over the input square: the arg-max over classes is "
+               "each pixel's class",
+    "detect": "shape (batch, points, 4 + classes): boxes x1, y1, x2, y2 in input-square pixels, then each class's "
+              "score; keep (box, class) pairs above the head's score_threshold, apply class-wise non-maximum "
+              "suppression at its nms_iou and keep its max_detections best (main.py predict does this)",
 }
 PILLOW_FILTERS = {name: f"PIL.Image.Resampling.{member.name}" for name, member in RESAMPLE.items()}
 SIXTEEN_BIT = {
@@ -360,6 +366,9 @@ class HeadPrediction:
     values: np.ndarray
     raw: np.ndarray
     top: list[tuple[str, float]] = field(default_factory=list)
+    mask: np.ndarray | None = None  # segment: (S, S) class per pixel of the input square
+    boxes: list[dict[str, Any]] = field(default_factory=list)  # detect: engine.export.dense_decode.nms_boxes
+    mask_file: str | None = None  # segment: where main.py predict --json wrote the mask (PNG)
 
     @property
     def label(self) -> str | None:
@@ -388,6 +397,15 @@ class HeadPrediction:
             return f"{self.head}: none above {MULTI_THRESHOLD:.0%} (best {self.names[i]} {self.values[i]:.1%})"
         if self.kind == "regression":
             return f"{self.head}: " + ", ".join(f"{n} {v:.4g}" for n, v in self.top)
+        if self.kind == "segment":
+            h, w = self.mask.shape
+            return f"{self.head}: mask {w}x{h}, " + ", ".join(f"{n} {p:.1%}" for n, p in self.top[:4])
+        if self.kind == "detect":
+            shown = ", ".join(f"{b['label']} {b['score']:.2f} at [{', '.join(f'{v:.0f}' for v in b['box'])}]"
+                              for b in self.boxes[:3])
+            more = f" and {len(self.boxes) - 3} more" if len(self.boxes) > 3 else ""
+            return f"{self.head}: {len(self.boxes)} box{'es' if len(self.boxes) != 1 else ''}" + (
+                f": {shown}{more}" if self.boxes else "")
         v = self.values
         return (f"{self.head}: {v.size} features (min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g})"
                 if v.size else f"{self.head}: no features")
@@ -399,6 +417,11 @@ class HeadPrediction:
             out["label"], out["score"] = self.label, self.score
         elif self.kind == "multi":
             out["labels"] = self.labels
+        elif self.kind == "segment":
+            out["mask"] = self.mask_file  # the PNG of class indices main.py predict --json wrote
+            out["mask_size"] = list(self.mask.shape[::-1])
+        elif self.kind == "detect":
+            out["boxes"] = [dict(b) for b in self.boxes]
         return out
 
 
@@ -406,6 +429,8 @@ def decode(spec: HeadSpec | None, raw: np.ndarray, *, name: str = FEATURES_OUTPU
     """One image's raw output of a head -> its prediction. ``spec`` None: the features of a model
     without heads (output ``name``)."""
     raw = np.asarray(raw, dtype=np.float32)
+    if spec is not None and spec.dense:
+        return _decode_dense(spec, raw)
     if raw.ndim > 1 and raw.shape[0] == 1:
         raw = raw.reshape(raw.shape[1:])
     raw = raw.reshape(-1)
@@ -424,6 +449,29 @@ def decode(spec: HeadSpec | None, raw: np.ndarray, *, name: str = FEATURES_OUTPU
         return HeadPrediction(spec.name, "multi", names, probs, raw, [(names[i], float(probs[i])) for i in order])
     values = raw.astype(np.float64)
     return HeadPrediction(spec.name, "regression", names, values, raw, [(n, float(v)) for n, v in zip(names, values)])
+
+
+def _decode_dense(spec: HeadSpec, raw: np.ndarray) -> HeadPrediction:
+    """A segment head's mask (``values``: each class's share of the pixels) or a detect head's boxes
+    (``values``: boxes per class), see :mod:`engine.export.dense_decode`."""
+    from engine.export.dense_decode import nms_boxes, segment_mask
+
+    names = spec.label_names
+    expected = len(names) if spec.kind == "segment" else 4 + len(names)
+    width = raw.shape[0] if spec.kind == "segment" else raw.shape[-1]
+    if raw.ndim not in (2, 3) or width != expected:
+        raise GraftError(f"Head {spec.name!r} gave outputs of shape {raw.shape} where {expected} "
+                         f"{'classes' if spec.kind == 'segment' else 'box values and scores'} were expected.")
+    if spec.kind == "segment":
+        mask = segment_mask(raw)
+        shares = np.bincount(mask.reshape(-1), minlength=len(names))[:len(names)] / max(1, mask.size)
+        order = np.argsort(-shares, kind="stable")
+        return HeadPrediction(spec.name, "segment", names, shares.astype(np.float64), raw,
+                              [(names[i], float(shares[i])) for i in order if shares[i] > 0], mask=mask)
+    boxes = nms_boxes(raw, spec)
+    counts = np.bincount([b["class"] for b in boxes], minlength=len(names)).astype(np.float64)
+    return HeadPrediction(spec.name, "detect", names, counts, raw,
+                          [(b["label"], b["score"]) for b in boxes], boxes=boxes)
 
 
 def decode_batch(specs: Mapping[str, HeadSpec | None], outputs: Mapping[str, np.ndarray]) -> list[dict[str, HeadPrediction]]:

@@ -34,6 +34,7 @@ from engine.errors import GraftError
 from engine.export.inference import eval_mode, head_specs
 from engine.export.metadata import INPUT_NAME, build_metadata, load_batch, write_metadata
 from engine.files import atomic_write, check_target
+from engine.network.dense_heads import exported_form
 from engine.runtime.onnx_convert import ANSI as _ANSI
 from engine.runtime.onnx_convert import EXPORT_LOCK as _LOCK
 from engine.runtime.onnx_convert import Captured as _Captured
@@ -377,7 +378,8 @@ def export_onnx(session: "Session", path: str | Path, *, opset: int = OPSET, ver
     source = _source_info(session)
     result: dict[str, Any] = {}
 
-    with _LOCK, _cpu_fp32_eval(session.model) as model:
+    with _LOCK, _cpu_fp32_eval(session.model) as plain:
+        model = exported_form(plain)  # detect heads: boxes and scores decoded inside the graph
         size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         if size > MAX_BYTES:
             raise GraftError(f"The model's weights take {human_bytes(size)}: a single-file ONNX export is "

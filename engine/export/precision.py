@@ -243,6 +243,46 @@ def _no_layers(model: Any) -> GraftError:
                       f"onnxruntime quantizes (its operators: {shown or 'none'}). Export it as fp16 or fp32.")
 
 
+def float_gemm_biases(model: Any) -> int:
+    """Give each Gemm (a linear layer: the heads) its bias as float32, the exact values its int32
+    DequantizeLinear computed, instead of that DequantizeLinear. onnxruntime's numbers stay the same;
+    OpenCV 5's DNN engine refuses a Gemm with a dequantized bias (``bufidx >= 0`` in ``argTensor`` when
+    the Gemm's input has one consumer, as a single head's has; ``zpshape == scshape`` in 5.0 for a
+    one-output head, whose bias zero point onnxruntime writes as a scalar), while OpenCV 4 runs both.
+    Convolutions keep their int32 biases (onnxruntime runs them as integer convolutions). Returns the
+    number of biases changed; ``model`` (an ``onnx.ModelProto``) is changed in place."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    init = {i.name: i for i in graph.initializer}
+    produced = {o: n for n in graph.node for o in n.output}
+    changed = 0
+    for node in graph.node:
+        dq = produced.get(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 else None
+        if dq is None or dq.op_type != "DequantizeLinear" or not all(i in init for i in dq.input):
+            continue
+        q, scale = (numpy_helper.to_array(init[i]) for i in dq.input[:2])
+        zero = numpy_helper.to_array(init[dq.input[2]]) if len(dq.input) > 2 else np.zeros((), q.dtype)
+        bias = ((q.astype(np.int64) - zero.astype(np.int64)) * scale.astype(np.float32)).astype(np.float32)
+        name = f"{dq.output[0]}_float"
+        graph.initializer.append(numpy_helper.from_array(bias, name))
+        node.input[2] = name
+        changed += 1
+    if changed:  # drop the DequantizeLinear nodes (and their initializers) nothing reads any more
+        outputs = {o.name for o in graph.output}
+        while True:
+            used = {i for n in graph.node for i in n.input} | outputs
+            dead = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]
+            if not dead:
+                break
+            for n in dead:
+                graph.node.remove(n)
+        used = {i for n in graph.node for i in n.input}
+        for i in [i for i in graph.initializer if i.name not in used]:
+            graph.initializer.remove(i)
+    return changed
+
+
 def quantize_int8(src: Path, dst: Path, work: Path, calibration: np.ndarray | None,
                   float_layers: Sequence[str] = ()) -> Reduction:
     """``src`` quantized to int8: static (QDQ, per-channel) when ``calibration`` images are given, else
@@ -276,6 +316,8 @@ def quantize_int8(src: Path, dst: Path, work: Path, calibration: np.ndarray | No
     except Exception as exc:  # noqa: BLE001 - the quantizer raises plain exceptions naming what it met
         raise GraftError(f"int8 quantization failed ({_first_line(exc)}); export fp16 or fp32 instead.") from None
     out = onnx.load(str(dst), load_external_data=False)
+    if static and float_gemm_biases(out):
+        onnx.save(out, str(dst))
     done = _quantized_count(out, dynamic=not static)
     if done == 0:
         if static:

@@ -216,6 +216,11 @@ class Head:
     layer: str | None = None  # the layer whose output it reads, pooled (None: the trunk's end)
     target_mean: list[float] | None = None  # regression: set from the training split
     target_std: list[float] | None = None
+    layers: list[str] = field(default_factory=list)  # segment / detect: the layers whose maps it reads
+
+    @property
+    def dense(self) -> bool:
+        return self.kind in ("segment", "detect")
 
     @property
     def outputs(self) -> int:
@@ -229,7 +234,7 @@ class Head:
 
 def training_script(session: "Session", project: str = "the project", script_name: str = "train_model.py") -> str:
     """The text of a standalone training script for ``session`` (a project as Graft opened it)."""
-    from engine.data import datasets
+    from engine.data import decoding, samples, splits, transforms
     from engine.export.metadata import KEY, build_metadata, to_props
     from engine.export.onnx_export import _source_info
     from engine.network import graft_model, preprocess
@@ -239,6 +244,10 @@ def training_script(session: "Session", project: str = "the project", script_nam
 
     if not session.heads:
         raise GraftError("The project has no heads: add a head before exporting a training script.")
+    dense = [h.name for h in session.heads if h.dense]
+    if dense:
+        raise GraftError(f"Head {dense[0]!r} is a segment or detect head: the standalone script trains "
+                         "classification and regression heads only so far.")
     channels = getattr(session.input_spec, "channels", 3)
     if channels != 3:
         raise GraftError(f"The project's input has {channels} channels: the standalone script reads RGB images "
@@ -298,7 +307,8 @@ def training_script(session: "Session", project: str = "the project", script_nam
     resample = ", ".join(f"{k!r}: Image.Resampling.{v.name}" for k, v in preprocess.RESAMPLE.items())
     preprocessing = (_constants(SIXTEEN_BIT_MODES=preprocess.SIXTEEN_BIT_MODES) + f"\nRESAMPLE = {{{resample}}}\n\n\n"
                      + _sources(preprocess.open_image, preprocess.to_rgb, preprocess.sixteen_to_eight,
-                                preprocess.resize_and_crop, preprocess.normalise, datasets._augmentation))
+                                preprocess.crop_geometry, preprocess.resize_and_crop, preprocess.normalise,
+                                transforms._augmentation))
     values = {
         "title": f"Train {session.describe()} with heads {', '.join(h.name for h in session.heads)}, as {project} does.",
         "graft_version": __version__,
@@ -313,8 +323,8 @@ def training_script(session: "Session", project: str = "the project", script_nam
             graft_model.RegressionHead, graft_model.GraftModel, graft_model.head_in_features,
             graft_model.build_head),
         "preprocessing_code": preprocessing,
-        "data_code": PILLOW_ONLY + "\n\n\n" + _sources(datasets.check_image, datasets._same_file, datasets._real_folder, datasets._target,
-                              datasets._split_random),
+        "data_code": PILLOW_ONLY + "\n\n\n" + _sources(decoding.check_image, splits._same_file, splits._real_folder,
+                                                        samples._target, splits._split_random),
         "training_code": _sources(losses._terms, losses.head_loss_terms, setup.lr_lambda, loaders.EpochBatchSampler),
         "metadata_code": _constants(KEY=KEY) + "\n\n\n" + _sources(to_props),
     }

@@ -248,3 +248,24 @@ def decoded_outputs(model: nn.Module, outputs: dict[str, torch.Tensor], size: tu
     heads = getattr(model, "heads", {})
     return {name: heads[name].decode(t, size) if name in heads and isinstance(heads[name], DetectHead) else t
             for name, t in outputs.items()}
+
+
+class DecodedModel(nn.Module):
+    """A model whose detect heads' outputs come decoded (:func:`decoded_outputs`): what an ONNX export holds.
+    It shares the model's trunk and heads (registered first, so layer names stay ``trunk.…`` / ``heads.…``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.trunk, self.heads, self.model = model.trunk, model.heads, model
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return decoded_outputs(self.model, self.model(x), tuple(x.shape[-2:]))
+
+
+def exported_form(model: nn.Module) -> nn.Module:
+    """The model as an export carries it: :class:`DecodedModel` when it has a detect head, else itself."""
+    heads = getattr(model, "heads", None)
+    if heads is not None and any(isinstance(h, DetectHead) for h in heads.values()):
+        return DecodedModel(model)
+    return model

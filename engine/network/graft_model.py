@@ -296,8 +296,13 @@ class GraftModel(nn.Module):
                 return {"output": features}
             return self.forward_heads(features)
         features, maps = self.trunk.forward_maps(x)
+        return self.heads_on_maps(features, maps, tuple(x.shape[-2:]))
+
+    def heads_on_maps(self, features: torch.Tensor, maps: dict[str, torch.Tensor],
+                      size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Every head on what :meth:`Trunk.forward_maps` returned for inputs of ``size`` (H, W): a frozen
+        trunk runs without gradients and the heads on its output with them."""
         pooled = self.forward_heads(features) if features.shape[1] else {}
-        size = tuple(x.shape[-2:])
         out = {}
         for name, spec in self.head_specs.items():  # in the heads' order
             if spec.dense:

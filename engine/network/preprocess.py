@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -141,8 +142,24 @@ def open_image(path: str | Path, *, exif: bool = True) -> Image.Image:
             return upright if upright.mode != "P" else upright.convert("RGBA")
     except FileNotFoundError:
         raise GraftError(f"{path}: no such file.") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        if is_tiff(path):  # one Pillow does not read (odd tags, more bands): the data check read it with tifffile
+            return _tiff_image(path, exif)
         raise GraftError(f"{path}: not a readable image ({exc.__class__.__name__}).") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise GraftError(f"{path}: not a readable image ({exc.__class__.__name__}).") from None
+
+
+def _tiff_image(path: str | Path, exif: bool) -> Image.Image:
+    """A TIFF that Pillow does not read, read by tifffile, as a greyscale or RGB image. Other band counts
+    are refused: a 4th band of a TIFF is no alpha (infrared, depth …), and a network of that many channels
+    reads them all (the input-channels surgery)."""
+    arr = read_tiff(path, exif=exif)
+    bands = arr.shape[2]
+    if bands not in (1, 3):
+        raise GraftError(f"{Path(path).name} has {bands} bands, but this model reads greyscale or RGB images; "
+                         f"the input-channels surgery makes one that reads {bands}.")
+    return Image.fromarray(arr[:, :, 0] if bands == 1 else arr)
 
 
 def to_rgb(img: Image.Image, background: list[int] | tuple[int, ...] = (255, 255, 255)) -> Image.Image:
@@ -166,13 +183,19 @@ def sixteen_to_eight(values: np.ndarray) -> np.ndarray:
     return ((v + 128) // 257).astype(np.uint8)
 
 
-def resize_and_crop(img: Image.Image, spec: InputSpec) -> Image.Image:
-    """Resize the shorter side to ``spec.resize`` and take the centre ``spec.size`` square."""
-    w, h = img.size
-    scale = spec.resize / min(w, h)
-    nw, nh = max(spec.size, round(w * scale)), max(spec.size, round(h * scale))
-    img = img.resize((nw, nh), RESAMPLE[spec.interpolation])
-    left, top = (nw - spec.size) // 2, (nh - spec.size) // 2
+def crop_geometry(width: int, height: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """``(resized width, resized height, left, top)`` of :func:`resize_and_crop` on a ``width`` × ``height``
+    image: where the input's square lies, for masks and boxes that must follow the image."""
+    scale = spec.resize / min(width, height)
+    nw, nh = max(spec.size, round(width * scale)), max(spec.size, round(height * scale))
+    return nw, nh, (nw - spec.size) // 2, (nh - spec.size) // 2
+
+
+def resize_and_crop(img: Image.Image, spec: InputSpec, resample: str | None = None) -> Image.Image:
+    """Resize the shorter side to ``spec.resize`` and take the centre ``spec.size`` square (``resample``:
+    another filter than the spec's, e.g. "nearest" for a mask of class indices)."""
+    nw, nh, left, top = crop_geometry(*img.size, spec)
+    img = img.resize((nw, nh), RESAMPLE[resample or spec.interpolation])
     return img.crop((left, top, left + spec.size, top + spec.size))
 
 
@@ -223,6 +246,21 @@ _ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[:
            8: lambda a: np.rot90(a, 1)}
 
 
+def _check_tiff_shape(path: str | Path, shape: Sequence[int], axes: str) -> None:
+    """Refuse a TIFF of no pixels, or one larger than Pillow decodes (twice ``Image.MAX_IMAGE_PIXELS``, as
+    Pillow's own DecompressionBombError), before tifffile allocates what its header claims: a few bytes can
+    say 20,000 x 20,000 x 5 (2 GB)."""
+    pixels = math.prod(n for n, a in zip(shape, axes) if a in "YX")
+    if not pixels:
+        raise GraftError(f"{path}: empty image (0 pixels wide or high).")
+    limit = Image.MAX_IMAGE_PIXELS
+    if not limit:
+        return
+    if pixels > 2 * limit or math.prod(shape) > 8 * limit:  # 8: a 4-band image at the limit, 2x
+        raise GraftError(f"{path}: image too large ({pixels:,} pixels in {math.prod(shape):,} values; Graft "
+                         f"reads up to {2 * limit:,} pixels, as Pillow does).")
+
+
 def read_tiff(path: str | Path, exif: bool = True) -> np.ndarray:
     """All bands of a TIFF's first image as HxWxC uint8 (16-bit bands scaled by :func:`sixteen_to_eight`),
     turned upright by its orientation tag as Pillow's exif_transpose would (``exif=False``: as stored)."""
@@ -232,8 +270,11 @@ def read_tiff(path: str | Path, exif: bool = True) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            _check_tiff_shape(path, series.shape, series.axes)
             arr, axes = series.asarray(), series.axes
             orientation = int(getattr(tif.pages[0], "orientation", 1) or 1)
+    except GraftError:
+        raise
     except FileNotFoundError:
         raise GraftError(f"{path}: no such file.") from None
     except Exception as exc:  # noqa: BLE001 - tifffile's errors have no common base beyond these

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -238,9 +239,13 @@ def open_project(path: str | os.PathLike, trust: bool = False) -> Session:
     if input_spec is not None and replays_input:
         session.set_input_spec(input_spec)
     weights, legacy = _with_target_stats(session, weights)
+    # safetensors keeps no state-dict metadata, but some modules read their version from it (torchvision's
+    # MNASNet refuses to load without one): the rebuilt network's own versions are the saved network's.
+    weights = OrderedDict(weights)
+    weights._metadata = getattr(session.model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         missing, unexpected = session.model.load_state_dict(weights, strict=False)
-    except RuntimeError as exc:  # torch's message spans lines: its last one names the first mismatch
+    except (RuntimeError, ValueError) as exc:  # torch's message spans lines: its last one names the first mismatch
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:2]) or exc.__class__.__name__
         raise GraftError(f"{name}: the saved weights do not fit the rebuilt network ({detail.rstrip('.')}).") \
             from None

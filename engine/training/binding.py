@@ -62,6 +62,15 @@ def _bind(spec: HeadSpec, data: HeadSpec) -> HeadBinding:
                          f"{_kind_title(data.kind)}.")
     head_names = spec.label_names
     data_names = data.label_names
+    if spec.dense:  # masks and boxes carry class indices: the classes must be the data's, in its order
+        if head_names[:len(data_names)] != data_names and (spec.labels or len(data_names) > spec.outputs):
+            raise GraftError(f"Head {spec.name!r} has the classes {', '.join(head_names[:8])} but the data's "
+                             f"{data.name!r} has {', '.join(data_names[:8])}: a {spec.kind} head learns the data's "
+                             "classes in the data's order.")
+        if spec.kind == "segment" and spec.ignore_index != data.ignore_index:
+            raise GraftError(f"Head {spec.name!r} ignores pixels of value {spec.ignore_index} but the data's "
+                             f"{data.name!r} marks unlabelled pixels with {data.ignore_index}.")
+        return HeadBinding(spec, data)
     if spec.kind == "single":
         if all(n in head_names for n in data_names):
             index = [head_names.index(n) for n in data_names]
@@ -99,8 +108,10 @@ def bind_heads(heads: Sequence[HeadSpec], data: Any, *, notes: list[str] | None 
     bindings: list[HeadBinding] = []
     for spec in heads:
         match = data_heads.get(spec.name)
-        if match is None and len(heads) == 1 and len(data_heads) == 1 and getattr(data, "kind", "") == "folder":
-            only = next(iter(data_heads.values()))
+        classes = [h for h in data_heads.values() if not h.dense]  # beside an image folder's masks/ and labels/
+        if (match is None and spec.kind == "single" and sum(not h.dense for h in heads) == 1 and len(classes) == 1
+                and getattr(data, "kind", "") == "folder"):
+            only = classes[0]
             if only.kind == spec.kind == "single":
                 match = only
                 if notes is not None:
@@ -123,7 +134,9 @@ def labelled_count(samples: Sequence[Any], binding: HeadBinding) -> int:
         value = s.targets.get(name)
         if value is None:
             continue
-        if binding.spec.kind == "single":
+        if binding.spec.dense:
+            n += 1
+        elif binding.spec.kind == "single":
             n += value >= 0
         else:
             cols = binding.columns.tolist() if binding.columns is not None else range(len(value))

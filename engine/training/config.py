@@ -44,7 +44,14 @@ class TrainConfig:
     when the trunk splits cleanly at the boundary (checked on a dry run; else the run trains as before, with a
     note); True: also on a GPU; False: never. ``boundary_views``: augmented views cached per training image
     (None: as many as epochs, up to 4; each epoch draws one view per image); without augmentation one plain
-    pass. What a run did: ``TrainResult.boundary_cached``."""
+    pass. What a run did: ``TrainResult.boundary_cached``.
+
+    ``label_smoothing``: the share of a single-label head's target spread over its classes in the training
+    loss (0: off; validation losses are never smoothed, so runs stay comparable). ``ema``: validate, keep and
+    end with an exponential moving average of the trained weights (``torch.optim.swa_utils.AveragedModel``,
+    :mod:`engine.training.averaging`) instead of the raw ones. ``augment_policy``: the augmentation of the
+    training images when they are augmented: "standard" (crop, flip, light colour), "trivial" (the same plus
+    torchvision's ``TrivialAugmentWide``) or "augmix" (plus ``AugMix``): :mod:`engine.training.augment`."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -68,6 +75,9 @@ class TrainConfig:
     devices: int = 1
     boundary_cache: bool | str = "auto"
     boundary_views: int | None = None
+    label_smoothing: float = 0.0
+    ema: bool = False
+    augment_policy: str = "standard"
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -96,6 +106,13 @@ class TrainConfig:
         bviews = self.boundary_views
         if bviews is not None and (isinstance(bviews, bool) or not isinstance(bviews, int) or bviews < 1):
             raise GraftError(f"Boundary views must be a whole number, at least 1 (got {bviews!r}).")
+        smoothing = self.label_smoothing
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+            raise GraftError(f"Label smoothing must be a number from 0 up to (not including) 1 (got {smoothing!r}).")
+        from engine.training.augment import POLICIES
+
+        if self.augment_policy not in POLICIES:
+            raise GraftError(f"Unknown augmentation policy {self.augment_policy!r}: use {', '.join(POLICIES)}.")
         if self.cache_features not in ("auto", True, False):
             raise GraftError(f"cache_features must be 'auto', True or False (got {self.cache_features!r}).")
         for name in ("unfreeze_every", "pause_after", "devices"):

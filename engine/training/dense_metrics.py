@@ -104,3 +104,42 @@ class DetectMetrics:
     def summary(self) -> dict[str, float]:
         d = self.details()
         return {k: float(d[k]) for k in ("map_50", "map") if d[k] is not None}
+
+
+def segment_image_iou(pred: torch.Tensor, target: torch.Tensor, classes: int, ignore: int) -> torch.Tensor:
+    """Each image's mean IoU over the classes that occur in it (labelled pixels only), ``(N,)``; NaN for an
+    image without a labelled pixel. For ranking images (the worst first), not the reported mIoU."""
+    valid = target != ignore
+    n = pred.shape[0]
+    index = (torch.arange(n, device=pred.device).view(n, 1, 1) * classes + target.clamp(0, classes - 1)) * classes
+    index = (index + pred.clamp(0, classes - 1))[valid]
+    confusion = torch.bincount(index, minlength=n * classes * classes).view(n, classes, classes).double()
+    inter = confusion.diagonal(dim1=1, dim2=2)
+    union = confusion.sum(1) + confusion.sum(2) - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
+    occurs = union > 0
+    mean = iou.sum(1) / occurs.sum(1).clamp(min=1)
+    return torch.where(occurs.any(1), mean, torch.full_like(mean, float("nan"))).float()
+
+
+def detect_image_iou(chosen: list[dict[str, torch.Tensor]], target: torch.Tensor) -> torch.Tensor:
+    """Each image's mean, over its labelled boxes, of the best IoU with a predicted box of the same class
+    (``(N,)``; 1 for a labelled image without boxes and none predicted, 0 with some predicted; NaN unlabelled)."""
+    from torchvision.ops import box_iou
+
+    out = []
+    for found, rows in zip(chosen, target.detach().float().cpu()):
+        if torch.isnan(rows[0, 0]):
+            out.append(float("nan"))
+            continue
+        truth = rows[rows[:, 4] >= 0]
+        boxes, labels = found["boxes"].cpu(), found["labels"].cpu()
+        if not len(truth):
+            out.append(1.0 if not len(boxes) else 0.0)
+            continue
+        best = []
+        for row in truth:
+            same = labels == int(row[4])
+            best.append(float(box_iou(row[None, :4], boxes[same]).max()) if bool(same.any()) else 0.0)
+        out.append(sum(best) / len(best))
+    return torch.tensor(out, dtype=torch.float32)

@@ -1,6 +1,6 @@
 """Evaluating a session's heads on labelled data: per-head loss and metrics, and a text report.
 
-``evaluate(session, data)`` accepts a :class:`~engine.data.datasets.DataSource` (its heads are matched with
+``evaluate(session, data)`` accepts a :class:`~engine.data.samples.DataSource` (its heads are matched with
 the session's as in training; ``split`` picks "all" (default), "train" or "val" samples) or a list of
 samples whose targets are already in the session heads' terms. The model is left on the CPU in eval mode.
 The report also keeps each image's outputs, targets and losses per head (:class:`HeadOutputs`), which
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.data.datasets import UNREADABLE
+from engine.data.image_dataset import UNREADABLE
 from engine.errors import GraftError
 from engine.network.heads import KIND_TITLES, HeadSpec
 from engine.network.tta import check_tta, combine, describe_views, make_views, view_count
@@ -33,6 +33,7 @@ from engine.training.device import (autocast_context, autocast_dtype, clean_load
                                     out_of_memory_message, resolve_device)
 from engine.training.loaders import MappedDataset, auto_num_workers, make_loader
 from engine.training.losses import LossAccumulator, compute_losses, entry_losses, target_scales
+from engine.training.dense_evaluation import collect_dense, dense_image_outputs
 from engine.training.metrics import MetricSet
 from engine.units import plural
 
@@ -77,7 +78,8 @@ class HeadOutputs:
     what the metrics count; regression: the values. ``targets``: single ``(N,)`` class (-1 blank), else
     ``(N, K)`` (NaN blank), in the head's terms. ``losses``: ``(N,)`` each image's own loss (NaN when it
     has no label for the head); ``entry_losses``: ``(N, K)`` per label / target (multi, regression).
-    ``columns``: the data column that feeds each output (single: one; an image folder's: none)."""
+    ``columns``: the data column that feeds each output (single: one; an image folder's: none).
+    Segment and detect heads keep per-image IoUs, masks and boxes instead: :mod:`engine.training.dense_evaluation`."""
 
     kind: str
     values: np.ndarray
@@ -86,6 +88,8 @@ class HeadOutputs:
     losses: np.ndarray
     entry_losses: np.ndarray | None = None
     columns: list[str] = field(default_factory=list)
+    ignore_index: int | None = None  # segment: the mask value of unlabelled pixels
+    score_threshold: float | None = None  # detect: the head's threshold for the boxes it shows
 
 
 @dataclass
@@ -129,6 +133,11 @@ class EvalReport:
                 for label, f1, pos, n in zip(d.get("labels", []), d.get("f1", []), d.get("support", []),
                                              d.get("n", [])):
                     lines.append(f"  {label.ljust(width)}  {_num(f1):>6}  {pos:>5}  {n:>5}")
+            elif h.kind == "segment":
+                lines.append(f"  mIoU {_num(d.get('miou'))}")
+                lines += [f"  {c}: IoU {_num(v)}" for c, v in zip(d.get("classes", []), d.get("iou", []))]
+            elif h.kind == "detect":
+                lines.append(f"  mAP@0.5 {_num(d.get('map_50'))}  mAP@0.5:0.95 {_num(d.get('map'))}")
             else:
                 lines.append(f"  MAE {_num(d.get('mae'), 4)}")
                 if len(d.get("labels", [])) > 1:
@@ -152,7 +161,12 @@ def _confusion_lines(classes: list[str], matrix: list[list[int]]) -> list[str]:
     return out
 
 
-def _labelled_examples(kind: str, target: torch.Tensor) -> torch.Tensor:
+def _labelled_examples(spec: HeadSpec, target: torch.Tensor) -> torch.Tensor:
+    kind = spec.kind
+    if kind == "segment":
+        return (target != spec.ignore_index).flatten(1).any(dim=1).sum()
+    if kind == "detect":
+        return (~torch.isnan(target[:, 0, 0])).sum()
     if kind == "single":
         return (target >= 0).sum()
     t = target if target.dim() > 1 else target.unsqueeze(1)
@@ -162,8 +176,9 @@ def _labelled_examples(kind: str, target: torch.Tensor) -> torch.Tensor:
 class _OutputCollector:
     """Keeps each batch's per-image outputs on the CPU (one copy per batch) for :class:`HeadOutputs`."""
 
-    def __init__(self, specs: Sequence[HeadSpec], target_map: Any) -> None:
+    def __init__(self, specs: Sequence[HeadSpec], target_map: Any, modules: Any = None) -> None:
         self.specs = list(specs)
+        self.modules = modules if modules is not None else {}
         self.parts: dict[str, list[tuple[torch.Tensor, ...]]] = {s.name: [] for s in self.specs}
         self.columns = {b.spec.name: _output_columns(b) for b in target_map.bindings}
 
@@ -171,6 +186,9 @@ class _OutputCollector:
             scales: dict[str, torch.Tensor]) -> None:
         for spec in self.specs:
             raw, target = outputs[spec.name], targets[spec.name]
+            if spec.dense:
+                self.parts[spec.name].append(dense_image_outputs(spec, raw, target, self.modules[spec.name]))
+                continue
             out = raw.detach().float()
             if spec.kind == "single":
                 values, predicted = torch.softmax(out, dim=1), raw.detach().argmax(dim=1)
@@ -185,6 +203,10 @@ class _OutputCollector:
     def result(self) -> dict[str, HeadOutputs]:
         out = {}
         for spec in self.specs:
+            if spec.dense:
+                out[spec.name] = HeadOutputs(**collect_dense(spec, self.parts[spec.name]),
+                                             columns=self.columns.get(spec.name, []))
+                continue
             values, predicted, targets, terms = (torch.cat(p).numpy() for p in zip(*self.parts[spec.name]))
             if spec.kind == "single":
                 losses, per_entry = terms.astype(np.float32), None
@@ -204,7 +226,7 @@ class _OutputCollector:
 def _output_columns(binding: Any) -> list[str]:
     """The data column behind each of a head's outputs (a single-label head reads one column)."""
     columns = list(binding.data.columns)
-    if binding.spec.kind == "single" or not columns:
+    if binding.spec.kind == "single" or binding.spec.dense or not columns:
         return columns[:1]
     index = binding.columns.tolist() if binding.columns is not None else range(binding.spec.outputs)
     return [columns[j] for j in index]
@@ -221,7 +243,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
     :mod:`engine.network.tta`; the views of a batch go through the model together, so a batch holds
     ``batch_size`` images times the number of views).
     """
-    from engine.data.datasets import ImageDataset
+    from engine.data.image_dataset import ImageDataset
 
     if split not in ("all", "train", "val"):
         raise GraftError(f"Unknown split {split!r}: use all, train or val.")
@@ -246,8 +268,11 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
                             target_map)
     loader = make_loader(dataset, batch_size=batch_size, device=dev, num_workers=workers)
     model = session.model
-    acc, metrics = LossAccumulator(specs), MetricSet(specs)
-    collected = _OutputCollector(specs, target_map)
+    if tta is not None and any(s.dense for s in specs):
+        raise GraftError("Test-time augmentation averages classification and regression heads; this model has "
+                         "segment or detect heads: evaluate without it.")
+    acc, metrics = LossAccumulator(specs), MetricSet(specs, model.heads)
+    collected = _OutputCollector(specs, target_map, model.heads)
     counts: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     runner, note = trunk_runner(model, dev, len(samples) * views)  # converting it counts in the time taken
@@ -268,7 +293,7 @@ def evaluate(session: Any, data: Any, batch_size: int = 64, device: str = "auto"
                 metrics.update(outputs, targets)
                 collected.add(outputs, targets, scales)
                 for spec in specs:
-                    c = _labelled_examples(spec.kind, targets[spec.name])
+                    c = _labelled_examples(spec, targets[spec.name])
                     counts[spec.name] = counts[spec.name] + c if spec.name in counts else c
                 done += images.shape[0]
                 if on_progress is not None:

@@ -5,7 +5,7 @@ the data (:func:`train_cached`, called by :class:`engine.training.trainer.Traine
 train, on a :class:`FeatureTable` of the features and the targets.
 
 Augmented views (``TrainConfig.augment_views = K``): the trunk's features of K augmented views of every
-training image (the fine-tuning augmentation, :func:`engine.data.datasets._augmentation`, each view seeded
+training image (the fine-tuning augmentation, :func:`engine.data.transforms._augmentation`, each view seeded
 per image: :class:`AugmentedViews`) are computed once; each epoch the heads see one view per image, drawn
 by :func:`view_choice` from the seed and the epoch (so a paused run resumes with the same draws). The
 validation images keep their plain, unaugmented features. Caching costs K training passes instead of one;

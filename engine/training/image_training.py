@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from engine.data.datasets import UNREADABLE
+from engine.data.image_dataset import UNREADABLE
 from engine.runtime.onnx_trunk import TrunkRunner, features_then_heads, trunk_runner
 from engine.training.device import autocast_context
 from engine.training.events import MessageEvent, Stopped
@@ -26,10 +26,12 @@ class ImageTraining:
 
     # -- training on images --------------------------------------------------------------------------
     def _image_dataset(self, samples: Sequence[Any], augment: bool):
-        from engine.data.datasets import ImageDataset
+        from engine.data.image_dataset import ImageDataset
+
+        from engine.training.augment import apply_policy
 
         base = ImageDataset(samples, self.target_map.data_heads, self.session.input_spec, augment=augment)
-        return MappedDataset(base, self.target_map)
+        return MappedDataset(apply_policy(base, self.config.augment_policy), self.target_map)
 
     def _frozen_trunk(self, images: int) -> TrunkRunner | None:
         """What runs the frozen trunk over ``images`` images (None: PyTorch); its note becomes a message."""
@@ -65,7 +67,7 @@ class ImageTraining:
         marks = targets.pop(UNREADABLE, None)
         if marks is None or not bool((marks >= 0).any()):
             return targets
-        from engine.data.datasets import check_image
+        from engine.data.decoding import check_image
 
         seen = self.__dict__.setdefault("_unreadable_paths", set())
         found = []
@@ -123,6 +125,12 @@ class ImageTraining:
 
         def forward(images: torch.Tensor) -> Callable[[], dict[str, torch.Tensor]]:
             ddp = self._ddp  # several processes: DDP averages the gradients in the backward pass
+            if self.trunk_frozen and model.has_dense_heads:  # dense heads read the maps: PyTorch runs the trunk
+                def run_dense() -> dict[str, torch.Tensor]:
+                    with torch.no_grad():
+                        features, maps = trunk.forward_maps(images)
+                    return model.heads_on_maps(features, maps, tuple(images.shape[-2:]))
+                return run_dense
             if self.trunk_frozen:
                 def run() -> dict[str, torch.Tensor]:
                     with torch.no_grad():
@@ -139,7 +147,7 @@ class ImageTraining:
                 yield forward(images), targets, images.shape[0] * world
 
         def validate() -> tuple[LossAccumulator, MetricSet]:
-            acc, metrics = LossAccumulator(self.heads), MetricSet(self.heads)
+            acc, metrics = LossAccumulator(self.heads), MetricSet(self.heads, model.heads)
             model.eval()
             with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
                 for images, targets in val_loader:

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from engine.data.datasets import UNREADABLE
+from engine.data.image_dataset import UNREADABLE
 from engine.training.binding import TargetMap
 
 
 class MappedDataset(torch.utils.data.Dataset):
     """An ImageDataset whose targets are renamed/remapped for the session's heads (in the workers); an image
-    found unreadable only now (:data:`engine.data.datasets.UNREADABLE`) stays marked."""
+    found unreadable only now (:data:`engine.data.image_dataset.UNREADABLE`) stays marked."""
 
     def __init__(self, base: torch.utils.data.Dataset, target_map: TargetMap) -> None:
         self.base = base

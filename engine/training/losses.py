@@ -1,6 +1,6 @@
 """Per-head training losses that leave missing labels out.
 
-Targets come from :class:`engine.data.datasets.ImageDataset`: single-label heads get an int64 class index per
+Targets come from :class:`engine.data.image_dataset.ImageDataset`: single-label heads get an int64 class index per
 example (``-1`` = missing), multi-label and regression heads a float32 vector per example (``NaN`` =
 missing entry). The losses, for a batch of ``N`` examples:
 
@@ -64,13 +64,14 @@ def target_scales(heads: Mapping[str, torch.nn.Module]) -> dict[str, Any]:
 
 
 def _terms(kind: str, out: torch.Tensor, target: torch.Tensor,
-           scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+           scale: torch.Tensor | None, smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Unreduced loss terms of float32 ``out`` and where a label is given: single ``(N,)`` cross-entropy,
     multi ``(N, K)`` binary cross-entropy, regression ``(N, K)`` squared error over ``scale``. Terms of
     missing labels are computed on a stand-in (class 0, target 0) and must be masked by the caller."""
     if kind == "single":
         target = target.long()
-        return F.cross_entropy(out, target.clamp(min=0), reduction="none"), target >= 0
+        return (F.cross_entropy(out, target.clamp(min=0), reduction="none", label_smoothing=smoothing),
+                target >= 0)
     target = target.to(out.dtype)
     if target.dim() == 1 and out.dim() == 2:
         target = target.unsqueeze(1)
@@ -87,15 +88,16 @@ def _terms(kind: str, out: torch.Tensor, target: torch.Tensor,
 
 
 def head_loss_terms(kind: str, output: torch.Tensor, target: torch.Tensor,
-                    scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: torch.Tensor | None = None, smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(numerator, denominator)`` of one head's loss on a batch; the loss is ``num / max(den, 1)``.
 
     ``scale`` (regression): the target std per output; the errors are divided by it (None: 1).
     Computed in float32 (outputs under autocast are cast up) with masks instead of boolean indexing,
-    so there is no host-device synchronisation.
+    so there is no host-device synchronisation. ``smoothing``: label smoothing of a single-label head's
+    cross-entropy (the blank examples stay masked out).
     """
     out = output.float()
-    terms, valid = _terms(kind, out, target, scale)
+    terms, valid = _terms(kind, out, target, scale, smoothing if kind == "single" else 0.0)
     num = torch.where(valid, terms, torch.zeros_like(terms)).sum()
     if kind == "multi":
         return num, torch.tensor(float(out.shape[0]), device=out.device)
@@ -121,11 +123,12 @@ def head_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
 
 def compute_losses(heads: Sequence[HeadSpec], outputs: Mapping[str, torch.Tensor],
                    targets: Mapping[str, torch.Tensor],
-                   scales: Mapping[str, torch.Tensor] | None = None) -> LossResult:
+                   scales: Mapping[str, torch.Tensor] | None = None, smoothing: float = 0.0) -> LossResult:
     """All heads' losses and their weighted total (``HeadSpec.loss_weight``).
 
     ``scales``: the regression heads' target stds (:func:`target_scales` of the model's heads, already
-    on the device); a regression head missing from it uses its spec's ``target_std`` (else 1)."""
+    on the device); a regression head missing from it uses its spec's ``target_std`` (else 1). ``smoothing``:
+    label smoothing for the single-label heads (training only: ``TrainConfig.label_smoothing``)."""
     result = LossResult(total=torch.zeros(()))
     total: torch.Tensor | None = None
     for spec in heads:
@@ -138,7 +141,7 @@ def compute_losses(heads: Sequence[HeadSpec], outputs: Mapping[str, torch.Tensor
             scale = (scales or {}).get(spec.name)
             if scale is None and spec.target_std is not None:
                 scale = torch.tensor(spec.target_std, dtype=torch.float32)
-        num, den = head_loss_terms(spec.kind, outputs[spec.name], targets[spec.name], scale)
+        num, den = head_loss_terms(spec.kind, outputs[spec.name], targets[spec.name], scale, smoothing)
         total = _add_head(result, spec, num, den, total)
     if total is not None:
         result.total = total

@@ -3,7 +3,8 @@
 The window and ``main.py train`` build the same :class:`TrainingRecord`, and the project saves it in its
 ``extra`` under ``"training"`` (the latest run), which evaluation and export read back to find the training
 data and its validation split. Later runs keep the earlier ones: :meth:`TrainingRecord.store` appends to
-``extra["runs"]`` too.
+``extra["runs"]`` too. A time-budgeted run also keeps its plan and one entry per stage (``stages``: time,
+estimate, epochs, best validation loss and metrics, whether it was kept).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 DEFAULT_SEED = 0
 DEFAULT_VAL_FRACTION = 0.2
-OUTCOME = ("reason", "best_epoch", "best_val_loss", "epochs_run", "history", "seconds", "device")
+OUTCOME = ("reason", "best_epoch", "best_val_loss", "epochs_run", "history", "seconds", "device", "plan", "stages")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class TrainingRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float | None = None
     device: str | None = None
+    # a time-budgeted run (engine.training.budget_run): its plan and what each stage did (StageResult fields)
+    plan: dict[str, Any] | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def begin(cls, data: Any, config: Any, data_path: str | Path | None = None) -> "TrainingRecord":
@@ -68,6 +72,10 @@ class TrainingRecord:
         record.data = record.data if isinstance(record.data, str) and record.data else None
         if not isinstance(record.config, dict):
             record.config = {}
+        if not isinstance(record.plan, dict):
+            record.plan = None
+        record.stages = ([st for st in record.stages if isinstance(st, dict)] if isinstance(record.stages, list)
+                         else [])
         if not isinstance(record.seed, int) or isinstance(record.seed, bool):
             seed = record.config.get("seed", DEFAULT_SEED)
             record.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else DEFAULT_SEED

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import GraftError
+from engine.training.budget import clock_text
 from engine.training.metrics import MAIN_METRIC
 from engine.training.record import TrainingRecord
 
@@ -72,12 +73,44 @@ def runs_table(records: Sequence[TrainingRecord]) -> RunsTable:
         metrics = final_metrics(r)
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else "-"
         rows.append([str(i), started, Path(r.data).name if r.data else "-",
-                     f"{r.epochs_run}/{c.get('epochs', '-')}", str(c.get("batch_size", "-")),
+                     _epochs_cell(r), str(c.get("batch_size", "-")),
                      _num(c.get("lr_heads")), _num(c.get("lr_trunk")), r.reason or "-",
                      str(r.best_epoch) if r.best_epoch is not None else "-",
                      f"{r.best_val_loss:.4f}" if isinstance(r.best_val_loss, (int, float)) else "-",
                      *(_headline(metrics.get(h, {})) for h in heads),
                      f"{r.seconds:.0f} s" if isinstance(r.seconds, (int, float)) else "-", r.device or "-"])
+    return RunsTable(columns, rows)
+
+
+def _epochs_cell(r: TrainingRecord) -> str:
+    if r.plan:
+        budget = r.plan.get("budget")
+        when = f", budget {clock_text(budget)}" if isinstance(budget, (int, float)) else ""
+        return f"{r.epochs_run} ({len(r.stages)} stages{when})"
+    return f"{r.epochs_run}/{r.config.get('epochs', '-')}"
+
+
+def stage_table(record: TrainingRecord) -> RunsTable:
+    """A time-budgeted run's stages, one row each: what trained, for how long against the estimate, and the
+    best validation result it reached (the table that says what the minutes bought)."""
+    heads = list(dict.fromkeys(h for st in record.stages for h in (st.get("metrics") or {})))
+    columns = ["stage", "trains", "epochs", "views", "time", "estimate", "val loss", *heads, "kept", "note"]
+    rows = []
+    for st in record.stages:
+        blocks = st.get("blocks") or []
+        kind = st.get("kind")
+        trains = ("rate sweep" if kind == "finder" else "heads" if not blocks
+                  else f"heads + {len(blocks)} block{'s' if len(blocks) > 1 else ''}")
+        metrics = st.get("metrics") or {}
+        ran = st.get("epochs_run") or 0
+        planned = st.get("epochs") or 0
+        val = st.get("val_loss")
+        rows.append([f"{st.get('index', '?')}. {st.get('title', '?')}", trains,
+                     f"{ran}/{planned}" if kind != "finder" else "-", str(st.get("views") or "-"),
+                     clock_text(st.get("seconds") or 0.0), clock_text(st.get("estimate") or 0.0),
+                     f"{val:.4f}" if isinstance(val, (int, float)) else "-",
+                     *(_headline(metrics.get(h, {})) if isinstance(metrics.get(h), Mapping) else "-" for h in heads),
+                     "yes" if st.get("kept") else "", str(st.get("note") or "")[:60]])
     return RunsTable(columns, rows)
 
 

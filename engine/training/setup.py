@@ -64,7 +64,7 @@ class TrainerSetup:
         for b in self.target_map.bindings:
             if labelled_count(train, b) == 0:
                 raise GraftError(f"Head {b.spec.name!r} has no labelled example in the training data.")
-        from engine.data.datasets import only_in_validation
+        from engine.data.splits import only_in_validation
 
         unseen = only_in_validation(self.target_map.data_heads, train, val)
         split_from = getattr(self.data, "split_from", "random")
@@ -112,6 +112,9 @@ class TrainerSetup:
             self.cached = self.trunk_frozen and (not augment or bool(self.views))
         else:
             self.cached = False
+        if self.cached and model.has_dense_heads:
+            self.cached, self.views = False, 0
+            self.notes.append("Features are not cached: dense heads (segment, detect) read whole feature maps.")
         # augmented views: the cached features are of augmented images (and augmentation "auto" means on)
         self.augment = bool(self.views) or (augment and not self.cached)
         self.boundary = self._boundary_layer()
@@ -125,6 +128,8 @@ class TrainerSetup:
         from engine.training import distributed
 
         if distributed.current() is not None:
+            if model.has_dense_heads:
+                raise GraftError("Dense heads (segment, detect) train in one process: train without --devices.")
             self._join_processes(distributed.current())
 
     def _boundary_layer(self) -> str | None:
@@ -132,8 +137,8 @@ class TrainerSetup:
         below the ones that train (:func:`engine.training.boundary.boundary_for`), or None (a note says why
         when the cache was asked for)."""
         cfg = self.config
-        if cfg.boundary_cache is False or self.cached or self.trunk_frozen:
-            return None
+        if cfg.boundary_cache is False or self.cached or self.trunk_frozen or self.session.model.has_dense_heads:
+            return None  # (dense heads read maps of layers that may lie below the boundary)
         from engine.training import distributed
         from engine.training.boundary import boundary_for
 

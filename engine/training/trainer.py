@@ -1,4 +1,4 @@
-"""Training a session's heads (and, if unfrozen, its trunk) on a :class:`~engine.data.datasets.DataSource`.
+"""Training a session's heads (and, if unfrozen, its trunk) on a :class:`~engine.data.samples.DataSource`.
 
 This module is the loop: :class:`Trainer`'s run, its endings and the epoch/step loop. The rest of a run lives
 beside it: the settings (:mod:`engine.training.config`), the events and errors (:mod:`engine.training.events`),
@@ -56,6 +56,7 @@ PyTorch, PyTorch again with a note when it does not convert); ``TrainResult.trun
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -109,6 +110,7 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
         self._stop_request = self._stop  # several processes: a request, agreed on into _stop every step
         self._pause = threading.Event()
         self._ran = False
+        self._average: Any = None  # TrainConfig.ema: engine.training.averaging.WeightAverage
         self._dist: Any = None  # engine.training.distributed.Context when training on several processes
         self._sharded = False  # the images are sharded over the processes (DDP); else one process's work
 
@@ -278,8 +280,9 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
                 f" (the weights of the best epoch, {self.best_epoch}, were restored)." if self._has_validated_best
                 else " (the weights from before training were restored).")
 
+        averaged = getattr(self, "_average", None) is not None  # the best state holds averaged weights
         if reason == "error" or (reason != "paused" and self._has_validated_best
-                                 and self.done_steps != self._best_steps):
+                                 and (self.done_steps != self._best_steps or averaged)):
             self._restore(self._best_state)
             if not self._has_validated_best:
                 self._revert_target_stats()  # the weights from before training: their statistics too
@@ -331,7 +334,7 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
     def _step(self, outputs_fn: Callable[[], dict[str, torch.Tensor]], targets: dict[str, torch.Tensor]):
         with autocast_context(self.device, self.amp_dtype):
             outputs = outputs_fn()
-        losses = compute_losses(self.heads, outputs, targets, self.scales)
+        losses = compute_losses(self.heads, outputs, targets, self.scales, self.config.label_smoothing)
         objective = losses.total
         if self._sharded:  # the global batch's loss (its reported value too)
             objective, losses = self._dist.step_losses(losses, self.heads)
@@ -345,6 +348,8 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
             self.optimizer.step()
         lr = self._reported_lr()
         self.scheduler.step()
+        if self._average is not None:
+            self._average.update()
         return losses, lr
 
     def _report_step(self, pending: tuple | None, epoch_acc: LossAccumulator) -> None:
@@ -402,6 +407,7 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
         self._progress(self.done_steps, force=True)
         if self.resume is not None:
             self._restore_rng()
+        self._average = self._weight_average() if cfg.ema else None
         for epoch in range(self.epochs_run + 1, cfg.epochs + 1):
             t_epoch = time.perf_counter()
             if self.unfreeze is not None:
@@ -431,16 +437,18 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
             if train_loss is not None and not math.isfinite(train_loss):
                 raise NonFinite(None, epoch, self.done_steps)
             val_loss, val_heads, metrics = None, {}, {}
-            if validate is not None:
-                self._phase = ("validating", self._val_batch)
-                val_acc, val_metrics = validate()
-                val_loss, val_heads = val_acc.values()
-                metrics = val_metrics.summary()
-                if val_loss is not None and not math.isfinite(val_loss):
-                    raise NonFinite(next((n for n, v in val_heads.items() if not math.isfinite(v)), None),
-                                     epoch, self.done_steps)
-            self.epochs_run = epoch
-            best = self._keep_best(epoch, val_loss, validated=validate is not None)
+            averaged = self._average.swapped_in() if self._average is not None else contextlib.nullcontext()
+            with averaged:  # with weight averaging, the averaged weights are validated and kept
+                if validate is not None:
+                    self._phase = ("validating", self._val_batch)
+                    val_acc, val_metrics = validate()
+                    val_loss, val_heads = val_acc.values()
+                    metrics = val_metrics.summary()
+                    if val_loss is not None and not math.isfinite(val_loss):
+                        raise NonFinite(next((n for n, v in val_heads.items() if not math.isfinite(v)), None),
+                                         epoch, self.done_steps)
+                self.epochs_run = epoch
+                best = self._keep_best(epoch, val_loss, validated=validate is not None)
             seconds = time.perf_counter() - t_epoch
             event = EpochEvent(epoch, train_loss, val_loss, train_heads, val_heads, metrics, best, seconds)
             self.history.append({**event.__dict__, "lr": self._reported_lr()})
@@ -454,7 +462,18 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
                 return "paused"
             if epoch < cfg.epochs and self.on_checkpoint is not None and (self._dist is None or self._dist.main):
                 self.on_checkpoint(self._make_checkpoint())
+        if self._average is not None and validate is None:
+            self._average.keep()  # no validation to choose with: end on the averaged weights
         return "completed"
+
+    def _weight_average(self):
+        """``TrainConfig.ema``: the moving average of the weights that train (:mod:`engine.training.averaging`),
+        spanning about an epoch's steps."""
+        from engine.training.averaging import WeightAverage
+
+        names = {id(p): n for n, p in self.session.model.named_parameters()}
+        trained = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"] if id(p) in names]
+        return WeightAverage(self.session.model, trained, self.steps_per_epoch)
 
 
 def train(session: Any, data: Any, config: TrainConfig | None = None,

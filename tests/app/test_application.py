@@ -43,7 +43,8 @@ def test_configure_app_names_the_settings_and_styles_the_app(qapp):
 
 
 def test_gui_options():
-    assert application._parse([]) == {"model": "default", "data": "demo", "project": None}
-    assert application._parse(["--no-default"]) == {"model": None, "data": None, "project": None}
+    assert application._parse([]) == {"model": "default", "data": "demo", "project": None, "demo_task": True}
+    assert application._parse(["--no-default"]) == {"model": None, "data": None, "project": None, "demo_task": True}
+    assert application._parse(["--no-demo-task"])["demo_task"] is False
     assert application._parse(["--model", "resnet18", "--data", "/d"])["model"] == "resnet18"
     assert application._parse(["x.graft"])["project"] == "x.graft"

@@ -89,7 +89,7 @@ def test_json_lines_come_back_as_the_trainers_events():
 
 @pytest.fixture
 def session_and_data(tiny_folder):
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.network.loading import load_network
     from engine.network.preprocess import InputSpec
     from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 import main
-from engine.data.datasets import load_data
+from engine.data.loading import load_data
 from engine.data.demo_data import ensure_demo_data
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network

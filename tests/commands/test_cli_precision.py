@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.data.datasets import load_data
+from engine.data.loading import load_data
 from engine.data.demo_data import ensure_demo_data
 from engine.export.metadata import OnnxPredictor, read_metadata
 from engine.export.onnx_export import export_onnx

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from engine.data.datasets import load_data
+from engine.data.loading import load_data
 from engine.data.demo_data import ensure_demo_data
 from engine.export.metadata import read_metadata
 from engine.export.onnx_export import export_onnx

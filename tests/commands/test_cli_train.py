@@ -166,7 +166,7 @@ def test_data_demo_trains_the_multi_task_demo(tmp_path):
                              "--no-augment", "--out", "d.graft"], capture_output=True, text=True, cwd=tmp_path,
                             timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_CACHE_DIR": str(env_cache)})
     assert result.returncode == 0, result.stderr
-    assert (env_cache / "demo-v1" / "labels.csv").is_file()
+    assert (env_cache / "demo-v2" / "labels.csv").is_file()
     assert "288 training and 72 validation images" in result.stdout
     epoch = next(line for line in result.stdout.splitlines() if line.startswith("epoch 1/1"))
     assert "shape: acc" in epoch and "tags: F1" in epoch and "size: MAE" in epoch
@@ -225,7 +225,7 @@ def test_train_records_its_split_and_head_weight(seeded_project, tiny_folder):
 
 def test_evaluate_uses_the_training_split_and_says_what_it_evaluates(seeded_project, tiny_folder, tmp_path):
     from commands.evaluate import training_split
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.project.project_file import open_project
 
     session = open_project(seeded_project)

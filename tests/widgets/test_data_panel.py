@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QFileDialog, QLabel, QTableWidget
 
 from engine.data import demo_data
 from engine.training.advice import Advice
-from engine.data.datasets import load_data
+from engine.data.loading import load_data
 from widgets.data_panel import DataPanel, dropped_data_path
 
 
@@ -91,7 +91,7 @@ def test_labelled_images_are_counted_once_per_source(panel, source, monkeypatch)
     data, not on every surgery step, and gives the panel the same count as counting the samples."""
     from dataclasses import replace
 
-    from engine.data.datasets import DataSource
+    from engine.data.samples import DataSource
 
     source = replace(source)  # a copy not summarised yet (the fixture's own was, by earlier tests)
     summarised = []
@@ -214,7 +214,7 @@ def _picks_by_grouping_everything(samples, name, count):
 def test_thumbnails_take_the_classes_in_turn_without_reading_every_sample(layout):
     from types import SimpleNamespace
 
-    from engine.data.datasets import Sample
+    from engine.data.samples import Sample
     from engine.network.heads import HeadSpec
 
     head = HeadSpec("class", "single", labels=["a", "b", "c"])
@@ -230,7 +230,7 @@ def test_thumbnails_take_the_classes_in_turn_without_reading_every_sample(layout
 def test_thumbnails_stop_reading_once_every_class_has_enough():
     from types import SimpleNamespace
 
-    from engine.data.datasets import Sample
+    from engine.data.samples import Sample
     from engine.network.heads import HeadSpec
 
     class Unread:

@@ -151,3 +151,10 @@ def test_dense_heads_show_iou_or_ap_per_class_and_their_examples(panel, tmp_path
     assert view.canvas.captions() == ["square 0.80"] and len(view.canvas.box_layers()) == 2
     assert view.controls.threshold_slider.isVisibleTo(panel)
     panel.set_examples("shape", [])  # not a dense head: nothing to show, no error
+    # Without per-class AP (the engine's summary only), the table lists mAP at COCO's IoU thresholds.
+    report["heads"]["boxes"]["details"] = {"classes": ["circle"], "map_50": 0.8, "map_75": 0.5, "map": 0.45}
+    panel.set_report(report)
+    panel.select_head("boxes")
+    table = panel.current_page().findChild(QTableWidget, "denseTable")
+    assert [(table.item(r, 0).text(), table.item(r, 1).text()) for r in range(3)] == [
+        ("mAP@0.5", "0.800"), ("mAP@0.75", "0.500"), ("mAP@0.5:0.95", "0.450")]

@@ -134,3 +134,39 @@ def test_dense_predictions_draw_their_mask_and_boxes_with_controls(view, image_p
     view.show_predictions(image_path, {"shape": "shape: square"})
     assert view.image.masks() == [] and view.image.box_layers() == []
     assert not view.overlay_controls.isVisible()
+
+
+def close_to(a, b, tol) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def test_dense_predictions_of_the_input_square_are_drawn_over_that_square(view, image_path):
+    from types import SimpleNamespace
+
+    from widgets.mask_overlay import class_colours
+
+    # The network saw the centre 60×60 of the 80×60 image (x 10..70): its 6×6 mask and boxes belong there.
+    mask = np.ones((6, 6), np.int64)
+    seg = SimpleNamespace(kind="segment", mask=mask, names=["bg", "thing"])
+    det = SimpleNamespace(kind="detect", names=["thing"], boxes=[{"box": [0, 0, 3, 3], "label": "thing", "class": 0,
+                                                                   "score": 0.8}])
+    view.show_predictions(image_path, {"seg": seg, "det": det}, region=(10, 0, 70, 60), image_size=(80, 60),
+                          frame=(6, 6))
+    canvas = view.image
+    canvas.set_opacity(1.0)
+    target = canvas.image_rect()
+    grab = canvas.grab().toImage()
+
+    def at(x, y):  # image pixel -> painted colour
+        c = grab.pixelColor(round(target.left() + x * target.width() / 80), round(target.top() + y * target.height() / 60))
+        return c.red(), c.green(), c.blue()
+
+    red = tuple(int(v) for v in class_colours(2)[1])
+    assert at(40, 45) == red and at(5, 45) != red  # outside the square: the image as it is
+    assert canvas.captions() == ["thing 0.80"]
+    box = canvas.box_layers()[0]
+    assert box.region == (10, 0, 70, 60) and box.frame == (6, 6) and box.image_size == (80, 60)
+    canvas.set_opacity(0.0)  # the box alone: frame 0..3 of 6 over x 10..70 is x 10..40
+    grab = canvas.grab().toImage()
+    colour = tuple(int(v) for v in class_colours(1, background=None)[0])
+    assert close_to(at(40, 5), colour, 60) and not close_to(at(55, 5), colour, 60)

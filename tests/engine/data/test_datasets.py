@@ -1,4 +1,4 @@
-"""engine.data.datasets: loading image folders and CSV manifests, checks, splits and the torch Dataset."""
+"""engine.data (loading, manifests, folders, decoding, splits, image_dataset, head_args): loading image folders and CSV manifests, checks, splits and the torch Dataset."""
 from __future__ import annotations
 
 import math
@@ -14,8 +14,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from engine.data.datasets import (DataSource, ImageDataset, Sample, check_image, load_data,  # noqa: E402
-                             parse_head_arg, suggest_heads)
+from engine.data.decoding import check_image  # noqa: E402
+from engine.data.head_args import parse_head_arg  # noqa: E402
+from engine.data.image_dataset import ImageDataset  # noqa: E402
+from engine.data.loading import load_data  # noqa: E402
+from engine.data.manifests import suggest_heads  # noqa: E402
+from engine.data.samples import DataSource, Sample  # noqa: E402
 from engine.errors import GraftError  # noqa: E402
 from engine.network.heads import HeadSpec  # noqa: E402
 from engine.network.preprocess import InputSpec, preprocess_file  # noqa: E402
@@ -725,7 +729,8 @@ def test_folder_listing_walks_like_os_walk_and_keys_files_like_same_file(tmp_pat
     """The folder listing's one scandir per folder gives os.walk's files in os.walk's order (a folder's
     sorted files, then its subfolders'; hidden ones and links to folders left out), each keyed as
     _same_file keys it (a link to a file by what it points to)."""
-    from engine.data.datasets import _files_under, _hidden, _same_file
+    from engine.data.folders import _files_under, _hidden
+    from engine.data.splits import _same_file
 
     root = tmp_path / "cat"
     (root / "b" / "deep").mkdir(parents=True)

@@ -15,7 +15,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from engine.data import demo_data  # noqa: E402
-from engine.data.datasets import load_data, suggest_heads  # noqa: E402
+from engine.data.loading import load_data  # noqa: E402
+from engine.data.manifests import suggest_heads  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_layout_and_counts(demo_csv):
     assert demo_csv.name == "labels.csv" and demo_csv.parent.name == f"demo-v{recipe['version']}"
     table = rows(demo_csv)
     assert len(table) == recipe["count"] == 360
-    assert list(table[0]) == ["image", "shape", "red", "striped", "outlined", "size"]
+    assert list(table[0]) == ["image", "shape", "red", "striped", "outlined", "size", "mask", "boxes"]
     shapes = {r["shape"] for r in table if r["shape"]}
     assert shapes == set(recipe["shapes"])
     with Image.open(demo_csv.parent / table[0]["image"]) as img:
@@ -131,3 +132,23 @@ def test_demo_folder(tmp_path):
     mtime = os.stat(next(folder.glob("*/*.png"))).st_mtime_ns
     assert demo_data.ensure_demo_folder(tmp_path) == folder
     assert os.stat(next(folder.glob("*/*.png"))).st_mtime_ns == mtime
+
+
+def test_masks_and_boxes_where_the_shape_was_drawn(demo_csv):
+    """The mask covers the drawn object (its class index, 255 on the rim) and the box bounds it."""
+    table = rows(demo_csv)
+    classes = (demo_csv.parent / "masks" / "classes.txt").read_text().split()
+    recipe = demo_data.load_recipe()
+    assert classes == ["background", *recipe["shapes"]]
+    both = [r for r in table if r["mask"] and r["boxes"] and r["shape"]]
+    assert 0.25 * len(table) < len(both) and sum(1 for r in table if not r["mask"]) > 0.2 * len(table)
+    for r in both[:20]:
+        mask = np.asarray(Image.open(demo_csv.parent / r["mask"]))
+        assert mask.shape == (96, 96)
+        assert set(np.unique(mask)) <= {0, classes.index(r["shape"]), 255}
+        (x1, y1, x2, y2, name), = json.loads(r["boxes"])
+        assert name == r["shape"]
+        inside = np.zeros_like(mask, dtype=bool)
+        inside[y1:y2, x1:x2] = True
+        assert (mask == classes.index(r["shape"]))[~inside].sum() == 0  # the object lies in its box
+        assert (mask == classes.index(r["shape"]))[inside].mean() > 0.3

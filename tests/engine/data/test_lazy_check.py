@@ -1,5 +1,5 @@
 """Large data: the quick check up front, the full decode when an image is first read, and bad files found
-then left out and reported (engine.data.datasets with FULL_CHECK_LIMIT lowered to a handful of images)."""
+then left out and reported (engine.data.decoding.FULL_CHECK_LIMIT lowered to a handful of images)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data import datasets
-from engine.data.datasets import UNREADABLE, ImageDataset, load_data, quick_check
+from engine.data import decoding
+from engine.data.decoding import quick_check
+from engine.data.image_dataset import UNREADABLE, ImageDataset
+from engine.data.loading import load_data
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
@@ -54,7 +56,7 @@ def test_small_data_is_decoded_up_front(folder):
 
 
 def test_large_data_is_quick_checked_and_a_bad_image_is_found_when_read(folder, monkeypatch):
-    monkeypatch.setattr(datasets, "FULL_CHECK_LIMIT", 4)
+    monkeypatch.setattr(decoding, "FULL_CHECK_LIMIT", 4)
     data = load_data(folder, val_fraction=0.25)
     skipped = {p.rsplit("/", 1)[-1] for p, _ in data.skipped}
     assert skipped == {"empty.png", "notes.txt"}  # what the quick check sees
@@ -76,7 +78,7 @@ def test_large_data_is_quick_checked_and_a_bad_image_is_found_when_read(folder, 
 
 @pytest.mark.parametrize("freeze", ["heads-only", "none"])
 def test_training_leaves_out_and_reports_an_image_that_does_not_decode(folder, monkeypatch, one_torch_thread, freeze):
-    monkeypatch.setattr(datasets, "FULL_CHECK_LIMIT", 4)
+    monkeypatch.setattr(decoding, "FULL_CHECK_LIMIT", 4)
     monkeypatch.setenv("GRAFT_ONNXRUNTIME", "off")
     data = load_data(folder, val_fraction=0.25)
     torch.manual_seed(0)

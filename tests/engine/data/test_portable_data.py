@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine.data.datasets import load_data
+from engine.data.loading import load_data
 from engine.files import cache_dir
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from explain_shapes import CROP, draw
 
-from engine.data.datasets import DataSource, load_data
+from engine.data.loading import load_data
+from engine.data.samples import DataSource
 from engine.data.demo_data import ensure_demo_data
 from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec

@@ -7,24 +7,8 @@ import numpy as np
 import pytest
 
 from engine.errors import GraftError
-from engine.explain.mistakes import boxes_iou, label_audit, mask_iou, mistakes, worst_iou
+from engine.explain.mistakes import boxes_iou, label_audit, mistakes, worst_iou
 from engine.training.evaluation import EvalReport, HeadOutputs, HeadReport
-
-
-def test_mask_iou_counts_labelled_pixels_of_the_classes_present():
-    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
-    same = np.where(truth == 255, 0, truth)
-    assert mask_iou(same, truth, 255) == 1.0
-    pred = np.array([[0, 0, 0, 1], [0, 0, 1, 1]])  # misses one object pixel; the ignored one does not count
-    # background: 4 right of 5 predicted / 4 true -> 4/5; object: 2 of 3 true -> 2/3
-    assert mask_iou(pred, truth, 255) == pytest.approx((4 / 5 + 2 / 3) / 2)
-    # A class only predicted counts too (0 IoU): seeing objects that are not there is a mistake.
-    ghost = np.where(truth == 255, 0, truth).copy()
-    ghost[0, 0] = 2
-    assert mask_iou(ghost, truth, 255) == pytest.approx((3 / 4 + 1 + 0) / 3)
-    assert math.isnan(mask_iou(pred, np.full_like(truth, 255), 255))
-    with pytest.raises(GraftError, match="cannot be compared"):
-        mask_iou(pred[:1], truth, 255)
 
 
 def test_box_iou_per_image_counts_missed_and_false_boxes():
@@ -63,7 +47,8 @@ def report() -> EvalReport:
              "boxes": HeadReport("boxes", "detect", 0.5, 2, {"map_50": 0.5}, {"classes": ["circle", "square"]}),
              "shape": HeadReport("shape", "single", 0.1, 3, {}, {"classes": ["circle", "square"]})}
     outputs = {
-        "seg": HeadOutputs("segment", np.zeros(3), seg_pred, seg_truth, np.array([0.1, 0.9, np.nan])),
+        "seg": HeadOutputs("segment", np.array([1.0, (12 / 16 + 0) / 2, np.nan]), seg_pred, seg_truth,
+                           np.array([0.1, 0.9, np.nan])),
         "boxes": HeadOutputs("detect", np.zeros(3), box_pred, box_truth, np.array([0.2, 0.7, np.nan])),
         "shape": HeadOutputs("single", np.array([[0.9, 0.1]] * 3), np.zeros(3, int), np.zeros(3, int),
                              np.full(3, 0.1), columns=["shape"]),
@@ -93,3 +78,63 @@ def test_worst_iou_lists_labelled_images_lowest_first_with_what_to_draw(report):
 
 def test_the_label_audit_leaves_dense_heads_out(report):
     assert {s.head for s in label_audit(report, confidence=0.5)} <= {"shape"}
+
+
+def test_dense_pictures_draw_the_mask_and_the_boxes():
+    from PIL import Image
+
+    from engine.explain.colours import class_colours
+    from engine.explain.dense_pictures import draw_overlay
+
+    grey = Image.new("RGB", (40, 40), (100, 100, 100))
+    mask = np.zeros((4, 4), np.int64)
+    mask[:, 2:] = 1
+    out = np.asarray(draw_overlay(grey, {"kind": "segment", "mask": mask, "names": ["bg", "thing"]}, opacity=1.0))
+    assert tuple(out[20, 30]) == tuple(class_colours(2)[1]) and tuple(out[20, 5]) == (100, 100, 100)
+    boxes = {"kind": "detect", "names": ["thing"], "boxes": np.array([[2, 2, 6, 6], [0, 0, 1, 1]]),
+             "scores": np.array([0.9, 0.1]), "labels": np.array([0, 0]), "truth_boxes": np.array([[1, 1, 9, 9]]),
+             "truth_labels": np.array([0]), "frame": (10, 10), "threshold": 0.3}
+    out = np.asarray(draw_overlay(Image.new("RGB", (200, 200), (100, 100, 100)), boxes))  # 20 px per frame pixel
+    assert tuple(out[100, 119]) == tuple(class_colours(1, background=None)[0])  # the 0.9 box's right edge
+    assert tuple(out[100, 180]) == (255, 255, 255)  # the true box's right edge, x = 9 * 20
+    assert tuple(out[100, 80]) == (100, 100, 100)  # boxes are outlines
+    assert tuple(out[19, 19]) == (100, 100, 100)  # the 0.1 box is below the threshold
+
+
+def test_the_report_shows_miou_map_and_the_worst_iou_pictures(report, tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from engine.explain.report import build_report
+    from engine.network.preprocess import InputSpec
+
+    for name in report.images:
+        Image.new("RGB", (64, 64), (90, 90, 90)).save(tmp_path / name)
+    report.images = [str(tmp_path / n) for n in report.images]
+    report.heads["seg"].details.update(miou=0.6, iou=[0.9, 0.3])
+    report.heads["boxes"].details.update(map_50=0.5, map=0.25, map_75=0.2, n=2)
+    del report.heads["shape"], report.outputs["shape"]
+    session = SimpleNamespace(input_spec=InputSpec(size=32, resize=32), describe=lambda: "a test model")
+    html = build_report(session, report)
+    assert "mIoU 0.600" in html and "mAP@0.5 0.500 · mAP@0.5:0.95 0.250" in html
+    assert "<td class='name'>circle</td><td>0.300</td>" in html
+    assert html.count("IoU 0.") >= 4 and "Worst IoU" in html and "data:image/jpeg;base64," in html
+    assert html.index("b.png") < html.index("a.png")  # the worst first
+
+
+def test_input_square_undoes_the_resize_and_centre_crop(report, tmp_path):
+    from PIL import Image
+
+    from engine.explain.mistakes import input_square
+    from engine.network.preprocess import InputSpec
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (80, 60)).save(path)
+    spec = InputSpec(size=32, resize=32)
+    square = input_square(path, spec)  # resized to 43×32, the 32 px square from x = 5: x 9.3..68.8 of 80
+    assert square["image_size"] == (80, 60) and square["frame"] == (32, 32)
+    assert square["region"] == pytest.approx((5 * 80 / 43, 0, 37 * 80 / 43, 60))
+    report.images = [str(path)] * 3
+    seg = worst_iou(report, "seg", spec=spec)
+    assert seg[0].overlay["region"] == pytest.approx(square["region"]) and seg[0].overlay["frame"] == (32, 32)

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data.datasets import ImageDataset, check_image, load_data
+from engine.data.decoding import check_image
+from engine.data.image_dataset import ImageDataset
+from engine.data.loading import load_data
 from engine.errors import GraftError
 from engine.export.inference import predict_files
 from engine.export.metadata import OnnxPredictor, read_metadata

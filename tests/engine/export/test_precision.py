@@ -251,3 +251,50 @@ def test_compare_models_refuses_files_with_other_outputs(tmp_path, small_resnet)
     batch = load_batch(demo_images(2), a.input_spec)
     with pytest.raises(GraftError, match="has outputs"):
         compare_models(tmp_path / "a.onnx", [tmp_path / "b.onnx"], batch)
+
+
+def dequantized_biases(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Op type -> names of the nodes whose bias (third input) an int32 DequantizeLinear computes."""
+    produced = {o: n.op_type for n in model.graph.node for o in n.output}
+    out: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and produced.get(n.input[2]) == "DequantizeLinear":
+            out.setdefault(n.op_type, []).append(n.name)
+    return out
+
+
+@pytest.mark.parametrize("head", [HeadSpec("shape", labels=["a", "b", "c"]),
+                                  HeadSpec("size", kind="regression", labels=["size"])])
+def test_static_int8_gives_linear_layers_float_biases_and_keeps_the_numbers(tmp_path, small_resnet, monkeypatch, head):
+    """The form OpenCV 5's DNN engine refuses (a Gemm whose bias is an int32 DequantizeLinear; for a
+    one-output head also a scalar zero point beside a per-channel scale) is rewritten to the exact float
+    bias; onnxruntime computes the same numbers, and the convolutions keep their integer biases."""
+    import engine.export.precision as precision
+    from engine.export.onnx_export import export_onnx
+
+    session = small_resnet([head])
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(session, fp32)
+    batch = precision.load_images(demo_images(16), session.input_spec, "calibration")
+    (tmp_path / "w1").mkdir()
+    (tmp_path / "w2").mkdir()
+    with monkeypatch.context() as m:
+        m.setattr(precision, "float_gemm_biases", lambda model: 0)
+        precision.quantize_int8(fp32, tmp_path / "raw.onnx", tmp_path / "w1", batch)
+    report = precision.quantize_int8(fp32, tmp_path / "int8.onnx", tmp_path / "w2", batch)
+    raw, fixed = onnx.load(str(tmp_path / "raw.onnx")), onnx.load(str(tmp_path / "int8.onnx"))
+    assert dequantized_biases(raw)["Gemm"] == [n.name for n in raw.graph.node if n.op_type == "Gemm"]
+    assert "Gemm" not in dequantized_biases(fixed)
+    assert dequantized_biases(fixed)["Conv"] == dequantized_biases(raw)["Conv"] != []
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in fixed.graph.initializer}
+    for n in fixed.graph.node:
+        if n.op_type == "DequantizeLinear" and len(n.input) > 2 and n.input[2] in init:
+            assert init[n.input[1]].shape == init[n.input[2]].shape, n.name
+    assert report.quantized_layers == report.weight_layers == len(precision.weight_layers(fixed))
+    onnx.checker.check_model(fixed, full_check=True)
+    import onnxruntime as ort
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
+
+    np.testing.assert_allclose(run(tmp_path / "int8.onnx"), run(tmp_path / "raw.onnx"), rtol=0, atol=1e-5)

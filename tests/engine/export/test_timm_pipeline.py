@@ -13,7 +13,7 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-from engine.data.datasets import load_data  # noqa: E402
+from engine.data.loading import load_data  # noqa: E402
 from engine.export.inference import predict_files  # noqa: E402
 from engine.export.metadata import OnnxPredictor  # noqa: E402
 from engine.export.onnx_export import export_onnx  # noqa: E402

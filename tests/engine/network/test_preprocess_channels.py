@@ -123,3 +123,74 @@ def test_a_four_channel_model_refuses_three_band_images(tmp_path):
     assert band_count_problem(tmp_path / "ok.png", 4) is None
     with pytest.raises(GraftError, match="5 channels: RGB plus 2 more bands, from a 5-band TIFF"):
         preprocess_file(tmp_path / "ok.png", RGB.with_channels(5))
+
+
+# -- found by the image fuzzing (tests/engine/data/test_fuzz_images.py) --------------------------------------
+
+def test_a_tiff_pillow_cannot_read_decodes_for_an_rgb_network_when_it_is_grey_or_rgb(tmp_path):
+    """The data check reads TIFFs Pillow cannot identify with tifffile and passes them; decoding them for a
+    greyscale or RGB network went through Pillow alone ("not a readable image"), so training stopped on a
+    file the check had let through."""
+    from engine.data.decoding import check_image
+    from engine.network.preprocess import sixteen_to_eight
+
+    values = np.random.default_rng(0).integers(0, 65536, (6, 6, 3)).astype(np.uint32)
+    path = tmp_path / "rgb32.tif"  # 32-bit RGB: Pillow cannot identify it, tifffile reads it
+    tifffile.imwrite(path, values, photometric="rgb")
+    with pytest.raises(Exception):
+        Image.open(path)
+    assert check_image(path) is None
+    spec = InputSpec(size=6, resize=6)
+    png = tmp_path / "same.png"
+    Image.fromarray(sixteen_to_eight(values)).save(png)  # the same pixels as Graft reads them, 8 bits
+    assert np.array_equal(preprocess_file(path, spec), preprocess_file(png, spec))
+    assert np.array_equal(preprocess_file(path, spec.with_channels(1)), preprocess_file(png, spec.with_channels(1)))
+
+
+def test_a_tiff_of_other_bands_is_refused_for_an_rgb_network_naming_them(tmp_path):
+    path = tmp_path / "rgbn.tif"
+    tifffile.imwrite(path, pixels(8, 8, 4), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(GraftError, match="rgbn.tif has 4 bands, but this model reads greyscale or RGB"):
+        preprocess_file(path, RGB)
+    assert preprocess_file(path, FOUR).shape == (4, 8, 8)
+
+
+def test_a_tiff_whose_header_claims_20000_by_20000_is_refused_before_allocating(tmp_path):
+    """A few bytes of header said 20,000 x 20,000 x 5 and tifffile allocated (and the check decoded) 2 GB."""
+    from engine.data.decoding import check_image
+    from fuzz_support import bounded
+
+    path = tmp_path / "bomb.tif"
+    tifffile.imwrite(path, pixels(16, 16, 5), photometric="minisblack", planarconfig="contig")
+    raw = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        for code in (256, 257):
+            tag = tif.pages[0].tags[code]
+            size = 2 if int(tag.dtype) == 3 else 4
+            raw[tag.valueoffset:tag.valueoffset + size] = (20_000).to_bytes(size, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(GraftError, match="image too large"):
+        read_bands(path, 5)
+    assert "too large" in check_image(path)
+    outcome = bounded(read_bands, path, 5)
+    assert outcome.kind == "graft" and outcome.peak_mb < 100, outcome
+
+
+# A 1 x 1 TIFF without a BitsPerSample tag whose strip lies past the file's end (the image fuzzing's find):
+# tifffile reads it as 1 x 0 pixels, which passed the data check and divided by zero when resized.
+EMPTY_TIFF = (b"II*\x00\x08\x00\x00\x00\x08\x00\x01\x01\x04\x00\x01\x00\x00\x00\x01\x00\x00\x00\x01\x01\x04\x00\x01"
+              b"\x00\x00\x00\x01\x00\x00\x00\x03\x01\x03\x00\x01\x00\x00\x00\x01\x00\x00\x00\x06\x01\x03\x00\x01\x00"
+              b"\x00\x00\x01\x00\x00\x00\x11\x01\x04\x00\x01\x00\x00\x00n\x00\x00\x00\x16\x01\x04\x00\x01\x00\x00\x00"
+              b"\x01\x00\x00\x00\x17\x01\x04\x00\x01\x00\x00\x00\x01\x00\x00\x00\x1c\x01\x03\x00\x01\x00\x00\x00\x01"
+              b"\x00\x00\x00\x00\x00\x00\x00\x00")
+
+
+def test_a_tiff_of_no_pixels_is_refused_by_the_check_and_the_decoder(tmp_path):
+    from engine.data.decoding import check_image
+
+    path = tmp_path / "empty.tif"
+    path.write_bytes(EMPTY_TIFF)
+    assert check_image(path) == "empty image (0 pixels wide or high)"
+    for spec in (RGB, GREY, FOUR):
+        with pytest.raises(GraftError, match="empty.tif: empty image"):
+            preprocess_file(path, spec)

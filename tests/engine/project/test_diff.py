@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import main
-from engine.data.datasets import load_data
+from engine.data.loading import load_data
 from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
 from engine.project.diff import compare, compare_with_loaded, load_side, percent, side_of_session

@@ -371,3 +371,18 @@ def test_a_damaged_recipe_gets_a_clear_message(resnet_session, tmp_path, change,
     change(recipe)
     with pytest.raises(GraftError, match=f"bad.graft is not a valid Graft project: .*{message}"):
         open_project(write_project(tmp_path / "bad.graft", recipe, plain))
+
+
+def test_a_network_whose_layers_read_a_state_dict_version_reopens(tmp_path):
+    """torchvision's MNASNet reads its version from the state dict's metadata, which safetensors does not keep:
+    a saved MNASNet project reopened with a ValueError traceback (found by tests/engine/project/test_fuzz_project_files.py)."""
+    from engine.network.loading import load_network
+    from engine.surgery.session import Session
+
+    torch.manual_seed(0)
+    s = Session(load_network("mnasnet0_5", random_init=True))
+    s.do(DeleteOutputLayer())
+    s.do(AddHead(HeadSpec("shape", "single", labels=["a", "b"]), seed=0))
+    again = open_project(save_project(s, tmp_path / "mnas.graft"))
+    x = torch.randn(2, 3, 96, 96)
+    assert torch.equal(run(again, x)["shape"], run(s, x)["shape"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.data.datasets import load_data
+from engine.data.loading import load_data
 from engine.data.demo_data import ensure_demo_data
 from engine.export.inference import predict_arrays, predict_files
 from engine.network.heads import HeadSpec

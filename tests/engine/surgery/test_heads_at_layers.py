@@ -198,7 +198,7 @@ def test_a_project_reopens_with_its_heads_on_their_layers(resnet_session, tmp_pa
 
 
 def test_one_cached_pass_trains_heads_on_two_layers_without_the_later_ones(resnet_session, tiny_folder):
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.surgery.operations import freeze_preset
     from engine.training.config import TrainConfig
     from engine.training.trainer import Trainer

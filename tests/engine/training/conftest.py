@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
-from engine.data.datasets import DataSource, load_data
+from engine.data.loading import load_data
+from engine.data.samples import DataSource
 from engine.data.demo_data import ensure_demo_data
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network

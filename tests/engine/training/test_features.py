@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.data.datasets import ImageDataset
+from engine.data.image_dataset import ImageDataset
 from engine.errors import GraftError
 from engine.training.config import TrainConfig
 from engine.training.events import EpochEvent, MessageEvent, TrainStarted

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.data.datasets import load_data
+from engine.data.loading import load_data
 from engine.errors import GraftError
 from engine.network.loading import LoadedNetwork, ModelSource
 from engine.network.preprocess import InputSpec

@@ -23,7 +23,7 @@ def main(work: Path) -> None:
     import torch
     from PIL import Image
 
-    from engine.data.datasets import load_data
+    from engine.data.loading import load_data
     from engine.export.onnx_export import export_onnx
     from engine.network.loading import load_network
     from engine.surgery.operations import AddHead, DeleteOutputLayer

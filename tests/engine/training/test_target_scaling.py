@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.data.datasets import DataSource, Sample
+from engine.data.samples import DataSource, Sample
 from engine.errors import GraftError
 from engine.network.graft_model import RegressionHead
 from engine.network.graft_model import build_head

@@ -11,7 +11,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.data.datasets import DataSource, Sample, load_data
+from engine.data.loading import load_data
+from engine.data.samples import DataSource, Sample
 from engine.data.demo_data import ensure_demo_data
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data.datasets import ImageDataset
+from engine.data.image_dataset import ImageDataset
 from engine.errors import GraftError
 from engine.training.evaluation import evaluate
 

@@ -1,0 +1,62 @@
+"""Dense heads through the window: the head dialog offers feature-map layers and the default ones, "Add head
+here" ticks the layer for a segment head, and the demo task grafts a classification, a segmentation and a
+box head in one undoable step once the model and the data are in."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from engine.network.heads import HeadSpec
+from engine.surgery.operations import DeleteOutputLayer
+from tests.app.test_main_window import LOAD_TIMEOUT, default_network, give_session  # noqa: F401 - a fixture
+from tests.app.test_surgery_anywhere import accept, context_action
+
+SUGGESTED = [HeadSpec("shape", "single", labels=["circle", "square"], columns=["shape"]),
+             HeadSpec("tags", "multi", labels=["red", "striped"], columns=["red", "striped"]),
+             HeadSpec("seg", "segment", labels=["background", "circle", "square"], columns=["mask"]),
+             HeadSpec("boxes", "detect", labels=["circle", "square"], columns=["boxes"])]
+
+
+def test_add_a_segment_head_here_reads_that_layers_map(qtbot, window, monkeypatch, default_network):
+    from widgets.head_dialog import HeadDialog
+
+    s = give_session(window, default_network)
+    window.surgery.apply_op(DeleteOutputLayer())
+
+    def choose(d):
+        d.kind_combo.setCurrentIndex(d.kind_combo.findData("segment"))
+        d.name_edit.setText("seg")
+        d.labels_edit.setPlainText("background, thing")
+
+    dialogs = accept(monkeypatch, HeadDialog, choose)
+    context_action(window, "features.4", "add_head_here").trigger()
+    fields = dialogs[-1].dense_fields
+    offered = [fields.layers_list.item(i).text() for i in range(fields.layers_list.count())]
+    assert "features.3" in offered and "features.8" in offered and "classifier" not in offered
+    assert fields.default_layers == ["features.3", "features.5", "features.8"]  # Lite0's strides 8, 16, 32
+    assert fields.checked_layers() == ["features.4"] and dialogs[-1].kind() == "segment"
+    assert [(h.name, h.kind, h.layers) for h in s.heads] == [("seg", "segment", ["features.4"])]
+    assert window.undo_stack.undoText() == "Add head 'seg'"
+
+
+def test_the_demo_task_grafts_three_kinds_once_the_model_and_data_are_in(qtbot, window, default_network):
+    window.surgery.arm_demo_task()
+    s = give_session(window, default_network)
+    assert not s.heads  # the data is not in yet
+    window.workspace.set_data(SimpleNamespace(heads=SUGGESTED), "demo")
+    assert [(h.name, h.kind) for h in s.heads] == [("shape", "single"), ("seg", "segment"), ("boxes", "detect")]
+    assert s.output_layer is None
+    assert window.undo_stack.undoText() == "Set up the demo task"
+    assert window.message_label.text() == ("Demo task: shape (single-label), seg (segmentation), boxes (detection) on "
+                                           "the frozen trunk — press Train (F5) to train them together.")
+    assert all(not p.requires_grad for p in s.model.trunk.parameters())
+    window.undo_stack.undo()  # one step takes it all back
+    assert not s.heads and s.output_layer is not None
+    window.workspace.set_data(SimpleNamespace(heads=SUGGESTED), "demo")
+    assert not s.heads  # armed once: a second data set does not graft again
+
+
+def test_no_demo_task_without_dense_suggestions(qtbot, window, default_network):
+    window.surgery.arm_demo_task()
+    s = give_session(window, default_network)
+    window.workspace.set_data(SimpleNamespace(heads=SUGGESTED[:2]), "labels.csv")
+    assert not s.heads and s.output_layer is not None

@@ -1,0 +1,309 @@
+"""The time-budgeted plan: it fits the budget (times injected, a fake clock: no sleeps), its stages reach the run
+record, the refit keeps validation out of selection, and blank labels never reach a loss."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.errors import GraftError
+from engine.network.heads import HeadSpec
+from engine.training.budget import (MARGIN, MIN_TRUNK_EPOCHS, SAVE_SECONDS, BudgetTooSmall, Costs, blocks_cost,
+                                    heads_cost, make_plan, parse_budget, usable_seconds)
+from engine.training.budget_run import BudgetTrainer, StageFinished, StageStarted
+from engine.training.config import TrainConfig
+from engine.training.events import EpochEvent, ProgressEvent, StepEvent, TrainResult
+from engine.training.losses import compute_losses
+from engine.training.record import TrainingRecord
+from engine.training.runs import runs_of, stage_table
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BLOCKS = ["layer1", "layer2", "layer3", "layer4"]
+
+
+def costs(scale: float = 1.0) -> Costs:
+    """Per-image costs of a Lite0-like trunk on a slow CPU (seconds)."""
+    return Costs(decode=0.004 * scale, decode_plain=0.002 * scale, trunk=0.05 * scale, head_step=3e-5 * scale,
+                 lower={1: 0.045 * scale, 2: 0.04 * scale, 3: 0.03 * scale},
+                 upper_step={1: 0.01 * scale, 2: 0.03 * scale, 3: 0.1 * scale},
+                 upper_eval={1: 0.003 * scale, 2: 0.008 * scale, 3: 0.02 * scale})
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("2.5m", 150),
+                                           ("45", 45), (" 2 m ", 120), ("10min", 600)])
+def test_budget_times_read_as_people_write_them(text, seconds):
+    assert parse_budget(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "0s", "-5m", "5x", "m"])
+def test_a_budget_that_is_no_time_says_so(text):
+    with pytest.raises(GraftError):
+        parse_budget(text)
+
+
+@pytest.mark.parametrize("budget", [90, 120, 600, 3600])
+@pytest.mark.parametrize("n_train", [100, 1200, 20000])
+@pytest.mark.parametrize("refit", [False, True])
+def test_the_plan_fits_the_budget_whatever_the_data_size(budget, n_train, refit):
+    n_val = n_train // 4
+    c = costs()
+    try:
+        plan = make_plan(budget, c, n_train, n_val, BLOCKS, refit=refit, spent=5.0)
+    except BudgetTooSmall as exc:  # only when not even one epoch of the heads on one view fits
+        select = usable_seconds(budget, 5.0) * (n_train / (2 * n_train + n_val) if refit else 1)
+        assert heads_cost(c, n_train, n_val, 1, 1) > select
+        assert "too short" in str(exc)
+        return
+    assert plan.estimate <= usable_seconds(budget, 5.0) + 1e-6
+    if refit:  # room left for the refit on all images
+        assert plan.estimate <= usable_seconds(budget, 5.0) * n_train / (2 * n_train + n_val) + 1e-6
+    kinds = [s.kind for s in plan.stages]
+    assert kinds[-1] in ("heads", "blocks") and "heads" in kinds
+    assert kinds.index("heads") > kinds.index("finder") if "finder" in kinds else True
+    for s in plan.stages:
+        if s.kind == "blocks":  # the top blocks, frozen below the boundary, with rates falling down the trunk
+            assert s.blocks == list(reversed(BLOCKS))[:len(s.blocks)]
+            assert s.boundary == BLOCKS[len(BLOCKS) - len(s.blocks) - 1]
+            assert list(s.block_factors.values()) == sorted(s.block_factors.values(), reverse=True)
+            assert s.epochs >= MIN_TRUNK_EPOCHS and s.lr_trunk < s.lr_heads
+
+
+def test_more_time_buys_deeper_and_longer_training():
+    short = make_plan(180, costs(), 1200, 300, BLOCKS)
+    long = make_plan(3600, costs(), 1200, 300, BLOCKS)
+    deep = [s for s in long.stages if s.kind == "blocks"]
+    assert deep and len(deep[0].blocks) == 3
+    shallow = [s for s in short.stages if s.kind == "blocks"]
+    assert not shallow or len(shallow[0].blocks) < 3 or shallow[0].epochs < deep[0].epochs
+    text = long.describe()  # what the person sees before it runs
+    for word in ("rate finder", "heads", "top 3 blocks", "the trunk up to layer1", "estimate"):
+        assert word in text
+
+
+def test_a_budget_too_short_for_the_first_stage_is_refused_before_anything_runs():
+    with pytest.raises(BudgetTooSmall, match="too short"):
+        make_plan(20, costs(10.0), 2000, 500, BLOCKS)
+
+
+# -- running the plan with fake trainers and a fake clock ------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeTrainer:
+    """Takes the time the costs say (times ``slow``) on the fake clock, step by step, and stops when asked."""
+
+    runs: list[SimpleNamespace] = []
+
+    def __init__(self, clock: Clock, c: Costs, slow: float, session, data, config, on_event) -> None:
+        self.clock, self.c, self.slow = clock, c, slow
+        self.session, self.data, self.config, self.on_event = session, data, config, on_event
+        self.stopped = False
+        trunk = [n for n, p in session.model.trunk.named_parameters() if p.requires_grad]
+        FakeTrainer.runs.append(SimpleNamespace(train=list(data.train), val=list(data.val), config=config,
+                                                trunk_training=trunk))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def _cost(self, epochs: int) -> float:
+        n, v, cfg = len(self.data.train), len(self.data.val), self.config
+        if cfg.cache_features:
+            return heads_cost(self.c, n, v, max(1, cfg.augment_views), epochs)
+        k = sum(1 for b in BLOCKS if any(p.requires_grad for p in
+                                         dict(self.session.model.trunk.body.named_modules())[b].parameters()))
+        return blocks_cost(self.c, k, n, v, cfg.boundary_views or 1, epochs)
+
+    def _spend(self, seconds: float, steps: int, event) -> bool:
+        for _ in range(steps):
+            self.clock.now += seconds * self.slow / steps
+            self.on_event(event)
+            if self.stopped:
+                return False
+        return True
+
+    def run(self) -> TrainResult:
+        cfg = self.config
+        start = self.clock.now
+        history, best, best_loss, reason = [], None, None, "completed"
+        if not self._spend(self._cost(0), 10, ProgressEvent(0, 1, 0.0, None, "features")):
+            reason = "stopped"
+        for epoch in range(1, cfg.epochs + 1):
+            if reason != "completed":
+                break
+            if not self._spend(self._cost(epoch) - self._cost(epoch - 1), 5, StepEvent(epoch, epoch, 1.0, {}, 1e-3)):
+                reason = "stopped"
+                break
+            val = (1.0 if cfg.cache_features else 0.5) / epoch if self.data.val else None
+            if val is not None and (best_loss is None or val < best_loss):
+                best, best_loss = epoch, val
+            history.append({"epoch": epoch, "val_loss": val, "metrics": {"kind": {"accuracy": 1 - (val or 0)}}})
+            self.on_event(EpochEvent(epoch, 1.0, val, {}, {}, {}, best == epoch, 1.0))
+            if self.stopped:
+                reason = "stopped"
+                break
+        return TrainResult(reason, history, best if self.data.val else len(history), best_loss, self.clock.now - start,
+                           0.0, "", len(history), 0, bool(cfg.cache_features), "cpu")
+
+
+class FakeFinder:
+    seen: list[list] = []
+
+    def __init__(self, clock: Clock, session, data, config, on_event) -> None:
+        self.clock, self.data = clock, data
+        FakeFinder.seen.append(list(data.train) + list(data.val))
+
+    def stop(self) -> None:
+        pass
+
+    def find(self):
+        self.clock.now += 2.0
+        return SimpleNamespace(suggestion=1e-2)
+
+
+@pytest.fixture
+def fake_run(small_session, demo_data):
+    FakeTrainer.runs, FakeFinder.seen = [], []
+
+    def run(budget: float, slow: float = 1.0, refit: bool = False, c: Costs | None = None):
+        session = small_session([HeadSpec("shape", labels=["circle", "square", "star", "triangle"])])
+        clock = Clock()
+        c = c or costs()
+        events = []
+        runner = BudgetTrainer(session, demo_data, budget, base=TrainConfig(batch_size=8), refit=refit,
+                               on_event=events.append, costs=c, clock=clock,
+                               trainer_factory=lambda *a: FakeTrainer(clock, c, slow, *a),
+                               finder_factory=lambda *a: FakeFinder(clock, *a))
+        flags = {n: p.requires_grad for n, p in session.model.named_parameters()}
+        result = runner.run()
+        assert {n: p.requires_grad for n, p in session.model.named_parameters()} == flags  # put back
+        return SimpleNamespace(result=result, seconds=clock.now - 1000.0, events=events, session=session)
+
+    return run
+
+
+@pytest.mark.parametrize("slow", [0.5, 1.0, 2.0, 4.0])
+@pytest.mark.parametrize("budget", [60.0, 300.0])
+def test_the_run_ends_inside_the_budget_even_when_the_device_is_slower_than_measured(fake_run, slow, budget):
+    out = fake_run(budget, slow=slow, c=costs(0.2))
+    assert out.seconds <= budget + SAVE_SECONDS  # the command saves afterwards: still inside budget + 10 %
+    assert out.seconds <= budget * 1.1
+    kinds = [r.kind for r in out.result.stages]
+    assert "heads" in kinds and out.result.best_val_loss is not None
+    if slow <= 1.0:  # what was planned ran (a plan at its caps of views and epochs may end before the budget)
+        assert out.seconds >= min(budget * (1 - MARGIN) * 0.5, out.result.plan.estimate * slow * 0.8)
+
+
+def test_a_slow_stage_is_cut_at_its_deadline_keeping_its_best_epoch(fake_run):
+    out = fake_run(300.0, slow=8.0, c=costs(0.2))
+    assert out.seconds <= 300.0 * 1.1
+    started = [e for e in out.events if isinstance(e, StageStarted)]
+    finished = [e.result for e in out.events if isinstance(e, StageFinished)]
+    assert started and any(r.reason == "stopped" or r.epochs_run < r.epochs for r in finished if r.kind != "finder")
+
+
+def test_the_stages_reach_the_run_record_and_the_runs_table(fake_run, demo_data):
+    out = fake_run(300.0, c=costs(0.2))
+    record = TrainingRecord.begin(demo_data, TrainConfig())
+    record.finish(out.result.record_fields())
+    extra = record.store({})
+    back = runs_of(extra)[0]
+    assert [s["title"] for s in back.stages] == [r.title for r in out.result.stages]
+    assert back.plan["budget"] == 300.0 and back.plan["stages"]
+    kept = [s for s in back.stages if s["kept"]]
+    assert len(kept) == 1 and kept[0]["kind"] == "blocks"  # the fake trunk stage validates better
+    table = stage_table(back).text()
+    assert "top " in table and "heads" in table and "acc" in table and "yes" in table
+    assert back.best_epoch == next(h["epoch"] for h in back.history
+                                   if h["stage"] == kept[0]["index"] and h["stage_epoch"] == kept[0]["best_epoch"])
+
+
+def test_refit_never_shows_validation_to_selection_and_never_selects_during_refit(fake_run, demo_data):
+    out = fake_run(900.0, refit=True, c=costs(0.2))
+    val = {str(s.path) for s in demo_data.val}
+    train = {str(s.path) for s in demo_data.train}
+    runs = FakeTrainer.runs
+    selection = [r for r in runs if r.val]
+    refit = [r for r in runs if not r.val]
+    assert selection and refit and out.result.refitted
+    for r in selection:  # chosen on validation, trained on the training split alone
+        assert {str(s.path) for s in r.train} == train
+        assert {str(s.path) for s in r.val} == val
+    for r in refit:  # the chosen schedule on every labelled image, nothing validated or selected
+        assert {str(s.path) for s in r.train} == train | val
+        assert r.config.patience == 0
+    for seen in FakeFinder.seen:
+        assert not ({str(s.path) for s in seen} & val)
+    chosen = [r for r in out.result.stages if r.kept]
+    assert chosen and all(r.refit for r in chosen)
+    assert len(refit) == len([r for r in out.result.stages if r.refit])
+
+
+def test_a_refit_that_cannot_finish_keeps_the_model_chosen_on_validation(fake_run):
+    out = fake_run(300.0, slow=3.0, refit=True, c=costs(0.2))
+    assert out.seconds <= 300.0 * 1.1
+    if not out.result.refitted:
+        assert any(r.kept and not r.refit for r in out.result.stages)
+
+
+# -- the real trainer on a tiny model ------------------------------------------------------------------------
+
+def test_a_budget_on_a_tiny_model_trains_its_stages_inside_the_time(small_session, demo_data):
+    import time
+
+    session = small_session([HeadSpec("shape", labels=["circle", "square", "star", "triangle"])])
+    before = {k: v.clone() for k, v in session.model.heads.state_dict().items()}
+    tiny = Costs(decode=0.001, decode_plain=0.001, trunk=0.002, head_step=1e-5, lower={1: 0.002, 2: 0.0015},
+                 upper_step={1: 0.004, 2: 0.006}, upper_eval={1: 0.001, 2: 0.002})
+    budget = 30.0
+    events = []
+    t0 = time.monotonic()
+    runner = BudgetTrainer(session, demo_data, budget, base=TrainConfig(batch_size=16), costs=tiny,
+                           on_event=events.append)
+    result = runner.run()
+    wall = time.monotonic() - t0
+    assert wall <= budget * 1.1
+    kinds = [r.kind for r in result.stages]
+    assert kinds == ["heads", "blocks"]  # the finder's fixed cost is over a tenth of so short a budget
+    trained = [r for r in result.stages if r.kind != "finder" and r.epochs_run > 0]
+    assert trained and all(r.val_loss is not None and "shape" in r.metrics for r in trained)
+    assert any(not torch.equal(before[k], v) for k, v in session.model.heads.state_dict().items())
+    assert not session.model.trunk_trainable()  # the freeze settings are the session's again
+    assert not session.model.lr_factors
+    assert any(isinstance(e, EpochEvent) for e in events)
+
+
+# -- blank labels and label smoothing -------------------------------------------------------------------------
+
+def test_blank_labels_never_reach_a_loss_with_label_smoothing():
+    heads = [HeadSpec("kind", labels=["a", "b", "c"]), HeadSpec("tags", kind="multi", labels=["x", "y"])]
+    g = torch.Generator().manual_seed(0)
+    kind = torch.randn(6, 3, generator=g, requires_grad=True)
+    tags = torch.randn(6, 2, generator=g, requires_grad=True)
+    targets = {"kind": torch.tensor([0, -1, 2, -1, 1, 0]),
+               "tags": torch.tensor([[1, math.nan], [math.nan, math.nan], [0, 1], [1, 0], [math.nan, 1], [0, 0]])}
+    loss = compute_losses(heads, {"kind": kind, "tags": tags}, targets, {}, smoothing=0.1)
+    loss.total.backward()
+    assert torch.all(kind.grad[[1, 3]] == 0)  # blank single labels: no gradient at all
+    assert torch.all(tags.grad[1] == 0) and tags.grad[0, 1] == 0 and tags.grad[4, 0] == 0
+    labelled = [0, 2, 4, 5]
+    plain = torch.nn.functional.cross_entropy(kind[labelled].detach(), targets["kind"][labelled], label_smoothing=0.1)
+    assert float(loss.per_head["kind"].detach()) == pytest.approx(float(plain), rel=1e-6)
+    unsmoothed = compute_losses(heads, {"kind": kind.detach(), "tags": tags.detach()}, targets, {})
+    assert float(unsmoothed.per_head["tags"]) == pytest.approx(float(loss.per_head["tags"]))  # multi: no smoothing
+    assert float(unsmoothed.per_head["kind"]) != pytest.approx(float(loss.per_head["kind"]))
+
+
+def test_settings_of_the_plan_are_checked():
+    with pytest.raises(GraftError, match="smoothing"):
+        TrainConfig(label_smoothing=1.0).validate()
+    with pytest.raises(GraftError, match="augmentation policy"):
+        TrainConfig(augment_policy="wild").validate()
