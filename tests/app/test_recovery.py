@@ -55,7 +55,9 @@ def test_training_keeps_its_best_weights_and_a_save_or_a_clean_close_removes_the
     assert [n for n in notes[1:]] == [f"training; training, epoch {e} of 3, the best so far, validation loss "
                                       f"{next(h['val_loss'] for h in result['history'] if h['epoch'] == e):.4f}"
                                       for e in best_epochs]
-    assert recovery.writer.flush(60) and recovery.path.is_file()
+    # the copy after the run (retried once the best epoch's copy is written)
+    qtbot.waitUntil(lambda: recovery.writer.idle and recovery.path.is_file()
+                    and read_recovery(recovery.path).note == "3 surgery steps, trained weights", timeout=60_000)
     info = read_recovery(recovery.path)
     assert info.note == "3 surgery steps, trained weights" and info.data == window.data_path
     kept = open_project(recovery.path)
