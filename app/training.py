@@ -116,6 +116,7 @@ class Training(QObject):
         panel.pauseRequested.connect(self.pause)
         panel.resumeRequested.connect(self.resume)
         panel.findRateRequested.connect(lambda: self.find_rate())
+        panel.budgetRequested.connect(self.start_budget)
         workspace.connect("session", self._new_session)
         for event in ("session_changed", "data"):
             workspace.connect(event, lambda *_: self._refresh())
@@ -226,6 +227,15 @@ class Training(QObject):
                 return False
         return self._launch(None)
 
+    def start_budget(self, seconds: float) -> bool:
+        """"Best model in N minutes": the time-budgeted plan (:mod:`engine.training.budget_run`) in the training
+        worker; the plan, each stage's start and what it bought arrive as messages, the curves run on across
+        the stages, Stop ends it keeping the best stage so far."""
+        if self._jobs.training:
+            self._messages.show_message("Training is already running.", "warning")
+            return False
+        return self._launch(None, budget=float(seconds))
+
     def resume(self) -> bool:
         """Continue the paused run with its own settings (the device and telemetry as the panel says)."""
         checkpoint = self._workspace.paused_run
@@ -243,7 +253,7 @@ class Training(QObject):
         config.device, config.telemetry, config.pause_after = now.device, now.telemetry, None
         return config
 
-    def _launch(self, checkpoint: Any) -> bool:
+    def _launch(self, checkpoint: Any, budget: float | None = None) -> bool:
         s, data, say = self._workspace.session, self._workspace.data, self._messages.show_message
         if s is None:
             say("Open a model first.", "warning")
@@ -264,7 +274,17 @@ class Training(QObject):
         except GraftError as exc:
             self._messages.show_error(str(exc), title="Training settings")
             return False
-        if getattr(config, "devices", 1) > 1 and checkpoint is None:  # all the GPUs: in child processes
+        if budget is not None:
+            from engine.training.budget_run import OneRun
+
+            config = replace(config, devices=1)
+            started = time.monotonic()  # the budget counts from the click
+
+            def one_run(session: Any, data: Any, cfg: Any, on_event: Any) -> Any:
+                return OneRun(session, data, budget, on_event, base=cfg, started=started)
+
+            worker = TrainWorker(s, data, config, tensorboard=self.tensorboard_dir() or None, trainer_factory=one_run)
+        elif getattr(config, "devices", 1) > 1 and checkpoint is None:  # all the GPUs: in child processes
             from .distributed import DistributedTrainWorker
 
             worker = DistributedTrainWorker(s, data, config, tensorboard=self.tensorboard_dir() or None)
@@ -275,10 +295,11 @@ class Training(QObject):
         record = TrainingRecord.latest(s.project_extra) if checkpoint is not None else None
         if record is None:
             record = TrainingRecord.begin(data, config)
-        record.config = dict(vars(config))
+        record.config = dict(vars(config)) if budget is None else {**vars(config), "budget": budget}
         self._record = record
         self._epochs = int(getattr(config, "epochs", 0) or 0)
         self._epoch = checkpoint.epochs_run if checkpoint is not None else 0
+        self._panel.set_plan("")
         if checkpoint is None:
             self._workspace.paused_run = None
             self._curves.reset(list(s.heads))
@@ -295,8 +316,10 @@ class Training(QObject):
         self._show_tab("train")
         job = start_worker(worker, name="train", progress=self._on_progress, finished=self._on_finished,
                            errored=self._on_errored, start=False)
-        self._panel.set_status("Resuming…" if checkpoint is not None else "Starting…")
-        say(f"Resuming the run {checkpoint.describe()}." if checkpoint is not None else "Training started.")
+        self._panel.set_status("Resuming…" if checkpoint is not None else "Starting…" if budget is None else
+                               "Measuring this computer's speed to plan the time…")
+        say(f"Resuming the run {checkpoint.describe()}." if checkpoint is not None else "Training started."
+            if budget is None else f"Best model in {budget / 60:g} minutes: measuring, then the plan.")
         self._jobs.set_training(job)
         job.start()
         self.started.emit()
@@ -345,8 +368,12 @@ class Training(QObject):
             self._messages.show_message(text)
             self._panel.set_status(text)
         for message in batch.get("messages", []):
-            self._messages.show_message(message.get("text", ""), message.get("level", "info"))
-            self._panel.set_status(message.get("text", ""))
+            level = message.get("level", "info")
+            if level == "plan":  # a time-budgeted run's plan: kept on the Train tab while it runs
+                self._panel.set_plan(message.get("text", ""))
+                level = "info"
+            self._messages.show_message(message.get("text", ""), level)
+            self._panel.set_status(message.get("text", "").splitlines()[0] if message.get("text") else "")
         if batch.get("steps"):
             self._epoch = max(self._epoch, int(batch["steps"][-1].get("epoch") or 0))
         p = batch.get("progress")

@@ -3,7 +3,9 @@
 Adapts :mod:`engine.training.runs`: :meth:`RunsView.set_runs` takes the project's TrainingRecords; the table
 is a QStandardItemModel with a check box per run (checked runs are overlaid), and the plot holds one
 PlotDataItem per checked run for the chosen curve (validation loss, training loss, or a head's metric),
-updated with ``setData``.
+updated with ``setData``. A time-budgeted run's stages (:func:`engine.training.runs.stage_table`: each stage's
+time against its estimate and its best validation result) are listed under the table for the selected run
+(at first the last one that has stages).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QHeaderView, QLabel, QSplitter, QTableView, QVBoxLayout, QWidget
 
-from engine.training.runs import curves, runs_table
+from engine.training.runs import curves, runs_table, stage_table
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 CURVE_TITLES = {"val_loss": "validation loss", "train_loss": "training loss"}
@@ -33,20 +35,18 @@ class RunsView(QWidget):
         self._filling = False
         self._curves: list[dict[str, list[tuple[int, float]]]] = []
         self.items: dict[int, pg.PlotDataItem] = {}  # run index -> its curve in the plot
-        self.model = QStandardItemModel(self)
-        self.table = QTableView()
-        self.table.setModel(self.model)
-        self.table.setObjectName("runsTable")
-        self.table.verticalHeader().hide()
-        self.table.setAlternatingRowColors(True)
+        self.model, self.table = self._table("runsTable")
         self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.curve_choice = QComboBox()
         self.curve_choice.setObjectName("runsCurve")
         self.plot = pg.PlotWidget(background="w")
         self.plot.showGrid(x=True, y=True, alpha=0.25)
         self.plot.setLabel("bottom", "epoch")
         self.legend = self.plot.addLegend(offset=(-10, 10))
+        self.stage_model, self.stage_table = self._table("stagesTable")
+        self.stage_title = QLabel("")
+        self.stage_title.setObjectName("hint")
+        self.stages_shown: int | None = None  # the run (1-based) whose stages are listed
         self.empty = QLabel("No training run yet: every run you train is kept here, to compare.")
         self.empty.setObjectName("hint")
         self.empty.setWordWrap(True)
@@ -59,16 +59,34 @@ class RunsView(QWidget):
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(bar)
         column.addWidget(self.plot, 1)
+        stages = QWidget()
+        stage_column = QVBoxLayout(stages)
+        stage_column.setContentsMargins(0, 0, 0, 0)
+        stage_column.addWidget(self.stage_title)
+        stage_column.addWidget(self.stage_table, 1)
+        self.stages_box = stages
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.table)
+        split.addWidget(stages)
         split.addWidget(lower)
         split.setChildrenCollapsible(False)
         layout = QVBoxLayout(self)
         layout.addWidget(self.empty)
         layout.addWidget(split, 1)
         self.model.itemChanged.connect(self._on_item_changed)
+        self.table.selectionModel().currentRowChanged.connect(lambda current, _: self.show_stages(current.row() + 1))
         self.curve_choice.currentIndexChanged.connect(lambda _: self._redraw())
         self.set_runs([])
+
+    def _table(self, name: str) -> tuple[QStandardItemModel, QTableView]:
+        model = QStandardItemModel(self)
+        table = QTableView()
+        table.setModel(model)
+        table.setObjectName(name)
+        table.verticalHeader().hide()
+        table.setAlternatingRowColors(True)
+        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        return model, table
 
     def set_runs(self, records: Sequence[Any], checked: Sequence[int] | None = None) -> None:
         """Show ``records`` (TrainingRecords, in the order they ran); ``checked``: the run numbers to
@@ -102,7 +120,31 @@ class RunsView(QWidget):
             self.curve_choice.setCurrentIndex(keys.index(current))
         self.curve_choice.blockSignals(False)
         self.empty.setVisible(not self.records)
+        budgeted = [i for i, r in enumerate(self.records, 1) if r.stages]
+        self.show_stages(budgeted[-1] if budgeted else None)
         self._redraw()
+
+    def show_stages(self, run: int | None) -> None:
+        """List the stages of run ``run`` (1-based) when it was a time-budgeted run; else hide the list."""
+        record = self.records[run - 1] if run is not None and 0 < run <= len(self.records) else None
+        if record is None or not record.stages:
+            self.stages_box.setVisible(False)
+            self.stages_shown = None
+            return
+        table = stage_table(record)
+        self.stage_model.clear()
+        self.stage_model.setHorizontalHeaderLabels(table.columns)
+        for row in table.rows:
+            items = [QStandardItem(v) for v in row]
+            for item in items:
+                item.setEditable(False)
+            self.stage_model.appendRow(items)
+        budget = (record.plan or {}).get("budget")
+        used = f"{record.seconds:.0f} s" if isinstance(record.seconds, (int, float)) else "?"
+        self.stage_title.setText(f"Run {run}, by stage: what the time bought ({used} of a "
+                                 f"{budget:.0f} s budget)" if isinstance(budget, (int, float)) else f"Run {run}, by stage")
+        self.stages_box.setVisible(True)
+        self.stages_shown = run
 
     def checked_runs(self) -> list[int]:
         return [i + 1 for i in range(self.model.rowCount())

@@ -11,7 +11,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QStandardItemModel, QValidator
+from PySide6.QtGui import QFont, QStandardItemModel, QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -20,6 +20,8 @@ from engine.training.config import TrainConfig
 
 DEVICES = (("auto", "Auto"), ("cuda", "CUDA GPU"), ("mps", "Apple GPU"), ("cpu", "CPU"))
 START_TIP = "Train on the loaded data (F5)"
+BUDGET_TIP = ("Measure this computer, plan stages that fit the time (the heads on cached features, then the top "
+              "blocks), show the plan and train it, keeping the best validation result")
 READY = "Ready when the data and heads are."
 READY_NOW = "Ready to train on the loaded data."
 FIND_TIP = ("A short test run whose rate grows step by step: plots the loss against the rate and suggests one "
@@ -131,6 +133,7 @@ class TrainingPanel(QWidget):
     pauseRequested = Signal()
     resumeRequested = Signal()
     findRateRequested = Signal()
+    budgetRequested = Signal(float)  # "Best model in N minutes": the budget in seconds
     discriminativeRequested = Signal(float)  # the lowest factor (bottom block)
 
     def __init__(self, parent: QWidget | None = None, *, cuda_available: bool | None = None,
@@ -271,9 +274,21 @@ class TrainingPanel(QWidget):
         self.progress_bar.setTextVisible(False)
         self.progress_label = QLabel("", self)
         self.progress_label.setObjectName("progressText")
+        self.plan_label = QLabel("", self)  # a time-budgeted run's plan (monospaced: a table)
+        self.plan_label.setObjectName("planText")
+        self.plan_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.plan_label.setVisible(False)
         self.status_label = QLabel(READY, self)
         self.status_label.setObjectName("hint")
         self.status_label.setWordWrap(True)
+
+        self.budget_button = QPushButton("Best model in", self)
+        self.budget_button.setToolTip(BUDGET_TIP)
+        self.budget_spin = QSpinBox(self)
+        self.budget_spin.setRange(1, 24 * 60)
+        self.budget_spin.setValue(10)
+        self.budget_spin.setSuffix(" minutes")
+        self.budget_spin.setToolTip("The time the plan may spend, loading and measuring included")
 
         run = QGroupBox("Run", self)
         run_layout = QVBoxLayout(run)
@@ -285,6 +300,12 @@ class TrainingPanel(QWidget):
         buttons.addWidget(self.stop_button)
         buttons.addStretch(1)
         run_layout.addLayout(buttons)
+        best = QHBoxLayout()
+        best.addWidget(self.budget_button)
+        best.addWidget(self.budget_spin)
+        best.addStretch(1)
+        run_layout.addLayout(best)
+        run_layout.addWidget(self.plan_label)
         run_layout.addWidget(self.progress_bar)
         run_layout.addWidget(self.progress_label)
         run_layout.addWidget(self.status_label)
@@ -306,6 +327,7 @@ class TrainingPanel(QWidget):
         self.pause_button.clicked.connect(self.pauseRequested)
         self.resume_button.clicked.connect(self.resumeRequested)
         self.find_rate_button.clicked.connect(self.findRateRequested)
+        self.budget_button.clicked.connect(lambda: self.budgetRequested.emit(60.0 * self.budget_spin.value()))
         self.discriminative_button.clicked.connect(lambda: self.discriminativeRequested.emit(self.low_factor_box.value()))
         self.set_config(self._base)
         self.set_running(False)
@@ -385,6 +407,8 @@ class TrainingPanel(QWidget):
                        self.telemetry_check, self.discriminative_button, self.low_factor_box):
             widget.setEnabled(not running)
         self.start_button.setEnabled(not running and self._can_start)
+        self.budget_button.setEnabled(not running and self._can_start)
+        self.budget_spin.setEnabled(not running)
         self.stop_button.setEnabled(running)
         everywhere = self.device_combo.currentData() == ALL_GPUS  # child processes: Stop, not Pause
         self.pause_button.setEnabled(running and not everywhere)
@@ -410,6 +434,8 @@ class TrainingPanel(QWidget):
         self._can_start = bool(can_start)
         self.start_button.setEnabled(self._can_start and not self._running)
         self.start_button.setToolTip(reason if reason and not self._can_start else START_TIP)
+        self.budget_button.setEnabled(self._can_start and not self._running)
+        self.budget_button.setToolTip(reason if reason and not self._can_start else BUDGET_TIP)
         if self._readiness and not self._running:  # no run has said anything yet: whether one can start
             why = reason.rstrip(".") + "." if reason else READY
             self.status_label.setText(READY_NOW if self._can_start else why)
@@ -468,6 +494,14 @@ class TrainingPanel(QWidget):
             self.progress_bar.setRange(0, 1000)
             self.progress_bar.setValue(int(round(1000 * min(1.0, max(0.0, done / total)))))
         self.progress_label.setText(progress_text(done, total, eta_seconds, epoch, epochs))
+
+    def set_plan(self, text: str) -> None:
+        """Show a time-budgeted run's plan (its stages, times, what is frozen, the rates); "" hides it."""
+        font = QFont("monospace")
+        font.setStyleHint(QFont.StyleHint.Monospace)
+        self.plan_label.setFont(font)
+        self.plan_label.setText(text)
+        self.plan_label.setVisible(bool(text))
 
     def set_status(self, text: str) -> None:
         self._readiness = False

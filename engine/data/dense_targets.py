@@ -7,7 +7,7 @@ Where they come from:
   the class), the same size as their image. A CSV names them in a column (``mask`` by default); beside an
   image folder, ``masks/`` mirrors the images' paths (``masks/<class>/<stem>.png``). Pixels equal to the
   head's ``ignore_index`` (255) are unlabelled; an image without a mask (blank cell, no file) is unlabelled
-  everywhere. Class names: the head's labels, else ``classes.txt`` (one per line) in the first mask's folder,
+  everywhere. Class names: the head's labels, else ``classes.txt`` (one per line) in the first mask's folder or above it,
   else the indices.
 * boxes — a CSV column (``boxes``) of JSON lists ``[[x1, y1, x2, y2, class], …]`` in the image's pixels
   (class a name or an index; ``[]``: labelled, no object; blank: not labelled), or naming a YOLO ``.txt``
@@ -45,6 +45,7 @@ CLASSES_FILE = "classes.txt"
 MASKS_FOLDER, LABELS_FOLDER = "masks", "labels"
 DEFAULT_COLUMNS = {"segment": "mask", "detect": "boxes"}
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+PRESENT: dict[str, frozenset[int]] = {}  # mask file -> the classes in it, as last checked (for the data's counts)
 
 
 # -- files -------------------------------------------------------------------------------------------------
@@ -101,6 +102,7 @@ def check_mask(path: Path, image: Path, classes: int | None, ignore: int) -> set
         raise GraftError(f"{path}: the mask is {values.shape[1]}x{values.shape[0]} but its image {image.name} is "
                          f"{w}x{h}; a mask must be the size of its image.")
     present = {int(v) for v in np.unique(values)} - {ignore}
+    PRESENT[str(path)] = frozenset(present)
     if classes is not None:
         bad = sorted(v for v in present if not 0 <= v < classes)
         if bad:
@@ -223,7 +225,7 @@ def _resolve_masks(spec, cells, base, replace):
     named = next((m for _, m, _ in paths if m is not None), None)
     if named is None:
         raise GraftError(f"Head {spec.name!r} has no labelled example: no image has a mask.")
-    labels = list(spec.labels) or (read_classes(named.parent) or [])
+    labels = list(spec.labels) or (_classes_above(named, base) or [])
     known = len(labels) if labels else None
     targets, top = [], 1
     for image, mask, where in paths:
@@ -253,7 +255,7 @@ def _resolve_boxes(spec, cells, base, replace):
             label = _path(text, base)
             if not label.is_file():
                 raise GraftError(f"{where}: box file {label} not found.")
-            yolo_classes = yolo_classes or read_classes(label.parent)
+            yolo_classes = yolo_classes or _classes_above(label, base)
             limit = len(spec.labels or yolo_classes or []) or None
             boxes = parse_yolo(label, upright_size(image), limit)
         else:
@@ -289,27 +291,51 @@ def _resolve_boxes(spec, cells, base, replace):
     return replace(spec, labels=labels, outputs=len(labels)), targets
 
 
+def _classes_above(path: Path, base: Path) -> list[str] | None:
+    """The ``classes.txt`` nearest above a label file, looking no higher than ``base`` (the data's folder)."""
+    folder = path.parent
+    while True:
+        found = read_classes(folder)
+        if found is not None or folder == base or folder.parent == folder or base not in folder.parents:
+            return found
+        folder = folder.parent
+
+
 def _path(text: str, base: Path) -> Path:
     p = Path(text).expanduser()
     return p if p.is_absolute() else base / p
 
 
-def folder_dense(root: Path, images: Sequence[Path]) -> list[tuple[HeadSpec, list[Any]]]:
-    """Dense heads of an image folder: ``masks/`` (a segment head ``mask``) and ``labels/`` (YOLO files: a
-    detect head ``boxes``) mirroring the images' paths below ``root``, each with every image's target."""
+def folder_dense(root: Path, images: Sequence[Path], specs: Sequence[HeadSpec] | None = None
+                 ) -> list[tuple[HeadSpec, list[Any]]]:
+    """Dense heads of an image folder, each with every image's target: ``masks/`` (segment) and ``labels/``
+    (YOLO files: detect) mirroring the images' paths below ``root``. ``specs``: the dense heads asked for
+    (a segment head reads ``masks/``, a detect head ``labels/``); None: one per folder found, named
+    ``mask`` and ``boxes``."""
+    folders = {"segment": root / MASKS_FOLDER, "detect": root / LABELS_FOLDER}
+    if specs is None:
+        specs = [HeadSpec(DEFAULT_COLUMNS[kind], kind, outputs=2) for kind, f in folders.items() if f.is_dir()]
     found = []
-    for folder, kind in ((root / MASKS_FOLDER, "segment"), (root / LABELS_FOLDER, "detect")):
+    for spec in specs:
+        folder = folders[spec.kind]
         if not folder.is_dir():
-            continue
-        suffix = ".png" if kind == "segment" else ".txt"
+            raise GraftError(f"{root}: head {spec.name!r} ({spec.kind}) reads {folder.name}/ beside the class "
+                             f"folders ({folder.name}/<class>/<image name>.{'png' if spec.kind == 'segment' else 'txt'}), "
+                             "which is not there.")
+        suffix = ".png" if spec.kind == "segment" else ".txt"
         cells = []
         for image in images:
-            rel = image.relative_to(root).with_suffix(suffix)
-            target = folder / rel
-            cells.append((image, str(target) if target.is_file() else "", str(image)))
-        spec = HeadSpec(DEFAULT_COLUMNS[kind], kind, outputs=2, columns=[])
+            target = folder / Path(image).relative_to(root).with_suffix(suffix)
+            cells.append((Path(image), str(target) if target.is_file() else "", str(image)))
         found.append(resolve_dense(spec, cells, root))
     return found
+
+
+def label_folders(root: Path, class_folders: Sequence[str]) -> set[str]:
+    """The folders of ``root`` that hold masks or box labels (``masks``, ``labels`` with a subfolder named like
+    a class folder), not classes."""
+    names = {MASKS_FOLDER, LABELS_FOLDER}
+    return {n for n in names if n in class_folders and any((root / n / c).is_dir() for c in class_folders if c not in names)}
 
 
 # -- what dense heads train on ------------------------------------------------------------------------------
@@ -400,14 +426,18 @@ def _clip(rows: np.ndarray, size: int) -> np.ndarray:
 
 
 def dense_counts(spec: HeadSpec, targets: Sequence[Any]) -> dict[str, int]:
-    """Per class: boxes (detect) or images whose mask was given (segment: every class; the pixels are counted
-    by the metrics, not here)."""
+    """Per class: boxes (detect) or images whose mask holds the class (segment, as the mask was checked
+    when the data loaded)."""
     names = spec.label_names
     counts = dict.fromkeys(names, 0)
     for t in targets:
         if t is None:
             continue
-        if spec.kind == "detect":
+        if spec.kind == "segment":
+            for c in PRESENT.get(str(t), ()):
+                if 0 <= c < len(names):
+                    counts[names[c]] += 1
+        else:
             for row in t:
                 counts[names[int(row[4])]] += 1
     return counts

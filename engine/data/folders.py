@@ -1,5 +1,6 @@
 """Image folders: ``root/<class>/<image>`` (optionally ``root/train/<class>/…`` + ``root/val/<class>/…``), giving one
-single-label head named ``class``; listed with one scandir per folder so that 200,000 files list quickly."""
+single-label head named ``class`` (and, from ``masks/`` and ``labels/`` mirroring the images, segment and detect
+heads: :func:`engine.data.dense_targets.folder_dense`); listed with one scandir per folder so that 200,000 files list quickly."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from engine.data import decoding
 from engine.data.decoding import _check_all, _no_images_message, _quick_notes
+from engine.data.dense_targets import folder_dense, label_folders
 from engine.data.samples import DataSource, Sample, _listing
 from engine.data.splits import SPLIT_WORDS, _split_fixed, _split_random
 from engine.errors import GraftError
@@ -23,12 +25,17 @@ def _hidden(name: str) -> bool:
 def _load_folder(root: Path, heads: list[HeadSpec] | None, val_fraction: float, seed: int,
                  strict: bool = True) -> DataSource:
     spec = None
+    dense = [h for h in heads or [] if h.dense] if heads else None  # None: the masks/ and labels/ found
     if heads:
-        if len(heads) != 1 or heads[0].kind != "single" or heads[0].columns:
+        plain = [h for h in heads if not h.dense]
+        if len(plain) != 1 or plain[0].kind != "single" or plain[0].columns:
             raise GraftError("An image folder gives exactly one single-label head (its classes are the "
-                             "subfolders); use a CSV manifest for other heads.")
-        spec = heads[0]
+                             "subfolders), and segment / detect heads from masks/ and labels/ beside them; use a "
+                             "CSV manifest for other heads.")
+        spec = plain[0]
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
+    beside = label_folders(root, [d.name for d in subdirs])  # masks/, labels/: dense labels, not classes
+    subdirs = [d for d in subdirs if d.name not in beside]
     skipped: list[tuple[str, str]] = []
     for f in sorted(root.iterdir()):
         if f.is_file() and not _hidden(f.name):
@@ -94,11 +101,17 @@ def _load_folder(root: Path, heads: list[HeadSpec] | None, val_fraction: float, 
         raise GraftError(f"{root.name}: class folder {_listing(empty)} has no usable images; "
                          "every class needs at least one.")
     head = replace(spec, labels=labels) if spec is not None else HeadSpec("class", "single", labels=labels)
+    dense_heads = []
+    for found, targets in folder_dense(root, [s.path for s in samples], dense):
+        dense_heads.append(found)
+        for sample, target in zip(samples, targets):
+            if target is not None:
+                sample.targets[found.name] = target
     if split_layout:
         train, val = _split_fixed(samples, splits, root.name, "folders", strict)
     else:
         train, val = _split_random(samples, head, val_fraction, seed, keys)
-    return DataSource("folder", root, [head], train, val, skipped, path=root,
+    return DataSource("folder", root, [head, *dense_heads], train, val, skipped, path=root,
                       split_from="folders" if split_layout else "random", notes=_quick_notes(quick, len(samples)))
 
 

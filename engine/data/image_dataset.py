@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from engine.data.decoding import check_bands
+from engine.data.dense_targets import DenseItem, missing_target
 from engine.data.samples import Sample, _target
 from engine.data.transforms import _augmentation
 from engine.errors import GraftError
@@ -23,7 +24,8 @@ class ImageDataset(torch.utils.data.Dataset):
     with it: RandomResizedCrop(size, scale 0.6–1), horizontal flip and light colour jitter on the RGB
     (or greyscale) image, then the same normalisation; a 4+-channel input gets the crop and flip on all
     its bands alike, and no colour jitter. Targets: single -> int64 scalar (-1 missing); multi and
-    regression -> float32 vector (NaN missing).
+    regression -> float32 vector (NaN missing); segment -> int64 mask, detect -> padded boxes
+    (:class:`engine.data.dense_targets.DenseItem`, the mask and boxes through the same crop and flip).
 
     A 4+-channel input checks every image's band count up front (headers only), so an RGB image in the
     data stops training before it starts, with the files named.
@@ -40,6 +42,8 @@ class ImageDataset(torch.utils.data.Dataset):
         self.augment = bool(augment)
         self._transform = _augmentation(spec) if self.augment else None
         self.lazy = not all(s.checked for s in self.samples)
+        # segment / detect heads: masks and boxes follow the image through the same geometry (dense_targets)
+        self._dense = DenseItem(self.heads, spec, self._transform) if any(h.dense for h in self.heads) else None
         if spec.channels > 3:
             check_bands([s.path for s in self.samples], spec.channels)
 
@@ -49,15 +53,23 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.samples[index]
         failed = -1
+        dense: dict[str, torch.Tensor] = {}
         try:
-            array = self._pixels(sample)
+            if self._dense is not None:
+                array, dense = self._dense(sample.path, sample.targets)
+            else:
+                array = self._pixels(sample)
         except GraftError:
             if sample.checked:
                 raise
             spec = self.spec
             array, failed, sample = np.zeros((spec.channels, spec.size, spec.size), np.float32), index, Sample(sample.path)
+            dense = {h.name: missing_target(h, spec.size) for h in self.heads if h.dense}
         targets: dict[str, torch.Tensor] = {}
         for head in self.heads:
+            if head.dense:
+                targets[head.name] = dense[head.name]
+                continue
             value = _target(sample, head)
             if head.kind == "single":
                 targets[head.name] = torch.tensor(value, dtype=torch.int64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.data.coco import _load_coco
 from engine.data.folders import _load_folder
 from engine.data.manifests import MANIFEST_SUFFIXES, _load_csv
 from engine.data.samples import DataSource
@@ -54,9 +55,11 @@ def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, v
         data = _load_folder(p, heads, val_fraction, seed, strict)
     elif p.suffix.lower() in MANIFEST_SUFFIXES:
         data = _load_csv(p, heads, val_fraction, seed, strict, strict_suggestions)
+    elif p.suffix.lower() == ".json":
+        data = _load_coco(p, heads, val_fraction, seed, strict)
     else:
-        raise GraftError(f"{p.name}: expected a folder of class subfolders (root/<class>/<image>) "
-                         "or a .csv/.tsv manifest.")
+        raise GraftError(f"{p.name}: expected a folder of class subfolders (root/<class>/<image>), "
+                         "a .csv/.tsv manifest or a COCO .json file of boxes.")
     data.seed, data.val_fraction = seed, float(val_fraction)
     if strict:
         _check_training_side(data)

@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.data import decoding
 from engine.data.decoding import _check_all, _no_images_message, _quick_notes
+from engine.data.dense_targets import resolve_dense
 from engine.data.samples import MAX_LISTED, DataSource, Sample, Target, _listing
 from engine.data.splits import SPLIT_WORDS, _check_one_side, _split_fixed, _split_random
 from engine.errors import GraftError
@@ -110,6 +111,9 @@ def _head_name(column: str) -> str:
     return name or "head"
 
 
+DENSE_COLUMNS = {"mask": "segment", "boxes": "detect"}  # columns that suggest a segment / detect head
+
+
 def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str, decimal_comma: bool = False,
              notes: list[str] | None = None, *, strict: bool = True,
              warnings: list[str] | None = None) -> list[HeadSpec]:
@@ -132,6 +136,11 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
 
     for i, col in enumerate(header):
         if i in (image_col, split_col) or not col or col.lower().startswith("unnamed:"):
+            continue
+        if col.lower() in DENSE_COLUMNS:  # mask files / boxes: a segment / detect head reads them when asked
+            kind = DENSE_COLUMNS[col.lower()]
+            left_out.append((col, f"holds {'mask files' if kind == 'segment' else 'boxes'}: a {kind} head reads it "
+                                  f"when added (e.g. --head {_head_name(col)}:{kind}:{col})"))
             continue
         cells = [(number, cells[i]) for number, cells in rows if cells[i]]
         values = [v for _, v in cells]
@@ -212,8 +221,9 @@ def suggest_heads(csv_path: str | os.PathLike, notes: list[str] | None = None, *
                   warnings: list[str] | None = None) -> list[HeadSpec]:
     """Heads inferred from a manifest: each text column -> a single-label head named after it; all
     0/1 (true/false, yes/no) columns -> one multi-label head ``tags``; the other numeric columns -> one
-    regression head ``values``. A lone 0/1 or numeric column gives a head named after the column.
-    ``image`` and ``split`` are never labels; blank columns, text columns with a single value and
+    regression head ``values``. A lone 0/1 or numeric column gives a head named after the column. A
+    ``mask`` column (mask files) and a ``boxes`` column are no suggested heads (a note says which dense head
+    reads them: :func:`dense_heads_for`). ``image`` and ``split`` are never labels; blank columns, text columns with a single value and
     text columns whose values are all different (identifiers) are left out. A column that is mostly
     (90 %) numbers or 0/1 but not entirely is refused, naming the first odd cell: a typo would
     otherwise turn it into classes. ``notes`` (a list) receives why columns were left out and which
@@ -225,6 +235,15 @@ def suggest_heads(csv_path: str | os.PathLike, notes: list[str] | None = None, *
     if _find_column(header, "image") is None:
         raise GraftError(_no_image_column(path, header))
     return _suggest(header, rows, path.name, delimiter != ",", notes, strict=strict, warnings=warnings)
+
+
+def dense_heads_for(csv_path: str | os.PathLike) -> list[HeadSpec]:
+    """The dense heads a manifest's ``mask`` and ``boxes`` columns can feed (a segment head ``mask``, a detect
+    head ``boxes``; their classes come from the data when it loads), for offering them beside the
+    suggested heads (the demo has both)."""
+    header, _, _ = _read_csv(Path(csv_path).expanduser())
+    return [HeadSpec(_head_name(col), DENSE_COLUMNS[col.lower()], outputs=2, columns=[col])
+            for col in header if col.lower() in DENSE_COLUMNS]
 
 
 def _no_image_column(path: Path, header: list[str]) -> str:
@@ -287,9 +306,11 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         raise GraftError(f"{name} has no column {shown}. Columns found: {_listing([c for c in header if c])}.")
     for spec in heads:
         cols = columns[spec.name]
+        if spec.dense and len(cols) != 1:
+            raise GraftError(f"Head {spec.name!r} ({spec.kind}) reads one column, not {len(cols)}.")
         if spec.kind == "single" and len(cols) != 1:
             raise GraftError(f"Single-label head {spec.name!r} reads one column of class names, not {len(cols)}.")
-        if spec.kind != "single" and spec.labels and len(spec.labels) != len(cols):
+        if spec.kind not in ("single", "segment", "detect") and spec.labels and len(spec.labels) != len(cols):
             raise GraftError(f"Head {spec.name!r} names {len(spec.labels)} labels but reads {len(cols)} columns.")
 
     # Parse every row before touching any image: data errors are reported first, by row and column.
@@ -306,7 +327,9 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         raw: dict[str, Any] = {}
         for spec in heads:
             cols = columns[spec.name]
-            if spec.kind == "single":
+            if spec.dense:  # a mask file or boxes: read once the image is known to be usable
+                raw[spec.name] = (cells[header.index(cols[0])], f"{where}, column {cols[0]!r}")
+            elif spec.kind == "single":
                 value = cells[header.index(cols[0])] or None
                 if value is not None and spec.labels and value not in spec.labels:
                     errors.append(f"{where}, column {quoted(cols[0])}: unknown class {quoted(value)} "
@@ -369,9 +392,14 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         raise GraftError(_no_images_message(csv_path, skipped))
 
     final_heads: list[HeadSpec] = []
+    dense_targets: dict[str, list[Any]] = {}
     for spec in heads:
         cols = columns[spec.name]
-        if spec.kind == "single":
+        if spec.dense:  # every mask and box checked now: one clear message naming the file
+            found, dense_targets[spec.name] = resolve_dense(
+                spec, [(p, *raw[spec.name]) for p, _, raw in usable], base)
+            final_heads.append(replace(found, columns=list(cols)))
+        elif spec.kind == "single":
             values = [raw[spec.name] for _, _, raw in usable if raw[spec.name] is not None]
             if not values:
                 raise GraftError(f"Head {spec.name!r} has no labelled example: column {quoted(cols[0])} is blank "
@@ -408,11 +436,14 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
 
     samples: list[Sample] = []
     splits: list[str | None] = []
-    for p, split, raw in usable:
+    for row, (p, split, raw) in enumerate(usable):
         targets: dict[str, Target] = {}
         for spec in final_heads:
             value = raw[spec.name]
-            if spec.kind == "single":
+            if spec.dense:
+                if dense_targets[spec.name][row] is not None:
+                    targets[spec.name] = dense_targets[spec.name][row]
+            elif spec.kind == "single":
                 targets[spec.name] = -1 if value is None else spec.labels.index(value)
             else:
                 targets[spec.name] = [float(np.float32(v)) for v in value]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.dense_targets import dense_counts
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
 from engine.units import quoted
@@ -85,7 +86,13 @@ class DataSource:
         for spec in self.heads:
             names = spec.label_names
             info: dict[str, Any] = {"kind": spec.kind, "labels": list(names), "columns": list(spec.columns)}
-            if spec.kind == "single":
+            if spec.dense:  # counts: images whose mask holds the class / boxes of the class
+                values = [s.targets.get(spec.name) for s in everything]
+                labelled = np.array([v is not None for v in values], dtype=bool).reshape(n)
+
+                def counts(part: slice, values=values, spec=spec) -> dict[str, int]:
+                    return dense_counts(spec, values[part])
+            elif spec.kind == "single":
                 classes = np.fromiter((_target(s, spec) for s in everything), dtype=np.int64, count=n)
                 labelled = classes >= 0
 
@@ -130,12 +137,14 @@ def _round(value: float) -> float:
 def _target(sample: Sample, spec: HeadSpec) -> Target:
     """The sample's target for ``spec``, or the "missing" target when it has none."""
     value = sample.targets.get(spec.name)
-    if value is None:
+    if value is None and not spec.dense:  # a dense head's missing target stays None
         return -1 if spec.kind == "single" else [math.nan] * spec.outputs
     return value
 
 
 def _label_counts(spec: HeadSpec, samples: Sequence[Sample]) -> dict[str, int]:
+    if spec.dense:
+        return dense_counts(spec, [s.targets.get(spec.name) for s in samples])
     names = spec.label_names
     counts = dict.fromkeys(names, 0)
     for s in samples:

@@ -20,6 +20,7 @@ from engine.network.graft_model import GraftModel
 from engine.network.layer_tree import HEADS_KEY, LayerTree
 from engine.network.lr_factors import param_factors
 from engine.network.preprocess import check_channels
+from engine.surgery.dense import build_dense, dense_layers
 
 
 class SurgeryState(Protocol):
@@ -213,8 +214,8 @@ def head_input_size(s: SurgeryState, layer: str | None) -> int:
 
 def _heads_reading(s: SurgeryState, removed: list[str]) -> list[tuple[str, str]]:
     """(head, layer) for each head that reads one of the ``removed`` layers or a layer inside one."""
-    return [(name, spec.layer) for name, spec in s.model.head_specs.items()
-            if spec.layer is not None and any(is_within(spec.layer, r) for r in removed)]
+    return [(name, layer) for name, spec in s.model.head_specs.items() for layer in spec.read_layers
+            if any(is_within(layer, r) for r in removed)]
 
 
 def _refuse_reading(found: list[tuple[str, str]], doing: str) -> None:
@@ -236,6 +237,8 @@ class _ReattachesHeads:
         fresh = getattr(self, "_new_heads", {})  # a redo reuses the heads the first apply built
         self._new_heads = {}
         for name, head in list(s.model.heads.items()):
+            if s.model.head_specs[name].dense:  # reads maps of its layers, which a cut keeps (checked before)
+                continue
             try:
                 dim = head_input_size(s, s.model.head_specs[name].layer)
             except GraftError:
@@ -356,8 +359,8 @@ class CutAt(Operation, _ReattachesHeads):
                  if not is_within(m, self.layer) and not is_within(self.layer, m)]
         later_set = set(later)
         top = [m for m in later if not any(is_within(m, a) and m != a for a in later_set)]
-        inside = [(n, sp.layer) for n, sp in s.model.head_specs.items()
-                  if sp.layer is not None and is_within(self.layer, sp.layer) and sp.layer != self.layer]
+        inside = [(n, layer) for n, sp in s.model.head_specs.items() for layer in sp.read_layers
+                  if is_within(self.layer, layer) and layer != self.layer]
         if _heads_reading(s, top) or inside:
             self._take_back(s)
             if inside:
@@ -414,12 +417,16 @@ class AddHead(Operation):
         if self.spec.name in s.model.heads:
             raise GraftError(f"There is already a head named {self.spec.name!r}.")
         _check_head_name(self.spec.name)
-        dim = head_input_size(s, self.spec.layer)
-        if self.module is None or _in_features(self.module) != dim:
+        if self.spec.dense:  # segment / detect: reads feature maps (engine.surgery.dense)
+            dense_layers(s, self.spec)  # refused before anything changes (also on a redo)
+            dim = None
+        else:
+            dim = head_input_size(s, self.spec.layer)
+        if self.module is None or (dim is not None and _in_features(self.module) != dim):
             with torch.random.fork_rng(devices=[]):
                 if self.seed is not None:
                     torch.manual_seed(self.seed)
-                self.module = build_head(self.spec, dim)
+                self.module = build_dense(s, self.spec) if self.spec.dense else build_head(self.spec, dim)
         s.insert_head(self.spec, self.module, len(s.model.heads))
 
     def undo(self, s: SurgeryState) -> None:
@@ -427,7 +434,7 @@ class AddHead(Operation):
 
     @property
     def text(self) -> str:
-        where = f" at {self.spec.layer}" if self.spec.layer is not None else ""
+        where = f" at {self.spec.reads}" if self.spec.layer is not None or self.spec.layers else ""
         return f"Add head '{self.spec.name}'{where}"
 
     def args(self) -> dict[str, Any]:
@@ -465,7 +472,7 @@ class RemoveHead(Operation):
         return {"name": self.name}
 
 
-STRUCTURE_FIELDS = ("kind", "outputs", "hidden", "dropout", "layer")
+STRUCTURE_FIELDS = ("kind", "outputs", "hidden", "dropout", "layer", "layers")
 
 
 class UpdateHead(Operation):
@@ -493,13 +500,18 @@ class UpdateHead(Operation):
         _check_head_name(self.spec.name)
         old_spec = s.model.head_specs[self.name]
         reshaped = any(getattr(old_spec, f) != getattr(self.spec, f) for f in STRUCTURE_FIELDS)
-        dim = head_input_size(s, self.spec.layer) if reshaped else None
+        if self.spec.dense and reshaped:
+            dense_layers(s, self.spec)
+        dim = head_input_size(s, self.spec.layer) if reshaped and not self.spec.dense else None
         if not reshaped and old_spec.has_target_stats and not self.spec.has_target_stats:
             # the head keeps its weights, which were trained on targets scaled by these statistics
             self.spec.set_target_stats(old_spec.target_mean, old_spec.target_std)
         self.saved = s.take_head(self.name)
         if self.module is None:
-            self.module = build_head(self.spec, dim) if reshaped else self.saved[1]
+            if reshaped:
+                self.module = build_dense(s, self.spec) if self.spec.dense else build_head(self.spec, dim)
+            else:
+                self.module = self.saved[1]
         s.insert_head(self.spec, self.module, self.saved[2])
 
     def undo(self, s: SurgeryState) -> None:

@@ -108,8 +108,10 @@ def bind_heads(heads: Sequence[HeadSpec], data: Any, *, notes: list[str] | None 
     bindings: list[HeadBinding] = []
     for spec in heads:
         match = data_heads.get(spec.name)
-        if match is None and len(heads) == 1 and len(data_heads) == 1 and getattr(data, "kind", "") == "folder":
-            only = next(iter(data_heads.values()))
+        classes = [h for h in data_heads.values() if not h.dense]  # beside an image folder's masks/ and labels/
+        if (match is None and spec.kind == "single" and sum(not h.dense for h in heads) == 1 and len(classes) == 1
+                and getattr(data, "kind", "") == "folder"):
+            only = classes[0]
             if only.kind == spec.kind == "single":
                 match = only
                 if notes is not None:

@@ -44,7 +44,7 @@ DEFAULT_LR_HEADS = 3e-3
 HEADS_SHARE = 0.3
 MAX_HEAD_VIEWS = 4  # with no trunk stage: up to 2x this
 HEAD_EPOCHS = 30
-MIN_TRUNK_EPOCHS = 5
+MIN_TRUNK_EPOCHS = 4
 MAX_TRUNK_EPOCHS = 40
 MAX_TRUNK_VIEWS = 4
 LR_TRUNK = 3e-4
@@ -137,7 +137,7 @@ class Stage:
     @property
     def trains(self) -> str:
         if self.kind == "finder":
-            return "the heads (a rate sweep; nothing kept)"
+            return "heads (rate sweep)"
         if self.kind == "heads":
             return "the heads"
         return f"{', '.join(self.blocks)} and the heads"
@@ -209,7 +209,9 @@ def blocks_cost(c: Costs, k: int, n_train: int, n_val: int, views: int, epochs: 
 
 
 def trunk_views(epochs: int) -> int:
-    return max(1, min(epochs, MAX_TRUNK_VIEWS))
+    """Augmented views cached for a trunk stage of ``epochs`` epochs: one per two epochs, from 2 up to
+    :data:`MAX_TRUNK_VIEWS` (each view costs a pass of the frozen layers over every training image)."""
+    return max(min(2, epochs), min(MAX_TRUNK_VIEWS, epochs // 2))
 
 
 def most(cost, low: int, high: int, room: float) -> int | None:

@@ -39,7 +39,8 @@ from engine.training.budget_probe import probe, top_block_params, train_top_bloc
 from engine.training.config import TrainConfig
 from engine.training.events import EpochEvent, MessageEvent, TrainingError
 
-FINDER_RANGE = (3e-4, 3e-2)  # the suggestion is clamped into this range of heads' rates
+FINDER_RANGE = (3e-4, 3e-2)
+PLAN_LEVEL = "plan"  # OneRun's MessageEvent level for the plan (a front end may show it apart; else as "info")  # the suggestion is clamped into this range of heads' rates
 
 
 @dataclass
@@ -493,3 +494,78 @@ class BudgetTrainer:
             current = self.session.model.state_dict()
             for k, v in state.items():
                 current[k].copy_(v)
+
+
+class OneRun:
+    """The budget's events as one ordinary run's, for a front end made for a Trainer (the window's training
+    worker and curves): ``OneRun(session, data, budget, on_event, **kwargs)`` has a Trainer's ``run``,
+    ``stop`` and ``pause``. Steps and epochs count on across the stages; the first stage's ``TrainStarted``
+    stands for the run (later ones are dropped); the plan and each stage's start and end become
+    ``MessageEvent`` lines (the plan's with level :data:`PLAN_LEVEL`); progress and the time left go by the budget's clock. ``run`` returns the
+    :class:`BudgetResult`."""
+
+    def __init__(self, session: Any, data: Any, budget: float, on_event: Callable[[object], None] | None = None,
+                 **kwargs: Any) -> None:
+        self.on_event = on_event
+        self.runner = BudgetTrainer(session, data, budget, on_event=self._translate, **kwargs)
+        self._steps = self._epochs = 0  # those of the stages before this one
+        self._last_step = self._last_epoch = 0
+        self._started = self._finding = False
+
+    def plan(self) -> Plan:
+        return self.runner.plan()
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+    def pause(self) -> None:  # a budget cannot pause (its time runs on): Pause stops, keeping the best stage
+        self.runner.stop()
+
+    def run(self) -> BudgetResult:
+        return self.runner.run()
+
+    def _send(self, event: object) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _translate(self, event: object) -> None:
+        from engine.training.events import ProgressEvent, StepEvent, TrainFinished, TrainStarted
+
+        runner = self.runner
+        if self._finding and isinstance(event, (TrainStarted, StepEvent, EpochEvent, ProgressEvent, TrainFinished)):
+            return  # the rate finder's sweep is no part of the run's curves
+        if isinstance(event, PlanReady):
+            self._send(MessageEvent(event.plan.describe(), PLAN_LEVEL))
+        elif isinstance(event, StageStarted):
+            s = event.stage
+            self._steps, self._epochs = self._last_step, self._last_epoch
+            self._finding = s.kind == "finder"
+            self._send(MessageEvent(f"Stage {event.index}/{event.total}: {s.title} ({s.trains}; frozen: {s.frozen}; "
+                                    f"{s.rates()}), estimated {clock_text(s.estimate)}."))
+        elif isinstance(event, StageFinished):
+            r = event.result
+            self._finding = False
+            if r.kind != "finder" and r.reason != "skipped":
+                val = f"best validation loss {r.val_loss:.4f}" if r.val_loss is not None else "no validation"
+                self._send(MessageEvent(f"Stage {r.index} ({r.title}) took {clock_text(r.seconds)}: {val}"
+                                        + ("; kept." if r.kept else ".")))
+        elif isinstance(event, TrainStarted):
+            if not self._started:
+                self._started = True
+                self._send(replace(event, epochs=sum(s.epochs for s in runner.plan().stages)))
+        elif isinstance(event, StepEvent):
+            self._last_step = self._steps + event.step
+            self._last_epoch = max(self._last_epoch, self._epochs + event.epoch)
+            self._send(replace(event, step=self._last_step, epoch=self._epochs + event.epoch))
+        elif isinstance(event, EpochEvent):
+            self._last_epoch = self._epochs + event.epoch
+            self._send(replace(event, epoch=self._last_epoch))
+        elif isinstance(event, ProgressEvent):
+            spent = runner.clock() - runner.started
+            left = max(0.0, runner.budget - spent)
+            self._send(ProgressEvent(self._last_step, event.total_steps, min(1.0, spent / runner.budget), left,
+                                     event.phase))
+        elif isinstance(event, (TrainFinished, BudgetFinished)):
+            return  # the result arrives as run's return value
+        else:
+            self._send(event)

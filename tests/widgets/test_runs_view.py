@@ -55,3 +55,29 @@ def test_the_table_shows_the_rows_it_holds(qtbot):
     assert table.verticalHeader().count() == 2 == view.model.rowCount()
     assert table.visualRect(view.model.index(1, 0)).height() > 0 and table.columnWidth(0) > 0
     assert view.checked_runs() == [1, 2] and view.curve_data(1) is not None
+
+
+def test_a_budgeted_runs_stages_are_listed_with_their_time_and_validation(qtbot):
+    view = RunsView()
+    qtbot.addWidget(view)
+    budgeted = _run([0.9, 0.5, 0.4], 3e-3)
+    budgeted.plan = {"budget": 600.0, "stages": []}
+    budgeted.seconds = 590.0
+    budgeted.stages = [
+        {"index": 1, "title": "heads", "kind": "heads", "epochs": 30, "epochs_run": 30, "views": 4, "seconds": 200.0,
+         "estimate": 180.0, "val_loss": 0.5, "metrics": {"shape": {"accuracy": 0.8}}, "kept": False, "blocks": []},
+        {"index": 2, "title": "top 2 blocks", "kind": "blocks", "epochs": 8, "epochs_run": 6, "views": 4,
+         "seconds": 380.0, "estimate": 400.0, "val_loss": 0.4, "metrics": {"shape": {"accuracy": 0.9}}, "kept": True,
+         "blocks": ["layer4", "layer3"], "note": ""}]
+    view.set_runs([_run([0.9], 1e-3), budgeted])
+    assert view.stages_shown == 2 and not view.stages_box.isHidden()
+    rows = [[view.stage_model.item(r, c).text() for c in range(view.stage_model.columnCount())] for r in range(2)]
+    header = [view.stage_model.horizontalHeaderItem(c).text() for c in range(view.stage_model.columnCount())]
+    assert rows[1][header.index("time")] == "6:20" and rows[1][header.index("estimate")] == "6:40"
+    assert rows[1][header.index("epochs")] == "6/8" and rows[1][header.index("shape")] == "acc 0.900"
+    assert rows[1][header.index("kept")] == "yes" and rows[0][header.index("kept")] == ""
+    assert "600 s budget" in view.stage_title.text()
+    view.table.selectRow(0)  # a plain run: no stages to list
+    assert view.stages_box.isHidden() and view.stages_shown is None
+    view.table.selectRow(1)
+    assert view.stages_shown == 2

@@ -10,8 +10,8 @@ import torch
 
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
-from engine.training.budget import (MARGIN, SAVE_SECONDS, BudgetTooSmall, Costs, blocks_cost, heads_cost, make_plan,
-                                    parse_budget, usable_seconds)
+from engine.training.budget import (MARGIN, MIN_TRUNK_EPOCHS, SAVE_SECONDS, BudgetTooSmall, Costs, blocks_cost,
+                                    heads_cost, make_plan, parse_budget, usable_seconds)
 from engine.training.budget_run import BudgetTrainer, StageFinished, StageStarted
 from engine.training.config import TrainConfig
 from engine.training.events import EpochEvent, ProgressEvent, StepEvent, TrainResult
@@ -68,7 +68,7 @@ def test_the_plan_fits_the_budget_whatever_the_data_size(budget, n_train, refit)
             assert s.blocks == list(reversed(BLOCKS))[:len(s.blocks)]
             assert s.boundary == BLOCKS[len(BLOCKS) - len(s.blocks) - 1]
             assert list(s.block_factors.values()) == sorted(s.block_factors.values(), reverse=True)
-            assert s.epochs >= 5 and s.lr_trunk < s.lr_heads
+            assert s.epochs >= MIN_TRUNK_EPOCHS and s.lr_trunk < s.lr_heads
 
 
 def test_more_time_buys_deeper_and_longer_training():
