@@ -26,17 +26,10 @@ its start to the fitted regression; evaluation is not counted). ``--rows`` picks
 keeps the projects, ``--threads N`` sets OMP_NUM_THREADS for the children, ``--json FILE`` writes the
 numbers. On a shared machine: ``nice -n 10 .venv/bin/python bench/cross_style.py``.
 
-Measured (docs/cross_style.md has the latest table): 2 shared cores under heavy load (load average 9-11
-from other jobs), ``--threads 1``, niced, one run:
-
-| row | val acc (same style) | test acc (other style) | handwriting | display | wall s |
-|---|---|---|---|---|---|
-| default | 98.3% | 44.4% | 38.0% | 50.9% | 125 |
-| anchor | 99.0% | 45.0% | 37.8% | 52.1% | 698 (PyTorch eager, starved) |
-
-Both reach ~98 % on the training families' own validation images and fall to ~45 % on other styles: the
-gap a better plan has to close. (The anchor's wall time is PyTorch's eager Lite0 on one starved thread;
-Graft's default computes the same features in onnxruntime.)
+Measured (docs/cross_style.md has the table and notes), one run, 2 shared cores under heavy load (load
+average 9-17), ``--threads 1``, niced: val / other-style test / wall s: default 98.3 % / 44.4 % / 110;
+anchor 99.0 % / 45.0 % / 683 (eager PyTorch, starved); ``--budget 2m`` refused before training (the first
+stage alone needed ~3:44 under that load); ``--budget 10m`` 99.8 % / 48.5 % / 395.
 """
 from __future__ import annotations
 
