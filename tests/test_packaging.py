@@ -30,6 +30,18 @@ def test_every_package_folder_is_in_the_wheel_list():
     assert listed == _packages_on_disk()
 
 
+def test_test_modules_have_unique_names():
+    """The test folders are not packages, so pytest imports each test module by its file name: two files of
+    one name in different folders stop the whole run at collection ("import file mismatch")."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The wheel built from this checkout, installed (without dependencies: the test's environment has
