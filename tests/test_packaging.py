@@ -72,6 +72,7 @@ def _run(target: Path, *args: str, cwd: Path, extra_env: dict[str, str] | None =
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_installed_command_line_runs_outside_the_repository(installed, tmp_path):
     out = _run(installed, "-m", "graft", "layers", "--model", "resnet18", "--random-weights", "--depth", "1",
                cwd=tmp_path)
@@ -105,6 +106,7 @@ sys.exit(entry.gui())
 """
 
 
+@pytest.mark.slow
 def test_installed_window_starts_offscreen(installed, tmp_path):
     out = _run(installed, "-c", WINDOW, cwd=tmp_path,
                extra_env={"XDG_CONFIG_HOME": str(tmp_path / "config"), "GRAFT_CACHE_DIR": str(tmp_path / "c")})
