@@ -9,6 +9,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Converted trunks are not kept between tests (engine.runtime.trunk_store): each test sees a conversion
 # happen, as it asks for; tests/engine/runtime/test_trunk_store.py turns the store on in a folder of its own.
 os.environ.setdefault("GRAFT_TRUNK_CACHE", "off")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # ./graft test runs the tests in 2 processes (pytest-xdist, -n)
+    # Each worker computes on one thread (its children too): two workers with two OpenMP threads each on
+    # 2 cores spin against each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 if os.environ.get("GRAFT_START_METHOD"):  # e.g. spawn: run the suite as Windows and macOS start children
     import multiprocessing
 
@@ -20,6 +24,18 @@ import torch  # noqa: E402
 
 from engine.network.loading import load_network  # noqa: E402
 from engine.surgery.session import Session  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_dir(tmp_path_factory):
+    """The run's caches (the demo data of ``--data demo``, feature caches) in its own folder, one per test
+    process: parallel workers, and other runs on the machine, never build into one folder at once."""
+    if "GRAFT_CACHE_DIR" in os.environ:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "graft-cache"))
+        yield
 
 
 @pytest.fixture

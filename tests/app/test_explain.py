@@ -45,6 +45,7 @@ def click_cell(qtbot, window, row: int, column: int) -> None:
                          pos=table.visualItemRect(table.item(row, column)).center())
 
 
+@pytest.mark.slow
 def test_a_cell_lists_exactly_its_images_and_a_click_tries_one_with_its_heatmap(qtbot, window, default_network,
                                                                                  small_csv, boxes):
     report = evaluated(qtbot, window, default_network, small_csv)

@@ -112,6 +112,7 @@ def requires_grad(session):
 
 
 # -- the flow -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_open_default_model_surgery_heads_freezing_and_undo(qtbot, window, monkeypatch, boxes, small_csv):
     a = window.actions
     assert not a.export_onnx.isEnabled() and not a.delete_output.isEnabled()  # nothing loaded yet
@@ -256,6 +257,7 @@ def ready_to_train(qtbot, window, network, csv_path, monkeypatch, config):
     return s
 
 
+@pytest.mark.slow
 def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypatch, default_network, small_csv):
     s = ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, quick_config())
     a = window.actions
@@ -291,6 +293,7 @@ def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypat
     assert a.train_start.isEnabled() and not a.train_stop.isEnabled() and a.undo.isEnabled()
 
 
+@pytest.mark.slow
 def test_stop_during_a_run_ends_within_a_batch(qtbot, window, monkeypatch, default_network, small_csv):
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
     ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
@@ -308,6 +311,7 @@ def test_stop_during_a_run_ends_within_a_batch(qtbot, window, monkeypatch, defau
     assert not window.jobs.training and window.jobs.train_job is None
 
 
+@pytest.mark.slow
 def test_closing_during_training_asks_then_stops_cleanly(qtbot, monkeypatch, boxes, default_network, small_csv):
     window = MainWindow()
     qtbot.addWidget(window)
@@ -379,6 +383,7 @@ def test_opening_another_model_offers_to_save_first_then_opens_it(qtbot, window,
     assert window.project_path is None  # the new model is not the saved project
 
 
+@pytest.mark.slow
 def test_export_onnx_reports_the_largest_difference_per_head(qtbot, window, monkeypatch, boxes, tmp_path,
                                                              default_network):
     give_session(window, default_network)
@@ -505,6 +510,7 @@ def hold_evaluation(window, monkeypatch, gate) -> None:
     assert "evaluate" in window.jobs.running
 
 
+@pytest.mark.slow
 def test_cancelling_the_close_after_training_stopped_leaves_a_usable_window(qtbot, window, monkeypatch, boxes,
                                                                           default_network, small_csv):
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
@@ -644,6 +650,7 @@ def test_start_and_predictions_say_what_they_wait_for(qtbot, window, monkeypatch
     assert window.try_image.predictions_text() and not window.try_image.status_label.isVisibleTo(window.try_image)
 
 
+@pytest.mark.slow
 def test_during_training_drops_are_refused_aloud_and_clicks_keep_the_progress(qtbot, window, monkeypatch, boxes,
                                                                             tmp_path, default_network, small_csv):
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
@@ -748,6 +755,7 @@ def pickled_project(tmp_path) -> tuple[Path, Path]:
     return save_project(Session(load_network(pickled, trust=True)), tmp_path / "c.graft"), pickled
 
 
+@pytest.mark.slow
 def test_a_project_from_a_pickle_opens_only_when_the_user_trusts_the_file(qtbot, window, boxes, tmp_path,
                                                                          default_network):
     project, pickled = pickled_project(tmp_path)
@@ -801,6 +809,7 @@ def test_a_reopened_project_shows_its_notes(qtbot, window, tmp_path):
     assert not window.notes.frame.isVisible()
 
 
+@pytest.mark.slow
 def test_export_without_data_verifies_on_the_images_the_project_records(qtbot, window, monkeypatch, boxes,
                                                                         tmp_path, default_network, small_csv):
     s = give_session(window, default_network)

@@ -129,12 +129,14 @@ def kill_many(tmp_path: Path, mode: str, rounds: int, max_delay: float) -> dict[
     return stats
 
 
+@pytest.mark.slow
 def test_a_killed_project_save_leaves_the_old_file_or_the_new_one(tmp_path):
     stats = kill_many(tmp_path, "project", ROUNDS or 12, max_delay=0.8)
     assert stats["files_checked"] == stats["kills"]
     assert stats["mid_write"] > 0  # the kills did land inside saves, not only between them
 
 
+@pytest.mark.slow
 def test_a_killed_export_leaves_the_old_file_or_the_new_one(tmp_path):
     stats = kill_many(tmp_path, "export", max(2, ROUNDS // 4) if ROUNDS else 4, max_delay=4.0)
     assert stats["files_checked"] == stats["kills"]

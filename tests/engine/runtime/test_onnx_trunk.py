@@ -61,6 +61,7 @@ def random_batch(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ["default", "mobilenet_v3_small", "resnet18"])
+@pytest.mark.slow
 def test_features_from_onnxruntime_equal_pytorchs(arch):
     torch.manual_seed(0)
     session = frozen(load_network(arch, random_init=arch != "default"), size=None if arch == "default" else 96)
@@ -214,6 +215,7 @@ def demo_session(demo) -> Session:
     return session
 
 
+@pytest.mark.slow
 def test_feature_caching_evaluation_and_try_an_image_use_onnxruntime(demo, monkeypatch):
     runs = {}
     for backend in ("pytorch", "onnxruntime"):

@@ -91,6 +91,7 @@ def same_state(a, b):
 
 # -- multi-task -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_multitask_run_on_the_demo_trains_every_head(demo):
     assert {h.kind for h in demo.heads} == {"single", "multi", "regression"}
     session = make_session(demo.heads, freeze="none")
@@ -435,6 +436,7 @@ def test_without_validation_data_with_loader_workers(demo):
 
 # -- quality --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pretrained_trunk_beats_a_random_one(demo):
     """The bundled ImageNet weights carry over: the same frozen-trunk head on the demo shapes (at their
     own 96 px) learns far better on the pretrained EfficientNet-Lite0 than on a random one."""
