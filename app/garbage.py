@@ -11,7 +11,8 @@ so of steady work (the soak's worst ticks, 0.4 to 0.8 s). Nearly all of them are
 and tables, alive until the process ends. :meth:`GuiCollector.settle` moves what is alive into the
 interpreter's permanent generation (``gc.freeze``), which later collections skip: after the warm-up's imports
 (:meth:`app.jobs.Jobs.warm_up_once`). What was alive then may become garbage later (the first model, when
-another replaces it: a session holds reference cycles), so a new model or data set :meth:`thaws <thaw>` it:
+another replaces it: a session holds reference cycles), so a new model or data set, or a closed window,
+:meth:`thaws <thaw>` it:
 the next full collection walks everything once, frees that, and freezes what is still alive again.
 """
 from __future__ import annotations

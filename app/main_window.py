@@ -345,7 +345,7 @@ class MainWindow(QMainWindow):
             signal.connect(slot)
         ws = self.workspace
         ws.connect("session", self._on_session)
-        for event in ("session", "data"):  # what the garbage collector froze may be garbage now
+        for event in ("session", "data", "closed"):  # what the garbage collector froze may be garbage now
             ws.connect(event, garbage.thaw)
         for event in ("session_changed", "data", "closing"):
             ws.connect(event, self._refresh)
