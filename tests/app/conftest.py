@@ -124,6 +124,7 @@ def gc_on_the_gui_thread(qapp):
     yield
     qapp._graft_gc.timer.stop()
     qapp._graft_gc = None
+    gc.unfreeze()  # what the warm-up's end froze (app/garbage.py) is collected as usual again
     gc.enable()
     gc.collect()
 
