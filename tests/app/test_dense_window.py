@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from engine.network.heads import HeadSpec
 from engine.surgery.operations import DeleteOutputLayer
-from tests.app.test_main_window import LOAD_TIMEOUT, default_network, give_session  # noqa: F401 - a fixture
+from tests.app.test_main_window import LOAD_TIMEOUT, give_session
 from tests.app.test_surgery_anywhere import accept, context_action
 
 SUGGESTED = [HeadSpec("shape", "single", labels=["circle", "square"], columns=["shape"]),

@@ -9,7 +9,6 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QLabel, QTableWidget
 
-from engine.data import demo_data
 from engine.training.advice import Advice
 from engine.data.loading import load_data
 from widgets.data_panel import DataPanel, dropped_data_path
@@ -36,8 +35,8 @@ def n_labelled(source) -> int:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    csv_path = demo_data.ensure_demo_data(tmp_path_factory.mktemp("demo"))
+def source(demo_manifest):
+    csv_path = demo_manifest()
     data = load_data(csv_path)
     data.skipped = [(str(csv_path.parent / "broken.jpg"), "corrupt or truncated image"),
                     (str(csv_path.parent / "notes.txt"), "not an image file")]
