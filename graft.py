@@ -2,7 +2,8 @@
 """Graft's set-up and launcher, the same on Linux, macOS and Windows (``./graft`` calls it on Linux/macOS).
 
     python graft.py run [ARGS]   open the window (bundled EfficientNet-Lite0 and the demo data)
-    python graft.py test [ARGS]  import contracts + the whole test suite, offscreen
+    python graft.py test [ARGS]  import contracts + the whole test suite, offscreen, in parallel
+    python graft.py test --quick the same without the tests marked slow (children processes, training)
     python graft.py cli ARGS     the command line (main.py ARGS)
     python graft.py setup        only create .venv and install the pinned dependencies
 
@@ -86,6 +87,31 @@ def _exec(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = 
     return subprocess.run(cmd, env=env, cwd=cwd).returncode
 
 
+def test_workers() -> int:
+    """How many processes run the tests (pytest-xdist): ``$GRAFT_TEST_WORKERS``, else one per core, at
+    most 4 (each holds a few GB: PyTorch, Qt, the networks of its tests)."""
+    wanted = os.environ.get("GRAFT_TEST_WORKERS", "").strip()
+    if wanted.isdigit():
+        return int(wanted)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
+def pytest_options(args: list[str]) -> list[str]:
+    """pytest's options for ``test [--quick] [ARGS]``: quiet, the tests shared out over
+    :func:`test_workers` processes, a test file's tests in one process (they share its fixtures);
+    ``--quick`` leaves out the tests marked slow. ARGS come last and win (``-n 0``: one process)."""
+    quick = "--quick" in args
+    args = [a for a in args if a != "--quick"]
+    workers = test_workers()
+    options = ["-q"]
+    if workers > 1:
+        options += ["-n", str(workers), "--dist", "loadfile"]
+    if quick:
+        options += ["-m", "not slow"]
+    return [*options, *args]
+
+
 def run(argv: list[str]) -> int:
     command, args = (argv[0], argv[1:]) if argv else ("run", [])
     if command not in ("run", "test", "cli", "setup"):
@@ -100,7 +126,7 @@ def run(argv: list[str]) -> int:
         lint = scripts / ("lint-imports.exe" if os.name == "nt" else "lint-imports")
         if subprocess.run([str(lint), "--no-cache"], cwd=HERE, env=env).returncode != 0:
             return 1
-        return _exec([python, "-m", "pytest", "-q", *args], env=env, cwd=HERE)
+        return _exec([python, "-m", "pytest", *pytest_options(args)], env=env, cwd=HERE)
     if command == "run" and os.environ.get("QT_QPA_PLATFORM") != "offscreen":
         qt_system_libs()
     # run and cli keep the caller's working directory, so relative paths mean what the user typed.

@@ -32,11 +32,14 @@ def add_setup_arguments(parser: argparse.ArgumentParser, data_required: bool = T
     parser.add_argument("--head", action="append", default=[], metavar="NAME:KIND[:COLUMNS[:WEIGHT]][@LAYER]",
                         help="a head to add, e.g. shape:single:shape or tags:multi:red,striped (repeatable; "
                              "default: one head from the folder's classes, or the CSV's suggested heads). "
-                             "KIND is single, multi or regression; COLUMNS (comma-separated) default to NAME. "
+                             "KIND is single, multi, regression, segment (a mask per pixel, from a mask column) or "
+                             "detect (boxes, from a boxes column); COLUMNS (comma-separated) default to NAME. "
                              "An optional fourth field sets the head's loss weight (default 1): "
                              "age:regression:age:0.5, or age:regression::0.5 for the column named after the head. "
                              "@LAYER puts the head on that layer's output, pooled to a vector (shape:single@features.4; "
-                             "'main.py layers' lists the layers): heads on several layers make a multi-exit model")
+                             "'main.py layers' lists the layers): heads on several layers make a multi-exit model; "
+                             "a dense head reads several (seg:segment:mask@features.3,features.5,features.8; "
+                             "default: the blocks at strides 8, 16 and 32)")
     parser.add_argument("--freeze", default=None, metavar="PRESET",
                         help="heads-only (default for a new model), none (train everything) or up-to:LAYER; "
                              "a project keeps its own setting unless this is given")

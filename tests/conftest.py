@@ -9,6 +9,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Converted trunks are not kept between tests (engine.runtime.trunk_store): each test sees a conversion
 # happen, as it asks for; tests/engine/runtime/test_trunk_store.py turns the store on in a folder of its own.
 os.environ.setdefault("GRAFT_TRUNK_CACHE", "off")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # ./graft test runs the tests in 2 processes (pytest-xdist, -n)
+    # Each worker computes on one thread (its children too): two workers with two OpenMP threads each on
+    # 2 cores spin against each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 if os.environ.get("GRAFT_START_METHOD"):  # e.g. spawn: run the suite as Windows and macOS start children
     import multiprocessing
 
@@ -20,6 +24,18 @@ import torch  # noqa: E402
 
 from engine.network.loading import load_network  # noqa: E402
 from engine.surgery.session import Session  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_dir(tmp_path_factory):
+    """The run's caches (the demo data of ``--data demo``, feature caches) in its own folder, one per test
+    process: parallel workers, and other runs on the machine, never build into one folder at once."""
+    if "GRAFT_CACHE_DIR" in os.environ:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "graft-cache"))
+        yield
 
 
 @pytest.fixture
@@ -65,6 +81,25 @@ def demo_subset(tmp_path_factory):
                 else:
                     Image.open(f).convert(mode).save(root / cls / f.name)
         return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(tmp_path_factory):
+    """``make()``: the demo manifest ``<new folder>/demo-v<N>/labels.csv``, as
+    ``ensure_demo_data(new folder)`` gives it, in a folder of its own (a test may change it). The demo
+    is generated once per test process (seconds) and copied; ``ensure_demo_data`` finds each copy current."""
+    from engine.data.demo_data import ensure_demo_data
+
+    built = ensure_demo_data(tmp_path_factory.mktemp("demo-built"))
+
+    def make() -> Path:
+        dest = tmp_path_factory.mktemp("demo")
+        shutil.copytree(built.parent, dest / built.parent.name)
+        manifest = ensure_demo_data(dest)
+        assert manifest == dest / built.parent.name / built.name
+        return manifest
 
     return make
 

@@ -72,6 +72,7 @@ def _run(target: Path, *args: str, cwd: Path, extra_env: dict[str, str] | None =
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_installed_command_line_runs_outside_the_repository(installed, tmp_path):
     out = _run(installed, "-m", "graft", "layers", "--model", "resnet18", "--random-weights", "--depth", "1",
                cwd=tmp_path)
@@ -105,6 +106,7 @@ sys.exit(entry.gui())
 """
 
 
+@pytest.mark.slow
 def test_installed_window_starts_offscreen(installed, tmp_path):
     out = _run(installed, "-c", WINDOW, cwd=tmp_path,
                extra_env={"XDG_CONFIG_HOME": str(tmp_path / "config"), "GRAFT_CACHE_DIR": str(tmp_path / "c")})
@@ -117,3 +119,29 @@ def test_launcher_knows_its_commands():
     assert out.returncode == 2 and "usage: python graft.py run|test|cli|setup" in out.stderr
     bash = (ROOT / "graft").read_text()
     assert "graft.py" in bash  # ./graft is only the shorthand: one implementation
+
+
+def _launcher():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("graft_launcher", ROOT / "graft.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launcher_runs_the_tests_in_parallel_and_quick_leaves_out_the_slow_ones(monkeypatch):
+    """``graft test`` shares the tests out over processes (a file's tests stay in one, sharing its module
+    fixtures); ``--quick`` leaves out the tests marked slow; the caller's options come last, so they win."""
+    launcher = _launcher()
+    monkeypatch.setenv("GRAFT_TEST_WORKERS", "2")
+    assert launcher.pytest_options([]) == ["-q", "-n", "2", "--dist", "loadfile"]
+    assert launcher.pytest_options(["--quick", "-x"]) == ["-q", "-n", "2", "--dist", "loadfile", "-m", "not slow", "-x"]
+    monkeypatch.setenv("GRAFT_TEST_WORKERS", "1")
+    assert launcher.pytest_options(["tests/engine"]) == ["-q", "tests/engine"]
+    monkeypatch.delenv("GRAFT_TEST_WORKERS")
+    assert 1 <= launcher.test_workers() <= 4
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("slow:") for m in markers)
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert any(d.startswith("pytest-xdist==") for d in dev)

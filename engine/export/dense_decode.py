@@ -11,11 +11,13 @@
   ``max_detections`` best by score. It is the rule of :func:`engine.network.dense_heads.select_boxes`
   (torchvision's batched_nms), which Graft's metrics use.
 
-:func:`to_image_frame` maps boxes back to the original image's pixels.
+:func:`to_image_frame` maps boxes back to the original image's pixels; :func:`write_mask` writes a mask as a PNG
+of class indices (``main.py predict``).
 """
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,3 +86,32 @@ def to_image_frame(boxes: list[dict[str, Any]], size: tuple[int, int], spec: Inp
         x1, y1, x2, y2 = b["box"]
         out.append({**b, "box": [(x1 + left) / sx, (y1 + top) / sy, (x2 + left) / sx, (y2 + top) / sy]})
     return out
+
+
+def voc_palette() -> np.ndarray:
+    """The PASCAL VOC colour map (256×3 uint8): class 0 black, 1 dark red, 2 dark green, … — the palette
+    segmentation data sets store their palette PNG masks with (the bits of the index spread over R, G, B)."""
+    index = np.arange(256)
+    colours = np.zeros((256, 3), np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            colours[:, channel] |= ((index >> (3 * shift + channel)) & 1) << (7 - shift)
+    return colours.astype(np.uint8)
+
+
+def write_mask(mask: np.ndarray, path: Path) -> Path:
+    """A mask of class indices as a PNG file (atomically): for up to 256 classes a palette PNG, as
+    PASCAL VOC's masks are (the pixel values are the class indices, ``numpy.asarray(PIL.Image.open(path))``,
+    and an image viewer shows the classes in :func:`voc_palette`'s colours), else 16-bit greyscale."""
+    from PIL import Image
+
+    from engine.files import atomic_write
+
+    mask = np.asarray(mask)
+    if mask.dtype == np.uint8:
+        img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
+        img.putpalette(voc_palette().reshape(-1).tolist())
+    else:
+        img = Image.fromarray(mask.astype(np.uint16))
+    atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
+    return Path(path)

@@ -102,8 +102,9 @@ def predict_files(session: "Session", paths: Sequence[str | Path], batch_size: i
     model = session.model
     runner, _ = trunk_runner(model, _device_dtype(model)[0], len(paths))
     for start in range(0, len(paths), batch_size):
-        batch = load_batch(paths[start:start + batch_size], session.input_spec)
-        out += decode_batch(specs, predict_arrays(session, batch, runner))
+        sizes: list[tuple[int, int]] = []
+        batch = load_batch(paths[start:start + batch_size], session.input_spec, sizes=sizes)
+        out += decode_batch(specs, predict_arrays(session, batch, runner), sizes)
     return out
 
 

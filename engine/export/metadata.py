@@ -24,7 +24,7 @@ from engine import __version__
 from engine.errors import GraftError, not_a_file
 from engine.network.heads import HeadSpec
 from engine.network.preprocess import (RESAMPLE, SIXTEEN_BIT_FORMULA, SIXTEEN_BIT_MODES, InputSpec, channel_order_for,
-                                       check_channels, preprocess_file)
+                                       check_channels, load_input)
 
 FORMAT = 1
 KEY = "graft"
@@ -368,7 +368,8 @@ class HeadPrediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     mask: np.ndarray | None = None  # segment: (S, S) class per pixel of the input square
     boxes: list[dict[str, Any]] = field(default_factory=list)  # detect: engine.export.dense_decode.nms_boxes
-    mask_file: str | None = None  # segment: where main.py predict --json wrote the mask (PNG)
+    mask_file: str | None = None  # segment: where main.py predict wrote the mask (PNG of class indices)
+    image_size: tuple[int, int] | None = None  # (width, height) of the upright image, when known
 
     @property
     def label(self) -> str | None:
@@ -410,18 +411,37 @@ class HeadPrediction:
         return (f"{self.head}: {v.size} features (min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g})"
                 if v.size else f"{self.head}: no features")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, input_spec: InputSpec | None = None) -> dict[str, Any]:
+        """The prediction as JSON values. Segment: ``mask`` the PNG file :attr:`mask_file` (one class index
+        per pixel of the input square; None when none was written), ``mask_size`` its [width, height] and,
+        with ``input_spec`` and :attr:`image_size`, ``mask_box``: where that square lies in the image
+        ([x1, y1, x2, y2], image pixels). Detect: ``boxes``, best first, each ``[x1, y1, x2, y2, score,
+        label]``, in the image's pixels with ``input_spec`` and :attr:`image_size`, else in the input
+        square's (``boxes_frame`` says which)."""
         out: dict[str, Any] = {"head": self.head, "kind": self.kind, "text": self.format(),
                                "values": dict(zip(self.names, (float(v) for v in self.values)))}
+        in_image = input_spec is not None and self.image_size is not None
         if self.kind == "single":
             out["label"], out["score"] = self.label, self.score
         elif self.kind == "multi":
             out["labels"] = self.labels
         elif self.kind == "segment":
-            out["mask"] = self.mask_file  # the PNG of class indices main.py predict --json wrote
+            out["mask"] = self.mask_file
             out["mask_size"] = list(self.mask.shape[::-1])
+            if in_image:
+                from engine.export.dense_decode import to_image_frame
+
+                h, w = self.mask.shape
+                (square,) = to_image_frame([{"box": [0.0, 0.0, float(w), float(h)]}], self.image_size, input_spec)
+                out["mask_box"] = [round(v, 3) for v in square["box"]]
         elif self.kind == "detect":
-            out["boxes"] = [dict(b) for b in self.boxes]
+            boxes = self.boxes
+            if in_image:
+                from engine.export.dense_decode import to_image_frame
+
+                boxes = to_image_frame(boxes, self.image_size, input_spec)
+            out["boxes"] = [[*(round(v, 3) for v in b["box"]), round(b["score"], 6), b["label"]] for b in boxes]
+            out["boxes_frame"] = "image" if in_image else "input square"
         return out
 
 
@@ -474,15 +494,28 @@ def _decode_dense(spec: HeadSpec, raw: np.ndarray) -> HeadPrediction:
                           [(b["label"], b["score"]) for b in boxes], boxes=boxes)
 
 
-def decode_batch(specs: Mapping[str, HeadSpec | None], outputs: Mapping[str, np.ndarray]) -> list[dict[str, HeadPrediction]]:
-    """Per-image predictions from a batch of raw outputs ``{name: (N, ...)}``."""
+def decode_batch(specs: Mapping[str, HeadSpec | None], outputs: Mapping[str, np.ndarray],
+                 sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, HeadPrediction]]:
+    """Per-image predictions from a batch of raw outputs ``{name: (N, ...)}`` (``sizes``: the images'
+    (width, height), kept as each prediction's ``image_size``)."""
     n = len(next(iter(outputs.values()))) if outputs else 0
-    return [{name: decode(specs.get(name), outputs[name][i], name=name) for name in outputs} for i in range(n)]
+    out = [{name: decode(specs.get(name), outputs[name][i], name=name) for name in outputs} for i in range(n)]
+    for preds, size in zip(out, sizes or ()):
+        for p in preds.values():
+            p.image_size = tuple(size)
+    return out
 
 
-def load_batch(paths: Iterable[str | Path], spec: InputSpec, *, exif: bool = True) -> np.ndarray:
-    """Preprocess image files into one (N, C, S, S) float32 batch (GraftError naming a bad file)."""
-    arrays = [preprocess_file(p, spec, exif=exif) for p in paths]
+def load_batch(paths: Iterable[str | Path], spec: InputSpec, *, exif: bool = True,
+               sizes: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Preprocess image files into one (N, C, S, S) float32 batch (GraftError naming a bad file);
+    ``sizes``, when given, gets each upright image's (width, height)."""
+    arrays = []
+    for p in paths:
+        array, size = load_input(p, spec, exif=exif)
+        arrays.append(array)
+        if sizes is not None:
+            sizes.append(size)
     if not arrays:
         return np.zeros((0, spec.channels, spec.size, spec.size), dtype=np.float32)
     return np.stack(arrays)
@@ -563,9 +596,10 @@ class OnnxPredictor:
         out: list[dict[str, HeadPrediction]] = []
         paths = list(paths)
         for start in range(0, len(paths), batch_size):
+            sizes: list[tuple[int, int]] = []
             batch = load_batch(paths[start:start + batch_size], self.input_spec,
-                               exif=self.metadata.exif_orientation)
-            out += decode_batch(self.specs, self.predict_arrays(batch))
+                               exif=self.metadata.exif_orientation, sizes=sizes)
+            out += decode_batch(self.specs, self.predict_arrays(batch), sizes)
         return out
 
     def predict_each(self, paths: Sequence[str | Path], batch_size: int = 16
@@ -579,10 +613,12 @@ class OnnxPredictor:
             good: list[np.ndarray] = []
             for p in chunk:
                 try:
-                    good.append(preprocess_file(p, self.input_spec, exif=self.metadata.exif_orientation))
-                    results.append({})
+                    array, size = load_input(p, self.input_spec, exif=self.metadata.exif_orientation)
+                    good.append(array)
+                    results.append(size)
                 except GraftError as exc:
                     results.append(exc)
-            decoded = iter(decode_batch(self.specs, self.predict_arrays(np.stack(good))) if good else [])
+            sizes = [r for r in results if not isinstance(r, GraftError)]
+            decoded = iter(decode_batch(self.specs, self.predict_arrays(np.stack(good)), sizes) if good else [])
             for p, r in zip(chunk, results):
                 yield p, (r if isinstance(r, GraftError) else next(decoded))

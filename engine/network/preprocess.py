@@ -377,6 +377,14 @@ def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
 def preprocess_file(path: str | Path, spec: InputSpec, *, exif: bool = True) -> np.ndarray:
     """An image file -> the network's CHW float32 input (GraftError naming an unreadable file, or one
     without the bands a 4+-channel input reads)."""
+    return load_input(path, spec, exif=exif)[0]
+
+
+def load_input(path: str | Path, spec: InputSpec, *, exif: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`preprocess_file` and the upright image's ``(width, height)`` (where masks and boxes of the
+    input square lie in the image: :func:`crop_geometry`)."""
     if spec.channels > 3:
-        return preprocess_bands(read_bands(path, spec.channels, exif=exif), spec)
-    return preprocess(open_image(path, exif=exif), spec)
+        bands = read_bands(path, spec.channels, exif=exif)
+        return preprocess_bands(bands, spec), (int(bands.shape[1]), int(bands.shape[0]))
+    img = open_image(path, exif=exif)
+    return preprocess(img, spec), img.size

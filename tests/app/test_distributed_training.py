@@ -126,6 +126,7 @@ def test_a_failed_run_says_why_and_keeps_the_weights(qtbot, session_and_data):
 
 
 @pytest.mark.spawn
+@pytest.mark.slow
 def test_a_run_in_two_processes_streams_its_events_stops_and_hands_back_its_weights(qtbot, session_and_data):
     session, data = session_and_data
     before = heads_of(session)

@@ -1,11 +1,13 @@
 """The Evaluate tab's test-time augmentation choice reaches the evaluation, and the result says so."""
 from __future__ import annotations
 
+import pytest
+
 from engine.surgery.operations import AddHead, DeleteOutputLayer
-from test_main_window import (LOAD_TIMEOUT, default_network, demo_csv, give_session, load_data,  # noqa: F401
-                              small_csv)
+from test_main_window import LOAD_TIMEOUT, give_session, load_data
 
 
+@pytest.mark.slow
 def test_evaluate_with_the_chosen_test_time_augmentation(qtbot, window, default_network, small_csv):
     give_session(window, default_network)
     data = load_data(qtbot, window, small_csv)

@@ -15,7 +15,7 @@ from engine.export.metadata import read_metadata
 from engine.export.precision import DYNAMIC_METHOD
 from engine.surgery.operations import AddHead
 from engine.units import human_bytes
-from test_main_window import LOAD_TIMEOUT, demo_csv, load_data, small_csv  # noqa: F401 (fixtures)
+from test_main_window import LOAD_TIMEOUT, load_data
 from widgets.precision_dialogs import PrecisionDialog
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,6 +68,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.slow
 def test_int8_from_the_window_writes_an_int8_file_and_shows_the_table_for_every_head(
         qtbot, window, monkeypatch, boxes, small_resnet, small_csv, tmp_path):
     session, data = ready(qtbot, window, small_resnet, small_csv)
@@ -101,6 +102,7 @@ def test_int8_from_the_window_writes_an_int8_file_and_shows_the_table_for_every_
     assert leftovers(tmp_path) == ["small.onnx"]  # no temporary or reference file beside it
 
 
+@pytest.mark.slow
 def test_a_head_that_loses_accuracy_offers_to_keep_layers_in_float(qtbot, window, monkeypatch, boxes,
                                                                    small_resnet, small_csv, tmp_path):
     import engine.export.precision as precision
@@ -255,6 +257,7 @@ def test_the_training_script_compiles_and_names_no_graft_import(qtbot, window, m
     assert "does not exist" in boxes.texts("warning")[-1]
 
 
+@pytest.mark.slow
 def test_fp16_with_a_head_the_data_lacks_is_compared_by_agreement(qtbot, window, monkeypatch, boxes, small_resnet,
                                                                   small_csv, tmp_path):
     from engine.network.heads import HeadSpec

@@ -29,37 +29,6 @@ TRAIN_TIMEOUT = 120_000
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def default_network():
-    from engine.network.loading import load_network
-
-    return load_network("default")
-
-
-@pytest.fixture(scope="session")
-def demo_csv(tmp_path_factory):
-    from engine.data.demo_data import ensure_demo_data
-
-    return ensure_demo_data(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="session")
-def small_csv(demo_csv, tmp_path_factory):
-    """The first 48 rows of the demo manifest (absolute image paths): a quick training run."""
-    rows = list(csv.reader(demo_csv.open(newline="")))
-    header, body = rows[0], rows[1:49]
-    image = header.index("image")
-    path = tmp_path_factory.mktemp("small") / "labels.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in body:
-            row = list(row)
-            row[image] = str((demo_csv.parent / row[image]).resolve())
-            writer.writerow(row)
-    return path
-
-
 def give_session(window, network):
     """Set a fresh session on a copy of the loaded network (as a finished load would)."""
     from engine.surgery.session import Session
@@ -112,6 +81,7 @@ def requires_grad(session):
 
 
 # -- the flow -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_open_default_model_surgery_heads_freezing_and_undo(qtbot, window, monkeypatch, boxes, small_csv):
     a = window.actions
     assert not a.export_onnx.isEnabled() and not a.delete_output.isEnabled()  # nothing loaded yet
@@ -256,6 +226,7 @@ def ready_to_train(qtbot, window, network, csv_path, monkeypatch, config):
     return s
 
 
+@pytest.mark.slow
 def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypatch, default_network, small_csv):
     s = ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, quick_config())
     a = window.actions
@@ -291,6 +262,7 @@ def test_short_training_run_draws_curves_then_evaluates(qtbot, window, monkeypat
     assert a.train_start.isEnabled() and not a.train_stop.isEnabled() and a.undo.isEnabled()
 
 
+@pytest.mark.slow
 def test_stop_during_a_run_ends_within_a_batch(qtbot, window, monkeypatch, default_network, small_csv):
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
     ready_to_train(qtbot, window, default_network, small_csv, monkeypatch, config)
@@ -308,6 +280,7 @@ def test_stop_during_a_run_ends_within_a_batch(qtbot, window, monkeypatch, defau
     assert not window.jobs.training and window.jobs.train_job is None
 
 
+@pytest.mark.slow
 def test_closing_during_training_asks_then_stops_cleanly(qtbot, monkeypatch, boxes, default_network, small_csv):
     window = MainWindow()
     qtbot.addWidget(window)
@@ -379,6 +352,7 @@ def test_opening_another_model_offers_to_save_first_then_opens_it(qtbot, window,
     assert window.project_path is None  # the new model is not the saved project
 
 
+@pytest.mark.slow
 def test_export_onnx_reports_the_largest_difference_per_head(qtbot, window, monkeypatch, boxes, tmp_path,
                                                              default_network):
     give_session(window, default_network)
@@ -505,6 +479,7 @@ def hold_evaluation(window, monkeypatch, gate) -> None:
     assert "evaluate" in window.jobs.running
 
 
+@pytest.mark.slow
 def test_cancelling_the_close_after_training_stopped_leaves_a_usable_window(qtbot, window, monkeypatch, boxes,
                                                                           default_network, small_csv):
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
@@ -644,6 +619,7 @@ def test_start_and_predictions_say_what_they_wait_for(qtbot, window, monkeypatch
     assert window.try_image.predictions_text() and not window.try_image.status_label.isVisibleTo(window.try_image)
 
 
+@pytest.mark.slow
 def test_during_training_drops_are_refused_aloud_and_clicks_keep_the_progress(qtbot, window, monkeypatch, boxes,
                                                                             tmp_path, default_network, small_csv):
     config = quick_config(epochs=200, cache_features=False, batch_size=4)
@@ -748,6 +724,7 @@ def pickled_project(tmp_path) -> tuple[Path, Path]:
     return save_project(Session(load_network(pickled, trust=True)), tmp_path / "c.graft"), pickled
 
 
+@pytest.mark.slow
 def test_a_project_from_a_pickle_opens_only_when_the_user_trusts_the_file(qtbot, window, boxes, tmp_path,
                                                                          default_network):
     project, pickled = pickled_project(tmp_path)
@@ -801,6 +778,7 @@ def test_a_reopened_project_shows_its_notes(qtbot, window, tmp_path):
     assert not window.notes.frame.isVisible()
 
 
+@pytest.mark.slow
 def test_export_without_data_verifies_on_the_images_the_project_records(qtbot, window, monkeypatch, boxes,
                                                                         tmp_path, default_network, small_csv):
     s = give_session(window, default_network)

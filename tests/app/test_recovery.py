@@ -119,6 +119,7 @@ def _killed_window(tmp_path, project: str | None = None) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_after_a_kill_the_next_window_offers_the_work_and_restores_it(qtbot, tmp_path):
     from app.main_window import MainWindow
 
@@ -148,6 +149,7 @@ def test_after_a_kill_the_next_window_offers_the_work_and_restores_it(qtbot, tmp
     assert recovery_files(window.recovery.folder) == []
 
 
+@pytest.mark.slow
 def test_discard_deletes_the_crashed_windows_work(qtbot, tmp_path):
     from app.main_window import MainWindow
 

@@ -2,12 +2,13 @@
 overlaid, and its curves also go to TensorBoard when asked."""
 from __future__ import annotations
 
+import pytest
 from PySide6.QtWidgets import QFileDialog
 
-from test_main_window import (TRAIN_TIMEOUT, default_network, demo_csv, quick_config,  # noqa: F401 (fixtures)
-                              ready_to_train, small_csv)
+from test_main_window import TRAIN_TIMEOUT, quick_config, ready_to_train
 
 
+@pytest.mark.slow
 def test_two_runs_are_listed_overlaid_and_logged_to_tensorboard(qtbot, window, monkeypatch, boxes,
                                                                default_network, small_csv, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -4,11 +4,14 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from tests.commands.test_cli_train import graft
 
 SMALL = ("--model", "mobilenet_v3_small", "--random-weights", "--input-size", "64", "--batch-size", "8")
 
 
+@pytest.mark.slow
 def test_budget_shows_the_plan_trains_inside_the_time_and_runs_lists_its_stages(tiny_folder, tmp_path):
     out = tmp_path / "b.graft"
     budget = 60
@@ -28,6 +31,7 @@ def test_budget_shows_the_plan_trains_inside_the_time_and_runs_lists_its_stages(
     assert "stages, budget 1:00" in runs.stdout
 
 
+@pytest.mark.slow
 def test_a_budget_too_short_or_options_the_plan_chooses_are_refused_in_one_line(tiny_folder, tmp_path):
     short = graft("train", "--data", str(tiny_folder), *SMALL, "--budget", "1s", "--out", str(tmp_path / "a"))
     assert short.returncode == 1

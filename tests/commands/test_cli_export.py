@@ -118,6 +118,7 @@ def exported(tmp_path_factory):
     return session, project, onnx_path, images, result.stdout
 
 
+@pytest.mark.slow
 def test_export_prints_time_differences_and_size(exported):
     _, _, onnx_path, _, stdout = exported
     assert onnx_path.is_file()
@@ -142,6 +143,7 @@ def test_predict_prints_class_names_without_importing_torch(exported):
     assert lines[2].strip().startswith("tags: ")
 
 
+@pytest.mark.slow
 def test_the_same_image_gives_the_same_prediction_everywhere(exported):
     session, project, onnx_path, images, _ = exported
     result = predict(onnx_path, "--json", *images)
@@ -196,6 +198,7 @@ def test_one_bad_image_does_not_lose_the_good_ones(exported, tmp_path):
     assert [json.loads(line)["image"] for line in as_json.stdout.splitlines()] == [str(images[1])]
 
 
+@pytest.mark.slow
 def test_export_verifies_on_the_training_images_by_default(exported, tmp_path):
     session, _, _, images, _ = exported
     data = tmp_path / "photos"
@@ -211,6 +214,7 @@ def test_export_verifies_on_the_training_images_by_default(exported, tmp_path):
     assert len(rows) == 2 and all("images" in row for row in rows)
 
 
+@pytest.mark.slow
 def test_export_without_real_images_says_so(exported, tmp_path):
     _, project, _, _, _ = exported  # a project that records no training data
     result = graft("export", project, "--onnx", tmp_path / "random.onnx")
@@ -221,6 +225,7 @@ def test_export_without_real_images_says_so(exported, tmp_path):
 
 
 @pytest.mark.parametrize("opset", ["30", "12"])
+@pytest.mark.slow
 def test_an_unsupported_opset_ends_with_one_line(exported, tmp_path, opset):
     _, project, _, _, _ = exported
     result = graft("export", project, "--onnx", tmp_path / "x.onnx", "--opset", opset)
@@ -230,6 +235,7 @@ def test_an_unsupported_opset_ends_with_one_line(exported, tmp_path, opset):
 
 
 @pytest.mark.parametrize("tolerance", ["-1", "nan", "inf"])
+@pytest.mark.slow
 def test_a_meaningless_tolerance_ends_with_one_line_before_exporting(exported, tmp_path, tolerance):
     _, project, _, _, _ = exported
     result = graft("export", project, "--onnx", tmp_path / "x.onnx", "--tolerance", tolerance)
@@ -282,6 +288,7 @@ def test_a_torchvision_export_predicts_the_same_through_main_py(tmp_path):
     assert spread > 1e-3, "the outputs must not be trivially equal"
 
 
+@pytest.mark.slow
 def test_export_to_a_missing_folder_ends_with_one_line(exported, tmp_path):
     _, project, _, _, _ = exported
     result = graft("export", project, "--onnx", tmp_path / "no" / "such" / "x.onnx")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -13,6 +15,7 @@ def graft(*args, cwd=ROOT):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_layers_prints_the_tree_with_the_output_layer_marked():
     result = graft("layers", "--model", "resnet18", "--random-weights")
     assert result.returncode == 0, result.stderr
@@ -24,6 +27,7 @@ def test_layers_prints_the_tree_with_the_output_layer_marked():
     assert "11.7M parameters" in lines[-1]
 
 
+@pytest.mark.slow
 def test_layers_defaults_to_the_bundled_network():
     result = graft("layers", "--depth", "1")
     assert result.returncode == 0, result.stderr
@@ -31,6 +35,7 @@ def test_layers_defaults_to_the_bundled_network():
     assert "output layer" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_model_exits_with_one_line(tmp_path):
     bad = tmp_path / "cat.jpg.pt"
     bad.write_text("meow")
@@ -47,6 +52,7 @@ def one_line_error(result, *words):
         assert word in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_checkpoint_prints_its_own_head(tmp_path):
     import torch
     import torchvision
@@ -65,6 +71,7 @@ def test_a_fine_tuned_checkpoint_prints_its_own_head(tmp_path):
                    "conv1.weight", "(64, 3, 3, 3)", "(64, 3, 7, 7)")
 
 
+@pytest.mark.slow
 def test_a_project_made_from_a_pickle_opens_only_with_trust(tmp_path):
     import torch
     import torchvision
@@ -83,6 +90,7 @@ def test_a_project_made_from_a_pickle_opens_only_with_trust(tmp_path):
     assert result.stdout.startswith("custom.pt (pickle)")
 
 
+@pytest.mark.slow
 def test_a_damaged_project_exits_with_one_line(tmp_path):
     import json
     import zipfile
@@ -94,6 +102,7 @@ def test_a_damaged_project_exits_with_one_line(tmp_path):
     one_line_error(graft("layers", "--model", str(path)), "bad.graft is not a valid Graft project")
 
 
+@pytest.mark.slow
 def test_a_torchscript_model_says_its_input_was_assumed(tmp_path):
     import torch
 
@@ -110,6 +119,7 @@ def test_a_negative_depth_exits_with_one_line():
     assert result.stderr.count("\n") == 1 and "depth" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_a_folder_as_the_model_is_named_a_folder(tmp_path):
     result = graft("layers", "--model", str(tmp_path))
     assert result.returncode == 1

@@ -42,6 +42,7 @@ def project(tmp_path_factory, small_resnet) -> tuple[Path, Path]:
     return path, manifest
 
 
+@pytest.mark.slow
 def test_int8_export_prints_the_table_and_predict_reads_the_file(project, tmp_path, capsys):
     path, manifest = project
     out = tmp_path / "small_int8.onnx"
@@ -61,6 +62,7 @@ def test_int8_export_prints_the_table_and_predict_reads_the_file(project, tmp_pa
     assert predicted.returncode == 0 and predicted.stdout.splitlines()[1].strip().startswith("shape: ")
 
 
+@pytest.mark.slow
 def test_fp16_export_without_recorded_data_compares_on_the_given_images(tmp_path, small_resnet, capsys):
     session = small_resnet(HEADS)
     save_project(session, tmp_path / "bare.graft")

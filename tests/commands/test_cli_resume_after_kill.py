@@ -45,6 +45,7 @@ def _weights(path) -> dict[str, torch.Tensor]:
         return load(zf.read("weights.safetensors"))
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_an_epoch_resumes_from_it(tiny_folder, tmp_path, start):
     out = tmp_path / "run.graft"
     child = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", "--data", str(tiny_folder), *start,
@@ -98,6 +99,7 @@ def test_a_run_killed_after_an_epoch_resumes_from_it(tiny_folder, tmp_path, star
         torch.testing.assert_close(mine[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+@pytest.mark.slow
 def test_every_finished_epoch_but_the_last_leaves_a_checkpoint(tiny_folder, tmp_path, monkeypatch, capsys,
                                                                one_torch_thread, start):
     """In this process: the file after each epoch holds that epoch's checkpoint; the finished run's has none."""

@@ -28,6 +28,7 @@ def two_runs(tmp_path_factory):
     return first, second, work / "tb"
 
 
+@pytest.mark.slow
 def test_training_again_adds_a_run_and_runs_lists_them_in_order(two_runs):
     first, second, _ = two_runs
     one = graft("runs", str(first))
@@ -54,6 +55,7 @@ def test_tensorboard_event_files_hold_the_curves(two_runs):
     assert [e.step for e in acc.Scalars("loss/val")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_runs_of_something_that_is_not_a_project(tmp_path):
     bad = tmp_path / "x.graft"
     bad.write_text("not a zip")

@@ -105,6 +105,7 @@ def same_metadata_as_export(project: Path, model: Path, tmp_path: Path) -> None:
     onnx.checker.check_model(onnx.load(str(model)), full_check=True)
 
 
+@pytest.mark.slow
 def test_a_resnet_with_a_cut_and_a_training_block_trains_the_same_in_the_script(tmp_path):
     """resnet18 from a weights file, cut after layer3, layer3 and the heads training on images (no cache)."""
     torch.manual_seed(3)
@@ -124,6 +125,7 @@ def test_a_resnet_with_a_cut_and_a_training_block_trains_the_same_in_the_script(
     same_metadata_as_export(project, model, tmp_path)
 
 
+@pytest.mark.slow
 def test_the_default_network_trains_the_same_in_the_script(tmp_path):
     """EfficientNet-Lite0 from the weights package (its architecture carried in the script), heads only."""
     session = Session(load_network("default"))

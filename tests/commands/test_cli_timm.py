@@ -37,6 +37,7 @@ def test_layers_of_a_timm_network_with_random_weights(capsys):
     assert "Linear" in fc and fc.endswith("<- output layer")
 
 
+@pytest.mark.slow
 def test_no_cached_weights_is_one_clear_line(tmp_path):
     """HF_HOME and TORCH_HOME point at empty folders: nothing is fetched, the user is told what to do."""
     result = graft("layers", "--model", "timm:convnext_atto",
@@ -48,6 +49,7 @@ def test_no_cached_weights_is_one_clear_line(tmp_path):
     assert "timm/convnext_atto.d2_in1k" in result.stderr and "random weights" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_timm_state_dict_trains_exports_and_predicts(tiny_folder, tmp_path, capsys):
     torch.manual_seed(0)
     weights = tmp_path / "resnet18.safetensors"

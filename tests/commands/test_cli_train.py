@@ -22,6 +22,7 @@ def graft(*args, cwd=ROOT):
                           timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_train_writes_a_project_that_evaluate_reads(tiny_folder, tmp_path):
     result = graft("train", "--data", str(tiny_folder), "--epochs", "1", "--batch-size", "8", "--no-augment",
                    cwd=tmp_path)
@@ -43,6 +44,7 @@ def test_train_writes_a_project_that_evaluate_reads(tiny_folder, tmp_path):
     assert "accuracy" in evaluated.stdout and "circle" in evaluated.stdout
 
 
+@pytest.mark.slow
 def test_train_continues_a_project_and_names_heads(tiny_folder, tmp_path):
     first = tmp_path / "a.graft"
     result = graft("train", "--data", str(tiny_folder), "--model", "mobilenet_v3_small", "--random-weights",
@@ -65,6 +67,7 @@ def test_train_continues_a_project_and_names_heads(tiny_folder, tmp_path):
     (["--augment-views", "-1"], "Augmented views must be a whole number"),
     (["--feature-ram-mb", "0"], "RAM budget must be a positive number"),
 ])
+@pytest.mark.slow
 def test_bad_arguments_exit_with_one_line(tiny_folder, tmp_path, args, message):
     result = graft("train", "--data", str(tiny_folder), *args, "--out", str(tmp_path / "x.graft"))
     assert result.returncode == 1
@@ -73,6 +76,7 @@ def test_bad_arguments_exit_with_one_line(tiny_folder, tmp_path, args, message):
     assert not (tmp_path / "x.graft").exists()
 
 
+@pytest.mark.slow
 def test_augmented_views_and_a_spilling_feature_cache(tiny_folder, tmp_path):
     """``--augment-views`` alone means 4 views; a tiny ``--feature-ram-mb`` puts the features on disk (removed after)."""
     cache = tmp_path / "cache"
@@ -87,6 +91,7 @@ def test_augmented_views_and_a_spilling_feature_cache(tiny_folder, tmp_path):
     assert not list((cache / "features").iterdir())
 
 
+@pytest.mark.slow
 def test_unwritable_out_folder_is_refused_before_training(tiny_folder, tmp_path):
     """A folder that takes no files ends the run at once, not after training that would then be lost."""
     locked = tmp_path / "locked"
@@ -104,6 +109,7 @@ def test_unwritable_out_folder_is_refused_before_training(tiny_folder, tmp_path)
         locked.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_evaluate_with_negative_workers_ends_with_one_line(tiny_folder, tmp_path):
     out = tmp_path / "w.graft"
     assert graft("train", "--data", str(tiny_folder), "--epochs", "1", "--no-augment", "--out", str(out)).returncode == 0
@@ -112,6 +118,7 @@ def test_evaluate_with_negative_workers_ends_with_one_line(tiny_folder, tmp_path
     assert result.stderr.count("\n") == 1 and "must not be negative" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_and_bad_project(tmp_path):
     result = graft("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.graft"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
@@ -157,6 +164,7 @@ def test_progress_bar_only_on_a_terminal(tty):
         assert err.text == ""
 
 
+@pytest.mark.slow
 def test_data_demo_trains_the_multi_task_demo(tmp_path):
     """``--data demo`` generates the offline demo (here into a fresh cache) and makes its three heads.
     Run through the README's ``./graft cli`` wrapper: a relative ``--out`` lands in the caller's folder."""
@@ -175,6 +183,7 @@ def test_data_demo_trains_the_multi_task_demo(tmp_path):
     assert [h["name"] for h in recipe["heads"]] == ["shape", "tags", "size"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_batch_and_saves_the_best_weights(tiny_folder, tmp_path):
     import signal
 
@@ -213,6 +222,7 @@ def seeded_project(tiny_folder, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_records_its_split_and_head_weight(seeded_project, tiny_folder):
     with zipfile.ZipFile(seeded_project) as zf:
         recipe = json.loads(zf.read("recipe.json"))
@@ -223,6 +233,7 @@ def test_train_records_its_split_and_head_weight(seeded_project, tiny_folder):
     assert (head["name"], head["loss_weight"]) == ("kind", 0.5)
 
 
+@pytest.mark.slow
 def test_evaluate_uses_the_training_split_and_says_what_it_evaluates(seeded_project, tiny_folder, tmp_path):
     from commands.evaluate import training_split
     from engine.data.loading import load_data
@@ -246,6 +257,7 @@ def test_evaluate_uses_the_training_split_and_says_what_it_evaluates(seeded_proj
     assert (f"Evaluating all 16 images of {tiny_folder.name}, including the 12 training images" in result.stdout)
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_test_data_lacking_a_class(seeded_project, tiny_folder, tmp_path):
     holdout = tmp_path / "holdout"
     shutil.copytree(tiny_folder / "circle", holdout / "circle")
@@ -264,6 +276,7 @@ def test_evaluate_accepts_test_data_lacking_a_class(seeded_project, tiny_folder,
     assert "row 2, column 'kind': unknown class 'hexagon'" in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_opens_a_project_made_from_a_pickle_only_with_trust(tiny_folder, tmp_path):
     import torch
     import torchvision
@@ -290,6 +303,7 @@ def test_evaluate_opens_a_project_made_from_a_pickle_only_with_trust(tiny_folder
     assert "Evaluated 16 images" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_head_at_a_layer_trains_and_the_layers_after_it_are_not_computed(tiny_folder, tmp_path):
     out = tmp_path / "exit.graft"
     common = ("--data", str(tiny_folder), "--model", "resnet18", "--random-weights", "--input-size", "64",

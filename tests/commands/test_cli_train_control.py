@@ -11,6 +11,7 @@ from test_cli_train import graft
 MODEL = ["--model", "resnet18", "--random-weights"]
 
 
+@pytest.mark.slow
 def test_lr_find_prints_a_suggestion_and_draws_the_curve(tiny_folder, tmp_path):
     result = graft("lr-find", "--data", str(tiny_folder), "--batch-size", "4", "--steps", "30",
                    "--plot", str(tmp_path / "curve"), "--csv", str(tmp_path / "curve.csv"))
@@ -26,6 +27,7 @@ def test_lr_find_prints_a_suggestion_and_draws_the_curve(tiny_folder, tmp_path):
     assert not list(tmp_path.glob("*.graft"))  # nothing is saved
 
 
+@pytest.mark.slow
 def test_lr_find_that_diverges_at_once(tiny_folder):
     result = graft("lr-find", "--data", str(tiny_folder), *MODEL, "--batch-size", "4", "--start-lr", "1e4",
                    "--end-lr", "1e9")
@@ -53,6 +55,7 @@ def test_bad_control_options_exit_with_one_line(tiny_folder, tmp_path, capsys, o
     assert not (tmp_path / "x.graft").exists()
 
 
+@pytest.mark.slow
 def test_factors_pause_and_resume(tiny_folder, tmp_path):
     out = tmp_path / "p.graft"
     result = graft("train", "--data", str(tiny_folder), *MODEL, "--freeze", "none", "--discriminative",
@@ -84,6 +87,7 @@ def test_factors_pause_and_resume(tiny_folder, tmp_path):
     assert again.returncode == 1 and "holds no paused run" in again.stderr
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_from_the_command_line(tiny_folder, tmp_path):
     result = graft("train", "--data", str(tiny_folder), *MODEL, "--unfreeze-every", "1", "--epochs", "2",
                    "--batch-size", "8", "--no-augment", "--out", str(tmp_path / "u.graft"))

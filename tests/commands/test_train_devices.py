@@ -50,6 +50,7 @@ def history(path: Path) -> list[dict]:
 
 
 @pytest.mark.spawn
+@pytest.mark.slow
 def test_heads_only_on_two_processes_ends_at_the_one_process_weights(tiny_folder, base_project, tmp_path):
     common = ["train", "--data", str(tiny_folder), "--model", str(base_project), "--freeze", "heads-only",
               "--epochs", "3", "--batch-size", "4", "--device", "cpu"]
@@ -77,6 +78,7 @@ def test_heads_only_on_two_processes_ends_at_the_one_process_weights(tiny_folder
 
 
 @pytest.mark.spawn
+@pytest.mark.slow
 def test_fine_tuning_on_two_processes_reaches_the_one_process_loss(tiny_folder, base_project, tmp_path):
     common = ["train", "--data", str(tiny_folder), "--model", str(base_project), "--freeze", "none",
               "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--no-augment", "--patience", "0"]
@@ -98,6 +100,7 @@ def test_fine_tuning_on_two_processes_reaches_the_one_process_loss(tiny_folder, 
 
 
 @pytest.mark.spawn
+@pytest.mark.slow
 def test_a_process_that_dies_ends_the_run_with_one_line_and_leaves_the_project(tiny_folder, base_project, tmp_path):
     out = tmp_path / "kept.graft"
     out.write_bytes(base_project.read_bytes())
@@ -115,6 +118,7 @@ def test_a_process_that_dies_ends_the_run_with_one_line_and_leaves_the_project(t
     assert seconds < 90, seconds  # the others end with it, well within start-up + the timeout
 
 
+@pytest.mark.slow
 def test_devices_refuses_what_cannot_run_before_starting(tiny_folder, tmp_path):
     result = graft("train", "--data", str(tiny_folder), "--device", "mps", "--devices", "2", cwd=tmp_path)
     assert result.returncode == 1 and result.stderr.startswith("graft: error:") and "mps" in result.stderr

@@ -37,6 +37,7 @@ def cell(model: LayerTreeModel, path: str, role=Qt.ItemDataRole.DisplayRole):
     return model.index_for_path(path, CHANGE).data(role)
 
 
+@pytest.mark.slow
 def test_the_change_column_shows_a_comparison(qtmodeltester, compared):
     s, diff = compared
     model = LayerTreeModel(s.tree)

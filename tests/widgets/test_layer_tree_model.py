@@ -83,6 +83,7 @@ def test_columns_and_roles(qtmodeltester, session):
     assert shape_text((512, 7, 7)) == "512×7×7" and shape_text(None) == ""
 
 
+@pytest.mark.slow
 def test_stays_in_step_with_every_edit_and_undo(qtmodeltester, session):
     model = LayerTreeModel(session.tree)
     resets = []
@@ -166,6 +167,7 @@ def test_set_tree_resets_and_disconnects_the_old_tree(qtmodeltester, session):
     assert model.rowCount() == 0
 
 
+@pytest.mark.slow
 def test_heads_on_a_layer_grey_out_the_layers_after_it(qtmodeltester, qtbot, session):
     model = LayerTreeModel(session.tree)
     qtmodeltester.check(model)

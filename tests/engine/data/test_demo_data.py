@@ -80,6 +80,7 @@ def test_images_vary(demo_csv):
     assert min(np.abs(a - b).mean() for i, a in enumerate(arrays) for b in arrays[i + 1:]) > 5
 
 
+@pytest.mark.slow
 def test_generation_is_fast_and_skipped_when_present(tmp_path):
     start = time.perf_counter()
     csv_path = demo_data.ensure_demo_data(tmp_path)

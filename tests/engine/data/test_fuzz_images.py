@@ -128,6 +128,7 @@ def decode_each(path: Path) -> str:
 
 
 @given(image=image_files())
+@pytest.mark.slow
 def test_any_image_file_decodes_or_is_refused_clearly(tmp_path_factory, image):
     name, data = image
     folder = tmp_path_factory.mktemp("img", numbered=True)
@@ -137,6 +138,7 @@ def test_any_image_file_decodes_or_is_refused_clearly(tmp_path_factory, image):
 
 
 @given(data=st.binary(max_size=2000), suffix=st.sampled_from([".png", ".jpg", ".tif", ".gif", ".bin"]))
+@pytest.mark.slow
 def test_any_bytes_as_an_image(tmp_path_factory, data, suffix):
     path = tmp_path_factory.mktemp("bytes", numbered=True) / f"x{suffix}"
     path.write_bytes(data)

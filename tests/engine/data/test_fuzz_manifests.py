@@ -120,6 +120,7 @@ def manifests(draw) -> tuple[str, bytes]:
 
 
 @given(manifest=manifests())
+@pytest.mark.slow
 def test_any_manifest_loads_or_is_refused_clearly(folder, manifest):
     suffix, data = manifest
     path = folder / f"fuzzed{suffix}"
@@ -130,6 +131,7 @@ def test_any_manifest_loads_or_is_refused_clearly(folder, manifest):
 
 
 @given(data=st.binary(max_size=3000))
+@pytest.mark.slow
 def test_any_bytes_as_a_manifest(folder, data):
     path = folder / "bytes.csv"
     path.write_bytes(b"image,label\n" + data if data[:1] == b"\x01" else data)
@@ -144,6 +146,7 @@ label_text = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_s
 @given(labels=st.lists(label_text, min_size=2, max_size=len(IMAGES)), encoding=st.sampled_from(ENCODINGS),
        delimiter=st.sampled_from([",", ";", "\t"]), ending=st.sampled_from(["\n", "\r\n"]),
        quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]), blank_rows=st.booleans())
+@pytest.mark.slow
 def test_a_clean_manifest_loads_each_label_as_written(folder, labels, encoding, delimiter, ending, quoting, blank_rows):
     """The oracle: labels of any text (quotes, delimiters, line breaks, accents, emoji …) come back exactly
     (less surrounding spaces) from every encoding and dialect a spreadsheet writes."""

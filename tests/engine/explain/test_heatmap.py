@@ -28,6 +28,7 @@ def quadrant_means(values: np.ndarray) -> list[float]:
 
 
 @pytest.mark.parametrize("quadrant", [0, 1, 2, 3])
+@pytest.mark.slow
 def test_the_heatmap_peaks_where_the_shape_is(trained, quadrant):
     image = draw("star", quadrant_centre(quadrant), radius=36, colour=(220, 180, 30), grey=140)
     (hm,) = explain(trained.session, image, target="star")
@@ -106,6 +107,7 @@ def _session(arch: str) -> Session:
     return session
 
 
+@pytest.mark.slow
 def test_vit_tokens_on_the_patch_grid():
     session = _session("vit_b_16")
     # The last block's patch tokens never reach the class token the heads read: its attention input does.

@@ -62,8 +62,14 @@ def test_export_verifies_and_predicts_the_same(dense_session, tmp_path):
         np.testing.assert_allclose([x["box"] for x in a["box"].boxes], [x["box"] for x in b["box"].boxes], atol=1e-3)
         np.testing.assert_allclose([x["score"] for x in a["box"].boxes], [x["score"] for x in b["box"].boxes], atol=1e-4)
         assert a["cls"].label == b["cls"].label
-    d = from_file[0]["box"].to_dict()
-    assert set(d["boxes"][0]) == {"box", "label", "class", "score"} and d["boxes"][0]["label"] in ("x", "y")
+    d = from_file[0]["box"].to_dict()  # boxes as [x1, y1, x2, y2, score, label], in the input square's pixels
+    assert d["boxes_frame"] == "input square" and len(d["boxes"][0]) == 6 and d["boxes"][0][5] in ("x", "y")
+    first = from_file[0]["box"].boxes[0]
+    assert d["boxes"][0][:5] == pytest.approx([*first["box"], first["score"]], abs=1e-3)
+    assert from_file[0]["box"].image_size == from_project[0]["box"].image_size == (80, 90)
+    d = from_file[0]["box"].to_dict(predictor.input_spec)  # in the image's pixels
+    assert d["boxes_frame"] == "image"
+    assert d["boxes"][0][:4] == pytest.approx(to_image_frame([first], (80, 90), predictor.input_spec)[0]["box"], abs=1e-3)
 
 
 def test_onnxruntime_nms_is_torchvision_rule():

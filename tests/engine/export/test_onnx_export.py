@@ -142,6 +142,7 @@ def tiny_session(middle: nn.Module) -> Session:
 
 # -- parity -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_default_model_with_one_head_exports_verified(tmp_path, images):
     session = Session(default_network())
     session.do(DeleteOutputLayer())
@@ -161,6 +162,7 @@ def test_default_model_with_one_head_exports_verified(tmp_path, images):
     assert_parity(session, out, rng.standard_normal((5, 3, session.input_spec.size, session.input_spec.size)))
 
 
+@pytest.mark.slow
 def test_three_heads_of_every_kind(tmp_path, images):
     session = Session(default_network())
     session.do(DeleteOutputLayer())
@@ -187,6 +189,7 @@ def test_three_heads_of_every_kind(tmp_path, images):
             assert np.abs(a[head].values - b[head].values).max() <= TOL, (path.name, head)
 
 
+@pytest.mark.slow
 def test_resnet_cut_at_layer3_exports_the_early_exit_trunk(tmp_path, images):
     torch.manual_seed(0)
     network = load_network("resnet18", random_init=True)
@@ -205,6 +208,7 @@ def test_resnet_cut_at_layer3_exports_the_early_exit_trunk(tmp_path, images):
     assert diffs["quality"] <= TOL
 
 
+@pytest.mark.slow
 def test_export_before_any_surgery_has_one_output(tmp_path, images):
     session = Session(default_network())
     out = tmp_path / "plain.onnx"
@@ -324,6 +328,7 @@ class Spectrum(nn.Module):
         return torch.fft.rfft(x, dim=-1).abs()[..., : x.shape[-1] // 2]
 
 
+@pytest.mark.slow
 def test_an_unexportable_layer_is_named(tmp_path, capfd):
     session = tiny_session(ErfGate())
     session.do(AddHead(HeadSpec("species", labels=["a", "b"])))
@@ -354,6 +359,7 @@ class CustomFunction(nn.Module):
         return _Erfinv.apply(x)
 
 
+@pytest.mark.slow
 def test_an_unexportable_custom_autograd_function_is_named(tmp_path):
     with pytest.raises(GraftError, match=r"layer '2' \(CustomFunction\) uses the operator \S*erf_?inv "
                                          r"\(inside the custom autograd function _Erfinv\)"):
@@ -368,6 +374,7 @@ def test_an_unexportable_layer_inside_a_real_network_is_named(tmp_path, resnet_s
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_falls_back_to_the_dynamo_exporter(tmp_path):
     session = tiny_session(Spectrum())
     report = export_onnx(session, tmp_path / "fft.onnx")
@@ -377,6 +384,7 @@ def test_falls_back_to_the_dynamo_exporter(tmp_path):
     assert read_metadata(tmp_path / "fft.onnx").data["exporter"] == "dynamo"
 
 
+@pytest.mark.slow
 def test_broken_verification_fails_loudly_and_removes_the_file(tmp_path, monkeypatch):
     session = tiny_session(nn.Identity())
     session.do(AddHead(HeadSpec("species", labels=["a", "b"])))
@@ -419,6 +427,7 @@ def test_a_bad_verification_image_is_reported_before_exporting(tmp_path):
     assert os.listdir(tmp_path) == ["bad.jpg"]
 
 
+@pytest.mark.slow
 def test_the_dynamo_exporter_handles_the_early_exit_trunk(tmp_path):
     session = tiny_session(nn.Identity())
     session.do(CutAt("1"))  # the trunk stops right after the ReLU (its hook raises)
@@ -483,6 +492,7 @@ def file_opset(path: Path) -> int:
     return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
 
 
+@pytest.mark.slow
 def test_the_recorded_opset_is_the_one_in_the_file(tmp_path):
     session = tiny_session(nn.Identity())
     report = export_onnx(session, tmp_path / "ts.onnx", opset=13)
@@ -519,6 +529,7 @@ def count_exports(monkeypatch) -> list[str]:
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="needs POSIX file size limits")
 @pytest.mark.parametrize("exporter", ["auto", "dynamo"])
+@pytest.mark.slow
 def test_a_write_the_system_refuses_stops_at_once(tmp_path, monkeypatch, exporter):
     """A real refusal by the operating system (the file size limit: EFBIG, as a full disk gives ENOSPC) is
     reported as a write error on the spot, not blamed on the exporters after trying the other one."""
@@ -657,6 +668,7 @@ def test_the_tolerance_is_relative_only_for_outputs_beyond_one():
     assert output_scale(np.array([np.nan])) == 0.0
 
 
+@pytest.mark.slow
 def test_a_regression_head_in_the_thousands_verifies_and_a_real_error_still_fails(tmp_path, monkeypatch):
     session = tiny_session(nn.Identity())
     session.do(AddHead(HeadSpec("price", kind="regression", outputs=1), seed=0))

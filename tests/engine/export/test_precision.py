@@ -48,6 +48,7 @@ def outputs_of(path: Path, images: list[Path]) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.slow
 def test_the_default_network_in_reduced_precision_names_the_same_imagenet_classes(default_session, tmp_path, precision):
     """Real photos through EfficientNet-Lite0's ImageNet classifier: the reduced file's top-1 class is
     fp32's for every photo, its file is smaller, its metadata says its precision, and each number of the
@@ -96,6 +97,7 @@ def outputs_of_session(session: Session, images: list[Path]) -> np.ndarray:
     return predict_arrays(session, load_batch(images, session.input_spec))["output"].argmax(1)
 
 
+@pytest.mark.slow
 def test_a_torchvision_network_with_three_heads_keeps_its_answers_in_int8_and_fp16(tmp_path, small_resnet):
     heads = [HeadSpec("shape", labels=["circle", "square", "star", "triangle"]),
              HeadSpec("tags", kind="multi", labels=["red", "striped", "outlined"], hidden=[16]),
@@ -132,6 +134,7 @@ def test_a_torchvision_network_with_three_heads_keeps_its_answers_in_int8_and_fp
             assert rows[name].max_diff <= (0.01 if precision == "fp16" else 0.3) * max(scale, 1.0)
 
 
+@pytest.mark.slow
 def test_int8_without_images_quantizes_the_linear_layers_dynamically_and_says_so(tmp_path, small_resnet):
     session = small_resnet([HeadSpec("shape", labels=["a", "b", "c"], hidden=[32])])
     out = tmp_path / "dynamic.onnx"
@@ -144,6 +147,7 @@ def test_int8_without_images_quantizes_the_linear_layers_dynamically_and_says_so
     assert "no calibration images" in report.format()
 
 
+@pytest.mark.slow
 def test_keep_float_leaves_the_most_sensitive_layers_unquantized(tmp_path, small_resnet):
     session = small_resnet([HeadSpec("shape", labels=["a", "b", "c"])])
     images = demo_images(24)
@@ -265,6 +269,7 @@ def dequantized_biases(model: onnx.ModelProto) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("head", [HeadSpec("shape", labels=["a", "b", "c"]),
                                   HeadSpec("size", kind="regression", labels=["size"])])
+@pytest.mark.slow
 def test_static_int8_gives_linear_layers_float_biases_and_keeps_the_numbers(tmp_path, small_resnet, monkeypatch, head):
     """The form OpenCV 5's DNN engine refuses (a Gemm whose bias is an int32 DequantizeLinear; for a
     one-output head also a scalar zero point beside a per-channel scale) is rewritten to the exact float

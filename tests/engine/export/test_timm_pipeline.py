@@ -54,6 +54,7 @@ def save_weights(name: str, fmt: str, folder: Path) -> tuple[Path, dict[str, tor
 
 
 @pytest.mark.parametrize("name, fmt", NETWORKS)
+@pytest.mark.slow
 def test_a_timm_network_loads_trains_and_exports(name, fmt, tiny_folder, tmp_path):
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -116,6 +117,7 @@ def test_a_timm_network_loads_trains_and_exports(name, fmt, tiny_folder, tmp_pat
           f"export {timings['export']:.1f} s, export max diff {report.max_diff:.2e}, onnxruntime vs PyTorch {worst:.2e}")
 
 
+@pytest.mark.slow
 def test_a_cut_timm_network_exports_its_early_features(tmp_path, tiny_folder):
     """A cut inside a timm ConvNeXt: the features come from that stage, and the ONNX file agrees."""
     weights, _ = save_weights("convnext_atto", "safetensors", tmp_path)

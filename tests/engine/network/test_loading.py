@@ -186,6 +186,7 @@ def test_unrecognised_state_dict_asks_for_the_architecture(tmp_path):
 
 # -- fine-tuned checkpoints, file recognition, assumed input ------------------------------------------
 
+@pytest.mark.slow
 def test_a_fine_tuned_checkpoint_with_another_class_count_loads(tmp_path):
     """A resnet18 fine-tuned to 10 classes: recognised (the output layer's shape aside) and rebuilt
     with 10 classes, so the user's head loads; with --arch too."""
@@ -245,6 +246,7 @@ def test_safetensors_is_recognised_by_its_header_not_its_name(tmp_path):
     assert torch.equal(outputs(net.module), outputs(reference))
 
 
+@pytest.mark.slow
 def test_torchscript_and_pickled_models_say_their_input_was_assumed(tmp_path):
     reference = torchvision.models.mobilenet_v3_small().eval()
     scripted = tmp_path / "scripted.pt"

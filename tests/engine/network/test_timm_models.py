@@ -70,6 +70,7 @@ def test_input_spec_is_timms_evaluation_transform(name):
     assert spec.problem() is None
 
 
+@pytest.mark.slow
 def test_every_listed_architecture_builds():
     for name in timm_models.popular_names():
         module, spec, _ = timm_models.build(name, meta=True)

@@ -108,6 +108,7 @@ def test_percent():
         ["3.2%", "50%", "0.041%", "0%", "from zero", "-"]
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_the_table(weights_file, data, tmp_path, capsys):
     s = trained(weights_file, data, "up-to:layer3")
     project = save_project(s, tmp_path / "tuned.graft")

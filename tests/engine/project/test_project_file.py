@@ -192,6 +192,7 @@ class Evil:
 MARKER = "/tmp/graft-test-evil-project-marker"
 
 
+@pytest.mark.slow
 def test_a_project_file_cannot_grant_trust_to_a_pickle(resnet_session, tmp_path):
     os.makedirs(tmp_path, exist_ok=True)
     if os.path.exists(MARKER):
@@ -210,6 +211,7 @@ def test_a_project_file_cannot_grant_trust_to_a_pickle(resnet_session, tmp_path)
     assert not os.path.exists(MARKER)
 
 
+@pytest.mark.slow
 def test_a_pickled_torchvision_model_reopens_without_unpickling(tmp_path):
     from engine.network.loading import load_network
     from engine.surgery.session import Session
@@ -245,6 +247,7 @@ def torchvision_model(name, **kwargs):
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
+@pytest.mark.slow
 def test_a_project_from_an_unrecognised_pickle_reopens_only_with_trust(tmp_path):
     from engine.network.loading import load_network
     from engine.surgery.session import Session
@@ -281,6 +284,7 @@ def test_undo_after_reopening_brings_back_the_original_weights(tmp_path):
     assert restored.keys() == original.keys() and all(torch.equal(restored[k], original[k]) for k in original)
 
 
+@pytest.mark.slow
 def test_undo_stops_at_the_reopen_point_when_the_source_weights_are_gone(tmp_path):
     from engine.network.loading import load_network
     from engine.surgery.session import Session
@@ -329,6 +333,7 @@ def test_undo_stops_before_removed_heads_whose_weights_were_not_saved(resnet_ses
     assert [op.kind for op in third.history.done] == ["set_trainable"]
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_source_reopens_with_its_class_count(tmp_path):
     from engine.network.loading import load_network
     from engine.surgery.session import Session
@@ -364,6 +369,7 @@ def test_a_fine_tuned_source_reopens_with_its_class_count(tmp_path):
         "name": "huge", "labels": ["a", "b"], "hidden": [10 ** 12]}}]), r"Add head 'huge'\) cannot be redone"),
     (lambda r: r.update(extra=[1]), "extra"),
 ])
+@pytest.mark.slow
 def test_a_damaged_recipe_gets_a_clear_message(resnet_session, tmp_path, change, message):
     plain = save_project(resnet_session, tmp_path / "plain.graft")
     with zipfile.ZipFile(plain) as zf:

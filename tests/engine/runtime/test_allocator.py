@@ -79,6 +79,7 @@ def version(**env: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_main_version_reports_the_environment_and_the_allocator():
     import onnxruntime
     import torch

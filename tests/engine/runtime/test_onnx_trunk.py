@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from engine.data.loading import load_data
-from engine.data.demo_data import ensure_demo_data
 from engine.export.inference import predict_arrays, predict_files
 from engine.network.heads import HeadSpec
 from engine.network.loading import LoadedNetwork, ModelSource, load_network
@@ -61,6 +60,7 @@ def random_batch(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ["default", "mobilenet_v3_small", "resnet18"])
+@pytest.mark.slow
 def test_features_from_onnxruntime_equal_pytorchs(arch):
     torch.manual_seed(0)
     session = frozen(load_network(arch, random_init=arch != "default"), size=None if arch == "default" else 96)
@@ -200,8 +200,8 @@ def test_a_background_conversion_is_used_once_ready(mobilenet_session):
 # -- the passes that use it ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    data = load_data(ensure_demo_data(tmp_path_factory.mktemp("demo")))
+def demo(demo_manifest):
+    data = load_data(demo_manifest())
     return replace(data, train=data.train[:24], val=data.val[:8])
 
 
@@ -214,6 +214,7 @@ def demo_session(demo) -> Session:
     return session
 
 
+@pytest.mark.slow
 def test_feature_caching_evaluation_and_try_an_image_use_onnxruntime(demo, monkeypatch):
     runs = {}
     for backend in ("pytorch", "onnxruntime"):

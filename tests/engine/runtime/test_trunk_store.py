@@ -91,6 +91,7 @@ def test_a_damaged_file_is_converted_again_and_replaced(store, monkeypatch):
     assert path.read_bytes() == again.onnx
 
 
+@pytest.mark.slow
 def test_a_stored_graph_that_no_longer_matches_pytorch_is_not_used(store, monkeypatch):
     # resnet18: random mobilenet_v3 features are ~1e-9, within any tolerance of another trunk's
     convert_trunk(copy.deepcopy(small_trunk(arch="resnet18")), 3, 64)

@@ -192,6 +192,7 @@ def test_bad_sizes_are_refused(size):
         SetInputSize(size)
 
 
+@pytest.mark.slow
 def test_projects_save_and_reopen_the_input_surgeries(tmp_path):
     torch.manual_seed(0)
     s = Session(load_network("resnet18", random_init=True))

@@ -60,6 +60,7 @@ def test_delete_output_twice_is_refused_and_changes_nothing(resnet_session):
 
 @pytest.mark.parametrize("arch,output", [("mobilenet_v3_small", "classifier.3"), ("efficientnet_b0", "classifier.1"),
                                          ("vit_b_16", "heads.head"), ("convnext_tiny", "classifier.2")])
+@pytest.mark.slow
 def test_output_layer_detected_on_torchvision_families(arch, output):
     from engine.network.loading import load_network
     from engine.surgery.session import Session
@@ -89,6 +90,7 @@ def test_cut_removes_everything_after_the_layer(resnet_session):
         assert torch.allclose(s.model(x)["output"], ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cut_inside_a_block_and_on_a_transformer():
     from engine.network.loading import load_network
     from engine.surgery.session import Session
@@ -269,6 +271,7 @@ def cut_fresh(network_name, layer):
 
 @pytest.mark.parametrize("network,first,second", [("default", "features.5.1.depthwise", "features.5"),
                                                   ("resnet18", "layer3.0.conv1", "layer3")])
+@pytest.mark.slow
 def test_a_cut_above_an_earlier_cut_puts_back_what_that_cut_removed(network, first, second, one_torch_thread):
     s = cut_fresh(network, first)
     reference = cut_fresh(network, second)  # the same weights: the same seed, or the bundled ones
@@ -293,6 +296,7 @@ def test_a_cut_above_an_earlier_cut_puts_back_what_that_cut_removed(network, fir
     assert s.model.trunk.cut_at is None and s.output_layer is not None and s.tree.shape_error is None
 
 
+@pytest.mark.slow
 def test_a_cut_at_an_earlier_layer_after_a_cut_and_a_delete_round_trips(resnet_session):
     s = resnet_session
     ops = [DeleteOutputLayer(), CutAt("layer3.1.conv2"), CutAt("layer2.0"), CutAt("layer2")]
@@ -345,6 +349,7 @@ def test_an_operation_whose_dry_run_fails_is_undone_and_refused():
 # -- head names the heads' container cannot hold ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["train", "eval", "to", "forward", "training", "keys", "_private"])
+@pytest.mark.slow
 def test_head_names_that_are_attributes_of_the_container_are_refused(resnet_session, name):
     with pytest.raises(GraftError, match="reserved"):
         HeadSpec(name, "single", outputs=2)
@@ -382,6 +387,7 @@ def test_freeze_up_to_keeps_a_blocks_own_parameters_used_after_the_layer_trainab
     assert not trainable(s, "trunk.body.features.1.0.layer_scale")["trunk.body.features.1.0.layer_scale"]
 
 
+@pytest.mark.slow
 def test_freeze_up_to_freezes_an_enclosing_modules_parameters_used_before_the_layer(one_torch_thread):
     from engine.network.loading import load_network
     from engine.surgery.session import Session

@@ -145,6 +145,7 @@ def run(session, data, **config):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.slow
 def test_the_trainer_with_the_boundary_cache_trains_as_without_it(demo_data, small_session, monkeypatch,
                                                                   channels_last):
     from dataclasses import replace

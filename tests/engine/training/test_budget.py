@@ -192,6 +192,7 @@ def fake_run(small_session, demo_data):
 
 @pytest.mark.parametrize("slow", [0.5, 1.0, 2.0, 4.0])
 @pytest.mark.parametrize("budget", [60.0, 300.0])
+@pytest.mark.slow
 def test_the_run_ends_inside_the_budget_even_when_the_device_is_slower_than_measured(fake_run, slow, budget):
     out = fake_run(budget, slow=slow, c=costs(0.2))
     assert out.seconds <= budget + SAVE_SECONDS  # the command saves afterwards: still inside budget + 10 %
@@ -256,6 +257,7 @@ def test_a_refit_that_cannot_finish_keeps_the_model_chosen_on_validation(fake_ru
 
 # -- the real trainer on a tiny model ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_budget_on_a_tiny_model_trains_its_stages_inside_the_time(small_session, demo_data):
     import time
 

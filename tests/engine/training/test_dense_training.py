@@ -59,6 +59,7 @@ def trained(tmp_path_factory, one_torch_thread):
     return session, data, result, events
 
 
+@pytest.mark.slow
 def test_three_kinds_train_together(trained):
     session, data, result, events = trained
     assert session.model.heads["seg"].layers == ["layer2", "layer3", "layer4"]  # the default layers at 32 px

@@ -132,6 +132,7 @@ distributed.teardown()
 
 
 @pytest.mark.spawn
+@pytest.mark.slow
 def test_two_processes_reduce_to_the_one_process_loss_gradients_and_metrics(tmp_path):
     """The masked multi-label loss (labelled entries summed, divided over the whole batch) and the
     single-label one (over its labelled examples) on uneven shares: the step's loss, DDP's gradients,

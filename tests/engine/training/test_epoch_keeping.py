@@ -23,6 +23,7 @@ def data(demo_data):
 
 
 @pytest.mark.parametrize("freeze", ["heads-only", "none"])
+@pytest.mark.slow
 def test_best_weights_are_model_keyed_copies_of_the_best_epoch(data, small_session, freeze):
     session = small_session(data.heads, freeze=freeze)
     model_keys = set(session.model.state_dict())

@@ -43,6 +43,7 @@ def same_weights(a: Session, b: Session) -> bool:
 
 
 @pytest.mark.parametrize("freeze, lr", [("heads-only", 3e-2), ("none", 1e-2)])
+@pytest.mark.slow
 def test_resumed_run_ends_at_the_uninterrupted_runs_weights(data, make_session, tmp_path, freeze, lr):
     """Cached features (frozen trunk) and images (the trunk trains, no workers, no augmentation). A high
     rate makes later epochs worse, so the best-epoch restore at the end is part of what must agree."""

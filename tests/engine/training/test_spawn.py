@@ -60,6 +60,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.spawn
+@pytest.mark.slow
 def test_training_evaluation_and_export_with_spawned_workers(tmp_path):
     script = tmp_path / "spawned.py"
     script.write_text(SCRIPT.format(root=str(ROOT)), encoding="utf-8")

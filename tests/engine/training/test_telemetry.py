@@ -35,6 +35,7 @@ def test_values_are_the_norms_they_claim():
     assert not telemetry.due()
 
 
+@pytest.mark.slow
 def test_training_reports_each_trainable_block(demo_data, small_session):
     data = replace(demo_data, train=demo_data.train[:32], val=demo_data.val[:8])
     session = small_session(data.heads, freeze="up-to:layer2")

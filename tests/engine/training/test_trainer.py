@@ -13,7 +13,6 @@ import torch
 
 from engine.data.loading import load_data
 from engine.data.samples import DataSource, Sample
-from engine.data.demo_data import ensure_demo_data
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network
@@ -42,8 +41,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def demo_csv(tmp_path_factory):
-    return ensure_demo_data(tmp_path_factory.mktemp("demo"))
+def demo_csv(demo_manifest):
+    return demo_manifest()
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +90,7 @@ def same_state(a, b):
 
 # -- multi-task -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_multitask_run_on_the_demo_trains_every_head(demo):
     assert {h.kind for h in demo.heads} == {"single", "multi", "regression"}
     session = make_session(demo.heads, freeze="none")
@@ -435,6 +435,7 @@ def test_without_validation_data_with_loader_workers(demo):
 
 # -- quality --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pretrained_trunk_beats_a_random_one(demo):
     """The bundled ImageNet weights carry over: the same frozen-trunk head on the demo shapes (at their
     own 96 px) learns far better on the pretrained EfficientNet-Lite0 than on a random one."""
