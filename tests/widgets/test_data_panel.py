@@ -189,8 +189,12 @@ def test_notes_and_warnings_are_shown_warnings_first(panel, source):
     assert "&lt;1..5&gt;" in text and "<1..5>" not in text  # shown as written, not read as markup
     assert panel.notes() == (noted.warnings, noted.notes)
     assert panel.notes_label.height() >= 2 * panel.notes_label.fontMetrics().height()  # wrapped, not cut
-    panel.set_data(source)  # data without notes hides them
+    plain = copy.copy(source)
+    plain.notes, plain.warnings = [], []
+    panel.set_data(plain)  # data without notes hides them
     assert not panel.notes_label.isVisible() and panel.notes() == ([], [])
+    panel.set_data(source)  # the demo's own notes (its mask and boxes columns are not classifier heads)
+    assert panel.notes_label.isVisible() and panel.notes() == (source.warnings, source.notes)
     panel.set_data(noted)
     panel.clear()
     assert not panel.notes_label.isVisibleTo(panel) and panel.notes() == ([], [])
