@@ -191,3 +191,15 @@ def readable(message: str) -> bool:
 
 
 MAX_MESSAGE = 2000
+
+
+def paths_in(value: Any, prefix: tuple = ()):
+    """Every place in a JSON value, as a tuple of keys and indices (the root is ``()``): where a fuzzed
+    document gets its mutations."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from paths_in(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from paths_in(v, prefix + (i,))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import GraftError
+from engine.units import human_bytes
 
 JSON_LIMIT = 64 * 2 ** 20  # a recipe or a checkpoint's JSON is kilobytes; 64 MB is no JSON Graft writes
 BOMB_RATIO = 200  # Graft stores members uncompressed; deflated float weights shrink by a few percent
@@ -61,10 +62,11 @@ def read_member(zf: zipfile.ZipFile, name: str, path: str | os.PathLike, limit: 
             (info.compress_type == zipfile.ZIP_STORED and size != packed):
         raise GraftError(f"{path.name} is damaged: its {name} says it is larger than the file holds.")
     if limit is not None and size > limit:
-        raise GraftError(f"{path.name} is damaged: its {name} says it is {_mb(size)}, far more than Graft writes.")
+        raise GraftError(f"{path.name} is damaged: its {name} says it is {human_bytes(size)}, far more than Graft "
+                         "writes.")
     if size > BOMB_FLOOR and size > packed * BOMB_RATIO:
-        raise GraftError(f"{path.name} is refused: its {name} would inflate from {_mb(packed)} to {_mb(size)} "
-                         "(a zip bomb, or a damaged file).")
+        raise GraftError(f"{path.name} is refused: its {name} would inflate from {human_bytes(packed)} to "
+                         f"{human_bytes(size)} (a zip bomb, or a damaged file).")
     try:
         parts = []
         with zf.open(info) as member:
@@ -92,10 +94,6 @@ def read_json(zf: zipfile.ZipFile, name: str, path: str | os.PathLike) -> Any:
         raise GraftError(f"{Path(path).name} is damaged: its {name} is not valid JSON ({_why(exc)}).") from None
     except RecursionError:
         raise GraftError(f"{Path(path).name} is damaged: its {name} is nested too deeply to read.") from None
-
-
-def _mb(size: int) -> str:
-    return f"{size / 2 ** 20:,.1f} MB" if size < 2 ** 40 else f"{size / 2 ** 40:,.0f} TB"
 
 
 def _why(exc: BaseException) -> str:

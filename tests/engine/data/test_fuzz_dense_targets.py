@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 from PIL import Image
 
 from engine.data.dense_targets import check_mask, parse_yolo, read_coco
-from fuzz_support import check, readable
+from fuzz_support import check, paths_in, readable
 
 MEMORY_MB = 300
 IMAGE_SIZE = (12, 9)
@@ -137,16 +137,6 @@ COCO = {"images": [{"id": 1, "file_name": "img.png", "width": 12, "height": 9},
 odd = st.sampled_from([None, True, 0, -1, 2 ** 63, 1e308, float("nan"), float("inf"), "", "x", "../../etc/passwd",
                        "/", [], {}, [1, 2], [0, 0, 0, 0], [1, 1, -4, 5], [1, 1, 1e308, 1e308], ["a", "b", "c", "d"],
                        {"id": 3}, [{"id": 1}], 3, 7, 1, 2])
-
-
-def paths_in(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from paths_in(v, prefix + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from paths_in(v, prefix + (i,))
 
 
 @st.composite

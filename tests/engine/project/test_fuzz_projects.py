@@ -40,7 +40,7 @@ from engine.project.recovery import read_recovery
 from engine.surgery.operations import AddHead, DeleteOutputLayer
 from engine.surgery.session import Session
 from engine.training.checkpoint import TrainCheckpoint
-from fuzz_support import check, readable
+from fuzz_support import check, paths_in, readable
 
 MEMORY_MB = 300
 RECIPE, WEIGHTS = "recipe.json", "weights.safetensors"
@@ -127,16 +127,6 @@ odd_values = st.one_of(
     st.text(max_size=10), st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True),
 )
 
-
-def paths_in(value, prefix=()):
-    """Every place in a JSON value: a tuple of keys and indices."""
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from paths_in(v, prefix + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from paths_in(v, prefix + (i,))
 
 
 def mutate_json(draw, value):
