@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import shiboken6
 from PySide6.QtCore import QLockFile, QObject, QTimer, Signal
 from PySide6.QtWidgets import QMessageBox
 
@@ -113,8 +112,8 @@ class Recovery(QObject):
         self._dirty = self._workspace.session is not None  # whether it is unsaved is known at the next copy
 
     def _saved_or_not(self, *_: Any) -> None:
-        if self._workspace.session is None or not shiboken6.isValid(self._undo_stack):
-            return  # (the stack says it is clean once more as the window is torn down)
+        if self._workspace.session is None:
+            return
         if not self.unsaved() and not self._jobs.training:
             self._dirty = False  # saved (or back to the saved state): nothing to recover
             self.writer.discard()
