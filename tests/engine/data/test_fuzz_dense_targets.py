@@ -168,7 +168,9 @@ def coco_files(draw) -> bytes:
         if draw(st.integers(0, 3)) == 0:
             del parent[place[-1]]
         else:
-            parent[place[-1]] = draw(odd)
+            # a copy: sampled_from hands every example the same list or dict, and a later mutation in this
+            # loop may land inside it (that changed the strategy's own values for the examples after)
+            parent[place[-1]] = copy.deepcopy(draw(odd))
     text = json.dumps(data).encode()
     if how == "truncate":
         text = text[:draw(st.integers(0, len(text) - 1))]
