@@ -38,6 +38,9 @@ def channel_order_for(channels: int) -> str:
     return {1: "L", 3: "RGB"}.get(channels, f"RGB+{channels - 3}")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_channels(channels: Any) -> str | None:
     """Why ``channels`` is no input channel count Graft reads (None when it is one)."""
     if isinstance(channels, bool) or not isinstance(channels, int):
@@ -102,6 +105,9 @@ class InputSpec:
         n = self.channels
         if not numbers(self.mean, n) or not numbers(self.std, n) or any(v == 0 for v in self.std):
             return f"mean {quoted(self.mean)} / std {quoted(self.std)} must be {_numbers(n)} each (std not 0)"
+        if any(max(abs(m), abs(1 - m)) / abs(s) > FLOAT32_MAX for m, s in zip(self.mean, self.std)):
+            # e.g. std 5e-324: every pixel became inf, every prediction NaN (found by the ONNX metadata fuzz)
+            return f"mean {quoted(self.mean)} / std {quoted(self.std)} scale pixels past float32's range"
         if not isinstance(self.interpolation, str) or self.interpolation not in RESAMPLE:
             return f"unknown resize filter {quoted(self.interpolation)}"
         if self.channel_order != channel_order_for(n) or self.layout != "NCHW":
