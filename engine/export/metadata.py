@@ -578,6 +578,7 @@ class OnnxPredictor:
         if len(inputs) != 1:
             raise GraftError(f"{self.path.name}: expected one input, found {len(inputs)}.")
         self.input_name = inputs[0].name
+        self._check_input(inputs[0].shape)
         shapes = {o.name: o.shape for o in self.session.get_outputs()}
         missing = [o for o in self.metadata.outputs if o not in shapes]
         if missing:
@@ -586,6 +587,40 @@ class OnnxPredictor:
                              + " described in the metadata not in the model.")
         self.outputs = list(self.metadata.outputs)
         self.specs = {o: self.metadata.spec_for(o) for o in self.outputs}
+        for name in self.outputs:
+            self._check_output(name, self.specs[name], shapes[name])
+
+    def _check_input(self, shape: Any) -> None:
+        """The model's input is the (batch, channels, size, size) the metadata preprocesses to, where its
+        dimensions are fixed: a hand-edited size or channel count failed inside onnxruntime at the first
+        prediction (found by the fuzz)."""
+        spec = self.metadata.input_spec
+        want = [None, spec.channels, spec.size, spec.size]
+        if not isinstance(shape, list) or len(shape) != 4:
+            return
+        if any(isinstance(got, int) and w is not None and got != w for got, w in zip(shape, want)):
+            dims = "x".join(str(d) if isinstance(d, int) else "?" for d in shape[1:])
+            raise GraftError(f"{self.path.name}: the model takes {dims} inputs (channels x height x width), but its "
+                             f"metadata says {spec.channels}x{spec.size}x{spec.size}: the metadata does not match the "
+                             "model.")
+
+    def _check_output(self, name: str, spec: HeadSpec | None, shape: Any) -> None:
+        """Each head's output has the width its labels need (single, multi, regression: (batch, labels);
+        segment: (batch, classes, h, w); detect: (batch, points, 4 + classes)), where the model fixes it:
+        a label added or dropped by hand failed at the first prediction without naming the file (found by the
+        fuzz)."""
+        if spec is None or not isinstance(shape, list):
+            return
+        n = len(spec.label_names)
+        rank, axis, width = {"segment": (4, 1, n), "detect": (3, 2, 4 + n)}.get(spec.kind, (2, 1, n))
+        if len(shape) != rank:
+            raise GraftError(f"{self.path.name}: output {quoted(name)} has {len(shape)} dimensions where a "
+                             f"{spec.kind} head gives {rank}: the metadata does not match the model.")
+        got = shape[axis]
+        if isinstance(got, int) and got != width:
+            need = f"4 + {n} classes" if spec.kind == "detect" else f"its {n} labels"
+            raise GraftError(f"{self.path.name}: output {quoted(name)} gives {got} values where the metadata's "
+                             f"{spec.kind} head needs {width} ({need}): the metadata does not match the model.")
 
     @property
     def input_spec(self) -> InputSpec:
@@ -595,8 +630,21 @@ class OnnxPredictor:
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[None]
-        results = self.session.run(self.outputs, {self.input_name: np.ascontiguousarray(batch)})
+        try:
+            results = self.session.run(self.outputs, {self.input_name: np.ascontiguousarray(batch)})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind error types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise GraftError(f"{self.path.name}: onnxruntime could not run the model ({reason[:200]}).") from None
         return dict(zip(self.outputs, results))
+
+    def _decode(self, arrays: Mapping[str, np.ndarray], sizes: Sequence[tuple[int, int]]
+                ) -> list[dict[str, HeadPrediction]]:
+        """:func:`decode_batch`; an output its head cannot read (a dimension the model leaves open) is refused
+        naming the file."""
+        try:
+            return decode_batch(self.specs, arrays, sizes)
+        except GraftError as exc:
+            raise GraftError(f"{self.path.name}: {exc} The metadata does not match the model.") from None
 
     def predict_files(self, paths: Sequence[str | Path], batch_size: int = 16) -> list[dict[str, HeadPrediction]]:
         """Predictions per image file, preprocessed exactly as the metadata says (GraftError on a bad file)."""
@@ -606,7 +654,7 @@ class OnnxPredictor:
             sizes: list[tuple[int, int]] = []
             batch = load_batch(paths[start:start + batch_size], self.input_spec,
                                exif=self.metadata.exif_orientation, sizes=sizes)
-            out += decode_batch(self.specs, self.predict_arrays(batch), sizes)
+            out += self._decode(self.predict_arrays(batch), sizes)
         return out
 
     def predict_each(self, paths: Sequence[str | Path], batch_size: int = 16
@@ -626,6 +674,6 @@ class OnnxPredictor:
                 except GraftError as exc:
                     results.append(exc)
             sizes = [r for r in results if not isinstance(r, GraftError)]
-            decoded = iter(decode_batch(self.specs, self.predict_arrays(np.stack(good)), sizes) if good else [])
+            decoded = iter(self._decode(self.predict_arrays(np.stack(good)), sizes) if good else [])
             for p, r in zip(chunk, results):
                 yield p, (r if isinstance(r, GraftError) else next(decoded))
