@@ -565,7 +565,10 @@ class OnnxPredictor:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            # no fallback: onnxruntime would print "EP Error …" banners to stdout and retry the same provider
+            # (a damaged file's node names that are not UTF-8, found by the fuzz)
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"],
+                                                enable_fallback=0)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind error types
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise GraftError(f"{self.path.name} is not an ONNX model onnxruntime can load ({reason[:200]}).") from None
