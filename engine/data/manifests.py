@@ -270,7 +270,7 @@ def _image_path(text: str, base: Path) -> Path:
 
 
 def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float, seed: int,
-              strict: bool = True, strict_suggestions: bool = True) -> DataSource:
+              strict: bool = True, strict_suggestions: bool = True, dense: bool = False) -> DataSource:
     name = csv_path.name
     base = csv_path.parent
     header, rows, delimiter = _read_csv(csv_path)
@@ -287,6 +287,10 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         heads = [replace(h, labels=[]) if h.kind == "single" else h
                  for h in _suggest(header, rows, name, decimal_comma, notes, strict=strict_suggestions,
                                    warnings=warnings)]
+        if dense:  # and the dense heads its mask / boxes columns feed (the window: a head added later has data)
+            taken = {h.name for h in heads}
+            heads += [HeadSpec(_head_name(col), DENSE_COLUMNS[col.lower()], outputs=2, columns=[col])
+                      for col in header if col.lower() in DENSE_COLUMNS and _head_name(col) not in taken]
     if not heads:
         raise GraftError("No heads given: say which CSV columns to learn.")
     names = [h.name for h in heads]
