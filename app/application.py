@@ -16,14 +16,12 @@ RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 
 
 def collect_garbage_on_gui_thread(app: QApplication) -> None:
-    """Python's cyclic garbage collector runs in whichever thread happens to allocate; when a worker
-    thread (loading, training) triggers it and it frees Qt wrappers made on the GUI thread, Qt can
-    crash (seen: a segfault in ``gc`` on the loader thread, about 1 run in 10). So automatic collection
-    is switched off and the GUI thread collects on a timer instead (pyqtgraph's recipe). Idempotent."""
+    """Python's cyclic garbage collector on the GUI thread only, on a timer, its full collections kept
+    short (:mod:`app.garbage`). Idempotent."""
     if getattr(app, "_graft_gc", None) is None:
-        from pyqtgraph.util.garbage_collector import GarbageCollector
+        from .garbage import GuiCollector
 
-        app._graft_gc = GarbageCollector(interval=0.5)
+        app._graft_gc = GuiCollector(interval=0.5)
 
 
 def configure_app(app: QApplication) -> None:

@@ -216,7 +216,10 @@ class Jobs(Events):
     def warm_up_once(self) -> None:
         if not Jobs._warmed_up:
             Jobs._warmed_up = True
-            self.warm_job = run_in_thread(_warm_up, _name="warm-up",
+            from .garbage import settle
+
+            # its imports are the bulk of what the garbage collector tracks, alive until the end: frozen then
+            self.warm_job = run_in_thread(_warm_up, _name="warm-up", _finished=lambda _: settle(),
                                           _errored=lambda m, d: log.warning("warm-up failed: %s", m))
 
     def stop_all(self) -> list[Job]:

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (QApplication, QFrame, QGroupBox, QLabel, QMainWin
 
 from engine.units import human_count as human
 
-from . import dialogs
+from . import dialogs, garbage
 from .actions import Actions, icon
 from .compare import Compare
 from .data import Datasets
@@ -345,6 +345,8 @@ class MainWindow(QMainWindow):
             signal.connect(slot)
         ws = self.workspace
         ws.connect("session", self._on_session)
+        for event in ("session", "data", "closed"):  # what the garbage collector froze may be garbage now
+            ws.connect(event, garbage.thaw)
         for event in ("session_changed", "data", "closing"):
             ws.connect(event, self._refresh)
         ws.connect("modified", self._update_modified)

@@ -183,6 +183,10 @@ class Recovery(QObject):
     def _closed(self) -> None:
         """A clean close: the work was saved or given up, so the file goes."""
         self.timer.stop()
+        try:  # the stack says it is clean as it is destroyed, after the window's parts this reads are gone
+            self._undo_stack.cleanChanged.disconnect(self._saved_or_not)
+        except (RuntimeError, TypeError):
+            pass
         self.writer.close(remove=True)
         if self._lock is not None:
             self._lock.unlock()

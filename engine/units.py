@@ -14,12 +14,12 @@ def human_count(n: float | None) -> str:
 
 
 def human_bytes(n: float) -> str:
-    """File size in binary units: 512 B, 12.9 MB."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    """File size in binary units: 512 B, 12.9 MB, 3.0 TB (what a damaged file claims)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GB"
+    return f"{n:.1f} TB"
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

@@ -85,6 +85,25 @@ def demo_subset(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def demo_manifest(tmp_path_factory):
+    """``make()``: the demo manifest ``<new folder>/demo-v<N>/labels.csv``, as
+    ``ensure_demo_data(new folder)`` gives it, in a folder of its own (a test may change it). The demo
+    is generated once per test process (seconds) and copied; ``ensure_demo_data`` finds each copy current."""
+    from engine.data.demo_data import ensure_demo_data
+
+    built = ensure_demo_data(tmp_path_factory.mktemp("demo-built"))
+
+    def make() -> Path:
+        dest = tmp_path_factory.mktemp("demo")
+        shutil.copytree(built.parent, dest / built.parent.name)
+        manifest = ensure_demo_data(dest)
+        assert manifest == dest / built.parent.name / built.name
+        return manifest
+
+    return make
+
+
 @pytest.fixture(scope="module")
 def tiny_folder(demo_subset) -> Path:
     """An image folder of two classes of the demo shapes (circle, square), 8 images each."""

@@ -35,6 +35,18 @@ def test_memory_past_the_bound_is_measured_and_a_bomb_hits_the_cap():
     assert bounded(touch, 5000).kind == "crash"  # MemoryError at the address-space cap, not the machine's OOM
 
 
+def test_memory_reused_from_the_parents_freed_heap_is_measured_too():
+    """With Graft's allocator setting the parent's freed blocks stay resident; a child reusing them must
+    still be measured (it was: 2 MB for a 200 MB load, when an earlier test in the process had freed one)."""
+    from engine.runtime.allocator import configure_allocator
+
+    configure_allocator()
+    freed = np.ones(400 * 2 ** 20 // 8)
+    del freed
+    outcome = bounded(lambda mb: int(np.ones(mb * 2 ** 20 // 8).sum()), 200)
+    assert outcome.kind == "ok" and 190 < outcome.peak_mb < 260
+
+
 def test_a_write_outside_the_allowed_folder_is_reported(tmp_path):
     inside, outside = tmp_path / "in", tmp_path / "out"
     inside.mkdir()

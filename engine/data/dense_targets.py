@@ -201,7 +201,9 @@ def read_coco(path: Path) -> tuple[list[str], list[tuple[Path, list[list[float]]
                 boxes[ann["image_id"]].append([x, y, x + bw, y + bh, float(index[ann["category_id"]])])
     except GraftError:
         raise
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+    except RecursionError:  # JSON nested past the parser's depth (found by test_fuzz_dense_targets.py)
+        raise GraftError(f"{path}: not a COCO detection file (nested too deeply to read).") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise GraftError(f"{path}: not a COCO detection file (images, annotations, categories): "
                          f"{exc.__class__.__name__}: {exc}.") from None
     if len(names) < 1:

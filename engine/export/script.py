@@ -44,7 +44,11 @@ PILLOW_ONLY = '''def is_tiff(path) -> bool:
 
 
 def read_tiff(path, exif=True):
-    raise ValueError(f"{path}: a TIFF of more bands than RGB")'''
+    raise ValueError(f"{path}: a TIFF of more bands than RGB")
+
+
+def _tiff_image(path, exif=True):
+    return read_tiff(path, exif)'''
 
 
 def _assignment(module: Any, name: str) -> str:

@@ -16,6 +16,7 @@ import torch
 from engine import __version__
 from engine.errors import GraftError, not_a_file
 from engine.files import atomic_write
+from engine.project.archive import has_member, open_zip, read_json, read_member
 from engine.network.graft_model import RegressionHead
 from engine.network.loading import ModelSource, rebuild
 from engine.surgery.operations import Operation
@@ -90,19 +91,16 @@ def write_project(path: str | os.PathLike, recipe: dict[str, Any], weights: dict
 
 
 def read_project(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load
-
     path = Path(path)
     if not path.is_file():
         raise not_a_file(path)
     try:
-        with zipfile.ZipFile(path) as zf:
-            recipe = json.loads(zf.read("recipe.json"))
-            weights = load(zf.read("weights.safetensors"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise GraftError(f"{path.name} is not a Graft project file ({exc.__class__.__name__}).") from None
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise GraftError(f"{path.name}: the weights inside are damaged ({exc}).") from None
+        with open_zip(path, "Graft project file") as zf:
+            recipe = read_json(zf, "recipe.json", path)
+            blob = read_member(zf, "weights.safetensors", path)
+    except KeyError as exc:
+        raise GraftError(f"{path.name} is not a Graft project file (it holds no {exc.args[0]}).") from None
+    weights = _tensors(blob, path, "the weights inside are damaged")
     if not isinstance(recipe, dict):
         raise _invalid(path, f"its recipe is {type(recipe).__name__}, not an object")
     version = recipe.get("format", 0)
@@ -115,24 +113,35 @@ def read_project(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
 
 def read_checkpoint(path: str | os.PathLike) -> TrainCheckpoint | None:
     """The paused training run a project keeps, or None when it keeps none."""
-    from safetensors.torch import load
-
     path = Path(path)
     if not path.is_file():
         raise not_a_file(path)
     try:
-        with zipfile.ZipFile(path) as zf:
-            if CHECKPOINT_JSON not in zf.namelist():
+        with open_zip(path, "Graft project file") as zf:
+            if not has_member(zf, CHECKPOINT_JSON):
                 return None
-            meta = json.loads(zf.read(CHECKPOINT_JSON))
-            tensors = load(zf.read(CHECKPOINT_TENSORS))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise GraftError(f"{path.name}: the paused run inside is damaged ({exc.__class__.__name__}).") from None
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise GraftError(f"{path.name}: the paused run inside is damaged ({exc}).") from None
+            meta = read_json(zf, CHECKPOINT_JSON, path)
+            blob = read_member(zf, CHECKPOINT_TENSORS, path)
+    except KeyError as exc:
+        raise GraftError(f"{path.name}: the paused run inside is damaged ({exc.args[0]} is missing).") from None
+    tensors = _tensors(blob, path, "the paused run inside is damaged")
     if not isinstance(meta, dict):
         raise GraftError(f"{path.name}: the paused run inside is damaged (not an object).")
-    return TrainCheckpoint.from_parts(meta, tensors)
+    try:
+        return TrainCheckpoint.from_parts(meta, tensors)
+    except GraftError as exc:
+        raise GraftError(f"{path.name}: {exc}") from None
+
+
+def _tensors(blob: bytes, path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A safetensors member's tensors; GraftError("<file>: <what> (…)") when its header or data is damaged."""
+    from safetensors.torch import load
+
+    try:
+        return load(blob)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types (and torch's for dtypes)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise GraftError(f"{path.name}: {what} ({detail}).") from None
 
 
 def _invalid(path: str | os.PathLike, what: str) -> GraftError:

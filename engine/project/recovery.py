@@ -15,7 +15,6 @@ import json
 import os
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -125,12 +124,14 @@ class RecoveryInfo:
 def read_recovery(path: str | os.PathLike) -> RecoveryInfo:
     """The ``recovery.json`` of a recovery file; GraftError when it is not one (or is damaged)."""
     path = Path(path)
+    from engine.project.archive import open_zip, read_json
+
     try:
-        with zipfile.ZipFile(path) as zf:
-            meta = json.loads(zf.read(RECOVERY_JSON))
+        with open_zip(path, "Graft recovery file") as zf:
+            meta = read_json(zf, RECOVERY_JSON, path)
             names = set(zf.namelist())
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise GraftError(f"{path.name} is not a Graft recovery file ({exc.__class__.__name__}).") from None
+    except KeyError:
+        raise GraftError(f"{path.name} is not a Graft recovery file (it holds no {RECOVERY_JSON}).") from None
     if not isinstance(meta, dict) or not {"recipe.json", "weights.safetensors"} <= names:
         raise GraftError(f"{path.name} is not a Graft recovery file (parts are missing).")
     if isinstance(meta.get("format"), int) and meta["format"] > FORMAT:

@@ -7,6 +7,8 @@ can hang on a modal box.
 """
 from __future__ import annotations
 
+import csv
+
 import pytest
 from PySide6.QtCore import QCoreApplication, QSettings
 from PySide6.QtWidgets import QFileDialog, QMessageBox
@@ -60,6 +62,36 @@ def no_file_dialogs(monkeypatch):
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: ""))
 
 
+@pytest.fixture(scope="session")
+def default_network():
+    """The bundled EfficientNet-Lite0, loaded once per test process; tests take copies (give_session)."""
+    from engine.network.loading import load_network
+
+    return load_network("default")
+
+
+@pytest.fixture(scope="session")
+def demo_csv(demo_manifest):
+    return demo_manifest()
+
+
+@pytest.fixture(scope="session")
+def small_csv(demo_csv, tmp_path_factory):
+    """The first 48 rows of the demo manifest (absolute image paths): a quick training run."""
+    rows = list(csv.reader(demo_csv.open(newline="")))
+    header, body = rows[0], rows[1:49]
+    image = header.index("image")
+    path = tmp_path_factory.mktemp("small") / "labels.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in body:
+            row = list(row)
+            row[image] = str((demo_csv.parent / row[image]).resolve())
+            writer.writerow(row)
+    return path
+
+
 @pytest.fixture
 def window(qtbot):
     """A shown main window; its work is stopped and its changes marked saved before it closes."""
@@ -92,6 +124,7 @@ def gc_on_the_gui_thread(qapp):
     yield
     qapp._graft_gc.timer.stop()
     qapp._graft_gc = None
+    gc.unfreeze()  # what the warm-up's end froze (app/garbage.py) is collected as usual again
     gc.enable()
     gc.collect()
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from engine.network.heads import HeadSpec
 from engine.surgery.operations import DeleteOutputLayer
-from tests.app.test_main_window import LOAD_TIMEOUT, default_network, give_session  # noqa: F401 - a fixture
+from tests.app.test_main_window import LOAD_TIMEOUT, give_session
 from tests.app.test_surgery_anywhere import accept, context_action
 
 SUGGESTED = [HeadSpec("shape", "single", labels=["circle", "square"], columns=["shape"]),
@@ -35,7 +35,7 @@ def test_add_a_segment_head_here_reads_that_layers_map(qtbot, window, monkeypatc
     assert fields.default_layers == ["features.3", "features.5", "features.8"]  # Lite0's strides 8, 16, 32
     assert fields.checked_layers() == ["features.4"] and dialogs[-1].kind() == "segment"
     assert [(h.name, h.kind, h.layers) for h in s.heads] == [("seg", "segment", ["features.4"])]
-    assert window.undo_stack.undoText() == "Add head 'seg'"
+    assert window.undo_stack.undoText() == "Add head 'seg' at features.4"
 
 
 def test_the_demo_task_grafts_three_kinds_once_the_model_and_data_are_in(qtbot, window, default_network):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 
 from engine.surgery.operations import AddHead, DeleteOutputLayer
-from test_main_window import (LOAD_TIMEOUT, default_network, demo_csv, give_session, load_data,  # noqa: F401
-                              small_csv)
+from test_main_window import LOAD_TIMEOUT, give_session, load_data
 
 
 @pytest.mark.slow

@@ -20,8 +20,7 @@ from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, DeleteOutputLayer
 from engine.surgery.session import Session
-from test_main_window import (LOAD_TIMEOUT, default_network, demo_csv, first_image,  # noqa: F401 (fixtures)
-                              give_session, load_data, small_csv)
+from test_main_window import LOAD_TIMEOUT, first_image, give_session, load_data
 
 
 def evaluated(qtbot, window, network, csv_path, heads: int = 1):

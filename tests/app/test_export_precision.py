@@ -15,7 +15,7 @@ from engine.export.metadata import read_metadata
 from engine.export.precision import DYNAMIC_METHOD
 from engine.surgery.operations import AddHead
 from engine.units import human_bytes
-from test_main_window import LOAD_TIMEOUT, demo_csv, load_data, small_csv  # noqa: F401 (fixtures)
+from test_main_window import LOAD_TIMEOUT, load_data
 from widgets.precision_dialogs import PrecisionDialog
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -29,37 +29,6 @@ TRAIN_TIMEOUT = 120_000
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def default_network():
-    from engine.network.loading import load_network
-
-    return load_network("default")
-
-
-@pytest.fixture(scope="session")
-def demo_csv(tmp_path_factory):
-    from engine.data.demo_data import ensure_demo_data
-
-    return ensure_demo_data(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="session")
-def small_csv(demo_csv, tmp_path_factory):
-    """The first 48 rows of the demo manifest (absolute image paths): a quick training run."""
-    rows = list(csv.reader(demo_csv.open(newline="")))
-    header, body = rows[0], rows[1:49]
-    image = header.index("image")
-    path = tmp_path_factory.mktemp("small") / "labels.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in body:
-            row = list(row)
-            row[image] = str((demo_csv.parent / row[image]).resolve())
-            writer.writerow(row)
-    return path
-
-
 def give_session(window, network):
     """Set a fresh session on a copy of the loaded network (as a finished load would)."""
     from engine.surgery.session import Session

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtWidgets import QFileDialog
 
-from test_main_window import (TRAIN_TIMEOUT, default_network, demo_csv, quick_config,  # noqa: F401 (fixtures)
-                              ready_to_train, small_csv)
+from test_main_window import TRAIN_TIMEOUT, quick_config, ready_to_train
 
 
 @pytest.mark.slow

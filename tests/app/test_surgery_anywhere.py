@@ -8,7 +8,7 @@ from PySide6.QtWidgets import QFileDialog
 from engine.network.heads import HeadSpec
 from engine.network.layer_tree import HEADS_KEY
 from engine.surgery.operations import AddHead, DeleteOutputLayer
-from tests.app.test_main_window import LOAD_TIMEOUT, default_network, give_session  # noqa: F401 - a fixture
+from tests.app.test_main_window import LOAD_TIMEOUT, give_session
 from widgets.layer_tree_model import CHANGE, LayerTreeModel
 
 

@@ -9,8 +9,7 @@ import pytest
 import engine.training.budget_run as budget_run
 from engine.training.budget import Costs
 
-from test_main_window import (TRAIN_TIMEOUT, default_network, demo_csv, quick_config,  # noqa: F401 (fixtures)
-                              ready_to_train, small_csv)
+from test_main_window import TRAIN_TIMEOUT, quick_config, ready_to_train
 
 FAST = Costs(decode=0.002, decode_plain=0.001, trunk=0.01, head_step=1e-5, lower={1: 0.008, 2: 0.006},
              upper_step={1: 0.01, 2: 0.02}, upper_eval={1: 0.003, 2: 0.005})

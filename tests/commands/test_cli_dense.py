@@ -60,6 +60,7 @@ def exported(tmp_path_factory):
     return root, project, onnx, images
 
 
+@pytest.mark.slow
 def test_predict_json_writes_masks_and_boxes_the_project_gives(exported):
     root, project, onnx, images = exported
     run = graft("predict", onnx, *images, "--json", cwd=root)
@@ -93,6 +94,7 @@ def test_predict_json_writes_masks_and_boxes_the_project_gives(exported):
     assert any(line["outputs"]["boxes"]["boxes"] for line in lines)
 
 
+@pytest.mark.slow
 def test_predict_csv_and_text_name_the_mask_files(exported, tmp_path):
     root, _, onnx, images = exported
     out = tmp_path / "preds.csv"

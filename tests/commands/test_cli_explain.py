@@ -12,7 +12,6 @@ from torch import nn
 
 import main
 from engine.data.loading import load_data
-from engine.data.demo_data import ensure_demo_data
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
@@ -22,8 +21,8 @@ from engine.surgery.session import Session
 
 
 @pytest.fixture(scope="module")
-def demo_csv(tmp_path_factory) -> Path:
-    return ensure_demo_data(tmp_path_factory.mktemp("demo"))
+def demo_csv(demo_manifest) -> Path:
+    return demo_manifest()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QLabel, QTableWidget
 
-from engine.data import demo_data
 from engine.training.advice import Advice
 from engine.data.loading import load_data
 from widgets.data_panel import DataPanel, dropped_data_path
@@ -36,8 +35,8 @@ def n_labelled(source) -> int:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    csv_path = demo_data.ensure_demo_data(tmp_path_factory.mktemp("demo"))
+def source(demo_manifest):
+    csv_path = demo_manifest()
     data = load_data(csv_path)
     data.skipped = [(str(csv_path.parent / "broken.jpg"), "corrupt or truncated image"),
                     (str(csv_path.parent / "notes.txt"), "not an image file")]
@@ -190,8 +189,12 @@ def test_notes_and_warnings_are_shown_warnings_first(panel, source):
     assert "&lt;1..5&gt;" in text and "<1..5>" not in text  # shown as written, not read as markup
     assert panel.notes() == (noted.warnings, noted.notes)
     assert panel.notes_label.height() >= 2 * panel.notes_label.fontMetrics().height()  # wrapped, not cut
-    panel.set_data(source)  # data without notes hides them
+    plain = copy.copy(source)
+    plain.notes, plain.warnings = [], []
+    panel.set_data(plain)  # data without notes hides them
     assert not panel.notes_label.isVisible() and panel.notes() == ([], [])
+    panel.set_data(source)  # the demo's own notes (its mask and boxes columns are not classifier heads)
+    assert panel.notes_label.isVisible() and panel.notes() == (source.warnings, source.notes)
     panel.set_data(noted)
     panel.clear()
     assert not panel.notes_label.isVisibleTo(panel) and panel.notes() == ([], [])

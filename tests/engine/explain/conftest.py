@@ -13,7 +13,6 @@ from explain_shapes import CROP, draw
 
 from engine.data.loading import load_data
 from engine.data.samples import DataSource
-from engine.data.demo_data import ensure_demo_data
 from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
@@ -61,8 +60,8 @@ def trained(tmp_path_factory) -> Trained:
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    csv_path = ensure_demo_data(tmp_path_factory.mktemp("demo"))
+def demo(demo_manifest):
+    csv_path = demo_manifest()
     data = load_data(csv_path)
     return csv_path, replace(data, train=data.train[:30], val=data.val[:30])
 

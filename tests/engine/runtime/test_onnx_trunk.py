@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from engine.data.loading import load_data
-from engine.data.demo_data import ensure_demo_data
 from engine.export.inference import predict_arrays, predict_files
 from engine.network.heads import HeadSpec
 from engine.network.loading import LoadedNetwork, ModelSource, load_network
@@ -201,8 +200,8 @@ def test_a_background_conversion_is_used_once_ready(mobilenet_session):
 # -- the passes that use it ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    data = load_data(ensure_demo_data(tmp_path_factory.mktemp("demo")))
+def demo(demo_manifest):
+    data = load_data(demo_manifest())
     return replace(data, train=data.train[:24], val=data.val[:8])
 
 

@@ -8,7 +8,6 @@ import torch
 
 from engine.data.loading import load_data
 from engine.data.samples import DataSource
-from engine.data.demo_data import ensure_demo_data
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network
 from engine.network.preprocess import InputSpec
@@ -17,8 +16,8 @@ from engine.surgery.session import Session
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> DataSource:
-    return load_data(ensure_demo_data(tmp_path_factory.mktemp("demo")))
+def demo_data(demo_manifest) -> DataSource:
+    return load_data(demo_manifest())
 
 
 @pytest.fixture

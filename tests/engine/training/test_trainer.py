@@ -13,7 +13,6 @@ import torch
 
 from engine.data.loading import load_data
 from engine.data.samples import DataSource, Sample
-from engine.data.demo_data import ensure_demo_data
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
 from engine.network.loading import load_network
@@ -42,8 +41,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def demo_csv(tmp_path_factory):
-    return ensure_demo_data(tmp_path_factory.mktemp("demo"))
+def demo_csv(demo_manifest):
+    return demo_manifest()
 
 
 @pytest.fixture(scope="module")
