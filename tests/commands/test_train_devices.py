@@ -13,11 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_runner import run_cli
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def graft(*args, cwd, env=None, timeout=240):
+def graft(*args, cwd, env=None, timeout=240, child=True):
+    """``main.py ARGS`` in a real process (its launcher starts torchrun's processes); ``child=False``: in
+    this process (cli_runner), for what is refused before anything starts."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_DIST_TIMEOUT": "30", **(env or {})}
+    if not child:
+        return run_cli(*args, cwd=cwd, env=env, timeout=timeout)
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env=env)
 
@@ -120,8 +126,10 @@ def test_a_process_that_dies_ends_the_run_with_one_line_and_leaves_the_project(t
 
 @pytest.mark.slow
 def test_devices_refuses_what_cannot_run_before_starting(tiny_folder, tmp_path):
-    result = graft("train", "--data", str(tiny_folder), "--device", "mps", "--devices", "2", cwd=tmp_path)
+    result = graft("train", "--data", str(tiny_folder), "--device", "mps", "--devices", "2", cwd=tmp_path,
+                   child=False)
     assert result.returncode == 1 and result.stderr.startswith("graft: error:") and "mps" in result.stderr
     if not torch.cuda.is_available():
-        result = graft("train", "--data", str(tiny_folder), "--device", "cuda", "--devices", "2", cwd=tmp_path)
+        result = graft("train", "--data", str(tiny_folder), "--device", "cuda", "--devices", "2", cwd=tmp_path,
+                       child=False)
         assert result.returncode == 1 and "GPU" in result.stderr and result.stderr.count("\n") == 1
