@@ -209,6 +209,16 @@ def readable(message: str) -> bool:
 
 
 MAX_MESSAGE = 2000
+SHORT_MESSAGE = 300  # characters a refusal of a fuzzed file may take beside the paths it names
+
+
+def short(message: str, *paths: str | Path) -> bool:
+    """A refusal stays short whatever the input: at most :data:`SHORT_MESSAGE` characters beside the paths it
+    names (``engine.units.quoted`` cuts what it quotes from the file: a 35,000-character line quoted whole, or
+    cut to 60 characters without saying so, is no message)."""
+    for path in paths:
+        message = message.replace(str(path), "")
+    return len(message) <= SHORT_MESSAGE
 
 
 def paths_in(value: Any, prefix: tuple = ()):

@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
 from engine.network.preprocess import InputSpec, crop_geometry, open_image, preprocess, resize_and_crop
+from engine.units import quoted
 
 MAX_BOXES = 100  # = engine.network.dense_heads.MAX_BOXES (that module needs torch; this one reads files first)
 CLASSES_FILE = "classes.txt"
@@ -132,13 +133,13 @@ def parse_yolo(path: Path, size: tuple[int, int], classes: int | None) -> list[l
                 raise ValueError
         except ValueError:
             raise GraftError(f"{path} line {number}: expected 'class x_center y_center width height' (a class "
-                             f"index and four numbers from 0 to 1), got {line.strip()!r}.") from None
+                             f"index and four numbers from 0 to 1), got {quoted(line.strip())}.") from None
         if cls < 0 or (classes is not None and cls >= classes):
             raise GraftError(f"{path} line {number}: class index {cls} is out of range"
                              + (f" (0-{classes - 1})." if classes is not None else "."))
         if not (0 <= cx <= 1 and 0 <= cy <= 1 and 0 < bw <= 1 and 0 < bh <= 1):
             raise GraftError(f"{path} line {number}: YOLO coordinates are fractions of the image (0-1) and the "
-                             f"box needs a width and height, got {line.strip()!r}.")
+                             f"box needs a width and height, got {quoted(line.strip())}.")
         boxes.append([max(0.0, (cx - bw / 2) * w), max(0.0, (cy - bh / 2) * h),
                       min(float(w), (cx + bw / 2) * w), min(float(h), (cy + bh / 2) * h), float(cls)])
     _check_count(boxes, str(path))
@@ -162,7 +163,7 @@ def parse_box_cell(text: str, where: str) -> list[list[Any]]:
         and isinstance(b[4], (str, int)) and not isinstance(b[4], bool) for b in value)
     if not ok:
         raise GraftError(f"{where}: boxes are written [[x1, y1, x2, y2, class], …] (pixels; class a name or an "
-                         f"index), got {text[:60]!r}.")
+                         f"index), got {quoted(text)}.")
     for b in value:
         if not (b[0] < b[2] and b[1] < b[3]):
             raise GraftError(f"{where}: box {b} needs x1 < x2 and y1 < y2.")
@@ -190,13 +191,19 @@ def read_coco(path: Path) -> tuple[list[str], list[tuple[Path, list[list[float]]
         for number, ann in enumerate(data.get("annotations", []), start=1):
             if ann.get("iscrowd"):
                 continue
-            x, y, bw, bh = (float(v) for v in ann["bbox"])
+            bbox = ann["bbox"]
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+                # not float(v) for each: a string of 100,000 characters came back whole in float's message
+                raise GraftError(f"{path}: annotation {number}: bbox must be [x, y, width, height], four numbers, "
+                                 f"got {quoted(json.dumps(bbox))}.")
+            x, y, bw, bh = (float(v) for v in bbox)
             if ann["image_id"] not in images:
-                raise GraftError(f"{path}: annotation {number} names image id {ann['image_id']!r}, which the file "
-                                 "does not list.")
-            if ann["category_id"] not in index:
-                raise GraftError(f"{path}: annotation {number} has category {ann['category_id']!r}, which the "
+                raise GraftError(f"{path}: annotation {number} names image id {quoted(ann['image_id'])}, which the "
                                  "file does not list.")
+            if ann["category_id"] not in index:
+                raise GraftError(f"{path}: annotation {number} has category {quoted(ann['category_id'])}, which "
+                                 "the file does not list.")
             if bw > 0 and bh > 0:
                 boxes[ann["image_id"]].append([x, y, x + bw, y + bh, float(index[ann["category_id"]])])
     except GraftError:

@@ -24,6 +24,7 @@ def test_budget_shows_the_plan_trains_inside_the_time_and_runs_lists_its_stages(
     plan = text.index("Plan for 1:00")
     assert plan < text.index("-- Stage 1/")  # the plan comes before anything trains
     assert "estimate" in text and "frozen" in text and "the whole trunk" in text
+    assert text.count("Small data (under") == 1  # the plan's notes, once, with the plan
     assert "kept" in text and out.is_file()
     assert wall <= budget * 1.1, text  # the whole command, Python's start included
     runs = graft("runs", str(out))

@@ -7,17 +7,18 @@ other encodings, NUL bytes) and COCO JSON (valid, then keys deleted, values of o
 not match, deep nesting, huge arrays)."""
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 from PIL import Image
 
 from engine.data.dense_targets import check_mask, parse_yolo, read_coco
-from fuzz_support import check, paths_in, readable
+from fuzz_support import check, paths_in, readable, short
 
 MEMORY_MB = 300
 IMAGE_SIZE = (12, 9)
@@ -32,13 +33,14 @@ def folder(tmp_path_factory) -> Path:
 
 
 def refused_or(fn, path):
-    """``fn()``; a GraftError must be readable and name the file."""
+    """``fn()``; a GraftError must be readable, short (whatever the file holds) and name the file."""
     from engine.errors import GraftError
 
     try:
         return fn()
     except GraftError as exc:
         assert readable(str(exc)), str(exc)[:500]
+        assert short(str(exc), path), f"{len(str(exc))} characters: {str(exc)[:500]}"
         assert path.name in str(exc), f"the message does not name {path.name}: {str(exc)[:300]}"
         raise
 
@@ -113,6 +115,8 @@ yolo_line = st.one_of(
 
 @given(lines=st.lists(yolo_line, max_size=20), encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"]),
        classes=st.sampled_from([None, 1, 3]), ending=st.sampled_from(["\n", "\r\n", "\r"]))
+@example(lines=["0 0.5 0.5 0.5 0.5", " ".join(["9" * 5000] * 5)], encoding="utf-8", classes=None, ending="\n")
+@example(lines=["0 0.5 0.5 1.5 " + "0" * 40_000 + "1"], encoding="utf-8", classes=None, ending="\n")
 def test_any_yolo_file_is_read_or_refused_clearly(tmp_path_factory, lines, encoding, classes, ending):
     where = tmp_path_factory.mktemp("yolo", numbered=True)
     path = where / "img.txt"
@@ -136,7 +140,7 @@ COCO = {"images": [{"id": 1, "file_name": "img.png", "width": 12, "height": 9},
         "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
 odd = st.sampled_from([None, True, 0, -1, 2 ** 63, 1e308, float("nan"), float("inf"), "", "x", "../../etc/passwd",
                        "/", [], {}, [1, 2], [0, 0, 0, 0], [1, 1, -4, 5], [1, 1, 1e308, 1e308], ["a", "b", "c", "d"],
-                       {"id": 3}, [{"id": 1}], 3, 7, 1, 2])
+                       {"id": 3}, [{"id": 1}], 3, 7, 1, 2, "x" * 100_000, "1" * 5000, ["x" * 100_000] * 4])
 
 
 @st.composite
@@ -147,12 +151,12 @@ def coco_files(draw) -> bytes:
         return ('{"images": ' + "[" * depth + "]" * depth + ', "annotations": [], "categories": []}').encode()
     if how == "huge":
         n = draw(st.sampled_from([10_000, 200_000]))
-        data = json.loads(json.dumps(COCO))
+        data = copy.deepcopy(COCO)
         data["annotations"] = [{"image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2]}] * n
         return json.dumps(data).encode()
     if how == "bytes":
         return draw(st.binary(max_size=200))
-    data = json.loads(json.dumps(COCO))
+    data = copy.deepcopy(COCO)
     for _ in range(draw(st.integers(1, 4))):
         places = [p for p in paths_in(data) if p]
         if not places:
@@ -164,14 +168,26 @@ def coco_files(draw) -> bytes:
         if draw(st.integers(0, 3)) == 0:
             del parent[place[-1]]
         else:
-            parent[place[-1]] = draw(odd)
+            # a copy: sampled_from hands every example the same list or dict, and a later mutation in this
+            # loop may land inside it (that changed the strategy's own values for the examples after)
+            parent[place[-1]] = copy.deepcopy(draw(odd))
     text = json.dumps(data).encode()
     if how == "truncate":
         text = text[:draw(st.integers(0, len(text) - 1))]
     return text
 
 
+def coco_with(**annotation) -> bytes:
+    data = copy.deepcopy(COCO)
+    data["annotations"][0].update(annotation)
+    return json.dumps(data).encode()
+
+
 @given(data=coco_files())
+@example(data=coco_with(bbox=["x" * 100_000] * 4))  # float()'s message quoted the string whole
+@example(data=coco_with(image_id="y" * 100_000))
+@example(data=coco_with(category_id="z" * 100_000))
+@example(data=coco_with(bbox=[1, 1, float("inf"), 2]))
 def test_any_coco_file_is_read_or_refused_clearly(folder, tmp_path_factory, data):
     where = tmp_path_factory.mktemp("coco", numbered=True)
     path = where / "instances.json"
