@@ -84,7 +84,8 @@ def test_a_classification_script_carries_no_dense_code(small_resnet):
 def test_the_script_reads_masks_and_boxes_of_a_manifest_as_graft_does(project):
     _, data, manifest, module = project
     train, val, skipped = module["load_data"](manifest, 0.2, 0)
-    assert [s.path for s in train] == [s.path for s in data.train] and [s.path for s in val] == [s.path for s in data.val]
+    assert [s.path for s in train] == [s.path for s in data.train]
+    assert [s.path for s in val] == [s.path for s in data.val]
     assert by_path(train + val) == by_path(data.samples) and not skipped
 
 
