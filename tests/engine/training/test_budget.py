@@ -371,3 +371,14 @@ def test_the_plan_s_notes_come_once_with_the_plan_not_again_as_messages(fake_run
     assert notes and all(n in out.result.plan.describe() for n in notes)  # shown before it runs
     texts = [e.text for e in out.events if isinstance(e, MessageEvent)]
     assert not any(n in t for n in notes for t in texts)
+
+
+def test_heads_alone_take_only_the_views_that_end_in_time_at_half_the_measured_pace(fake_run):
+    c = replace(costs(0.2), trunk=0.05, lower={}, upper_step={}, upper_eval={})  # no trunk stage to plan
+    plan = make_plan(120.0, c, 288, 72, BLOCKS, spent=5.0)
+    heads = plan.stages[-1]
+    assert [s.kind for s in plan.stages if s.kind != "finder"] == ["heads"] and heads.views > 1
+    assert 2 * heads.estimate <= usable_seconds(120.0, 5.0)
+    out = fake_run(120.0, slow=2.0, c=c)  # the device at half the pace measured: the floor still trains
+    trained = next(r for r in out.result.stages if r.kind == "heads")
+    assert trained.epochs_run >= 1 and out.result.best_val_loss is not None
