@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,18 @@ def test_a_blank_mask_or_boxes_cell_never_reaches_the_loss(project):
         alone, mixed = loss(labelled), loss([blank[0], *labelled, *blank[1:3]])
         assert alone[1] > 0 and alone[0] > 0 and np.isfinite(alone[0])
         assert mixed == pytest.approx(alone, rel=1e-5)
+
+
+def test_without_torchmetrics_the_script_leaves_out_the_dense_metrics(project, monkeypatch, capsys):
+    """torchmetrics is the one thing a dense script needs beyond torch, torchvision, NumPy and Pillow, for the
+    metrics only: without it the note says so once per head and the heads train without mIoU and mAP."""
+    _, _, _, module = project
+    for name in ("torchmetrics", "torchmetrics.classification", "torchmetrics.detection"):
+        monkeypatch.setitem(sys.modules, name, None)
+    module["MISSING_METRICS"].clear()
+    model = module["build_model"](None, 0)
+    assert module["dense_metrics"](model.heads) == {} and module["dense_metrics"](model.heads) == {}
+    said = capsys.readouterr().out
+    assert said.count("No mIoU for head 'seg'") == 1 and said.count("No mAP for head 'boxes'") == 1
+    tally = module["Tally"](model.heads)
+    assert tally.metrics()["seg"] == {} and tally.metrics()["boxes"] == {}
