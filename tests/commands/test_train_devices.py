@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def graft(*args, cwd, env=None, timeout=240, child=True):
     """``main.py ARGS`` in a real process (its launcher starts torchrun's processes); ``child=False``: in
-    this process (cli_runner), for what is refused before anything starts."""
+    this process (cli_runner), for the one-process reference runs and what is refused before anything
+    starts."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_DIST_TIMEOUT": "30", **(env or {})}
     if not child:
         return run_cli(*args, cwd=cwd, env=env, timeout=timeout)
@@ -61,7 +62,7 @@ def test_heads_only_on_two_processes_ends_at_the_one_process_weights(tiny_folder
     common = ["train", "--data", str(tiny_folder), "--model", str(base_project), "--freeze", "heads-only",
               "--epochs", "3", "--batch-size", "4", "--device", "cpu"]
     t0 = time.perf_counter()
-    one = graft(*common, "--out", "one.graft", cwd=tmp_path)
+    one = graft(*common, "--out", "one.graft", cwd=tmp_path, child=False)  # the reference: one process, this one
     t1 = time.perf_counter()
     two = graft(*common, "--devices", "2", "--events", "jsonl", "--out", "two.graft", cwd=tmp_path)
     t2 = time.perf_counter()
@@ -88,7 +89,7 @@ def test_heads_only_on_two_processes_ends_at_the_one_process_weights(tiny_folder
 def test_fine_tuning_on_two_processes_reaches_the_one_process_loss(tiny_folder, base_project, tmp_path):
     common = ["train", "--data", str(tiny_folder), "--model", str(base_project), "--freeze", "none",
               "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--no-augment", "--patience", "0"]
-    one = graft(*common, "--out", "one.graft", cwd=tmp_path)
+    one = graft(*common, "--out", "one.graft", cwd=tmp_path, child=False)  # the reference: one process, this one
     two = graft(*common, "--devices", "2", "--out", "two.graft", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
