@@ -36,6 +36,7 @@ import torch
 from engine.errors import GraftError
 from engine.training.losses import LossAccumulator, compute_losses
 from engine.training.metrics import MetricSet
+from engine.units import plural
 
 ENV_BUDGET = "GRAFT_FEATURE_RAM_MB"
 DEFAULT_RAM_BUDGET_MB = 1024.0
@@ -319,9 +320,9 @@ def train_cached(trainer: Any) -> str:
     total = max(1, views) * n_train + n_val
     if views:
         trainer._note(
-            f"Computing the frozen trunk's features once for {views} augmented views of each of the {n_train} "
-            f"training images ({views * n_train} passes) and the {n_val} validation images as they are; then only "
-            "the heads train, each epoch on one view per image.")
+            f"Computing the frozen trunk's features once for {plural(views, 'augmented view')} of each of the "
+            f"{n_train} training images ({views * n_train} passes) and the {n_val} validation images as they are; "
+            "then only the heads train, each epoch on one view per image.")
     else:
         trainer._note(f"Computing the frozen trunk's features once for {total} images; then only the heads train.")
     store = feature_store(trainer, total)
