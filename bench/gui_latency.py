@@ -63,8 +63,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="PyTorch's CPU threads (default: the window's own choice)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval in ms for the run (default: the window's own)")
+    parser.add_argument("--train-nice", type=int, default=None,
+                        help="how much lower the training thread's priority is (TrainWorker.NICE; 0: the GUI's)")
     parser.add_argument("--show", action="store_true", help="use the real display instead of offscreen")
     args = parser.parse_args(argv)
+    if args.train_nice is not None:
+        from app.workers import TrainWorker
+
+        TrainWorker.NICE = args.train_nice
     if args.threads:
         import torch
 
@@ -138,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     window.trainingFinished.connect(lambda _: loop.quit())
     limit = QTimer()
     limit.setSingleShot(True)
+    nices: dict[str, list[int]] = {}
+    limit.timeout.connect(lambda: nices.update(thread_nices()))  # while it still trains
     limit.timeout.connect(window.training.stop)  # training then finishes (reason "stopped") and quits
     limit.start(int(args.seconds * 1000))
     timer.start()
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, PyTorch threads "
           f"{__import__('torch').get_num_threads()}, switch interval {sys.getswitchinterval() * 1000:g} ms)")
     print(sched.summary())
+    print("threads' nice values at the end (name: values):", ", ".join(f"{k}: {sorted(v)}" for k, v in nices.items()))
     paint.restore()
     if gui_busy:
         print(f"progress batches handled on the GUI thread: {len(gui_busy)}, "
@@ -217,6 +226,20 @@ class Lateness:
                 f"max {max(v, default=float('nan')):.1f} ms ({len(v)} ticks at {self.interval} ms); worst ticks "
                 "(s after the start: ms late) " + ", ".join(f"{self.when[i] - self.when[0]:.2f}: {v[i]:.0f}"
                                                           for i in sorted(worst)))
+
+
+def thread_nices() -> dict[str, list[int]]:
+    """This process's threads' nice values by thread name (Linux /proc)."""
+    out: dict[str, list[int]] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        out.setdefault(name, []).append(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return out
 
 
 class SchedStat:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.commands.test_cli_train import graft
+from tests.commands.test_cli_train import graft, graft_child
 
 SMALL = ("--model", "mobilenet_v3_small", "--random-weights", "--input-size", "64", "--batch-size", "8")
 
@@ -16,7 +16,8 @@ def test_budget_shows_the_plan_trains_inside_the_time_and_runs_lists_its_stages(
     out = tmp_path / "b.graft"
     budget = 60
     t0 = time.monotonic()
-    result = graft("train", "--data", str(tiny_folder), *SMALL, "--budget", f"{budget}s", "--out", str(out))
+    # a real process: the time it keeps to is the whole command's, Python's start included
+    result = graft_child("train", "--data", str(tiny_folder), *SMALL, "--budget", f"{budget}s", "--out", str(out))
     wall = time.monotonic() - t0
     assert result.returncode == 0, result.stderr
     text = result.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,8 @@ def test_a_classification_script_carries_no_dense_code(small_resnet):
 def test_the_script_reads_masks_and_boxes_of_a_manifest_as_graft_does(project):
     _, data, manifest, module = project
     train, val, skipped = module["load_data"](manifest, 0.2, 0)
-    assert [s.path for s in train] == [s.path for s in data.train] and [s.path for s in val] == [s.path for s in data.val]
+    assert [s.path for s in train] == [s.path for s in data.train]
+    assert [s.path for s in val] == [s.path for s in data.val]
     assert by_path(train + val) == by_path(data.samples) and not skipped
 
 
@@ -179,3 +181,18 @@ def test_a_blank_mask_or_boxes_cell_never_reaches_the_loss(project):
         alone, mixed = loss(labelled), loss([blank[0], *labelled, *blank[1:3]])
         assert alone[1] > 0 and alone[0] > 0 and np.isfinite(alone[0])
         assert mixed == pytest.approx(alone, rel=1e-5)
+
+
+def test_without_torchmetrics_the_script_leaves_out_the_dense_metrics(project, monkeypatch, capsys):
+    """torchmetrics is the one thing a dense script needs beyond torch, torchvision, NumPy and Pillow, for the
+    metrics only: without it the note says so once per head and the heads train without mIoU and mAP."""
+    _, _, _, module = project
+    for name in ("torchmetrics", "torchmetrics.classification", "torchmetrics.detection"):
+        monkeypatch.setitem(sys.modules, name, None)
+    module["MISSING_METRICS"].clear()
+    model = module["build_model"](None, 0)
+    assert module["dense_metrics"](model.heads) == {} and module["dense_metrics"](model.heads) == {}
+    said = capsys.readouterr().out
+    assert said.count("No mIoU for head 'seg'") == 1 and said.count("No mAP for head 'boxes'") == 1
+    tally = module["Tally"](model.heads)
+    assert tally.metrics()["seg"] == {} and tally.metrics()["boxes"] == {}
