@@ -31,7 +31,7 @@ def _load_data(path: str, heads=None):
     from engine.data.loading import load_data
 
     # Suggested heads leave out a column with a stray cell (a warning says which) instead of refusing the file.
-    data = load_data(path, heads=heads, strict_suggestions=False)
+    data = load_data(path, heads=heads, strict_suggestions=False, dense_suggestions=True)
     data.summary()  # worked out here, in the worker: the Data tab reads it (0.5 s for 200,000 images)
     return data
 
@@ -40,7 +40,7 @@ def _load_demo_data():
     from engine.data.loading import load_data
     from engine.data.demo_data import ensure_demo_data
 
-    data = load_data(ensure_demo_data())
+    data = load_data(ensure_demo_data(), dense_suggestions=True)  # the demo task's masks and boxes
     data.summary()
     return data
 

@@ -124,15 +124,42 @@ def has_budget(env: dict[str, str]) -> bool:
     return "--budget" in done.stdout
 
 
+ERROR_LINE = re.compile(r"^(?:graft: )?error: (.+)")
+
+
+class RowFailed(RuntimeError):
+    """A child exited with an error: ``reason`` is the last meaningful line of its log (the one line a
+    GraftError prints, or a traceback's exception line), the message that line after the log's tail."""
+
+    def __init__(self, command: list[str], rc: int, lines: list[str]) -> None:
+        self.reason = last_meaningful(lines) or f"exited {rc} without a message"
+        tail = "\n".join(lines[-8:])
+        super().__init__(f"{' '.join(command[1:4])} … exited {rc}: {self.reason}\n{tail}")
+
+
+def last_meaningful(lines: list[str]) -> str:
+    """The line that says what went wrong: the last ``graft: error: …`` line (the CLI's one-line errors; on
+    stderr, it may come before stdout's last lines) without its prefix, else the last line that is not blank,
+    not a traceback's frame or source line (those are indented)."""
+    errors = [m.group(1).strip() for m in map(ERROR_LINE.match, lines) if m]
+    if errors:
+        return errors[-1]
+    for line in reversed(lines):
+        text = line.strip()
+        if not text or line[:1].isspace() or text.startswith(("Traceback", "^", "~")):
+            continue
+        return text
+    return ""
+
+
 def run_logged(command: list[str], log: Path, env: dict[str, str]) -> float:
-    """Run ``command`` (output into ``log``); its wall seconds. RuntimeError with the log's tail on failure."""
+    """Run ``command`` (output into ``log``); its wall seconds. :class:`RowFailed` on failure."""
     start = time.perf_counter()
     with log.open("w") as out:
         rc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
     seconds = time.perf_counter() - start
     if rc != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
-        raise RuntimeError(f"{' '.join(command[1:4])} … exited {rc}:\n{tail}")
+        raise RowFailed(command, rc, log.read_text(errors="replace").splitlines())
     return seconds
 
 
@@ -283,15 +310,17 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"row": row, "skipped": "skipped: main.py train has no --budget yet"})
                 print(f"{row}: skipped (main.py train has no --budget yet)", flush=True)
                 continue
-            print(f"{row}: {DESCRIPTIONS[row]} …", flush=True)
+            load = os.getloadavg()[0]
+            print(f"{row}: {DESCRIPTIONS[row]} … (load average {load:.1f}, {time.strftime('%H:%M:%S')})", flush=True)
             try:
                 result = run_row(row, built, work, env)
             except RuntimeError as exc:
-                result = {"row": row, "skipped": f"failed: {str(exc).splitlines()[0]}"}
+                result = {"row": row, "skipped": f"failed: {getattr(exc, 'reason', '') or str(exc).splitlines()[0]}"}
                 print(exc, file=sys.stderr)
             else:
                 print(f"{row}: val {result['val']:.1%}, test {result['test']['all']:.1%}, "
-                      f"{result['seconds']:.0f} s", flush=True)
+                      f"{result['seconds']:.0f} s (load average {os.getloadavg()[0]:.1f})", flush=True)
+            result["load"] = [load, os.getloadavg()[0]]  # 1-minute load average before and after the row
             results.append(result)
     print(f"\nLoad average at the end {os.getloadavg()[0]:.1f}\n")
     print(table(results))

@@ -59,8 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=int, default=10, help="timer interval in ms (default 10)")
     parser.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
                         help="auto (the panel's default): off with a frozen trunk, whose features are then cached")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch's CPU threads (default: the window's own choice)")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval in ms for the run (default: the window's own)")
+    parser.add_argument("--train-nice", type=int, default=None,
+                        help="how much lower the training thread's priority is (TrainWorker.NICE; 0: the GUI's)")
     parser.add_argument("--show", action="store_true", help="use the real display instead of offscreen")
     args = parser.parse_args(argv)
+    if args.train_nice is not None:
+        from app.workers import TrainWorker
+
+        TrainWorker.NICE = args.train_nice
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval / 1000)
     if not args.show:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -91,12 +107,16 @@ def main(argv: list[str] | None = None) -> int:
 
     when: list[float] = []
 
+    sched = SchedStat()
+    paint = PaintClock()
+
     def tick() -> None:
         now = clock.nsecsElapsed()
         late = (now - last[0]) / 1e6 - args.interval
         last[0] = now
         lateness.append(max(0.0, late))
         when.append(now / 1e9)
+        sched.tick(max(0.0, late), paint.take())
 
     timer.timeout.connect(tick)
 
@@ -124,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     window.trainingFinished.connect(lambda _: loop.quit())
     limit = QTimer()
     limit.setSingleShot(True)
+    nices: dict[str, list[int]] = {}
+    limit.timeout.connect(lambda: nices.update(thread_nices()))  # while it still trains
     limit.timeout.connect(window.training.stop)  # training then finishes (reason "stopped") and quits
     limit.start(int(args.seconds * 1000))
     timer.start()
@@ -142,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     reason = (window.training.last_result or {}).get("reason")
     print(f"mode {args.mode}: trained {duration:.1f} s ({reason}{', at the time limit' if stopped_early else ''}), "
           f"{len(lateness)} timer ticks at {args.interval} ms")
-    print(f"event-loop lateness: p50 {percentile(lateness, 50):.1f} ms, p99 {percentile(lateness, 99):.1f} ms, "
-          f"max {max(lateness, default=float('nan')):.1f} ms")
+    print(f"event-loop lateness: p50 {percentile(lateness, 50):.1f} ms, p95 {percentile(lateness, 95):.1f} ms, "
+          f"p99 {percentile(lateness, 99):.1f} ms, max {max(lateness, default=float('nan')):.1f} ms "
+          f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, PyTorch threads "
+          f"{__import__('torch').get_num_threads()}, switch interval {sys.getswitchinterval() * 1000:g} ms)")
+    print(sched.summary())
+    print("threads' nice values at the end (name: values):", ", ".join(f"{k}: {sorted(v)}" for k, v in nices.items()))
+    paint.restore()
     if gui_busy:
         print(f"progress batches handled on the GUI thread: {len(gui_busy)}, "
               f"mean {statistics.mean(gui_busy):.2f} ms, max {max(gui_busy):.1f} ms; "
@@ -199,6 +226,92 @@ class Lateness:
                 f"max {max(v, default=float('nan')):.1f} ms ({len(v)} ticks at {self.interval} ms); worst ticks "
                 "(s after the start: ms late) " + ", ".join(f"{self.when[i] - self.when[0]:.2f}: {v[i]:.0f}"
                                                           for i in sorted(worst)))
+
+
+def thread_nices() -> dict[str, list[int]]:
+    """This process's threads' nice values by thread name (Linux /proc)."""
+    out: dict[str, list[int]] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        out.setdefault(name, []).append(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return out
+
+
+class SchedStat:
+    """Where a late tick's time went on the GUI thread, from Linux's /proc/<pid>/task/<tid>/schedstat (time
+    run on a CPU, time waited runnable in the run queue): for each tick later than 16 ms, its lateness split
+    into running (the GUI thread's own work, of which painting pyqtgraph views), waiting for a CPU (other
+    processes or threads on the cores), and the rest, asleep though not by choice: waiting for the GIL
+    (the event loop's own sleep is the tick's interval, not counted)."""
+
+    LATE_MS = 16.0
+
+    def __init__(self) -> None:
+        import threading
+
+        self.path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        self.last = self._read()
+        self.late: list[tuple[float, float, float, float]] = []  # (late, ran beyond its interval, queued, painted)
+
+    def _read(self) -> tuple[float, float]:
+        try:
+            with open(self.path) as f:
+                run, queued, _ = f.read().split()
+            return int(run) / 1e6, int(queued) / 1e6
+        except (OSError, ValueError):
+            return 0.0, 0.0
+
+    def tick(self, late: float, painted: float) -> None:
+        run, queued = self._read()
+        d_run, d_queued = run - self.last[0], queued - self.last[1]
+        self.last = run, queued
+        if late > self.LATE_MS:
+            self.late.append((late, d_run, d_queued, painted))
+
+    def summary(self) -> str:
+        if not self.late:
+            return f"no tick later than {self.LATE_MS:g} ms"
+        n = len(self.late)
+        late = sum(x[0] for x in self.late)
+        ran = sum(min(x[1], x[0]) for x in self.late)
+        queued = sum(min(x[2], x[0]) for x in self.late)
+        painted = sum(min(x[3], x[1]) for x in self.late)
+        rest = max(0.0, late - ran - queued)
+        return (f"{n} ticks later than {self.LATE_MS:g} ms, {late:.0f} ms late in all: the GUI thread ran "
+                f"{ran / late:.0%} of it (painting the plots {painted / late:.0%}), waited for a CPU "
+                f"{queued / late:.0%}, and was asleep otherwise (the GIL, a lock) {rest / late:.0%}")
+
+
+class PaintClock:
+    """Time spent in pyqtgraph views' paintEvent on the GUI thread since the last :meth:`take` (ms)."""
+
+    def __init__(self) -> None:
+        import pyqtgraph as pg
+
+        self.cls, self.spent = pg.GraphicsView, 0.0
+        self.original = original = self.cls.paintEvent
+        clock = self
+
+        def paintEvent(view, event):
+            start = time.perf_counter()
+            try:
+                return original(view, event)
+            finally:
+                clock.spent += (time.perf_counter() - start) * 1000
+
+        self.cls.paintEvent = paintEvent
+
+    def take(self) -> float:
+        spent, self.spent = self.spent, 0.0
+        return spent
+
+    def restore(self) -> None:
+        self.cls.paintEvent = self.original
 
 
 def bench_window():

@@ -2,7 +2,7 @@
 (the recovery file at each best epoch) on, sampling each minute the process's resident memory and how late
 the GUI event loop ran (a 10 ms timer), into a CSV; then a plot of both (PNG, drawn with pyqtgraph).
 
-    DISPLAY=:18 OMP_NUM_THREADS=1 nice .venv/bin/python bench/soak.py --show --minutes 60 --out soak
+    DISPLAY=:18 nice .venv/bin/python bench/soak.py --show --threads 1 --minutes 60 --out soak
     .venv/bin/python bench/soak.py --plot soak.csv          # the PNG again from a CSV
 
 The run fine-tunes every layer of the bundled network on the demo data (``--preset heads-only``: the heads
@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bound", type=float, default=64.0, help="MB the memory may grow after the warm-up")
     parser.add_argument("--count-objects", action="store_true", help="also count Python's objects each sample")
     parser.add_argument("--out", default="soak", help="CSV and PNG path without suffix (default ./soak)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch's CPU threads for the training (default: PyTorch's own, one per core)")
     parser.add_argument("--show", action="store_true", help="the real display ($DISPLAY) instead of offscreen")
     parser.add_argument("--plot", metavar="CSV", help="only draw the PNG of this CSV")
     args = parser.parse_args(argv)
@@ -280,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.show:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read as PyTorch loads, by the training's thread too
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(f"PyTorch CPU threads: {torch.get_num_threads()}", flush=True)
     return soak(args)
 
 

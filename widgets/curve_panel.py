@@ -1,9 +1,16 @@
 """Live training curves: loss per step and per epoch, and each head's validation metric per epoch.
 
 Every curve is one PlotDataItem made in :meth:`CurvePanel.reset` and fed with ``setData``; incoming
-points only mark curves dirty, and a single-shot QTimer redraws at most every 50 ms however fast the
-worker's batches arrive. Step curves are decimated beyond :attr:`CurvePanel.MAX_POINTS` points, so memory
-stays bounded on long runs.
+points only mark curves dirty, and a single-shot QTimer redraws at most every :attr:`CurvePanel.REDRAW_MS`
+(5 times a second) however fast the worker's batches arrive. Step curves are decimated beyond
+:attr:`CurvePanel.MAX_POINTS` points, so memory stays bounded on long runs.
+
+What a redraw costs is the painting, on the GUI thread: Qt strokes a pen wider than one pixel, or an
+antialiased one, as a filled outline, and a noisy per-step loss curve of a few thousand points then takes
+0.4-1.7 s to paint (2000-20000 steps, two heads, measured offscreen on the 2-core box), the event loop
+stalled throughout. The step curves are therefore drawn with one-pixel cosmetic pens, not antialiased
+(12-15 ms for the same curves); the per-epoch curves (a point per epoch, dashed, with dots) keep their
+width and antialiasing only while they are short (:attr:`CurvePanel.SMOOTH_POINTS`).
 """
 from __future__ import annotations
 
@@ -148,7 +155,8 @@ class CurvePanel(QWidget):
     ``metric:<head>``."""
 
     MAX_POINTS = 20_000
-    REDRAW_MS = 50
+    REDRAW_MS = 200
+    SMOOTH_POINTS = 30  # an epoch curve longer than this is drawn like a step curve (one pixel, aliased)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -234,11 +242,11 @@ class CurvePanel(QWidget):
         several = len(self._heads) > 1
         fg, grey = self._fg, QColor(self._fg)
         grey.setAlphaF(0.55)
-        self._add("train:total", loss, pg.mkPen(fg, width=2))
+        self._add("train:total", loss, self._thin(fg))
         self._add("val:total", loss, self._dashed(fg), symbol=True)
         for i, (name, _) in enumerate(self._heads):
             colour = QColor(head_colour(i))
-            self._add(f"train:{name}", loss if several else None, pg.mkPen(colour, width=1.2))
+            self._add(f"train:{name}", loss if several else None, self._thin(colour))
             self._add(f"val:{name}", loss if several else None, self._dashed(colour), symbol=True)
         if several:
             entries = [("total", fg, False, False)]
@@ -332,11 +340,29 @@ class CurvePanel(QWidget):
         if not self._dirty:
             return
         for name in self._dirty:
-            self._series[name].push()
+            series = self._series[name]
+            if len(series.xs) > self.SMOOTH_POINTS and series.item.opts.get("antialias"):
+                self._coarsen(series.item)
+            series.push()
         self._dirty.clear()
         self.redraw_count += 1
 
     # -- internals ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _thin(colour: QColor) -> QPen:
+        """A one-pixel cosmetic pen: the one Qt draws as lines, not as a filled outline."""
+        pen = pg.mkPen(colour, width=1)
+        pen.setCosmetic(True)
+        return pen
+
+    def _coarsen(self, item: pg.PlotDataItem) -> None:
+        """An epoch curve grown long (a run of many short epochs): drawn with a one-pixel pen, aliased."""
+        pen = QPen(item.opts["pen"])
+        pen.setWidthF(1)
+        pen.setCosmetic(True)
+        item.opts["antialias"] = False  # handed to its line and dots by setPen's style update
+        item.setPen(pen)
+
     @staticmethod
     def _dashed(colour: QColor) -> QPen:
         pen = pg.mkPen(colour, width=2, style=Qt.PenStyle.DashLine)
@@ -344,7 +370,7 @@ class CurvePanel(QWidget):
         return pen
 
     def _add(self, name: str, target: pg.PlotItem | pg.ViewBox | None, pen: QPen, symbol: bool = False) -> None:
-        kwargs = {"pen": pen, "antialias": True}
+        kwargs = {"pen": pen, "antialias": not name.startswith("train:")}
         if symbol:
             colour = pen.color()
             kwargs.update(symbol="o", symbolSize=6, symbolPen=pg.mkPen(colour), symbolBrush=pg.mkBrush(colour))

@@ -481,6 +481,15 @@ class DataPanel(QWidget):
             elif spec.kind == "multi":
                 on = [n for n, v in zip(names, t or []) if not math.isnan(v) and v > 0.5]
                 text = ", ".join(on) or "none"
+            elif spec.kind == "segment":  # the mask file's name
+                text = Path(t).name if t else "no mask"
+            elif spec.kind == "detect":  # boxes [x1, y1, x2, y2, class]
+                counts: dict[str, int] = {}
+                for box in t or []:
+                    c = int(box[4])
+                    label = names[c] if 0 <= c < len(names) else str(c)
+                    counts[label] = counts.get(label, 0) + 1
+                text = ", ".join(f"{n} x{k}" if k > 1 else n for n, k in counts.items()) or "no boxes"
             else:
                 text = ", ".join(f"{n} {v:.3g}" for n, v in zip(names, t or []) if not math.isnan(v)) or "–"
             lines.append(f"{spec.name}: {text}")

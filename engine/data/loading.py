@@ -23,7 +23,8 @@ from engine.network.heads import HeadSpec
 
 
 def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, val_fraction: float = 0.2,
-              seed: int = 0, require_every_class: bool = True, strict_suggestions: bool = True) -> DataSource:
+              seed: int = 0, require_every_class: bool = True, strict_suggestions: bool = True,
+              dense_suggestions: bool = False) -> DataSource:
     """Read an image folder or a CSV manifest, check it, and split it into train/val.
 
     ``heads``: for a folder, optionally one single-label head (its name, and its labels if given,
@@ -43,6 +44,11 @@ def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, v
     ``strict_suggestions=False`` (the window): when heads are suggested from a CSV, a column the
     suggestion refuses for a stray cell is left out and the refusal becomes a warning
     (see :func:`suggest_heads`), so the rest of the data still loads.
+
+    ``dense_suggestions`` (the window): heads suggested from a CSV include a segment head per ``mask``
+    column and a detect head per ``boxes`` column (named after the column,
+    :func:`engine.data.manifests.dense_heads_for`), so a dense head added later (the demo task) has its
+    masks and boxes; ``main.py train`` leaves them out unless ``--head`` names them.
     """
     _real_folder.cache_clear()  # folders may have moved since the last load
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
@@ -54,7 +60,7 @@ def load_data(path: str | os.PathLike, heads: list[HeadSpec] | None = None, *, v
     if p.is_dir():
         data = _load_folder(p, heads, val_fraction, seed, strict)
     elif p.suffix.lower() in MANIFEST_SUFFIXES:
-        data = _load_csv(p, heads, val_fraction, seed, strict, strict_suggestions)
+        data = _load_csv(p, heads, val_fraction, seed, strict, strict_suggestions, dense_suggestions)
     elif p.suffix.lower() == ".json":
         data = _load_coco(p, heads, val_fraction, seed, strict)
     else:

@@ -116,7 +116,7 @@ DENSE_COLUMNS = {"mask": "segment", "boxes": "detect"}  # columns that suggest a
 
 def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str, decimal_comma: bool = False,
              notes: list[str] | None = None, *, strict: bool = True,
-             warnings: list[str] | None = None) -> list[HeadSpec]:
+             warnings: list[str] | None = None, dense: bool = False) -> list[HeadSpec]:
     image_col = _find_column(header, "image")
     split_col = _find_column(header, "split")
     text_cols: list[tuple[str, list[str]]] = []
@@ -138,6 +138,8 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
         if i in (image_col, split_col) or not col or col.lower().startswith("unnamed:"):
             continue
         if col.lower() in DENSE_COLUMNS:  # mask files / boxes: a segment / detect head reads them when asked
+            if dense:  # the caller adds that head itself (_load_csv's dense suggestions): no note
+                continue
             kind = DENSE_COLUMNS[col.lower()]
             left_out.append((col, f"holds {'mask files' if kind == 'segment' else 'boxes'}: a {kind} head reads it "
                                   f"when added (e.g. --head {_head_name(col)}:{kind}:{col})"))
@@ -242,6 +244,10 @@ def dense_heads_for(csv_path: str | os.PathLike) -> list[HeadSpec]:
     head ``boxes``; their classes come from the data when it loads), for offering them beside the
     suggested heads (the demo has both)."""
     header, _, _ = _read_csv(Path(csv_path).expanduser())
+    return _dense_heads(header)
+
+
+def _dense_heads(header: list[str]) -> list[HeadSpec]:
     return [HeadSpec(_head_name(col), DENSE_COLUMNS[col.lower()], outputs=2, columns=[col])
             for col in header if col.lower() in DENSE_COLUMNS]
 
@@ -270,7 +276,7 @@ def _image_path(text: str, base: Path) -> Path:
 
 
 def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float, seed: int,
-              strict: bool = True, strict_suggestions: bool = True) -> DataSource:
+              strict: bool = True, strict_suggestions: bool = True, dense: bool = False) -> DataSource:
     name = csv_path.name
     base = csv_path.parent
     header, rows, delimiter = _read_csv(csv_path)
@@ -282,11 +288,16 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         raise GraftError(_no_image_column(csv_path, header))
     split_col = _find_column(header, "split")
 
+    offered: set[str] = set()  # dense heads added as suggestions: a bad mask or box leaves them out, with a warning
     if heads is None:
         # Classes come from the usable rows, not from rows whose image is unreadable.
         heads = [replace(h, labels=[]) if h.kind == "single" else h
                  for h in _suggest(header, rows, name, decimal_comma, notes, strict=strict_suggestions,
-                                   warnings=warnings)]
+                                   warnings=warnings, dense=dense)]
+        if dense:  # and the dense heads its mask / boxes columns feed (the window: a head added later has data)
+            taken = {h.name for h in heads}
+            offered = {h.name for h in _dense_heads(header) if h.name not in taken}
+            heads += [h for h in _dense_heads(header) if h.name in offered]
     if not heads:
         raise GraftError("No heads given: say which CSV columns to learn.")
     names = [h.name for h in heads]
@@ -396,8 +407,16 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
     for spec in heads:
         cols = columns[spec.name]
         if spec.dense:  # every mask and box checked now: one clear message naming the file
-            found, dense_targets[spec.name] = resolve_dense(
-                spec, [(p, *raw[spec.name]) for p, _, raw in usable], base)
+            try:
+                found, dense_targets[spec.name] = resolve_dense(
+                    spec, [(p, *raw[spec.name]) for p, _, raw in usable], base)
+            except GraftError as exc:
+                if spec.name not in offered:
+                    raise
+                warnings.append(f"{exc} The column {quoted(cols[0])} is left out of the suggested heads (no "
+                                f"{'segmentation' if spec.kind == 'segment' else 'detection'} head): fix it and "
+                                "load the data again to learn it.")
+                continue
             final_heads.append(replace(found, columns=list(cols)))
         elif spec.kind == "single":
             values = [raw[spec.name] for _, _, raw in usable if raw[spec.name] is not None]

@@ -104,8 +104,9 @@ def _split_random(samples: list[Sample], strat: HeadSpec | None, val_fraction: f
 
 
 def only_in_validation(heads: Sequence[HeadSpec], train: Sequence[Sample], val: Sequence[Sample]) -> list[str]:
-    """The classes (single), labels (multi, positives) and targets (regression, values) that have
-    examples in ``val`` but none in ``train``, described for people; empty when there are none."""
+    """The classes (single), labels (multi, positives), targets (regression, values) and classes of a dense
+    head (segment: in a mask; detect: boxed) that have examples in ``val`` but none in ``train``, described
+    for people; empty when there are none."""
     found: list[str] = []
     for spec in heads:
         in_train, in_val = _label_counts(spec, train), _label_counts(spec, val)
@@ -113,7 +114,9 @@ def only_in_validation(heads: Sequence[HeadSpec], train: Sequence[Sample], val: 
             if in_val[label] and not in_train[label]:
                 what = {"single": f"class {label!r} of head {spec.name!r} has examples",
                         "multi": f"label {label!r} of head {spec.name!r} has positive examples",
-                        "regression": f"target {label!r} of head {spec.name!r} has values"}[spec.kind]
+                        "regression": f"target {label!r} of head {spec.name!r} has values",
+                        "segment": f"class {label!r} of head {spec.name!r} is in masks",
+                        "detect": f"class {label!r} of head {spec.name!r} has boxes"}[spec.kind]
                 found.append(what + " only in validation")
     return found
 

@@ -6,16 +6,24 @@ settings, the ONNX metadata) into ``train_script.py.tmpl``, together with the so
 that decides the numbers: the EfficientNet-Lite architecture and its checkpoint key names, the trunk
 with its cut, the heads, the image preprocessing and augmentation, the seeded split, the masked losses,
 the batch order and the learning-rate schedule. Those are copied from the running Graft with
-:func:`inspect.getsource`, so the script computes what Graft computes and cannot drift from it.
+:func:`inspect.getsource`, so the script computes what Graft computes and cannot drift from it (the copies'
+late ``from engine… import`` lines are dropped: the script defines those names itself).
 
-The script imports torch, torchvision, NumPy and Pillow only; it writes ``DIR/model.onnx`` with the
-metadata keys of ``main.py export`` (added to the file as protobuf fields, without the onnx package) and
-``DIR/metrics.json`` with the validation metrics of the epoch it kept.
+Segment and detect heads bring their code along only where the project has one (the template's lines
+between ``# <dense>`` and ``# </dense>``, and the dense sections): the pyramid heads and FCOS decoding, the
+masks' and boxes' reading and checks (CSV columns, masks/ and labels/ beside an image folder, a COCO file),
+their geometry through resize, crop and augmentation, the masked losses and the mIoU / mAP metrics.
+
+The script imports torch, torchvision, NumPy and Pillow only (with a dense head also torchmetrics, for its
+metrics, and trains without it); it writes ``DIR/model.onnx`` with the metadata keys of ``main.py export``
+(added to the file as protobuf fields, without the onnx package) and ``DIR/metrics.json`` with the
+validation metrics of the epoch it kept and each epoch's losses, head by head.
 """
 from __future__ import annotations
 
 import inspect
 import pprint
+import re
 import string
 import textwrap
 from pathlib import Path
@@ -63,8 +71,20 @@ def _assignment(module: Any, name: str) -> str:
     raise LookupError(f"{module.__name__} assigns no {name}")
 
 
+def _without_graft_imports(source: str) -> str:
+    """``source`` without its ``from engine… import …`` statements (a function's late imports of Graft's
+    modules): every name they bring is one the script defines itself."""
+    import ast
+
+    lines = source.splitlines(keepends=True)
+    drop = {i for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
+            and (node.module or "").split(".")[0] == "engine" for i in range(node.lineno - 1, node.end_lineno)}
+    return "".join(line for i, line in enumerate(lines) if i not in drop)
+
+
 def _sources(*objects: Any) -> str:
-    return "\n\n".join(textwrap.dedent(inspect.getsource(o)).rstrip() + "\n" for o in objects)
+    return "\n\n".join(_without_graft_imports(textwrap.dedent(inspect.getsource(o))).rstrip() + "\n"
+                         for o in objects)
 
 
 def _constants(**values: Any) -> str:
@@ -179,11 +199,27 @@ def _frozen(model: nn.Module) -> list[str]:
     return out
 
 
+# a dense head's settings the script's Head carries (written out where they differ from HeadSpec's defaults)
+DENSE_FIELDS = ("ignore_index", "dice", "score_threshold", "nms_iou", "max_detections")
+
+
+def _dense_words(h: Any) -> str:
+    what = "FPN segment decoder" if h.kind == "segment" else "FCOS detector"
+    extra = (f", ignore value {h.ignore_index}" + (f", Dice weight {h.dice:g}" if h.dice else "") if h.kind == "segment"
+             else f", boxes scoring over {h.score_threshold:g}, NMS IoU {h.nms_iou:g}")
+    return f"'{h.name}' ({h.kind}, {h.outputs} classes, {what} of {h.width} channels on {', '.join(h.layers)}{extra}"
+
+
 def _heads(session: "Session") -> tuple[str, list[str]]:
+    from engine.data.dense_targets import DEFAULT_COLUMNS
+    from engine.network.heads import HeadSpec
+
     seeds = _head_seeds(session)
+    defaults = HeadSpec("x", "segment")
     lines, words = [], []
     for h in session.heads:
-        columns = h.columns or ([h.name] if h.kind == "single" else list(h.label_names))
+        columns = h.columns or ([DEFAULT_COLUMNS[h.kind]] if h.dense else
+                                [h.name] if h.kind == "single" else list(h.label_names))
         args = [f"{h.name!r}", f"{h.kind!r}", f"labels={h.label_names!r}", f"columns={columns!r}"]
         if h.hidden:
             args.append(f"hidden={list(h.hidden)!r}")
@@ -194,7 +230,13 @@ def _heads(session: "Session") -> tuple[str, list[str]]:
         args.append(f"seed={seeds.get(h.name)!r}")
         if h.layer is not None:
             args.append(f"layer={h.layer!r}")
+        if h.dense:
+            args.append(f"layers={list(h.layers)!r}")
+            args += [f"{k}={getattr(h, k)!r}" for k in DENSE_FIELDS if getattr(h, k) != getattr(defaults, k)]
         lines.append(f"    Head({', '.join(args)}),")
+        if h.dense:
+            words.append(_dense_words(h) + (f", loss weight {h.loss_weight:g}" if h.loss_weight != 1.0 else "") + ")")
+            continue
         layers = " -> ".join([*(f"Linear {n} + ReLU" for n in h.hidden), f"Linear {h.outputs}"])
         words.append(f"'{h.name}' ({h.kind}, {h.outputs} outputs, {layers}"
                      + (f", reading layer {h.layer}" if h.layer is not None else "")
@@ -207,7 +249,8 @@ HEAD_CLASS = '''@dataclass
 class Head:
     """A head: a small MLP on the trunk's features ([Linear, ReLU, Dropout] per hidden layer, then a
     Linear to one output per label). single: softmax over classes; multi: a sigmoid per label;
-    regression: values in the data's units (it learns standardised targets)."""
+    regression: values in the data's units (it learns standardised targets). segment and detect (dense
+    heads): a feature pyramid on the maps of several layers, a mask of classes per pixel or boxes."""
 
     name: str
     kind: str
@@ -221,18 +264,30 @@ class Head:
     target_mean: list[float] | None = None  # regression: set from the training split
     target_std: list[float] | None = None
     layers: list[str] = field(default_factory=list)  # segment / detect: the layers whose maps it reads
+    ignore_index: int = 255  # segment: the mask value of unlabelled pixels
+    dice: float = 0.0  # segment: the weight of the soft Dice loss beside the cross-entropy
+    score_threshold: float = 0.3  # detect: the boxes it shows (mAP ranks every box over 0.05)
+    nms_iou: float = 0.5
+    max_detections: int = 100
+    outputs: int = 0  # one per label
+
+    def __post_init__(self) -> None:
+        self.outputs = len(self.labels)
 
     @property
     def dense(self) -> bool:
         return self.kind in ("segment", "detect")
 
     @property
-    def outputs(self) -> int:
-        return len(self.labels)
+    def width(self) -> int:  # a dense head's pyramid and decoder channels
+        return int(self.hidden[0]) if self.hidden else DENSE_WIDTH
 
     @property
     def label_names(self) -> list[str]:
         return list(self.labels)
+
+
+HeadSpec = Head  # the name Graft's code (copied below) gives a head's settings
 '''
 
 
@@ -241,17 +296,14 @@ def training_script(session: "Session", project: str = "the project", script_nam
     from engine.data import decoding, samples, splits, transforms
     from engine.export.metadata import KEY, build_metadata, to_props
     from engine.export.onnx_export import _source_info
-    from engine.network import graft_model, preprocess
+    from engine.network import graft_model, heads, preprocess
     from engine.training import loaders, losses, setup
     from engine.training.config import TrainConfig
     from engine.training.record import TrainingRecord
 
     if not session.heads:
         raise GraftError("The project has no heads: add a head before exporting a training script.")
-    dense = [h.name for h in session.heads if h.dense]
-    if dense:
-        raise GraftError(f"Head {dense[0]!r} is a segment or detect head: the standalone script trains "
-                         "classification and regression heads only so far.")
+    dense = any(h.dense for h in session.heads)
     channels = getattr(session.input_spec, "channels", 3)
     if channels != 3:
         raise GraftError(f"The project's input has {channels} channels: the standalone script reads RGB images "
@@ -280,6 +332,7 @@ def training_script(session: "Session", project: str = "the project", script_nam
 
     recipe = "\n\n".join([
         _constants(NETWORK=network, INPUT=session.input_spec.to_dict(), SURGERY=surgery),
+        _constants(DENSE_WIDTH=heads.DENSE_WIDTH) + "  # a dense head's channels when its hidden does not say",
         HEAD_CLASS,
         heads_code,
         "# parameters (and the modules holding them) that do not train\n" + _constants(FROZEN=frozen),
@@ -301,7 +354,13 @@ def training_script(session: "Session", project: str = "the project", script_nam
         f"4. freezing: {trunk_words}; frozen BatchNorm layers keep their statistics.",
         "5. data: the image folder's classes or the CSV's columns; blank cells are missing labels, masked "
         f"out of the losses; a seeded stratified split (seed {training['seed']}, {training['val_fraction']:g} "
-        "validation) unless the data has one.",
+        "validation) unless the data has one."
+        + (" Dense heads: masks are PNGs of class indices (the CSV's mask column, or masks/ beside an image "
+           "folder; the ignore value and a blank cell are unlabelled pixels), boxes a CSV column of "
+           "[[x1, y1, x2, y2, class], ...] in pixels or YOLO .txt files (or labels/ beside an image folder), or a "
+           "COCO .json as the data; they follow the image through its resize, crop and augmentation. Losses: "
+           "per-pixel cross-entropy over the labelled pixels (plus soft Dice where set), torchvision's FCOS loss "
+           "over the images with box labels; metrics mIoU and mAP (torchmetrics)." if dense else ""),
         f"6. training: AdamW (heads lr {training['lr_heads']:g}, trunk lr {training['lr_trunk']:g}, weight decay "
         f"{training['weight_decay']:g}), {training['warmup_epochs']:g} warm-up epoch(s) then cosine decay, batch "
         f"{training['batch_size']}, {training['epochs']} epochs, augmentation {training['augment']}, early stopping "
@@ -315,7 +374,6 @@ def training_script(session: "Session", project: str = "the project", script_nam
                                 transforms._augmentation))
     values = {
         "title": f"Train {session.describe()} with heads {', '.join(h.name for h in session.heads)}, as {project} does.",
-        "graft_version": __version__,
         "project": project,
         "script_name": script_name,
         "steps": "\n".join(textwrap.fill(s, 104, subsequent_indent="   ") for s in steps),
@@ -331,8 +389,77 @@ def training_script(session: "Session", project: str = "the project", script_nam
                                                         samples._target, splits._split_random),
         "training_code": _sources(losses._terms, losses.head_loss_terms, setup.lr_lambda, loaders.EpochBatchSampler),
         "metadata_code": _constants(KEY=KEY) + "\n\n\n" + _sources(to_props),
+        "needs": textwrap.fill(
+            f"Generated by Graft {__version__} from {project}. It needs torch, torchvision, NumPy and Pillow"
+            + (" (and torchmetrics with pycocotools for the segment and detect heads' mIoU and mAP: without them "
+               "it trains and leaves those metrics out)" if dense else "")
+            + ", and imports nothing else (torch's ONNX exporter needs the onnx package installed).", 104),
+        "dense_model_code": _dense_model_code() if dense else "",
+        "dense_data_code": _dense_data_code() if dense else "",
+        "dense_training_code": _dense_training_code() if dense else "",
     }
-    return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+    text = string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+    return _dense_blocks(text, dense)
+
+
+DENSE_BEGIN, DENSE_END = "# <dense>", "# </dense>"
+
+
+def _dense_blocks(text: str, keep: bool) -> str:
+    """The template's dense-head lines (between ``# <dense>`` and ``# </dense>`` lines, each block whole
+    statements) kept for a project with a segment or detect head, dropped for one without; the marker lines
+    go either way."""
+    out, inside = [], False
+    for line in text.splitlines(keepends=True):
+        mark = line.strip()
+        if mark in (DENSE_BEGIN, DENSE_END):
+            inside = mark == DENSE_BEGIN
+        elif keep or not inside:
+            out.append(line)
+    return re.sub(r"\n{4,}", "\n\n\n", "".join(out))  # no wider gap than two blank lines where code is left out
+
+
+# -- the dense heads' code (segment, detect), copied from Graft ---------------------------------------
+
+def _dense_model_code() -> str:
+    """The pyramid heads, their boxes, their losses (engine.network.dense_heads, engine.training.dense_losses)."""
+    from engine.network import dense_heads
+    from engine.training import dense_losses
+
+    return ("# Dense heads: a feature pyramid over the maps of several layers; a segment decoder, an FCOS detector.\n\n"
+            + _constants(MAX_BOXES=dense_heads.MAX_BOXES) + "\n\n\n"
+            + _sources(dense_heads._pyramid, dense_heads.DenseHead, dense_heads.SegmentHead, dense_heads.DetectHead,
+                       dense_heads.select_boxes, dense_heads.build_dense_head, dense_heads.decoded_outputs,
+                       dense_heads.DecodedModel, dense_heads.exported_form)
+            + "\n\n" + _constants(DICE_EPS=dense_losses.DICE_EPS) + "\n\n\n"
+            + _sources(dense_losses.soft_dice_loss, dense_losses.segment_loss_terms, dense_losses.dense_loss_terms)
+            + "\n")
+
+
+def _dense_data_code() -> str:
+    """Masks and boxes: read, checked and carried through the image's geometry (engine.data.dense_targets)."""
+    from engine import units
+    from engine.data import dense_targets as dt
+    from engine.network import preprocess
+
+    return ("# Masks and boxes (segment and detect heads): read and checked when the data loads, then carried\n"
+            "# through the image's resize and crop, or its augmentation, with it.\n\n"
+            + _constants(CLASSES_FILE=dt.CLASSES_FILE, MASKS_FOLDER=dt.MASKS_FOLDER, LABELS_FOLDER=dt.LABELS_FOLDER,
+                         DEFAULT_COLUMNS=dt.DEFAULT_COLUMNS, _ROTATED=dt._ROTATED, PRESENT={})
+            + "  # mask file -> the classes in it\n\n\n"
+            + _sources(units.quoted, preprocess.to_grey, dt.upright_size, dt.read_classes, dt.read_mask, dt.check_mask,
+                       dt.parse_yolo, dt._check_count, dt.parse_box_cell, dt.check_inside, dt.read_coco,
+                       dt.resolve_dense, dt._resolve_masks, dt._resolve_boxes, dt._classes_above, dt._path,
+                       dt.folder_dense, dt.label_folders, dt.missing_target, dt.padded_boxes, dt.DenseItem, dt._clip)
+            + "\n")
+
+
+def _dense_training_code() -> str:
+    """The dense heads' validation metrics (engine.training.dense_metrics: torchmetrics)."""
+    from engine.training import dense_metrics
+
+    return (_constants(MAP_SCORE_THRESHOLD=dense_metrics.MAP_SCORE_THRESHOLD) + "\n\n\n"
+            + _sources(dense_metrics.SegmentMetrics, dense_metrics.DetectMetrics) + "\n")
 
 
 def write_training_script(session: "Session", path: str | Path, project: str = "the project") -> Path:

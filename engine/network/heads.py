@@ -21,6 +21,7 @@ DENSE_KINDS = frozenset({"segment", "detect"})  # heads on feature maps, not on 
 KIND_TITLES = {"single": "single-label (softmax)", "multi": "multi-label (sigmoid)", "regression": "regression",
                "segment": "segmentation (mask per pixel)", "detect": "object boxes (detection)"}
 DENSE_WIDTH = 64  # a dense head's decoder channels when ``hidden`` does not say
+DETECT_GROUPS = 32  # torchvision's FCOSHead normalises its convs with GroupNorm(32, width)
 
 # Heads live in an nn.ModuleDict, which cannot hold a key that is one of its own attributes. Written
 # out rather than read from torch: this module must import without torch (ONNX predictions). Names
@@ -162,6 +163,9 @@ class HeadSpec:
                              "one pooled layer.")
         if len(self.hidden) > 1:
             raise GraftError(f"Head {quoted(self.name)}: a {self.kind} head has one width (its decoder's channels).")
+        if self.kind == "detect" and self.width % DETECT_GROUPS:
+            raise GraftError(f"Head {quoted(self.name)}: a detect head's width ({self.width}) must be a multiple of "
+                             f"{DETECT_GROUPS} (its FCOS convs normalise {DETECT_GROUPS} groups of channels).")
         if self.kind == "segment" and self.outputs < 2:
             raise GraftError(f"Segmentation head {quoted(self.name)} needs at least 2 classes (e.g. background and "
                              f"object), got {self.outputs}.")

@@ -252,7 +252,7 @@ def lower_runner(split: TrunkSplit, spec: Any, images: int, device: torch.device
     trunk = copy.deepcopy(split.trunk)  # converted as it is now; the trunk itself trains meanwhile
     copied = TrunkSplit(trunk, split.boundary, split.lower_paths)
     conversion = convert_trunk(LowerHalf(copied).eval(), spec.channels, spec.size)
-    note = conversion.note.replace("the frozen trunk", f"the frozen layers up to {split.boundary}", 1)
+    note = conversion.note.replace("the frozen trunk runs", f"the frozen layers up to {split.boundary} run", 1)
     note = note.replace("the trunk runs", f"the layers up to {split.boundary} run", 1)
     if conversion.onnx is None:
         return None, note

@@ -11,8 +11,12 @@ The plan (why: what wins in the literature and in the one-button tools, at a cos
 1. **Rate finder** (Smith 2017) on the cached features of at most :data:`FINDER_IMAGES` training images: the
    heads' rate, when it costs under a tenth of the time (else :data:`DEFAULT_LR_HEADS`).
 2. **Heads on cached features of augmented views** (the frozen trunk runs once per view: a cheap floor, and the
-   warm start that gradual unfreezing needs, ULMFiT/fastai's first step): up to :data:`MAX_HEAD_VIEWS` views
-   and :data:`HEAD_EPOCHS` epochs, about :data:`HEADS_SHARE` of the time when a trunk stage follows.
+   warm start that gradual unfreezing needs, ULMFiT/fastai's first step): :data:`HEAD_EPOCHS` epochs; when a
+   trunk stage follows, at most :data:`MAX_HEAD_VIEWS` views in about :data:`HEADS_SHARE` of the time (a
+   view costs a trunk pass per image, an epoch on cached features next to nothing: the time buys more as
+   trunk epochs), else up to :data:`MAX_HEAD_VIEWS_ALONE` views that end in time even at half the measured
+   pace (:data:`FLOOR_PACE`: the views come before the first epoch, and a floor cut during them leaves no
+   model; 8 views on the demo under load ran past a 2-minute budget's end with no epoch done).
 3. **The top blocks train** (gradual unfreezing's second step) on the boundary cache (the frozen layers run
    once per augmented view): as many blocks from the top as leave room for :data:`MIN_TRUNK_EPOCHS` epochs, then
    as many epochs as fit (up to :data:`MAX_TRUNK_EPOCHS`); discriminative rates (each block down ×
@@ -42,7 +46,10 @@ FINDER_STEPS = 100
 FINDER_SHARE = 0.1
 DEFAULT_LR_HEADS = 3e-3
 HEADS_SHARE = 0.3
-MAX_HEAD_VIEWS = 4  # with no trunk stage: up to 2x this
+MAX_HEAD_VIEWS = 2  # when a trunk stage follows
+MAX_HEAD_VIEWS_ALONE = 8  # when the heads are all the plan trains ...
+FLOOR_PACE = 2.0  # ... as many as end in time with the device at half its measured pace (the views come before
+# the first epoch: a floor cut during them leaves no model at all)
 HEAD_EPOCHS = 30
 MIN_TRUNK_EPOCHS = 4
 MAX_TRUNK_EPOCHS = 40
@@ -275,8 +282,9 @@ def make_plan(budget: float, costs: Costs, n_train: int, n_val: int, blocks: lis
     heads = heads_stage(views, epochs)
     rest = room - heads.estimate
     trunk = blocks_stage(costs, blocks, n_train, n_val, rest, policy, smoothing)
-    if trunk is None:  # the heads take it all: more views
-        views = most(lambda v: heads_cost(costs, n_train, n_val, v, epochs), 1, 2 * MAX_HEAD_VIEWS, room) or 1
+    if trunk is None:  # the heads take it all: more views, as many as end in time at half the measured pace
+        views = most(lambda v: FLOOR_PACE * heads_cost(costs, n_train, n_val, v, epochs), 1, MAX_HEAD_VIEWS_ALONE,
+                     room) or 1
         stages.append(heads_stage(views, epochs))
         if candidates:
             notes.append("No time to train trunk blocks: the heads alone.")

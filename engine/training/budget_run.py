@@ -6,12 +6,16 @@ Each stage is an ordinary :class:`~engine.training.trainer.Trainer` run (the rat
 
 Keeping the time, whatever the load does:
 
-* before a stage starts its epochs (and views) are planned again for the time left, at the pace the stages so
-  far actually ran (their measured time over their estimate: the *load*), leaving the later stages theirs;
+* before a stage starts its epochs (and views) are planned again for the time left, at the pace the last
+  stage actually ran (its measured time over its estimate: the *load*), leaving the later stages theirs;
   a stage that cannot fit even its smallest form is left out, with a note;
 * while a stage runs, every event checks the clock: past the stage's deadline the trainer is stopped (after
   the current batch, keeping its best epoch), and after an epoch whose repeat would end past the deadline it
-  is stopped at once (deadline-aware epochs, not only estimates);
+  is stopped at once (deadline-aware epochs, not only estimates), unless all its epochs left, at the pace
+  of that epoch, take no more than a grace (:data:`GRACE_SHARE` of the time left when the stage began): then
+  the overrun was the one-off work before the epochs (caching views) and the cheap epochs still run;
+* the pace is learnt from every stage that ran, completed, stopped early or cut at its deadline: its seconds
+  over the estimate of what it ran (its views and the epochs it finished);
 * the last deadline is the budget less the time to save; a refit that cannot finish by then is given up and
   the model chosen on validation kept.
 
@@ -38,9 +42,13 @@ from engine.training.budget import (MIN_TRUNK_EPOCHS, SAVE_SECONDS, Costs, Plan,
 from engine.training.budget_probe import probe, top_block_params, train_top_blocks
 from engine.training.config import TrainConfig
 from engine.training.events import EpochEvent, MessageEvent, TrainingError
+from engine.units import plural
 
-FINDER_RANGE = (3e-4, 3e-2)
-PLAN_LEVEL = "plan"  # OneRun's MessageEvent level for the plan (a front end may show it apart; else as "info")  # the suggestion is clamped into this range of heads' rates
+FINDER_RANGE = (3e-4, 3e-2)  # the finder's suggestion is clamped into this range of heads' rates
+PLAN_LEVEL = "plan"  # OneRun's MessageEvent level for the plan (a front end may show it apart; else as "info")
+MIN_LOAD, MAX_LOAD = 0.5, 4.0  # the measured pace (seconds over estimate) is kept in this range
+GRACE_SHARE = 0.03  # a stage past its deadline still finishes its epochs left when, at the pace of its last
+# epoch, they take at most this share of the time left when it began (the heads' epochs on cached views: 0.1 s)
 
 
 @dataclass
@@ -186,9 +194,7 @@ class BudgetTrainer:
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> BudgetResult:
         plan = self.plan()
-        self._emit(PlanReady(plan))
-        for note in plan.notes:
-            self._note(note)
+        self._emit(PlanReady(plan))  # the plan's notes are part of it (Plan.describe), not messages of their own
         model = self.session.model
         factors_before = dict(getattr(model, "lr_factors", {}) or {})
         flags_before = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -343,7 +349,7 @@ class BudgetTrainer:
         with train_top_blocks(self.session, k):
             if k:
                 model.lr_factors = {**factors, **stage.block_factors}
-            trainer = self._trainer(data, config, deadline, hard)
+            trainer = self._trainer(data, config, deadline, hard, GRACE_SHARE * max(0.0, stage_end - now), stage_end)
             try:
                 out = trainer.run()
             except TrainingError as exc:
@@ -365,18 +371,44 @@ class BudgetTrainer:
         result.metrics = dict(chosen.get("metrics") or {}) if chosen else {}
         for h in out.history:
             history.append({**h, "epoch": offset + h["epoch"], "stage": index, "stage_epoch": h["epoch"]})
-        if out.reason == "completed" and stage.estimate > 0:  # the pace of this device now, for later stages
-            self.load = min(4.0, max(0.5, seconds / (stage.estimate / max(self.load, 1e-9))))
+        self._learn_pace(stage, out.epochs_run, seconds)
         return result
 
-    def _trainer(self, data: Any, config: TrainConfig, deadline: float, hard: float | None = None) -> Any:
+    def _learn_pace(self, stage: Stage, epochs_run: int, seconds: float) -> None:
+        """The pace of this device now, for the later stages' plans: the stage's seconds over the estimate (at
+        the measured costs) of what it ran, its views and the epochs it finished, whether it completed, stopped
+        early or was cut at its deadline. A stage cut before its first epoch ended gives a lower bound only (its
+        views were not all cached): the pace rises to it, never falls."""
+        if self._stop.is_set() or stage.kind == "finder":
+            return
+        c = self.costs
+        n_train, n_val = len(self.data.train), len(self.data.val)
+        if stage.refit:
+            n_train, n_val = n_train + n_val, 0
+        if stage.kind == "heads":
+            ran = heads_cost(c, n_train, n_val, stage.views, epochs_run)
+        else:
+            ran = blocks_cost(c, len(stage.blocks), n_train, n_val, stage.views, epochs_run)
+        if ran <= 0:
+            return
+        pace = min(MAX_LOAD, max(MIN_LOAD, seconds / ran))
+        self.load = pace if epochs_run else max(self.load, pace)
+
+    def _trainer(self, data: Any, config: TrainConfig, deadline: float, hard: float | None = None,
+                 grace: float = 0.0, cap: float | None = None) -> Any:
         """The stage's trainer, stopped past ``deadline`` once an epoch has finished, past ``hard`` (default:
-        the deadline) in any case, and after an epoch whose repeat would end past the deadline."""
+        the deadline) in any case, and after an epoch whose repeat would end past the deadline. ``grace``
+        (seconds): once, after an epoch that ends past the deadline or whose repeat would, when all the epochs
+        left at that epoch's pace take no more than that (and end by ``cap``, default ``hard``), the stage runs
+        on to finish them instead of ending: what overran was the one-off work before the epochs (caching
+        views), and the later stages are planned again for the time then left."""
         from engine.training.trainer import Trainer
 
         factory = self.trainer_factory or Trainer
         holder: dict[str, Any] = {}
         hard = deadline if hard is None else max(hard, deadline)
+        cap = hard if cap is None else cap
+        limit = {"deadline": deadline, "grace": grace}
         epochs = [0]
 
         def on_event(event: object) -> None:
@@ -387,10 +419,20 @@ class BudgetTrainer:
             now = self.clock()
             if isinstance(event, EpochEvent):
                 epochs[0] = event.epoch
-            if now >= hard or (now >= deadline and epochs[0]):
+                left = config.epochs - event.epoch
+                if left > 0 and now + event.seconds > limit["deadline"] and limit["grace"] > 0:
+                    more = left * event.seconds
+                    if more <= limit["grace"] and now + more <= cap:
+                        self._note(f"The {plural(left, 'epoch')} left take about {more:.0f} s at this pace: the stage "
+                                   f"runs on past its deadline to finish {'it' if left == 1 else 'them'}.")
+                        limit["deadline"] = min(cap, now + max(2 * more, more + 1.0))
+                        limit["grace"] = 0.0  # once
+                        return
+            deadline_now = limit["deadline"]
+            if now >= max(hard, deadline_now) or (now >= deadline_now and epochs[0]):
                 trainer.stop()
             elif isinstance(event, EpochEvent):
-                if event.epoch < config.epochs and now + event.seconds > deadline:
+                if event.epoch < config.epochs and now + event.seconds > deadline_now:
                     self._note(f"Epoch {event.epoch + 1} would end past the stage's deadline: the stage ends here.")
                     trainer.stop()
 

@@ -77,10 +77,10 @@ def demo_csv(demo_manifest):
 
 @pytest.fixture(scope="session")
 def small_csv(demo_csv, tmp_path_factory):
-    """The first 48 rows of the demo manifest (absolute image paths): a quick training run."""
+    """The first 48 rows of the demo manifest (absolute image and mask paths): a quick training run."""
     rows = list(csv.reader(demo_csv.open(newline="")))
     header, body = rows[0], rows[1:49]
-    image = header.index("image")
+    image, mask = header.index("image"), header.index("mask")
     path = tmp_path_factory.mktemp("small") / "labels.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -88,6 +88,7 @@ def small_csv(demo_csv, tmp_path_factory):
         for row in body:
             row = list(row)
             row[image] = str((demo_csv.parent / row[image]).resolve())
+            row[mask] = str((demo_csv.parent / row[mask]).resolve()) if row[mask] else ""
             writer.writerow(row)
     return path
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from engine.network.heads import HeadSpec
 from engine.surgery.operations import DeleteOutputLayer
-from tests.app.test_main_window import LOAD_TIMEOUT, give_session
+from tests.app.test_main_window import LOAD_TIMEOUT, give_session, load_data
 from tests.app.test_surgery_anywhere import accept, context_action
 
 SUGGESTED = [HeadSpec("shape", "single", labels=["circle", "square"], columns=["shape"]),
@@ -60,3 +60,41 @@ def test_no_demo_task_without_dense_suggestions(qtbot, window, default_network):
     s = give_session(window, default_network)
     window.workspace.set_data(SimpleNamespace(heads=SUGGESTED[:2]), "labels.csv")
     assert not s.heads and s.output_layer is not None
+
+
+def test_the_demo_task_fires_on_the_real_demo_data(qtbot, window, default_network, demo_csv, monkeypatch):
+    """The window opening with the demo data (its own load path, the real demo manifest): its mask and boxes
+    columns give the segment and detect heads, bound to those columns, so the demo task sets up all three."""
+    import engine.data.demo_data as demo_data
+
+    monkeypatch.setattr(demo_data, "ensure_demo_data", lambda *a, **k: demo_csv)
+    window.surgery.arm_demo_task()
+    s = give_session(window, default_network)
+    with qtbot.waitSignal(window.dataLoaded, timeout=LOAD_TIMEOUT):
+        window.datasets.load_demo_data()
+    data = window.data
+    assert [(h.name, h.kind, h.columns) for h in s.heads] == [
+        ("shape", "single", ["shape"]), ("mask", "segment", ["mask"]), ("boxes", "detect", ["boxes"])]
+    mask, boxes = (next(h for h in data.heads if h.name == n) for n in ("mask", "boxes"))
+    assert mask.labels[0] == "background" and set(mask.labels[1:]) == {"circle", "square", "star", "triangle"}
+    assert sorted(boxes.labels) == ["circle", "square", "star", "triangle"]
+    sample = next(x for x in data.train if x.targets["boxes"])
+    assert sample.targets["mask"].endswith(".png") and len(sample.targets["boxes"][0]) == 5
+    assert s.output_layer is None and window.undo_stack.undoText() == "Set up the demo task"
+    # The Data tab's thumbnails say each image's mask file and its boxes per class.
+    tips = [tip for _, _, tip in window.data_panel.thumbs._items]
+    assert tips and all("\nmask: " in t and "\nboxes: " in t for t in tips)
+    assert any(line.startswith("mask: ") and line.endswith(".png") for t in tips for line in t.splitlines())
+    box_lines = [line[len("boxes: "):] for t in tips for line in t.splitlines() if line.startswith("boxes: ")]
+    named = [part.split(" x")[0] for line in box_lines if line != "no boxes" for part in line.split(", ")]
+    assert named and set(named) <= set(boxes.labels)  # "circle", "square x2", …
+
+
+def test_a_demo_csv_opened_in_the_window_keeps_its_dense_heads(qtbot, window, demo_csv):
+    """File ▸ Open data on a manifest with mask and boxes columns: the window's data has their heads (main.py
+    train leaves them out unless --head names them)."""
+    from engine.data.loading import load_data as engine_load
+
+    data = load_data(qtbot, window, demo_csv)
+    assert [(h.name, h.kind) for h in data.heads if h.dense] == [("mask", "segment"), ("boxes", "detect")]
+    assert not any(h.dense for h in engine_load(demo_csv).heads)

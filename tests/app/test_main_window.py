@@ -811,7 +811,7 @@ def test_a_csv_column_with_a_stray_cell_is_left_out_with_a_warning(qtbot, window
         for i, row in enumerate(body):
             writer.writerow(row + ["1..5" if i == 5 else str(1 + i % 5)])
     data = load_data(qtbot, window, path)
-    assert [h.name for h in data.heads] == ["shape", "tags", "size"]  # the demo's heads, not 'score'
+    assert [h.name for h in data.heads] == ["shape", "tags", "size", "mask", "boxes"]  # the demo's heads, not 'score'
     [warning] = data.warnings
     assert "row 7, column 'score': '1..5' is not a number" in warning
     shown = window.data_panel.notes_label

@@ -2,6 +2,7 @@
 thread always ends by itself, and training events arrive batched."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -215,3 +216,28 @@ def test_plain_values():
     value = plain({"a": (1, np.float32(2.5)), "b": TrainResult("x", np.int64(3))})
     assert value == {"a": [1, 2.5], "b": {"reason": "x", "steps": 3}}
     assert type(value["a"][1]) is float and type(value["b"]["steps"]) is int
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities through nice values: Linux")
+def test_training_runs_at_a_lower_cpu_priority_than_the_gui(qtbot):
+    """The training thread and the threads it starts (PyTorch's) yield the CPU to the event loop."""
+    seen = {}
+
+    class Niced(FakeTrainer):
+        def run(self):
+            seen["trainer"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            child = threading.Thread(target=lambda: seen.setdefault(
+                "child", os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+            child.start()  # as PyTorch's intra-op threads are started by the training thread
+            child.join()
+            return super().run()
+
+    gui = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = TrainWorker(None, None, None, trainer_factory=lambda *a: Niced(*a, steps=5))
+    job = start_worker(worker, start=False)
+    with qtbot.waitSignal(job.finished, timeout=10000):
+        job.start()
+    expected = min(19, gui + TrainWorker.NICE)
+    assert TrainWorker.NICE > 0 and seen == {"trainer": expected, "child": expected}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gui  # the GUI thread keeps its own
+    wait_ended(qtbot, job)

@@ -2,6 +2,7 @@
 installs them), groups accuracy by look and family, and prints skipped rows with their reason."""
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -42,3 +43,30 @@ def test_tables_show_results_and_skipped_rows():
     assert "| default | main.py train (one-click default) | 98.0% | 44.4% | 38.0% | 51.0% | 125 |" in text
     assert "| budget-10m |" in text and "no --budget yet" in text
     assert "| caveat | handwriting | 46% |" in cross_style.family_table(results)
+
+
+def test_a_failed_row_is_noted_with_the_child_s_last_meaningful_line(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "row.log"
+    child = ("import sys; print('Model: efficientnet_lite0'); print('Measuring this device\\'s speed …');"
+             "sys.exit('graft: error: The budget of 2:00 is too short: give at least 4:38.')")
+    try:
+        cross_style.run_logged([sys.executable, "-c", child], log, {})
+    except cross_style.RowFailed as exc:
+        assert exc.reason == "The budget of 2:00 is too short: give at least 4:38."
+    else:
+        raise AssertionError("the child failed: run_logged must raise")
+    traceback = ["Training …", "Traceback (most recent call last):", '  File "x.py", line 3, in <module>',
+                 "    boom()", "    ^^^^^^", "RuntimeError: out of memory", ""]
+    assert cross_style.last_meaningful(traceback) == "RuntimeError: out of memory"
+    assert cross_style.last_meaningful(["", "   "]) == ""
+
+    def failing(row, built, work, env):
+        raise cross_style.RowFailed(["python", "main.py", "train", "--budget"], 1, traceback)
+
+    built = SimpleNamespace(root=tmp_path, reused=True, seconds=0.0, counts={"train": 1, "val": 1, "test": 1})
+    monkeypatch.setattr(cross_style, "glyph_set", lambda params: built)
+    monkeypatch.setattr(cross_style, "has_budget", lambda env: True)
+    monkeypatch.setattr(cross_style, "run_row", failing)
+    assert cross_style.main(["--rows", "budget-2m"]) == 0
+    out = capsys.readouterr().out
+    assert "| budget-2m | main.py train --budget 2m | – | – | – | – | – | failed: RuntimeError: out of memory |" in out

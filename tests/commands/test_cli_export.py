@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_runner import run_child, run_cli
 from engine.network.heads import HeadSpec
 from engine.export.inference import predict_files
 from engine.export.onnx_export import allowed_diff, max_abs_diff, output_scale
@@ -45,8 +46,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # see _one_torch_thread
 
 
 def graft(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env=ENV)
+    """``main.py ARGS`` in this process (cli_runner: as a child gives it, without its 4 s of imports)."""
+    return run_cli(*args, timeout=timeout, env=ENV)
+
+
+def graft_child(*args: str) -> subprocess.CompletedProcess:
+    """``main.py ARGS`` in a real process."""
+    return run_child(*args, timeout=300, env=ENV)
 
 
 def predict(*args: str) -> subprocess.CompletedProcess:
@@ -290,8 +296,9 @@ def test_a_torchvision_export_predicts_the_same_through_main_py(tmp_path):
 
 @pytest.mark.slow
 def test_export_to_a_missing_folder_ends_with_one_line(exported, tmp_path):
+    """In a real process: one line, with nothing of the interpreter's after it."""
     _, project, _, _, _ = exported
-    result = graft("export", project, "--onnx", tmp_path / "no" / "such" / "x.onnx")
+    result = graft_child("export", project, "--onnx", tmp_path / "no" / "such" / "x.onnx")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "does not exist" in result.stderr
     assert not (tmp_path / "no").exists()

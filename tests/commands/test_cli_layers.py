@@ -1,18 +1,19 @@
 """``main.py layers`` prints the tree; bad input ends with one line and a non-zero exit."""
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from cli_runner import run_child, run_cli
 
 
-def graft(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+def graft(*args):
+    """``main.py ARGS`` in this process (cli_runner: as a child gives it, without its 4 s of imports)."""
+    return run_cli(*args, timeout=300)
+
+
+def graft_child(*args):
+    """``main.py ARGS`` in a real process."""
+    return run_child(*args, timeout=300)
 
 
 @pytest.mark.slow
@@ -37,9 +38,10 @@ def test_layers_defaults_to_the_bundled_network():
 
 @pytest.mark.slow
 def test_a_file_that_is_not_a_model_exits_with_one_line(tmp_path):
+    """In a real process: one line, with nothing of the interpreter's after it."""
     bad = tmp_path / "cat.jpg.pt"
     bad.write_text("meow")
-    result = graft("layers", "--model", str(bad))
+    result = graft_child("layers", "--model", str(bad))
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "not a model file" in result.stderr
     assert "Traceback" not in result.stderr
@@ -114,7 +116,7 @@ def test_a_torchscript_model_says_its_input_was_assumed(tmp_path):
 
 
 def test_a_negative_depth_exits_with_one_line():
-    result = graft("layers", "--depth", "-1")
+    result = graft_child("layers", "--depth", "-1")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "depth" in result.stderr, result.stderr
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from engine.data.demo_data import ensure_demo_folder
-from test_cli_train import graft
+from test_cli_train import graft, graft_child
 
 
 @pytest.fixture(scope="module")
@@ -59,5 +59,5 @@ def test_tensorboard_event_files_hold_the_curves(two_runs):
 def test_runs_of_something_that_is_not_a_project(tmp_path):
     bad = tmp_path / "x.graft"
     bad.write_text("not a zip")
-    out = graft("runs", str(bad))
+    out = graft_child("runs", str(bad))  # a real process: one line, nothing of the interpreter's after it
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "graft: error:" in out.stderr

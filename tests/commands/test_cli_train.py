@@ -11,15 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import run_child, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def graft(*args, cwd=ROOT):
+    """``main.py ARGS`` in this process (cli_runner: as a child gives it, without its 4 s of imports)."""
     # One compute thread: on a busy 2-core machine two OpenMP threads spin against each other.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env=env)
+    return run_cli(*args, cwd=cwd, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def graft_child(*args, cwd=ROOT):
+    """``main.py ARGS`` in a real process."""
+    return run_child(*args, cwd=cwd, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
@@ -81,10 +86,9 @@ def test_augmented_views_and_a_spilling_feature_cache(tiny_folder, tmp_path):
     """``--augment-views`` alone means 4 views; a tiny ``--feature-ram-mb`` puts the features on disk (removed after)."""
     cache = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_CACHE_DIR": str(cache)}
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--data", str(tiny_folder),
-                             "--model", "mobilenet_v3_small", "--random-weights", "--epochs", "1", "--batch-size", "8",
-                             "--augment-views", "--feature-ram-mb", "0.001", "--out", str(tmp_path / "v.graft")],
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = run_cli("train", "--data", str(tiny_folder), "--model", "mobilenet_v3_small", "--random-weights",
+                     "--epochs", "1", "--batch-size", "8", "--augment-views", "--feature-ram-mb", "0.001",
+                     "--out", str(tmp_path / "v.graft"), timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "on cached trunk features of 4 augmented views per image" in result.stdout
     assert "4 augmented views of each of the" in result.stdout and "memory-mapped file" in result.stdout
@@ -110,21 +114,20 @@ def test_unwritable_out_folder_is_refused_before_training(tiny_folder, tmp_path)
 
 
 @pytest.mark.slow
-def test_evaluate_with_negative_workers_ends_with_one_line(tiny_folder, tmp_path):
-    out = tmp_path / "w.graft"
-    assert graft("train", "--data", str(tiny_folder), "--epochs", "1", "--no-augment", "--out", str(out)).returncode == 0
-    result = graft("evaluate", str(out), "--data", str(tiny_folder), "--workers", "-1")
+def test_evaluate_with_negative_workers_ends_with_one_line(seeded_project, tiny_folder):
+    result = graft("evaluate", str(seeded_project), "--data", str(tiny_folder), "--workers", "-1")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "must not be negative" in result.stderr, result.stderr
 
 
 @pytest.mark.slow
 def test_missing_data_and_bad_project(tmp_path):
-    result = graft("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.graft"))
+    """In real processes: train's and evaluate's one line, with nothing of the interpreter's after it."""
+    result = graft_child("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.graft"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
     bogus = tmp_path / "bogus.graft"
     bogus.write_text("not a zip")
-    result = graft("evaluate", str(bogus), "--data", str(tmp_path))
+    result = graft_child("evaluate", str(bogus), "--data", str(tmp_path))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "not a Graft project" in result.stderr
 
 

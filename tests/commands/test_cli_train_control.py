@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from test_cli_train import graft
+from test_cli_train import graft, graft_child
 
 MODEL = ["--model", "resnet18", "--random-weights"]
 
@@ -29,8 +29,9 @@ def test_lr_find_prints_a_suggestion_and_draws_the_curve(tiny_folder, tmp_path):
 
 @pytest.mark.slow
 def test_lr_find_that_diverges_at_once(tiny_folder):
-    result = graft("lr-find", "--data", str(tiny_folder), *MODEL, "--batch-size", "4", "--start-lr", "1e4",
-                   "--end-lr", "1e9")
+    """In a real process: one line, with nothing of the interpreter's after it."""
+    result = graft_child("lr-find", "--data", str(tiny_folder), *MODEL, "--batch-size", "4", "--start-lr", "1e4",
+                         "--end-lr", "1e9")
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "diverged at once" in result.stderr and "Traceback" not in result.stderr
 

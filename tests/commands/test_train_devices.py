@@ -13,11 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_runner import run_cli
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def graft(*args, cwd, env=None, timeout=240):
+def graft(*args, cwd, env=None, timeout=240, child=True):
+    """``main.py ARGS`` in a real process (its launcher starts torchrun's processes); ``child=False``: in
+    this process (cli_runner), for the one-process reference runs and what is refused before anything
+    starts."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRAFT_DIST_TIMEOUT": "30", **(env or {})}
+    if not child:
+        return run_cli(*args, cwd=cwd, env=env, timeout=timeout)
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env=env)
 
@@ -55,7 +62,7 @@ def test_heads_only_on_two_processes_ends_at_the_one_process_weights(tiny_folder
     common = ["train", "--data", str(tiny_folder), "--model", str(base_project), "--freeze", "heads-only",
               "--epochs", "3", "--batch-size", "4", "--device", "cpu"]
     t0 = time.perf_counter()
-    one = graft(*common, "--out", "one.graft", cwd=tmp_path)
+    one = graft(*common, "--out", "one.graft", cwd=tmp_path, child=False)  # the reference: one process, this one
     t1 = time.perf_counter()
     two = graft(*common, "--devices", "2", "--events", "jsonl", "--out", "two.graft", cwd=tmp_path)
     t2 = time.perf_counter()
@@ -82,7 +89,7 @@ def test_heads_only_on_two_processes_ends_at_the_one_process_weights(tiny_folder
 def test_fine_tuning_on_two_processes_reaches_the_one_process_loss(tiny_folder, base_project, tmp_path):
     common = ["train", "--data", str(tiny_folder), "--model", str(base_project), "--freeze", "none",
               "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--no-augment", "--patience", "0"]
-    one = graft(*common, "--out", "one.graft", cwd=tmp_path)
+    one = graft(*common, "--out", "one.graft", cwd=tmp_path, child=False)  # the reference: one process, this one
     two = graft(*common, "--devices", "2", "--out", "two.graft", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
@@ -120,8 +127,10 @@ def test_a_process_that_dies_ends_the_run_with_one_line_and_leaves_the_project(t
 
 @pytest.mark.slow
 def test_devices_refuses_what_cannot_run_before_starting(tiny_folder, tmp_path):
-    result = graft("train", "--data", str(tiny_folder), "--device", "mps", "--devices", "2", cwd=tmp_path)
+    result = graft("train", "--data", str(tiny_folder), "--device", "mps", "--devices", "2", cwd=tmp_path,
+                   child=False)
     assert result.returncode == 1 and result.stderr.startswith("graft: error:") and "mps" in result.stderr
     if not torch.cuda.is_available():
-        result = graft("train", "--data", str(tiny_folder), "--device", "cuda", "--devices", "2", cwd=tmp_path)
+        result = graft("train", "--data", str(tiny_folder), "--device", "cuda", "--devices", "2", cwd=tmp_path,
+                       child=False)
         assert result.returncode == 1 and "GPU" in result.stderr and result.stderr.count("\n") == 1

@@ -1,7 +1,9 @@
-"""CurvePanel: one PlotDataItem per curve, redraws coalesced to one per 50 ms, bounded memory."""
+"""CurvePanel: one PlotDataItem per curve, redraws coalesced to one per REDRAW_MS, cheap pens for long curves,
+bounded memory."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -37,16 +39,58 @@ def test_curves_are_made_once_in_reset(panel):
 
 
 def test_a_burst_of_batches_is_drawn_once(qtbot, panel):
-    for i in range(200):  # far more calls than could be drawn in 50 ms
+    for i in range(200):  # far more calls than could be drawn in one redraw interval
         panel.add_steps(steps(1 + 5 * i, 5))
     assert panel.redraw_count == 0  # nothing is drawn synchronously
     qtbot.waitUntil(lambda: panel.redraw_count >= 1, timeout=2000)
-    qtbot.wait(120)  # let any further timer fire: there is nothing left to draw
+    qtbot.wait(CurvePanel.REDRAW_MS + 100)  # let any further timer fire: there is nothing left to draw
     assert panel.redraw_count <= 2
     x, y = panel.curve("train:total").getData()
     assert len(x) == 1000 and x[0] == 1 and x[-1] == 1000
     assert y[-1] == pytest.approx(1 / 1000)
     assert len(panel.curve("train:tags").getData()[0]) == 1000
+
+
+def test_a_steady_stream_is_drawn_a_few_times_a_second(qtbot, panel, monkeypatch):
+    """Batches every 10 ms (a fast run's progress) for about a second: the curves' setData runs once per
+    redraw interval at most, not once per batch."""
+    assert CurvePanel.REDRAW_MS >= 100  # at most 10 redraws a second: each costs a repaint of both plots
+    calls: list[str] = []
+    for name in panel.curve_names():
+        item = panel.curve(name)
+        monkeypatch.setattr(item, "setData", lambda *a, _n=name, _f=item.setData, **k: (calls.append(_n), _f(*a, **k)))
+    start, batches = time.monotonic(), 0
+    while time.monotonic() - start < 1.0:
+        panel.add_steps(steps(1 + 5 * batches, 5))
+        batches += 1
+        qtbot.wait(10)
+    elapsed_ms = (time.monotonic() - start) * 1000
+    panel.flush()
+    most = int(elapsed_ms / CurvePanel.REDRAW_MS) + 2  # the intervals begun, and the final flush
+    assert batches >= 20 and 1 <= panel.redraw_count <= most
+    assert calls.count("train:total") == panel.redraw_count <= most
+    assert len(calls) <= most * len(HEADS + [("total", "")])  # only the step curves changed: train:*
+    assert len(panel.curve("train:total").getData()[0]) == 5 * batches  # every point is there
+
+
+def test_long_curves_are_drawn_with_one_pixel_aliased_pens(panel):
+    """Qt strokes wide or antialiased pens as filled outlines: for a noisy curve of thousands of steps that
+    took 0.4-1.7 s a repaint on the GUI thread. Step curves are thin and aliased from the start; an
+    epoch curve becomes so once it outgrows SMOOTH_POINTS."""
+    for name in ("train:total", "train:shape"):
+        item = panel.curve(name)
+        assert not item.opts["antialias"] and item.opts["pen"].isCosmetic() and item.opts["pen"].widthF() <= 1
+    val = panel.curve("val:total")
+    assert val.opts["antialias"] and val.opts["pen"].widthF() == 2
+    for epoch in range(1, CurvePanel.SMOOTH_POINTS + 1):
+        panel.add_epoch(epoch, 10 * epoch, 1.0 / epoch, {}, {})
+    panel.flush()
+    assert val.opts["antialias"]  # short: smooth
+    panel.add_epoch(CurvePanel.SMOOTH_POINTS + 1, 10_000, 0.01, {}, {})
+    panel.flush()
+    assert not val.opts["antialias"] and not val.curve.opts["antialias"] and val.opts["pen"].widthF() == 1
+    assert val.opts["pen"].style() == panel._dashed(val.opts["pen"].color()).style()  # still dashed
+    assert len(val.getData()[0]) == CurvePanel.SMOOTH_POINTS + 1
 
 
 def test_epochs_fill_validation_and_metric_curves(qtbot, panel):

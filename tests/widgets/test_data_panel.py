@@ -245,3 +245,21 @@ def test_thumbnails_stop_reading_once_every_class_has_enough():
     samples = [Sample(Path(f"{i}.png"), {"class": i % 2}) for i in range(8)]
     source = SimpleNamespace(train=samples + [Unread()] * 1000, val=[], heads=[head])
     assert DataPanel._pick_samples(source, 4) == samples[:4]
+
+
+def test_thumbnail_tooltips_say_each_images_mask_file_and_boxes_per_class():
+    from types import SimpleNamespace
+
+    from engine.network.heads import HeadSpec
+
+    heads = [HeadSpec("shape", "single", labels=["circle", "square"]),
+             HeadSpec("mask", "segment", labels=["background", "circle", "square"], columns=["mask"]),
+             HeadSpec("boxes", "detect", labels=["circle", "square"], columns=["boxes"])]
+    source = SimpleNamespace(heads=heads)
+    boxed = SimpleNamespace(path="/d/images/001.jpg", targets={
+        "shape": 1, "mask": "/d/masks/001.png",
+        "boxes": [[1, 2, 30, 40, 1.0], [5, 5, 9, 9, 0.0], [50, 50, 60, 60, 1.0]]})
+    assert DataPanel._caption(source, boxed) == ("square", "001.jpg\nshape: square\nmask: 001.png\n"
+                                                           "boxes: square x2, circle")
+    empty = SimpleNamespace(path="/d/images/002.jpg", targets={"shape": -1, "mask": None, "boxes": []})
+    assert DataPanel._caption(source, empty)[1] == "002.jpg\nshape: unlabelled\nmask: no mask\nboxes: no boxes"

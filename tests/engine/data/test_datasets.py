@@ -694,6 +694,22 @@ def test_random_split_warns_about_a_class_left_only_in_validation(tmp_path):
     assert warned
 
 
+def test_a_dense_class_only_in_validation_is_named(tmp_path):
+    """Boxes of a class only validation images hold, or a class only their masks hold, are named as the
+    other heads' classes are (an image folder's masks/ and labels/ split at random raised KeyError)."""
+    from engine.data.dense_targets import PRESENT
+    from engine.data.splits import only_in_validation
+
+    boxes = HeadSpec("boxes", "detect", labels=["cat", "dog"])
+    seg = HeadSpec("seg", "segment", labels=["bg", "cat", "dog"])
+    PRESENT[str(tmp_path / "a.png")], PRESENT[str(tmp_path / "b.png")] = frozenset({0, 1}), frozenset({0, 2})
+    train = [Sample(tmp_path / "a.jpg", {"boxes": [[0, 0, 5, 5, 0.0]], "seg": str(tmp_path / "a.png")})]
+    val = [Sample(tmp_path / "b.jpg", {"boxes": [[0, 0, 5, 5, 1.0]], "seg": str(tmp_path / "b.png")}),
+           Sample(tmp_path / "c.jpg", {})]
+    assert only_in_validation([boxes, seg], train, val) == [
+        "class 'dog' of head 'boxes' has boxes only in validation", "class 'dog' of head 'seg' is in masks only in validation"]
+
+
 def test_parse_head_arg_with_a_loss_weight(tmp_path):
     h = parse_head_arg("age:regression:age:0.5")
     assert (h.name, h.kind, h.columns, h.loss_weight) == ("age", "regression", ["age"], 0.5)

@@ -78,6 +78,38 @@ def test_csv_masks_and_boxes(tmp_path):
     assert math.isnan(float(ds[no_boxes][1]["box"][0, 0]))
 
 
+def test_dense_suggestions_add_a_head_per_mask_and_boxes_column(tmp_path):
+    """The window's load (dense_suggestions=True): the suggested heads and a segment head per mask column, a
+    detect head per boxes column, named after and bound to the column; main.py train's load leaves them out."""
+    path = _manifest(tmp_path)
+    data = load_data(path, dense_suggestions=True)
+    assert [(h.name, h.kind, h.columns) for h in data.heads] == [
+        ("kind", "single", ["kind"]), ("mask", "segment", ["mask"]), ("boxes", "detect", ["boxes"])]
+    assert data.head("mask").labels == ["0", "1", "2"] and data.head("boxes").labels == ["a", "b"]
+    assert data.summary()["heads"]["boxes"]["counts"] == {"a": 2, "b": 3}
+    assert not any("'mask'" in n or "'boxes'" in n for n in data.notes)  # no "is not a head" for a head
+    plain = load_data(path)
+    assert [h.name for h in plain.heads] == ["kind"]
+    assert any(n.startswith("Column 'mask' is not a head: it holds mask files") for n in plain.notes)
+    assert [h.name for h in load_data(path, [parse_head_arg("kind:single")], dense_suggestions=True).heads] == ["kind"]
+
+
+def test_a_suggested_dense_head_with_a_missing_mask_is_left_out_with_a_warning(tmp_path):
+    """A manifest copied away from its masks still loads in the window: the suggested segment head is left out
+    and a warning says why; a head the user names still refuses the file."""
+    def gone(rows):
+        rows[0]["mask"] = "masks/gone.png"
+
+    path = _manifest(tmp_path, edit=gone)
+    data = load_data(path, dense_suggestions=True)
+    assert [h.name for h in data.heads] == ["kind", "boxes"]
+    assert data.warnings == [f"labels.csv row 2, column 'mask': mask file {tmp_path / 'masks' / 'gone.png'} not "
+                             "found. The column 'mask' is left out of the suggested heads (no segmentation head): "
+                             "fix it and load the data again to learn it."]
+    with pytest.raises(GraftError, match="gone.png not found"):
+        load_data(path, [parse_head_arg("seg:segment:mask")], dense_suggestions=True)
+
+
 def test_augmented_masks_and_boxes_stay_on_the_object(tmp_path):
     data = load_data(_manifest(tmp_path), [HeadSpec.from_dict(h.to_dict()) for h in HEADS])
     ds = ImageDataset(data.samples, data.heads, SPEC, augment=True)

@@ -42,6 +42,9 @@ def test_spec_rules():
         HeadSpec("c", "single", outputs=2, layers=["features.3"])
     with pytest.raises(GraftError, match="listed twice"):
         HeadSpec("d", "detect", outputs=1, layers=["a", "a"])
+    with pytest.raises(GraftError, match=r"width \(16\) must be a multiple of 32"):  # was GroupNorm's ValueError
+        HeadSpec("d", "detect", outputs=1, hidden=[16])
+    assert HeadSpec("d", "detect", outputs=1, hidden=[96]).width == 96 and HeadSpec("s", "segment", hidden=[16]).width == 16
     assert HeadSpec("d", "detect", outputs=1).outputs == 1  # one object class is enough (no background)
     assert HeadSpec("c", "single", outputs=2, layer="layer3").read_layers == ["layer3"]
 

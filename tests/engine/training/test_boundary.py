@@ -133,6 +133,24 @@ def test_a_trained_layer_below_the_boundary_is_refused():
         split_trunk(session.model.trunk, "0.2", torch.randn(2, 3, 32, 32))
 
 
+@pytest.mark.parametrize("said, says", [
+    ("the frozen trunk runs in onnxruntime (converted and checked against PyTorch in 0.5 s)",
+     "the frozen layers up to 0.2 run in onnxruntime (converted and checked against PyTorch in 0.5 s)"),
+    ("the trunk runs in PyTorch: it does not convert to ONNX (no)", "the layers up to 0.2 run in PyTorch: it does")])
+def test_the_lower_half_s_conversion_note_names_its_layers_in_plural(monkeypatch, said, says):
+    from types import SimpleNamespace
+
+    from engine.runtime import onnx_trunk
+    from engine.training.boundary import lower_runner
+
+    session = tiny_session(chain(), "up-to:0.2")
+    split = split_trunk(session.model.trunk, "0.2", torch.randn(2, 3, 32, 32))
+    monkeypatch.setattr(onnx_trunk, "enabled", lambda: True)
+    monkeypatch.setattr(onnx_trunk, "convert_trunk", lambda *a, **k: SimpleNamespace(onnx=None, note=said))
+    runner, note = lower_runner(split, session.input_spec, 10_000, torch.device("cpu"))
+    assert runner is None and note.startswith(says)
+
+
 # -- in the trainer ----------------------------------------------------------------------------------
 
 def run(session, data, **config):

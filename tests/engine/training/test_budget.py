@@ -3,6 +3,7 @@ record, the refit keeps validation out of selection, and blank labels never reac
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -10,11 +11,12 @@ import torch
 
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
-from engine.training.budget import (MARGIN, MIN_TRUNK_EPOCHS, SAVE_SECONDS, BudgetTooSmall, Costs, blocks_cost,
-                                    heads_cost, make_plan, parse_budget, usable_seconds)
+from engine.training.budget import (MARGIN, MAX_HEAD_VIEWS, MAX_HEAD_VIEWS_ALONE, MIN_TRUNK_EPOCHS, SAVE_SECONDS,
+                                    BudgetTooSmall, Costs, blocks_cost, heads_cost, make_plan, parse_budget,
+                                    usable_seconds)
 from engine.training.budget_run import BudgetTrainer, StageFinished, StageStarted
 from engine.training.config import TrainConfig
-from engine.training.events import EpochEvent, ProgressEvent, StepEvent, TrainResult
+from engine.training.events import EpochEvent, MessageEvent, ProgressEvent, StepEvent, TrainResult
 from engine.training.losses import compute_losses
 from engine.training.record import TrainingRecord
 from engine.training.runs import runs_of, stage_table
@@ -103,8 +105,9 @@ class FakeTrainer:
 
     runs: list[SimpleNamespace] = []
 
-    def __init__(self, clock: Clock, c: Costs, slow: float, session, data, config, on_event) -> None:
-        self.clock, self.c, self.slow = clock, c, slow
+    def __init__(self, clock: Clock, c: Costs, slow: float, session, data, config, on_event,
+                 slow_views: float = 1.0) -> None:
+        self.clock, self.c, self.slow, self.slow_views = clock, c, slow, slow_views
         self.session, self.data, self.config, self.on_event = session, data, config, on_event
         self.stopped = False
         trunk = [n for n, p in session.model.trunk.named_parameters() if p.requires_grad]
@@ -134,7 +137,7 @@ class FakeTrainer:
         cfg = self.config
         start = self.clock.now
         history, best, best_loss, reason = [], None, None, "completed"
-        if not self._spend(self._cost(0), 10, ProgressEvent(0, 1, 0.0, None, "features")):
+        if not self._spend(self._cost(0) * self.slow_views, 10, ProgressEvent(0, 1, 0.0, None, "features")):
             reason = "stopped"
         for epoch in range(1, cfg.epochs + 1):
             if reason != "completed":
@@ -146,7 +149,8 @@ class FakeTrainer:
             if val is not None and (best_loss is None or val < best_loss):
                 best, best_loss = epoch, val
             history.append({"epoch": epoch, "val_loss": val, "metrics": {"kind": {"accuracy": 1 - (val or 0)}}})
-            self.on_event(EpochEvent(epoch, 1.0, val, {}, {}, {}, best == epoch, 1.0))
+            seconds = (self._cost(epoch) - self._cost(epoch - 1)) * self.slow
+            self.on_event(EpochEvent(epoch, 1.0, val, {}, {}, {}, best == epoch, seconds))
             if self.stopped:
                 reason = "stopped"
                 break
@@ -173,19 +177,26 @@ class FakeFinder:
 def fake_run(small_session, demo_data):
     FakeTrainer.runs, FakeFinder.seen = [], []
 
-    def run(budget: float, slow: float = 1.0, refit: bool = False, c: Costs | None = None):
+    def run(budget: float, slow: float = 1.0, refit: bool = False, c: Costs | None = None,
+            slow_views: dict[str, float] | None = None):
+        """``slow``: the device's pace against the costs; ``slow_views``: by stage kind ("heads", "blocks"),
+        how much slower still the one-off work before the epochs (caching views) runs."""
         session = small_session([HeadSpec("shape", labels=["circle", "square", "star", "triangle"])])
         clock = Clock()
         c = c or costs()
         events = []
+
+        def trainer(session, data, config, on_event):
+            views = (slow_views or {}).get("heads" if config.cache_features else "blocks", 1.0)
+            return FakeTrainer(clock, c, slow, session, data, config, on_event, slow_views=views)
+
         runner = BudgetTrainer(session, demo_data, budget, base=TrainConfig(batch_size=8), refit=refit,
-                               on_event=events.append, costs=c, clock=clock,
-                               trainer_factory=lambda *a: FakeTrainer(clock, c, slow, *a),
+                               on_event=events.append, costs=c, clock=clock, trainer_factory=trainer,
                                finder_factory=lambda *a: FakeFinder(clock, *a))
         flags = {n: p.requires_grad for n, p in session.model.named_parameters()}
         result = runner.run()
         assert {n: p.requires_grad for n, p in session.model.named_parameters()} == flags  # put back
-        return SimpleNamespace(result=result, seconds=clock.now - 1000.0, events=events, session=session)
+        return SimpleNamespace(result=result, seconds=clock.now - 1000.0, events=events, session=session, data=demo_data)
 
     return run
 
@@ -309,3 +320,65 @@ def test_settings_of_the_plan_are_checked():
         TrainConfig(label_smoothing=1.0).validate()
     with pytest.raises(GraftError, match="augmentation policy"):
         TrainConfig(augment_policy="wild").validate()
+
+
+# -- keeping the time when the views overrun ------------------------------------------------------------------
+
+def test_with_a_trunk_stage_to_follow_the_heads_get_two_views_at_most_and_alone_more():
+    plan = make_plan(600, costs(0.2), 1200, 300, BLOCKS)
+    heads = next(s for s in plan.stages if s.kind == "heads")
+    assert [s.kind for s in plan.stages][-1] == "blocks" and heads.views <= MAX_HEAD_VIEWS == 2
+    alone = make_plan(600, costs(0.2), 1200, 300, [])  # a trunk without blocks: the heads are the plan
+    assert [s.kind for s in alone.stages if s.kind != "finder"] == ["heads"]
+    assert MAX_HEAD_VIEWS < alone.stages[-1].views <= MAX_HEAD_VIEWS_ALONE
+
+
+def test_a_stage_whose_views_overran_still_runs_its_cheap_epochs_left(fake_run):
+    out = fake_run(120.0, c=costs(0.2), slow_views={"heads": 4.0})
+    heads = next(r for r in out.result.stages if r.kind == "heads")
+    assert heads.seconds > heads.estimate * 2  # the views overran the stage's deadline
+    assert heads.epochs_run == heads.epochs > 1  # the cheap epochs after them still ran
+    texts = [e.text for e in out.events if isinstance(e, MessageEvent)]
+    assert any("runs on past its deadline" in t for t in texts)
+    assert out.seconds <= 120.0 * 1.1
+
+
+def test_epochs_left_that_cost_more_than_the_grace_still_end_the_stage(fake_run):
+    c = replace(costs(0.2), head_step=0.01)  # heads epochs of about a second each
+    out = fake_run(120.0, c=c, slow_views={"heads": 4.0})
+    heads = next(r for r in out.result.stages if r.kind == "heads")
+    assert 1 <= heads.epochs_run < heads.epochs
+    texts = [e.text for e in out.events if isinstance(e, MessageEvent)]
+    assert not any("runs on past its deadline" in t for t in texts)
+
+
+def test_a_stage_cut_at_its_deadline_corrects_the_pace_of_the_later_stages(fake_run):
+    c = replace(costs(0.2), trunk=0.1, head_step=0.002)  # views dear, heads epochs dearer than the grace
+    out = fake_run(300.0, c=c, slow_views={"heads": 3.0})
+    n, v = len(out.data.train), len(out.data.val)
+    heads = next(r for r in out.result.stages if r.kind == "heads")
+    assert heads.reason == "stopped" and heads.epochs_run < heads.epochs
+    pace = heads.seconds / heads_cost(c, n, v, heads.views, heads.epochs_run)
+    assert pace > 1.5  # the stage ran slower than measured ...
+    trunk = next(e.stage for e in out.events if isinstance(e, StageStarted) and e.stage.kind == "blocks")
+    planned = blocks_cost(c, len(trunk.blocks), n, v, trunk.views, trunk.epochs)
+    assert trunk.estimate == pytest.approx(planned * pace)  # ... and the trunk stage is planned at that pace
+
+
+def test_the_plan_s_notes_come_once_with_the_plan_not_again_as_messages(fake_run):
+    out = fake_run(300.0, c=costs(0.2))
+    notes = out.result.plan.notes
+    assert notes and all(n in out.result.plan.describe() for n in notes)  # shown before it runs
+    texts = [e.text for e in out.events if isinstance(e, MessageEvent)]
+    assert not any(n in t for n in notes for t in texts)
+
+
+def test_heads_alone_take_only_the_views_that_end_in_time_at_half_the_measured_pace(fake_run):
+    c = replace(costs(0.2), trunk=0.05, lower={}, upper_step={}, upper_eval={})  # no trunk stage to plan
+    plan = make_plan(120.0, c, 288, 72, BLOCKS, spent=5.0)
+    heads = plan.stages[-1]
+    assert [s.kind for s in plan.stages if s.kind != "finder"] == ["heads"] and heads.views > 1
+    assert 2 * heads.estimate <= usable_seconds(120.0, 5.0)
+    out = fake_run(120.0, slow=2.0, c=c)  # the device at half the pace measured: the floor still trains
+    trained = next(r for r in out.result.stages if r.kind == "heads")
+    assert trained.epochs_run >= 1 and out.result.best_val_loss is not None
