@@ -230,7 +230,7 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise _fail(where, f"metadata format {quoted(version)}, expected a whole number from 1 to {FORMAT}")
     if version > FORMAT:
-        raise GraftError(f"{where} was exported by a newer Graft (metadata format {version}).")
+        raise GraftError(f"{where} was exported by a newer Graft (metadata format {quoted(version)}).")
     for key in ("input", "input_spec", "outputs"):
         if key not in data:
             raise _fail(where, f"'{key}' is missing")

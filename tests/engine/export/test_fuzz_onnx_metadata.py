@@ -304,6 +304,7 @@ KNOWN = {  # name: the file's bytes from the base's (bytes, metadata)
         b, [(KEY, json.dumps({**g, "input_spec": {**g["input_spec"], "std": [5e-324, 1, 1]}}))]),
     "an output entry of 5,000 numbers": lambda b, g: with_props(
         b, [(KEY, json.dumps({**g, "outputs": [list(range(5000)), *g["outputs"][1:]]}))]),
+    "a format of 400 digits": lambda b, g: with_props(b, [(KEY, json.dumps({**g, "format": 10 ** 400}))]),
     "a source that is a list": lambda b, g: with_props(b, [(KEY, json.dumps({**g, "source": [1, 2]}))]),
     "labels with a newline and an escape sequence": lambda b, g: with_props(b, [(KEY, json.dumps(
         {**g, "outputs": [{**g["outputs"][0], "labels": (labels := ["cat\ndog", "\x1b[2Jred", "\u202eevil"]),
