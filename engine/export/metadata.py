@@ -230,7 +230,7 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise _fail(where, f"metadata format {quoted(version)}, expected a whole number from 1 to {FORMAT}")
     if version > FORMAT:
-        raise GraftError(f"{where} was exported by a newer Graft (metadata format {version}).")
+        raise GraftError(f"{where} was exported by a newer Graft (metadata format {quoted(version)}).")
     for key in ("input", "input_spec", "outputs"):
         if key not in data:
             raise _fail(where, f"'{key}' is missing")
@@ -387,7 +387,13 @@ class HeadPrediction:
         return [n for n, _ in self.top] if self.kind == "multi" else []
 
     def format(self) -> str:
-        """One line of text, e.g. ``species: cat 91.2% (dog 6.1%, bird 2.7%)``."""
+        """One line of text, e.g. ``species: cat 91.2% (dog 6.1%, bird 2.7%)``: a label's newlines, escape
+        sequences and other unprintable characters shown escaped (``cat\\ndog``), so a file's labels can
+        neither break the one line per head nor drive the terminal (found by the ONNX metadata fuzz)."""
+        line = self._format()
+        return line if line.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+    def _format(self) -> str:
         if self.kind == "single":
             best, rest = self.top[0], self.top[1:3]
             tail = f" ({', '.join(f'{n} {p:.1%}' for n, p in rest)})" if rest else ""
