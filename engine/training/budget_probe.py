@@ -178,8 +178,11 @@ def _heads_step(model: Any, features: torch.Tensor) -> float:
         out = model.forward_heads(batch)
         sum(v.float().sum() for v in out.values()).backward()
 
-    step()  # warm-up (autograd's first backward starts its threads)
-    seconds = _per_image(timed(step), batch.shape[0])
+    from engine.training.features import heads_threads
+
+    with heads_threads(device=features.device):  # as the heads' epochs run
+        step()  # warm-up (autograd's first backward starts its threads)
+        seconds = _per_image(timed(step), batch.shape[0])
     for p in heads:
         p.grad = None
     return seconds

@@ -231,3 +231,21 @@ def test_a_paused_run_with_views_resumes_to_the_uninterrupted_weights(data, smal
     Trainer(part, data, config(augment_views=2), resume=paused.checkpoint).run()
     for name, value in whole.model.heads.state_dict().items():
         assert torch.allclose(value, part.model.heads.state_dict()[name], atol=1e-6), name
+
+
+def test_the_heads_epochs_on_a_cpu_run_on_one_thread_and_put_the_count_back(data, small_session):
+    session = small_session(data.heads)
+    threads = []
+    torch.set_num_threads(2)  # one_torch_thread puts its own count back afterwards
+    messages = []
+
+    def on_event(event):
+        if isinstance(event, EpochEvent):
+            threads.append(torch.get_num_threads())
+        elif isinstance(event, MessageEvent):
+            messages.append(event.text)
+
+    result = Trainer(session, data, config(augment_views=2), on_event).run()
+    assert result.cached_features and threads == [1, 1, 1]
+    assert torch.get_num_threads() == 2
+    assert any("The heads train on 1 CPU thread" in m for m in messages)
