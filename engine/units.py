@@ -29,7 +29,12 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 def quoted(text: object, limit: int = 60) -> str:
     """``repr(text)`` for a message, cut to about ``limit`` characters: a 200,000-character cell or column
-    name quoted whole would bury what the message says ('xxxx…' (200,000 characters))."""
-    if not isinstance(text, str) or len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}… ({len(text):,} characters)"
+    name quoted whole would bury what the message says ('xxxx…' (200,000 characters)). Any other value
+    is cut the same way by its repr (a list of 5,000 numbers read from a file where a size belongs)."""
+    if isinstance(text, str):
+        return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text):,} characters)"
+    try:
+        shown = repr(text)
+    except (RecursionError, ValueError):  # nested past the interpreter's depth; an int past repr's digit limit
+        return f"<{type(text).__name__}>"
+    return shown if len(shown) <= limit else f"{shown[:limit]}… ({type(text).__name__}, {len(shown):,} characters)"

@@ -20,6 +20,7 @@ suite is stable) and ``thorough`` (``HYPOTHESIS_PROFILE=thorough``: thousands, r
 from __future__ import annotations
 
 import ctypes
+import copy
 import os
 import pickle
 import resource
@@ -219,6 +220,34 @@ def short(message: str, *paths: str | Path) -> bool:
     for path in paths:
         message = message.replace(str(path), "")
     return len(message) <= SHORT_MESSAGE
+
+
+def mutate_json(draw: Callable[..., Any], value: Any, odd: Any, new_keys: list[str]) -> Any:
+    """A copy of the JSON ``value`` with one to four places replaced by a value drawn from the strategy
+    ``odd``, deleted, or given an extra key (one of ``new_keys``) or list item. Each drawn value is
+    deep-copied: ``sampled_from`` hands every example the same list or dict, and a later mutation landing
+    inside it would change what every later example draws."""
+    from hypothesis import strategies as st
+
+    value = copy.deepcopy(value)
+    for _ in range(draw(st.integers(1, 4))):
+        places = [p for p in paths_in(value) if p]
+        if not places:
+            return copy.deepcopy(draw(odd))
+        place = draw(st.sampled_from(places))
+        parent = value
+        for key in place[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add"]))
+        if action == "replace":
+            parent[place[-1]] = copy.deepcopy(draw(odd))
+        elif action == "delete":
+            del parent[place[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.sampled_from(new_keys))] = copy.deepcopy(draw(odd))
+        else:
+            parent.insert(draw(st.integers(0, len(parent))), copy.deepcopy(draw(odd)))
+    return value
 
 
 def paths_in(value: Any, prefix: tuple = ()):

@@ -26,8 +26,9 @@ from PySide6.QtWidgets import QSizePolicy, QSplitter, QVBoxLayout, QWidget
 
 from .head_diagram import head_colour
 
-MAIN_METRIC = {"single": "accuracy", "multi": "macro_f1", "regression": "mae"}
-METRIC_TITLES = {"accuracy": "accuracy", "macro_f1": "macro F1", "mae": "MAE"}
+# Each kind's validation metric per epoch (engine.training.metrics.MAIN_METRIC, without importing torch here).
+MAIN_METRIC = {"single": "accuracy", "multi": "macro_f1", "regression": "mae", "segment": "miou", "detect": "map_50"}
+METRIC_TITLES = {"accuracy": "accuracy", "macro_f1": "macro F1", "mae": "MAE", "miou": "mIoU", "map_50": "mAP@0.5"}
 
 
 class _Series:
@@ -274,8 +275,9 @@ class CurvePanel(QWidget):
             entries.append((label + (" (right axis)" if on_right else ""), colour, False, True))
         self.metric_legend.set_entries(entries)
         only_regression = kinds == {"regression"}
-        metric.setLabel("left", "MAE (lower is better)" if only_regression else "accuracy / F1"
-                        if "" not in kinds else "metric", color=self._fg.name())
+        dense = sorted({METRIC_TITLES[MAIN_METRIC[k]] for k in kinds & {"segment", "detect"}})
+        metric.setLabel("left", "MAE (lower is better)" if only_regression else "metric" if "" in kinds else
+                        " / ".join(["accuracy / F1", *dense]) if dense else "accuracy / F1", color=self._fg.name())
         metric.enableAutoRange(axis="y", enable=True)
         if self._heads and not only_regression and "" not in kinds:
             metric.setYRange(0, 1, padding=0.03)

@@ -95,27 +95,36 @@ class EvaluationPanel(QWidget):
         self._loader = ThumbnailLoader(self)  # decodes the dense heads' example images off the GUI thread
         self.head_combo = QComboBox(self)
         self.head_combo.setMinimumContentsLength(16)
+        # as wide as its longest "name — kind" (it is filled after it was first shown: it stayed clipped)
+        self.head_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.head_combo.setMaximumWidth(300)
         self.info_label = QLabel(self)
         self.info_label.setObjectName("hint")
+        self.info_label.setWordWrap(True)  # wraps rather than widening the Evaluate tab past the window
         self.head_label = QLabel("Head", self)
         top = QHBoxLayout()
         top.setSpacing(8)
         top.addWidget(self.head_label)
         top.addWidget(self.head_combo)
-        top.addSpacing(8)
-        top.addWidget(self.info_label, 1)
+        top.addStretch(1)
+        # The evaluation's summary and the next one's test-time augmentation on a line of their own: in one
+        # line with the head they held the panel at 740 px, clipping the Try-an-image column beside it.
+        second = QHBoxLayout()
+        second.setSpacing(8)
+        second.addWidget(self.info_label, 1)
         self.tta_label = QLabel("Test-time augmentation", self)
         self.tta_combo = QComboBox(self)
         for mode, text in TTA_CHOICES:
             self.tta_combo.addItem(text, mode)
         self.tta_combo.setToolTip(TTA_TIP)
         self.tta_label.setToolTip(TTA_TIP)
-        top.addWidget(self.tta_label)
-        top.addWidget(self.tta_combo)
+        second.addWidget(self.tta_label)
+        second.addWidget(self.tta_combo)
 
         self.headline_label = QLabel(self)
         self.headline_label.setObjectName("evalHeadline")
         self.headline_label.setTextFormat(Qt.TextFormat.RichText)
+        self.headline_label.setWordWrap(True)  # mAP@0.5 · mAP@0.5:0.95 and the counts: 650 px in one line
         self.pages = QStackedWidget(self)
         self.empty_label = QLabel(EMPTY_TEXT, self)
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -126,6 +135,7 @@ class EvaluationPanel(QWidget):
         layout.setContentsMargins(10, 10, 10, 10)
         layout.setSpacing(8)
         layout.addLayout(top)
+        layout.addLayout(second)
         layout.addWidget(self.headline_label)
         layout.addWidget(self.pages, 1)
         layout.addWidget(self.empty_label, 1)

@@ -228,6 +228,9 @@ class OverlayControls(QWidget):
         self.threshold_value = QLabel(self)
         self.count_label = QLabel(self)
         self.count_label.setObjectName("hint")
+        self.count_label.setWordWrap(True)  # "4 of 22 boxes shown" wraps in a narrow pane…
+        for slider in (self.opacity_slider, self.threshold_slider):
+            slider.setMinimumWidth(80)  # …rather than squeezing the slider to nothing (it looked like a checkbox)
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(8)

@@ -116,7 +116,7 @@ DENSE_COLUMNS = {"mask": "segment", "boxes": "detect"}  # columns that suggest a
 
 def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str, decimal_comma: bool = False,
              notes: list[str] | None = None, *, strict: bool = True,
-             warnings: list[str] | None = None) -> list[HeadSpec]:
+             warnings: list[str] | None = None, dense: bool = False) -> list[HeadSpec]:
     image_col = _find_column(header, "image")
     split_col = _find_column(header, "split")
     text_cols: list[tuple[str, list[str]]] = []
@@ -138,6 +138,8 @@ def _suggest(header: list[str], rows: list[tuple[int, list[str]]], csv_name: str
         if i in (image_col, split_col) or not col or col.lower().startswith("unnamed:"):
             continue
         if col.lower() in DENSE_COLUMNS:  # mask files / boxes: a segment / detect head reads them when asked
+            if dense:  # the caller adds that head itself (_load_csv's dense suggestions): no note
+                continue
             kind = DENSE_COLUMNS[col.lower()]
             left_out.append((col, f"holds {'mask files' if kind == 'segment' else 'boxes'}: a {kind} head reads it "
                                   f"when added (e.g. --head {_head_name(col)}:{kind}:{col})"))
@@ -291,7 +293,7 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
         # Classes come from the usable rows, not from rows whose image is unreadable.
         heads = [replace(h, labels=[]) if h.kind == "single" else h
                  for h in _suggest(header, rows, name, decimal_comma, notes, strict=strict_suggestions,
-                                   warnings=warnings)]
+                                   warnings=warnings, dense=dense)]
         if dense:  # and the dense heads its mask / boxes columns feed (the window: a head added later has data)
             taken = {h.name for h in heads}
             offered = {h.name for h in _dense_heads(header) if h.name not in taken}

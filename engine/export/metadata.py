@@ -12,7 +12,6 @@ ONNX file (:class:`OnnxPredictor`), so both give the same answer. Only NumPy, Pi
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import GraftError, not_a_file
+from engine.units import quoted
 from engine.network.heads import HeadSpec
-from engine.network.preprocess import (RESAMPLE, SIXTEEN_BIT_FORMULA, SIXTEEN_BIT_MODES, InputSpec, channel_order_for,
-                                       check_channels, load_input)
+from engine.network.preprocess import RESAMPLE, SIXTEEN_BIT_FORMULA, SIXTEEN_BIT_MODES, InputSpec, load_input
 
 FORMAT = 1
 KEY = "graft"
@@ -219,11 +218,6 @@ class GraftMetadata:
         return next((h for h in self.heads if h.name == output), None)
 
 
-def _numbers(v: Any, count: int = 3) -> bool:
-    return isinstance(v, list) and len(v) == count and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-
-
 def _fail(where: str, why: str) -> GraftError:
     return GraftError(f"{where}: the Graft metadata is invalid ({why}).")
 
@@ -234,9 +228,9 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
         raise _fail(where, "not a JSON object")
     version = data.get("format")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _fail(where, f"metadata format {version!r}, expected a whole number from 1 to {FORMAT}")
+        raise _fail(where, f"metadata format {quoted(version)}, expected a whole number from 1 to {FORMAT}")
     if version > FORMAT:
-        raise GraftError(f"{where} was exported by a newer Graft (metadata format {version}).")
+        raise GraftError(f"{where} was exported by a newer Graft (metadata format {quoted(version)}).")
     for key in ("input", "input_spec", "outputs"):
         if key not in data:
             raise _fail(where, f"'{key}' is missing")
@@ -244,49 +238,46 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
     if not isinstance(raw, dict):
         raise _fail(where, "'input_spec' is not an object")
     spec = InputSpec.from_dict(raw)
-    if not (isinstance(spec.size, int) and spec.size > 0 and isinstance(spec.resize, int) and spec.resize > 0):
-        raise _fail(where, f"input size {spec.size!r} / resize {spec.resize!r}")
-    channels = check_channels(spec.channels)
-    if channels:
-        raise _fail(where, channels)
-    if not _numbers(spec.mean, spec.channels) or not _numbers(spec.std, spec.channels) or any(s == 0 for s in spec.std):
-        raise _fail(where, f"mean {spec.mean!r} / std {spec.std!r}")
-    if spec.interpolation not in RESAMPLE:
-        raise _fail(where, f"unknown resize filter {spec.interpolation!r}")
-    if spec.channel_order != channel_order_for(spec.channels) or spec.layout != "NCHW":
-        raise _fail(where, f"unsupported input {spec.channel_order} {spec.layout}")
-    if not _numbers(spec.alpha_background):
-        raise _fail(where, f"alpha background {spec.alpha_background!r}")
+    problem = spec.problem()  # size, channels, mean/std, filter, layout, alpha background (quoted short)
+    if problem:
+        raise _fail(where, problem)
     # Files written before these keys existed were preprocessed exactly so: EXIF applied, 16-bit scaled.
     pre = data.get("preprocessing", {})
     if not isinstance(pre, dict):
         raise _fail(where, "'preprocessing' is not an object")
     exif = pre.get("exif_orientation", True)
     if not isinstance(exif, bool):
-        raise _fail(where, f"exif_orientation {exif!r} is not true or false")
+        raise _fail(where, f"exif_orientation {quoted(exif)} is not true or false")
     sixteen = pre.get("sixteen_bit", SIXTEEN_BIT)
     if not isinstance(sixteen, dict) or sixteen.get("formula") != SIXTEEN_BIT_FORMULA:
         formula = sixteen.get("formula") if isinstance(sixteen, dict) else sixteen
-        raise _fail(where, f"unsupported 16-bit scaling {formula!r}; this Graft scales 16-bit images as "
+        raise _fail(where, f"unsupported 16-bit scaling {quoted(formula)}; this Graft scales 16-bit images as "
                            f"{SIXTEEN_BIT_FORMULA}")
     outputs = data["outputs"]
     if not isinstance(outputs, list) or not outputs:
         raise _fail(where, "no outputs are described")
     heads: list[HeadSpec] = []
     names: list[str] = []
-    for o in outputs:
-        if not isinstance(o, dict) or not isinstance(o.get("name"), str) or o.get("kind") not in ACTIVATION:
-            raise _fail(where, f"bad output entry {o!r}")
+    for number, o in enumerate(outputs, start=1):
+        if not isinstance(o, dict):
+            raise _fail(where, f"output {number} is {quoted(o)}, not an object")
+        if not isinstance(o.get("name"), str) or not o["name"]:
+            raise _fail(where, f"output {number} has no name (text), only {quoted(o.get('name'))}")
+        label = quoted(o["name"])
+        if not isinstance(o.get("kind"), str) or o["kind"] not in ACTIVATION:
+            raise _fail(where, f"output {label}: unknown kind {quoted(o.get('kind'))}")
         names.append(o["name"])
         if o["kind"] == "features":
             continue
+        labels = o.get("labels")
+        if labels is not None and not (isinstance(labels, list) and all(isinstance(v, str) for v in labels)):
+            raise _fail(where, f"output {label}: labels {quoted(labels)} are not a list of names")
         try:
-            head = HeadSpec.from_dict(o.get("spec") or {"name": o["name"], "kind": o["kind"],
-                                                           "labels": o.get("labels") or []})
+            head = HeadSpec.from_dict(o.get("spec") or {"name": o["name"], "kind": o["kind"], "labels": labels or []})
         except (GraftError, TypeError) as exc:
-            raise _fail(where, f"output {o['name']!r}: {exc}") from None
-        if head.name != o["name"] or head.kind != o["kind"] or head.label_names != list(o.get("labels") or head.label_names):
-            raise _fail(where, f"output {o['name']!r} contradicts its head description")
+            raise _fail(where, f"output {label}: {str(exc).rstrip('.')}") from None
+        if head.name != o["name"] or head.kind != o["kind"] or head.label_names != (labels or head.label_names):
+            raise _fail(where, f"output {label} contradicts its head description")
         heads.append(head)
     if len(set(names)) != len(names):
         raise _fail(where, "duplicate output names")
@@ -294,20 +285,30 @@ def validate(data: Any, where: str = "ONNX file") -> GraftMetadata:
         raise _fail(where, "head outputs mixed with raw features")
     precision = data.get("precision", "fp32")
     if precision not in PRECISIONS:
-        raise _fail(where, f"precision {precision!r}, expected one of {', '.join(PRECISIONS)}")
+        raise _fail(where, f"precision {quoted(precision)}, expected one of {', '.join(PRECISIONS)}")
     name = data["input"].get("name", INPUT_NAME) if isinstance(data["input"], dict) else INPUT_NAME
-    return GraftMetadata(spec, heads, names, name, exif, str(data.get("graft_version", "")),
-                         dict(data.get("source") or {}), data, precision)
+    if not isinstance(name, str):
+        raise _fail(where, f"input name {quoted(name)} is not text")
+    source = data.get("source") or {}
+    if not isinstance(source, dict):  # dict() of a list or text raised TypeError or ValueError (found by the fuzz)
+        raise _fail(where, "'source' is not an object")
+    return GraftMetadata(spec, heads, names, name, exif, str(data.get("graft_version", "")), dict(source), data,
+                         precision)
 
 
 def from_props(props: Mapping[str, str], where: str = "ONNX file") -> GraftMetadata:
     """Parse and validate the metadata from an ONNX file's ``metadata_props``."""
     if KEY not in props:
         raise GraftError(f"{where} was not exported by Graft: it carries no preprocessing metadata.")
+    text = props[KEY]
+    if not isinstance(text, str):  # onnx hands a value that is not UTF-8 over as bytes (found by the fuzz)
+        raise _fail(where, "not UTF-8 text: the file is damaged")
     try:
-        data = json.loads(props[KEY])
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _fail(where, f"JSON: {exc}") from None
+    except RecursionError:  # nested past the JSON parser's depth (found by the fuzz)
+        raise _fail(where, "JSON nested too deeply to read") from None
     return validate(data, where)
 
 
@@ -386,7 +387,13 @@ class HeadPrediction:
         return [n for n, _ in self.top] if self.kind == "multi" else []
 
     def format(self) -> str:
-        """One line of text, e.g. ``species: cat 91.2% (dog 6.1%, bird 2.7%)``."""
+        """One line of text, e.g. ``species: cat 91.2% (dog 6.1%, bird 2.7%)``: a label's newlines, escape
+        sequences and other unprintable characters shown escaped (``cat\\ndog``), so a file's labels can
+        neither break the one line per head nor drive the terminal (found by the ONNX metadata fuzz)."""
+        line = self._format()
+        return line if line.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+    def _format(self) -> str:
         if self.kind == "single":
             best, rest = self.top[0], self.top[1:3]
             tail = f" ({', '.join(f'{n} {p:.1%}' for n, p in rest)})" if rest else ""
@@ -564,21 +571,65 @@ class OnnxPredictor:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            # no fallback: onnxruntime would print "EP Error …" banners to stdout and retry the same provider
+            # (a damaged file's node names that are not UTF-8, found by the fuzz)
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"],
+                                                enable_fallback=0)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind error types
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise GraftError(f"{self.path.name} is not an ONNX model onnxruntime can load ({reason[:200]}).") from None
-        self.metadata = from_props(self.session.get_modelmeta().custom_metadata_map, self.path.name)
+        try:
+            props = self.session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError:  # a metadata key or value that is not UTF-8 (found by the fuzz)
+            raise GraftError(f"{self.path.name}: its metadata holds text that is not UTF-8: the file is damaged.") from None
+        self.metadata = from_props(props, self.path.name)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise GraftError(f"{self.path.name}: expected one input, found {len(inputs)}.")
         self.input_name = inputs[0].name
-        available = [o.name for o in self.session.get_outputs()]
-        missing = [o for o in self.metadata.outputs if o not in available]
+        self._check_input(inputs[0].shape)
+        shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        missing = [o for o in self.metadata.outputs if o not in shapes]
         if missing:
-            raise GraftError(f"{self.path.name}: outputs {missing} described in the metadata are not in the model.")
+            raise GraftError(f"{self.path.name}: output {quoted(missing[0])}"
+                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                             + " described in the metadata not in the model.")
         self.outputs = list(self.metadata.outputs)
         self.specs = {o: self.metadata.spec_for(o) for o in self.outputs}
+        for name in self.outputs:
+            self._check_output(name, self.specs[name], shapes[name])
+
+    def _check_input(self, shape: Any) -> None:
+        """The model's input is the (batch, channels, size, size) the metadata preprocesses to, where its
+        dimensions are fixed: a hand-edited size or channel count failed inside onnxruntime at the first
+        prediction (found by the fuzz)."""
+        spec = self.metadata.input_spec
+        want = [None, spec.channels, spec.size, spec.size]
+        if not isinstance(shape, list) or len(shape) != 4:
+            return
+        if any(isinstance(got, int) and w is not None and got != w for got, w in zip(shape, want)):
+            dims = "x".join(str(d) if isinstance(d, int) else "?" for d in shape[1:])
+            raise GraftError(f"{self.path.name}: the model takes {dims} inputs (channels x height x width), but its "
+                             f"metadata says {spec.channels}x{spec.size}x{spec.size}: the metadata does not match the "
+                             "model.")
+
+    def _check_output(self, name: str, spec: HeadSpec | None, shape: Any) -> None:
+        """Each head's output has the width its labels need (single, multi, regression: (batch, labels);
+        segment: (batch, classes, h, w); detect: (batch, points, 4 + classes)), where the model fixes it:
+        a label added or dropped by hand failed at the first prediction without naming the file (found by the
+        fuzz)."""
+        if spec is None or not isinstance(shape, list):
+            return
+        n = len(spec.label_names)
+        rank, axis, width = {"segment": (4, 1, n), "detect": (3, 2, 4 + n)}.get(spec.kind, (2, 1, n))
+        if len(shape) != rank:
+            raise GraftError(f"{self.path.name}: output {quoted(name)} has {len(shape)} dimensions where a "
+                             f"{spec.kind} head gives {rank}: the metadata does not match the model.")
+        got = shape[axis]
+        if isinstance(got, int) and got != width:
+            need = f"4 + {n} classes" if spec.kind == "detect" else f"its {n} labels"
+            raise GraftError(f"{self.path.name}: output {quoted(name)} gives {got} values where the metadata's "
+                             f"{spec.kind} head needs {width} ({need}): the metadata does not match the model.")
 
     @property
     def input_spec(self) -> InputSpec:
@@ -588,8 +639,21 @@ class OnnxPredictor:
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[None]
-        results = self.session.run(self.outputs, {self.input_name: np.ascontiguousarray(batch)})
+        try:
+            results = self.session.run(self.outputs, {self.input_name: np.ascontiguousarray(batch)})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind error types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise GraftError(f"{self.path.name}: onnxruntime could not run the model ({reason[:200]}).") from None
         return dict(zip(self.outputs, results))
+
+    def _decode(self, arrays: Mapping[str, np.ndarray], sizes: Sequence[tuple[int, int]]
+                ) -> list[dict[str, HeadPrediction]]:
+        """:func:`decode_batch`; an output its head cannot read (a dimension the model leaves open) is refused
+        naming the file."""
+        try:
+            return decode_batch(self.specs, arrays, sizes)
+        except GraftError as exc:
+            raise GraftError(f"{self.path.name}: {exc} The metadata does not match the model.") from None
 
     def predict_files(self, paths: Sequence[str | Path], batch_size: int = 16) -> list[dict[str, HeadPrediction]]:
         """Predictions per image file, preprocessed exactly as the metadata says (GraftError on a bad file)."""
@@ -599,7 +663,7 @@ class OnnxPredictor:
             sizes: list[tuple[int, int]] = []
             batch = load_batch(paths[start:start + batch_size], self.input_spec,
                                exif=self.metadata.exif_orientation, sizes=sizes)
-            out += decode_batch(self.specs, self.predict_arrays(batch), sizes)
+            out += self._decode(self.predict_arrays(batch), sizes)
         return out
 
     def predict_each(self, paths: Sequence[str | Path], batch_size: int = 16
@@ -619,6 +683,6 @@ class OnnxPredictor:
                 except GraftError as exc:
                     results.append(exc)
             sizes = [r for r in results if not isinstance(r, GraftError)]
-            decoded = iter(decode_batch(self.specs, self.predict_arrays(np.stack(good)), sizes) if good else [])
+            decoded = iter(self._decode(self.predict_arrays(np.stack(good)), sizes) if good else [])
             for p, r in zip(chunk, results):
                 yield p, (r if isinstance(r, GraftError) else next(decoded))

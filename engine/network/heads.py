@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import GraftError
+from engine.units import quoted
 
 KINDS = ("single", "multi", "regression", "segment", "detect")
 DENSE_KINDS = frozenset({"segment", "detect"})  # heads on feature maps, not on pooled vectors
@@ -102,41 +103,41 @@ class HeadSpec:
 
     def validate(self) -> None:
         if not isinstance(self.name, str):
-            raise GraftError(f"A head's name must be text, not {self.name!r}.")
+            raise GraftError(f"A head's name must be text, not {quoted(self.name)}.")
         if not self.name or not self.name.strip():
             raise GraftError("A head needs a name.")
         if not self.name.replace("_", "a").replace("-", "a").isalnum():
-            raise GraftError(f"Head name {self.name!r}: use letters, digits, '_' or '-' only.")
+            raise GraftError(f"Head name {quoted(self.name)}: use letters, digits, '_' or '-' only.")
         if self.name in RESERVED_NAMES or self.name.startswith("_"):
-            raise GraftError(f"Head name {self.name!r} is reserved (PyTorch uses it for the heads' container): "
+            raise GraftError(f"Head name {quoted(self.name)} is reserved (PyTorch uses it for the heads' container): "
                              "choose another name.")
         if not _is_count(self.outputs):
-            raise GraftError(f"Head {self.name!r}: the number of outputs must be a whole number, not {self.outputs!r}.")
+            raise GraftError(f"Head {quoted(self.name)}: the number of outputs must be a whole number, not {quoted(self.outputs)}.")
         for what, values in (("labels", self.labels), ("columns", self.columns)):
             if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
-                raise GraftError(f"Head {self.name!r}: {what} must be a list of names.")
+                raise GraftError(f"Head {quoted(self.name)}: {what} must be a list of names.")
         if not isinstance(self.hidden, (list, tuple)) or not all(_is_count(h) for h in self.hidden):
-            raise GraftError(f"Head {self.name!r}: hidden layer sizes must be whole numbers.")
+            raise GraftError(f"Head {quoted(self.name)}: hidden layer sizes must be whole numbers.")
         if not _is_number(self.dropout) or not _is_number(self.loss_weight):
-            raise GraftError(f"Head {self.name!r}: dropout and loss weight must be numbers.")
+            raise GraftError(f"Head {quoted(self.name)}: dropout and loss weight must be numbers.")
         if self.kind not in KINDS:
-            raise GraftError(f"Head {self.name!r}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}.")
+            raise GraftError(f"Head {quoted(self.name)}: kind must be one of {', '.join(KINDS)}, not {quoted(self.kind)}.")
         if self.outputs < 1:
-            raise GraftError(f"Head {self.name!r} needs at least one output (got {self.outputs}).")
+            raise GraftError(f"Head {quoted(self.name)} needs at least one output (got {self.outputs}).")
         if self.kind == "single" and self.outputs < 2:
-            raise GraftError(f"Single-label head {self.name!r} needs at least 2 classes (got {self.outputs}).")
+            raise GraftError(f"Single-label head {quoted(self.name)} needs at least 2 classes (got {self.outputs}).")
         if len(set(self.labels)) != len(self.labels):
-            raise GraftError(f"Head {self.name!r} has duplicate label names.")
+            raise GraftError(f"Head {quoted(self.name)} has duplicate label names.")
         if any(h < 1 for h in self.hidden):
-            raise GraftError(f"Head {self.name!r}: hidden layer sizes must be positive.")
+            raise GraftError(f"Head {quoted(self.name)}: hidden layer sizes must be positive.")
         if not 0.0 <= self.dropout < 1.0:
-            raise GraftError(f"Head {self.name!r}: dropout must be in [0, 1).")
+            raise GraftError(f"Head {quoted(self.name)}: dropout must be in [0, 1).")
         if self.loss_weight < 0:
-            raise GraftError(f"Head {self.name!r}: loss weight must not be negative.")
+            raise GraftError(f"Head {quoted(self.name)}: loss weight must not be negative.")
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip()
                                        or self.layer.startswith("@")):
-            raise GraftError(f"Head {self.name!r}: the layer it reads must be a layer's name "
-                             f"(e.g. features.4), not {self.layer!r}.")
+            raise GraftError(f"Head {quoted(self.name)}: the layer it reads must be a layer's name "
+                             f"(e.g. features.4), not {quoted(self.layer)}.")
         self._validate_dense()
         self._validate_target_stats()
 
@@ -148,39 +149,39 @@ class HeadSpec:
     def _validate_dense(self) -> None:
         if not isinstance(self.layers, (list, tuple)) or not all(isinstance(v, str) and v.strip() and "@" not in v
                                                                    for v in self.layers):
-            raise GraftError(f"Head {self.name!r}: layers must be a list of layer names (e.g. features.3).")
+            raise GraftError(f"Head {quoted(self.name)}: layers must be a list of layer names (e.g. features.3).")
         self.layers = list(self.layers)
         if len(set(self.layers)) != len(self.layers):
-            raise GraftError(f"Head {self.name!r}: a layer is listed twice.")
+            raise GraftError(f"Head {quoted(self.name)}: a layer is listed twice.")
         if not self.dense:
             if self.layers:
-                raise GraftError(f"Head {self.name!r}: only segment and detect heads read several layers; a "
+                raise GraftError(f"Head {quoted(self.name)}: only segment and detect heads read several layers; a "
                                  f"{self.kind} head reads one (layer).")
             return
         if self.layer is not None:
-            raise GraftError(f"Head {self.name!r}: a {self.kind} head reads feature maps of layers (layers), not "
+            raise GraftError(f"Head {quoted(self.name)}: a {self.kind} head reads feature maps of layers (layers), not "
                              "one pooled layer.")
         if len(self.hidden) > 1:
-            raise GraftError(f"Head {self.name!r}: a {self.kind} head has one width (its decoder's channels).")
+            raise GraftError(f"Head {quoted(self.name)}: a {self.kind} head has one width (its decoder's channels).")
         if self.kind == "detect" and self.width % DETECT_GROUPS:
-            raise GraftError(f"Head {self.name!r}: a detect head's width ({self.width}) must be a multiple of "
+            raise GraftError(f"Head {quoted(self.name)}: a detect head's width ({self.width}) must be a multiple of "
                              f"{DETECT_GROUPS} (its FCOS convs normalise {DETECT_GROUPS} groups of channels).")
         if self.kind == "segment" and self.outputs < 2:
-            raise GraftError(f"Segmentation head {self.name!r} needs at least 2 classes (e.g. background and "
+            raise GraftError(f"Segmentation head {quoted(self.name)} needs at least 2 classes (e.g. background and "
                              f"object), got {self.outputs}.")
         if not _is_count(self.ignore_index) or not 0 <= self.ignore_index <= 65535:
-            raise GraftError(f"Head {self.name!r}: the ignore value must be a whole number 0-65535.")
+            raise GraftError(f"Head {quoted(self.name)}: the ignore value must be a whole number 0-65535.")
         if self.kind == "segment" and self.ignore_index < self.outputs:
-            raise GraftError(f"Head {self.name!r}: the ignore value ({self.ignore_index}) is one of its class "
+            raise GraftError(f"Head {quoted(self.name)}: the ignore value ({self.ignore_index}) is one of its class "
                              f"indices (0-{self.outputs - 1}); choose one above them (e.g. 255).")
         for what, value in (("Dice weight", self.dice), ("score threshold", self.score_threshold),
                             ("NMS IoU", self.nms_iou)):
             if not _is_number(value) or not math.isfinite(value) or value < 0:
-                raise GraftError(f"Head {self.name!r}: the {what} must be a number of at least 0.")
+                raise GraftError(f"Head {quoted(self.name)}: the {what} must be a number of at least 0.")
         if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou <= 1:
-            raise GraftError(f"Head {self.name!r}: the score threshold must be in [0, 1) and the NMS IoU in (0, 1].")
+            raise GraftError(f"Head {quoted(self.name)}: the score threshold must be in [0, 1) and the NMS IoU in (0, 1].")
         if not _is_count(self.max_detections) or self.max_detections < 1:
-            raise GraftError(f"Head {self.name!r}: the number of boxes kept per image must be at least 1.")
+            raise GraftError(f"Head {quoted(self.name)}: the number of boxes kept per image must be at least 1.")
 
     @property
     def read_layers(self) -> list[str]:
@@ -200,19 +201,19 @@ class HeadSpec:
         if all(v is None for v in stats.values()):
             return
         if self.kind != "regression":
-            raise GraftError(f"Head {self.name!r}: only regression heads have a target mean and std.")
+            raise GraftError(f"Head {quoted(self.name)}: only regression heads have a target mean and std.")
         if any(v is None for v in stats.values()):
-            raise GraftError(f"Head {self.name!r}: give both the target mean and the target std, or neither.")
+            raise GraftError(f"Head {quoted(self.name)}: give both the target mean and the target std, or neither.")
         for what, values in stats.items():
             if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
-                raise GraftError(f"Head {self.name!r}: the {what} must be a list of numbers.")
+                raise GraftError(f"Head {quoted(self.name)}: the {what} must be a list of numbers.")
             if len(values) != self.outputs:
-                raise GraftError(f"Head {self.name!r}: the {what} needs one number per output "
+                raise GraftError(f"Head {quoted(self.name)}: the {what} needs one number per output "
                                  f"({self.outputs}), not {len(values)}.")
             if not all(math.isfinite(v) for v in values):
-                raise GraftError(f"Head {self.name!r}: the {what} must be finite.")
+                raise GraftError(f"Head {quoted(self.name)}: the {what} must be finite.")
         if not all(v > 0 for v in self.target_std):
-            raise GraftError(f"Head {self.name!r}: the target std must be positive.")
+            raise GraftError(f"Head {quoted(self.name)}: the target std must be positive.")
         self.target_mean = [float(v) for v in self.target_mean]
         self.target_std = [float(v) for v in self.target_std]
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import GraftError
+from engine.units import quoted
 
 # Pillow modes of 16-bit greyscale (and 32-bit integer "I", treated as 16-bit); these are scaled by
 # sixteen_to_eight. 16-bit RGB(A) and grey+alpha files are reduced to 8 bits by Pillow's own decoders.
@@ -37,10 +38,13 @@ def channel_order_for(channels: int) -> str:
     return {1: "L", 3: "RGB"}.get(channels, f"RGB+{channels - 3}")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_channels(channels: Any) -> str | None:
     """Why ``channels`` is no input channel count Graft reads (None when it is one)."""
     if isinstance(channels, bool) or not isinstance(channels, int):
-        return f"the number of input channels must be a whole number, not {channels!r}"
+        return f"the number of input channels must be a whole number, not {quoted(channels)}"
     if channels < 1 or channels == 2 or channels > MAX_CHANNELS:
         return (f"the number of input channels must be 1 (greyscale), 3 (RGB) or 4 to {MAX_CHANNELS} "
                 f"(RGB plus extra bands), not {channels}")
@@ -94,19 +98,22 @@ class InputSpec:
         for name in ("size", "resize"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                return f"the input {name} must be a positive whole number, not {value!r}"
+                return f"the input {name} must be a positive whole number, not {quoted(value)}"
         channels = check_channels(self.channels)
         if channels:
             return channels
         n = self.channels
         if not numbers(self.mean, n) or not numbers(self.std, n) or any(v == 0 for v in self.std):
-            return f"mean {self.mean!r} / std {self.std!r} must be {_numbers(n)} each (std not 0)"
-        if self.interpolation not in RESAMPLE:
-            return f"unknown resize filter {self.interpolation!r}"
+            return f"mean {quoted(self.mean)} / std {quoted(self.std)} must be {_numbers(n)} each (std not 0)"
+        if any(max(abs(m), abs(1 - m)) / abs(s) > FLOAT32_MAX for m, s in zip(self.mean, self.std)):
+            # e.g. std 5e-324: every pixel became inf, every prediction NaN (found by the ONNX metadata fuzz)
+            return f"mean {quoted(self.mean)} / std {quoted(self.std)} scale pixels past float32's range"
+        if not isinstance(self.interpolation, str) or self.interpolation not in RESAMPLE:
+            return f"unknown resize filter {quoted(self.interpolation)}"
         if self.channel_order != channel_order_for(n) or self.layout != "NCHW":
-            return f"unsupported input {self.channel_order!r} {self.layout!r} for {n} channels"
+            return f"unsupported input {quoted(self.channel_order)} {quoted(self.layout)} for {n} channels"
         if not numbers(self.alpha_background):
-            return f"alpha background {self.alpha_background!r} must be three numbers"
+            return f"alpha background {quoted(self.alpha_background)} must be three numbers"
         return None
 
     def with_channels(self, channels: int, rgb_mean: list[float] | None = None,

@@ -114,10 +114,8 @@ def test_unwritable_out_folder_is_refused_before_training(tiny_folder, tmp_path)
 
 
 @pytest.mark.slow
-def test_evaluate_with_negative_workers_ends_with_one_line(tiny_folder, tmp_path):
-    out = tmp_path / "w.graft"
-    assert graft("train", "--data", str(tiny_folder), "--epochs", "1", "--no-augment", "--out", str(out)).returncode == 0
-    result = graft("evaluate", str(out), "--data", str(tiny_folder), "--workers", "-1")
+def test_evaluate_with_negative_workers_ends_with_one_line(seeded_project, tiny_folder):
+    result = graft("evaluate", str(seeded_project), "--data", str(tiny_folder), "--workers", "-1")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "must not be negative" in result.stderr, result.stderr
 

@@ -144,3 +144,18 @@ def test_memory_stays_bounded(panel, monkeypatch):
     assert len(x) <= 1000
     assert x[0] == 1 and x[-1] == 5000  # the whole run is still covered
     assert np.all(np.diff(x) > 0)
+
+
+def test_dense_heads_plot_miou_and_map_per_epoch(qtbot, panel):
+    """The demo task: the segment head's mIoU and the detect head's mAP@0.5 are drawn beside the accuracy
+    (their legend entries had no curve: the metric was not recognised)."""
+    panel.reset([("shape", "single"), ("mask", "segment"), ("boxes", "detect")])
+    for epoch, (acc, miou, map50) in enumerate([(0.67, 0.31, 0.20), (0.92, 0.52, 0.55)], start=1):
+        panel.add_epoch({"epoch": epoch, "val_loss": 3.0 - epoch, "metrics": {
+            "shape": {"accuracy": acc}, "mask": {"miou": miou, "iou/circle": 0.9},
+            "boxes": {"map_50": map50, "map": map50 / 2}}})
+    panel.flush()
+    assert list(panel.curve("metric:mask").getData()[1]) == pytest.approx([0.31, 0.52])
+    assert list(panel.curve("metric:boxes").getData()[1]) == pytest.approx([0.20, 0.55])
+    assert panel.metric_legend.labels() == ["shape · accuracy", "mask · mIoU", "boxes · mAP@0.5"]
+    assert panel.metric_plot.getPlotItem().getAxis("left").labelText == "accuracy / F1 / mAP@0.5 / mIoU"

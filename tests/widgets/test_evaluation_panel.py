@@ -158,3 +158,27 @@ def test_dense_heads_show_iou_or_ap_per_class_and_their_examples(panel, tmp_path
     table = panel.current_page().findChild(QTableWidget, "denseTable")
     assert [(table.item(r, 0).text(), table.item(r, 1).text()) for r in range(3)] == [
         ("mAP@0.5", "0.800"), ("mAP@0.75", "0.500"), ("mAP@0.5:0.95", "0.450")]
+
+
+def test_a_dense_report_fits_half_of_a_1600_px_window(panel):
+    """The headline (mAP@0.5 · mAP@0.5:0.95 in 16 pt) and the evaluation's summary wrap instead of holding
+    the panel at 760 px (the Try-an-image column beside it was then clipped), and the head selector shows
+    each head's name and kind in full."""
+    report = {"n_images": 72, "loss": 2.8411, "seconds": 9.0, "device": "cpu", "heads": {
+        "shape": {"kind": "single", "loss": 0.5, "n": 51, "metrics": {"accuracy": 0.902},
+                  "details": {"classes": CLASSES, "confusion": CONFUSION, "accuracy": 0.902}},
+        "mask": {"kind": "segment", "loss": 0.8, "n": 51, "metrics": {"miou": 0.507},
+                 "details": {"classes": ["background", *CLASSES], "iou": [0.91, 0.71, 0.45, 0.25, 0.22]}},
+        "boxes": {"kind": "detect", "loss": 1.24, "n": 49, "metrics": {"map_50": 0.606, "map": 0.243},
+                  "details": {"classes": CLASSES, "map_50": 0.606, "map_75": 0.118, "map": 0.243}},
+    }}
+    panel.set_report(report)
+    for head in ("shape", "mask", "boxes"):
+        panel.select_head(head)
+        assert panel.minimumSizeHint().width() <= 400, head
+    panel.resize(470, 480)
+    panel.select_head("boxes")
+    assert "mAP@0.5:0.95 0.243" in panel.headline_label.text() and panel.headline_label.width() <= 470
+    metrics = panel.head_combo.fontMetrics()
+    longest = max(metrics.horizontalAdvance(panel.head_combo.itemText(i)) for i in range(panel.head_combo.count()))
+    assert panel.head_combo.width() > longest + 20  # the text and the arrow

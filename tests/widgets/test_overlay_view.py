@@ -145,6 +145,26 @@ def test_controls_show_only_what_the_canvas_has_and_drive_it(qtbot, canvas):
     assert controls.count_label.text() == "2 of 2 boxes shown"
 
 
+def test_in_a_narrow_pane_the_sliders_keep_a_usable_width(qtbot, canvas):
+    """The Evaluate tab's examples beside the per-class table: the box count wraps, the sliders stay sliders
+    (they were squeezed to a few pixels and looked like checkboxes)."""
+    box = QWidget()
+    qtbot.addWidget(box)
+    controls = OverlayControls(canvas, box)
+    mask = np.zeros((10, 10), int)
+    mask[:5] = 1
+    canvas.set_masks([MaskLayer(mask, ["bg", "circle"], title="seg")])
+    canvas.set_boxes([BoxLayer([[0, 0, 5, 5]] * 22, [0.9] * 4 + [0.1] * 18, [0] * 22, ["circle"])])
+    controls.refresh()
+    box.show()
+    controls.resize(controls.minimumSizeHint().width(), controls.heightForWidth(controls.minimumSizeHint().width())
+                    if controls.hasHeightForWidth() else controls.sizeHint().height())
+    qtbot.wait(10)
+    assert controls.count_label.text() == "4 of 22 boxes shown"
+    assert controls.threshold_slider.width() >= 80 and controls.opacity_slider.width() >= 80
+    assert controls.minimumSizeHint().width() < 300
+
+
 def test_dragging_a_slider_folds_repaints(qtbot, canvas):
     canvas.set_masks([MaskLayer(np.ones((10, 10), int), ["bg", "circle"])])
     controls = OverlayControls(canvas)

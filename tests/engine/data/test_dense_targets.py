@@ -87,7 +87,10 @@ def test_dense_suggestions_add_a_head_per_mask_and_boxes_column(tmp_path):
         ("kind", "single", ["kind"]), ("mask", "segment", ["mask"]), ("boxes", "detect", ["boxes"])]
     assert data.head("mask").labels == ["0", "1", "2"] and data.head("boxes").labels == ["a", "b"]
     assert data.summary()["heads"]["boxes"]["counts"] == {"a": 2, "b": 3}
-    assert [h.name for h in load_data(path).heads] == ["kind"]
+    assert not any("'mask'" in n or "'boxes'" in n for n in data.notes)  # no "is not a head" for a head
+    plain = load_data(path)
+    assert [h.name for h in plain.heads] == ["kind"]
+    assert any(n.startswith("Column 'mask' is not a head: it holds mask files") for n in plain.notes)
     assert [h.name for h in load_data(path, [parse_head_arg("kind:single")], dense_suggestions=True).heads] == ["kind"]
 
 

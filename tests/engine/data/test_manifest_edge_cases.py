@@ -66,3 +66,15 @@ def test_a_cell_past_the_csv_field_limit_is_refused_naming_the_likely_cause(tmp_
     with pytest.raises(GraftError, match=r'm.csv: a cell holds more than 131,072 characters \(often a quote " that is '
                                          r"never closed\)\."):
         load_data(csv)
+
+
+def test_quoted_cuts_any_value_not_only_text():
+    """engine.units.quoted on a value read from a file where text or a number belongs (the ONNX metadata
+    fuzz: a list of 5,000 numbers, an int of 5,000 digits, quoted whole or not at all)."""
+    from engine.units import quoted
+
+    assert quoted("short") == "'short'" and quoted(3) == "3" and quoted(None) == "None"
+    assert quoted("x" * 100) == repr("x" * 60) + "… (100 characters)"
+    long_list = quoted(list(range(5000)))
+    assert long_list.startswith("[0, 1, 2") and long_list.endswith("(list, 28,890 characters)") and len(long_list) < 100
+    assert quoted(10 ** 5000) == "<int>"

@@ -40,7 +40,8 @@ from engine.project.recovery import read_recovery
 from engine.surgery.operations import AddHead, DeleteOutputLayer
 from engine.surgery.session import Session
 from engine.training.checkpoint import TrainCheckpoint
-from fuzz_support import check, paths_in, readable
+import fuzz_support
+from fuzz_support import check, readable
 
 MEMORY_MB = 300
 RECIPE, WEIGHTS = "recipe.json", "weights.safetensors"
@@ -131,25 +132,7 @@ odd_values = st.one_of(
 
 def mutate_json(draw, value):
     """``value`` (a fresh copy) with a few places replaced, deleted, or given an extra key."""
-    value = json.loads(json.dumps(value))
-    for _ in range(draw(st.integers(1, 4))):
-        places = [p for p in paths_in(value) if p]
-        if not places:
-            return draw(odd_values)
-        place = draw(st.sampled_from(places))
-        parent = value
-        for key in place[:-1]:
-            parent = parent[key]
-        action = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add"]))
-        if action == "replace":
-            parent[place[-1]] = draw(odd_values)
-        elif action == "delete":
-            del parent[place[-1]]
-        elif isinstance(parent, dict):
-            parent[draw(st.sampled_from(["op", "spec", "name", "format", "extra", "zzz", ""]))] = draw(odd_values)
-        else:
-            parent.insert(draw(st.integers(0, len(parent))), draw(odd_values))
-    return value
+    return fuzz_support.mutate_json(draw, value, odd_values, ["op", "spec", "name", "format", "extra", "zzz", ""])
 
 
 def damage_text(draw, data: bytes) -> bytes:
