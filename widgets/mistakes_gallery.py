@@ -31,7 +31,8 @@ PathRole = Qt.ItemDataRole.UserRole + 2
 
 
 def caption(item: Any) -> str:
-    """``truth → prediction`` and ``92.1% · loss 2.31`` (regression: the error), two lines."""
+    """``truth → prediction`` and ``92.1% · loss 2.31`` (regression: the error), two lines; a dense head's
+    ``IoU 0.42`` first (its truth and answer are long, and the caption is cut after a few lines)."""
     truth, prediction = getattr(item, "truth", ""), getattr(item, "prediction", "")
     label = getattr(item, "label", None)
     first = f"{truth or '(blank)'} → {prediction}"
@@ -50,6 +51,8 @@ def caption(item: Any) -> str:
         second = ""
     if loss is not None and not math.isnan(loss):
         second += (" · " if second else "") + f"loss {loss:.3g}"
+    if iou is not None:  # a dense head's truth and answer run to several lines: the IoU (the order) comes first
+        return f"{second}\n{first}"
     return f"{first}\n{second}" if second else first
 
 

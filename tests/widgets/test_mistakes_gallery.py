@@ -134,7 +134,7 @@ def test_dense_examples_show_their_iou_and_their_mask_on_the_thumbnail(qtbot, ga
     grey.fill(0x808080)
     gallery.show_items([item], "seg: the worst IoU first", thumbnails={0: grey})
     index = gallery.model.index(0)
-    assert index.data(Qt.ItemDataRole.DisplayRole) == "circle 50% → circle 50%\nIoU 0.42"  # no "loss nan"
+    assert index.data(Qt.ItemDataRole.DisplayRole) == "IoU 0.42\ncircle 50% → circle 50%"  # no "loss nan"
     shown = index.data(Qt.ItemDataRole.DecorationRole).toImage()
     red = [int(c) for c in class_colours(2)[1]]
     right, left = shown.pixelColor(30, 20), shown.pixelColor(5, 20)
