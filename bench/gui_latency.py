@@ -222,7 +222,8 @@ class Lateness:
     def summary(self) -> str:
         v = self.values
         worst = sorted(range(len(v)), key=lambda i: -v[i])[:5]
-        return (f"event-loop lateness: p50 {percentile(v, 50):.1f} ms, p99 {percentile(v, 99):.1f} ms, "
+        return (f"event-loop lateness: p50 {percentile(v, 50):.1f} ms, p95 {percentile(v, 95):.1f} ms, "
+                f"p99 {percentile(v, 99):.1f} ms, "
                 f"max {max(v, default=float('nan')):.1f} ms ({len(v)} ticks at {self.interval} ms); worst ticks "
                 "(s after the start: ms late) " + ", ".join(f"{self.when[i] - self.when[0]:.2f}: {v[i]:.0f}"
                                                           for i in sorted(worst)))

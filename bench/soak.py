@@ -156,7 +156,9 @@ def soak(args: argparse.Namespace) -> int:
         loop = QEventLoop()
 
         def wait_end() -> None:
-            if window.jobs.busy:
+            # the run's job too: it is let go after the evaluation ends, and closing the window while it is
+            # held asks "Training is running. Stop it and close?" in a modal box nobody answers
+            if window.jobs.busy or window.jobs.training:
                 QTimer.singleShot(200, wait_end)
             else:
                 loop.quit()

@@ -11,7 +11,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont, QStandardItemModel, QValidator
+from PySide6.QtGui import QStandardItemModel, QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -274,8 +274,9 @@ class TrainingPanel(QWidget):
         self.progress_bar.setTextVisible(False)
         self.progress_label = QLabel("", self)
         self.progress_label.setObjectName("progressText")
-        self.plan_label = QLabel("", self)  # a time-budgeted run's plan (monospaced: a table)
+        self.plan_label = QLabel("", self)  # a time-budgeted run's plan
         self.plan_label.setObjectName("planText")
+        self.plan_label.setWordWrap(True)
         self.plan_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.plan_label.setVisible(False)
         self.status_label = QLabel(READY, self)
@@ -496,10 +497,8 @@ class TrainingPanel(QWidget):
         self.progress_label.setText(progress_text(done, total, eta_seconds, epoch, epochs))
 
     def set_plan(self, text: str) -> None:
-        """Show a time-budgeted run's plan (its stages, times, what is frozen, the rates); "" hides it."""
-        font = QFont("monospace")
-        font.setStyleHint(QFont.StyleHint.Monospace)
-        self.plan_label.setFont(font)
+        """Show a time-budgeted run's plan (its stages, times, what is frozen, the rates; lines that wrap to the
+        panel's width: a table's right columns, the estimates, were cut off there); "" hides it."""
         self.plan_label.setText(text)
         self.plan_label.setVisible(bool(text))
 

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import GraftError
+from engine.units import plural
 
 FINDER_IMAGES = 256
 FINDER_STEPS = 100
@@ -179,8 +180,18 @@ class Plan:
                          str(s.views) if s.views else "-", s.rates(), clock_text(s.estimate)])
         return rows
 
-    def describe(self) -> str:
-        """The plan as a person reads it before it runs."""
+    def describe(self, narrow: bool = False) -> str:
+        """The plan as a person reads it before it runs: a table, or (``narrow``: for a side panel, lines that
+        wrap) each stage's epochs, views and estimate on a line, then what trains, what is frozen, the rates."""
+        if narrow:
+            lines = [f"Plan for {clock_text(self.budget)}: {self.n_train} training, {self.n_val} validation images, "
+                     f"estimated {clock_text(self.estimate)} of training."]
+            for i, s in enumerate(self.stages, 1):
+                what = [f"{plural(s.epochs, 'epoch')}" if s.epochs else "", plural(s.views, "view") if s.views else "",
+                        f"estimated {clock_text(s.estimate)}"]
+                lines.append(f"{i}. {s.title}: {', '.join(w for w in what if w)}")
+                lines.append(f"    trains {s.trains}; frozen: {s.frozen}; rates {s.rates()}")
+            return "\n".join(lines + self.notes)
         rows = self.table()
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [f"Plan for {clock_text(self.budget)} ({self.n_train} training, {self.n_val} validation images; "

@@ -180,6 +180,13 @@ class BudgetTrainer:
         from engine.training.device import resolve_device
 
         data = self.data
+        dense = [h.name for h in self.session.heads if h.kind in ("segment", "detect")]
+        if dense or getattr(self.session.model, "has_dense_heads", False):
+            names = ", ".join(repr(n) for n in dense) or "segment or detect"
+            raise GraftError(f"The time-budgeted plan trains classification and regression heads on cached "
+                             f"features; the dense heads ({names}) read whole feature maps, so no stage of it "
+                             "would be timed right. Remove them, or train them with Start training "
+                             "(main.py train without --budget).")
         if self.costs is None:
             policy = "trivial" if len(data.train) < SMALL_DATA else "standard"
             self.costs = probe(self.session, data.train, policy=policy, device=resolve_device(self.base.device),
@@ -577,7 +584,7 @@ class OneRun:
         if self._finding and isinstance(event, (TrainStarted, StepEvent, EpochEvent, ProgressEvent, TrainFinished)):
             return  # the rate finder's sweep is no part of the run's curves
         if isinstance(event, PlanReady):
-            self._send(MessageEvent(event.plan.describe(), PLAN_LEVEL))
+            self._send(MessageEvent(event.plan.describe(narrow=True), PLAN_LEVEL))
         elif isinstance(event, StageStarted):
             s = event.stage
             self._steps, self._epochs = self._last_step, self._last_epoch

@@ -17,6 +17,7 @@ from engine.errors import GraftError
 from engine.training.budget import clock_text
 from engine.training.metrics import MAIN_METRIC
 from engine.training.record import TrainingRecord
+from engine.units import plural
 
 SHORT = {"accuracy": "acc", "macro_f1": "F1", "mae": "MAE", "miou": "mIoU", "map_50": "mAP50"}
 
@@ -86,7 +87,7 @@ def _epochs_cell(r: TrainingRecord) -> str:
     if r.plan:
         budget = r.plan.get("budget")
         when = f", budget {clock_text(budget)}" if isinstance(budget, (int, float)) else ""
-        return f"{r.epochs_run} ({len(r.stages)} stages{when})"
+        return f"{r.epochs_run} ({plural(len(r.stages), 'stage')}{when})"
     return f"{r.epochs_run}/{r.config.get('epochs', '-')}"
 
 

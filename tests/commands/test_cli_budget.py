@@ -30,7 +30,7 @@ def test_budget_shows_the_plan_trains_inside_the_time_and_runs_lists_its_stages(
     runs = graft("runs", str(out))
     assert runs.returncode == 0, runs.stderr
     assert "Run 1, by stage:" in runs.stdout and re.search(r"\d\. heads ", runs.stdout) and "estimate" in runs.stdout
-    assert "stages, budget 1:00" in runs.stdout
+    assert re.search(r"\(\d+ stages?, budget 1:00\)", runs.stdout)
 
 
 @pytest.mark.slow

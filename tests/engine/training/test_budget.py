@@ -382,3 +382,13 @@ def test_heads_alone_take_only_the_views_that_end_in_time_at_half_the_measured_p
     out = fake_run(120.0, slow=2.0, c=c)  # the device at half the pace measured: the floor still trains
     trained = next(r for r in out.result.stages if r.kind == "heads")
     assert trained.epochs_run >= 1 and out.result.best_val_loss is not None
+
+
+def test_dense_heads_are_refused_before_anything_is_measured_or_trained(small_session, demo_data):
+    session = small_session([HeadSpec("shape", labels=["circle", "square", "star", "triangle"]),
+                             HeadSpec("mask", "segment", labels=["bg", "fg"])])
+    measured = []
+    runner = BudgetTrainer(session, demo_data, 600.0, costs=None, trainer_factory=lambda *a: measured.append(a))
+    with pytest.raises(GraftError, match="dense heads \\('mask'\\).*Start training"):
+        runner.plan()
+    assert runner.costs is None and not measured  # refused before the probe ran
