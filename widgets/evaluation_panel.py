@@ -92,7 +92,10 @@ class EvaluationPanel(QWidget):
         super().__init__(parent)
         self._report: Any = None
         self._examples: dict[str, DenseExamplesView] = {}
-        self._loader = ThumbnailLoader(self)  # decodes the dense heads' example images off the GUI thread
+        # Decode the dense heads' example images off the GUI thread: a loader per head, owned by the panel (the
+        # pages are rebuilt per report). One shared loader dropped the mask page's image when the boxes page
+        # asked for its own (a new batch cancels the last): under Xvfb the mask page said "Loading…" for good.
+        self._loaders: dict[str, ThumbnailLoader] = {}
         self.head_combo = QComboBox(self)
         self.head_combo.setMinimumContentsLength(16)
         # as wide as its longest "name — kind" (it is filled after it was first shown: it stayed clipped)
@@ -406,7 +409,9 @@ class EvaluationPanel(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.setSpacing(12)
         row.addWidget(self._wrap(table, note), 2)
-        examples = DenseExamplesView(page, loader=self._loader)
+        if name not in self._loaders:
+            self._loaders[name] = ThumbnailLoader(self)
+        examples = DenseExamplesView(page, loader=self._loaders[name])
         examples.setObjectName("denseExamples")
         self._examples[name] = examples
         row.addWidget(examples, 3)

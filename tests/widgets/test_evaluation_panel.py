@@ -182,3 +182,28 @@ def test_a_dense_report_fits_half_of_a_1600_px_window(panel):
     metrics = panel.head_combo.fontMetrics()
     longest = max(metrics.horizontalAdvance(panel.head_combo.itemText(i)) for i in range(panel.head_combo.count()))
     assert panel.head_combo.width() > longest + 20  # the text and the arrow
+
+
+def test_every_dense_page_gets_its_example_image(qtbot, panel, tmp_path):
+    """The window fills the mask page and then the boxes page: both images are decoded (one shared loader
+    cancelled the first when the second asked, and the mask page stayed 'Loading…')."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    report = {"n_images": 2, "heads": {
+        "mask": {"kind": "segment", "loss": 0.2, "n": 2, "metrics": {"miou": 0.5},
+                 "details": {"classes": ["background", "circle"], "iou": [0.9, 0.1]}},
+        "boxes": {"kind": "detect", "loss": 0.9, "n": 2, "metrics": {"map_50": 0.6, "map": 0.2},
+                  "details": {"classes": ["circle"], "map_50": 0.6, "map_75": 0.1, "map": 0.2}}}}
+    panel.set_report(report)
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    panel.set_examples("mask", [SimpleNamespace(image=str(path), head="mask", caption="IoU 0.10", prediction={
+        "kind": "segment", "mask": np.zeros((32, 32), np.int64), "names": ["background", "circle"]})])
+    panel.set_examples("boxes", [SimpleNamespace(image=str(path), head="boxes", caption="IoU 0.20", prediction={
+        "kind": "detect", "boxes": [[1, 1, 20, 20]], "scores": [0.8], "labels": [0], "names": ["circle"]})])
+    for head in ("mask", "boxes"):
+        view = panel.examples_view(head)
+        qtbot.waitUntil(lambda view=view: not view.canvas.pixmap().isNull(), timeout=5000)
