@@ -26,10 +26,10 @@ its start to the fitted regression; evaluation is not counted). ``--rows`` picks
 keeps the projects, ``--threads N`` sets OMP_NUM_THREADS for the children, ``--json FILE`` writes the
 numbers. On a shared machine: ``nice -n 10 .venv/bin/python bench/cross_style.py``.
 
-Measured (docs/cross_style.md has the table and notes), one run, 2 shared cores under heavy load (load
-average 9-17), ``--threads 1``, niced: val / other-style test / wall s: default 98.3 % / 44.4 % / 110;
-anchor 99.0 % / 45.0 % / 683 (eager PyTorch, starved); ``--budget 2m`` refused before training (the first
-stage alone needed ~3:44 under that load); ``--budget 10m`` 99.8 % / 48.5 % / 395.
+Measured (docs/cross_style.md has the tables and notes), one run of all four rows, 2 shared cores at load
+average 3.5-6.6, niced: val / other-style test / wall s: default 98.3 % / 44.4 % / 85; ``--budget 2m``
+98.8 % / 48.8 % / 96; ``--budget 10m`` 99.2 % / 45.9 % / 531 (under that load it trained only the top block);
+anchor 99.0 % / 45.0 % / 234 (eager PyTorch).
 """
 from __future__ import annotations
 
