@@ -147,7 +147,7 @@ def damage_text(draw, data: bytes) -> bytes:
     if how == "latin1":
         return data.replace(b'"', b'"\xe9', 1)
     if how == "utf16":
-        return data.decode().encode("utf-16")
+        return data.decode(errors="replace").encode("utf-16")  # an earlier step may have left it not UTF-8
     if how == "bom":
         return b"\xef\xbb\xbf" + data
     if how == "deep":
