@@ -1,6 +1,9 @@
 """Short human-readable numbers, shared by the CLI, the window and reports."""
 from __future__ import annotations
 
+import math
+import numbers
+
 
 def human_count(n: float | None) -> str:
     """Short parameter count: 950, 9.4K, 148K, 1.2M, 11.7M, 7.0B (empty for None)."""
@@ -38,3 +41,14 @@ def quoted(text: object, limit: int = 60) -> str:
     except (RecursionError, ValueError):  # nested past the interpreter's depth; an int past repr's digit limit
         return f"<{type(text).__name__}>"
     return shown if len(shown) <= limit else f"{shown[:limit]}… ({type(text).__name__}, {len(shown):,} characters)"
+
+
+def finite_number(value: object) -> bool:
+    """A real number (not a bool) that is finite as a float. An int past float's range (``10**400`` read
+    from JSON) is not: ``math.isfinite`` raises OverflowError on it (found by the ONNX metadata fuzz)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

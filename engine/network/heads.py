@@ -8,13 +8,12 @@ and in the ONNX metadata.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import GraftError
-from engine.units import quoted
+from engine.units import finite_number, quoted
 
 KINDS = ("single", "multi", "regression", "segment", "detect")
 DENSE_KINDS = frozenset({"segment", "detect"})  # heads on feature maps, not on pooled vectors
@@ -176,7 +175,7 @@ class HeadSpec:
                              f"indices (0-{self.outputs - 1}); choose one above them (e.g. 255).")
         for what, value in (("Dice weight", self.dice), ("score threshold", self.score_threshold),
                             ("NMS IoU", self.nms_iou)):
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
+            if not finite_number(value) or value < 0:
                 raise GraftError(f"Head {quoted(self.name)}: the {what} must be a number of at least 0.")
         if not 0 <= self.score_threshold < 1 or not 0 < self.nms_iou <= 1:
             raise GraftError(f"Head {quoted(self.name)}: the score threshold must be in [0, 1) and the NMS IoU in (0, 1].")
@@ -210,7 +209,7 @@ class HeadSpec:
             if len(values) != self.outputs:
                 raise GraftError(f"Head {quoted(self.name)}: the {what} needs one number per output "
                                  f"({self.outputs}), not {len(values)}.")
-            if not all(math.isfinite(v) for v in values):
+            if not all(finite_number(v) for v in values):
                 raise GraftError(f"Head {quoted(self.name)}: the {what} must be finite.")
         if not all(v > 0 for v in self.target_std):
             raise GraftError(f"Head {quoted(self.name)}: the target std must be positive.")

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import GraftError
-from engine.units import quoted
+from engine.units import finite_number, quoted
 
 # Pillow modes of 16-bit greyscale (and 32-bit integer "I", treated as 16-bit); these are scaled by
 # sixteen_to_eight. 16-bit RGB(A) and grey+alpha files are reduced to 8 bits by Pillow's own decoders.
@@ -93,7 +93,7 @@ class InputSpec:
         mean or std that is not three finite numbers, a zero std …), or None when it is sound."""
         def numbers(v: Any, count: int = 3) -> bool:
             return isinstance(v, (list, tuple)) and len(v) == count and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                finite_number(x) for x in v)
 
         for name in ("size", "resize"):
             value = getattr(self, name)

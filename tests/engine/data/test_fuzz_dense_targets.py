@@ -140,7 +140,7 @@ COCO = {"images": [{"id": 1, "file_name": "img.png", "width": 12, "height": 9},
         "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
 odd = st.sampled_from([None, True, 0, -1, 2 ** 63, 1e308, float("nan"), float("inf"), "", "x", "../../etc/passwd",
                        "/", [], {}, [1, 2], [0, 0, 0, 0], [1, 1, -4, 5], [1, 1, 1e308, 1e308], ["a", "b", "c", "d"],
-                       {"id": 3}, [{"id": 1}], 3, 7, 1, 2, "x" * 100_000, "1" * 5000, ["x" * 100_000] * 4])
+                       {"id": 3}, [{"id": 1}], 3, 7, 1, 2, "x" * 100_000, "1" * 5000, 10 ** 400, ["x" * 100_000] * 4])
 
 
 @st.composite
@@ -188,6 +188,7 @@ def coco_with(**annotation) -> bytes:
 @example(data=coco_with(image_id="y" * 100_000))
 @example(data=coco_with(category_id="z" * 100_000))
 @example(data=coco_with(bbox=[1, 1, float("inf"), 2]))
+@example(data=coco_with(bbox=[10 ** 400, 1, 2, 2]))  # math.isfinite raised OverflowError
 def test_any_coco_file_is_read_or_refused_clearly(folder, tmp_path_factory, data):
     where = tmp_path_factory.mktemp("coco", numbered=True)
     path = where / "instances.json"

@@ -305,6 +305,12 @@ KNOWN = {  # name: the file's bytes from the base's (bytes, metadata)
     "an output entry of 5,000 numbers": lambda b, g: with_props(
         b, [(KEY, json.dumps({**g, "outputs": [list(range(5000)), *g["outputs"][1:]]}))]),
     "a format of 400 digits": lambda b, g: with_props(b, [(KEY, json.dumps({**g, "format": 10 ** 400}))]),
+    # math.isfinite raised OverflowError on it (the thorough profile found it)
+    "an alpha background int of 400 digits": lambda b, g: with_props(b, [(KEY, json.dumps(
+        {**g, "input_spec": {**g["input_spec"], "alpha_background": [10 ** 400, 0, 0]}}))]),
+    "a score threshold of 400 digits": lambda b, g: with_props(b, [(KEY, json.dumps(
+        {**g, "outputs": [{**g["outputs"][0], "spec": {**g["outputs"][0]["spec"], "kind": "detect",
+                                                        "score_threshold": 10 ** 400}}, *g["outputs"][1:]]}))]),
     "a source that is a list": lambda b, g: with_props(b, [(KEY, json.dumps({**g, "source": [1, 2]}))]),
     "labels with a newline and an escape sequence": lambda b, g: with_props(b, [(KEY, json.dumps(
         {**g, "outputs": [{**g["outputs"][0], "labels": (labels := ["cat\ndog", "\x1b[2Jred", "\u202eevil"]),

@@ -280,7 +280,7 @@ def project_files(draw, base: list[tuple[str, bytes]]) -> Fuzzed:
             if which in ("recipe", "checkpoint", "recovery"):
                 try:
                     value = json.loads(data)
-                except ValueError:  # already broken by an earlier step
+                except (ValueError, RecursionError):  # already broken (or nested past the parser) by an earlier step
                     continue
                 data = json.dumps(mutate_json(draw, value)).encode()
             elif which.endswith("-text"):
