@@ -138,7 +138,10 @@ class RunsView(QWidget):
             items = [QStandardItem(v) for v in row]
             for item in items:
                 item.setEditable(False)
+                item.setToolTip(item.text())
             self.stage_model.appendRow(items)
+        header = self.stage_table.horizontalHeader()  # the last column (the note) takes the width left, elided,
+        header.setSectionResizeMode(len(table.columns) - 1, QHeaderView.ResizeMode.Stretch)  # whole in its tip
         budget = (record.plan or {}).get("budget")
         used = f"{record.seconds:.0f} s" if isinstance(record.seconds, (int, float)) else "?"
         self.stage_title.setText(f"Run {run}, by stage: what the time bought ({used} of a "
