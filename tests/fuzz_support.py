@@ -250,6 +250,16 @@ def mutate_json(draw: Callable[..., Any], value: Any, odd: Any, new_keys: list[s
     return value
 
 
+class Fuzzed(bytes):
+    """A fuzzed file's bytes, shown in a failure report by what was done to them (not kilobytes of repr):
+    the test sets ``steps``, one line per change."""
+
+    steps: list[str]
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} bytes: {'; '.join(self.steps) or 'unchanged'}>"
+
+
 def paths_in(value: Any, prefix: tuple = ()):
     """Every place in a JSON value, as a tuple of keys and indices (the root is ``()``): where a fuzzed
     document gets its mutations."""

@@ -35,19 +35,10 @@ from engine.network.loading import LoadedNetwork, ModelSource
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, DeleteOutputLayer
 from engine.surgery.session import Session
-from fuzz_support import check, readable, short
+from fuzz_support import Fuzzed, check, readable, short
 
 MEMORY_MB = 300
 PLACEHOLDER = "\x07"  # a character no real metadata holds: where bytes that are not UTF-8 go in
-
-
-class Fuzzed(bytes):
-    """A fuzzed file's bytes, shown in a failure report by what was done to them (not kilobytes of repr)."""
-
-    steps: list[str]
-
-    def __repr__(self) -> str:
-        return f"<{len(self)} bytes: {'; '.join(self.steps) or 'unchanged'}>"
 
 
 @pytest.fixture(scope="module")

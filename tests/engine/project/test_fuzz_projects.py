@@ -41,7 +41,7 @@ from engine.surgery.operations import AddHead, DeleteOutputLayer
 from engine.surgery.session import Session
 from engine.training.checkpoint import TrainCheckpoint
 import fuzz_support
-from fuzz_support import check, readable
+from fuzz_support import Fuzzed, check, readable
 
 MEMORY_MB = 300
 RECIPE, WEIGHTS = "recipe.json", "weights.safetensors"
@@ -55,15 +55,6 @@ class Parts(dict):
 
     def __repr__(self) -> str:
         return f"<the project's members {[n for n, _ in self['members']]}>"
-
-
-class Fuzzed(bytes):
-    """A fuzzed file's bytes, shown in a failure report by what was done to them (not megabytes of repr)."""
-
-    steps: list[str]
-
-    def __repr__(self) -> str:
-        return f"<{len(self)} bytes: {'; '.join(self.steps) or 'unchanged'}>"
 
 
 @pytest.fixture(scope="module")
