@@ -372,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
         if distributed.launched_world() is None:
             return _train(args, events_out)
         ctx = distributed.setup(args.device)
-        quiet.callback(distributed.teardown)
+        quiet.push(lambda failed, *_: distributed.teardown(clean=failed is None))  # falsy: errors propagate
         if not ctx.main:  # process 0 alone prints
             quiet.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))
         return _train(args, events_out, ctx)

@@ -353,12 +353,18 @@ def setup(device: str = "auto", timeout: float | None = None) -> Context | None:
     return _current
 
 
-def teardown() -> None:
-    """Leave the process group (safe to call when none was joined)."""
+def teardown(clean: bool = False) -> None:
+    """Leave the process group (safe to call when none was joined). ``clean``: this process finished its
+    work, as every other does: wait for them first (never after an error, where a peer may be mid-step)."""
     global _current
     _current = None
     if dist.is_available() and dist.is_initialized():
         try:
+            # All processes leave together: one that destroys its group while a peer's last collective is
+            # still in flight aborts that peer at exit ("terminate called without an active exception",
+            # SIGABRT), and torchrun then reports a finished run as failed.
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - the others may be gone already
             pass

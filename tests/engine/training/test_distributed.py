@@ -127,7 +127,7 @@ order = gathered.squeeze(1).tolist() == [i * 10.0 for i in range(7)]
 # each process writes its own file: print()s of two processes interleave on the shared pipe
 Path({out!r}, f"rank{{ctx.rank}}.txt").write_text(
     f"rank {{ctx.rank}} grads {{grads:.2e}} loss {{loss:.2e}} epoch {{epoch:.2e}} metrics {{same_metrics}} order {{order}}")
-distributed.teardown()
+distributed.teardown(clean=True)
 '''
 
 
