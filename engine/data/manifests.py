@@ -296,8 +296,9 @@ def _load_csv(csv_path: Path, heads: list[HeadSpec] | None, val_fraction: float,
                                    warnings=warnings, dense=dense)]
         if dense:  # and the dense heads its mask / boxes columns feed (the window: a head added later has data)
             taken = {h.name for h in heads}
-            offered = {h.name for h in _dense_heads(header) if h.name not in taken}
-            heads += [h for h in _dense_heads(header) if h.name in offered]
+            extra = [h for h in _dense_heads(header) if h.name not in taken]
+            offered = {h.name for h in extra}
+            heads += extra
     if not heads:
         raise GraftError("No heads given: say which CSV columns to learn.")
     names = [h.name for h in heads]

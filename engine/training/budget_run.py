@@ -180,7 +180,7 @@ class BudgetTrainer:
         from engine.training.device import resolve_device
 
         data = self.data
-        dense = [h.name for h in self.session.heads if h.kind in ("segment", "detect")]
+        dense = [h.name for h in self.session.heads if h.dense]
         if dense or getattr(self.session.model, "has_dense_heads", False):
             names = ", ".join(repr(n) for n in dense) or "segment or detect"
             raise GraftError(f"The time-budgeted plan trains classification and regression heads on cached "
