@@ -260,6 +260,16 @@ class Fuzzed(bytes):
         return f"<{len(self)} bytes: {'; '.join(self.steps) or 'unchanged'}>"
 
 
+def flip_bytes(draw: Callable[..., Any], data: bytes, most: int = 8) -> bytes:
+    """``data`` with 1 to ``most`` bytes, drawn, XORed with a drawn non-zero value (a damaged file)."""
+    from hypothesis import strategies as st
+
+    for _ in range(draw(st.integers(1, most))):
+        at = draw(st.integers(0, len(data) - 1))
+        data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+    return data
+
+
 def paths_in(value: Any, prefix: tuple = ()):
     """Every place in a JSON value, as a tuple of keys and indices (the root is ``()``): where a fuzzed
     document gets its mutations."""

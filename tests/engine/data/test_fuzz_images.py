@@ -25,7 +25,7 @@ from PIL import Image
 
 from engine.data.decoding import check_image, quick_check
 from engine.network.preprocess import InputSpec, band_count_problem, open_image, preprocess_file
-from fuzz_support import check, readable
+from fuzz_support import check, flip_bytes, readable
 
 MEMORY_MB = 300
 SPECS = {1: InputSpec(size=16, resize=18).with_channels(1), 3: InputSpec(size=16, resize=18),
@@ -96,9 +96,7 @@ def image_files(draw) -> tuple[str, bytes]:
     if damage == "truncate":
         data = data[:draw(st.integers(0, len(data) - 1))]
     elif damage == "flip":
-        for _ in range(draw(st.integers(1, 8))):
-            at = draw(st.integers(0, len(data) - 1))
-            data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+        data = flip_bytes(draw, data)
     elif damage == "junk":
         data += draw(st.binary(min_size=1, max_size=64))
     suffix = SUFFIX[fmt] if draw(st.integers(0, 3)) else draw(st.sampled_from(list(SUFFIX.values()) + ["", ".txt"]))

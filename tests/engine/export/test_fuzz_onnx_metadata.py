@@ -35,7 +35,7 @@ from engine.network.loading import LoadedNetwork, ModelSource
 from engine.network.preprocess import InputSpec
 from engine.surgery.operations import AddHead, DeleteOutputLayer
 from engine.surgery.session import Session
-from fuzz_support import Fuzzed, check, readable, short
+from fuzz_support import Fuzzed, check, flip_bytes, readable, short
 
 MEMORY_MB = 300
 PLACEHOLDER = "\x07"  # a character no real metadata holds: where bytes that are not UTF-8 go in
@@ -206,9 +206,7 @@ def onnx_files(draw, base: dict) -> Fuzzed:
         if kind == "truncate":
             out = out[:draw(st.integers(0, len(out) - 1))]
         elif kind == "flip":
-            for _ in range(draw(st.integers(1, 8))):
-                at = draw(st.integers(0, len(out) - 1))
-                out = out[:at] + bytes([out[at] ^ draw(st.integers(1, 255))]) + out[at + 1:]
+            out = flip_bytes(draw, out)
         elif kind == "empty":
             out = b""
         elif kind == "junk":

@@ -41,7 +41,7 @@ from engine.surgery.operations import AddHead, DeleteOutputLayer
 from engine.surgery.session import Session
 from engine.training.checkpoint import TrainCheckpoint
 import fuzz_support
-from fuzz_support import Fuzzed, check, readable
+from fuzz_support import Fuzzed, check, flip_bytes, readable
 
 MEMORY_MB = 300
 RECIPE, WEIGHTS = "recipe.json", "weights.safetensors"
@@ -298,9 +298,7 @@ def project_files(draw, base: list[tuple[str, bytes]]) -> Fuzzed:
     elif damage == "truncate":
         data = data[:draw(st.integers(0, len(data) - 1))]
     elif damage == "flip":
-        for _ in range(draw(st.integers(1, 6))):
-            at = draw(st.integers(0, len(data) - 1))
-            data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+        data = flip_bytes(draw, data, most=6)
     elif damage == "prefix":  # a self-extracting stub before the zip: zipfile allows it
         data = draw(st.binary(min_size=1, max_size=64)) + data
     elif damage == "junk":
