@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setup_arguments(parser, data_required=False)
     parser.add_argument("--epochs", type=int, default=None, help="passes over the training data (default 10)")
     parser.add_argument("--patience", type=int, default=None,
-                        help="stop when the validation loss has not improved for this many epochs (default 5; 0: never)")
+                        help="stop when the validation result (the heads' metric, a tie broken by the loss) has "
+                             "not improved for this many epochs (default 5; 0: never)")
     parser.add_argument("--unfreeze-every", type=int, default=None, metavar="N",
                         help="gradual unfreezing: train the heads for N epochs, then one more trunk block from the top "
                              "every N epochs (a training setting: the layers' freeze settings are kept)")

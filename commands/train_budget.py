@@ -32,8 +32,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 class StagePrinter:
     """The trainer's lines (through ``inner``) plus the plan and one line per stage, before and after."""
 
-    def __init__(self, inner, out=None) -> None:
-        self.inner, self.out = inner, out or sys.stdout
+    def __init__(self, inner, out=None, heads=()) -> None:
+        self.inner, self.out, self.heads = inner, out or sys.stdout, list(heads)
 
     def __call__(self, event) -> None:
         from engine.training import budget_run as b
@@ -52,8 +52,8 @@ class StagePrinter:
             r = event.result
             if r.kind == "finder" or r.reason == "skipped":
                 return
-            val = f"best validation loss {r.val_loss:.4f} (epoch {r.best_epoch})" if r.val_loss is not None else \
-                "no validation"
+            val = (f"best validation {b.validated_text(self.heads, r.metrics, r.val_loss)} (epoch {r.best_epoch})"
+                   if r.val_loss is not None else "no validation")
             self.inner.line(f"-- Stage {r.index} ({r.title}): {clock_text(r.seconds)} (estimated "
                             f"{clock_text(r.estimate)}), {r.epochs_run}/{r.epochs} epochs, {val}"
                             + ("; kept" if r.kept else "") + (f"; {r.note}" if r.note else ""))
@@ -82,7 +82,7 @@ def run_budget(args: argparse.Namespace, started: float) -> int:
                        seed=args.seed, feature_ram_budget_mb=args.feature_ram_mb)
     base.validate()
     session, data = prepare_session(args, data_file)
-    printer = StagePrinter(_Printer(session.heads))
+    printer = StagePrinter(_Printer(session.heads), heads=session.heads)
     runner = BudgetTrainer(session, data, budget, base=base, refit=args.refit, on_event=printer, started=started)
     print(f"Measuring this device's speed for the plan ({len(data.train)} training images) …", flush=True)
     plan = runner.plan()  # BudgetTooSmall (a GraftError): one line, exit 1, nothing trained

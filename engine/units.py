@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 
 def human_count(n: float | None) -> str:
@@ -44,9 +43,11 @@ def quoted(text: object, limit: int = 60) -> str:
 
 
 def finite_number(value: object) -> bool:
-    """A real number (not a bool) that is finite as a float. An int past float's range (``10**400`` read
-    from JSON) is not: ``math.isfinite`` raises OverflowError on it (found by the ONNX metadata fuzz)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """An int or float (not a bool; what JSON and CSV parsing give) that is finite as a float. An int past
+    float's range (``10**400`` read from JSON) is not: ``math.isfinite`` raises OverflowError on it (found by the
+    ONNX metadata fuzz). No ``numbers`` import: the generated training script carries this function and keeps to
+    a short list of imports."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
         return math.isfinite(value)

@@ -184,8 +184,9 @@ class TrainingPanel(QWidget):
             "image, which helps against overfitting.\nAuto: on while layers of the network train. With the "
             "network frozen, Graft instead computes its features once and trains only the heads on them, "
             "many times faster.")
-        self.patience_spin = self._epochs_box("Stop when the validation loss has not improved for this many epochs "
-                                              "(the best weights are kept); 0 = never stop early")
+        self.patience_spin = self._epochs_box("Stop when the validation result (the heads' metric, a tie broken by "
+                                              "the loss) has not improved for this many epochs (the best epoch's "
+                                              "weights are kept); 0 = never stop early")
 
         self.views_spin = QSpinBox(self)
         self.views_spin.setRange(0, 16)

@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import GraftError
 from engine.network.heads import HeadSpec
 from engine.network.preprocess import InputSpec, crop_geometry, open_image, preprocess, resize_and_crop
-from engine.units import quoted
+from engine.units import finite_number, quoted
 
 MAX_BOXES = 100  # = engine.network.dense_heads.MAX_BOXES (that module needs torch; this one reads files first)
 CLASSES_FILE = "classes.txt"
@@ -158,9 +158,7 @@ def parse_box_cell(text: str, where: str) -> list[list[Any]]:
     except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         value = None
     ok = isinstance(value, list) and all(
-        # abs(v) <= 1e308, not math.isfinite: that raised OverflowError on an int of 400 digits (the fuzz)
-        isinstance(b, list) and len(b) == 5 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e308 for v in b[:4])
+        isinstance(b, list) and len(b) == 5 and all(finite_number(v) for v in b[:4])
         and isinstance(b[4], (str, int)) and not isinstance(b[4], bool) for b in value)
     if not ok:
         raise GraftError(f"{where}: boxes are written [[x1, y1, x2, y2, class], …] (pixels; class a name or an "
@@ -193,8 +191,7 @@ def read_coco(path: Path) -> tuple[list[str], list[tuple[Path, list[list[float]]
             if ann.get("iscrowd"):
                 continue
             bbox = ann["bbox"]
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e308 for v in bbox)):
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(finite_number(v) for v in bbox)):
                 # not float(v) for each: a string of 100,000 characters came back whole in float's message
                 raise GraftError(f"{path}: annotation {number}: bbox must be [x, y, width, height], four numbers, "
                                  f"got {quoted(json.dumps(bbox))}.")

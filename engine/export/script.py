@@ -447,7 +447,8 @@ def _dense_data_code() -> str:
             + _constants(CLASSES_FILE=dt.CLASSES_FILE, MASKS_FOLDER=dt.MASKS_FOLDER, LABELS_FOLDER=dt.LABELS_FOLDER,
                          DEFAULT_COLUMNS=dt.DEFAULT_COLUMNS, _ROTATED=dt._ROTATED, PRESENT={})
             + "  # mask file -> the classes in it\n\n\n"
-            + _sources(units.quoted, preprocess.to_grey, dt.upright_size, dt.read_classes, dt.read_mask, dt.check_mask,
+            + _sources(units.quoted, units.finite_number, preprocess.to_grey, dt.upright_size, dt.read_classes,
+                       dt.read_mask, dt.check_mask,
                        dt.parse_yolo, dt._check_count, dt.parse_box_cell, dt.check_inside, dt.read_coco,
                        dt.resolve_dense, dt._resolve_masks, dt._resolve_boxes, dt._classes_above, dt._path,
                        dt.folder_dense, dt.label_folders, dt.missing_target, dt.padded_boxes, dt.DenseItem, dt._clip)

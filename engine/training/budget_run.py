@@ -19,8 +19,9 @@ Keeping the time, whatever the load does:
 * the last deadline is the budget less the time to save; a refit that cannot finish by then is given up and
   the model chosen on validation kept.
 
-The best validation result is kept across stages: a stage whose best epoch validates worse than what came
-before is undone. The session's freeze settings and learning-rate factors are put back afterwards; the
+The best validation result is kept across stages, compared as epochs are (the heads' metric, a tie broken by
+the loss: :func:`engine.training.metrics.better_epoch`): a stage whose best epoch validates worse than what
+came before is undone. The session's freeze settings and learning-rate factors are put back afterwards; the
 weights are the chosen stage's. ``clock`` and ``trainer_factory`` are injectable (the tests run the plan with
 fake trainers and a fake clock: no sleeps).
 """
@@ -42,6 +43,7 @@ from engine.training.budget import (MIN_TRUNK_EPOCHS, SAVE_SECONDS, Costs, Plan,
 from engine.training.budget_probe import probe, top_block_params, train_top_blocks
 from engine.training.config import TrainConfig
 from engine.training.events import EpochEvent, MessageEvent, TrainingError
+from engine.training.metrics import better_epoch, headline, selection_score
 from engine.units import plural
 
 FINDER_RANGE = (3e-4, 3e-2)  # the finder's suggestion is clamped into this range of heads' rates
@@ -79,6 +81,7 @@ class StageResult:
     best_epoch: int | None = None
     val_loss: float | None = None
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    score: float | None = None  # the best epoch's metrics.selection_score (what the stages are compared by)
     kept: bool = False  # the run's best so far after this stage
     note: str = ""
     lr_heads: float = 0.0
@@ -117,6 +120,12 @@ class BudgetResult:
 @dataclass
 class BudgetFinished:
     result: BudgetResult
+
+
+def validated_text(heads: Any, metrics: dict[str, dict[str, float]], loss: float | None) -> str:
+    """``"acc 0.991, loss 0.0913"``: a stage's best validation result in words (``heads``: HeadSpecs)."""
+    words = [headline(h.kind, metrics[h.name]) for h in heads if metrics.get(h.name)]
+    return ", ".join(words + ([f"loss {loss:.4f}"] if loss is not None else []))
 
 
 def with_samples(data: Any, train: list[Any], val: list[Any]) -> Any:
@@ -228,7 +237,8 @@ class BudgetTrainer:
         results: list[StageResult] = []
         self._results = results
         history: list[dict[str, Any]] = []
-        best: tuple[float | None, dict[str, torch.Tensor], int] | None = None  # (val loss, state, stage index)
+        # (val loss, state, stage index, score): stages compared as epochs are (metrics.better_epoch)
+        best: tuple[float | None, dict[str, torch.Tensor], int, float | None] | None = None
         stages = plan.stages
         for i, stage in enumerate(stages, 1):
             if self._stop.is_set():
@@ -241,8 +251,8 @@ class BudgetTrainer:
                     self._load(best[1])
                 continue
             val = result.val_loss
-            if best is None or (val is not None and (best[0] is None or val < best[0])):
-                best = (val, self._state(), i)
+            if best is None or better_epoch(result.score, val, best[3], best[0]):
+                best = (val, self._state(), i, result.score)
                 result.kept = True
                 for r in results[:-1]:
                     r.kept = False
@@ -264,7 +274,8 @@ class BudgetTrainer:
         reason = "stopped" if self._stop.is_set() else "completed"
         what = (f"kept stage {chosen.index} ({chosen.title})" if chosen is not None else "no stage finished an epoch")
         message = (f"Budget {clock_text(self.budget)}: {clock_text(seconds)} used, {what}"
-                   + (f", validation loss {best[0]:.4f}" if best is not None and best[0] is not None else "")
+                   + (f", validation {self._validated(chosen.metrics, best[0])}"
+                      if best is not None and chosen is not None and best[0] is not None else "")
                    + ("; then refitted on all labelled images" if refitted else "") + ".")
         device = str(getattr(self, "_device", "cpu"))
         result = BudgetResult(plan, results, reason, best_epoch, best[0] if best else None, len(history), history,
@@ -376,6 +387,7 @@ class BudgetTrainer:
         result.epochs_run, result.best_epoch, result.val_loss = out.epochs_run, out.best_epoch, out.best_val_loss
         chosen = next((h for h in out.history if h.get("epoch") == out.best_epoch), None)
         result.metrics = dict(chosen.get("metrics") or {}) if chosen else {}
+        result.score = selection_score(self.session.heads, result.metrics) if out.best_val_loss is not None else None
         for h in out.history:
             history.append({**h, "epoch": offset + h["epoch"], "stage": index, "stage_epoch": h["epoch"]})
         self._learn_pace(stage, out.epochs_run, seconds)
@@ -534,6 +546,9 @@ class BudgetTrainer:
         """A stage before the chosen one whose weights the chosen one started from (it was kept then)."""
         return r.index < chosen_index and r.kind == "heads"
 
+    def _validated(self, metrics: dict[str, dict[str, float]], loss: float | None) -> str:
+        return validated_text(self.session.heads, metrics, loss)
+
     # -- weights ------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.session.model.state_dict().items()}
@@ -595,7 +610,8 @@ class OneRun:
             r = event.result
             self._finding = False
             if r.kind != "finder" and r.reason != "skipped":
-                val = f"best validation loss {r.val_loss:.4f}" if r.val_loss is not None else "no validation"
+                val = (f"best validation {runner._validated(r.metrics, r.val_loss)}" if r.val_loss is not None
+                       else "no validation")
                 self._send(MessageEvent(f"Stage {r.index} ({r.title}) took {clock_text(r.seconds)}: {val}"
                                         + ("; kept." if r.kept else ".")))
         elif isinstance(event, TrainStarted):

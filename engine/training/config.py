@@ -12,8 +12,8 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 
 @dataclass
 class TrainConfig:
-    """Training settings. ``patience``: epochs without a lower validation loss before stopping early
-    (0 or None: never). ``num_workers``: DataLoader decoding processes (None: automatic).
+    """Training settings. ``patience``: epochs without a better validation result (the heads' metric, a tie
+    broken by the loss) before stopping early (0 or None: never). ``num_workers``: DataLoader decoding processes (None: automatic).
     ``augment``: True, False or "auto" (on while layers of the trunk train; off with a frozen trunk,
     whose features are then computed once: a new head on a fixed trunk gains little from augmentation
     and it would cost a trunk pass per image per epoch).

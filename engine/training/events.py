@@ -46,7 +46,7 @@ class EpochEvent:
     train_head_losses: dict[str, float]
     val_head_losses: dict[str, float]
     metrics: dict[str, dict[str, float]]  # validation metrics per head (see engine.training.metrics)
-    best: bool  # this epoch has the lowest validation loss so far
+    best: bool  # this epoch validates best so far (metric, then loss: RunState._keep_best)
     seconds: float
 
 

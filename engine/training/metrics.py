@@ -14,6 +14,7 @@ Counts are kept as tensors on the device while accumulating (no sync per batch);
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -194,3 +195,35 @@ def headline(kind: str, summary: Mapping[str, float]) -> str:
     short = {"accuracy": "acc", "macro_f1": "F1", "mae": "MAE", "miou": "mIoU", "map_50": "mAP50"}[key]
     value = summary.get(key)
     return f"{short} {value:.3f}" if value is not None else f"{short} -"
+
+
+def selection_score(heads: Sequence[HeadSpec], summary: Mapping[str, Mapping[str, float]]) -> float | None:
+    """The heads' validation metric as one number, higher better: what picks the best epoch and the best
+    stage. Per head its :data:`MAIN_METRIC` (accuracy, macro F1, mIoU, mAP@0.5; for regression minus the MAE
+    in units of the targets' std, so that heads in other units weigh alike), then the mean over the heads
+    that have one; None when none has (ties and None are broken by the validation loss:
+    :func:`better_epoch`)."""
+    scores = []
+    for spec in heads:
+        value = (summary.get(spec.name) or {}).get(MAIN_METRIC.get(spec.kind, ""))
+        if value is None or not math.isfinite(value):
+            continue
+        if spec.kind == "regression":
+            std = [s for s in (spec.target_std or []) if s > 0]
+            value = -value / (sum(std) / len(std) if std else 1.0)
+        scores.append(float(value))
+    return sum(scores) / len(scores) if scores else None
+
+
+def better_epoch(score: float | None, loss: float | None, best_score: float | None, best_loss: float | None) -> bool:
+    """Whether a validation result (``score``: :func:`selection_score`, ``loss``) beats the best so far: the
+    higher score, and on a tie (or without scores) the lower loss. Label smoothing and weight averaging make
+    the loss and the metric disagree (the loss rising while the accuracy still climbs); a person reading
+    "the best validation epoch" means the metric."""
+    if loss is None and score is None:
+        return False
+    if score is not None and best_score is not None and not math.isclose(score, best_score, rel_tol=0, abs_tol=1e-12):
+        return score > best_score
+    if best_loss is None:
+        return best_score is None or (score is not None and score >= best_score)
+    return loss is not None and loss < best_loss

@@ -1,5 +1,5 @@
-"""What a run keeps: the best epoch's weights (kept whenever the validation loss falls, restored when the
-run ends), and the state a pause saves in a :class:`~engine.training.checkpoint.TrainCheckpoint` and a resumed
+"""What a run keeps: the best epoch's weights (kept whenever the heads' validation metric rises, a tie
+broken by the validation loss; restored when the run ends), and the state a pause saves in a :class:`~engine.training.checkpoint.TrainCheckpoint` and a resumed
 run takes back (counters, optimiser and schedule, random states, the batch order).
 
 A part of :class:`engine.training.trainer.Trainer` (a mixin: its methods work on the trainer's state)."""
@@ -41,14 +41,20 @@ class RunState:
         prefix = "heads." if self._snapshot_module() is not self.session.model else ""
         return {prefix + k: v for k, v in self._best_state.items()}
 
-    def _keep_best(self, epoch: int, val_loss: float | None, validated: bool) -> bool:
-        """After an epoch: keep its weights if its validation loss is the lowest so far (True), else count
-        it towards early stopping. Without validation data every epoch is the best one (weights left as
-        trained)."""
+    def _keep_best(self, epoch: int, val_loss: float | None, validated: bool,
+                   metrics: dict[str, dict[str, float]] | None = None) -> bool:
+        """After an epoch: keep its weights if it validates best so far (True), else count it towards early
+        stopping. Best: the heads' validation metric (:func:`engine.training.metrics.selection_score`:
+        accuracy, macro F1, -MAE/std; several heads, their mean), a tie broken by the lower validation loss
+        (:func:`engine.training.metrics.better_epoch`). Without validation data every epoch is the best one
+        (weights left as trained)."""
+        from engine.training.metrics import better_epoch, selection_score
+
         best = False
-        if val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss):
+        score = selection_score(self.heads, metrics or {}) if val_loss is not None else None
+        if val_loss is not None and better_epoch(score, val_loss, self.best_score, self.best_val_loss):
             best = True
-            self.best_val_loss, self.best_epoch = val_loss, epoch
+            self.best_val_loss, self.best_score, self.best_epoch = val_loss, score, epoch
             self._best_state = self._snapshot()
             self._has_validated_best = True
             self._best_steps = self.done_steps
@@ -77,6 +83,11 @@ class RunState:
             self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in ck.best_state.items()}
         self.history = [dict(h) for h in ck.history]
         self.best_epoch, self.best_val_loss = ck.best_epoch, ck.best_val_loss
+        kept = next((h for h in self.history if h.get("epoch") == ck.best_epoch), None)
+        if kept is not None and ck.has_validated_best:
+            from engine.training.metrics import selection_score
+
+            self.best_score = selection_score(self.heads, kept.get("metrics") or {})
         self._has_validated_best, self._best_steps, self._bad_epochs = ck.has_validated_best, ck.best_steps, ck.bad_epochs
         self.epochs_run, self.done_steps, self.images_seen = ck.epochs_run, ck.done_steps, ck.images_seen
         self._resumed_steps, self._resumed_images, self._seconds_before = ck.done_steps, ck.images_seen, ck.seconds

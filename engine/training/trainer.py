@@ -16,10 +16,12 @@ event dataclasses (no tensors) passed to ``on_event`` on the training thread:
 
 How it ends (``TrainResult.reason`` / ``TrainFinished.reason``):
 
-* ``"completed"`` — all epochs ran; ``"early_stopping"`` — the validation loss did not improve for
+* ``"completed"`` — all epochs ran; ``"early_stopping"`` — the best validation result did not improve for
   ``patience`` epochs; ``"stopped"`` — :meth:`Trainer.stop` was called (run returns within one batch).
-  In these three cases the weights of the epoch with the lowest validation loss are restored (with no
-  validation data, or when stopped before the first epoch ended, the weights are left as trained).
+  In these three cases the weights of the best validation epoch are restored: the heads' metric
+  (accuracy, macro F1, -MAE; :func:`engine.training.metrics.selection_score`), a tie broken by the lower
+  validation loss (with no validation data, or when stopped before the first epoch ended, the weights are
+  left as trained).
 * ``"paused"`` — :meth:`Trainer.pause` was called (or ``TrainConfig.pause_after`` reached): the run ends
   after the current epoch with the weights as trained so far and ``TrainResult.checkpoint``
   (:class:`engine.training.checkpoint.TrainCheckpoint`); ``Trainer(..., resume=checkpoint)`` continues.
@@ -187,7 +189,8 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
         self._last_progress = 0.0
         self.history: list[dict[str, Any]] = []
         self.best_epoch: int | None = None
-        self.best_val_loss: float | None = None
+        self.best_val_loss: float | None = None  # the best epoch's (not always the lowest)
+        self.best_score: float | None = None  # the best epoch's metrics.selection_score
         self.done_steps = 0
         self.images_seen = 0
         self.epochs_run = 0
@@ -293,14 +296,14 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
                        + (f"; the best epoch so far is {self.best_epoch}." if self._has_validated_best else "."))
         elif reason == "stopped" and not message:
             message = (f"Stopped after {plural(self.done_steps, 'step')}; "
-                       + (f"kept the weights of epoch {self.best_epoch} (lowest validation loss)."
+                       + (f"kept the weights of epoch {self.best_epoch} ({self._best_text()})."
                           if self._has_validated_best else "the weights are as trained so far (no epoch finished)."))
         elif reason == "early_stopping":
-            message = (f"Stopped early after epoch {self.epochs_run}: the validation loss has not improved for "
-                       f"{cfg.patience} epochs; kept epoch {self.best_epoch}.")
+            message = (f"Stopped early after epoch {self.epochs_run}: the validation result has not improved for "
+                       f"{cfg.patience} epochs; kept epoch {self.best_epoch} ({self._best_text()}).")
         elif reason == "completed":
             message = (f"Finished {plural(self.epochs_run, 'epoch')}"
-                       + (f"; kept epoch {self.best_epoch} (lowest validation loss {self.best_val_loss:.4f})."
+                       + (f"; kept epoch {self.best_epoch} ({self._best_text()})."
                           if self._has_validated_best else "; no validation data, so the final weights are kept."))
         images = self.images_seen - self._resumed_images
         result = TrainResult(reason, self.history, self.best_epoch, self.best_val_loss, seconds + self._seconds_before,
@@ -315,6 +318,16 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
                 raise err
             raise TrainingError(message, result) from err
         return result
+
+    def _best_text(self) -> str:
+        """The kept epoch's validation result in words: ``"best validation: acc 0.991; loss 0.0913"``."""
+        from engine.training.metrics import headline
+
+        kept = next((h for h in self.history if h.get("epoch") == self.best_epoch), None)
+        metrics = (kept or {}).get("metrics") or {}
+        words = [headline(h.kind, metrics[h.name]) for h in self.heads if metrics.get(h.name)]
+        loss = f"loss {self.best_val_loss:.4f}" if self.best_val_loss is not None else ""
+        return "best validation: " + "; ".join(w for w in [", ".join(words), loss] if w)
 
     def _cleanup(self) -> None:
         model = self.session.model
@@ -448,7 +461,7 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
                         raise NonFinite(next((n for n, v in val_heads.items() if not math.isfinite(v)), None),
                                          epoch, self.done_steps)
                 self.epochs_run = epoch
-                best = self._keep_best(epoch, val_loss, validated=validate is not None)
+                best = self._keep_best(epoch, val_loss, validated=validate is not None, metrics=metrics)
             seconds = time.perf_counter() - t_epoch
             event = EpochEvent(epoch, train_loss, val_loss, train_heads, val_heads, metrics, best, seconds)
             self.history.append({**event.__dict__, "lr": self._reported_lr()})

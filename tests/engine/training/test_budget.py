@@ -18,6 +18,7 @@ from engine.training.budget_run import BudgetTrainer, StageFinished, StageStarte
 from engine.training.config import TrainConfig
 from engine.training.events import EpochEvent, MessageEvent, ProgressEvent, StepEvent, TrainResult
 from engine.training.losses import compute_losses
+from engine.training.metrics import better_epoch
 from engine.training.record import TrainingRecord
 from engine.training.runs import runs_of, stage_table
 
@@ -104,6 +105,8 @@ class FakeTrainer:
     """Takes the time the costs say (times ``slow``) on the fake clock, step by step, and stops when asked."""
 
     runs: list[SimpleNamespace] = []
+    # (stage kind, epoch) -> (validation loss, accuracy); None: the loss falls as 1/epoch, the accuracy is 1 - loss
+    validation = None
 
     def __init__(self, clock: Clock, c: Costs, slow: float, session, data, config, on_event,
                  slow_views: float = 1.0) -> None:
@@ -136,7 +139,7 @@ class FakeTrainer:
     def run(self) -> TrainResult:
         cfg = self.config
         start = self.clock.now
-        history, best, best_loss, reason = [], None, None, "completed"
+        history, best, best_loss, best_acc, reason = [], None, None, None, "completed"
         if not self._spend(self._cost(0) * self.slow_views, 10, ProgressEvent(0, 1, 0.0, None, "features")):
             reason = "stopped"
         for epoch in range(1, cfg.epochs + 1):
@@ -146,9 +149,12 @@ class FakeTrainer:
                 reason = "stopped"
                 break
             val = (1.0 if cfg.cache_features else 0.5) / epoch if self.data.val else None
-            if val is not None and (best_loss is None or val < best_loss):
-                best, best_loss = epoch, val
-            history.append({"epoch": epoch, "val_loss": val, "metrics": {"kind": {"accuracy": 1 - (val or 0)}}})
+            acc = 1 - (val or 0)
+            if FakeTrainer.validation is not None and val is not None:
+                val, acc = FakeTrainer.validation("heads" if cfg.cache_features else "blocks", epoch)
+            if val is not None and better_epoch(acc, val, best_acc, best_loss):  # as Trainer keeps its best epoch
+                best, best_loss, best_acc = epoch, val, acc
+            history.append({"epoch": epoch, "val_loss": val, "metrics": {"shape": {"accuracy": acc}}})
             seconds = (self._cost(epoch) - self._cost(epoch - 1)) * self.slow
             self.on_event(EpochEvent(epoch, 1.0, val, {}, {}, {}, best == epoch, seconds))
             if self.stopped:
@@ -175,7 +181,7 @@ class FakeFinder:
 
 @pytest.fixture
 def fake_run(small_session, demo_data):
-    FakeTrainer.runs, FakeFinder.seen = [], []
+    FakeTrainer.runs, FakeFinder.seen, FakeTrainer.validation = [], [], None
 
     def run(budget: float, slow: float = 1.0, refit: bool = False, c: Costs | None = None,
             slow_views: dict[str, float] | None = None):
@@ -257,6 +263,29 @@ def test_refit_never_shows_validation_to_selection_and_never_selects_during_refi
     chosen = [r for r in out.result.stages if r.kept]
     assert chosen and all(r.refit for r in chosen)
     assert len(refit) == len([r for r in out.result.stages if r.refit])
+
+
+@pytest.mark.parametrize("trunk_better", [True, False])
+def test_stages_are_kept_by_the_heads_metric_not_the_validation_loss(fake_run, trunk_better):
+    """Label smoothing and weight averaging make the validation loss and the accuracy disagree: the stage
+    (and the epoch) with the higher validation accuracy is kept even where its loss is higher."""
+    def validation(kind: str, epoch: int) -> tuple[float, float]:
+        if kind == "heads":  # the heads' accuracy peaks at epoch 3 while the loss still falls
+            return 0.2 - 0.01 * epoch, (0.9, 0.95, 0.97, 0.96)[min(epoch, 4) - 1] if epoch <= 4 else 0.96
+        if trunk_better:  # the trunk stage: a higher accuracy at a higher loss than the heads
+            return 0.25 + 0.01 * epoch, 0.98 + 0.001 * min(epoch, 5)
+        return 0.01, 0.9  # a lower loss at a lower accuracy
+    FakeTrainer.validation = validation
+    out = fake_run(300.0, c=costs(0.2))
+    heads = next(r for r in out.result.stages if r.kind == "heads")
+    trunk = next(r for r in out.result.stages if r.kind == "blocks" and r.epochs_run)
+    assert heads.best_epoch == 3 and heads.metrics["shape"]["accuracy"] == 0.97
+    assert trunk.kept is trunk_better and heads.kept is not trunk_better
+    if trunk_better:
+        assert trunk.best_epoch == min(trunk.epochs_run, 5)  # the accuracy's top, the loss rising meanwhile
+        assert out.result.best_val_loss == trunk.val_loss
+    else:
+        assert "undone" in trunk.note and out.result.best_val_loss == heads.val_loss
 
 
 def test_a_refit_that_cannot_finish_keeps_the_model_chosen_on_validation(fake_run):

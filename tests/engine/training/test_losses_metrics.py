@@ -8,7 +8,8 @@ import torch
 
 from engine.network.heads import HeadSpec
 from engine.training.losses import LossAccumulator, compute_losses, head_loss
-from engine.training.metrics import MetricSet, MultiLabelMetrics, RegressionMetrics, SingleLabelMetrics, headline
+from engine.training.metrics import (MetricSet, MultiLabelMetrics, RegressionMetrics, SingleLabelMetrics, better_epoch,
+                                     headline, selection_score)
 
 NAN = float("nan")
 
@@ -148,3 +149,25 @@ def test_counts_read_as_words():
     assert [plural(1, "epoch"), plural(3, "epoch"), plural(0, "file"), plural(1200, "image")] == \
         ["1 epoch", "3 epochs", "0 files", "1,200 images"]
     assert plural(2, "class", "classes") == "2 classes"
+
+
+def test_the_selection_score_is_each_head_s_metric_higher_better_averaged():
+    single = HeadSpec("kind", labels=["a", "b"])
+    multi = HeadSpec("tags", kind="multi", labels=["x", "y"])
+    size = HeadSpec("size", kind="regression", labels=["w"], target_mean=[0.0], target_std=[4.0])
+    assert selection_score([single], {"kind": {"accuracy": 0.97}}) == pytest.approx(0.97)
+    assert selection_score([multi], {"tags": {"macro_f1": 0.6, "f1/x": 0.2}}) == pytest.approx(0.6)
+    assert selection_score([size], {"size": {"mae": 2.0}}) == pytest.approx(-0.5)  # in units of the std
+    both = selection_score([single, size], {"kind": {"accuracy": 0.9}, "size": {"mae": 0.4}})
+    assert both == pytest.approx((0.9 - 0.1) / 2)
+    assert selection_score([single, size], {"kind": {"accuracy": 0.9}}) == pytest.approx(0.9)  # the heads that have one
+    assert selection_score([single], {"kind": {}}) is None
+
+
+def test_a_better_epoch_has_the_higher_metric_and_on_a_tie_the_lower_loss():
+    assert better_epoch(0.99, 0.12, 0.971, 0.0913)  # accuracy up, loss up (label smoothing, EMA): better
+    assert not better_epoch(0.97, 0.05, 0.99, 0.12)  # loss down, accuracy down: worse
+    assert better_epoch(0.99, 0.10, 0.99, 0.12) and not better_epoch(0.99, 0.12, 0.99, 0.10)  # a tie: the loss
+    assert better_epoch(None, 0.1, None, 0.2) and not better_epoch(None, 0.3, None, 0.2)  # no metric: the loss
+    assert better_epoch(0.5, 0.3, None, None)  # the first validated epoch
+    assert not better_epoch(None, None, 0.5, 0.3)

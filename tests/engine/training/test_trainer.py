@@ -24,6 +24,7 @@ from engine.training.config import TrainConfig
 from engine.training.evaluation import evaluate
 from engine.training.events import (EpochEvent, MessageEvent, ProgressEvent, StepEvent, TrainFinished, TrainingError,
                                     TrainStarted)
+from engine.training.metrics import better_epoch, selection_score
 from engine.training.setup import lr_lambda
 from engine.training.trainer import Trainer
 
@@ -116,7 +117,10 @@ def test_multitask_run_on_the_demo_trains_every_head(demo):
     # the model is back on the CPU, in eval mode, with the best epoch's weights
     assert not session.model.training
     assert all(p.device.type == "cpu" for p in session.model.parameters())
-    assert result.best_val_loss == pytest.approx(min(e.val_loss for e in epochs))
+    # the best epoch validates best by the heads' metrics (accuracy, macro F1, -MAE/std averaged), not by the loss
+    scores = [selection_score(session.heads, e.metrics) for e in epochs]
+    assert scores[result.best_epoch - 1] == max(scores)
+    assert result.best_val_loss == epochs[result.best_epoch - 1].val_loss
 
 
 def test_evaluate_reports_every_head(demo):
@@ -403,7 +407,7 @@ def test_early_stopping_and_schedule():
     assert f(4) == pytest.approx(1.0) and f(12) == pytest.approx(0.5) and f(19) < 0.02
 
 
-def test_early_stopping_on_validation_loss(demo):
+def test_early_stopping_on_the_validation_result(demo):
     data = subset(demo, 32, 16)
     session = make_session(data.heads)
     # a learning rate this large makes the validation loss go up after the first epochs
@@ -411,7 +415,11 @@ def test_early_stopping_on_validation_loss(demo):
                                                 augment=False, patience=2)).run()
     assert result.reason == "early_stopping"
     assert result.epochs_run == result.best_epoch + 2 < 30
-    assert result.best_val_loss == min(h["val_loss"] for h in result.history)
+    kept = result.history[result.best_epoch - 1]
+    assert result.best_val_loss == kept["val_loss"]
+    scores = [selection_score(session.heads, h["metrics"]) for h in result.history]
+    for h, score in zip(result.history, scores):  # no epoch validates better by the metric, then the loss
+        assert not better_epoch(score, h["val_loss"], scores[result.best_epoch - 1], kept["val_loss"])
 
 
 def test_messages_for_unused_data_heads(demo):
