@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="how much lower the training thread's priority is (TrainWorker.NICE; 0: the GUI's)")
     parser.add_argument("--show", action="store_true", help="use the real display instead of offscreen")
     args = parser.parse_args(argv)
+    from engine.runtime.allocator import configure_allocator
+
+    # as the launcher sets it (commands/cli.py), before any tensor; GRAFT_ALLOCATOR=system: glibc's defaults
+    print(f"allocator: {configure_allocator().describe()}", flush=True)
     if args.train_nice is not None:
         from app.workers import TrainWorker
 

@@ -9,7 +9,9 @@ The run fine-tunes every layer of the bundled network on the demo data (``--pres
 on cached features, epochs of milliseconds, so the curves and the recovery copies come far more often). It
 is stopped at ``--minutes``; a run that ends before that is started again (the curves then start afresh).
 Memory is flat when, after ``--warmup`` minutes, the resident size stays within ``--bound`` MB of its
-first value then (the process's own; the loader's worker processes are sampled beside it).
+first value then (the process's own; the loader's worker processes are sampled beside it). The allocator is
+set as the launcher sets it (:mod:`engine.runtime.allocator`; ``GRAFT_ALLOCATOR=system`` for glibc's
+defaults), and each sample also says how glibc's heap splits into blocks in use and free blocks it keeps.
 """
 from __future__ import annotations
 
@@ -26,8 +28,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-FIELDS = ("minute", "rss_mb", "workers_rss_mb", "epochs", "steps", "runs", "recovery_writes", "write_s_max",
-          "lat_ticks", "lat_p50_ms", "lat_p99_ms", "lat_max_ms", "gc_objects")
+FIELDS = ("minute", "rss_mb", "workers_rss_mb", "heap_used_mb", "heap_free_mb", "heap_mmap_mb", "epochs", "steps",
+          "runs", "recovery_writes", "write_s_max", "lat_ticks", "lat_p50_ms", "lat_p99_ms", "lat_max_ms", "gc_objects")
+
+
+def heap_mb() -> tuple[float, float, float]:
+    """glibc's own account of its heap (``mallinfo2``, all arenas), in MB: blocks in use, free blocks it keeps
+    (RSS the program no longer uses, unless the pages were given back), and blocks mapped on their own.
+    NaN where there is no glibc 2.33+."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return float("nan"), float("nan"), float("nan")
+    fn.restype = Mallinfo2
+    m = fn()
+    return m.uordblks / 2**20, m.fordblks / 2**20, m.hblkhd / 2**20
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -135,8 +156,10 @@ def soak(args: argparse.Namespace) -> int:
             values = lateness.take()
             seconds = recovery.writer.seconds[state["writes_seen"]:]
             state["writes_seen"] = len(recovery.writer.seconds)
+            used, free, mapped = heap_mb()
             row = {"minute": round((time.monotonic() - t0) / 60, 2), "rss_mb": round(rss_mb(), 1),
-                   "workers_rss_mb": round(sum(rss_mb(c) for c in children()), 1), "epochs": state["epochs"],
+                   "workers_rss_mb": round(sum(rss_mb(c) for c in children()), 1), "heap_used_mb": round(used, 1),
+                   "heap_free_mb": round(free, 1), "heap_mmap_mb": round(mapped, 1), "epochs": state["epochs"],
                    "steps": state["steps"], "runs": state["runs"], "recovery_writes": recovery.writer.writes,
                    "write_s_max": round(max(seconds, default=0.0), 3), "lat_ticks": len(values),
                    "lat_p50_ms": round(percentile(values, 50), 2), "lat_p99_ms": round(percentile(values, 99), 2),
@@ -284,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.show:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from engine.runtime.allocator import configure_allocator
+
+    # as the launcher sets it (commands/cli.py), before any tensor; GRAFT_ALLOCATOR=system: glibc's defaults
+    print(f"allocator: {configure_allocator().describe()}", flush=True)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read as PyTorch loads, by the training's thread too
         import torch
