@@ -328,6 +328,7 @@ class BudgetTrainer:
         common = dict(epochs=stage.epochs, augment=True, augment_policy=stage.augment_policy,
                       label_smoothing=stage.label_smoothing, ema=stage.ema, warmup_epochs=1.0 if stage.epochs > 2 else 0.0,
                       unfreeze_every=None, pause_after=None, devices=1, telemetry=False,
+                      batchnorm_eval=stage.kind == "blocks",
                       patience=0 if stage.refit else (8 if stage.kind == "heads" else 0))
         if stage.kind == "heads":
             return replace(base, lr_heads=stage.lr_heads, cache_features=True, augment_views=stage.views,
