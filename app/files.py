@@ -175,6 +175,7 @@ class Files(QObject):
             session = result.session
             if recovered is not None:
                 self._workspace.set_session(session, project_path=recovered.project, paused_run=result.paused_run)
+                self._undo_stack.resetClean()  # its steps (undoable again) are in no saved file
                 self._workspace.weights_changed = True  # unsaved work, until it is saved
                 self._jobs.warm_up_once()
                 self._show_notes(session.network.notes, f"Recovered the work from {recovered.clock()}: "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ from engine.errors import GraftError
 from engine.project.recovery import (RecoveryInfo, RecoveryWriter, capture, read_recovery, recovery_files,
                                      recovery_folder)
 from engine.units import plural
+
+from .undo import history_steps
 
 if TYPE_CHECKING:
     from PySide6.QtGui import QUndoStack
@@ -53,8 +56,10 @@ class Recovery(QObject):
     restored = Signal(object)
 
     def __init__(self, window: QMainWindow, workspace: Workspace, jobs: Jobs, messages: Messages,
-                 settings: Settings, files: Files, undo_stack: QUndoStack, folder: str | Path | None = None) -> None:
+                 settings: Settings, files: Files, undo_stack: QUndoStack, folder: str | Path | None = None,
+                 show_history: Callable[[list[tuple[str, int]]], Any] | None = None) -> None:
         super().__init__(window)
+        self._show_history = show_history  # restored work's history, grouped as its window had it
         self._window, self._workspace, self._jobs, self._messages = window, workspace, jobs, messages
         self._settings, self._files, self._undo_stack = settings, files, undo_stack
         self.folder = Path(folder) if folder is not None else recovery_folder()
@@ -140,7 +145,8 @@ class Recovery(QObject):
             QTimer.singleShot(250, lambda: self.autosave(force))
             return False
         self._hold_lock()  # before the file exists: no other window may take it for a crashed one's
-        self.writer.submit(capture(ws.session, ws.session.project_extra, ws.project_path, ws.data_path, self._note()))
+        self.writer.submit(capture(ws.session, ws.session.project_extra, ws.project_path, ws.data_path, self._note(),
+                                   steps=history_steps(self._undo_stack)))
         self._dirty = False
         return True
 
@@ -150,7 +156,8 @@ class Recovery(QObject):
         ws = self._workspace
         if ws.session is None or not self.enabled or not hasattr(worker, "keep"):
             return
-        state = capture(ws.session, ws.session.project_extra, ws.project_path, ws.data_path, "training")
+        state = capture(ws.session, ws.session.project_extra, ws.project_path, ws.data_path, "training",
+                        steps=history_steps(self._undo_stack))
         state.weights = None  # the live ones change under the run: never written
         self._hold_lock()
         self.writer.submit(state, write=False)
@@ -257,6 +264,9 @@ class Recovery(QObject):
         """Open the crashed window's work (in a worker); its file goes once the work is open here, whose own
         recovery file then keeps it."""
         def opened() -> None:
+            if self._show_history is not None and info.steps:
+                self._show_history(info.steps)  # its steps as that window grouped them (a macro is one step)
+                self._undo_stack.resetClean()  # in no saved file
             self.discard(info)
             self._dirty = True
             self.autosave()

@@ -21,7 +21,7 @@ from engine.network.layer_tree import HEADS_KEY
 from widgets.head_diagram import KIND_SHORT
 
 from . import dialogs
-from .undo import push_operation
+from .undo import push_history, push_operation
 
 if TYPE_CHECKING:
     from widgets.heads_panel import HeadsPanel
@@ -88,7 +88,21 @@ class Surgery(QObject):
         self._tree_model.set_tree(session.tree)
         self._tree_view.tree_view.expandToDepth(0)
         self._heads_panel.set_session(session)
+        # A reopened project or restored work: the replayed steps its engine history can undo faithfully
+        # (engine.project.project_file.open_project) are the history here too, already applied.
+        self.show_history()
         self._stack.setClean()
+
+    def show_history(self, steps: list[tuple[str, int]] | None = None) -> None:
+        """The session's undoable operations as the history (:func:`app.undo.push_history`); ``steps``: as
+        the window that did them had grouped them (restored work's)."""
+        self._undo_index = 0
+        self._stack.clear()
+        self._pushing = True  # pushing them redoes nothing: no "Redid …"
+        try:
+            push_history(self._stack, self._workspace.session, steps, on_error=self._surgery_failed)
+        finally:
+            self._pushing = False
 
     def _closed(self) -> None:
         self._heads_panel.set_session(None)

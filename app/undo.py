@@ -49,6 +49,36 @@ class OperationCommand(QUndoCommand):
             self._on_error(message)
 
 
+def push_history(stack: QUndoStack, session: Any, steps: list[tuple[str, int]] | None = None,
+                 on_error: Callable[[str], Any] | None = None) -> None:
+    """Push the operations ``session.history`` can undo (already applied: a reopened project's, restored
+    work's) as the stack's commands. ``steps``: how the stack had grouped them, ``(text, operations)`` per
+    command in order (a macro such as "Set up the demo task" holds several); it matches the latest
+    operations, so where the engine's history reaches back less far the earlier steps are left out, and
+    operations it does not cover are pushed one command each."""
+    ops = list(session.history.done)
+    groups: list[tuple[str | None, list[Any]]] = []
+    rest = len(ops)
+    for text, count in reversed(steps or []):
+        if count < 1 or count > rest or (count == 1 and ops[rest - 1].text != text):
+            break
+        groups.append((text if count > 1 else None, ops[rest - count:rest]))
+        rest -= count
+    groups.extend((None, [op]) for op in reversed(ops[:rest]))
+    for text, group in reversed(groups):
+        if text is not None:
+            stack.beginMacro(text)
+        for op in group:
+            stack.push(OperationCommand(session, op, applied=True, on_error=on_error))
+        if text is not None:
+            stack.endMacro()
+
+
+def history_steps(stack: QUndoStack) -> list[tuple[str, int]]:
+    """The commands up to the stack's index as :func:`push_history` takes them: (text, operations)."""
+    return [(stack.text(i), max(1, stack.command(i).childCount())) for i in range(stack.index())]
+
+
 def push_operation(stack: QUndoStack, session: Any, op: Any,
                    on_error: Callable[[str], Any] | None = None) -> OperationCommand:
     """Apply ``op`` (GraftError propagates, nothing changed) and push it as an undoable command."""

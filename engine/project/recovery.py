@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +56,20 @@ class RecoveryState:
     data: str | None = None
     model: str = ""
     note: str = ""
+    steps: list[tuple[str, int]] | None = None  # the undo history's steps: (text, operations), in order
 
 
 def capture(session: Any, extra: Mapping[str, Any] | None = None, project: str | None = None,
-            data: str | None = None, note: str = "") -> RecoveryState:
+            data: str | None = None, note: str = "", steps: list[tuple[str, int]] | None = None) -> RecoveryState:
     """The session's work now, cheaply (for the GUI thread): its recipe as plain data and references to its
     weights, not copies. Call it while nothing trains the model (its weights then change only by surgery,
-    which replaces tensors rather than writing into them)."""
+    which replaces tensors rather than writing into them). ``steps``: how the window's undo history groups
+    the latest operations (one step can hold several), so that restored work shows the same history."""
     from engine.project.project_file import project_recipe
 
     weights = {k: v.detach() for k, v in session.model.state_dict().items()}
-    return RecoveryState(project_recipe(session, dict(extra or {})), weights, project, data, session.describe(), note)
+    return RecoveryState(project_recipe(session, dict(extra or {})), weights, project, data, session.describe(), note,
+                         list(steps) if steps is not None else None)
 
 
 def write_recovery(path: str | os.PathLike, state: RecoveryState) -> Path:
@@ -81,7 +84,8 @@ def write_recovery(path: str | os.PathLike, state: RecoveryState) -> Path:
     if not streamable(weights):  # safetensors' own writer wants independent tensors
         weights = {k: v.contiguous().clone() for k, v in weights.items()}
     meta = {"format": FORMAT, "saved_at": time.time(), "pid": os.getpid(), "project": state.project,
-            "data": state.data, "model": state.model, "note": state.note}
+            "data": state.data, "model": state.model, "note": state.note,
+            "steps": [[text, count] for text, count in state.steps or []]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_project(path, state.recipe, weights, members={RECOVERY_JSON: json.dumps(meta)}, streamed=True)
@@ -98,6 +102,7 @@ class RecoveryInfo:
     data: str | None
     model: str
     note: str
+    steps: list[tuple[str, int]] = field(default_factory=list)  # the undo history's (text, operations)
 
     def clock(self, now: float | None = None) -> str:
         """When it was written, as a person says it: ``10:42`` today, else ``Mon 7 Dec, 10:42``."""
@@ -144,7 +149,12 @@ def read_recovery(path: str | os.PathLike) -> RecoveryInfo:
     saved = meta.get("saved_at")
     saved = float(saved) if isinstance(saved, (int, float)) and not isinstance(saved, bool) else path.stat().st_mtime
     pid = meta.get("pid") if isinstance(meta.get("pid"), int) else 0
-    return RecoveryInfo(path, saved, pid, text("project"), text("data"), text("model") or "", text("note") or "")
+    steps = meta.get("steps")
+    steps = [(s[0], s[1]) for s in steps if isinstance(s, list) and len(s) == 2 and isinstance(s[0], str)
+             and isinstance(s[1], int) and not isinstance(s[1], bool) and s[1] >= 1] \
+        if isinstance(steps, list) else []
+    return RecoveryInfo(path, saved, pid, text("project"), text("data"), text("model") or "", text("note") or "",
+                        steps)
 
 
 class RecoveryWriter:

@@ -334,6 +334,15 @@ def test_save_and_reopen_a_project_gives_identical_outputs(qtbot, window, monkey
     assert requires_grad(other.session) == requires_grad(s)
     assert other.project_path == str(path) and not other.isWindowModified()
     assert other.session.project_extra["training"] == {"data": "/data/labels.csv", "seed": 3, "val_fraction": 0.25}
+    # its steps are the surgery history, undoable (the source's weights are on this machine), and clean
+    history = other.history_view.model()
+    texts = [history.data(history.index(row, 0)) for row in range(history.rowCount())]
+    assert texts == ["Network as loaded"] + [window.undo_stack.text(i) for i in range(4)], texts
+    assert other.actions.undo.isEnabled() and other.undo_stack.isClean()
+    other.actions.undo.trigger()  # the freeze preset
+    assert other.isWindowModified() and requires_grad(other.session) != requires_grad(s)
+    other.actions.redo.trigger()
+    assert not other.isWindowModified() and requires_grad(other.session) == requires_grad(s)
     other.close()
 
 

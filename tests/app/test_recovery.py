@@ -143,10 +143,70 @@ def test_after_a_kill_the_next_window_offers_the_work_and_restores_it(qtbot, tmp
     assert same_weights(s.model, open_project(window.recovery.path).model)  # this window keeps it now
     assert not left.exists() and not left.with_suffix(".lock").exists()
     assert window.recovery.prompt is None
+
+    # the restored steps are the surgery history again, undoable as before the crash
+    stack, history = window.undo_stack, window.history_view.model()
+    texts = [history.data(history.index(row, 0)) for row in range(history.rowCount())]
+    assert texts == ["Network as loaded", "Delete output layer (classifier.3)", "Add head 'shape'"], texts
+    assert stack.index() == 2 and window.actions.undo.isEnabled() and not stack.isClean()  # in no saved file
+    restored = {k: v.clone() for k, v in s.model.state_dict().items()}
+    window.actions.undo.trigger()  # the head goes
+    assert s.heads == [] and [op["op"] for op in s.recipe()] == ["delete_output"] and window.isWindowModified()
+    assert window.message_label.text() == "Undid Add head 'shape'."
+    window.actions.undo.trigger()  # the network as loaded: its classifier is back, the trunk as restored
+    assert s.recipe() == [] and s.output_layer == "classifier.3" and "classifier.3" in s.tree
+    trunk = {k: v for k, v in s.model.state_dict().items() if not k.startswith("trunk.body.classifier")}
+    assert all(torch.equal(v, restored[k]) for k, v in trunk.items() if k in restored)
+    assert not window.actions.undo.isEnabled() and window.actions.redo.isEnabled()
+    window.actions.redo.trigger()
+    window.actions.redo.trigger()
+    assert [op["op"] for op in s.recipe()] == ["delete_output", "add_head"] and [h.name for h in s.heads] == ["shape"]
+    now = s.model.state_dict()  # redo brings back the restored head, not a new one
+    assert now.keys() == restored.keys() and all(torch.equal(now[k], restored[k]) for k in now)
     window.workspace.weights_changed = False
     window.undo_stack.setClean()
     window.close()
     assert recovery_files(window.recovery.folder) == []
+
+
+def test_restored_work_keeps_its_history_as_its_window_grouped_it(qtbot, window, mobilenet_session, tmp_path):
+    """A macro (the demo task's "Set up the demo task") is one step again after a restore, not its parts."""
+    from app.main_window import MainWindow
+    from engine.network.heads import HeadSpec
+    from engine.surgery.operations import AddHead, DeleteOutputLayer, freeze_preset
+
+    window.workspace.set_session(mobilenet_session, project_path=None)
+    stack = window.undo_stack
+    stack.beginMacro("Set up the task")
+    assert window.surgery.apply_op(DeleteOutputLayer())
+    assert window.surgery.apply_op(AddHead(HeadSpec("shape", labels=["a", "b", "c"]), seed=1))
+    stack.endMacro()
+    assert window.surgery.apply_op(freeze_preset("heads-only"))
+    assert window.recovery.autosave() and window.recovery.writer.flush(60)
+    left = tmp_path / "crashed" / window.recovery.path.name  # as a crashed window would leave it
+    left.parent.mkdir()
+    left.write_bytes(window.recovery.path.read_bytes())
+    info = read_recovery(left)
+    assert info.steps == [("Set up the task", 2), ("Train only the heads", 1)]
+
+    other = MainWindow()
+    qtbot.addWidget(other)
+    with qtbot.waitSignal(other.recovery.restored, timeout=TIMEOUT):
+        other.recovery.restore(info)
+    history = other.history_view.model()
+    assert [history.data(history.index(row, 0)) for row in range(history.rowCount())] == \
+        ["Network as loaded", "Set up the task", "Train only the heads"]
+    assert other.undo_stack.index() == 2 and not other.undo_stack.isClean() and other.isWindowModified()
+    assert other.recovery.writer.flush(60)
+    assert read_recovery(other.recovery.path).steps == info.steps  # kept grouped if this one crashes too
+    other.undo_stack.undo()
+    other.undo_stack.undo()  # the whole macro at once: the network as loaded
+    assert other.session.recipe() == [] and other.session.heads == [] and not other.actions.undo.isEnabled()
+    other.undo_stack.redo()
+    assert [op["op"] for op in other.session.recipe()] == ["delete_output", "add_head"]
+    other.workspace.weights_changed = False
+    other.undo_stack.setClean()
+    other.close()
 
 
 @pytest.mark.slow
