@@ -83,6 +83,7 @@ class StageResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     score: float | None = None  # the best epoch's metrics.selection_score (what the stages are compared by)
     kept: bool = False  # the run's best so far after this stage
+    led: bool = False  # the best so far when it finished: the stages after it started from its weights
     note: str = ""
     lr_heads: float = 0.0
     lr_trunk: float = 0.0
@@ -253,15 +254,15 @@ class BudgetTrainer:
             val = result.val_loss
             if best is None or better_epoch(result.score, val, best[3], best[0]):
                 best = (val, self._state(), i, result.score)
-                result.kept = True
+                result.kept = result.led = True
                 for r in results[:-1]:
                     r.kept = False
             else:
                 self._load(best[1])
                 result.note = (result.note + " " if result.note else "") + "Validated worse than before: undone."
             self._emit(StageFinished(result))
-            if i == len(stages) and result.kind == "heads" and not self._stop.is_set():
-                self._more(plan, select_end)  # ran faster than measured: a trunk stage may fit now
+            if i == len(stages) and not self._stop.is_set():
+                self._more(plan, select_end, result.kept)  # time left (ran faster than measured, stopped early)
         refitted = False
         if self.refit and best is not None and not self._stop.is_set():
             refitted = self._refit(plan, results, best, end, initial, history)
@@ -283,19 +284,31 @@ class BudgetTrainer:
         self._emit(BudgetFinished(result))
         return result
 
-    def _more(self, plan: Plan, select_end: float) -> None:
-        """Add a trunk stage to the plan when one fits the time left at the pace measured so far."""
+    def _more(self, plan: Plan, select_end: float, kept: bool = True) -> None:
+        """Spend the time left after the last stage (it ran faster than measured, or stopped early): add a
+        trunk stage when one fits at the pace measured so far, from the best weights so far. After the
+        heads, the most blocks that fit; after a trunk stage, as many blocks or more (gradual unfreezing
+        goes on down as far as the probe measured, else the same blocks train on, a new warm-up and cosine
+        cycle from the kept weights; not after the same blocks were undone, ``kept`` False: the same run again).
+        Kept, as every stage, only when it validates better."""
         from engine.training.budget import blocks_stage
 
-        heads = plan.stages[-1]
+        last = plan.stages[-1]
+        if last.kind not in ("heads", "blocks") or last.refit:
+            return
         blocks = [b for b, _ in reversed(top_block_params(self.session))]
         room = select_end - self.clock()
         stage = blocks_stage(self.costs, blocks, len(self.data.train), len(self.data.val), room,
-                             heads.augment_policy, heads.label_smoothing, self.load)
-        if stage is not None:
-            plan.stages.append(stage)
-            self._note(f"The stages so far ran faster than measured: {stage.title} added "
-                       f"({clock_text(stage.estimate * self.load)}).")
+                             last.augment_policy, last.label_smoothing, self.load, fewest=len(last.blocks))
+        if stage is None:
+            return
+        if stage.blocks == last.blocks:
+            if not kept:
+                return
+            stage = replace(stage, title=f"{stage.title}, again")
+        plan.stages.append(stage)
+        self._note(f"{clock_text(room)} left after the last stage: {stage.title} added "
+                   f"({clock_text(stage.estimate * self.load)}).")
 
     # -- one stage ----------------------------------------------------------------------------------------------
     def _replanned(self, stage: Stage, room: float) -> Stage | None:
@@ -328,6 +341,7 @@ class BudgetTrainer:
         common = dict(epochs=stage.epochs, augment=True, augment_policy=stage.augment_policy,
                       label_smoothing=stage.label_smoothing, ema=stage.ema, warmup_epochs=1.0 if stage.epochs > 2 else 0.0,
                       unfreeze_every=None, pause_after=None, devices=1, telemetry=False,
+                      batchnorm_eval=stage.kind == "blocks",
                       patience=0 if stage.refit else (8 if stage.kind == "heads" else 0))
         if stage.kind == "heads":
             return replace(base, lr_heads=stage.lr_heads, cache_features=True, augment_views=stage.views,
@@ -544,7 +558,7 @@ class BudgetTrainer:
     @staticmethod
     def _fed_into(r: StageResult, results: list[StageResult], chosen_index: int) -> bool:
         """A stage before the chosen one whose weights the chosen one started from (it was kept then)."""
-        return r.index < chosen_index and r.kind == "heads"
+        return r.index < chosen_index and r.led
 
     def _validated(self, metrics: dict[str, dict[str, float]], loss: float | None) -> str:
         return validated_text(self.session.heads, metrics, loss)

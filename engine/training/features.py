@@ -542,6 +542,7 @@ def _boundary_epochs(trainer: Any, split: Any, train_table: FeatureTable, val_ta
 
     def set_train_mode() -> None:
         model.train()
+        trainer._batchnorm_eval()
         split.lower_eval()  # frozen: as cached
         train_table.release_pages()
 

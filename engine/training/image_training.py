@@ -166,6 +166,7 @@ class ImageTraining:
             model.train()
             if self.trunk_frozen:
                 model.trunk.eval()  # a frozen trunk is a fixed feature extractor (as with cached features)
+            self._batchnorm_eval()
             if ctx is not None:
                 self._wrap_ddp(ctx)
 

@@ -319,6 +319,14 @@ class Trainer(TrainerSetup, ImageTraining, RunState):
             raise TrainingError(message, result) from err
         return result
 
+    def _batchnorm_eval(self) -> None:
+        """``TrainConfig.batchnorm_eval``: the trunk's BatchNorm layers on their running statistics while
+        training (called after ``model.train()``)."""
+        if self.config.batchnorm_eval:
+            for m in self.session.model.trunk.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
     def _best_text(self) -> str:
         """The kept epoch's validation result in words: ``"best validation: acc 0.991; loss 0.0913"``."""
         from engine.training.metrics import headline

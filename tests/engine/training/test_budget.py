@@ -295,7 +295,52 @@ def test_a_refit_that_cannot_finish_keeps_the_model_chosen_on_validation(fake_ru
         assert any(r.kept and not r.refit for r in out.result.stages)
 
 
+def test_time_left_after_the_last_stage_trains_the_kept_blocks_on_inside_the_budget(fake_run):
+    # the device runs at twice the measured pace: the planned trunk stage ends at half its estimate
+    out = fake_run(600.0, slow=0.5, c=costs(0.2))
+    titles = [r.title for r in out.result.stages]
+    assert titles[:3] == ["rate finder", "heads", "top 3 blocks"] and "top 3 blocks, again" in titles
+    again = next(r for r in out.result.stages if r.title == "top 3 blocks, again")
+    assert again.epochs_run >= MIN_TRUNK_EPOCHS and again.blocks == out.result.stages[2].blocks
+    assert out.seconds <= 600.0 * 1.1
+    assert any("left after the last stage" in e.text for e in out.events if isinstance(e, MessageEvent))
+    assert sum(r.led for r in out.result.stages) >= 2  # the heads fed the trunk stage
+
+
+def test_blocks_that_were_undone_are_not_trained_again_from_the_same_weights(fake_run):
+    FakeTrainer.validation = lambda kind, epoch: (0.1, 0.99) if kind == "heads" else (0.2, 0.9)
+    out = fake_run(600.0, slow=0.5, c=costs(0.2))
+    trunk = [r for r in out.result.stages if r.kind == "blocks"]
+    assert len(trunk) == 1 and "undone" in trunk[0].note  # top 3 is as deep as was measured: nothing to add
+
+
+def test_trunk_stages_keep_batchnorm_on_its_running_statistics(fake_run):
+    """The heads were trained on the frozen trunk's features (running statistics): a trunk stage that switched
+    its BatchNorm to batch statistics would start far from that warm start."""
+    fake_run(300.0, c=costs(0.2))
+    configs = {("heads" if r.config.cache_features else "blocks"): r.config for r in FakeTrainer.runs}
+    assert configs["blocks"].batchnorm_eval and not configs["heads"].batchnorm_eval
+
+
 # -- the real trainer on a tiny model ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batchnorm_eval", [True, False])
+def test_batchnorm_eval_trains_the_layers_scale_and_shift_but_not_their_statistics(small_session, demo_data,
+                                                                                    batchnorm_eval):
+    from engine.training.trainer import Trainer
+
+    data = replace(demo_data, train=demo_data.train[:16], val=demo_data.val[:4])
+    session = small_session([HeadSpec("shape", labels=["circle", "square", "star", "triangle"])], freeze="none")
+    bns = [m for m in session.model.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = [m.running_mean.clone() for m in bns]
+    weights = [m.weight.detach().clone() for m in bns]
+    config = TrainConfig(epochs=1, batch_size=8, lr_trunk=1e-2, augment=False, num_workers=0, patience=0,
+                         batchnorm_eval=batchnorm_eval)
+    Trainer(session, data, config).run()
+    assert any(not torch.equal(w, m.weight) for w, m in zip(weights, bns))  # scale and shift train either way
+    assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, bns)) is batchnorm_eval
+
+
 
 @pytest.mark.slow
 def test_a_budget_on_a_tiny_model_trains_its_stages_inside_the_time(small_session, demo_data):
