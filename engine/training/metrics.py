@@ -202,7 +202,12 @@ def selection_score(heads: Sequence[HeadSpec], summary: Mapping[str, Mapping[str
     stage. Per head its :data:`MAIN_METRIC` (accuracy, macro F1, mIoU, mAP@0.5; for regression minus the MAE
     in units of the targets' std, so that heads in other units weigh alike), then the mean over the heads
     that have one; None when none has (ties and None are broken by the validation loss:
-    :func:`better_epoch`)."""
+    :func:`better_epoch`). With a segment or detect head, None (the loss decides): mAP@0.5 and mIoU of a
+    barely trained dense head on a small validation split swing from epoch to epoch, and their mean with the
+    accuracy kept an early epoch whose boxes all scored below the threshold (tests/commands/test_cli_dense.py);
+    the loss weighs every head as it trains."""
+    if any(spec.dense for spec in heads):
+        return None
     scores = []
     for spec in heads:
         value = (summary.get(spec.name) or {}).get(MAIN_METRIC.get(spec.kind, ""))

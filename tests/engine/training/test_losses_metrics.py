@@ -161,6 +161,8 @@ def test_the_selection_score_is_each_head_s_metric_higher_better_averaged():
     both = selection_score([single, size], {"kind": {"accuracy": 0.9}, "size": {"mae": 0.4}})
     assert both == pytest.approx((0.9 - 0.1) / 2)
     assert selection_score([single, size], {"kind": {"accuracy": 0.9}}) == pytest.approx(0.9)  # the heads that have one
+    seg = HeadSpec("seg", kind="segment", labels=["bg", "a"])
+    assert selection_score([single, seg], {"kind": {"accuracy": 0.9}, "seg": {"miou": 0.5}}) is None  # the loss decides
     assert selection_score([single], {"kind": {}}) is None
 
 
