@@ -1,6 +1,7 @@
 """What a run keeps: the best epoch's weights (kept whenever the heads' validation metric rises, a tie
-broken by the validation loss; restored when the run ends), and the state a pause saves in a :class:`~engine.training.checkpoint.TrainCheckpoint` and a resumed
-run takes back (counters, optimiser and schedule, random states, the batch order).
+broken by the validation loss; restored when the run ends), and the state a pause saves in a
+:class:`~engine.training.checkpoint.TrainCheckpoint` and a resumed run takes back (counters, optimiser and
+schedule, random states, the batch order).
 
 A part of :class:`engine.training.trainer.Trainer` (a mixin: its methods work on the trainer's state)."""
 from __future__ import annotations
