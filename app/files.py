@@ -174,7 +174,8 @@ class Files(QObject):
                 return
             session = result.session
             if recovered is not None:
-                self._workspace.set_session(session, project_path=recovered.project, paused_run=result.paused_run)
+                self._workspace.set_session(session, project_path=recovered.project, paused_run=result.paused_run,
+                                            steps=recovered.steps)
                 self._undo_stack.resetClean()  # its steps (undoable again) are in no saved file
                 self._workspace.weights_changed = True  # unsaved work, until it is saved
                 self._jobs.warm_up_once()

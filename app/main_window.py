@@ -286,8 +286,7 @@ class MainWindow(QMainWindow):
         self.explain = Explain(self, ws, jobs, self.messages, self.heatmap_view, self.activation_grid, self.gallery,
                                self.label_audit, self.looks, self.image_lists)
         self.export = Export(self, ws, jobs, self.messages, self.settings)
-        self.recovery = Recovery(self, ws, jobs, self.messages, self.settings, self.files, self.undo_stack,
-                                 show_history=self.surgery.show_history)
+        self.recovery = Recovery(self, ws, jobs, self.messages, self.settings, self.files, self.undo_stack)
         self.training.on_launch = self.recovery.training_started
         self.training.finished.connect(self.recovery.training_finished)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,10 +55,8 @@ class Recovery(QObject):
     restored = Signal(object)
 
     def __init__(self, window: QMainWindow, workspace: Workspace, jobs: Jobs, messages: Messages,
-                 settings: Settings, files: Files, undo_stack: QUndoStack, folder: str | Path | None = None,
-                 show_history: Callable[[list[tuple[str, int]]], Any] | None = None) -> None:
+                 settings: Settings, files: Files, undo_stack: QUndoStack, folder: str | Path | None = None) -> None:
         super().__init__(window)
-        self._show_history = show_history  # restored work's history, grouped as its window had it
         self._window, self._workspace, self._jobs, self._messages = window, workspace, jobs, messages
         self._settings, self._files, self._undo_stack = settings, files, undo_stack
         self.folder = Path(folder) if folder is not None else recovery_folder()
@@ -264,9 +261,6 @@ class Recovery(QObject):
         """Open the crashed window's work (in a worker); its file goes once the work is open here, whose own
         recovery file then keeps it."""
         def opened() -> None:
-            if self._show_history is not None and info.steps:
-                self._show_history(info.steps)  # its steps as that window grouped them (a macro is one step)
-                self._undo_stack.resetClean()  # in no saved file
             self.discard(info)
             self._dirty = True
             self.autosave()

@@ -89,8 +89,9 @@ class Surgery(QObject):
         self._tree_view.tree_view.expandToDepth(0)
         self._heads_panel.set_session(session)
         # A reopened project or restored work: the replayed steps its engine history can undo faithfully
-        # (engine.project.project_file.open_project) are the history here too, already applied.
-        self.show_history()
+        # (engine.project.project_file.open_project) are the history here too, already applied, grouped as
+        # the crashed window had them.
+        self.show_history(self._workspace.history_steps)
         self._stack.setClean()
 
     def show_history(self, steps: list[tuple[str, int]] | None = None) -> None:

@@ -33,6 +33,7 @@ class Workspace(Events):
         self.data_path: str | None = None
         self.project_path: str | None = None
         self.paused_run: Any = None
+        self.history_steps: list[tuple[str, int]] | None = None  # restored work's undo steps, as grouped there
         self._weights_changed = False  # training changes weights outside the undo stack
         self._closing = False
         self._closed = False
@@ -41,14 +42,17 @@ class Workspace(Events):
         self._emit("session_changed", op)
 
     # -- state ----------------------------------------------------------------------------------
-    def set_session(self, session: Any, project_path: str | None = None, paused_run: Any = None) -> None:
+    def set_session(self, session: Any, project_path: str | None = None, paused_run: Any = None,
+                    steps: list[tuple[str, int]] | None = None) -> None:
         """Open ``session`` (from ``project_path``, or a fresh network when None): nothing is unsaved.
-        ``paused_run``: the paused training run the project keeps, if any."""
+        ``paused_run``: the paused training run the project keeps, if any. ``steps``: how the window that
+        made restored work grouped its history, ``(text, operations)`` per undo step (a macro is one)."""
         if self.session is not None:
             self.session.disconnect("changed", self._forward)
         self.session = session
         self.project_path = project_path
         self.paused_run = paused_run
+        self.history_steps = steps
         self._weights_changed = False
         session.connect("changed", self._forward)
         self._emit("session", session)

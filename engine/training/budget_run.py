@@ -275,7 +275,7 @@ class BudgetTrainer:
         reason = "stopped" if self._stop.is_set() else "completed"
         what = (f"kept stage {chosen.index} ({chosen.title})" if chosen is not None else "no stage finished an epoch")
         message = (f"Budget {clock_text(self.budget)}: {clock_text(seconds)} used, {what}"
-                   + (f", validation {self._validated(chosen.metrics, best[0])}"
+                   + (f", validation {validated_text(self.session.heads, chosen.metrics, best[0])}"
                       if best is not None and chosen is not None and best[0] is not None else "")
                    + ("; then refitted on all labelled images" if refitted else "") + ".")
         device = str(getattr(self, "_device", "cpu"))
@@ -560,9 +560,6 @@ class BudgetTrainer:
         """A stage before the chosen one whose weights the chosen one started from (it was kept then)."""
         return r.index < chosen_index and r.led
 
-    def _validated(self, metrics: dict[str, dict[str, float]], loss: float | None) -> str:
-        return validated_text(self.session.heads, metrics, loss)
-
     # -- weights ------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.session.model.state_dict().items()}
@@ -624,8 +621,8 @@ class OneRun:
             r = event.result
             self._finding = False
             if r.kind != "finder" and r.reason != "skipped":
-                val = (f"best validation {runner._validated(r.metrics, r.val_loss)}" if r.val_loss is not None
-                       else "no validation")
+                val = (f"best validation {validated_text(runner.session.heads, r.metrics, r.val_loss)}"
+                       if r.val_loss is not None else "no validation")
                 self._send(MessageEvent(f"Stage {r.index} ({r.title}) took {clock_text(r.seconds)}: {val}"
                                         + ("; kept." if r.kept else ".")))
         elif isinstance(event, TrainStarted):
