@@ -237,8 +237,10 @@ class Surgery(QObject):
         if not self._demo_armed or s is None or data is None:
             return
         self._demo_armed = False
-        if not s.heads and demo_heads(data.heads):
-            self.setup_demo_task()
+        if not s.heads and demo_heads(data.heads) and self.setup_demo_task() and s is self._workspace.session:
+            # the window as launched, not the user's work: closing it, or restoring crashed work into it,
+            # asks nothing (undoing the step back to the network as loaded does)
+            self._stack.setClean()
 
     def setup_demo_task(self) -> bool:
         """The demo task: a classification, a segmentation and a box head from the data's suggestions on

@@ -49,8 +49,11 @@ def test_the_demo_task_grafts_three_kinds_once_the_model_and_data_are_in(qtbot, 
     assert window.message_label.text() == ("Demo task: shape (single-label), seg (segmentation), boxes (detection) on "
                                            "the frozen trunk — press Train (F5) to train them together.")
     assert all(not p.requires_grad for p in s.model.trunk.parameters())
+    # the window as launched, not the user's work: nothing to save (closing or restoring asks nothing)
+    assert window.undo_stack.isClean() and not window.isWindowModified()
     window.undo_stack.undo()  # one step takes it all back
     assert not s.heads and s.output_layer is not None
+    assert window.isWindowModified()  # the network as loaded is no longer the saved state
     window.workspace.set_data(SimpleNamespace(heads=SUGGESTED), "demo")
     assert not s.heads  # armed once: a second data set does not graft again
 
