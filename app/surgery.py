@@ -237,7 +237,7 @@ class Surgery(QObject):
         if not self._demo_armed or s is None or data is None:
             return
         self._demo_armed = False
-        if not s.heads and demo_heads(data.heads) and self.setup_demo_task() and s is self._workspace.session:
+        if not s.heads and demo_heads(data.heads) and self.setup_demo_task():
             # the window as launched, not the user's work: closing it, or restoring crashed work into it,
             # asks nothing (undoing the step back to the network as loaded does)
             self._stack.setClean()

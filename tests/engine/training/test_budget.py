@@ -341,7 +341,6 @@ def test_batchnorm_eval_trains_the_layers_scale_and_shift_but_not_their_statisti
     assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, bns)) is batchnorm_eval
 
 
-
 @pytest.mark.slow
 def test_a_budget_on_a_tiny_model_trains_its_stages_inside_the_time(small_session, demo_data):
     import time
